@@ -1,0 +1,37 @@
+# Two commands set everything up: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.securefed-install-stamp
+HASH   := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint install clean-venv bench
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11 as '$(PYTHON)' (set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+install: $(VENV)/bin/python
+	@if [ "$$(cat $(STAMP) 2>/dev/null)" = "$(HASH)" ]; then \
+		echo "environment up to date ($(VENV), $(HASH))"; \
+	else \
+		$(PY) -m pip install --quiet --upgrade pip && \
+		$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]' && \
+		echo "$(HASH)" > $(STAMP); \
+	fi
+
+demo: install
+	$(VENV)/bin/securefed demo $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check securefed tests benchmarks
+
+bench: install
+	$(PY) -m benchmarks.run_all
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,44 @@
+"""The `securefed` command line: a thin typer app. Each area registers its commands from its own
+module (securefed/cli/<area>.py); no logic lives here."""
+
+from __future__ import annotations
+
+import typer
+
+from securefed import __version__
+from securefed.cli import protocol as _protocol
+from securefed.cli._common import console, state
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="securefed",
+    help="Privacy-hardened clustered federated personalization (CFFL) for brain-tumour "
+    "segmentation. Exit codes: 0 ok, 1 internal error, 2 user error, 3 security refusal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print results and errors."),
+    debug: bool = typer.Option(False, "--debug", help="Print tracebacks on errors."),
+) -> None:
+    state.quiet = quiet
+    state.debug = debug
+
+
+@app.command()
+def version() -> None:
+    """Print the securefed version."""
+    console.print(f"securefed {__version__}")
+
+
+for _module in (_protocol,):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

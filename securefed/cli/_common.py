@@ -1,0 +1,106 @@
+"""Shared CLI plumbing: console, --quiet, progress bars and the error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from securefed.errors import SecurefedError
+
+__all__ = ["console", "err_console", "state", "handle_errors", "progress", "track", "info"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _State:
+    quiet: bool = False
+    debug: bool = False
+
+
+state = _State()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def info(message: str) -> None:
+    """Print a progress/info line unless --quiet."""
+    if not state.quiet:
+        console.print(message)
+
+
+def handle_errors(func: F) -> F:
+    """Map securefed errors to clear messages and stable exit codes.
+
+    Exit codes: 0 ok; 2 user error (bad input, refused operation); 3 security refusal
+    (tampered, replayed or unauthenticated input); 1 internal failure (a bug: please report).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SecurefedError as exc:
+            err_console.print(f"[bold red]error[/] [{exc.code}] {exc}", highlight=False)
+            if state.debug:
+                traceback.print_exc()
+            raise typer.Exit(exc.exit_code) from exc
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - top-level boundary
+            err_console.print(
+                f"[bold red]internal error[/] {type(exc).__name__}: {exc}\n"
+                "This is a bug in securefed; rerun with --debug and report the traceback.",
+                highlight=False,
+            )
+            if state.debug:
+                traceback.print_exc(file=sys.stderr)
+            raise typer.Exit(1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress(transient: bool = False) -> Iterator[Progress]:
+    """A rich progress bar that stays silent under --quiet."""
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=state.quiet,
+    )
+    with bar:
+        yield bar
+
+
+T = TypeVar("T")
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (silent under --quiet)."""
+    with progress() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

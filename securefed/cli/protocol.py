@@ -1,0 +1,39 @@
+"""`securefed protocol ...`: check and render study protocols."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from securefed.cli._common import console, handle_errors
+
+__all__ = ["register"]
+
+protocol_app = typer.Typer(help="Check and render study protocols.", no_args_is_help=True)
+
+
+@protocol_app.command("check")
+@handle_errors
+def check(file: Path = typer.Argument(..., help="Protocol TOML file.")) -> None:
+    """Validate FILE; print its identity (sha256:<hex>) and a one-screen summary."""
+    from securefed.protocol import load_protocol, summary_lines
+
+    loaded = load_protocol(file)
+    console.print(loaded.sha256, highlight=False)
+    for line in summary_lines(loaded)[2:]:
+        console.print(line, highlight=False, markup=False)
+
+
+@protocol_app.command("render")
+@handle_errors
+def render(file: Path = typer.Argument(..., help="Protocol TOML file.")) -> None:
+    """Plain summary of FILE for a governance board (what leaves each site, budgets)."""
+    from securefed.protocol import load_protocol, summary_lines
+
+    for line in summary_lines(load_protocol(file)):
+        console.print(line, highlight=False, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(protocol_app, name="protocol")

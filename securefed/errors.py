@@ -1,0 +1,208 @@
+"""One exception tree for securefed.
+
+Every class has a stable ``code`` (shown to users and in logs) and an ``exit_code`` used by the CLI:
+2 for user errors (bad input, refused operations), 3 for security refusals (tampering, replay,
+unknown sender), 1 for internal failures. Messages name the file, case or field and say what to do.
+Raise with ``raise ... from exc`` so the cause is kept.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SecurefedError",
+    "UserError",
+    "InternalError",
+    "ConfigError",
+    "ProtocolError",
+    "ProtocolSignatureError",
+    "DataError",
+    "CaseError",
+    "NoCasesError",
+    "PartitionError",
+    "FeatureError",
+    "PrivacyError",
+    "BudgetExceededError",
+    "LedgerError",
+    "LedgerCorruptError",
+    "CalibrationError",
+    "SecurityError",
+    "CryptoError",
+    "KeyError_",
+    "EnvelopeError",
+    "TamperError",
+    "ReplayError",
+    "UnknownSenderError",
+    "OversizeError",
+    "VersionError",
+    "WrongProtocolError",
+    "WrongStageError",
+    "ClusteringError",
+    "AggregationError",
+    "TooFewParticipantsError",
+    "TrainingError",
+    "EvaluationError",
+]
+
+
+class SecurefedError(Exception):
+    """Base of every securefed error."""
+
+    code = "SF000"
+    exit_code = 1
+
+
+class UserError(SecurefedError):
+    """The input or the request is wrong; the user can fix it."""
+
+    code = "SF100"
+    exit_code = 2
+
+
+class InternalError(SecurefedError):
+    """A bug or an unexpected failure inside securefed."""
+
+    code = "SF001"
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    code = "SF101"
+
+
+# --- protocol -------------------------------------------------------------------------------
+class ProtocolError(UserError):
+    """The study protocol is invalid or does not allow the requested operation."""
+
+    code = "SF110"
+
+
+class ProtocolSignatureError(ProtocolError):
+    code = "SF111"
+    exit_code = 3
+
+
+# --- data -----------------------------------------------------------------------------------
+class DataError(UserError):
+    code = "SF120"
+
+
+class CaseError(DataError):
+    """One case is unusable. Carries the case id and the offending file."""
+
+    code = "SF121"
+
+    def __init__(self, message: str, *, case: str | None = None, path: object = None) -> None:
+        super().__init__(message)
+        self.case = case
+        self.path = path
+
+
+class NoCasesError(DataError):
+    code = "SF122"
+
+
+class PartitionError(DataError):
+    code = "SF123"
+
+
+class FeatureError(DataError):
+    """A radiomic feature could not be computed (names case, modality and feature)."""
+
+    code = "SF124"
+
+
+# --- privacy --------------------------------------------------------------------------------
+class PrivacyError(UserError):
+    code = "SF130"
+
+
+class BudgetExceededError(PrivacyError):
+    """A release would exceed the site's privacy budget; refused before any noise was drawn."""
+
+    code = "SF131"
+
+
+class LedgerError(PrivacyError):
+    code = "SF132"
+
+
+class LedgerCorruptError(LedgerError):
+    code = "SF133"
+    exit_code = 3
+
+
+class CalibrationError(PrivacyError):
+    code = "SF134"
+
+
+# --- security / crypto / transport ----------------------------------------------------------
+class SecurityError(SecurefedError):
+    """Something that must never be accepted (tampering, replay, unknown sender)."""
+
+    code = "SF140"
+    exit_code = 3
+
+
+class CryptoError(SecurityError):
+    code = "SF141"
+
+
+class KeyError_(CryptoError):  # noqa: N801 - avoid shadowing builtins.KeyError
+    """A key file is missing, unreadable, of the wrong role, or the passphrase is wrong."""
+
+    code = "SF142"
+    exit_code = 2
+
+
+class EnvelopeError(SecurityError):
+    code = "SF150"
+
+
+class TamperError(EnvelopeError):
+    code = "SF151"
+
+
+class ReplayError(EnvelopeError):
+    code = "SF152"
+
+
+class UnknownSenderError(EnvelopeError):
+    code = "SF153"
+
+
+class OversizeError(EnvelopeError):
+    code = "SF154"
+
+
+class VersionError(EnvelopeError):
+    code = "SF155"
+
+
+class WrongProtocolError(EnvelopeError):
+    code = "SF156"
+
+
+class WrongStageError(EnvelopeError):
+    code = "SF157"
+
+
+# --- server-side stages ---------------------------------------------------------------------
+class ClusteringError(UserError):
+    code = "SF160"
+
+
+class AggregationError(SecurefedError):
+    code = "SF170"
+
+
+class TooFewParticipantsError(AggregationError):
+    code = "SF171"
+    exit_code = 2
+
+
+class TrainingError(SecurefedError):
+    code = "SF180"
+
+
+class EvaluationError(SecurefedError):
+    code = "SF190"

@@ -1,0 +1,117 @@
+"""Load a protocol from TOML, validate it, and compute its canonical form and SHA-256 identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from securefed.errors import ProtocolError
+from securefed.protocol.schema import Protocol
+
+__all__ = [
+    "LoadedProtocol",
+    "load_protocol",
+    "parse_protocol",
+    "canonical_bytes",
+    "protocol_hash",
+    "format_validation_error",
+    "MAX_PROTOCOL_BYTES",
+]
+
+MAX_PROTOCOL_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class LoadedProtocol:
+    """A validated protocol with its identity and where it came from."""
+
+    protocol: Protocol
+    sha256: str  # "sha256:<64 hex>"
+    path: Path | None
+    text: str
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def resolve(self, relative: str) -> Path:
+        """Path of a file that ships with the protocol (e.g. the bounds file)."""
+        return self.folder / relative
+
+
+def canonical_bytes(protocol: Protocol) -> bytes:
+    """Canonical form: the values that differ from the schema defaults (schema_version always),
+    as compact JSON with sorted keys. Writing a default explicitly does not change the hash, and
+    fields added later with defaults keep old protocols' hashes."""
+    data = _finite(protocol.model_dump(mode="json", exclude_defaults=True))
+    data["schema_version"] = protocol.schema_version
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _finite(value: Any) -> Any:
+    """Infinite budgets are written as the strings "inf"/"-inf" (JSON has no infinity)."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def protocol_hash(protocol: Protocol) -> str:
+    """``sha256:<hex>`` of the canonical form: the protocol's identity."""
+    return "sha256:" + hashlib.sha256(canonical_bytes(protocol)).hexdigest()
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid study protocol ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not in schema v1; check the spelling in protocols/README.md)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_protocol(data: dict[str, Any], source: str = "<protocol>") -> Protocol:
+    """Validate an already-parsed mapping; raises ProtocolError naming each bad field."""
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(format_validation_error(exc, source)) from exc
+
+
+def load_protocol(path: str | Path) -> LoadedProtocol:
+    """Read, parse and validate a protocol TOML file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ProtocolError(f"{path}: protocol file not found") from exc
+    except OSError as exc:
+        raise ProtocolError(f"{path}: cannot read protocol file ({exc.strerror})") from exc
+    if len(raw) > MAX_PROTOCOL_BYTES:
+        raise ProtocolError(f"{path}: protocol file is larger than {MAX_PROTOCOL_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{path}: protocol file is not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{path}: not valid TOML: {exc}") from exc
+    protocol = parse_protocol(data, str(path))
+    return LoadedProtocol(protocol=protocol, sha256=protocol_hash(protocol), path=path, text=text)

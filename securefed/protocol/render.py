@@ -1,0 +1,86 @@
+"""Plain-language summary of a protocol, for a governance board or `securefed protocol check`."""
+
+from __future__ import annotations
+
+import math
+
+from securefed.protocol.loader import LoadedProtocol
+
+__all__ = ["summary_lines"]
+
+
+def _eps(value: float | None) -> str:
+    if value is None or math.isinf(value):
+        return "inf (no differential privacy)"
+    return f"{value:g}"
+
+
+def summary_lines(loaded: LoadedProtocol) -> list[str]:
+    """One screen: what leaves each site, under what protection, and the budgets."""
+    p = loaded.protocol
+    rel = p.release
+    lines = [
+        f"study      {p.study.name} ({p.study.mode})",
+        f"identity   {loaded.sha256}",
+    ]
+    if p.sites:
+        lines.append(f"sites      {len(p.sites)} listed: " + ", ".join(s.id for s in p.sites))
+    else:
+        lines.append(f"sites      taken from {p.data.partitioning}.csv (simulation)")
+    if p.data.held_out_partitions:
+        lines.append(f"unseen     institutions {list(p.data.held_out_partitions)} held out")
+    lines.append(
+        f"privacy    unit={p.privacy.unit}, neighbours={p.privacy.neighbouring}, "
+        f"total epsilon={_eps(p.privacy.total_epsilon)}, delta={p.privacy.total_delta:g}, "
+        f"accountant={p.privacy.accountant}"
+    )
+    if p.privacy.unsafe_seeded_noise:
+        lines.append("           UNSAFE: noise from a seeded PRNG (simulation only, not private)")
+    if rel.mode == "plain":
+        what = "372 radiomic values per case, sealed in transit, NO DP (epsilon = inf)"
+    elif rel.mode == "local-dp":
+        what = (
+            f"each case's vector clipped and noised at the site ({rel.mechanism}, "
+            f"epsilon={_eps(rel.epsilon)}, delta={rel.delta:g})"
+        )
+    else:
+        sec = p.clustering.secure
+        what = (
+            f"no per-case vector; DP aggregates under secure aggregation ({sec.algorithm}, "
+            f"epsilon={_eps(sec.epsilon)}, delta={sec.delta:g}, >= {sec.min_sites_per_aggregate} "
+            "sites per aggregate)"
+        )
+    lines.append(f"features   {what}")
+    if rel.projection != "none":
+        dim = len(rel.subset) if rel.projection == "subset" else rel.dimension
+        lines.append(f"           lower-dimensional release: {rel.projection} ({dim or '?'} dims)")
+    if rel.bounds is not None:
+        lines.append(f"           bounds {rel.bounds.file} ({rel.bounds.sha256[:19]}...)")
+    c = p.clustering
+    k = (
+        f"k={c.k}"
+        if c.k_selection == "fixed"
+        else f"k in [{c.k_min}, {c.k_max}] by {c.k_selection}"
+    )
+    lines.append(f"clustering {c.algorithm}, {k}, PCA({c.pca_components}), scaling={c.scaling}")
+    t = p.training
+    dp = f"DP-SGD epsilon={_eps(t.dp_sgd.epsilon)}" if t.dp_sgd.enabled else "no DP-SGD"
+    lines.append(
+        f"training   {t.model}, aggregation={t.aggregation}, {t.global_rounds} global + "
+        f"{t.finetune_rounds} finetune rounds, {t.optimizer} lr={t.lr:g}, crop {t.crop_size}, {dp}"
+    )
+    lines.append(
+        f"           >= {t.min_sites_per_aggregate} sites per aggregate; "
+        f"baselines: {', '.join(t.baselines)}"
+    )
+    sa = p.secure_aggregation
+    lines.append(
+        f"secagg+    shares={sa.num_shares}, threshold={sa.reconstruction_threshold}, "
+        f"timeout={sa.timeout_s:g}s"
+    )
+    eps, delta = p.allocated_budget()
+    lines.append(
+        f"budget     allocated epsilon={eps:g} of {_eps(p.privacy.total_epsilon)}, "
+        f"delta={delta:g} of {p.privacy.total_delta:g}"
+    )
+    return lines

@@ -1,0 +1,440 @@
+"""Study protocol v1: the strict schema.
+
+The protocol is data, not code: every model is frozen, unknown keys are rejected and every
+algorithm name comes from a closed list. Noise scales are never declared: they are derived from the
+epsilon/delta budgets. Paths, devices and thread counts are site-local settings and never appear
+here (files the protocol depends on, such as feature bounds, are pinned by their SHA-256).
+
+A field never changes meaning; new fields get defaults so that older files keep their hash.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MODALITIES",
+    "FEATURE_CLASSES",
+    "Fingerprint",
+    "Sha256",
+    "StudyInfo",
+    "DataSpec",
+    "SiteSpec",
+    "PartySpec",
+    "GovernanceSpec",
+    "PrivacySpec",
+    "RadiomicsSpec",
+    "PinnedFile",
+    "ReleaseSpec",
+    "SecureClusteringSpec",
+    "ClusteringSpec",
+    "DPSGDSpec",
+    "TrainingSpec",
+    "SecureAggregationSpec",
+    "EvaluationSpec",
+    "Protocol",
+]
+
+SCHEMA_VERSION = 1
+MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+FEATURE_CLASSES: tuple[str, ...] = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+
+Fingerprint = Annotated[
+    str,
+    Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<64 hex> of a public key"),
+]
+Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<64 hex>")]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+PositiveEpsilon = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Delta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class StudyInfo(_Strict):
+    """Who runs the study and how: `simulation` (one machine, synthetic or research data) or
+    `deployment` (real sites with their own keys)."""
+
+    name: Identifier
+    description: str = ""
+    mode: Literal["simulation", "deployment"]
+
+
+class DataSpec(_Strict):
+    """Data layout and the paper's per-institution seeded splits."""
+
+    layout: Literal["fets2022"] = "fets2022"
+    partitioning: Literal["partitioning_1", "partitioning_2"] = "partitioning_1"
+    split_seed: int = 0
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    val_fraction: float = Field(0.20, gt=0, lt=1)
+    held_out_partitions: tuple[int, ...] = Field(
+        (), description="institutions that take no part in training (scored as unseen)"
+    )
+
+
+class SiteSpec(_Strict):
+    """One hospital: its partition (institution) id and its public key fingerprints."""
+
+    id: Identifier
+    partition_id: int = Field(ge=1)
+    signing_key: Fingerprint | None = None
+    encryption_key: Fingerprint | None = None
+
+
+class PartySpec(_Strict):
+    """The coordinating server."""
+
+    id: Identifier = "server"
+    signing_key: Fingerprint | None = None
+    encryption_key: Fingerprint | None = None
+
+
+class GovernanceSpec(_Strict):
+    """The board whose key signs the protocol."""
+
+    signing_key: Fingerprint | None = None
+
+
+class PrivacySpec(_Strict):
+    """The privacy unit, the neighbouring relation and the total per-site budget."""
+
+    unit: Literal["patient"] = "patient"
+    neighbouring: Literal["replace-one", "add-remove-one"] = "replace-one"
+    total_epsilon: float = Field(gt=0, description="per-site budget over every release; inf = none")
+    total_delta: Delta = 1e-5
+    accountant: Literal["rdp", "pld"] = "rdp"
+    unsafe_seeded_noise: bool = Field(
+        False, description="draw noise from a seeded PRNG (simulation only, never private)"
+    )
+    unsafe_noise_seed: int | None = None
+
+    @model_validator(mode="after")
+    def _seed_needs_flag(self) -> PrivacySpec:
+        if self.unsafe_noise_seed is not None and not self.unsafe_seeded_noise:
+            raise ValueError("unsafe_noise_seed is set but unsafe_seeded_noise is false")
+        return self
+
+
+class RadiomicsSpec(_Strict):
+    """Whole-brain radiomics settings (the paper's defaults)."""
+
+    bin_width: float = Field(0.09, gt=0)
+    binning: Literal["per-image", "shared"] = "per-image"
+    mask: Literal["brain", "brain-without-tumour"] = "brain"
+    normalisation: Literal["crop-box", "brain"] = Field(
+        "crop-box", description="z-score over the cropped box (paper) or over brain voxels only"
+    )
+    feature_classes: tuple[
+        Literal["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"], ...
+    ] = FEATURE_CLASSES
+
+    @model_validator(mode="after")
+    def _unique_classes(self) -> RadiomicsSpec:
+        if len(set(self.feature_classes)) != len(self.feature_classes) or not self.feature_classes:
+            raise ValueError("feature_classes must be a non-empty list without repeats")
+        return self
+
+
+class PinnedFile(_Strict):
+    """A file shipped with the protocol (relative to the protocol's folder), pinned by SHA-256."""
+
+    file: str = Field(min_length=1)
+    sha256: Sha256
+
+    @model_validator(mode="after")
+    def _relative(self) -> PinnedFile:
+        if self.file.startswith("/") or ".." in self.file.replace("\\", "/").split("/"):
+            raise ValueError("file must be a relative path inside the protocol's folder")
+        return self
+
+
+class ReleaseSpec(_Strict):
+    """What each site releases of its radiomic features, and how it is protected."""
+
+    mode: Literal["plain", "local-dp", "secure-aggregate"] = "plain"
+    mechanism: Literal["gaussian", "laplace"] = "gaussian"
+    epsilon: PositiveEpsilon | None = Field(None, description="budget of the local-dp release")
+    delta: Delta = 0.0
+    bounds: PinnedFile | None = Field(None, description="per-feature clipping bounds (JSON)")
+    projection: Literal["none", "subset", "random", "file"] = "none"
+    subset: tuple[str, ...] = ()
+    dimension: int | None = Field(None, ge=1, le=372)
+    projection_seed: int = 0
+    projection_file: PinnedFile | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReleaseSpec:
+        if self.mode == "plain" and self.epsilon is not None:
+            raise ValueError("release.epsilon is set but release.mode is 'plain' (epsilon = inf)")
+        if self.mode == "local-dp":
+            if self.epsilon is None:
+                raise ValueError("release.mode 'local-dp' needs release.epsilon")
+            if self.bounds is None:
+                raise ValueError("release.mode 'local-dp' needs release.bounds (clipping bounds)")
+            if self.mechanism == "gaussian" and self.delta <= 0:
+                raise ValueError("the gaussian mechanism needs release.delta > 0")
+            if self.mechanism == "laplace" and self.delta != 0:
+                raise ValueError("the laplace mechanism is pure DP: set release.delta = 0")
+        if self.projection == "subset":
+            if not self.subset:
+                raise ValueError("release.projection 'subset' needs release.subset (feature names)")
+            if len(set(self.subset)) != len(self.subset):
+                raise ValueError("release.subset has repeated feature names")
+        elif self.subset:
+            raise ValueError("release.subset is only used with release.projection = 'subset'")
+        if self.projection == "random" and self.dimension is None:
+            raise ValueError("release.projection 'random' needs release.dimension")
+        if self.projection == "file" and self.projection_file is None:
+            raise ValueError("release.projection 'file' needs release.projection_file")
+        return self
+
+
+class SecureClusteringSpec(_Strict):
+    """Secure-aggregate clustering: federated, DP-noised aggregates only (release.mode =
+    'secure-aggregate')."""
+
+    algorithm: Literal["dp-histogram", "dp-kmeans"] = "dp-histogram"
+    epsilon: PositiveEpsilon = 1.0
+    delta: Delta = 1e-6
+    iterations: int = Field(3, ge=1, le=100)
+    bins_per_dimension: int = Field(8, ge=2, le=64)
+    min_sites_per_aggregate: int = Field(2, ge=1)
+
+
+class ClusteringSpec(_Strict):
+    """The paper's clustering (scaling, PCA, GMM) and the choice of k."""
+
+    algorithm: Literal["gmm", "kmeans", "agglomerative"] = "gmm"
+    k: int = Field(10, ge=1)
+    k_selection: Literal["fixed", "bic", "silhouette"] = "fixed"
+    k_min: int = Field(2, ge=1)
+    k_max: int = Field(12, ge=1)
+    scaling: Literal["percentile", "declared-bounds"] = "percentile"
+    percentile_low: float = Field(2.0, ge=0, lt=50)
+    percentile_high: float = Field(98.0, gt=50, le=100)
+    pca_components: int = Field(30, ge=1)
+    covariance_type: Literal["full", "tied", "diag", "spherical"] = "tied"
+    n_init: int = Field(20, ge=1)
+    max_iter: int = Field(100, ge=1)
+    seed: int = 6
+    secure: SecureClusteringSpec = SecureClusteringSpec()
+
+    @model_validator(mode="after")
+    def _k_range(self) -> ClusteringSpec:
+        if self.k_min > self.k_max:
+            raise ValueError(f"clustering.k_min ({self.k_min}) > clustering.k_max ({self.k_max})")
+        if self.k_selection != "fixed" and not (self.k_min <= self.k <= self.k_max):
+            raise ValueError("clustering.k must lie in [k_min, k_max] when k is selected")
+        return self
+
+
+class DPSGDSpec(_Strict):
+    """Optional DP-SGD (Opacus) during federated training."""
+
+    enabled: bool = False
+    epsilon: PositiveEpsilon | None = None
+    delta: Delta = 1e-6
+    max_grad_norm: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _eps(self) -> DPSGDSpec:
+        if self.enabled and self.epsilon is None:
+            raise ValueError("training.dp_sgd.enabled needs training.dp_sgd.epsilon")
+        return self
+
+
+BASELINES = ("local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized")
+
+
+class TrainingSpec(_Strict):
+    """Federated segmentation training: global FedAvg, then per-cluster finetuning (CFFL)."""
+
+    model: Literal["dynunet-small"] = "dynunet-small"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(1, ge=1)
+    crop_size: tuple[int, int, int] = (128, 128, 128)
+    crop_sampling: Literal["random", "tumour-centred"] = "random"
+    tumour_crop_fraction: float = Field(0.67, ge=0, le=1)
+    spacing_mm: float | None = Field(
+        None, gt=0, description="resample to this spacing; none = 1 mm"
+    )
+    augmentation: bool = False
+    global_rounds: int = Field(300, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1, description="cap on optimiser steps per round")
+    finetune_rounds: int = Field(50, ge=0)
+    finetune_lr: float = Field(0.02, gt=0)
+    local_epochs_baseline: int = Field(30, ge=1)
+    local_finetune_lr: float = Field(0.005, gt=0)
+    baselines: tuple[Literal[BASELINES], ...] = ("local", "fedavg", "cffl")  # type: ignore[valid-type]
+    aggregation: Literal["fedavg", "secagg+", "ckks"] = "secagg+"
+    min_sites_per_aggregate: int = Field(2, ge=1)
+    small_cluster_policy: Literal["fallback-global", "merge"] = "fallback-global"
+    seed: int = 0
+    dp_sgd: DPSGDSpec = DPSGDSpec()
+
+
+class SecureAggregationSpec(_Strict):
+    """Flower SecAgg+ parameters (also used by the secure-aggregate clustering sums)."""
+
+    num_shares: int = Field(3, ge=2)
+    reconstruction_threshold: int = Field(2, ge=2)
+    clipping_range: float = Field(8.0, gt=0)
+    quantization_range: int = Field(4_194_304, ge=2)
+    max_weight: float = Field(1000.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _shares(self) -> SecureAggregationSpec:
+        if self.reconstruction_threshold > self.num_shares:
+            raise ValueError(
+                f"secure_aggregation.reconstruction_threshold ({self.reconstruction_threshold}) "
+                f"must be <= num_shares ({self.num_shares})"
+            )
+        return self
+
+
+class EvaluationSpec(_Strict):
+    """Sliding-window inference and metrics (the paper's empty-mask rule)."""
+
+    roi_size: tuple[int, int, int] = (128, 128, 128)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    hd95: bool = True
+
+
+class Protocol(_Strict):
+    """A complete study protocol (schema v1)."""
+
+    schema_version: Literal[1]
+    study: StudyInfo
+    data: DataSpec = DataSpec()
+    sites: tuple[SiteSpec, ...] = ()
+    server: PartySpec = PartySpec()
+    governance: GovernanceSpec = GovernanceSpec()
+    privacy: PrivacySpec
+    radiomics: RadiomicsSpec = RadiomicsSpec()
+    release: ReleaseSpec = ReleaseSpec()
+    clustering: ClusteringSpec = ClusteringSpec()
+    training: TrainingSpec = TrainingSpec()
+    secure_aggregation: SecureAggregationSpec = SecureAggregationSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+    # -- cross-field checks --------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Protocol:
+        deployment = self.study.mode == "deployment"
+        if deployment:
+            if not self.sites:
+                raise ValueError("sites: a 'deployment' protocol must list its sites")
+            for site in self.sites:
+                if site.signing_key is None or site.encryption_key is None:
+                    raise ValueError(
+                        f"sites.{site.id}: a 'deployment' protocol needs signing_key and "
+                        "encryption_key fingerprints for every site"
+                    )
+            if self.server.signing_key is None or self.server.encryption_key is None:
+                raise ValueError("server: a 'deployment' protocol needs the server's fingerprints")
+            if self.governance.signing_key is None:
+                raise ValueError("governance.signing_key: a 'deployment' protocol must be signed")
+            if self.privacy.unsafe_seeded_noise:
+                raise ValueError(
+                    "privacy.unsafe_seeded_noise is only allowed in a 'simulation' protocol"
+                )
+        ids = [s.id for s in self.sites]
+        if len(set(ids)) != len(ids):
+            raise ValueError("sites: site ids must be unique")
+        parts = [s.partition_id for s in self.sites]
+        if len(set(parts)) != len(parts):
+            raise ValueError("sites: partition ids must be unique")
+        if self.sites:
+            n = len(self.sites)
+            if self.secure_aggregation.num_shares > n:
+                raise ValueError(
+                    f"secure_aggregation.num_shares ({self.secure_aggregation.num_shares}) must "
+                    f"be <= the number of sites ({n})"
+                )
+            unknown = set(self.data.held_out_partitions) - set(parts)
+            if unknown:
+                raise ValueError(
+                    f"data.held_out_partitions: {sorted(unknown)} are not listed sites"
+                )
+        # Budget allocations.
+        eps, delta = self.allocated_budget()
+        if eps > self.privacy.total_epsilon + 1e-12:
+            raise ValueError(
+                f"privacy.total_epsilon ({self.privacy.total_epsilon}) is below the sum of the "
+                f"stage allocations ({eps:g}: release + clustering.secure + training.dp_sgd)"
+            )
+        if delta > self.privacy.total_delta + 1e-15:
+            raise ValueError(
+                f"privacy.total_delta ({self.privacy.total_delta:g}) is below the sum of the stage "
+                f"deltas ({delta:g})"
+            )
+        if self.release.mode == "secure-aggregate" and self.release.bounds is None:
+            raise ValueError("release.mode 'secure-aggregate' needs release.bounds")
+        if self.clustering.scaling == "declared-bounds" and self.release.bounds is None:
+            raise ValueError("clustering.scaling 'declared-bounds' needs release.bounds")
+        if self.release.mode == "local-dp" and self.clustering.scaling == "percentile":
+            raise ValueError(
+                "clustering.scaling: release.mode 'local-dp' needs clustering.scaling = "
+                "'declared-bounds' (scale with the protocol's bounds, not with noised data)"
+            )
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+    def allocated_budget(self) -> tuple[float, float]:
+        """(epsilon, delta) that the protocol's stages allocate out of the per-site total."""
+        eps = 0.0
+        delta = 0.0
+        if self.release.mode == "local-dp" and self.release.epsilon is not None:
+            eps += self.release.epsilon
+            delta += self.release.delta
+        if self.release.mode == "secure-aggregate":
+            eps += self.clustering.secure.epsilon
+            delta += self.clustering.secure.delta
+        if self.training.dp_sgd.enabled and self.training.dp_sgd.epsilon is not None:
+            eps += self.training.dp_sgd.epsilon
+            delta += self.training.dp_sgd.delta
+        return eps, delta
+
+    @property
+    def is_simulation(self) -> bool:
+        return self.study.mode == "simulation"
+
+    @property
+    def features_epsilon(self) -> float:
+        """Epsilon of the feature release: inf for plain (the paper: no protection)."""
+        if self.release.mode == "local-dp" and self.release.epsilon is not None:
+            return self.release.epsilon
+        if self.release.mode == "secure-aggregate":
+            return self.clustering.secure.epsilon
+        return math.inf
+
+    def resolve_sites(self, partition_ids: list[int] | tuple[int, ...]) -> tuple[SiteSpec, ...]:
+        """The study's sites: those listed, or (simulation without a list) one site per partition
+        of the partition file, named ``site-<partition_id>``."""
+        if self.sites:
+            return self.sites
+        if not self.is_simulation:  # pragma: no cover - rejected by validation
+            raise ValueError("a deployment protocol must list its sites")
+        return tuple(
+            SiteSpec(id=f"site-{pid}", partition_id=pid) for pid in sorted(set(partition_ids))
+        )
+
+    def site_by_partition(self, partition_id: int) -> SiteSpec | None:
+        for site in self.sites:
+            if site.partition_id == partition_id:
+                return site
+        return None
