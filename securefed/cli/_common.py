@@ -23,7 +23,16 @@ from rich.progress import (
 
 from securefed.errors import SecurefedError
 
-__all__ = ["console", "err_console", "state", "handle_errors", "progress", "track", "info"]
+__all__ = [
+    "console",
+    "err_console",
+    "state",
+    "handle_errors",
+    "progress",
+    "track",
+    "info",
+    "subgroup",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -104,3 +113,14 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+def subgroup(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """The command group ``name`` of ``app``, created on first use, so that several areas can add
+    commands to one group (e.g. `securefed features extract|bounds|release`)."""
+    for info in app.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    group = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group

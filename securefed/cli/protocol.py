@@ -6,14 +6,17 @@ from pathlib import Path
 
 import typer
 
-from securefed.cli._common import console, handle_errors
+from securefed.cli._common import console, handle_errors, subgroup
 
 __all__ = ["register"]
 
-protocol_app = typer.Typer(help="Check and render study protocols.", no_args_is_help=True)
+
+def register(app: typer.Typer) -> None:
+    group = subgroup(app, "protocol", "Check, render, sign and verify study protocols.")
+    group.command("check")(check)
+    group.command("render")(render)
 
 
-@protocol_app.command("check")
 @handle_errors
 def check(file: Path = typer.Argument(..., help="Protocol TOML file.")) -> None:
     """Validate FILE; print its identity (sha256:<hex>) and a one-screen summary."""
@@ -25,7 +28,6 @@ def check(file: Path = typer.Argument(..., help="Protocol TOML file.")) -> None:
         console.print(line, highlight=False, markup=False)
 
 
-@protocol_app.command("render")
 @handle_errors
 def render(file: Path = typer.Argument(..., help="Protocol TOML file.")) -> None:
     """Plain summary of FILE for a governance board (what leaves each site, budgets)."""
@@ -33,7 +35,3 @@ def render(file: Path = typer.Argument(..., help="Protocol TOML file.")) -> None
 
     for line in summary_lines(load_protocol(file)):
         console.print(line, highlight=False, markup=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(protocol_app, name="protocol")
