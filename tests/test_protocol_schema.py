@@ -173,3 +173,22 @@ def test_cli_version_and_help() -> None:
     assert runner.invoke(app, ["version"]).exit_code == 0
     assert runner.invoke(app, ["--help"]).exit_code == 0
     assert runner.invoke(app, ["protocol", "--help"]).exit_code == 0
+
+
+def test_every_field_is_documented_and_reference_is_current() -> None:
+    from securefed.protocol.reference import (
+        BEGIN_MARK,
+        END_MARK,
+        FIELD_DOCS,
+        all_field_paths,
+        reference_markdown,
+    )
+
+    missing = [p for p in all_field_paths() if not FIELD_DOCS.get(p)]
+    assert not missing, f"undocumented protocol fields: {missing}"
+    text = (ROOT / "protocols" / "README.md").read_text()
+    embedded = text.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
+    assert embedded == reference_markdown().strip(), (
+        "protocols/README.md is stale: regenerate it with "
+        "`python -m securefed.protocol.reference > section`"
+    )
