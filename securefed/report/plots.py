@@ -1,0 +1,79 @@
+"""Plots of a study run (matplotlib, Agg backend, PNG files under RUNDIR/plots/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_dice_by_method", "plot_cffl_gain", "plot_training_curves", "REGIONS"]
+
+REGIONS = ("TC", "WT", "ET")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_dice_by_method(methods: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Grouped bars: mean Dice per region for each method (test cases of participating sites)."""
+    names = [m for m, r in methods.items() if r.get("mean")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.6))
+    width = 0.8 / len(REGIONS)
+    x = np.arange(len(names))
+    for i, region in enumerate(REGIONS):
+        values = [methods[m]["mean"].get(region) or 0.0 for m in names]
+        ax.bar(x + (i - 1) * width, values, width, label=region)
+    labels = [m + ("" if methods[m].get("private", True) else "\n(non-private)") for m in names]
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice (mean over test cases)")
+    ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cffl_gain(methods: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Mean-Dice gain of CFFL over FedAvg per cluster (percentage points)."""
+    cffl = methods.get("cffl", {}).get("per_cluster") or {}
+    fedavg = methods.get("fedavg", {}).get("per_cluster") or {}
+    clusters = sorted(set(cffl) & set(fedavg), key=lambda c: int(c))
+    if not clusters:
+        return None
+    gains = [100 * ((cffl[c].get("mean") or 0) - (fedavg[c].get("mean") or 0)) for c in clusters]
+    counts = [cffl[c].get("n", 0) for c in clusters]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(clusters) + 2), 3.2))
+    colors = ["tab:green" if g >= 0 else "tab:red" for g in gains]
+    ax.bar([f"{c}\n(n={n})" for c, n in zip(clusters, counts, strict=True)], gains, color=colors)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("cluster (test cases)")
+    ax.set_ylabel("CFFL - FedAvg, mean Dice (points)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Validation Dice per round for the global phase and each cluster's finetuning."""
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, history in curves.items():
+        rounds = [h["round"] for h in history if h.get("val_dice") is not None]
+        values = [h["val_dice"] for h in history if h.get("val_dice") is not None]
+        if rounds:
+            ax.plot(rounds, values, marker="o", ms=3, label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("pooled validation Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
