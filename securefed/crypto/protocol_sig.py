@@ -1,0 +1,145 @@
+"""Detached governance signatures over a study protocol's canonical hash (``FILE.sig``).
+
+The signature file is JSON: format, version, the protocol hash, the signer's Ed25519 public key
+and fingerprint, and the signature over ``b"securefed-protocol-signature-v1\\0" + hash``. It is
+public: it reveals nothing beyond the protocol's hash and the governance public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from securefed.crypto.files import write_atomic
+from securefed.crypto.keys import PrivateKeys, fingerprint
+from securefed.errors import ProtocolSignatureError
+from securefed.protocol import LoadedProtocol, load_protocol
+
+__all__ = [
+    "SIGNATURE_FORMAT",
+    "signature_path",
+    "sign_protocol_hash",
+    "verify_protocol_hash",
+    "write_signature",
+    "read_signature",
+    "verify_protocol_file",
+]
+
+SIGNATURE_FORMAT = "securefed-protocol-signature"
+_VERSION = 1
+_DOMAIN = b"securefed-protocol-signature-v1\x00"
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_MAX_SIG_FILE = 16 * 1024
+
+
+def signature_path(protocol_path: str | Path) -> Path:
+    """``FILE.sig`` next to ``FILE``."""
+    p = Path(protocol_path)
+    return p.with_name(p.name + ".sig")
+
+
+def sign_protocol_hash(protocol_hash: str, keys: PrivateKeys) -> dict[str, Any]:
+    """The signature document for ``protocol_hash``, signed with a governance key."""
+    if keys.role != "governance":
+        raise ProtocolSignatureError(
+            f"key {keys.party_id!r} is a {keys.role} key; protocols are signed with a "
+            "governance key (`securefed keys new --role governance`)"
+        )
+    if not _HASH_RE.match(protocol_hash):
+        raise ProtocolSignatureError(f"protocol hash {protocol_hash!r} must be sha256:<64 hex>")
+    sig = keys.sign(_DOMAIN + protocol_hash.encode("ascii"))
+    return {
+        "format": SIGNATURE_FORMAT,
+        "version": _VERSION,
+        "protocol": protocol_hash,
+        "signer": keys.party_id,
+        "signer_key": base64.b64encode(keys.public.signing_public).decode("ascii"),
+        "signer_fingerprint": keys.public.signing_fingerprint,
+        "signature": base64.b64encode(sig).decode("ascii"),
+    }
+
+
+def write_signature(doc: dict[str, Any], path: str | Path) -> None:
+    """Write a signature document atomically (mode 0644: it is public)."""
+    write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", 0o644)
+
+
+def read_signature(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        if path.stat().st_size > _MAX_SIG_FILE:
+            raise ProtocolSignatureError(f"{path}: too large for a signature file")
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ProtocolSignatureError(
+            f"{path}: signature file not found; sign with `securefed protocol sign`"
+        ) from exc
+    except OSError as exc:
+        raise ProtocolSignatureError(f"{path}: cannot read ({exc.strerror})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolSignatureError(f"{path}: not a signature file (invalid JSON)") from exc
+    if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
+        raise ProtocolSignatureError(f"{path}: not a securefed protocol signature file")
+    if doc.get("version") != _VERSION:
+        raise ProtocolSignatureError(
+            f"{path}: unsupported signature version {doc.get('version')!r}"
+        )
+    return doc
+
+
+def verify_protocol_hash(
+    doc: dict[str, Any], protocol_hash: str, expected_fingerprint: str | None, source: str = "sig"
+) -> str:
+    """Check ``doc`` signs ``protocol_hash`` with the key ``expected_fingerprint`` (the
+    protocol's governance.signing_key). Returns the signer's fingerprint."""
+    if expected_fingerprint is None:
+        raise ProtocolSignatureError(
+            "governance.signing_key is not set in the protocol, so no signature can be checked; "
+            "add the fingerprint printed by `securefed keys new --role governance`"
+        )
+    if doc.get("protocol") != protocol_hash:
+        raise ProtocolSignatureError(
+            f"{source}: signs protocol {doc.get('protocol')}, but this protocol is {protocol_hash}"
+            " (the protocol was changed after signing, or this is another protocol's signature)"
+        )
+    try:
+        raw = base64.b64decode(str(doc.get("signer_key", "")), validate=True)
+        sig = base64.b64decode(str(doc.get("signature", "")), validate=True)
+    except binascii.Error as exc:
+        raise ProtocolSignatureError(f"{source}: corrupt signer_key or signature field") from exc
+    if len(raw) != 32:
+        raise ProtocolSignatureError(f"{source}: signer_key must be an Ed25519 public key")
+    actual = fingerprint("ed25519", raw)
+    if actual != expected_fingerprint:
+        raise ProtocolSignatureError(
+            f"{source}: signed by key {actual}, but governance.signing_key is "
+            f"{expected_fingerprint}; sign with the governance key the protocol names"
+        )
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(
+            sig, _DOMAIN + protocol_hash.encode("ascii")
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise ProtocolSignatureError(f"{source}: the signature does not verify (tampered)") from exc
+    return actual
+
+
+def verify_protocol_file(path: str | Path, sig: str | Path | None = None) -> LoadedProtocol:
+    """Load the protocol at ``path`` and check its detached signature (``FILE.sig`` by default)
+    against its own governance.signing_key. Sites call this before doing anything."""
+    loaded = load_protocol(path)
+    sig_path = Path(sig) if sig is not None else signature_path(path)
+    verify_protocol_hash(
+        read_signature(sig_path),
+        loaded.sha256,
+        loaded.protocol.governance.signing_key,
+        str(sig_path),
+    )
+    return loaded
