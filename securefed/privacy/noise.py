@@ -1,0 +1,121 @@
+"""Noise sources: the OS CSPRNG by default, a seeded generator only as an explicit unsafe option.
+
+Secure sampling: 53-bit uniforms built from ``os.urandom`` bytes, mapped through the inverse CDF
+(Gaussian: ``scipy.special.ndtri``; Laplace: the closed form). Uniforms are taken at bin midpoints
+((k + 1/2) / 2^53), so they are never 0 or 1 and the inverse CDF is always finite.
+
+Known limitation: this is floating-point noise; its low-order bits can leak a little (Mironov
+2012). Discrete or snapping mechanisms are not implemented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.special import ndtri
+
+from securefed.errors import PrivacyError
+
+__all__ = [
+    "NoiseSource",
+    "SecureNoise",
+    "UnsafeSeededNoise",
+    "noise_source_for",
+    "distributed_gaussian_share",
+]
+
+_TWO_POW_53 = float(2**53)
+
+
+def _random_bytes(n: int) -> bytes:
+    """Bytes from the OS CSPRNG (the only entropy used for private noise)."""
+    return os.urandom(n)
+
+
+class NoiseSource(Protocol):
+    """Where noise comes from. ``name`` is recorded in release metadata."""
+
+    name: str
+
+    def gaussian(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray: ...
+
+    def laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray: ...
+
+
+class SecureNoise:
+    """Noise from the OS CSPRNG (``os.urandom``)."""
+
+    name = "os-csprng"
+
+    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniforms in (0, 1) on the 2^-53 grid midpoints."""
+        n = int(np.prod(shape, dtype=np.int64))
+        words = np.frombuffer(_random_bytes(8 * n), dtype="<u8") >> np.uint64(11)
+        return ((words.astype(np.float64) + 0.5) / _TWO_POW_53).reshape(shape)
+
+    def gaussian(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
+        return sigma * ndtri(self.uniform(shape))
+
+    def laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+        u = self.uniform(shape) - 0.5
+        return -scale * np.sign(u) * np.log1p(-2.0 * np.abs(u))
+
+
+class UnsafeSeededNoise:
+    """Seeded numpy noise: reproducible and NOT private. Simulation protocols only."""
+
+    name = "unsafe-seeded"
+
+    def __init__(self, seed: int, *context: str) -> None:
+        digest = hashlib.sha256("\x00".join((str(seed), *context)).encode()).digest()
+        self._rng = np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+    def gaussian(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
+        return self._rng.normal(0.0, sigma, size=shape)
+
+    def laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+        return self._rng.laplace(0.0, scale, size=shape)
+
+
+def noise_source_for(protocol: Any, *context: str, unsafe_seed: int | None = None) -> NoiseSource:
+    """The noise source a release must use under ``protocol`` (a schema ``Protocol``).
+
+    CSPRNG unless the protocol is a ``simulation`` with ``privacy.unsafe_seeded_noise = true``;
+    then ``unsafe_seed`` (or ``privacy.unsafe_noise_seed``) seeds a generator per ``context``
+    (e.g. site id and release id). An ``unsafe_seed`` under any other protocol is refused."""
+    privacy = protocol.privacy
+    allowed = protocol.study.mode == "simulation" and privacy.unsafe_seeded_noise
+    if unsafe_seed is not None and not allowed:
+        raise PrivacyError(
+            "unsafe_seed: seeded noise is only allowed in a study.mode = 'simulation' protocol "
+            "with privacy.unsafe_seeded_noise = true; drop the seed to use the OS CSPRNG"
+        )
+    seed = unsafe_seed if unsafe_seed is not None else privacy.unsafe_noise_seed
+    if allowed and seed is not None:
+        return UnsafeSeededNoise(int(seed), *context)
+    return SecureNoise()
+
+
+def distributed_gaussian_share(
+    source: NoiseSource,
+    sigma: float,
+    n_parties: int,
+    shape: tuple[int, ...],
+    *,
+    min_contributors: int | None = None,
+) -> np.ndarray:
+    """One party's share of distributed Gaussian noise for a secure-aggregated sum.
+
+    Each party draws N(0, sigma^2 / m) with m = ``min_contributors`` (default ``n_parties``), so
+    the sum over any m or more parties carries at least N(0, sigma^2). Set m below n to tolerate
+    drop-outs (or parties that may collude with the server and remove their own share): the noise
+    is then larger than needed when everyone takes part, never smaller."""
+    m = n_parties if min_contributors is None else min_contributors
+    if n_parties < 1 or not 1 <= m <= n_parties:
+        raise PrivacyError(
+            f"distributed noise: need 1 <= min_contributors ({m}) <= n_parties ({n_parties})"
+        )
+    return source.gaussian(sigma / np.sqrt(m), shape)
