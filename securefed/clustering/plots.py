@@ -1,0 +1,72 @@
+"""Plots for the clustering report (matplotlib, Agg backend): 2-D embedding coloured by
+institution and by cluster, and the cluster x institution heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_embedding", "plot_table"]
+
+
+def _savefig(fig: object, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    tmp.replace(path)
+
+
+def plot_embedding(
+    z: np.ndarray, colourings: dict[str, np.ndarray], path: Path, method: str = "pca", seed: int = 0
+) -> None:
+    """Scatter the first two PCA (or t-SNE, perplexity <= 35) coordinates of ``z``, one panel per
+    colouring (e.g. institution, cluster, scanner)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if method == "tsne" and z.shape[0] > 5:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(35, (z.shape[0] - 1) / 3))
+        xy = TSNE(n_components=2, perplexity=perplexity, random_state=seed).fit_transform(z)
+    else:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2).fit_transform(z) if z.shape[1] > 2 else z[:, :2]
+    fig, axes = plt.subplots(1, len(colourings), figsize=(5 * len(colourings), 4.5), squeeze=False)
+    for ax, (name, labels) in zip(axes[0], colourings.items(), strict=True):
+        names = sorted({str(v) for v in labels})
+        idx = np.array([names.index(str(v)) for v in labels])
+        ax.scatter(xy[:, 0], xy[:, 1], c=idx, cmap="tab20", s=10, vmin=0, vmax=max(19, len(names)))
+        ax.set_title(f"{method.upper()} coloured by {name} ({len(names)})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _savefig(fig, path)
+
+
+def plot_table(
+    counts: np.ndarray, rows: list[int], cols: list[str], path: Path, title: str
+) -> None:
+    """Heatmap of a cluster x group count table with the counts written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(cols) + 2), max(3, 0.4 * len(rows) + 1.5)))
+    ax.imshow(counts, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=7)
+    ax.set_xlabel("group")
+    ax.set_ylabel("cluster")
+    ax.set_title(title)
+    for (i, j), v in np.ndenumerate(counts):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
+    _savefig(fig, path)
