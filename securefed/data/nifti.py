@@ -5,6 +5,7 @@ Only used at the site; nothing read here leaves it.
 
 from __future__ import annotations
 
+import gzip
 import os
 import struct
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def read_header(case: str, path: Path) -> Header:
         zooms=(zooms[0], zooms[1], zooms[2]),
         dtype=dtype,
         data_bytes=int(np.prod(shape)) * dtype.itemsize,
-        offset=int(img.header.get_data_offset()),
+        offset=int(getattr(img.dataobj, "offset", img.header.get_data_offset())),
     )
     _check_size(case, header)
     return header
@@ -107,10 +108,17 @@ def _check_size(case: str, header: Header) -> None:
 
 
 def read_voxels(case: str, path: Path, dtype: type | None = None) -> np.ndarray:
-    """All voxels of ``path`` as a 3D array (scaled by the header's slope/intercept)."""
+    """All voxels of ``path`` as a 3D array (scaled by the header's slope/intercept); the gzip
+    CRC is verified, so a corrupted or truncated payload raises CaseError."""
     img = _load(case, path)
     try:
-        data = np.asanyarray(img.dataobj)
+        # Read the whole stream so that gzip verifies its CRC and length: nibabel alone stops
+        # after the voxel bytes and would accept a corrupted payload.
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+        data = np.asanyarray(type(img).from_bytes(raw).dataobj)
+        del raw
     except Exception as exc:  # noqa: BLE001 - gzip/zlib/EOF/short read from an untrusted file
         raise _fail(
             case, path, "truncated or corrupt voxel data; copy the file again from the source", exc

@@ -1,0 +1,70 @@
+"""`securefed data ...`: check a FeTS2022 / BraTS data root before a study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from securefed.cli._common import console, handle_errors, progress, subgroup
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    group = subgroup(app, "data", "Check FeTS2022 / BraTS data roots (nothing leaves the site).")
+    group.command("check")(check)
+
+
+@handle_errors
+def check(
+    root: Path = typer.Argument(..., help="Data root holding one folder per case."),
+    partitioning: str = typer.Option(
+        "partitioning_1",
+        "--partitioning",
+        "-p",
+        help="Partition file: a name in ROOT (partitioning_1, partitioning_2), a CSV path, "
+        "or 'none' (no partition file).",
+    ),
+    full: bool = typer.Option(
+        False,
+        "--full/--header-only",
+        help="Read every voxel (NaN/inf, labels, corrupt data) or only the headers (fast).",
+    ),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes for --full."),
+) -> None:
+    """Validate ROOT: list every excluded case (case, file, problem) and a summary line.
+
+    Exit 0 when at least one case loads, 2 when none does."""
+    from rich.table import Table
+
+    from securefed.data import load_federation
+
+    part = None if partitioning.lower() == "none" else partitioning
+    with progress(transient=True) as bar:
+        task = bar.add_task("checking cases (full)" if full else "checking headers", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        fed = load_federation(
+            root,
+            part,
+            check="full" if full else "header",
+            workers=workers,
+            progress=on_progress,
+        )
+    if fed.problems:
+        table = Table(title="Excluded cases", show_lines=False)
+        table.add_column("case")
+        table.add_column("file")
+        table.add_column("problem", overflow="fold")
+        for p in fed.problems:
+            table.add_row(p.subject_id, p.file or "-", p.problem)
+        console.print(table)
+    parts = fed.partitions
+    console.print(
+        f"{len(parts)} partition{'s' if len(parts) != 1 else ''}; {fed.summary()}",
+        highlight=False,
+        markup=False,
+    )
