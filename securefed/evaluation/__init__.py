@@ -1,0 +1,21 @@
+"""Evaluation: sliding-window inference, Dice/HD95 per region with the paper's empty rule, and
+per case/site/cluster/scanner tables."""
+
+from securefed.evaluation.inference import predict_logits, predict_mask
+from securefed.evaluation.metrics import (
+    REGIONS,
+    case_metrics,
+    dice_per_region,
+    hd95_per_region,
+    mean_metrics,
+)
+
+__all__ = [
+    "REGIONS",
+    "case_metrics",
+    "dice_per_region",
+    "hd95_per_region",
+    "mean_metrics",
+    "predict_logits",
+    "predict_mask",
+]
