@@ -1,0 +1,143 @@
+"""`securefed keys new|show` and `securefed protocol sign|verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from securefed.cli._common import console, handle_errors, info, subgroup
+from securefed.errors import KeyError_
+
+__all__ = ["register"]
+
+_MAX_PASSPHRASE_FILE = 4096
+
+
+def register(app: typer.Typer) -> None:
+    keys = subgroup(app, "keys", "Create and inspect party keys (signing + encryption).")
+    keys.command("new")(new)
+    keys.command("show")(show)
+    protocol = subgroup(app, "protocol", "Check, render, sign and verify study protocols.")
+    protocol.command("sign")(sign)
+    protocol.command("verify")(verify)
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    """The passphrase from a file (first line, trailing newline removed)."""
+    if path is None:
+        return None
+    try:
+        raw = path.read_bytes()[: _MAX_PASSPHRASE_FILE + 1]
+    except OSError as exc:
+        raise KeyError_(f"{path}: cannot read the passphrase file ({exc.strerror})") from exc
+    if len(raw) > _MAX_PASSPHRASE_FILE:
+        raise KeyError_(f"{path}: passphrase file is larger than {_MAX_PASSPHRASE_FILE} bytes")
+    value = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    if not value:
+        raise KeyError_(f"{path}: the passphrase file is empty")
+    return value
+
+
+_PASS_HELP = "File holding the passphrase (first line) that encrypts the private key."
+
+
+@handle_errors
+def new(
+    role: str = typer.Option(..., "--role", help="site, server or governance."),
+    party_id: str = typer.Option(..., "--id", help="Party id (as in the protocol)."),
+    out: Path = typer.Option(..., "--out", help="Folder for <id>.key and <id>.pub.json."),
+    kem: str = typer.Option("x25519", "--kem", help="x25519 or mlkem768-x25519 (hybrid PQ)."),
+    passphrase_file: Path | None = typer.Option(None, "--passphrase-file", help=_PASS_HELP),
+) -> None:
+    """Create signing (Ed25519) and encryption (HPKE) keys; print the fingerprints to paste into
+    the protocol. Only <id>.pub.json leaves the party; <id>.key is written 0600."""
+    from securefed.crypto import generate_keys, write_keys
+
+    keys = generate_keys(role, party_id, kem)  # type: ignore[arg-type]
+    paths = write_keys(keys, out, _passphrase(passphrase_file))
+    info(f"private keys: {paths.private} (mode 0600; keep it at this party)")
+    info(f"public keys:  {paths.public} (share this one)")
+    _print_public(keys.public)
+
+
+def _print_public(public: object) -> None:
+    from securefed.crypto import PublicKeys
+
+    assert isinstance(public, PublicKeys)
+    console.print(f"role = {public.role}", highlight=False)
+    console.print(f"id = {public.party_id}", highlight=False)
+    console.print(f"kem = {public.kem}", highlight=False)
+    console.print(f'signing_key = "{public.signing_fingerprint}"', highlight=False)
+    if public.role != "governance":
+        console.print(f'encryption_key = "{public.encryption_fingerprint}"', highlight=False)
+
+
+@handle_errors
+def show(
+    path: Path = typer.Argument(..., help="A .pub.json bundle or a .key file."),
+) -> None:
+    """Print the role, id and public fingerprints of a key file (no passphrase needed)."""
+    from securefed.crypto import load_public_keys
+
+    _print_public(load_public_keys(path))
+
+
+@handle_errors
+def sign(
+    file: Path = typer.Argument(..., help="Protocol TOML file."),
+    key: Path = typer.Option(..., "--key", help="Governance private key (<id>.key)."),
+    passphrase_file: Path | None = typer.Option(None, "--passphrase-file", help=_PASS_HELP),
+    out: Path | None = typer.Option(None, "--out", help="Signature file (default FILE.sig)."),
+) -> None:
+    """Sign FILE's canonical hash with the governance key; write FILE.sig."""
+    from securefed.crypto import (
+        load_private_keys,
+        sign_protocol_hash,
+        signature_path,
+        verify_protocol_hash,
+        write_signature,
+    )
+    from securefed.errors import ProtocolSignatureError
+    from securefed.protocol import load_protocol
+
+    loaded = load_protocol(file)
+    keys = load_private_keys(key, _passphrase(passphrase_file), role="governance")
+    pinned = loaded.protocol.governance.signing_key
+    if pinned is not None and pinned != keys.public.signing_fingerprint:
+        raise ProtocolSignatureError(
+            f"{key}: key {keys.public.signing_fingerprint} is not the protocol's "
+            f"governance.signing_key ({pinned}); sign with that key or fix the protocol"
+        )
+    doc = sign_protocol_hash(loaded.sha256, keys)
+    target = out if out is not None else signature_path(file)
+    if pinned is not None:
+        verify_protocol_hash(doc, loaded.sha256, pinned, str(target))
+    write_signature(doc, target)
+    info(f"signed {loaded.sha256} with {keys.public.signing_fingerprint}")
+    if pinned is None:
+        info(
+            "warning: this protocol has no governance.signing_key, so sites cannot verify the "
+            "signature; add the fingerprint above and sign again"
+        )
+    console.print(str(target), highlight=False)
+
+
+@handle_errors
+def verify(
+    file: Path = typer.Argument(..., help="Protocol TOML file."),
+    sig: Path | None = typer.Option(None, "--sig", help="Signature file (default FILE.sig)."),
+) -> None:
+    """Check FILE.sig against the protocol's governance.signing_key."""
+    from securefed.crypto import read_signature, signature_path, verify_protocol_hash
+    from securefed.protocol import load_protocol
+
+    loaded = load_protocol(file)
+    sig_path = sig if sig is not None else signature_path(file)
+    signer = verify_protocol_hash(
+        read_signature(sig_path),
+        loaded.sha256,
+        loaded.protocol.governance.signing_key,
+        str(sig_path),
+    )
+    console.print(f"OK {loaded.sha256} signed by {signer}", highlight=False)
