@@ -27,7 +27,7 @@ _ARRAYS = ("scale_low", "scale_high", "pca_mean", "pca_components", "means", "we
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -67,10 +67,10 @@ class RadiomicsClusterer:
         cls, spec: Any, lower: np.ndarray | None = None, upper: np.ndarray | None = None
     ) -> RadiomicsClusterer:
         """Build from a ``securefed.protocol.schema.ClusteringSpec``."""
-        names = (
-            "algorithm k k_selection k_min k_max scaling percentile_low percentile_high "
-            "pca_components covariance_type n_init max_iter seed"
-        ).split()
+        names = [
+            "algorithm", "k", "k_selection", "k_min", "k_max", "scaling", "percentile_low",
+            "percentile_high", "pca_components", "covariance_type", "n_init", "max_iter", "seed",
+        ]  # fmt: skip
         return cls(**{n: getattr(spec, n) for n in names}, lower=lower, upper=upper)
 
     # ------------------------------------------------------------------------------------------

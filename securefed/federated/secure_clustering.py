@@ -9,10 +9,10 @@ assign all their cases (train, val, test) to the final centroids locally.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,45 +24,12 @@ from securefed.clustering.secure import (
     SecurePlan,
     plan_secure_clustering,
 )
-from securefed.errors import BudgetExceededError
 
 __all__ = [
     "SecureClusteringResult",
-    "SimulationLedger",
+    "cluster_table_secure",
     "run_secure_clustering",
 ]
-
-
-@dataclass
-class SimulationLedger:
-    """In-memory stand-in for a site's ledger in simulations: composes the charged DpEvents with
-    the protocol's accountant and refuses, before any noise, a release past the budget."""
-
-    site_id: str
-    total_epsilon: float
-    total_delta: float
-    accountant: str = "rdp"
-    entries: list[dict[str, Any]] = field(default_factory=list)
-
-    def spent(self, extra: Any = None) -> float:
-        from securefed.privacy.accounting import accountant_epsilon
-
-        events = [e["event"] for e in self.entries] + ([extra] if extra is not None else [])
-        return accountant_epsilon(events, self.total_delta, self.accountant) if events else 0.0
-
-    @contextlib.contextmanager
-    def charge(self, stage: str, release_id: str, event: Any) -> Iterator[None]:
-        if any(e["release_id"] == release_id for e in self.entries):
-            yield
-            return
-        after = self.spent(event)
-        if after > self.total_epsilon + 1e-9:
-            raise BudgetExceededError(
-                f"site {self.site_id}: {stage}/{release_id} would bring the spend to "
-                f"epsilon {after:.3f} > budget {self.total_epsilon}; refused before noise"
-            )
-        self.entries.append({"stage": stage, "release_id": release_id, "event": event})
-        yield
 
 
 @dataclass
@@ -120,3 +87,47 @@ def run_secure_clustering(
         list(server.sums_),
         time.perf_counter() - start,
     )
+
+
+def cluster_table_secure(
+    table: Any, loaded: Any, ledger_root: str | Path, *, unsafe_seed: int | None = None
+) -> tuple[np.ndarray, SecureClusteringResult]:
+    """Simulate the secure-aggregate clustering on a feature table whose rows stay with their
+    site (one site per partition id, ``site-<partition_id>`` unless the protocol lists sites).
+
+    Each site projects its own cases with the protocol's fixed projection, contributes its
+    train+val cases to the masked, noised aggregates (charged to its ledger under
+    ``ledger_root/<site id>``) and assigns all its cases locally. Returns the cluster of every row
+    of ``table`` (collected only for the simulation's report) and the run's result."""
+    from securefed.clustering.projection import projection_for
+    from securefed.privacy.ledger import Ledger
+    from securefed.privacy.noise import noise_source_for
+
+    protocol = loaded.protocol
+    projection = projection_for(loaded, table.columns)
+    cols = [table.columns.index(c) for c in projection.columns]
+    sites = protocol.resolve_sites(sorted({int(p) for p in table.partition_ids}))
+    site_of = {s.partition_id: s.id for s in sites}
+    fit_points: dict[str, np.ndarray] = {}
+    all_points: dict[str, np.ndarray] = {}
+    rows: dict[str, np.ndarray] = {}
+    fit = table.fit_mask
+    for pid, sid in site_of.items():
+        mine = table.partition_ids == pid
+        pts = projection(table.matrix[mine][:, cols])
+        rows[sid] = np.flatnonzero(mine)
+        all_points[sid] = pts
+        fit_points[sid] = pts[fit[mine]]
+    ledgers = {sid: Ledger.for_protocol(Path(ledger_root) / sid, loaded, sid) for sid in fit_points}
+    result = run_secure_clustering(
+        fit_points,
+        protocol,
+        ledgers,
+        lambda sid: noise_source_for(protocol, sid, "secure-clustering", unsafe_seed=unsafe_seed),
+        context=loaded.sha256.encode() + b"|clustering",
+        assign_points=all_points,
+    )
+    labels = np.zeros(len(table.subject_ids), dtype=np.int64)
+    for sid, idx in rows.items():
+        labels[idx] = result.labels[sid]
+    return labels, result
