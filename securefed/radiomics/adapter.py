@@ -114,8 +114,12 @@ def extract_modality(
     """Features of one modality (x, y, z) inside ``mask``, in ``modality_columns`` order."""
     classes = tuple(spec.feature_classes)
     where = f"case {subject_id}, modality {modality}"
+    roi = image[mask]
+    if roi.size == 0:
+        raise FeatureError(f"{where}, all features: the mask is empty")
+    if not np.all(np.isfinite(roi)):
+        raise FeatureError(f"{where}, all features: non-finite intensities inside the mask")
     if edges is not None:
-        roi = image[mask]
         lo, hi = float(roi.min()), float(roi.max())
         if lo < edges[0] or hi >= edges[-1]:
             raise FeatureError(
