@@ -65,12 +65,14 @@ def _print_public(public: object) -> None:
     from securefed.crypto import PublicKeys
 
     assert isinstance(public, PublicKeys)
-    console.print(f"role = {public.role}", highlight=False)
-    console.print(f"id = {public.party_id}", highlight=False)
-    console.print(f"kem = {public.kem}", highlight=False)
-    console.print(f'signing_key = "{public.signing_fingerprint}"', highlight=False)
+    console.print(f"role = {public.role}", highlight=False, soft_wrap=True)
+    console.print(f"id = {public.party_id}", highlight=False, soft_wrap=True)
+    console.print(f"kem = {public.kem}", highlight=False, soft_wrap=True)
+    console.print(f'signing_key = "{public.signing_fingerprint}"', highlight=False, soft_wrap=True)
     if public.role != "governance":
-        console.print(f'encryption_key = "{public.encryption_fingerprint}"', highlight=False)
+        console.print(
+            f'encryption_key = "{public.encryption_fingerprint}"', highlight=False, soft_wrap=True
+        )
 
 
 @handle_errors
@@ -120,7 +122,7 @@ def sign(
             "warning: this protocol has no governance.signing_key, so sites cannot verify the "
             "signature; add the fingerprint above and sign again"
         )
-    console.print(str(target), highlight=False)
+    console.print(str(target), highlight=False, soft_wrap=True)
 
 
 @handle_errors
@@ -140,4 +142,4 @@ def verify(
         loaded.protocol.governance.signing_key,
         str(sig_path),
     )
-    console.print(f"OK {loaded.sha256} signed by {signer}", highlight=False)
+    console.print(f"OK {loaded.sha256} signed by {signer}", highlight=False, soft_wrap=True)
