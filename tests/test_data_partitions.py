@@ -38,6 +38,12 @@ def test_bad_partition_files_name_file_and_line(tmp_path: Path, text: str, match
     assert "partitioning_1.csv" in str(info.value)
 
 
+def test_extra_columns_are_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("Subject_ID,Site,Partition_ID\nFeTS2022_00001,x,3\n")
+    assert read_partitioning(path) == {"FeTS2022_00001": 3}
+
+
 def test_missing_partition_file(tmp_path: Path) -> None:
     make_case(tmp_path, "FeTS2022_00001")
     with pytest.raises(PartitionError, match="partitioning_2.csv not found"):
