@@ -87,9 +87,9 @@ class Discovery:
     """Result of :func:`discover_cases`: complete cases by subject id (sorted) and the problems of
     the folders that were not usable."""
 
-    root: Path
     cases: dict[str, CaseFiles]
     problems: tuple[CaseProblem, ...]
+    root: Path | None = None
 
 
 def _case_files(folder: Path) -> dict[str, list[Path]]:
@@ -182,4 +182,4 @@ def discover_cases(root: str | Path) -> Discovery:
             f"no case folders in {root} (expected e.g. FeTS2022_00001/FeTS2022_00001_flair.nii.gz)"
             + _nested_hint(root)
         )
-    return Discovery(root=root, cases=cases, problems=tuple(problems))
+    return Discovery(cases=cases, problems=tuple(problems), root=root)

@@ -71,9 +71,9 @@ def check_cases(
     workers: int = 1,
     progress: ProgressCallback | None = None,
 ) -> CheckResult:
-    """Check every case at ``level`` ("none" accepts all); ``workers`` > 1 spreads cases over a
-    spawned process pool (scripts need the ``if __name__ == "__main__":`` guard). Results do not
-    depend on ``workers``."""
+    """Check every case at ``level`` ("none" accepts all). For "full", ``workers`` > 1 spreads
+    cases over a spawned process pool (scripts need the ``if __name__ == "__main__":`` guard).
+    Results do not depend on ``workers``."""
     items = sorted(cases, key=lambda c: c.subject_id)
     total = len(items)
     if level == "none":
@@ -89,7 +89,7 @@ def check_cases(
         for c in items
     ]
     done = 0
-    if workers <= 1 or total <= 1:
+    if workers <= 1 or total <= 1 or not full:  # header checks are too cheap to ship out
         for a in args:
             res = _check_worker(*a)
             if res is not None:
