@@ -144,3 +144,21 @@ def test_sign_with_wrong_key_and_missing_fingerprint(app, tmp_path):
     assert res.exit_code == 3 and "governance.signing_key is not set" in _flat(res.output)
     res = runner.invoke(app, ["protocol", "verify", str(proto)])
     assert res.exit_code == 3  # signs another protocol's hash
+
+
+def test_tampered_signature_bytes(app, tmp_path):
+    import base64
+
+    fp = _fingerprint(_new(app, tmp_path, "governance", "board"), "signing_key")
+    proto = tmp_path / "study.toml"
+    proto.write_text(PROTOCOL.format(governance=f'[governance]\nsigning_key = "{fp}"'))
+    key = tmp_path / "board" / "board.key"
+    assert runner.invoke(app, ["protocol", "sign", str(proto), "--key", str(key)]).exit_code == 0
+    sig = tmp_path / "study.toml.sig"
+    doc = json.loads(sig.read_text())
+    raw = bytearray(base64.b64decode(doc["signature"]))
+    raw[5] ^= 1
+    doc["signature"] = base64.b64encode(bytes(raw)).decode()
+    sig.write_text(json.dumps(doc))
+    res = runner.invoke(app, ["protocol", "verify", str(proto)])
+    assert res.exit_code == 3 and "does not verify" in _flat(res.output)

@@ -250,3 +250,26 @@ def test_allowed_senders_from_protocol(parties):
     assert allowed_senders(simulation, "site", public_keys=[site.public]) == {
         "site-1": site.public.signing_fingerprint
     }
+
+
+def test_corrupt_counter_state_is_refused(parties, tmp_path):
+    from securefed.transport import CounterStateError
+
+    env = _seal(parties, tmp_path)
+    state = tmp_path / "server-state"
+    state.mkdir()
+    guard = ReplayGuard(state)
+    guard._path("site-1").write_text("{broken")
+    with pytest.raises(CounterStateError, match="corrupt"):
+        _open(parties, tmp_path, env)
+    (tmp_path / "site-state" / SendCounter.FILE).write_text('{"x": -1}')
+    with pytest.raises(CounterStateError):
+        _seal(parties, tmp_path)
+
+
+def test_failed_encoding_does_not_use_a_counter(parties, tmp_path):
+    from securefed.transport import CodecError
+
+    with pytest.raises(CodecError):
+        _seal(parties, tmp_path, arrays={"s": np.array(["text"])})
+    assert SendCounter(tmp_path / "site-state").last("server", "features") == 0
