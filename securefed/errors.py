@@ -36,6 +36,10 @@ __all__ = [
     "VersionError",
     "WrongProtocolError",
     "WrongStageError",
+    "TruncatedError",
+    "WrongKeyError",
+    "CodecError",
+    "CounterStateError",
     "ClusteringError",
     "AggregationError",
     "TooFewParticipantsError",
@@ -184,6 +188,31 @@ class WrongProtocolError(EnvelopeError):
 
 class WrongStageError(EnvelopeError):
     code = "SF157"
+
+
+class TruncatedError(TamperError):
+    """The envelope is shorter (or longer) than its own length fields say."""
+
+    code = "SF158"
+
+
+class WrongKeyError(EnvelopeError):
+    """The envelope was sealed for another recipient or another key."""
+
+    code = "SF159"
+
+
+class CodecError(EnvelopeError):
+    """A payload does not follow the codec format (only ever seen after a signature verified,
+    so it points at a bug or an incompatible sender)."""
+
+    code = "SF149"
+
+
+class CounterStateError(SecurityError):
+    """A counter state file is corrupt: refusing rather than risking a counter reuse or a replay."""
+
+    code = "SF148"
 
 
 # --- server-side stages ---------------------------------------------------------------------

@@ -6,7 +6,13 @@ from __future__ import annotations
 import typer
 
 from securefed import __version__
+from securefed.cli import cluster as _cluster
+from securefed.cli import data as _data
+from securefed.cli import keys as _keys
+from securefed.cli import privacy as _privacy
 from securefed.cli import protocol as _protocol
+from securefed.cli import radiomics as _radiomics
+from securefed.cli import synth as _synth
 from securefed.cli._common import console, state
 
 __all__ = ["app", "main"]
@@ -36,7 +42,7 @@ def version() -> None:
     console.print(f"securefed {__version__}")
 
 
-for _module in (_protocol,):
+for _module in (_synth, _data, _protocol, _keys, _radiomics, _privacy, _cluster):
     _module.register(app)
 
 

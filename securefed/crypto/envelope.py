@@ -40,8 +40,10 @@ from securefed.errors import (
     EnvelopeError,
     OversizeError,
     TamperError,
+    TruncatedError,
     UnknownSenderError,
     VersionError,
+    WrongKeyError,
     WrongProtocolError,
     WrongStageError,
 )
@@ -88,18 +90,6 @@ _HEADER_KEYS = {
     "counter",
     "payload_len",
 }
-
-
-class TruncatedError(TamperError):
-    """The envelope is shorter (or longer) than its own length fields say."""
-
-    code = "SF158"
-
-
-class WrongKeyError(EnvelopeError):
-    """The envelope was sealed for another recipient or another key."""
-
-    code = "SF159"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import EnvelopeError, VersionError
+from securefed.errors import CodecError, VersionError
 
 __all__ = [
     "CODEC_VERSION",
@@ -54,13 +54,6 @@ ALLOWED_DTYPES: tuple[str, ...] = (
     "<u8",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
-
-
-class CodecError(EnvelopeError):
-    """A payload does not follow the codec format (only ever seen after a signature verified,
-    so it points at a bug or an incompatible sender)."""
-
-    code = "SF149"
 
 
 @dataclass(frozen=True)

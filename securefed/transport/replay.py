@@ -23,18 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from securefed.crypto.files import write_atomic
-from securefed.errors import ReplayError, SecurityError
+from securefed.errors import CounterStateError, ReplayError
 
 __all__ = ["ReplayGuard", "SendCounter", "CounterStateError"]
 
 _MAX_STATE = 1024 * 1024
 _MAX_COUNTER = 2**63 - 1
-
-
-class CounterStateError(SecurityError):
-    """A counter state file is corrupt: refusing rather than risking a counter reuse or a replay."""
-
-    code = "SF148"
 
 
 @contextmanager
