@@ -7,6 +7,7 @@ import gzip
 import pickle
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from test_data_helpers import SHAPE, affine, make_case, make_federation, rewrite
@@ -168,6 +169,17 @@ def test_4d_file_is_rejected_but_trailing_singleton_is_fine(tmp_path: Path) -> N
     assert load_case(case).image.shape == (4, *SHAPE)
     rewrite(_file(tmp_path, "t2"), np.ones((*SHAPE, 2), np.float32))
     _expect(case, "expected a 3D volume", f"{S}_t2.nii.gz", header=True)
+
+
+def test_implausibly_large_header_is_refused_before_decompressing(tmp_path: Path) -> None:
+    case = _case(tmp_path)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((2048, 2048, 512))
+    header.set_sform(affine(), code=1)
+    raw = header.binaryblock + b"\0" * 4 + b"\0" * 64
+    _file(tmp_path, "t1").write_bytes(gzip.compress(raw))
+    _expect(case, "implausibly large volume", f"{S}_t1.nii.gz", header=True)
 
 
 def _corrupt(root: Path, subject: str) -> None:

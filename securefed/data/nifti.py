@@ -16,10 +16,13 @@ import numpy as np
 
 from securefed.errors import CaseError
 
-__all__ = ["AFFINE_ATOL", "Header", "read_header", "read_voxels", "check_voxels"]
+__all__ = ["AFFINE_ATOL", "MAX_VOXELS", "Header", "read_header", "read_voxels", "check_voxels"]
 
 AFFINE_ATOL = 1e-3
 """Largest difference (mm) tolerated between the affines of one case's files."""
+
+MAX_VOXELS = 1 << 30
+"""Headers claiming more voxels are refused before anything is decompressed."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ def read_header(case: str, path: Path) -> Header:
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3 or any(s != 1 for s in shape[3:]) or min(shape[:3], default=0) < 1:
         raise _fail(case, path, f"expected a 3D volume, got shape {shape}; re-export it as 3D")
+    if int(np.prod(shape)) > MAX_VOXELS:
+        raise _fail(case, path, f"implausibly large volume {shape} (> {MAX_VOXELS} voxels)")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all():
         raise _fail(case, path, "non-finite affine in the header; fix the qform/sform")
