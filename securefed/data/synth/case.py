@@ -29,6 +29,7 @@ class SynthCase:
     seg: np.ndarray  # uint8 (X, Y, Z) in {0, 1, 2, 4}
     affine: np.ndarray
     volumes_ml: dict[str, float]  # ncr, ed, et, tc, wt
+    tissue: dict[str, np.ndarray] | None = None  # gm, wm, csf, brain (only with keep_tissue)
 
 
 def case_rng(seed: int, index: int) -> np.random.Generator:
@@ -50,8 +51,8 @@ def _big_enough(seg: np.ndarray, voxel_ml: float) -> bool:
     return True
 
 
-def make_case(spec: CaseSpec, grid: Grid) -> SynthCase:
-    """Build the volumes of one case (in memory)."""
+def make_case(spec: CaseSpec, grid: Grid, *, keep_tissue: bool = False) -> SynthCase:
+    """Build the volumes of one case in memory (with its tissue maps if keep_tissue)."""
     if spec.scanner not in SCANNERS:
         raise ConfigError(f"case {spec.subject_id}: unknown scanner {spec.scanner!r}")
     rng = case_rng(spec.seed, spec.index)
@@ -83,6 +84,7 @@ def make_case(spec: CaseSpec, grid: Grid) -> SynthCase:
     clean = render_contrasts(rng, gm, wm, csf, brain, masks, grid.spacing)
     profile = jitter(SCANNERS[spec.scanner], rng)
     images = acquire(clean, brain, profile, grid.spacing, rng)
+    tissue = {"gm": gm, "wm": wm, "csf": csf, "brain": brain} if keep_tissue else None
     return SynthCase(
-        spec.subject_id, images, masks.labels, grid.affine, _volumes(masks.labels, voxel_ml)
+        spec.subject_id, images, masks.labels, grid.affine, _volumes(masks.labels, voxel_ml), tissue
     )

@@ -34,15 +34,16 @@ class ScannerProfile:
 SCANNERS: dict[str, ScannerProfile] = {
     p.name: p
     for p in (
-        ScannerProfile("siemens-3t", "3 T, thin slices, low noise, sharp", 0.025, 0.4, 1.0,
+        # name, description, noise, blur_mm, slice_mm, bias, gamma, gibbs, scale
+        ScannerProfile("siemens-3t", "3 T, thin slices, low noise, sharp", 0.02, 0.4, 1.0,
                        0.08, 1.00, 1.0, 900.0),
-        ScannerProfile("ge-1.5t", "1.5 T, 3 mm slices, moderate noise, strong bias", 0.055, 0.9,
-                       3.0, 0.25, 0.90, 1.0, 600.0),
-        ScannerProfile("philips-3t", "3 T, Gibbs ringing, gamma 1.3 reconstruction", 0.035, 0.6,
-                       1.5, 0.15, 1.30, 0.55, 1200.0),
+        ScannerProfile("ge-1.5t", "1.5 T, 3 mm slices, noisy, strong bias, mild gamma", 0.07,
+                       0.9, 3.0, 0.30, 0.85, 1.0, 600.0),
+        ScannerProfile("philips-3t", "3 T, Gibbs ringing, gamma 1.45 reconstruction", 0.03, 0.6,
+                       1.5, 0.12, 1.45, 0.45, 1200.0),
         ScannerProfile("siemens-1.5t-thick", "1.5 T, 6 mm slices, blurred", 0.05, 1.3, 6.0,
                        0.12, 1.00, 1.0, 700.0),
-        ScannerProfile("legacy-1.5t", "old 1.5 T, high noise, compressive non-linearity", 0.09,
+        ScannerProfile("legacy-1.5t", "old 1.5 T, very noisy, compressive non-linearity", 0.11,
                        1.0, 4.0, 0.20, 0.70, 0.75, 400.0),
     )
 }  # fmt: skip

@@ -23,7 +23,7 @@ import numpy as np
 from securefed.data.synth.anatomy import MNI_ORIGIN_MM, Grid, output_grid
 from securefed.data.synth.case import make_case
 from securefed.data.synth.contrast import MODALITIES
-from securefed.data.synth.presets import CaseSpec, get_preset, plan_cases
+from securefed.data.synth.presets import CaseSpec, Preset, get_preset, plan_cases
 from securefed.errors import ConfigError, DataError
 
 __all__ = ["synthesize", "SynthResult", "write_case", "TRUTH_COLUMNS"]
@@ -102,7 +102,7 @@ def _worker(spec_fields: dict[str, object], root: str) -> dict[str, object]:
 
 def synthesize(
     out: str | os.PathLike[str],
-    preset: str = "demo",
+    preset: str | Preset = "demo",
     seed: int = 0,
     shape: tuple[int, int, int] | None = None,
     *,
@@ -113,11 +113,13 @@ def synthesize(
 ) -> SynthResult:
     """Write a synthetic federation to `out`: case folders, partitioning_1.csv and truth.csv.
 
-    `spacing` (mm, isotropic) defaults to the preset's; `shape` instead fixes the grid size over
-    the MNI field of view. Deterministic in (preset, seed, grid). Refuses a non-empty `out`
-    unless `force` (which replaces it). `on_case(subject_id)` is called after each case.
+    `preset` is a name from PRESETS or a Preset. `spacing` (mm, isotropic) defaults to the
+    preset's; `shape` instead fixes the grid size over the MNI field of view. Deterministic in
+    (preset, seed, grid), whatever `workers`. Refuses a non-empty `out` unless `force` (which
+    replaces it). `on_case(subject_id)` is called after each case. Simulated data only: no site
+    data is read or released.
     """
-    spec = get_preset(preset)
+    spec = preset if isinstance(preset, Preset) else get_preset(preset)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     try:

@@ -1,0 +1,62 @@
+"""Presets: institution sizes, scanner fleets and the deterministic case plan."""
+
+from collections import Counter
+
+import pytest
+
+from securefed.data.synth import PRESETS, SCANNERS, plan_cases
+from securefed.data.synth.presets import FETS2022_SIZES, get_preset
+from securefed.errors import ConfigError
+
+
+def test_fets_1251_has_the_exact_fets2022_sizes() -> None:
+    preset = PRESETS["fets-1251"]
+    assert preset.n_cases == 1251
+    assert tuple(i.n_cases for i in preset.institutions) == FETS2022_SIZES
+    assert [i.partition_id for i in preset.institutions] == list(range(1, 24))
+
+
+def test_fets_like_is_scaled_with_at_least_three_cases() -> None:
+    sizes = [i.n_cases for i in PRESETS["fets-like"].institutions]
+    assert len(sizes) == 23 and min(sizes) >= 3
+    assert sizes[0] == max(sizes) and sizes[17] == sorted(sizes)[-2]  # the two large ones
+
+
+def test_demo_shape() -> None:
+    demo = PRESETS["demo"]
+    assert 40 <= demo.n_cases <= 50 and 5 <= len(demo.institutions) <= 6
+    assert any(len(i.scanners) >= 2 for i in demo.institutions)
+    assert {n for i in demo.institutions for n, _ in i.scanners} == set(SCANNERS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_scanners_are_known_and_shared(name: str) -> None:
+    preset = PRESETS[name]
+    users = Counter(n for i in preset.institutions for n, _ in i.scanners)
+    assert set(users) <= set(SCANNERS)
+    assert max(users.values()) >= 2  # several institutions share a model
+    specs = plan_cases(preset, seed=3)
+    assert len(specs) == preset.n_cases
+    assert len({s.subject_id for s in specs}) == len(specs)
+    per_inst = Counter(s.partition_id for s in specs)
+    assert [per_inst[i.partition_id] for i in preset.institutions] == [
+        i.n_cases for i in preset.institutions
+    ]
+
+
+def test_multi_scanner_institutions_use_every_scanner() -> None:
+    specs = plan_cases(PRESETS["fets-like"], seed=0)
+    for inst in PRESETS["fets-like"].institutions:
+        used = {s.scanner for s in specs if s.partition_id == inst.partition_id}
+        assert used == {n for n, _ in inst.scanners}
+
+
+def test_plan_is_deterministic_per_seed() -> None:
+    a = plan_cases(PRESETS["demo"], seed=1)
+    assert a == plan_cases(PRESETS["demo"], seed=1)
+    assert [s.scanner for s in a] != [s.scanner for s in plan_cases(PRESETS["demo"], seed=2)]
+
+
+def test_unknown_preset_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown synthetic preset"):
+        get_preset("nope")
