@@ -101,6 +101,7 @@ def _texture(case: SynthCase) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_scanners_differ_in_texture_more_than_within() -> None:
     stats = {s: np.array([_texture(_case(20 + i, s)) for i in range(3)]) for s in SCANNERS}
     means = np.array([v.mean(axis=0) for v in stats.values()])
