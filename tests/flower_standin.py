@@ -99,7 +99,7 @@ def train(model, data, spec, *, epochs, max_steps, lr, device, seed):
     crash = os.environ.get("SECUREFED_TEST_CRASH", "")
     if crash and Path(crash).is_file():
         for item in Path(crash).read_text().split():
-            c_pid, c_round = (int(x) for x in item.split(":"))
+            c_pid, c_round = (int(x) for x in item.split(":"))  # "pid:round"
             if c_pid == pid and server_round >= c_round:
                 raise RuntimeError(f"site {pid} crashed in round {server_round} (test)")
     torch.manual_seed(seed)

@@ -1,4 +1,5 @@
-"""A site's view of the study assignments (clusters.csv: subject_id, partition_id, split, cluster)."""
+"""A site's view of the study assignments
+(clusters.csv: subject_id, partition_id, split, cluster)."""
 
 from __future__ import annotations
 

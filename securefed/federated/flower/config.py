@@ -67,6 +67,9 @@ class PhaseConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("out_dir", "sites", "protocol_hash"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(f"run config {name.replace('_', '-')!r} is empty")
         if self.phase not in ("global", "cluster"):
             raise ConfigError(f"run config 'phase': expected global or cluster, got {self.phase!r}")
         if self.phase == "cluster" and self.cluster < 0:

@@ -1,0 +1,131 @@
+"""Fast contracts of the Flower area: checkpoints, phase/node config, metrics, assignments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flower_standin import write_assignments, write_protocol
+
+from securefed.errors import ConfigError, EvaluationError
+from securefed.federated.checkpoints import (
+    PhaseCheckpoint,
+    PhaseState,
+    load_weights,
+    save_weights,
+)
+from securefed.federated.engine import phase_config
+from securefed.federated.flower.assignments import cluster_sites, site_subjects
+from securefed.federated.flower.config import PhaseConfig, SiteSettings
+from securefed.federated.flower.metrics import pooled_dice, site_summary
+from securefed.protocol import load_protocol
+
+
+def test_weights_round_trip_without_pickle(tmp_path):
+    weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.5]), np.zeros(0)]
+    save_weights(tmp_path / "w.npz", weights)
+    back = load_weights(tmp_path / "w.npz")
+    assert [w.dtype for w in back] == [w.dtype for w in weights]
+    for a, b in zip(weights, back, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(Exception):  # noqa: B017 - object arrays are never written
+        save_weights(tmp_path / "bad.npz", [np.array([object()], dtype=object)])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_resume_state_and_refusal(tmp_path):
+    ckpt = PhaseCheckpoint(tmp_path)
+    state = ckpt.load_state("abc")
+    assert state.completed_round == -1
+    state.completed_round, state.best_round, state.best_score = 2, 1, 0.5
+    ckpt.save_round(state, [np.ones(3)], is_best=False)
+    again = ckpt.load_state("abc")
+    assert again == PhaseState(config_digest="abc", completed_round=2, best_round=1, best_score=0.5)
+    with pytest.raises(ConfigError, match="different phase configuration"):
+        ckpt.load_state("other")
+    ckpt.last_path.unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        ckpt.load_state("abc")
+
+
+def _cfg(**kw):
+    base = dict(out_dir="/tmp/x", sites="1,2,3", protocol_hash="sha256:" + "0" * 64, rounds=2,
+                lr=0.1)  # fmt: skip
+    base.update(kw)
+    return PhaseConfig(**base)
+
+
+def test_phase_config_run_config_round_trip_and_digest():
+    cfg = _cfg(phase="cluster", cluster=2, eval_round_zero=True, aggregation="fedavg")
+    run_config = cfg.to_run_config()
+    assert run_config["reconstruction-threshold"] == 2
+    assert PhaseConfig.from_run_config(run_config) == cfg
+    # The digest ignores where results go and how long to wait, not what is trained.
+    assert _cfg(out_dir="/elsewhere", timeout_s=5).digest() == _cfg().digest()
+    assert _cfg(lr=0.2).digest() != _cfg().digest()
+    assert cfg.site_ids == (1, 2, 3) and cfg.name == "cluster-2"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(phase="cluster"), dict(aggregation="ckks"), dict(timeout_s=0), dict(sites="1,1"),
+     dict(sites=""), dict(out_dir="")],
+)  # fmt: skip
+def test_phase_config_rejects(kw):
+    with pytest.raises(ConfigError):
+        _cfg(**kw)
+
+
+def test_site_settings_node_config():
+    site = SiteSettings(partition_id=4, data_dir="/data/fets 1", protocol="/p/protocol.toml")
+    text = site.to_node_config()
+    assert text.startswith("partition-id=4 ") and '"/data/fets 1"' in text
+    from flwr.common.config import parse_config_args
+
+    parsed = parse_config_args([text])
+    assert SiteSettings.from_node_config(parsed) == site
+    with pytest.raises(ConfigError, match="data-dir"):
+        SiteSettings.from_node_config({"partition-id": 1})
+
+
+def test_site_summary_and_pooled_dice():
+    s1 = site_summary({"cases": [{"dice_tc": 1.0, "dice_wt": 0.5, "dice_et": 0.0}] * 3})
+    s2 = site_summary({"dice_tc": [0.0], "dice_wt": [0.0], "dice_et": [0.0]})
+    assert s1["num_val"] == 3 and s1["dice_mean"] == pytest.approx(0.5)
+    pooled = pooled_dice([s1, s2, {"num_val": 0, "dice_mean": 0.9}])
+    assert pooled["num_val"] == 4
+    assert pooled["dice_mean"] == pytest.approx(0.5 * 3 / 4)
+    assert pooled["dice_tc"] == pytest.approx(0.75)
+    with pytest.raises(EvaluationError):
+        site_summary({"dice_tc": [float("nan")], "dice_wt": [0.0], "dice_et": [0.0]})
+
+
+def test_assignments_views(tmp_path):
+    path = write_assignments(
+        tmp_path / "clusters.csv",
+        {1: [("train", 0), ("train", 1), ("val", 0)], 2: [("train", 1), ("test", 1)]},
+    )
+    assert site_subjects(path, 1, "train", None) == ["S01_000", "S01_001"]
+    assert site_subjects(path, 1, "train", 1) == ["S01_001"]
+    assert cluster_sites(path, 1) == {1: 1, 2: 1}
+    assert cluster_sites(path, None) == {1: 2, 2: 1}
+    with pytest.raises(ConfigError, match="not found"):
+        site_subjects(tmp_path / "nope.csv", 1, "train", None)
+
+
+def test_phase_config_from_protocol(tmp_path):
+    loaded = load_protocol(write_protocol(tmp_path, rounds=4, finetune=2))
+    g = phase_config(loaded, out_dir=tmp_path / "g", sites={3: 40, 1: 7}, assignments=tmp_path)
+    assert g.sites == "1,3" and g.rounds == 4 and not g.eval_round_zero
+    assert g.max_weight == 40.0  # tightened to the largest site count (quantisation precision)
+    assert g.protocol_hash == loaded.sha256 and g.aggregation == "secagg+"
+    c = phase_config(loaded, out_dir=tmp_path / "c", sites={1: 2, 3: 2}, assignments=tmp_path,
+                     cluster=1, initial_weights=tmp_path / "best.npz")  # fmt: skip
+    assert c.rounds == 2 and c.lr == 0.2 and c.eval_round_zero and c.cluster == 1
+
+
+def test_secagg_threshold_must_be_below_shares(tmp_path):
+    from securefed.federated.flower.server_app import _secagg_workflow
+
+    with pytest.raises(ConfigError, match="reconstruction_threshold"):
+        _secagg_workflow(_cfg(num_shares=3, reconstruction_threshold=3))
+    assert _secagg_workflow(_cfg()).timeout == 120.0  # never None: a drop cannot block forever
