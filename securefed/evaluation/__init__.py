@@ -9,9 +9,13 @@ from securefed.evaluation.metrics import (
     hd95_per_region,
     mean_metrics,
 )
+from securefed.evaluation.tables import METRIC_COLUMNS, case_table, summarize
 
 __all__ = [
+    "METRIC_COLUMNS",
     "REGIONS",
+    "case_table",
+    "summarize",
     "case_metrics",
     "dice_per_region",
     "hd95_per_region",

@@ -42,6 +42,7 @@ _lock = threading.Lock()
 
 def _nbytes(item: dict[str, Any]) -> int:
     total = item["image"].numel() * item["image"].element_size()
+    total += sum(item[k].nbytes for k in ("fg_indices", "bg_indices") if k in item)
     if item["label"] is not None:
         total += item["label"].numel() * item["label"].element_size()
     return int(total)
@@ -86,14 +87,18 @@ def _cache_get(key: tuple[Any, ...]) -> dict[str, Any] | None:
         return item
 
 
-def _preprocess(volumes: CaseVolumes, spacing_mm: float | None) -> dict[str, Any]:
+def _preprocess(
+    volumes: CaseVolumes, spacing_mm: float | None, crop: tuple[int, int, int] | None
+) -> dict[str, Any]:
     from monai.data import MetaTensor
     from monai.transforms import (
         ConvertToMultiChannelBasedOnBratsClassesd,
         CropForegroundd,
         NormalizeIntensityd,
         Spacingd,
+        SpatialPadd,
     )
+    from monai.transforms.utils import map_binary_to_indices
 
     image = np.asarray(volumes.image, dtype=np.float32)
     if image.ndim != 4 or image.shape[0] != 4:
@@ -122,6 +127,8 @@ def _preprocess(volumes: CaseVolumes, spacing_mm: float | None) -> dict[str, Any
         spacing = (float(spacing_mm),) * 3
     data = CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True)(data)
     data = NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)(data)
+    if crop is not None:
+        data = SpatialPadd(keys=keys, spatial_size=crop)(data)
     out: dict[str, Any] = {
         "subject_id": volumes.subject_id,
         "image": torch.as_tensor(data["image"])
@@ -137,14 +144,24 @@ def _preprocess(volumes: CaseVolumes, spacing_mm: float | None) -> dict[str, Any
             {"label": torch.as_tensor(data["label"]).round().to(torch.uint8)}
         )["label"]
         out["label"] = torch.as_tensor(lab).as_subclass(torch.Tensor).to(torch.uint8).contiguous()
+        fg, bg = map_binary_to_indices(out["label"].any(0, keepdim=True), None, None)
+        out["fg_indices"] = np.asarray(fg, dtype=np.int32)
+        out["bg_indices"] = np.asarray(bg, dtype=np.int32)
     return out
 
 
 def prepare_volumes(volumes: Iterable[CaseVolumes], spec: object) -> list[dict[str, Any]]:
     """Preprocess loaded cases (not cached). Each dict: ``subject_id``; ``image`` float32 tensor
     (4, X, Y, Z); ``label`` uint8 tensor (3, X, Y, Z) with channels TC, WT, ET, or None;
-    ``spacing`` (mm, after resampling)."""
-    return [_preprocess(v, getattr(spec, "spacing_mm", None)) for v in volumes]
+    ``spacing`` (mm, after resampling); for labelled cases ``fg_indices``/``bg_indices``
+    (int32 flat indices of tumour / other voxels, for tumour-centred crops). Volumes smaller than
+    ``spec.crop_size`` are zero-padded to it."""
+    return [_preprocess(v, *_prep_settings(spec)) for v in volumes]
+
+
+def _prep_settings(spec: object) -> tuple[float | None, tuple[int, int, int] | None]:
+    crop = getattr(spec, "crop_size", None)
+    return getattr(spec, "spacing_mm", None), None if crop is None else tuple(int(c) for c in crop)
 
 
 def _file_key(case: CaseFiles) -> tuple[Any, ...]:
@@ -170,13 +187,13 @@ def prepare_cases(cases: Sequence[CaseFiles], spec: object) -> list[dict[str, An
     case that cannot be loaded. See :func:`prepare_volumes` for the dict layout."""
     from securefed.data import load_case
 
-    spacing_mm = getattr(spec, "spacing_mm", None)
+    settings = _prep_settings(spec)
     out: list[dict[str, Any]] = []
     for case in cases:
-        key = (_file_key(case), spacing_mm)
+        key = (_file_key(case), settings)
         item = _cache_get(key)
         if item is None:
-            item = _preprocess(load_case(case), spacing_mm)
+            item = _preprocess(load_case(case), *settings)
             _cache_put(key, item)
         out.append(item)
     return out
@@ -200,6 +217,7 @@ def train_transform(spec: object, seed: int) -> Any:
     keys = ["image", "label"]
     steps: list[Any] = [SpatialPadd(keys=keys, spatial_size=crop)]
     if spec.crop_sampling == "tumour-centred":
+        # Uses the precomputed fg/bg indices of the cached case when present.
         frac = float(spec.tumour_crop_fraction)
         steps.append(
             RandCropByPosNegLabeld(
@@ -209,6 +227,8 @@ def train_transform(spec: object, seed: int) -> Any:
                 pos=frac,
                 neg=1.0 - frac,
                 num_samples=1,
+                fg_indices_key="fg_indices",
+                bg_indices_key="bg_indices",
                 allow_smaller=True,
             )
         )

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 THREADS_ENV = "SECUREFED_TORCH_THREADS"
+_SAMPLE_KEYS = ("image", "label", "fg_indices", "bg_indices")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -130,8 +131,11 @@ def train_local(
     if max_steps is not None:
         plan = plan[: max(0, int(max_steps))]
     transform = train_transform(spec, seed=int(seed))
-    memory_format = torch.channels_last_3d if dev.type == "cpu" else torch.preserve_format
-    model.to(device=dev, memory_format=memory_format)
+    # channels-last is ~30% faster for 3D convolutions on CPU; Opacus-wrapped models keep theirs.
+    plain = _unwrap(model) is model
+    fast = dev.type == "cpu" and plain
+    memory_format = torch.channels_last_3d if fast else torch.contiguous_format
+    model.to(device=dev, memory_format=memory_format) if fast else model.to(dev)
     model.train()
     opt = optimizer if optimizer is not None else make_optimizer(model, spec, float(lr))
     loss_fn = DiceLoss(sigmoid=True)
@@ -140,7 +144,7 @@ def train_local(
     for idx in plan:
         images, labels = [], []
         for i in idx:
-            sample = transform({"image": data[i]["image"], "label": data[i]["label"]})
+            sample = transform({k: v for k, v in data[i].items() if k in _SAMPLE_KEYS})
             if isinstance(sample, list):
                 sample = sample[0]
             images.append(torch.as_tensor(sample["image"]).as_subclass(torch.Tensor))
@@ -157,7 +161,8 @@ def train_local(
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    model.to(memory_format=torch.contiguous_format)
+    if fast:
+        model.to(memory_format=torch.contiguous_format)
     return {
         "num_examples": len(data),
         "steps": len(losses),
