@@ -12,6 +12,7 @@ from securefed.cli import keys as _keys
 from securefed.cli import privacy as _privacy
 from securefed.cli import protocol as _protocol
 from securefed.cli import radiomics as _radiomics
+from securefed.cli import site as _site
 from securefed.cli import synth as _synth
 from securefed.cli._common import console, state
 
@@ -42,7 +43,7 @@ def version() -> None:
     console.print(f"securefed {__version__}")
 
 
-for _module in (_synth, _data, _protocol, _keys, _radiomics, _privacy, _cluster):
+for _module in (_synth, _data, _protocol, _keys, _radiomics, _site, _privacy, _cluster):
     _module.register(app)
 
 

@@ -1,0 +1,90 @@
+"""`securefed features release` (site) and `securefed server collect` (server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from securefed.cli._common import console, handle_errors, info, subgroup
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    features = subgroup(app, "features", "Extract, bound and release radiomic features.")
+    features.command("release")(release)
+    server = subgroup(app, "server", "Server-side stages: collect sealed releases.")
+    server.command("collect")(collect)
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    return path.read_bytes().rstrip(b"\r\n") if path is not None else None
+
+
+@handle_errors
+def release(
+    features: Path = typer.Option(..., "--features", help="Site feature folder (FEATDIR)."),
+    protocol: Path = typer.Option(..., "--protocol", help="Study protocol TOML."),
+    key: Path = typer.Option(..., "--key", help="This site's private key file (or its folder)."),
+    server_key: Path = typer.Option(
+        ..., "--server-key", help="The server's public key bundle (<id>.pub.json)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Outbox folder for the sealed envelope."),
+    state: Path = typer.Option(
+        ..., "--state", help="This site's state folder (privacy ledger, message counters)."
+    ),
+    passphrase_file: Path | None = typer.Option(None, help="File holding the key passphrase."),
+    unsafe_seed: int | None = typer.Option(
+        None, "--unsafe-seed", help="Seeded noise (simulation protocols with unsafe_seeded_noise)."
+    ),
+) -> None:
+    """Protect this site's features as the protocol says (plain, local-dp or a lower-dimensional
+    release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
+    from securefed.crypto import load_private_keys, load_public_keys
+    from securefed.federated.release import release_site_features
+    from securefed.protocol import load_protocol
+
+    loaded = load_protocol(protocol)
+    site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
+    server = load_public_keys(server_key, role="server")
+    result = release_site_features(
+        features, loaded, site_keys, server, out, state, unsafe_seed=unsafe_seed
+    )
+    eps = "inf (no DP: plain release)" if result.epsilon == float("inf") else f"{result.epsilon:g}"
+    info(
+        f"{result.site_id}: {result.cases} case(s) x {result.columns} values, epsilon {eps}, "
+        f"delta {result.delta:g}"
+    )
+    console.print(str(result.envelope), highlight=False)
+
+
+@handle_errors
+def collect(
+    inbox: Path = typer.Option(..., "--inbox", help="Folder with the sites' *.env envelopes."),
+    protocol: Path = typer.Option(..., "--protocol", help="Study protocol TOML."),
+    key: Path = typer.Option(..., "--key", help="The server's private key file (or its folder)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the collected feature table."),
+    state: Path = typer.Option(..., "--state", help="Server state folder (replay guard)."),
+    site_keys: list[Path] | None = typer.Option(
+        None,
+        "--site-key",
+        help="Site public key bundles (simulation protocols without pinned site keys).",
+    ),
+    passphrase_file: Path | None = typer.Option(None, help="File holding the key passphrase."),
+) -> None:
+    """Verify (pinned sender, signature, protocol, stage, size, replay), decrypt and assemble
+    every site's release into OUT/features.csv. All or nothing: one bad envelope, nothing
+    collected."""
+    from securefed.crypto import load_private_keys, load_public_keys
+    from securefed.federated.collect import collect_features
+    from securefed.protocol import load_protocol
+
+    loaded = load_protocol(protocol)
+    keys = load_private_keys(key, _passphrase(passphrase_file), role="server")
+    publics = tuple(load_public_keys(p, role="site") for p in site_keys or [])
+    table = collect_features(inbox, loaded, keys, out, state, site_public_keys=publics)
+    info(
+        f"collected {len(table.subject_ids)} case(s) x {len(table.columns)} values from "
+        f"{len(table.senders)} site(s) into {out / 'features.csv'}"
+    )
