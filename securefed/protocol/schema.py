@@ -382,6 +382,12 @@ class Protocol(_Strict):
                 f"privacy.total_delta ({self.privacy.total_delta:g}) is below the sum of the stage "
                 f"deltas ({delta:g})"
             )
+        if self.release.mode != "plain" and self.radiomics.binning == "shared":
+            raise ValueError(
+                "radiomics.binning: 'shared' bin edges are a statistic of all of a site's cases, "
+                "so one patient changes every vector and the DP sensitivity no longer holds; use "
+                "'per-image' with release.mode = '" + self.release.mode + "'"
+            )
         if self.release.mode == "secure-aggregate" and self.release.bounds is None:
             raise ValueError("release.mode 'secure-aggregate' needs release.bounds")
         if self.clustering.scaling == "declared-bounds" and self.release.bounds is None:
