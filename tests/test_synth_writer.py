@@ -110,7 +110,8 @@ def test_refuses_non_empty_out_and_force_replaces(tmp_path: Path, tiny_root: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["fed"]
 
 
-def test_interrupted_run_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_run_leaves_nothing(tmp_path: Path, workers: int) -> None:
     out = tmp_path / "fed"
     calls: list[str] = []
 
@@ -120,7 +121,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        synthesize(out, preset=TINY, seed=5, on_case=stop)
+        synthesize(out, preset=TINY, seed=5, workers=workers, on_case=stop)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -172,17 +172,23 @@ def _generate(
         return rows
     context = get_context("forkserver")
     context.set_forkserver_preload(["securefed.data.synth.writer"])
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(workers, len(cases)),
         mp_context=context,
         initializer=_init_worker,
         initargs=(grid.shape, grid.spacing),
-    ) as pool:
+    )
+    try:
         futures = {pool.submit(_worker, asdict(c), str(root)): c for c in cases}
         for future in as_completed(futures):
             rows.append(future.result())
             if on_case:
                 on_case(futures[future].subject_id)
+    except BaseException:
+        # Ctrl-C or a failed case: drop the queued cases instead of waiting for them.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return rows
 
 
