@@ -129,3 +129,15 @@ def test_secagg_threshold_must_be_below_shares(tmp_path):
     with pytest.raises(ConfigError, match="reconstruction_threshold"):
         _secagg_workflow(_cfg(num_shares=3, reconstruction_threshold=3))
     assert _secagg_workflow(_cfg()).timeout == 120.0  # never None: a drop cannot block forever
+
+
+def test_default_task_is_securefeds_dynunet(tmp_path):
+    from securefed.federated.flower.task import default_task
+
+    task = default_task()
+    loaded = load_protocol(write_protocol(tmp_path))
+    model = task.build_model(loaded.protocol.training)
+    weights = task.get_weights(model)
+    assert 1_300_000 < sum(p.numel() for p in model.parameters()) < 1_500_000  # paper's ~1.4 M
+    task.set_weights(model, [w * 0 for w in weights])
+    assert all(not w.any() for w in task.get_weights(model))
