@@ -13,6 +13,7 @@ from securefed.cli import privacy as _privacy
 from securefed.cli import protocol as _protocol
 from securefed.cli import radiomics as _radiomics
 from securefed.cli import site as _site
+from securefed.cli import study as _study
 from securefed.cli import synth as _synth
 from securefed.cli._common import console, state
 
@@ -43,7 +44,7 @@ def version() -> None:
     console.print(f"securefed {__version__}")
 
 
-for _module in (_synth, _data, _protocol, _keys, _radiomics, _site, _privacy, _cluster):
+for _module in (_synth, _data, _protocol, _keys, _radiomics, _site, _privacy, _cluster, _study):
     _module.register(app)
 
 
