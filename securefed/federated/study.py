@@ -158,13 +158,13 @@ def run_study(
     }
     for stage in STAGES:
         if stage in state["completed"] and stage != "report":
-            log(f"[{stage}] done earlier ({state['completed'][stage]['seconds']} s): skipped")
+            log(f"{stage}: done earlier ({state['completed'][stage]['seconds']} s): skipped")
         else:
-            log(f"[{stage}] ...")
+            log(f"{stage} ...")
             start = time.perf_counter()
             runners[stage](ctx)
             _mark_done(paths, state, stage, time.perf_counter() - start)
-            log(f"[{stage}] done in {time.perf_counter() - start:.1f} s")
+            log(f"{stage}: done in {time.perf_counter() - start:.1f} s")
         if stage == stop_after:
             break
     results_path = paths.root / "results.json"
