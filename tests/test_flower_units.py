@@ -138,6 +138,11 @@ def test_default_task_is_securefeds_dynunet(tmp_path):
     loaded = load_protocol(write_protocol(tmp_path))
     model = task.build_model(loaded.protocol.training)
     weights = task.get_weights(model)
-    assert 1_300_000 < sum(p.numel() for p in model.parameters()) < 1_500_000  # paper's ~1.4 M
+    # Shared DynUNet submodules are sent once: exactly the paper's ~1.4 M parameters.
+    assert sum(w.size for w in weights) == sum(p.numel() for p in model.parameters())
+    assert 1_300_000 < sum(w.size for w in weights) < 1_500_000
     task.set_weights(model, [w * 0 for w in weights])
     assert all(not w.any() for w in task.get_weights(model))
+    assert all(not v.any() for v in model.state_dict().values())
+    with pytest.raises(ConfigError, match="distinct tensors"):
+        task.set_weights(model, weights[:-1])

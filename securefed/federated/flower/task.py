@@ -19,7 +19,14 @@ import numpy as np
 
 from securefed.errors import ConfigError
 
-__all__ = ["FlowerTask", "default_task", "resolve_task", "TASK_ENV"]
+__all__ = [
+    "FlowerTask",
+    "default_task",
+    "resolve_task",
+    "unique_weights",
+    "expand_weights",
+    "TASK_ENV",
+]
 
 TASK_ENV = "SECUREFED_FLOWER_TASK"
 
@@ -62,6 +69,51 @@ def _securefed_load_data(data_dir: Path, partition_id: int, subject_ids: Sequenc
     return prepare_cases(cases, spec)
 
 
+def _state_layout(model: Any) -> tuple[list[int], list[int]]:
+    """(index of each unique tensor in state_dict order, for each state_dict entry the position of
+    its unique tensor). MONAI's DynUNet lists shared submodules twice in its state_dict (2.8 M
+    values for 1.4 M parameters); sending each tensor once halves uploads and SecAgg+ work."""
+    inner = getattr(model, "_module", model)
+    first: dict[int, int] = {}
+    unique: list[int] = []
+    where: list[int] = []
+    for i, tensor in enumerate(inner.state_dict(keep_vars=True).values()):
+        key = id(tensor)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(i)
+        where.append(first[key])
+    return unique, where
+
+
+def unique_weights(get_all: Callable[[Any], list[np.ndarray]]) -> Callable[[Any], list[np.ndarray]]:
+    """Wrap a ``get_weights`` so that shared tensors are sent once."""
+
+    def get(model: Any) -> list[np.ndarray]:
+        unique, _ = _state_layout(model)
+        arrays = get_all(model)
+        return [arrays[i] for i in unique]
+
+    return get
+
+
+def expand_weights(
+    set_all: Callable[[Any, list[np.ndarray]], None],
+) -> Callable[[Any, list[np.ndarray]], None]:
+    """Wrap a ``set_weights`` to accept the arrays of :func:`unique_weights`."""
+
+    def set_(model: Any, weights: list[np.ndarray]) -> None:
+        unique, where = _state_layout(model)
+        if len(weights) != len(unique):
+            raise ConfigError(
+                f"set_weights: got {len(weights)} arrays, the model has {len(unique)} distinct "
+                "tensors; the weights come from a different model"
+            )
+        set_all(model, [weights[j] for j in where])
+
+    return set_
+
+
 def default_task() -> FlowerTask:
     """securefed's DynUNet and local loops (imported lazily: torch/monai are heavy)."""
     from securefed.federated import local
@@ -72,8 +124,8 @@ def default_task() -> FlowerTask:
         load_data=_securefed_load_data,
         train=local.train_local,
         evaluate=local.evaluate_local,
-        get_weights=local.get_weights,
-        set_weights=local.set_weights,
+        get_weights=unique_weights(local.get_weights),
+        set_weights=expand_weights(local.set_weights),
     )
 
 
