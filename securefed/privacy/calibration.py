@@ -98,18 +98,34 @@ def calibrate_noise_multiplier(
     *,
     upper: float = 1e4,
 ) -> float:
-    """Smallest noise multiplier m (searched in (0, upper]) such that the accountant reports
-    epsilon <= ``epsilon`` at ``delta`` for ``make_event(m)``. Uses dp-accounting's
-    ``calibrate_dp_mechanism`` and re-checks the result."""
+    """Smallest noise multiplier m <= ``upper`` such that the accountant reports
+    epsilon <= ``epsilon`` at ``delta`` for ``make_event(m)``. The bracket is found by halving m
+    from ``upper`` (PLD grids explode for tiny m, so m is never tried far below the answer), then
+    dp-accounting's ``calibrate_dp_mechanism`` solves it, and the result is re-checked."""
     _check_target(epsilon, delta, "accountant")
+
+    def eps_at(m: float) -> float:
+        acc = make_accountant()
+        acc.compose(make_event(m))
+        return float(acc.get_epsilon(delta))
+
     try:
+        if eps_at(upper) > epsilon:
+            raise CalibrationError(
+                f"cannot reach eps={epsilon} at delta={delta} with a noise multiplier <= {upper}"
+            )
+        hi = upper
+        while eps_at(hi / 2) <= epsilon:
+            hi /= 2
+            if hi < 1e-6:
+                raise CalibrationError(f"eps={epsilon} is reached without noise: check the event")
         m = float(
             dp_accounting.calibrate_dp_mechanism(
                 make_accountant,
                 make_event,
                 epsilon,
                 delta,
-                bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, upper),
+                bracket_interval=dp_accounting.ExplicitBracketInterval(hi / 2, hi),
             )
         )
     except (ValueError, dp_accounting.UnsupportedEventError) as exc:
@@ -117,9 +133,7 @@ def calibrate_noise_multiplier(
             f"cannot calibrate a noise multiplier for eps={epsilon}, delta={delta}: {exc}"
         ) from exc
     for _ in range(100):
-        acc = make_accountant()
-        acc.compose(make_event(m))
-        if acc.get_epsilon(delta) <= epsilon:
+        if eps_at(m) <= epsilon:
             return m
         m *= 1 + 1e-6
     raise CalibrationError(f"calibrated multiplier {m} fails the check")  # pragma: no cover

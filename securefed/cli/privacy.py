@@ -1,0 +1,145 @@
+"""`securefed features bounds`, `securefed ledger show|verify`: clipping bounds and the site
+privacy ledger. Nothing here sends anything off the site."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from securefed.cli._common import console, err_console, handle_errors, info, subgroup
+
+if TYPE_CHECKING:
+    from securefed.privacy.ledger import LedgerState
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    features = subgroup(app, "features", "Extract, bound and release radiomic features.")
+    features.command("bounds")(bounds)
+    ledger = subgroup(app, "ledger", "Inspect and verify a site's privacy ledger.")
+    ledger.command("show")(show)
+    ledger.command("verify")(verify)
+
+
+@handle_errors
+def bounds(
+    features: Path = typer.Option(..., "--features", help="Reference feature folder (FEATDIR)."),
+    out: Path = typer.Option(..., "--out", help="Bounds JSON file to write."),
+    source: str = typer.Option(
+        ...,
+        "--source",
+        help='What the reference data is, e.g. "synthetic federation seed 0, NOT study data".',
+    ),
+    low_pct: float = typer.Option(0.0, "--low-pct", help="Lower percentile per feature."),
+    high_pct: float = typer.Option(100.0, "--high-pct", help="Upper percentile per feature."),
+    margin: float = typer.Option(0.0, "--margin", help="Widen each side by this x the width."),
+) -> None:
+    """Derive per-feature clipping bounds from a REFERENCE feature folder (never the study's own
+    data) and print the sha256 to pin in the protocol's release.bounds."""
+    from securefed.privacy.bounds import derive_bounds, write_bounds
+    from securefed.radiomics.storage import load_table
+
+    table, _ = load_table(features)
+    derived = derive_bounds(
+        table.values,
+        table.columns,
+        source=source,
+        low_pct=low_pct,
+        high_pct=high_pct,
+        margin=margin,
+    )
+    digest = write_bounds(derived, out)
+    info(f"{len(derived.columns)} columns from {len(table.subject_ids)} reference cases -> {out}")
+    console.print(digest, highlight=False)
+
+
+def _ledger_path(folder: Path) -> Path:
+    from securefed.errors import LedgerError
+    from securefed.privacy.ledger import LEDGER_FILE
+
+    path = folder / LEDGER_FILE if folder.is_dir() else folder
+    if not path.is_file():
+        raise LedgerError(f"{path}: no ledger here (a site's ledger is DIR/{LEDGER_FILE})")
+    return path
+
+
+def _fmt_eps(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.4g}"
+
+
+@handle_errors
+def show(folder: Path = typer.Argument(..., help="Ledger folder (or ledger.jsonl).")) -> None:
+    """Table of the ledger's entries and the site's spend against its budget."""
+    from rich.table import Table
+
+    from securefed.privacy.ledger import read_ledger
+
+    state = read_ledger(_ledger_path(folder))
+    table = Table(title=f"privacy ledger of {state.site} ({state.protocol})")
+    for col in ("seq", "time", "kind", "stage", "release id", "event", "epsilon"):
+        table.add_column(col)
+    for e in state.entries:
+        event, eps = "", ""
+        if e["kind"] == "intent":
+            event = _describe(e["event"])
+            eps = f"{e['claimed'][0]:g} (delta {e['claimed'][1]:g})" if e["claimed"] else "acct."
+        table.add_row(
+            str(e["seq"]),
+            e["time"][:19],
+            e["kind"],
+            e.get("stage", ""),
+            e.get("release_id", ""),
+            event,
+            eps,
+        )
+    console.print(table)
+    _summary(state)
+
+
+def _describe(event: dict[str, Any]) -> str:
+    kind = event["type"].removesuffix("DpEvent")
+    fields = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in event.items()
+        if k != "type" and not isinstance(v, dict | list)
+    ]
+    inner = [_describe(v) for v in event.values() if isinstance(v, dict)]
+    inner += [_describe(v) for lst in event.values() if isinstance(lst, list) for v in lst]
+    return f"{kind}({', '.join(fields + inner)})"
+
+
+def _summary(state: LedgerState) -> None:
+    budget = state.budget
+    if budget is None:
+        console.print("empty ledger: nothing spent")
+        return
+    pending = len(state.charges) - len(state.committed)
+    console.print(
+        f"spent epsilon {_fmt_eps(state.spent())} of {_fmt_eps(budget.total_epsilon)} "
+        f"at delta {budget.total_delta:g} ({budget.accountant} accountant); "
+        f"{len(state.charges)} release(s), {pending} without commit (counted as spent)",
+        highlight=False,
+    )
+
+
+@handle_errors
+def verify(folder: Path = typer.Argument(..., help="Ledger folder (or ledger.jsonl).")) -> None:
+    """Check the hash chain and every entry; exit 3 naming the first bad line if tampered."""
+    from securefed.privacy.ledger import read_ledger
+
+    path = _ledger_path(folder)
+    state = read_ledger(path)
+    if state.torn_tail:
+        err_console.print(
+            f"warning: {path} ends with a torn line (a crash during a write, before any noise); "
+            "it is not an entry and is cut off at the next write",
+            highlight=False,
+        )
+    console.print(
+        f"ok: {len(state.entries)} entries, chain intact, head {state.head}", highlight=False
+    )
+    _summary(state)
