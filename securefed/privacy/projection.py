@@ -28,7 +28,13 @@ from securefed.errors import ProtocolError
 from securefed.privacy.bounds import Bounds
 from securefed.privacy.clipping import from_unit_box, to_unit_box
 
-__all__ = ["PROJECTION_FORMAT", "ReleaseGeometry", "release_geometry", "identity_geometry"]
+__all__ = [
+    "PROJECTION_FORMAT",
+    "ReleaseGeometry",
+    "release_geometry",
+    "identity_geometry",
+    "random_geometry",
+]
 
 PROJECTION_FORMAT = "securefed-projection"
 
@@ -134,29 +140,34 @@ def _from_file(data: bytes, name: str, bounds: Bounds) -> ReleaseGeometry:
     return _affine_geometry("file", bounds, center, w, lo, hi, source)
 
 
+def random_geometry(bounds: Bounds, dimension: int, seed: int) -> ReleaseGeometry:
+    """Seeded orthonormal projection of the box-normalised features to ``dimension`` coordinates,
+    scaled from its box-geometry bounds (+-||w_i||_1 / 2) to [0, 1]."""
+    big_d = len(bounds.columns)
+    if dimension > big_d:
+        raise ProtocolError(f"release.dimension ({dimension}) exceeds the {big_d} feature columns")
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((big_d, dimension)))
+    w = q.T
+    half = 0.5 * np.abs(w).sum(axis=1)
+    return _affine_geometry(
+        "random",
+        bounds,
+        np.full(big_d, 0.5),
+        w,
+        -half,
+        half,
+        f"seeded random orthonormal projection (seed {seed})",
+    )
+
+
 def release_geometry(loaded: Any, bounds: Bounds) -> ReleaseGeometry:
     """The geometry the protocol (``LoadedProtocol``) declares for its feature release."""
     release = loaded.protocol.release
     if release.projection in ("none", "subset"):
         geo = identity_geometry(bounds, release.subset if release.projection == "subset" else None)
     elif release.projection == "random":
-        big_d = len(bounds.columns)
-        d = int(release.dimension)
-        if d > big_d:
-            raise ProtocolError(f"release.dimension ({d}) exceeds the {big_d} feature columns")
-        rng = np.random.default_rng(release.projection_seed)
-        q, _ = np.linalg.qr(rng.standard_normal((big_d, d)))
-        w = q.T
-        half = 0.5 * np.abs(w).sum(axis=1)
-        geo = _affine_geometry(
-            "random",
-            bounds,
-            np.full(big_d, 0.5),
-            w,
-            -half,
-            half,
-            f"seeded random orthonormal projection (seed {release.projection_seed})",
-        )
+        geo = random_geometry(bounds, int(release.dimension), release.projection_seed)
     else:
         from securefed.protocol import open_pinned
 
