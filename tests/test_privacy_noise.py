@@ -59,3 +59,16 @@ def test_csprng_noise_has_the_calibrated_scale():
     assert stats.kstest(lap, stats.laplace(scale=0.7).cdf).pvalue > 1e-4
     # a 5% wrong scale is detected by the same test
     assert stats.kstest(g, stats.norm(scale=2.5 * 1.05).cdf).pvalue < 1e-4
+
+
+def test_privacy_layer_imports_no_higher_layer():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, securefed.privacy, securefed.privacy.release\n"
+        "bad = {'torch', 'flwr', 'cryptography', 'tenseal'} & {m.split('.')[0] for m in "
+        "sys.modules}\nprint(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ where it came from. Nothing in it is computed from a site's own cases.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -214,8 +215,6 @@ def read_bounds(path: str | Path) -> Bounds:
 
 def write_bounds(bounds: Bounds, path: str | Path) -> str:
     """Write atomically; return the ``sha256:<hex>`` to pin in the protocol."""
-    import hashlib
-
     data = bounds.to_json_bytes()
     atomic_write_bytes(path, data)
     return "sha256:" + hashlib.sha256(data).hexdigest()

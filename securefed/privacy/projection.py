@@ -57,8 +57,7 @@ class ReleaseGeometry:
 
     def to_release_space(self, matrix: np.ndarray) -> np.ndarray:
         """Clip to bounds, normalise, map and clip to [0, 1]^d (rows = cases)."""
-        self_check = np.asarray(matrix, dtype=np.float64)
-        u = to_unit_box(self_check, self.bounds)
+        u = to_unit_box(np.asarray(matrix, dtype=np.float64), self.bounds)
         if self.selected is not None:
             return u[:, list(self.selected)]
         return np.clip(u @ self.linear.T + self.offset, 0.0, 1.0)
