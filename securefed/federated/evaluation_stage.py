@@ -23,7 +23,8 @@ CASE_COLUMNS = [
 
 def run_evaluation(ctx: Any) -> None:
     from securefed.federated.checkpoints import load_weights
-    from securefed.federated.local import evaluate_local, set_weights
+    from securefed.federated.flower.task import default_task
+    from securefed.federated.local import evaluate_local
     from securefed.federated.study import read_clusters
     from securefed.federated.training_stage import prepared
     from securefed.models import build_model
@@ -43,6 +44,7 @@ def run_evaluation(ctx: Any) -> None:
     out_rows: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
     model = build_model(proto.training)
+    set_weights = default_task().set_weights  # checkpoints hold shared tensors once
     for pid in sorted({r["partition_id"] for r in rows}):
         unseen = pid in held
         mine = [r for r in rows if r["partition_id"] == pid and (unseen or r["split"] == "test")]
@@ -86,6 +88,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in CASE_COLUMNS})
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, buf.getvalue().encode("utf-8"), 0o644)
 
 

@@ -95,7 +95,19 @@ def run_training(ctx: Any) -> None:
     ctx.log(f"  global: best round {g.best_round} (pooled val Dice {g.best_score})")
     for c, info in summary["clusters"].items():
         ctx.log(f"  cluster {c}: {info['status']} ({info['reason']})")
-    _baselines(ctx, g.best_weights)
+    _baselines(ctx, _full_state(ctx, g.best_weights))
+
+
+def _full_state(ctx: Any, weights: list[Any]) -> list[Any]:
+    """Federated checkpoints hold each shared tensor once (see flower.task.unique_weights); the
+    in-process baselines take the model's full state_dict order."""
+    from securefed.federated.flower.task import default_task
+    from securefed.federated.local import get_weights
+    from securefed.models import build_model
+
+    model = build_model(ctx.loaded.protocol.training)
+    default_task().set_weights(model, weights)
+    return get_weights(model)
 
 
 def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
