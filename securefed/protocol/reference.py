@@ -215,8 +215,8 @@ FIELD_DOCS: dict[str, str] = {
     "training.local_finetune_lr": "Learning rate of local finetuning (paper: 0.005).",
     "training.baselines": "Methods to run and report; cffl-ideal and centralized are "
     "simulation-only, non-private upper bounds.",
-    "training.aggregation": "How model updates are combined: plain FedAvg, Flower SecAgg+, or "
-    "CKKS homomorphic encryption.",
+    "training.aggregation": "How model updates are combined: plain FedAvg (the server sees each "
+    "site's update) or Flower SecAgg+ (the server unmasks only the sum).",
     "training.min_sites_per_aggregate": "Fewest sites per federated aggregate; smaller clusters "
     "follow small_cluster_policy.",
     "training.small_cluster_policy": "A cluster with too few sites keeps the global model "
@@ -242,5 +242,16 @@ FIELD_DOCS: dict[str, str] = {
 }
 
 
+def rewrite_readme(path: str = "protocols/README.md") -> None:
+    """Replace the generated section of protocols/README.md in place."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    head, rest = text.split(BEGIN_MARK, 1)
+    tail = rest.split(END_MARK, 1)[1]
+    p.write_text(f"{head}{BEGIN_MARK}\n{reference_markdown()}\n{END_MARK}{tail}", encoding="utf-8")
+
+
 if __name__ == "__main__":  # pragma: no cover - documentation helper
-    print(reference_markdown())
+    rewrite_readme()

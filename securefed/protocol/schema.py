@@ -277,7 +277,7 @@ class TrainingSpec(_Strict):
     local_epochs_baseline: int = Field(30, ge=1)
     local_finetune_lr: float = Field(0.005, gt=0)
     baselines: tuple[Literal[BASELINES], ...] = ("local", "fedavg", "cffl")  # type: ignore[valid-type]
-    aggregation: Literal["fedavg", "secagg+", "ckks"] = "secagg+"
+    aggregation: Literal["fedavg", "secagg+"] = "secagg+"
     min_sites_per_aggregate: int = Field(2, ge=1)
     small_cluster_policy: Literal["fallback-global", "merge"] = "fallback-global"
     seed: int = 0
