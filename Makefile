@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/ruff check securefed tests benchmarks
 
 bench: install
-	$(PY) -m benchmarks.run_all
+	benchmarks/demo_bench.sh
 
 clean-venv:
 	rm -rf $(VENV)
