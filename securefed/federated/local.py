@@ -102,11 +102,13 @@ def train_local(
     device: str | torch.device | None = None,
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on prepared ``data`` (see prepare_cases) with MONAI DiceLoss
     (sigmoid): ``epochs`` passes, at most ``max_steps`` optimiser steps, batches of
     ``spec.batch_size`` crops, optimiser from ``spec`` (fresh each call unless ``optimizer`` is
-    given, e.g. an Opacus one). Seeded by ``seed``.
+    given, e.g. an Opacus one). Seeded by ``seed``. ``batches`` (DP-SGD) replaces the epoch plan
+    with explicit case indices per step (then ``epochs`` is not used, ``max_steps`` still caps).
 
     Returns ``num_examples`` (cases), ``steps``, ``loss`` (mean over steps; NaN without data) and
     ``seconds``. With no cases, nothing is trained.
@@ -127,7 +129,10 @@ def train_local(
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(int(seed))
     batch = int(spec.batch_size)
-    plan = _batches(len(data), batch, epochs, gen)
+    if batches is not None:
+        plan = [list(b) for b in batches]
+    else:
+        plan = _batches(len(data), batch, epochs, gen)
     if max_steps is not None:
         plan = plan[: max(0, int(max_steps))]
     transform = train_transform(spec, seed=int(seed))

@@ -5,7 +5,11 @@ What leaves a site, per round: the updated model weights (masked under SecAgg+, 
 learns their weighted sum), the number of train cases used (in the clear, as FedAvg's weight), the
 mean train loss, and per evaluation the number of validation cases and mean Dice per region. On
 request (``get_properties``) a site tells its partition id and the hash of its protocol copy.
-Nothing else (no images, no per-case values, no paths) is sent.
+Nothing else (no images, no per-case values, no paths, no ledger values) is sent.
+
+With ``training.dp_sgd.enabled`` every fit is a DP-SGD round (securefed.federated.dpsgd) charged to
+the site's ledger (node config ``ledger-dir``, else the site's ``work-dir``) before any noise; past
+the budget the site refuses (BudgetExceededError) and the round goes on without it.
 """
 
 from __future__ import annotations
@@ -61,9 +65,10 @@ def _load_site_protocol(path: str) -> Any:
 class SiteClient(NumPyClient):
     """One site in one run. ``task`` supplies model, data and loops; ``site`` its local settings."""
 
-    def __init__(self, task: FlowerTask, site: SiteSettings) -> None:
+    def __init__(self, task: FlowerTask, site: SiteSettings, ledger_dir: str = "") -> None:
         self.task = task
         self.site = site
+        self.ledger_dir = ledger_dir or site.work_dir
         self.loaded = _load_site_protocol(site.protocol)
         self.spec = self.loaded.protocol.training
 
@@ -129,6 +134,14 @@ class SiteClient(NumPyClient):
         seed = int(config.get("seed", 0)) + 1000 * rnd + self.site.partition_id
         model = self._model(parameters, seed)
         steps = int(config.get("local-steps", 0))
+        if self.spec.dp_sgd.enabled:
+            out = self._fit_dp(model, data, config, n_train, rnd, seed)
+            loss = float(out.get("loss", float("nan")))
+            return (
+                self.task.get_weights(model),
+                n_train,
+                {"loss": loss if np.isfinite(loss) else -1.0},
+            )
         out = self.task.train(
             model,
             data,
@@ -142,6 +155,55 @@ class SiteClient(NumPyClient):
         loss = float(out.get("loss", float("nan")))
         metrics = {"loss": loss if np.isfinite(loss) else -1.0}
         return self.task.get_weights(model), n_train, metrics
+
+    def _fit_dp(
+        self, model: Any, data: Any, config: dict[str, Any], n_train: int, rnd: int, seed: int
+    ) -> dict[str, Any]:
+        """One DP-SGD round: calibrate (whole study, this site), charge the ledger, train."""
+        import hashlib
+        import math
+
+        from securefed.federated import dpsgd
+
+        pid = self.site.partition_id
+        if self.task.train_dp is None:
+            raise ConfigError(
+                f"site {pid}: the protocol enables training.dp_sgd but this site's task has no "
+                "train_dp; use the default task or add DP-SGD to the plugged one"
+            )
+        if not self.ledger_dir:
+            raise ConfigError(
+                f"site {pid}: DP-SGD needs the site's privacy ledger; set node config "
+                "'ledger-dir' (or 'work-dir')"
+            )
+        all_train = site_subjects(self._assignments(config), pid, "train", None)
+        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train))
+        steps = int(config.get("local-steps", 0))
+        if steps <= 0:
+            epochs = int(config.get("local-epochs", 1))
+            steps = epochs * math.ceil(n_train / int(self.spec.batch_size))
+        ledger = dpsgd.site_ledger(self.loaded, pid, self.ledger_dir)
+        cluster = int(config.get("cluster", -1))
+        phase = "global" if cluster < 0 else f"cluster-{cluster}"
+        release_id = dpsgd.release_id_for(ledger, phase, rnd)
+        privacy = self.loaded.protocol.privacy
+        noise_seed = None
+        if privacy.unsafe_seeded_noise:  # simulation only: reproducible, never private
+            tag = f"{privacy.unsafe_noise_seed or 0}/{pid}/{release_id}".encode()
+            noise_seed = int.from_bytes(hashlib.sha256(tag).digest()[:7], "big")
+        return self.task.train_dp(
+            model,
+            data,
+            self.spec,
+            plan=plan,
+            ledger=ledger,
+            release_id=release_id,
+            steps=steps,
+            lr=float(config["lr"]),
+            device=self.site.device,
+            seed=seed,
+            noise_seed=noise_seed,
+        )
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
         self._check_protocol(config)
@@ -169,7 +231,8 @@ def make_client_app(
             site = sim_sites[index]
         else:
             site = SiteSettings.from_node_config(dict(context.node_config))
-        return SiteClient(task or resolve_task(), site).to_client()
+        ledger_dir = str(context.node_config.get("ledger-dir", ""))
+        return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[conditional_secaggplus_mod])
 

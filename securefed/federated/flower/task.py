@@ -35,7 +35,9 @@ TASK_ENV = "SECUREFED_FLOWER_TASK"
 class FlowerTask:
     """Callables a site needs. Data never leaves the site: ``load_data`` returns local prepared
     cases; ``train`` returns ``{"num_examples", "loss"}``; ``evaluate`` returns per-case Dice
-    (``{"cases": [{"dice_tc", "dice_wt", "dice_et"}, ...]}`` or the same keys as lists)."""
+    (``{"cases": [{"dice_tc", "dice_wt", "dice_et"}, ...]}`` or the same keys as lists).
+    ``train_dp`` (DP-SGD rounds, see securefed.federated.dpsgd.train_dp_round): a task without it
+    cannot run a protocol with ``training.dp_sgd.enabled``."""
 
     build_model: Callable[[Any], Any]
     load_data: Callable[[Path, int, Sequence[str], Any], Any]
@@ -43,6 +45,7 @@ class FlowerTask:
     evaluate: Callable[..., dict[str, Any]]
     get_weights: Callable[[Any], list[np.ndarray]]
     set_weights: Callable[[Any, list[np.ndarray]], None]
+    train_dp: Callable[..., dict[str, Any]] | None = None
 
 
 def _securefed_load_data(data_dir: Path, partition_id: int, subject_ids: Sequence[str], spec: Any):
@@ -116,7 +119,7 @@ def expand_weights(
 
 def default_task() -> FlowerTask:
     """securefed's DynUNet and local loops (imported lazily: torch/monai are heavy)."""
-    from securefed.federated import local
+    from securefed.federated import dpsgd, local
     from securefed.models import build_model
 
     return FlowerTask(
@@ -126,6 +129,7 @@ def default_task() -> FlowerTask:
         evaluate=local.evaluate_local,
         get_weights=unique_weights(local.get_weights),
         set_weights=expand_weights(local.set_weights),
+        train_dp=dpsgd.train_dp_round,
     )
 
 
