@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -85,7 +86,8 @@ def bench_task() -> FlowerTask:
 
 
 def run_one(work: Path, n: int, aggregation: str, rounds: int) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a leftover checkpoint would be resumed, not re-timed
+    work.mkdir(parents=True)
     shares = n if n % 2 == 1 else n - 1  # Flower wants an odd number of shares
     shares = max(3, min(shares, 7))
     proto = work / "protocol.toml"
