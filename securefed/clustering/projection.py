@@ -1,13 +1,13 @@
-"""Projections fixed before any study data is seen, mapping a case's features into [0, 1]^d.
+"""The fixed projection of the secure-aggregate clustering: a thin view of the release geometry.
 
-Used by the secure-aggregate mode: features are scaled with the protocol's declared bounds to
-[0, 1]^D, projected with a fixed matrix, clipped to declared projected bounds and rescaled to
-[0, 1]^d. Every step is data-independent (or depends on a reference federation only), so the
-sensitivity of the aggregates computed from the result is fixed in advance.
-
-Sources: ``subset`` (named features; their declared bounds are the box), ``random`` (seeded
-orthonormal rows; projected bounds from the box geometry, +-||w||_1 / 2: always valid but loose),
-``file`` (a pinned JSON file, e.g. PCA of a reference federation, see :func:`derive_projection`).
+The map itself (box-normalise with the declared bounds, affine map, clip to [0, 1]^d), the
+``securefed-projection`` v1 file format and the seeded random construction all live in
+:mod:`securefed.privacy.projection` (the lower layer), so the local-dp release and the secure
+clustering read a protocol's projection the same way. This module adds what the clustering needs
+on top: refusing ``none`` (the secure mode needs a low dimension), checking the table's columns,
+:func:`derive_projection` (PCA of a REFERENCE federation, never the study's data) and writing the
+projection back as a file. Every step is data-independent, so the sensitivity of the aggregates
+computed from the projected points is fixed in advance.
 """
 
 from __future__ import annotations
@@ -19,36 +19,62 @@ from typing import Any
 
 import numpy as np
 
-from securefed.clustering.scaling import scale_to_unit
 from securefed.errors import ProtocolError
+from securefed.privacy import projection as _geometry
+from securefed.privacy.bounds import Bounds
+from securefed.privacy.projection import PROJECTION_FORMAT, ReleaseGeometry
 
 __all__ = ["PROJECTION_FORMAT", "FixedProjection", "derive_projection", "projection_for"]
-
-PROJECTION_FORMAT = "securefed-projection"
 
 
 @dataclass(frozen=True)
 class FixedProjection:
-    """``unit(x) -> clip(W (unit(x) - center), lower, upper)`` rescaled to [0, 1]^d."""
+    """A release geometry plus the ``securefed-projection`` parameters (center, matrix, lower,
+    upper) that describe it: ``clip((W (unit(x) - center) - lower) / (upper - lower), 0, 1)``."""
 
-    columns: tuple[str, ...]
-    feature_lower: np.ndarray  # (D,) declared bounds of the raw features
-    feature_upper: np.ndarray
+    geometry: ReleaseGeometry
     center: np.ndarray  # (D,)
     matrix: np.ndarray  # (d, D)
     lower: np.ndarray  # (d,) declared bounds of the projected coordinates
     upper: np.ndarray
-    source: str
+
+    @classmethod
+    def from_geometry(cls, geometry: ReleaseGeometry) -> FixedProjection:
+        """File parameters of ``geometry``'s affine map ``clip(A u + b, 0, 1)``: center 0,
+        matrix A, bounds [-b, 1 - b]."""
+        offset = np.asarray(geometry.offset, dtype=np.float64)
+        return cls(
+            geometry,
+            np.zeros(len(geometry.bounds.columns)),
+            np.asarray(geometry.linear, dtype=np.float64),
+            0.0 - offset,  # not -offset: a zero offset gives 0.0, not -0.0, in the file
+            1.0 - offset,
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Input feature columns, in the order ``__call__`` expects them."""
+        return self.geometry.bounds.columns
+
+    @property
+    def feature_lower(self) -> np.ndarray:
+        return self.geometry.bounds.lower
+
+    @property
+    def feature_upper(self) -> np.ndarray:
+        return self.geometry.bounds.upper
+
+    @property
+    def source(self) -> str:
+        return self.geometry.source
 
     @property
     def dimension(self) -> int:
-        return int(self.matrix.shape[0])
+        return self.geometry.dimension
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Project the rows of ``x`` (columns = ``self.columns``) into [0, 1]^d."""
-        u = scale_to_unit(x, self.feature_lower, self.feature_upper)
-        y = (u - self.center) @ self.matrix.T
-        return scale_to_unit(y, self.lower, self.upper)
+        return self.geometry.to_release_space(x)
 
     def to_json_bytes(self) -> bytes:
         doc = {
@@ -64,6 +90,15 @@ class FixedProjection:
         return (json.dumps(doc, allow_nan=False) + "\n").encode()
 
 
+def _from_file_bytes(data: bytes, name: str, bounds: Bounds) -> FixedProjection:
+    """Parse and check a projection file with the release layer's reader, keeping its own
+    parameters (so writing it back gives the same numbers)."""
+    geometry = _geometry._from_file(data, name, bounds)
+    doc = json.loads(data.decode("utf-8"))
+    params = (np.asarray(doc[k], dtype=np.float64) for k in ("center", "matrix", "lower", "upper"))
+    return FixedProjection(geometry, *params)
+
+
 def derive_projection(
     reference_unit: np.ndarray,
     columns: Sequence[str],
@@ -76,91 +111,55 @@ def derive_projection(
 ) -> FixedProjection:
     """PCA of a REFERENCE federation's unit-scaled features (never the study's data): the top
     ``dimension`` components and projected bounds at the reference min/max widened by ``margin``
-    times the range on each side."""
+    times the range on each side. Read back through the release layer's file reader, so it is
+    exactly what a protocol pinning its ``to_json_bytes()`` will use."""
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=dimension, random_state=0).fit(reference_unit)
     y = (reference_unit - pca.mean_) @ pca.components_.T
     lo, hi = y.min(0), y.max(0)
     pad = margin * (hi - lo)
-    return FixedProjection(
-        tuple(columns),
-        np.asarray(feature_lower, float),
-        np.asarray(feature_upper, float),
-        pca.mean_,
-        pca.components_,
-        lo - pad,
-        hi + pad,
-        source,
-    )
-
-
-def _from_file(data: bytes, name: str, bounds: Any) -> FixedProjection:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-        assert doc["format"] == PROJECTION_FORMAT and doc["version"] == 1
-        columns = tuple(doc["columns"])
-        proj = FixedProjection(
-            columns,
-            bounds.select(columns, name).lower,
-            bounds.select(columns, name).upper,
-            np.asarray(doc["center"], float),
-            np.asarray(doc["matrix"], float),
-            np.asarray(doc["lower"], float),
-            np.asarray(doc["upper"], float),
-            str(doc["source"]),
-        )
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise ProtocolError(f"{name}: not a {PROJECTION_FORMAT} v1 file ({exc!r})") from exc
-    d, big_d = proj.matrix.shape
-    if proj.center.shape != (big_d,) or proj.lower.shape != (d,) or proj.upper.shape != (d,):
-        raise ProtocolError(f"{name}: matrix/center/lower/upper shapes do not agree")
-    if np.any(proj.upper <= proj.lower):
-        raise ProtocolError(f"{name}: projected bounds need lower < upper")
-    return proj
+    doc = {
+        "format": PROJECTION_FORMAT,
+        "version": 1,
+        "source": source,
+        "columns": list(columns),
+        "center": pca.mean_.tolist(),
+        "matrix": pca.components_.tolist(),
+        "lower": (lo - pad).tolist(),
+        "upper": (hi + pad).tolist(),
+    }
+    bounds = Bounds(tuple(columns), feature_lower, feature_upper, source)
+    return _from_file_bytes(json.dumps(doc).encode(), f"derived projection ({source})", bounds)
 
 
 def projection_for(loaded: Any, columns: Sequence[str]) -> FixedProjection:
     """The protocol's fixed projection for feature ``columns`` (``release.projection``: subset,
-    random or file; ``none`` is refused: the secure mode needs a low dimension)."""
+    random or file, as :func:`securefed.privacy.projection.release_geometry` reads it; ``none`` is
+    refused: the secure mode needs a low dimension)."""
     from securefed.privacy.bounds import load_pinned_bounds
-    from securefed.protocol import open_pinned
 
     release = loaded.protocol.release
-    bounds = load_pinned_bounds(loaded)
     if release.projection == "none":
         raise ProtocolError(
             "release.projection: the secure-aggregate clustering needs a fixed low-dimensional "
             "projection ('subset', 'random' or 'file'); 'none' would keep all features"
         )
+    bounds = load_pinned_bounds(loaded)
     if release.projection == "file":
+        from securefed.protocol import open_pinned
+
         pinned = release.projection_file
         data = open_pinned(loaded, pinned, "release.projection_file")
-        proj = _from_file(data, str(loaded.resolve(pinned.file)), bounds)
+        proj = _from_file_bytes(data, str(loaded.resolve(pinned.file)), bounds)
+        if release.dimension is not None and release.dimension != proj.dimension:
+            raise ProtocolError(
+                f"release.dimension ({release.dimension}) differs from the {proj.dimension} "
+                "rows of release.projection_file"
+            )
         missing = [c for c in proj.columns if c not in set(columns)]
         if missing:
             raise ProtocolError(f"release.projection_file: column {missing[0]!r} not in the table")
         return proj
     bounds.check_columns(columns, "release.bounds")
-    big_d = len(columns)
-    if release.projection == "subset":
-        idx = [list(columns).index(c) for c in release.subset if c in columns]
-        if len(idx) != len(release.subset):
-            raise ProtocolError("release.subset: some features are not columns of the table")
-        matrix = np.zeros((len(idx), big_d))
-        matrix[np.arange(len(idx)), idx] = 1.0
-        center = np.zeros(big_d)
-        lower, upper = np.zeros(len(idx)), np.ones(len(idx))
-        source = f"subset of {len(idx)} features"
-    else:
-        d = int(release.dimension)
-        rng = np.random.default_rng(release.projection_seed)
-        q, _ = np.linalg.qr(rng.standard_normal((big_d, d)))
-        matrix = q.T
-        center = np.full(big_d, 0.5)
-        half = 0.5 * np.abs(matrix).sum(1)
-        lower, upper = -half, half
-        source = f"seeded random orthonormal projection (seed {release.projection_seed})"
-    return FixedProjection(
-        tuple(columns), bounds.lower, bounds.upper, center, matrix, lower, upper, source
-    )
+    return FixedProjection.from_geometry(_geometry.release_geometry(loaded, bounds))
