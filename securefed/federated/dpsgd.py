@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,10 +223,12 @@ def train_dp_round(
                 generator=gen,
                 secure_mode=True,
             )
-            out = train_local(
-                gsm, data, spec, epochs=1, max_steps=None, lr=float(lr), device=device,
-                seed=seed, optimizer=opt, batches=batches,
-            )  # fmt: skip
+            with warnings.catch_warnings():  # Opacus hooks: the input needs no gradient
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                out = train_local(
+                    gsm, data, spec, epochs=1, max_steps=None, lr=float(lr), device=device,
+                    seed=seed, optimizer=opt, batches=batches,
+                )  # fmt: skip
         finally:
             gsm._close()
     return {
