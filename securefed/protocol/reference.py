@@ -226,8 +226,8 @@ FIELD_DOCS: dict[str, str] = {
     "training.dp_sgd.epsilon": "Epsilon of the training stage, per site.",
     "training.dp_sgd.delta": "Delta of the training stage, per site.",
     "training.dp_sgd.max_grad_norm": "Per-sample gradient clipping norm.",
-    "secure_aggregation.num_shares": "SecAgg+ shares per client secret (<= number of sites).",
-    "secure_aggregation.reconstruction_threshold": "Shares needed to reconstruct (<= num_shares); "
+    "secure_aggregation.num_shares": "SecAgg+ shares per client secret (>= 3, <= number of sites).",
+    "secure_aggregation.reconstruction_threshold": "Shares needed to reconstruct (< num_shares); "
     "the round survives dropouts while this many remain.",
     "secure_aggregation.clipping_range": "SecAgg+ clipping range of the quantised values.",
     "secure_aggregation.quantization_range": "SecAgg+ quantisation range (integer levels).",

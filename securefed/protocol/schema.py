@@ -287,7 +287,7 @@ class TrainingSpec(_Strict):
 class SecureAggregationSpec(_Strict):
     """Flower SecAgg+ parameters (also used by the secure-aggregate clustering sums)."""
 
-    num_shares: int = Field(3, ge=2)
+    num_shares: int = Field(3, ge=3)
     reconstruction_threshold: int = Field(2, ge=2)
     clipping_range: float = Field(8.0, gt=0)
     quantization_range: int = Field(4_194_304, ge=2)
@@ -296,10 +296,10 @@ class SecureAggregationSpec(_Strict):
 
     @model_validator(mode="after")
     def _shares(self) -> SecureAggregationSpec:
-        if self.reconstruction_threshold > self.num_shares:
+        if self.reconstruction_threshold >= self.num_shares:
             raise ValueError(
                 f"secure_aggregation.reconstruction_threshold ({self.reconstruction_threshold}) "
-                f"must be <= num_shares ({self.num_shares})"
+                f"must be < num_shares ({self.num_shares}) (Flower's SecAgg+)"
             )
         return self
 
