@@ -76,17 +76,18 @@ def _privacy(ctx: Any) -> dict[str, Any]:
     from securefed.privacy import read_ledger
 
     p = ctx.loaded.protocol.privacy
+    plain = ctx.loaded.protocol.release.mode == "plain"
     per_site: dict[str, Any] = {}
     for site in ctx.sites:
         path = ctx.paths.site(site.id) / "ledger.jsonl"
-        if not path.exists():
-            per_site[site.id] = {"epsilon": 0.0, "delta": 0.0, "releases": 0}
-            continue
-        state = read_ledger(path)
+        state = read_ledger(path) if path.exists() else None
         per_site[site.id] = {
-            "epsilon": state.spent(),
-            "delta": p.total_delta,
-            "releases": len(state.charges),
+            # DP spend recorded in the site's ledger (composed over its releases) ...
+            "epsilon": state.spent() if state is not None else 0.0,
+            "delta": p.total_delta if state is not None and state.charges else 0.0,
+            "releases": len(state.charges) if state is not None else 0,
+            # ... and what that does not cover: a plain feature release has no DP at all.
+            "overall_epsilon": math.inf if plain else (state.spent() if state else 0.0),
         }
     notes = []
     mode = ctx.loaded.protocol.release.mode
