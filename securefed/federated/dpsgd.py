@@ -153,11 +153,10 @@ def dp_batches(n: int, batch: int, steps: int, seed: int) -> list[list[int]]:
 
 def site_ledger(loaded: Any, partition_id: int, folder: str | Path) -> Ledger:
     """The site's ledger in ``folder``, bound to the protocol's site of ``partition_id``
-    (``partition-<id>`` when the protocol lists no sites, as simulation protocols may)."""
-    sites = loaded.protocol.sites
+    (``site-<id>`` when a simulation protocol lists no sites: ``Protocol.resolve_sites``), the
+    same ledger as the site's feature and clustering releases."""
+    sites = loaded.protocol.resolve_sites([int(partition_id)])
     ids = [s.id for s in sites if int(s.partition_id) == int(partition_id)]
-    if not sites:
-        ids = [f"partition-{int(partition_id)}"]
     if len(ids) != 1:
         raise ConfigError(
             f"protocol [[sites]]: no single site with partition_id {partition_id}; DP-SGD charges "

@@ -62,6 +62,7 @@ def _site_settings(ctx: Any) -> list[Any]:
             protocol=str(ctx.paths.protocol.resolve()),
             work_dir=str((ctx.paths.site(s.id) / "flower").resolve()),
             assignments=str(ctx.paths.clusters.resolve()),
+            ledger_dir=str(ctx.paths.site(s.id).resolve()),  # one ledger per site, every stage
         )
         for s in ctx.training_sites()
     ]

@@ -231,7 +231,7 @@ def make_client_app(
             site = sim_sites[index]
         else:
             site = SiteSettings.from_node_config(dict(context.node_config))
-        ledger_dir = str(context.node_config.get("ledger-dir", ""))
+        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
         return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[conditional_secaggplus_mod])

@@ -152,6 +152,7 @@ class SiteSettings:
     work_dir: str = ""
     assignments: str = ""
     device: str = "cpu"
+    ledger_dir: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SiteSettings:
@@ -168,6 +169,7 @@ class SiteSettings:
             work_dir=str(node_config.get("work-dir", "")),
             assignments=str(node_config.get("assignments", "")),
             device=str(node_config.get("device", "cpu")),
+            ledger_dir=str(node_config.get("ledger-dir", "")),
         )
 
     def to_node_config(self) -> str:
@@ -179,6 +181,7 @@ class SiteSettings:
             ("work-dir", self.work_dir),
             ("assignments", self.assignments),
             ("device", self.device),
+            ("ledger-dir", self.ledger_dir),
         ):
             if value:
                 parts.append(f"{key}={json.dumps(str(value))}")
