@@ -111,3 +111,59 @@ def test_run_refuses_other_protocol_in_same_rundir(tiny_federation: Path, tmp_pa
     )
     assert second.exit_code == 2
     assert "holds a run of protocol" in second.output
+
+
+@pytest.mark.slow
+def test_secure_aggregate_clustering_through_the_study(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    """release.mode = secure-aggregate: no per-case vector reaches the server; the clustering
+    rounds are charged to every site's ledger; sites assign their own cases."""
+    import numpy as np
+
+    from securefed.data import load_federation
+    from securefed.privacy import derive_bounds, read_ledger, write_bounds
+    from securefed.protocol import load_protocol
+    from securefed.radiomics import extract_features
+
+    # Bounds from a REFERENCE federation (another seed), never from the study's data.
+    ref_root = tmp_path / "reference"
+    synthesize(ref_root, preset=TINY, seed=7)
+    fed = load_federation(ref_root)
+    demo = load_protocol(ROOT / "protocols" / "demo.toml").protocol
+    ref = extract_features(
+        list(fed.cases.values()), demo.radiomics, cache_dir=tmp_path / "refcache",
+        partition_of=fed.partition_of, split_of={s: "train" for s in fed.cases},
+    )  # fmt: skip
+    bounds = derive_bounds(
+        np.asarray(ref.table.values), ref.table.columns, source="tiny reference, seed 7",
+        margin=0.1,
+    )  # fmt: skip
+    sha = write_bounds(bounds, tmp_path / "bounds.json")
+    path = tiny_protocol(tmp_path)
+    data = tomllib.loads(path.read_text())
+    data["release"] = {
+        "mode": "secure-aggregate",
+        "bounds": {"file": "bounds.json", "sha256": sha},
+        "projection": "subset",
+        "subset": ["flair_firstorder_Mean", "t1_glcm_Contrast", "t2_firstorder_Entropy"],
+    }
+    data["clustering"]["secure"] = {"epsilon": 1.0, "delta": 1e-6, "min_sites_per_aggregate": 2}
+    path.write_bytes(tomli_w.dumps(data).encode())
+    rundir = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", str(path), "--data", str(tiny_federation), "--out", str(rundir),
+              "--stop-after", "clustering", "--workers", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Nothing per-case was released or collected.
+    assert not (rundir / "server" / "inbox").exists()
+    assert not (rundir / "server" / "features").exists()
+    clusters = (rundir / "clusters.csv").read_text().splitlines()
+    assert len(clusters) == 16
+    for site in ("site-1", "site-2", "site-3"):
+        state = read_ledger(rundir / "sites" / site / "ledger.jsonl")
+        assert state.charges, f"{site}: no clustering charge"
+        assert 0 < state.spent() <= 1.0 + 1e-9
+    report = json.loads((rundir / "server" / "clustering" / "clustering.json").read_text())
+    assert report["secure"]["messages_received_by_server"] > 0
