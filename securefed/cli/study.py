@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from securefed.cli._common import console, handle_errors, info
+from securefed.cli._common import console, handle_errors, info, progress, state
 
 __all__ = ["register"]
 
@@ -19,6 +19,30 @@ ROOT = Path(__file__).resolve().parents[2]
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("demo")(demo)
+
+
+class _Bars:
+    """A rich progress bar per task name (silent under --quiet)."""
+
+    def __init__(self, bar) -> None:  # noqa: ANN001
+        self.bar = bar
+        self.tasks: dict[str, object] = {}
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total)
+        self.bar.update(self.tasks[name], completed=done, total=total)
+
+
+def _quiet_flower() -> None:
+    """Flower and Ray log every message at INFO; keep the demo readable unless --debug."""
+    import logging
+    import os
+
+    if not state.debug:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
 
 
 def _summary(results: dict) -> None:
@@ -63,9 +87,12 @@ def run(
     from securefed.federated.study import run_study
 
     start = time.perf_counter()
-    results = run_study(
-        protocol, data, out, truth=truth, stop_after=stop_after, workers=workers, log=info
-    )
+    _quiet_flower()
+    with progress(transient=True) as bar:
+        results = run_study(
+            protocol, data, out, truth=truth, stop_after=stop_after, workers=workers, log=info,
+            progress=_Bars(bar),
+        )  # fmt: skip
     _summary(results)
     if (out / "report.html").exists():
         info(f"report: {out / 'report.html'} ({time.perf_counter() - start:.0f} s)")
@@ -85,12 +112,19 @@ def demo(
     start = time.perf_counter()
     protocol = ROOT / "protocols" / "demo.toml"
     data = out / "data"
-    if not (data / "partitioning_1.csv").exists():
-        info(f"synthesizing the demo federation into {data} ...")
-        synthesize(data, preset="demo", seed=seed, workers=workers)
-    results = run_study(
-        protocol, data, out / "run", truth=data / "truth.csv", workers=workers, log=info
-    )
+    _quiet_flower()
+    with progress(transient=True) as bar:
+        if not (data / "partitioning_1.csv").exists():
+            info(f"synthesizing the demo federation into {data} ...")
+            task = bar.add_task("synthetic cases", total=None)
+            synthesize(
+                data, preset="demo", seed=seed, workers=workers,
+                on_case=lambda _sid: bar.advance(task),
+            )  # fmt: skip
+        results = run_study(
+            protocol, data, out / "run", truth=data / "truth.csv", workers=workers, log=info,
+            progress=_Bars(bar),
+        )  # fmt: skip
     _summary(results)
     report = out / "run" / "report.html"
     info(f"demo finished in {time.perf_counter() - start:.0f} s; report: {report}")

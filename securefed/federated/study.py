@@ -36,6 +36,7 @@ __all__ = ["STAGES", "StudyPaths", "run_study"]
 
 STAGES = ("features", "clustering", "training", "evaluation", "report")
 Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,10 @@ def run_study(
     stop_after: str | None = None,
     workers: int = 1,
     log: Log = print,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the study; returns the results mapping (also in RUNDIR/results.json)."""
+    """Run (or resume) the study; returns the results mapping (also in RUNDIR/results.json).
+    ``progress(task, done, total)`` is called as long steps advance (for a progress bar)."""
     from securefed.federated import study_stages as st
 
     if stop_after is not None and stop_after not in STAGES:

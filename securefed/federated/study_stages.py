@@ -42,6 +42,7 @@ class StudyContext:
     workers: int
     log: Log
     extra: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[str, int, int], None] | None = None
 
     @classmethod
     def build(
@@ -128,6 +129,11 @@ def features_stage(ctx: StudyContext) -> None:
         split_of=ctx.splits,
         workers=ctx.workers,
         on_error="exclude",
+        progress=(
+            None
+            if ctx.progress is None
+            else lambda stage, done, total, _sid: ctx.progress(f"radiomics ({stage})", done, total)  # type: ignore[misc]
+        ),
     )
     for sid, why in sorted(extraction.excluded.items()):
         ctx.log(f"  excluded {sid}: {why}")
