@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from securefed.cli._common import console, handle_errors, info, subgroup
+from securefed.cli.keys import _passphrase
 
 __all__ = ["register"]
 
@@ -16,10 +17,6 @@ def register(app: typer.Typer) -> None:
     features.command("release")(release)
     server = subgroup(app, "server", "Server-side stages: collect sealed releases.")
     server.command("collect")(collect)
-
-
-def _passphrase(path: Path | None) -> bytes | None:
-    return path.read_bytes().rstrip(b"\r\n") if path is not None else None
 
 
 @handle_errors
