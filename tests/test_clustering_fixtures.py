@@ -108,7 +108,7 @@ unsafe_seeded_noise = true
 [clustering]
 {clustering}
 [secure_aggregation]
-num_shares = 2
+num_shares = 3
 """
     path = folder / "protocol.toml"
     path.write_text(text)

@@ -103,9 +103,14 @@ def test_epsilon_allocations_must_fit_total() -> None:
 
 def test_threshold_le_shares_le_sites() -> None:
     data = demo_dict()
-    data["secure_aggregation"]["reconstruction_threshold"] = 4
+    data["secure_aggregation"]["reconstruction_threshold"] = 3
     with pytest.raises(ProtocolError, match="reconstruction_threshold"):
         parse_protocol(data)
+    data["secure_aggregation"].update({"num_shares": 2, "reconstruction_threshold": 2})
+    with pytest.raises(ProtocolError, match=r"num_shares \(2\) must be >= 3"):
+        parse_protocol(data)
+    data["training"]["aggregation"] = "fedavg"  # SecAgg+ parameters unused: not checked
+    assert parse_protocol(data).training.aggregation == "fedavg"
     data = demo_dict()
     data["sites"] = [{"id": "a", "partition_id": 1}, {"id": "b", "partition_id": 2}]
     with pytest.raises(ProtocolError, match=r"num_shares \(3\) must be <= the number of sites"):

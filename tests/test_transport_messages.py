@@ -205,7 +205,7 @@ def test_allowed_senders_from_protocol(parties):
             "schema_version": 1,
             "study": {"name": "t", "mode": "deployment"},
             "privacy": {"total_epsilon": 1.0},
-            "secure_aggregation": {"num_shares": 2},
+            "training": {"aggregation": "fedavg"},
             "sites": [
                 {
                     "id": "site-1",

@@ -8,8 +8,6 @@ arrays go to ``model.npz`` (loaded with ``allow_pickle=False``) and metadata to 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,27 +16,13 @@ import numpy as np
 
 from securefed.clustering.scaling import scale_to_unit
 from securefed.errors import ClusteringError
+from securefed.fileio import atomic_write_bytes as write_atomic
 
 __all__ = ["ClusterModel", "MODEL_FORMAT", "write_atomic"]
 
 MODEL_FORMAT = "securefed-cluster-model-v1"
 Rule = Literal["gmm", "nearest-mean"]
 _ARRAYS = ("scale_low", "scale_high", "pca_mean", "pca_components", "means", "weights", "prec_chol")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

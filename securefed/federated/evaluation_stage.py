@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from securefed.crypto import write_atomic
+from securefed.fileio import atomic_write_bytes
 from securefed.report import read_json
 
 __all__ = ["run_evaluation", "read_case_rows", "CASE_COLUMNS"]
@@ -88,8 +88,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in CASE_COLUMNS})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buf.getvalue().encode("utf-8"), 0o644)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def read_case_rows(path: Path) -> list[dict[str, Any]]:

@@ -237,14 +237,14 @@ def clustering_stage(ctx: StudyContext) -> None:
 
 
 def _write_clusters(path: Path, rows: list[dict[str, Any]]) -> None:
-    from securefed.crypto import write_atomic
+    from securefed.fileio import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["subject_id", "partition_id", "split", "cluster"])
     for r in rows:
         writer.writerow([r["subject_id"], r["partition_id"], r["split"], r["cluster"]])
-    write_atomic(path, buf.getvalue().encode("utf-8"), 0o644)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def _paper_clustering(

@@ -20,7 +20,7 @@ import numpy as np
 
 from securefed import __version__
 from securefed.errors import PrivacyError, ProtocolError
-from securefed.privacy._io import atomic_write_bytes
+from securefed.fileio import atomic_write_bytes
 
 __all__ = [
     "BOUNDS_FORMAT",

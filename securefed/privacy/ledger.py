@@ -38,7 +38,7 @@ from typing import Any
 import dp_accounting
 
 from securefed.errors import BudgetExceededError, LedgerCorruptError, LedgerError
-from securefed.privacy._io import fsync_dir
+from securefed.fileio import fsync_dir
 from securefed.privacy.accounting import (
     Charge,
     composed_epsilon,

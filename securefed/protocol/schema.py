@@ -287,21 +287,23 @@ class TrainingSpec(_Strict):
 class SecureAggregationSpec(_Strict):
     """Flower SecAgg+ parameters (also used by the secure-aggregate clustering sums)."""
 
-    num_shares: int = Field(3, ge=3)
+    num_shares: int = Field(3, ge=2)
     reconstruction_threshold: int = Field(2, ge=2)
     clipping_range: float = Field(8.0, gt=0)
     quantization_range: int = Field(4_194_304, ge=2)
     max_weight: float = Field(1000.0, gt=0)
     timeout_s: float = Field(120.0, gt=0)
 
-    @model_validator(mode="after")
-    def _shares(self) -> SecureAggregationSpec:
+    def secaggplus_problem(self) -> str | None:
+        """What Flower's SecAgg+ would refuse in these parameters (None: acceptable)."""
+        if self.num_shares < 3:
+            return f"secure_aggregation.num_shares ({self.num_shares}) must be >= 3 for SecAgg+"
         if self.reconstruction_threshold >= self.num_shares:
-            raise ValueError(
+            return (
                 f"secure_aggregation.reconstruction_threshold ({self.reconstruction_threshold}) "
-                f"must be < num_shares ({self.num_shares}) (Flower's SecAgg+)"
+                f"must be < num_shares ({self.num_shares}) for SecAgg+"
             )
-        return self
+        return None
 
 
 class EvaluationSpec(_Strict):
@@ -358,13 +360,17 @@ class Protocol(_Strict):
         parts = [s.partition_id for s in self.sites]
         if len(set(parts)) != len(parts):
             raise ValueError("sites: partition ids must be unique")
-        if self.sites:
+        secagg = self.training.aggregation == "secagg+"
+        if secagg and (problem := self.secure_aggregation.secaggplus_problem()) is not None:
+            raise ValueError(problem)
+        if self.sites and secagg:
             n = len(self.sites)
             if self.secure_aggregation.num_shares > n:
                 raise ValueError(
                     f"secure_aggregation.num_shares ({self.secure_aggregation.num_shares}) must "
                     f"be <= the number of sites ({n})"
                 )
+        if self.sites:
             unknown = set(self.data.held_out_partitions) - set(parts)
             if unknown:
                 raise ValueError(

@@ -1,4 +1,8 @@
-"""Small file helpers: atomic writes (temp file + fsync + os.replace) and directory fsync."""
+"""Durable file writes shared by every layer (the lowest layer, next to errors.py).
+
+``atomic_write_bytes``: readers see the old file or the new one, never a partial one (temporary
+file in the same folder, fsync, ``os.replace``, fsync of the folder).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ __all__ = ["atomic_write_bytes", "fsync_dir"]
 
 
 def fsync_dir(folder: str | Path) -> None:
-    """fsync a directory so that a rename or a new file in it survives a crash."""
-    fd = os.open(folder, os.O_RDONLY)
+    """fsync a directory so that a rename into it survives a crash."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
     try:
         os.fsync(fd)
     finally:
@@ -19,7 +26,7 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file, never half."""
+    """Write ``data`` to ``path`` atomically and durably (creates the parent folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
