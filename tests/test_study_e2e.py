@@ -30,9 +30,10 @@ TINY = Preset(
 )
 
 
-def tiny_protocol(tmp: Path, aggregation: str = "secagg+") -> Path:
+def tiny_protocol(tmp: Path, aggregation: str = "secagg+", held_out: tuple[int, ...] = ()) -> Path:
     data = tomllib.loads((ROOT / "protocols" / "demo.toml").read_text())
     data["study"]["name"] = "tiny-e2e"
+    data["data"]["held_out_partitions"] = list(held_out)
     data["clustering"].update({"k_selection": "fixed", "k": 2, "pca_components": 3, "n_init": 2})
     data["training"].update(
         {
@@ -62,7 +63,8 @@ def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> None:
-    protocol = tiny_protocol(tmp_path)
+    """Institution 3 is held out: it trains nothing and is scored apart as unseen."""
+    protocol = tiny_protocol(tmp_path, held_out=(3,))
     rundir = tmp_path / "run"
     runner = CliRunner()
     args = ["run", str(protocol), "--data", str(tiny_federation), "--out", str(rundir),
@@ -80,11 +82,19 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
         assert all(0.0 <= res["mean"][r] <= 1.0 for r in ("TC", "WT", "ET"))
     assert results["clustering"]["k"] == 2
     assert "ari_scanner" in results["clustering"]["quality"]
-    # Every site released through the sealed channel: one envelope per site in the inbox.
-    assert len(list((rundir / "server" / "inbox").glob("*.env"))) == 3
-    # The server holds the collected table and nothing of the sites' raw folders.
+    # The unseen institution: all 5 of its cases routed by radiomics and scored apart.
+    unseen = results["segmentation"]["unseen"]
+    assert unseen["fedavg"]["n_cases"] == 5 and unseen["cffl"]["n_cases"] == 5
+    roles = {s["site"]: s["role"] for s in results["data"]["sites"]}
+    assert roles == {"site-1": "training", "site-2": "training", "site-3": "unseen"}
+    for method in ("local", "fedavg", "cffl"):
+        assert "site-3" not in methods[method]["per_site"]
+    # Training sites released through the sealed channel; the unseen one sent nothing.
+    assert sorted(p.name for p in (rundir / "server" / "inbox").glob("*.env")) == [
+        "site-1.features.env", "site-2.features.env"]  # fmt: skip
+    # The server holds the collected table (training sites' cases only).
     collected = (rundir / "server" / "features" / "features.csv").read_text().splitlines()
-    assert len(collected) == 1 + 15
+    assert len(collected) == 1 + 10
     clusters = (rundir / "clusters.csv").read_text().splitlines()
     assert clusters[0] == "subject_id,partition_id,split,cluster" and len(clusters) == 16
     # Resume: every stage but the report is skipped, nothing is recomputed.
