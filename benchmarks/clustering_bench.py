@@ -241,6 +241,8 @@ def write_results(rows: list[dict], out: Path, name: str, repeats: int, sources:
                 ax.axhline(s["ari_mean"], ls=":", lw=1, color="black" if "bic" in s["mode"]
                            else "brown", label=s["mode"])  # fmt: skip
         ax.set_xscale("log")
+        ax.set_xticks(EPSILONS, [f"{e:g}" for e in EPSILONS])
+        ax.minorticks_off()
         ax.axhline(0.9, color="grey", ls="--", lw=0.8)
         ax.set_title(preset)
         ax.set_xlabel("epsilon (per patient, whole clustering stage)")
