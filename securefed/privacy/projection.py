@@ -9,8 +9,9 @@ by a clip to [0, 1]^d:
 - ``file``: a pinned ``securefed-projection`` v1 JSON file (center, matrix, lower, upper; e.g. a
   PCA of a reference federation), scaled from its declared bounds to [0, 1] and clipped.
 
-The file format and the random construction are those of ``securefed.clustering.projection``, so
-both layers read the same protocol the same way. Sensitivity (see ``sensitivity.py``) follows
+This module is the one definition of the release maps; ``securefed.clustering.projection`` is a
+view over it, so the site's release and the server's secure clustering read a protocol the same
+way. Sensitivity (see ``sensitivity.py``) follows
 from the map alone: clipping to a box is non-expansive, so the L2 distance between two released
 vectors is at most min(||A||_2 sqrt(D), sqrt(d)) with A the linear part of the map.
 """
