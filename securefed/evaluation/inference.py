@@ -37,6 +37,20 @@ def predict_logits(
 def predict_mask(
     model: nn.Module, image: torch.Tensor | np.ndarray, eval_spec: object, device: torch.device
 ) -> np.ndarray:
-    """Binary uint8 (3, X, Y, Z) prediction (TC, WT, ET): sigmoid > ``eval_spec.threshold``."""
+    """Binary uint8 (3, X, Y, Z) prediction (TC, WT, ET): sigmoid > ``eval_spec.threshold``.
+
+    ``eval_spec.postprocess = "largest-component"`` keeps the largest 26-connected component of
+    the whole tumour (scipy.ndimage.label; MONAI's KeepLargestConnectedComponent needs scikit-image)
+    and restricts TC and ET to it. The paper uses no post-processing (the default ``"none"``)."""
     logits = predict_logits(model, image, eval_spec, device)
-    return (torch.sigmoid(logits) > float(eval_spec.threshold)).to(torch.uint8).numpy()
+    mask = (torch.sigmoid(logits) > float(eval_spec.threshold)).to(torch.uint8).numpy()
+    if getattr(eval_spec, "postprocess", "none") == "largest-component" and mask[1].any():
+        from scipy import ndimage
+
+        labels, n = ndimage.label(mask[1], structure=np.ones((3, 3, 3), dtype=bool))
+        if n > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            wt = (labels == int(np.argmax(sizes))).astype(np.uint8)
+            mask = np.stack([mask[0] * wt, wt, mask[2] * wt])
+    return mask

@@ -239,6 +239,8 @@ FIELD_DOCS: dict[str, str] = {
     "evaluation.blend": "Sliding-window blending (paper: gaussian).",
     "evaluation.threshold": "Sigmoid threshold for the TC/WT/ET masks (paper: 0.5).",
     "evaluation.hd95": "Also compute HD95 (MONAI).",
+    "evaluation.postprocess": "none (paper) or keep the largest connected whole-tumour component "
+    "and restrict TC/ET to it.",
 }
 
 

@@ -314,6 +314,7 @@ class EvaluationSpec(_Strict):
     blend: Literal["gaussian", "constant"] = "gaussian"
     threshold: float = Field(0.5, gt=0, lt=1)
     hd95: bool = True
+    postprocess: Literal["none", "largest-component"] = "none"
 
 
 class Protocol(_Strict):
