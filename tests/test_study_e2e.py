@@ -43,7 +43,7 @@ def tiny_protocol(tmp: Path, aggregation: str = "secagg+", held_out: tuple[int, 
             "local_steps": 1,
             "finetune_rounds": 1,
             "local_epochs_baseline": 1,
-            "baselines": ["local", "fedavg", "cffl"],
+            "baselines": ["local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized"],
             "aggregation": aggregation,
         }
     )
@@ -76,7 +76,16 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
         assert (rundir / name).is_file(), name
     results = json.loads((rundir / "results.json").read_text())
     methods = results["segmentation"]["methods"]
-    assert {"local", "fedavg", "cffl"} <= set(methods)
+    assert set(methods) == {
+        "local",
+        "local-finetune",
+        "fedavg",
+        "cffl",
+        "cffl-ideal",
+        "centralized",
+    }
+    assert not methods["centralized"]["private"] and not methods["cffl-ideal"]["private"]
+    assert methods["fedavg"]["private"] and methods["local"]["private"]
     for res in methods.values():
         assert res["n_cases"] > 0
         assert all(0.0 <= res["mean"][r] <= 1.0 for r in ("TC", "WT", "ET"))
