@@ -40,6 +40,7 @@ def _quiet_flower() -> None:
     import os
 
     if not state.debug:
+        os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # read at import, Ray actors too
         logging.getLogger("flwr").setLevel(logging.WARNING)
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
