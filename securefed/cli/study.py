@@ -40,10 +40,13 @@ def _quiet_flower() -> None:
     import os
 
     if not state.debug:
-        os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # read at import, Ray actors too
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        import warnings
+
+        # Flower's deprecation notices for run_simulation repeat every phase; errors still show.
+        os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")  # read at import, Ray actors too
+        logging.getLogger("flwr").setLevel(logging.ERROR)
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\.")
 
 
 def _summary(results: dict) -> None:
