@@ -35,28 +35,28 @@ SCANNERS: dict[str, ScannerProfile] = {
     p.name: p
     for p in (
         # name, description, noise, blur_mm, slice_mm, bias, gamma, gibbs, scale
-        ScannerProfile("siemens-3t", "3 T, thin slices, low noise, sharp", 0.02, 0.4, 1.0,
-                       0.08, 1.00, 1.0, 900.0),
-        ScannerProfile("ge-1.5t", "1.5 T, 3 mm slices, noisy, strong bias, mild gamma", 0.07,
-                       0.9, 3.0, 0.30, 0.85, 1.0, 600.0),
-        ScannerProfile("philips-3t", "3 T, Gibbs ringing, gamma 1.45 reconstruction", 0.03, 0.6,
-                       1.5, 0.12, 1.45, 0.45, 1200.0),
-        ScannerProfile("siemens-1.5t-thick", "1.5 T, 6 mm slices, blurred", 0.05, 1.3, 6.0,
-                       0.12, 1.00, 1.0, 700.0),
-        ScannerProfile("legacy-1.5t", "old 1.5 T, very noisy, compressive non-linearity", 0.11,
-                       1.0, 4.0, 0.20, 0.70, 0.75, 400.0),
+        ScannerProfile("siemens-3t", "3 T, thin slices, low noise, sharp", 0.015, 0.4, 1.0,
+                       0.06, 1.00, 1.0, 900.0),
+        ScannerProfile("ge-1.5t", "1.5 T, 3 mm slices, noisy, expansive gamma 0.75", 0.06,
+                       0.8, 3.0, 0.12, 0.75, 1.0, 600.0),
+        ScannerProfile("philips-3t", "3 T, Gibbs ringing, gamma 1.5 reconstruction", 0.025, 0.5,
+                       1.5, 0.08, 1.50, 0.45, 1200.0),
+        ScannerProfile("siemens-1.5t-thick", "1.5 T, 6 mm slices, blurred, gamma 1.15", 0.04,
+                       1.5, 6.0, 0.08, 1.15, 1.0, 700.0),
+        ScannerProfile("legacy-1.5t", "old 1.5 T, very noisy, strong non-linearity", 0.13,
+                       1.0, 4.0, 0.12, 0.60, 0.7, 400.0),
     )
 }  # fmt: skip
 
 
 def jitter(profile: ScannerProfile, rng: np.random.Generator) -> ScannerProfile:
-    """Per-case variation of a scanner's settings (a few percent to ~15%)."""
+    """Per-case variation of a scanner's settings (a few percent to ~10%)."""
     return replace(
         profile,
-        noise=profile.noise * float(np.exp(rng.normal(0, 0.12))),
-        blur_mm=profile.blur_mm * float(np.exp(rng.normal(0, 0.08))),
-        bias=profile.bias * float(np.exp(rng.normal(0, 0.15))),
-        gamma=profile.gamma * float(np.exp(rng.normal(0, 0.03))),
+        noise=profile.noise * float(np.exp(rng.normal(0, 0.08))),
+        blur_mm=profile.blur_mm * float(np.exp(rng.normal(0, 0.05))),
+        bias=profile.bias * float(np.exp(rng.normal(0, 0.10))),
+        gamma=profile.gamma * float(np.exp(rng.normal(0, 0.02))),
         scale=profile.scale * float(np.exp(rng.normal(0, 0.10))),
     )
 
