@@ -68,7 +68,7 @@ def test_phase_config_run_config_round_trip_and_digest():
 @pytest.mark.parametrize(
     "kw",
     [dict(phase="cluster"), dict(aggregation="ckks"), dict(timeout_s=0), dict(sites="1,1"),
-     dict(sites=""), dict(out_dir="")],
+     dict(sites=""), dict(out_dir=""), dict(server_lr=0), dict(server_momentum=1.0)],
 )  # fmt: skip
 def test_phase_config_rejects(kw):
     with pytest.raises(ConfigError):
@@ -146,3 +146,40 @@ def test_default_task_is_securefeds_dynunet(tmp_path):
     assert all(not v.any() for v in model.state_dict().values())
     with pytest.raises(ConfigError, match="distinct tensors"):
         task.set_weights(model, weights[:-1])
+
+
+def test_server_momentum_is_fedavgm_on_the_aggregate_and_survives_resume(tmp_path):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from securefed.federated.flower.server_app import PhaseStrategy
+
+    cfg = _cfg(out_dir=str(tmp_path), server_lr=1.0, server_momentum=0.5, min_sites=1)
+    strategy = PhaseStrategy(cfg, grid=None)
+    assert strategy.uses_server_optimizer and not PhaseStrategy(_cfg(), None).uses_server_optimizer
+
+    def one_round(start, site_models):
+        strategy.configure_fit(1, ndarrays_to_parameters([start]), None)
+        results = [
+            (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([m]), n, {"loss": 0.0}))
+            for m, n in site_models
+        ]
+        params, metrics = strategy.aggregate_fit(1, results, [])
+        return parameters_to_ndarrays(params)[0], metrics
+
+    w0 = np.array([1.0, 2.0], dtype=np.float32)
+    # FedAvg of the sites (weights 1 and 3) is [0.5, 1.0]: update d = w0 - avg = [0.5, 1.0].
+    w1, metrics = one_round(w0, [(np.array([0.0, 2.0], np.float32), 1),
+                                 (np.array([2 / 3, 2 / 3], np.float32), 3)])  # fmt: skip
+    assert metrics["num_sites"] == 2
+    np.testing.assert_allclose(w1, [0.5, 1.0], rtol=1e-6)  # first step: v = d
+    # Second round: sites all return w1 - [0.1, 0.1]; v = 0.5 v + 0.1 -> w2 = w1 - v.
+    w2, _ = one_round(w1, [(w1 - 0.1, 2), (w1 - 0.1, 2)])
+    np.testing.assert_allclose(w2, w1 - (0.5 * np.array([0.5, 1.0]) + 0.1), rtol=1e-6)
+    assert w2.dtype == np.float32
+    # The velocity is checkpointed with the round and read back on resume.
+    ckpt = PhaseCheckpoint(tmp_path)
+    state = ckpt.load_state("abc")
+    state.completed_round = 2
+    ckpt.save_round(state, [w2], is_best=False, momentum=strategy.velocity)
+    np.testing.assert_allclose(ckpt.load_momentum()[0], 0.5 * np.array([0.5, 1.0]) + 0.1)
+    assert PhaseCheckpoint(tmp_path / "none").load_momentum() is None

@@ -36,6 +36,7 @@ __all__ = [
 STATE_FILE = "state.json"
 LAST_FILE = "last.npz"
 BEST_FILE = "best.npz"
+MOMENTUM_FILE = "server_momentum.npz"
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -149,9 +150,27 @@ class PhaseCheckpoint:
             )
         return state
 
-    def save_round(self, state: PhaseState, weights: list[np.ndarray], *, is_best: bool) -> None:
-        """Persist weights then state (state last, so a crash never points at missing weights)."""
+    @property
+    def momentum_path(self) -> Path:
+        return self.folder / MOMENTUM_FILE
+
+    def load_momentum(self) -> list[np.ndarray] | None:
+        """The server optimiser's velocity after the last completed round (None: not used)."""
+        return load_weights(self.momentum_path) if self.momentum_path.is_file() else None
+
+    def save_round(
+        self,
+        state: PhaseState,
+        weights: list[np.ndarray],
+        *,
+        is_best: bool,
+        momentum: list[np.ndarray] | None = None,
+    ) -> None:
+        """Persist weights (and the server momentum) then state (state last, so a crash never
+        points at missing weights)."""
         save_weights(self.last_path, weights)
+        if momentum is not None:
+            save_weights(self.momentum_path, momentum)
         if is_best:
             save_weights(self.best_path, weights)
         write_json(self.state_path, state.to_json())

@@ -123,6 +123,8 @@ def phase_config(
         initial_weights=str(initial_weights) if initial_weights else "",
         assignments=str(assignments),
         eval_round_zero=cluster is not None,
+        server_lr=t.server_lr,
+        server_momentum=t.server_momentum,
         seed=t.seed,
     )
 

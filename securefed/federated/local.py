@@ -28,6 +28,7 @@ __all__ = [
     "resolve_device",
     "configure_threads",
     "make_optimizer",
+    "make_loss",
     "train_local",
     "evaluate_local",
     "get_weights",
@@ -78,6 +79,20 @@ def make_optimizer(model: nn.Module, spec: object, lr: float) -> torch.optim.Opt
     raise TrainingError(f"training.optimizer: unknown optimiser {name!r} (sgd, adam, adamw)")
 
 
+def make_loss(spec: object) -> nn.Module:
+    """``spec.loss``: "dice" = MONAI DiceLoss (the paper), "dice-ce" = MONAI DiceCELoss; both on
+    sigmoid outputs. Per-sample Dice gives no gradient against false positives in a crop whose
+    region is empty; the cross-entropy term does."""
+    from monai.losses import DiceCELoss, DiceLoss
+
+    name = getattr(spec, "loss", "dice")
+    if name == "dice":
+        return DiceLoss(sigmoid=True)
+    if name == "dice-ce":
+        return DiceCELoss(sigmoid=True)
+    raise TrainingError(f"training.loss: unknown loss {name!r} (dice, dice-ce)")
+
+
 def _batches(n: int, batch: int, epochs: int, gen: torch.Generator) -> list[list[int]]:
     """Index batches for ``epochs`` passes over ``n`` cases; every batch is full (the last one of
     an epoch is topped up with other cases), so a batch of 1 only happens when ``batch`` is 1."""
@@ -104,17 +119,16 @@ def train_local(
     optimizer: torch.optim.Optimizer | None = None,
     batches: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place on prepared ``data`` (see prepare_cases) with MONAI DiceLoss
-    (sigmoid): ``epochs`` passes, at most ``max_steps`` optimiser steps, batches of
-    ``spec.batch_size`` crops, optimiser from ``spec`` (fresh each call unless ``optimizer`` is
-    given, e.g. an Opacus one). Seeded by ``seed``. ``batches`` (DP-SGD) replaces the epoch plan
-    with explicit case indices per step (then ``epochs`` is not used, ``max_steps`` still caps).
+    """Train ``model`` in place on prepared ``data`` (see prepare_cases) with the loss of
+    ``spec.loss`` (see make_loss): ``epochs`` passes, at most ``max_steps`` optimiser steps,
+    batches of ``spec.batch_size`` crops, optimiser from ``spec`` (fresh each call unless
+    ``optimizer`` is given, e.g. an Opacus one). Seeded by ``seed``. ``batches`` (DP-SGD)
+    replaces the epoch plan with explicit case indices per step (then ``epochs`` is not used,
+    ``max_steps`` still caps).
 
     Returns ``num_examples`` (cases), ``steps``, ``loss`` (mean over steps; NaN without data) and
     ``seconds``. With no cases, nothing is trained.
     """
-    from monai.losses import DiceLoss
-
     if not data:
         return {"num_examples": 0, "steps": 0, "loss": float("nan"), "seconds": 0.0}
     for item in data:
@@ -143,7 +157,7 @@ def train_local(
     model.to(device=dev, memory_format=memory_format) if fast else model.to(dev)
     model.train()
     opt = optimizer if optimizer is not None else make_optimizer(model, spec, float(lr))
-    loss_fn = DiceLoss(sigmoid=True)
+    loss_fn = make_loss(spec)
     losses: list[float] = []
     start = time.perf_counter()
     for idx in plan:

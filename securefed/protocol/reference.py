@@ -205,6 +205,13 @@ FIELD_DOCS: dict[str, str] = {
     "sampling.",
     "training.spacing_mm": "Resample volumes to this isotropic spacing before training; unset "
     "keeps 1 mm.",
+    "training.loss": "dice = MONAI DiceLoss on sigmoid outputs (paper); dice-ce adds binary "
+    "cross-entropy (MONAI DiceCELoss), which also penalises false positives in crops without "
+    "tumour.",
+    "training.server_lr": "Server learning rate on the aggregate update (FedAvgM, Hsu et al. "
+    "2019; 1 with momentum 0 = plain FedAvg, the paper).",
+    "training.server_momentum": "Server momentum on the aggregate update (FedAvgM); applied by the "
+    "server to the securely aggregated model, so it sees nothing more than with FedAvg.",
     "training.augmentation": "Random flips/intensity augmentation during local training.",
     "training.global_rounds": "FedAvg rounds of the global phase (paper: 300).",
     "training.local_epochs": "Local epochs per round (paper: 1).",

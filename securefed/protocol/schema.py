@@ -268,6 +268,10 @@ class TrainingSpec(_Strict):
     spacing_mm: float | None = Field(
         None, gt=0, description="resample to this spacing; none = 1 mm"
     )
+    loss: Literal["dice", "dice-ce"] = Field(
+        "dice",
+        description="MONAI DiceLoss (paper) or DiceCELoss (Dice + binary cross-entropy, sigmoid)",
+    )
     augmentation: bool = False
     global_rounds: int = Field(300, ge=1)
     local_epochs: int = Field(1, ge=1)
@@ -278,6 +282,8 @@ class TrainingSpec(_Strict):
     local_finetune_lr: float = Field(0.005, gt=0)
     baselines: tuple[Literal[BASELINES], ...] = ("local", "fedavg", "cffl")  # type: ignore[valid-type]
     aggregation: Literal["fedavg", "secagg+"] = "secagg+"
+    server_lr: float = Field(1.0, gt=0, le=10)
+    server_momentum: float = Field(0.0, ge=0, lt=1)
     min_sites_per_aggregate: int = Field(2, ge=1)
     small_cluster_policy: Literal["fallback-global", "merge"] = "fallback-global"
     seed: int = 0

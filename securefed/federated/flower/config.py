@@ -41,6 +41,8 @@ class PhaseConfig:
 
     ``cluster = -1`` is the global phase. ``local_steps = 0`` means no cap (full local epochs).
     ``initial_weights`` empty means: ask one site for its (seeded) initial model.
+    ``server_lr``/``server_momentum``: the server's update on the aggregate (FedAvgM; 1/0 = plain
+    FedAvg).
     """
 
     out_dir: str
@@ -64,6 +66,8 @@ class PhaseConfig:
     initial_weights: str = ""
     assignments: str = ""
     eval_round_zero: bool = False
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +85,11 @@ class PhaseConfig:
             )
         if self.rounds < 0:
             raise ConfigError("run config 'rounds' must be >= 0")
+        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
+            raise ConfigError(
+                f"run config: server-lr ({self.server_lr}) must be > 0 and server-momentum "
+                f"({self.server_momentum}) in [0, 1)"
+            )
         if self.timeout_s <= 0:
             raise ConfigError("run config 'timeout-s' must be > 0 (a round never waits forever)")
         parse_sites(self.sites)

@@ -73,6 +73,8 @@ class PhaseStrategy(FedAvg):
         self.grid = grid
         self.proxies: dict[int, ClientProxy] = {}  # node id -> proxy
         self.partition_of_node: dict[int, int] = {}
+        self.round_start: list[np.ndarray] | None = None  # weights sent out this round
+        self.velocity: list[np.ndarray] | None = None  # server momentum (FedAvgM)
 
     def select(self, node_of_partition: dict[int, int]) -> None:
         run_id = self.grid.run.run_id
@@ -96,7 +98,13 @@ class PhaseStrategy(FedAvg):
             "assignments": c.assignments,
         }
 
+    @property
+    def uses_server_optimizer(self) -> bool:
+        return self.cfg.server_momentum > 0 or self.cfg.server_lr != 1.0
+
     def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[override]
+        if self.uses_server_optimizer:
+            self.round_start = parameters_to_ndarrays(parameters)
         ins = FitIns(parameters, self.round_config(server_round))
         return [(proxy, ins) for proxy in self.proxies.values()]
 
@@ -112,6 +120,9 @@ class PhaseStrategy(FedAvg):
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
+        if aggregated is not None and self.uses_server_optimizer:
+            stepped = self.server_step(parameters_to_ndarrays(aggregated))
+            aggregated = ndarrays_to_parameters(stepped)
         losses = [(r.num_examples, float(r.metrics.get("loss", -1.0))) for _, r in results]
         total = sum(n for n, _ in losses) or 1
         metrics = {
@@ -120,6 +131,21 @@ class PhaseStrategy(FedAvg):
             "train_loss": sum(n * v for n, v in losses) / total,
         }
         return aggregated, metrics
+
+    def server_step(self, aggregate: list[np.ndarray]) -> list[np.ndarray]:
+        """FedAvgM on the (securely) aggregated model: ``v = m v + (w - avg)``,
+        ``w' = w - server_lr v``. Works on the aggregate only, so it learns nothing more."""
+        if self.round_start is None:
+            raise TrainingError(f"{self.cfg.name}: server update without the round's start model")
+        start = self.round_start
+        if self.velocity is None:
+            self.velocity = [np.zeros(np.shape(w), dtype=np.float64) for w in start]
+        out = []
+        for i, (w, avg) in enumerate(zip(start, aggregate, strict=True)):
+            w64 = np.asarray(w, dtype=np.float64)
+            self.velocity[i] = self.cfg.server_momentum * self.velocity[i] + (w64 - avg)
+            out.append((w64 - self.cfg.server_lr * self.velocity[i]).astype(np.asarray(w).dtype))
+        return out
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -294,6 +320,7 @@ def _record_round(
     sites: list[dict],
     fit_metrics: dict[str, Any],
     seconds: float,
+    momentum: list[np.ndarray] | None = None,
 ) -> None:
     pooled = pooled_dice(sites)
     score = pooled["dice_mean"] if pooled["num_val"] > 0 else None
@@ -306,7 +333,7 @@ def _record_round(
         {"round": rnd, "seconds": round(seconds, 3), "val": pooled, "sites": sites, **fit_metrics}
     )
     state.completed_round = rnd
-    ckpt.save_round(state, weights, is_best=is_best)
+    ckpt.save_round(state, weights, is_best=is_best, momentum=momentum)
 
 
 def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseState:
@@ -325,6 +352,7 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
         strategy.select(_discover(grid, cfg))
         if state.completed_round >= 0:
             weights = load_weights(ckpt.last_path)
+            strategy.velocity = ckpt.load_momentum()
             log.info("%s: resuming after round %s", cfg.name, state.completed_round)
         else:
             weights = _initial_weights(grid, cfg, strategy)
@@ -367,7 +395,9 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
             }
             weights = _current_weights(legacy)
             sites = _evaluate(grid, legacy, cfg, rnd)
-            _record_round(ckpt, state, rnd, weights, sites, fit, time.monotonic() - t0)
+            _record_round(
+                ckpt, state, rnd, weights, sites, fit, time.monotonic() - t0, strategy.velocity
+            )
             log.info("%s round %s: val %s", cfg.name, rnd, state.history[-1]["val"])
         state.status = "completed"
         ckpt.save_state(state)
