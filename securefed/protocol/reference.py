@@ -227,7 +227,8 @@ FIELD_DOCS: dict[str, str] = {
     "training.min_sites_per_aggregate": "Fewest sites per federated aggregate; smaller clusters "
     "follow small_cluster_policy.",
     "training.small_cluster_policy": "A cluster with too few sites keeps the global model "
-    "(fallback-global) or is merged with its nearest cluster.",
+    "(fallback-global, the only policy served; the report names such clusters). Merging with a "
+    "neighbouring cluster is not offered: it would finetune on cases of another scanner group.",
     "training.seed": "Seed of crop sampling and initialisation.",
     "training.dp_sgd.enabled": "Train with DP-SGD (Opacus) at the sites.",
     "training.dp_sgd.epsilon": "Epsilon of the training stage, per site.",

@@ -285,7 +285,7 @@ class TrainingSpec(_Strict):
     server_lr: float = Field(1.0, gt=0, le=10)
     server_momentum: float = Field(0.0, ge=0, lt=1)
     min_sites_per_aggregate: int = Field(2, ge=1)
-    small_cluster_policy: Literal["fallback-global", "merge"] = "fallback-global"
+    small_cluster_policy: Literal["fallback-global"] = "fallback-global"
     seed: int = 0
     dp_sgd: DPSGDSpec = DPSGDSpec()
 
