@@ -25,7 +25,9 @@ def synth(
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same data."),
     spacing: float | None = typer.Option(
-        None, "--spacing", help="Voxel size in mm (default: 2 for demo/fets-like, 4 for fets-1251)."
+        None,
+        "--spacing",
+        help="Voxel size in mm (default: 3 for demo, 2 for fets-like, 4 for fets-1251).",
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),

@@ -106,7 +106,7 @@ _FETS_LIKE_SIZES = tuple(max(3, round(n / 5)) for n in FETS2022_SIZES)
 PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo",
-        description="45 cases, 6 institutions (one with two scanners), 5 scanner models, 2 mm",
+        description="45 cases, 6 institutions (one with two scanners), 5 scanner models, 3 mm",
         institutions=(
             Institution(1, 14, (("siemens-3t", 0.5), ("ge-1.5t", 0.5))),
             Institution(2, 9, _one("philips-3t")),
@@ -115,7 +115,7 @@ PRESETS: dict[str, Preset] = {
             Institution(5, 5, _one("legacy-1.5t")),
             Institution(6, 4, _one("philips-3t")),
         ),
-        spacing_mm=2.0,
+        spacing_mm=3.0,
     ),
     "fets-like": Preset(
         name="fets-like",
