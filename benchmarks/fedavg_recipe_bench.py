@@ -10,7 +10,7 @@ validation and test Dice (TC/WT/ET, sliding window, no HD95). Sites run one afte
 Usage:
   .venv/bin/python benchmarks/fedavg_recipe_bench.py --data DIR [--protocol protocols/demo.toml]
       [--spacing 3] [--crop 32] [--roi 64,80,64] [--rounds 16] [--steps 16] [--lr 3e-3]
-      [--momentum 0.9] [--tc 0.25] [--loss dice-ce] [--threads 1]
+      [--momentum 0.9] [--tc 0.25] [--loss dice-bce] [--threads 1]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--server-lr", type=float, default=1.0)
     ap.add_argument("--momentum", type=float, default=0.0)
     ap.add_argument("--tc", type=float, default=None, help="tumour_crop_fraction")
-    ap.add_argument("--loss", default=None, choices=["dice", "dice-ce"])
+    ap.add_argument("--loss", default=None, choices=["dice", "dice-bce"])
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()

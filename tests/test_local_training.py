@@ -154,3 +154,20 @@ def test_weights_round_trip_and_mismatch() -> None:
     weights[0] = np.zeros((1, 2, 3), np.float32)
     with pytest.raises(TrainingError, match="shape"):
         set_weights(b, weights)
+
+
+def test_dice_ce_penalises_false_positives_in_an_empty_crop():
+    """Per-sample sigmoid Dice is saturated when the target is empty (almost no gradient against
+    false positives); the cross-entropy term of "dice-bce" is not."""
+    from securefed.federated.local import make_loss
+
+    target = torch.zeros(1, 3, 8, 8, 8)
+    grads = {}
+    for name in ("dice", "dice-bce"):
+        logits = torch.full((1, 3, 8, 8, 8), 1.0, requires_grad=True)  # p = 0.73 everywhere
+        make_loss(TrainingSpec(loss=name))(logits, target).backward()
+        grads[name] = float(logits.grad.abs().mean())
+    assert grads["dice"] < 1e-6
+    assert grads["dice-bce"] > 1e-4
+    with pytest.raises(TrainingError, match="unknown loss"):
+        make_loss(type("Spec", (), {"loss": "focal"})())

@@ -194,6 +194,5 @@ def test_every_field_is_documented_and_reference_is_current() -> None:
     text = (ROOT / "protocols" / "README.md").read_text()
     embedded = text.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
     assert embedded == reference_markdown().strip(), (
-        "protocols/README.md is stale: regenerate it with "
-        "`python -m securefed.protocol.reference`"
+        "protocols/README.md is stale: regenerate it with `python -m securefed.protocol.reference`"
     )

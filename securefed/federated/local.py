@@ -79,18 +79,34 @@ def make_optimizer(model: nn.Module, spec: object, lr: float) -> torch.optim.Opt
     raise TrainingError(f"training.optimizer: unknown optimiser {name!r} (sgd, adam, adamw)")
 
 
+class DiceBCELoss(nn.Module):
+    """MONAI DiceLoss (sigmoid) + binary cross-entropy on the logits, each region (channel) on its
+    own. (MONAI's DiceCELoss applies a softmax cross-entropy across channels, which is wrong for
+    the nested, overlapping TC/WT/ET regions.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(sigmoid=True)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.bce(logits, target)
+
+
 def make_loss(spec: object) -> nn.Module:
-    """``spec.loss``: "dice" = MONAI DiceLoss (the paper), "dice-ce" = MONAI DiceCELoss; both on
-    sigmoid outputs. Per-sample Dice gives no gradient against false positives in a crop whose
-    region is empty; the cross-entropy term does."""
-    from monai.losses import DiceCELoss, DiceLoss
+    """``spec.loss``: "dice" = MONAI DiceLoss on sigmoid outputs (the paper), "dice-bce" = that
+    plus per-region binary cross-entropy. Per-sample Dice gives almost no gradient against false
+    positives in a crop whose region is empty; the cross-entropy term does."""
+    from monai.losses import DiceLoss
 
     name = getattr(spec, "loss", "dice")
     if name == "dice":
         return DiceLoss(sigmoid=True)
-    if name == "dice-ce":
-        return DiceCELoss(sigmoid=True)
-    raise TrainingError(f"training.loss: unknown loss {name!r} (dice, dice-ce)")
+    if name == "dice-bce":
+        return DiceBCELoss()
+    raise TrainingError(f"training.loss: unknown loss {name!r} (dice, dice-bce)")
 
 
 def _batches(n: int, batch: int, epochs: int, gen: torch.Generator) -> list[list[int]]:

@@ -205,9 +205,9 @@ FIELD_DOCS: dict[str, str] = {
     "sampling.",
     "training.spacing_mm": "Resample volumes to this isotropic spacing before training; unset "
     "keeps 1 mm.",
-    "training.loss": "dice = MONAI DiceLoss on sigmoid outputs (paper); dice-ce adds binary "
-    "cross-entropy (MONAI DiceCELoss), which also penalises false positives in crops without "
-    "tumour.",
+    "training.loss": "dice = MONAI DiceLoss on sigmoid outputs (paper); dice-bce adds a binary "
+    "cross-entropy per region (TC, WT, ET each on its own), which also penalises false positives "
+    "in crops without tumour.",
     "training.server_lr": "Server learning rate on the aggregate update (FedAvgM, Hsu et al. "
     "2019; 1 with momentum 0 = plain FedAvg, the paper).",
     "training.server_momentum": "Server momentum on the aggregate update (FedAvgM); applied by the "

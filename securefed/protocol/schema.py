@@ -268,9 +268,8 @@ class TrainingSpec(_Strict):
     spacing_mm: float | None = Field(
         None, gt=0, description="resample to this spacing; none = 1 mm"
     )
-    loss: Literal["dice", "dice-ce"] = Field(
-        "dice",
-        description="MONAI DiceLoss (paper) or DiceCELoss (Dice + binary cross-entropy, sigmoid)",
+    loss: Literal["dice", "dice-bce"] = Field(
+        "dice", description="MONAI DiceLoss on sigmoid outputs (paper), or Dice + per-region BCE"
     )
     augmentation: bool = False
     global_rounds: int = Field(300, ge=1)
