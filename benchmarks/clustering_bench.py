@@ -48,7 +48,8 @@ from securefed.privacy.noise import SecureNoise
 from securefed.protocol.loader import load_protocol
 
 EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0)
-SECURE = (("dp-histogram", 2, 10), ("dp-kmeans", 3, 8))  # algorithm, rounds T, bins
+SECURE = [("dp-histogram", 2, 10), ("dp-kmeans", 3, 8)]  # algorithm, rounds T, bins
+PROJ_DIM = [3]  # dimension of the fixed projection (set by --proj-dim)
 
 
 def modelled_tables(preset: str, seed: int) -> tuple[FeatureTable, np.ndarray]:
@@ -78,7 +79,8 @@ def secure_protocol(folder: Path, reference: np.ndarray, columns: list[str], k: 
                            low_pct=1, high_pct=99, margin=0.1)  # fmt: skip
     bsha = write_bounds(bounds, folder / "bounds.json")
     unit = scale_to_unit(reference, bounds.lower, bounds.upper)
-    proj = derive_projection(unit, columns, bounds.lower, bounds.upper, 3, source="reference PCA")
+    proj = derive_projection(unit, columns, bounds.lower, bounds.upper, PROJ_DIM[0],
+                             source="reference PCA")  # fmt: skip
     (folder / "projection.json").write_bytes(proj.to_json_bytes())
     psha = "sha256:" + hashlib.sha256(proj.to_json_bytes()).hexdigest()
     text = f"""schema_version = 1
@@ -129,16 +131,22 @@ def bench_one(label: str, table: FeatureTable, sc: np.ndarray, ref: np.ndarray,
         est = RadiomicsClusterer("gmm", k=5, k_selection="bic", k_min=2, k_max=12,
                                  pca_components=30, n_init=5, seed=6).fit(x[fit])  # fmt: skip
         add(f"plain gmm bic (k={est.k_})", np.inf, est.predict(x), time.perf_counter() - t)
+        t = time.perf_counter()
+        est = RadiomicsClusterer("gmm", k=5, k_selection="silhouette", k_min=2, k_max=12,
+                                 pca_components=30, n_init=5, seed=6).fit(x[fit])  # fmt: skip
+        add(f"plain gmm silhouette (k={est.k_})", np.inf, est.predict(x),
+            time.perf_counter() - t)  # fmt: skip
     bounds = derive_bounds(ref, table.columns, source="reference", low_pct=1, high_pct=99,
                            margin=0.1)  # fmt: skip
     unit = scale_to_unit(x, bounds.lower, bounds.upper)
     proj = derive_projection(scale_to_unit(ref, bounds.lower, bounds.upper), table.columns,
-                             bounds.lower, bounds.upper, 3, source="reference PCA")  # fmt: skip
+                             bounds.lower, bounds.upper, PROJ_DIM[0],
+                             source="reference PCA")  # fmt: skip
     y = proj(x)
     noise = SecureNoise()
     for _rep in range(repeats):
         for eps in EPSILONS:
-            for name, vals in (("local-dp 372 dims", unit), ("local-dp 3-dim proj", y)):
+            for name, vals in (("local-dp 372 dims", unit), (f"local-dp {y.shape[1]}-dim proj", y)):
                 t = time.perf_counter()
                 sigma = gaussian_sigma(eps, 1e-6, float(np.sqrt(vals.shape[1])))
                 noisy = vals + noise.gaussian(sigma, vals.shape)
@@ -149,7 +157,8 @@ def bench_one(label: str, table: FeatureTable, sc: np.ndarray, ref: np.ndarray,
                     p = secure_protocol(Path(tmp), ref, table.columns, k, alg, iters, bins, eps)
                     t = time.perf_counter()
                     labels, res = cluster_table_secure(table, load_protocol(p), Path(tmp) / "led")
-                    add(f"secure {alg} (T={iters})", eps, labels, time.perf_counter() - t,
+                    add(f"secure {alg} (T={iters}, {y.shape[1]}-dim, {bins} bins)", eps, labels,
+                        time.perf_counter() - t,
                         sim_s=res.seconds)  # fmt: skip
     return rows
 
@@ -163,7 +172,11 @@ def main() -> None:
     ap.add_argument("--no-plain", action="store_true", help="skip the (slow) plain GMM rows")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default="clustering_extracted", help="output file stem")
+    ap.add_argument("--proj-dim", type=int, default=3, help="dimension of the fixed projection")
+    ap.add_argument("--bins", type=int, default=10, help="dp-histogram bins per dimension")
     args = ap.parse_args()
+    PROJ_DIM[0] = args.proj_dim
+    SECURE[0] = ("dp-histogram", 2, args.bins)
     rows: list[dict] = []
     sources: dict[str, object] = {}
     if args.modelled:
