@@ -123,8 +123,9 @@ def phase_config(
         initial_weights=str(initial_weights) if initial_weights else "",
         assignments=str(assignments),
         eval_round_zero=cluster is not None,
-        server_lr=t.server_lr,
-        server_momentum=t.server_momentum,
+        # FedAvgM drives the long global phase; finetuning (CFFL) adapts gently with FedAvg.
+        server_lr=t.server_lr if cluster is None else 1.0,
+        server_momentum=t.server_momentum if cluster is None else 0.0,
         seed=t.seed,
     )
 

@@ -208,10 +208,12 @@ FIELD_DOCS: dict[str, str] = {
     "training.loss": "dice = MONAI DiceLoss on sigmoid outputs (paper); dice-bce adds a binary "
     "cross-entropy per region (TC, WT, ET each on its own), which also penalises false positives "
     "in crops without tumour.",
-    "training.server_lr": "Server learning rate on the aggregate update (FedAvgM, Hsu et al. "
-    "2019; 1 with momentum 0 = plain FedAvg, the paper).",
-    "training.server_momentum": "Server momentum on the aggregate update (FedAvgM); applied by the "
-    "server to the securely aggregated model, so it sees nothing more than with FedAvg.",
+    "training.server_lr": "Server learning rate on the aggregate update of the global phase "
+    "(FedAvgM, Hsu et al. 2019; 1 with momentum 0 = plain FedAvg, the paper). CFFL finetuning "
+    "always uses plain FedAvg.",
+    "training.server_momentum": "Server momentum on the aggregate update of the global phase "
+    "(FedAvgM); applied by the server to the securely aggregated model, so it sees nothing more "
+    "than with FedAvg.",
     "training.augmentation": "Random flips/intensity augmentation during local training.",
     "training.global_rounds": "FedAvg rounds of the global phase (paper: 300).",
     "training.local_epochs": "Local epochs per round (paper: 1).",
