@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from securefed.data.cases import MODALITIES
 from securefed.data.synth.fields import smooth_noise
 from securefed.data.synth.tumour import TumourMasks
 
 __all__ = ["MODALITIES", "TISSUE_MEANS", "render_contrasts"]
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 
 # Mean relative intensity per tissue: csf, gm, wm, edema, enhancing rim, necrosis.
 TISSUE_MEANS: dict[str, dict[str, float]] = {
