@@ -183,3 +183,15 @@ def test_server_momentum_is_fedavgm_on_the_aggregate_and_survives_resume(tmp_pat
     ckpt.save_round(state, [w2], is_best=False, momentum=strategy.velocity)
     np.testing.assert_allclose(ckpt.load_momentum()[0], 0.5 * np.array([0.5, 1.0]) + 0.1)
     assert PhaseCheckpoint(tmp_path / "none").load_momentum() is None
+
+
+def test_flower_app_config_declares_every_phase_field():
+    """`flwr run --run-config` refuses keys the app does not declare in pyproject.toml."""
+    import tomllib
+    from dataclasses import fields
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(_cfg().to_run_config())
+    assert {f.name.replace("_", "-") for f in fields(PhaseConfig)} == set(declared)
