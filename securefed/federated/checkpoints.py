@@ -13,9 +13,8 @@ Only aggregated weights (the server's view) are stored; nothing site-private is 
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from securefed.errors import ConfigError, TrainingError
+from securefed.fileio import atomic_write_bytes
 
 __all__ = [
     "PhaseState",
@@ -39,27 +39,15 @@ BEST_FILE = "best.npz"
 MOMENTUM_FILE = "server_momentum.npz"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_weights(path: Path, weights: list[np.ndarray]) -> None:
     """Write a list of arrays as ``arr_0000, arr_0001, ...`` in an ``.npz`` (no pickle)."""
     arrays = {f"arr_{i:04d}": np.ascontiguousarray(w) for i, w in enumerate(weights)}
     for name, arr in arrays.items():
         if arr.dtype == object:
             raise TrainingError(f"{path}: weight {name} has dtype object; refusing to save it")
-    _atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_weights(path: Path) -> list[np.ndarray]:
@@ -78,7 +66,7 @@ def load_weights(path: Path) -> list[np.ndarray]:
 def write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON (no NaN/inf)."""
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:
