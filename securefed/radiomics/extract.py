@@ -112,6 +112,10 @@ def case_vector(
 def _init_worker(threads: int) -> None:
     import SimpleITK as sitk
 
+    from securefed.procs import die_with_parent
+
+    die_with_parent()
+
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
 
 

@@ -90,7 +90,11 @@ _GRID: list[Grid] = []
 
 
 def _init_worker(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
-    """Pool initializer: the grid every case of this run is generated on."""
+    """Pool initializer: the grid every case of this run is generated on; the worker exits with
+    its parent (a killed command leaves no workers)."""
+    from securefed.procs import die_with_parent
+
+    die_with_parent()
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = MNI_ORIGIN_MM
     _GRID[:] = [Grid(shape=shape, spacing=spacing, affine=affine)]
