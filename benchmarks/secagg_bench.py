@@ -1,11 +1,16 @@
 """SecAgg+ round time against plain FedAvg, with the paper's model (small DynUNet, ~1.4 M
 parameters), in Flower's simulation engine, at 5, 10 and 23 clients (FeTS2022's institutions).
 
-Sites do no real training here (the update is the global model plus a small seeded offset), so
-the measured round is pure orchestration + aggregation: the relative SecAgg+ overhead is the worst
-case; the absolute extra seconds per round are what a real round pays on top of its training.
+By default sites do no real training (the update is the global model plus a small seeded
+offset), so the measured round is pure orchestration + aggregation: the relative SecAgg+ overhead
+is the worst case; the absolute extra seconds per round are what a real round pays on top of its
+training. ``--train-steps N`` makes every site run N real Adam steps of the model (batch 2,
+``--crop``^3 random inputs, Dice loss) per round: the demo recipe's compute without its data. The
+simulation engine runs the sites two at a time on this machine, so a round's training time grows
+with the number of clients (in a deployment sites train in parallel).
 
     .venv/bin/python benchmarks/secagg_bench.py --clients 5 10 23 --rounds 3 --out benchmarks/_work
+    .venv/bin/python benchmarks/secagg_bench.py --clients 5 10 23 --rounds 3 --train-steps 24
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +59,29 @@ def _load(data_dir, partition_id, subject_ids, spec):
     return [{"pid": partition_id} for _ in subject_ids]
 
 
-def _train(model, data, spec, *, epochs, max_steps, lr, device, seed):
+def _train(model, data, spec, *, epochs, max_steps, lr, device, seed, steps=0, crop=24):
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
-    return {"num_examples": len(data), "loss": 0.0}
+    if steps <= 0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
+        return {"num_examples": len(data), "loss": 0.0}
+    from securefed.federated.local import make_loss
+
+    model.train()
+    loss_fn = make_loss(spec)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        x = torch.randn(2, 4, crop, crop, crop, generator=gen)
+        y = (torch.rand(2, 3, crop, crop, crop, generator=gen) > 0.9).float()
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    return {"num_examples": len(data), "loss": float(loss)}
 
 
 def _evaluate(model, data, eval_spec, device):
@@ -81,11 +102,13 @@ def _set(model, weights):
             p.copy_(torch.from_numpy(w))
 
 
-def bench_task() -> FlowerTask:
-    return FlowerTask(_build, _load, _train, _evaluate, _get, _set)
+def bench_task(steps: int = 0, crop: int = 24) -> FlowerTask:
+    return FlowerTask(_build, _load, partial(_train, steps=steps, crop=crop), _evaluate, _get, _set)
 
 
-def run_one(work: Path, n: int, aggregation: str, rounds: int) -> dict:
+def run_one(
+    work: Path, n: int, aggregation: str, rounds: int, steps: int = 0, crop: int = 24
+) -> dict:
     shutil.rmtree(work, ignore_errors=True)  # a leftover checkpoint would be resumed, not re-timed
     work.mkdir(parents=True)
     shares = n if n % 2 == 1 else n - 1  # Flower wants an odd number of shares
@@ -104,7 +127,7 @@ def run_one(work: Path, n: int, aggregation: str, rounds: int) -> dict:
     cfg = phase_config(loaded, out_dir=work / "phase", sites=counts,
                        assignments=work / "clusters.csv")  # fmt: skip
     t0 = time.perf_counter()
-    result = run_phase(cfg, sites, task=bench_task())
+    result = run_phase(cfg, sites, task=bench_task(steps, crop))
     wall = time.perf_counter() - t0
     per_round = [h["seconds"] for h in result.history if h["round"] >= 1]
     return {
@@ -120,11 +143,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[5, 10, 23])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/_work/secagg"))
+    parser.add_argument("--train-steps", type=int, default=0, help="real local steps per round")
+    parser.add_argument("--crop", type=int, default=24, help="crop edge of --train-steps inputs")
     args = parser.parse_args()
     rows = []
+    extra = (args.train_steps, args.crop)
     for n in args.clients:
-        plain = run_one(args.out / f"n{n}-fedavg", n, "fedavg", args.rounds)
-        sec = run_one(args.out / f"n{n}-secagg", n, "secagg+", args.rounds)
+        plain = run_one(args.out / f"n{n}-fedavg", n, "fedavg", args.rounds, *extra)
+        sec = run_one(args.out / f"n{n}-secagg", n, "secagg+", args.rounds, *extra)
         diff = max(
             float(np.max(np.abs(a - b)))
             for a, b in zip(plain.pop("weights"), sec.pop("weights"), strict=True)
@@ -142,7 +168,8 @@ def main() -> None:
         # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("machine:", platform.platform(), platform.processor(), f"python {sys.version.split()[0]}")
+    print("machine:", platform.platform(), platform.processor(), f"python {sys.version.split()[0]}",
+          f"train-steps {args.train_steps} crop {args.crop}")  # fmt: skip
     print("| clients | shares | FedAvg round (s) | SecAgg+ round (s) | extra (s) | overhead | "
           "max abs diff |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

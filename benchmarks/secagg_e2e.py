@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _protocol(base: Path, mode: str, out: Path) -> Path:
     data = tomllib.loads(base.read_text(encoding="utf-8"))
-    data["study"]["name"] = f"secagg-e2e-{mode}"
+    data["study"]["name"] = f"secagg-e2e-{mode.replace('+', 'plus')}"
     data["training"]["aggregation"] = mode
     data["training"]["baselines"] = ["fedavg"]
     path = out / f"{mode.replace('+', 'plus')}.toml"
