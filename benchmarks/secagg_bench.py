@@ -81,7 +81,7 @@ def _train(model, data, spec, *, epochs, max_steps, lr, device, seed, steps=0, c
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-    return {"num_examples": len(data), "loss": float(loss)}
+    return {"num_examples": len(data), "loss": float(loss.detach())}
 
 
 def _evaluate(model, data, eval_spec, device):

@@ -139,11 +139,14 @@ def write_report(rundir: Path, results: dict[str, Any]) -> Path:
             "defined. Non-private methods pool data and exist only in simulation.</p>"
         )
         parts.append(_img(plot_dice_by_method(methods, plots / "dice_by_method.png"), "Dice"))
-        gain = plot_cffl_gain(methods, plots / "cffl_gain.png")
+        fallbacks = seg.get("fallbacks") or []
+        gain = plot_cffl_gain(
+            methods, plots / "cffl_gain.png", fallback=[fb["cluster"] for fb in fallbacks]
+        )
         if gain is not None:
             parts.append("<h3>Gain of CFFL over FedAvg per cluster</h3>")
             parts.append(_img(gain, "CFFL gain"))
-        for fb in seg.get("fallbacks") or []:
+        for fb in fallbacks:
             parts.append(
                 f"<p class='warn'>cluster {fb['cluster']}: {html.escape(fb['reason'])}</p>"
             )

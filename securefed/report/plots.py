@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,29 @@ def plot_dice_by_method(methods: dict[str, dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_cffl_gain(methods: dict[str, dict[str, Any]], path: Path) -> Path | None:
-    """Mean-Dice gain of CFFL over FedAvg per cluster (percentage points)."""
+def plot_cffl_gain(
+    methods: dict[str, dict[str, Any]], path: Path, fallback: Iterable[Any] = ()
+) -> Path | None:
+    """Mean-Dice gain of CFFL over FedAvg per cluster (percentage points). Clusters in
+    ``fallback`` kept the global model (too few sites to finetune) and are labelled so."""
     cffl = methods.get("cffl", {}).get("per_cluster") or {}
     fedavg = methods.get("fedavg", {}).get("per_cluster") or {}
     clusters = sorted(set(cffl) & set(fedavg), key=lambda c: int(c))
     if not clusters:
         return None
+    kept_global = {str(c) for c in fallback}
     gains = [100 * ((cffl[c].get("mean") or 0) - (fedavg[c].get("mean") or 0)) for c in clusters]
     counts = [cffl[c].get("n", 0) for c in clusters]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(clusters) + 2), 3.2))
-    colors = ["tab:green" if g >= 0 else "tab:red" for g in gains]
+    colors = [
+        "tab:gray" if c in kept_global else "tab:green" if g >= 0 else "tab:red"
+        for c, g in zip(clusters, gains, strict=True)
+    ]
     ax.bar([f"{c}\n(n={n})" for c, n in zip(clusters, counts, strict=True)], gains, color=colors)
+    for i, c in enumerate(clusters):
+        if c in kept_global:
+            ax.annotate("global\nmodel", (i, 0), xytext=(0, 4), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7, color="tab:gray")  # fmt: skip
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("cluster (test cases)")
     ax.set_ylabel("CFFL - FedAvg, mean Dice (points)")
