@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from securefed.errors import CaseError, NoCasesError
+from securefed.protocol.schema import MODALITIES  # channel order of every image array
 
 __all__ = [
     "MODALITIES",
@@ -22,9 +23,6 @@ __all__ = [
     "Discovery",
     "discover_cases",
 ]
-
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-"""Channel order of every image array in securefed."""
 
 LABELS: frozenset[int] = frozenset({0, 1, 2, 4})
 """BraTS labels: 0 background, 1 necrotic core, 2 edema, 4 enhancing tumour."""
