@@ -11,7 +11,7 @@ from privacy_testkit import COLUMNS, load, site_table
 from securefed.errors import BudgetExceededError, PrivacyError, ProtocolError
 from securefed.privacy import noise as noise_module
 from securefed.privacy.ledger import Ledger
-from securefed.privacy.release import protect_features, released_bounds
+from securefed.privacy.release import protect_features, release_space, released_bounds
 
 LOCAL = 'mode = "local-dp"\nepsilon = 1.0\ndelta = 1e-5\n'
 
@@ -100,3 +100,25 @@ def test_wrong_columns_and_tampered_bounds_are_refused(tmp_path):
     with pytest.raises(ProtocolError, match="release.bounds.sha256"):
         protect_features((ids, cols, x), loaded, led, "site-1")
     assert not led.path.exists() or not led.verify().charges
+
+
+def test_release_space_maps_own_vectors_like_the_release_without_noise(tmp_path, monkeypatch):
+    """What a site uses to assign its own cases: the release's columns and units, no noise."""
+    ids, cols, x = site_table()
+    plain = load(tmp_path / "plain", scaling="percentile")
+    released = protect_features((ids, cols, x), plain, None, "site-1")
+    assert np.array_equal(release_space(plain, cols, x), released.matrix)
+
+    subset = list(COLUMNS[:3])
+    release = (
+        'mode = "local-dp"\nmechanism = "laplace"\nepsilon = 1.0\ndelta = 0.0\n'
+        f'projection = "subset"\nsubset = {subset!r}'.replace("'", '"')
+    )
+    loaded = load(tmp_path / "dp", release=release)
+    calls = []
+    monkeypatch.setattr(noise_module, "_random_bytes", lambda n: calls.append(n) or b"")
+    y = release_space(loaded, cols, x)
+    bounds = released_bounds(loaded)
+    assert bounds.columns == tuple(subset) and y.shape == (len(ids), 3)
+    assert np.allclose(y, np.clip(x[:, :3], bounds.lower, bounds.upper))
+    assert calls == []  # nothing drawn, nothing charged (no ledger exists)

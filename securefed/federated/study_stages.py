@@ -192,24 +192,6 @@ def _site_table(ctx: StudyContext, site: SiteSpec) -> Any:
     return load_table(featdir)[0]
 
 
-def _release_space(ctx: StudyContext, values: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
-    """A site's own vectors mapped (without noise) into the released columns, to assign them
-    locally with the server's model: clip + subset/projection exactly as the release does."""
-    from securefed.privacy.release import protect_features
-
-    proto = ctx.loaded.protocol
-    if proto.release.mode == "plain":
-        ids = tuple(f"row{i}" for i in range(len(values)))
-        return protect_features((ids, columns, values), ctx.loaded, None, "local").matrix
-    from securefed.privacy.bounds import load_pinned_bounds
-    from securefed.privacy.projection import release_geometry
-
-    bounds = load_pinned_bounds(ctx.loaded)
-    bounds.check_columns(columns, "release.bounds")
-    geo = release_geometry(ctx.loaded, bounds)
-    return geo.to_output_units(geo.to_release_space(values))
-
-
 # -- 2. clustering ---------------------------------------------------------------------------------
 def clustering_stage(ctx: StudyContext) -> None:
     proto = ctx.loaded.protocol
@@ -252,6 +234,7 @@ def _paper_clustering(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from securefed.clustering import RadiomicsClusterer, read_feature_table
     from securefed.federated.model_exchange import open_cluster_model, seal_cluster_model
+    from securefed.privacy.release import release_space
     from securefed.transport import SendCounter
 
     proto = ctx.loaded.protocol
@@ -304,7 +287,7 @@ def _paper_clustering(
             state_dir=ctx.paths.site(site.id),
             server_public=(keys["public"][server_id],),
         )
-        x = _release_space(ctx, np.asarray(table_s.values), tuple(table_s.columns))
+        x = release_space(ctx.loaded, tuple(table_s.columns), np.asarray(table_s.values))
         labels = site_model.assign(x)
         embed_rows.append(site_model.embed(x))
         for sid, split, lab in zip(table_s.subject_ids, table_s.splits, labels, strict=True):

@@ -36,7 +36,13 @@ from securefed.privacy.noise import noise_source_for
 from securefed.privacy.projection import ReleaseGeometry, identity_geometry, release_geometry
 from securefed.privacy.sensitivity import local_sensitivity
 
-__all__ = ["ReleasedFeatures", "protect_features", "released_bounds", "FEATURES_STAGE"]
+__all__ = [
+    "ReleasedFeatures",
+    "protect_features",
+    "release_space",
+    "released_bounds",
+    "FEATURES_STAGE",
+]
 
 FEATURES_STAGE = "features"
 
@@ -195,6 +201,22 @@ def protect_features(
         if write is not None:
             write(released)
     return released
+
+
+def release_space(loaded_protocol: Any, columns: Sequence[str], matrix: np.ndarray) -> np.ndarray:
+    """A site's OWN vectors mapped, without noise, into the columns and units its releases use
+    (clip + subset/projection exactly as :func:`protect_features` does), so the site can assign
+    its cases locally with the server's clustering model. The result never leaves the site and
+    is never charged: no noise is drawn and nothing is released."""
+    cols = tuple(columns)
+    x = np.asarray(matrix, dtype=np.float64)
+    if loaded_protocol.protocol.release.mode == "plain":
+        geo = _plain_geometry(loaded_protocol, cols)
+        return geo.to_output_units(geo.to_release_space(x)) if geo is not None else x
+    bounds = load_pinned_bounds(loaded_protocol)
+    bounds.check_columns(cols, "release.bounds")
+    geo = release_geometry(loaded_protocol, bounds)
+    return geo.to_output_units(geo.to_release_space(x))
 
 
 def _plain_geometry(loaded: Any, columns: tuple[str, ...]) -> ReleaseGeometry | None:
