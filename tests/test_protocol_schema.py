@@ -16,6 +16,7 @@ from securefed.protocol import canonical_bytes, load_protocol, parse_protocol, p
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "protocols" / "demo.toml"
 PAPER = ROOT / "protocols" / "fets2022-cffl.toml"
+ALL_METHODS = ROOT / "protocols" / "demo-all-methods.toml"
 FP = "sha256:" + "ab" * 32
 
 
@@ -24,9 +25,20 @@ def demo_dict() -> dict:
 
 
 def test_shipped_protocols_load() -> None:
-    for path in (DEMO, PAPER):
+    for path in (DEMO, PAPER, ALL_METHODS):
         loaded = load_protocol(path)
         assert loaded.sha256.startswith("sha256:") and len(loaded.sha256) == 71
+
+
+def test_all_methods_demo_differs_from_the_demo_only_in_its_methods() -> None:
+    demo = load_protocol(DEMO).protocol.model_dump()
+    full = load_protocol(ALL_METHODS).protocol.model_dump()
+    assert set(full["training"].pop("baselines")) == {
+        "local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized"
+    }  # fmt: skip
+    demo["training"].pop("baselines")
+    demo.pop("study"), full.pop("study")
+    assert full == demo, "keep protocols/demo-all-methods.toml in step with protocols/demo.toml"
 
 
 def test_paper_protocol_has_paper_settings() -> None:

@@ -132,5 +132,10 @@ def demo(
     _summary(results)
     report = out / "run" / "report.html"
     info(f"demo finished in {time.perf_counter() - start:.0f} s; report: {report}")
+    info(
+        "all six methods side by side (about 8 min): securefed run "
+        f"{protocol.parent / 'demo-all-methods.toml'} --data {data} --out {out / 'all-methods'} "
+        f"--truth {data / 'truth.csv'}"
+    )
     if open_report:
         webbrowser.open(report.resolve().as_uri())
