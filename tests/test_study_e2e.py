@@ -48,7 +48,7 @@ def tiny_protocol(tmp: Path, aggregation: str = "secagg+", held_out: tuple[int, 
         }
     )
     data["evaluation"].update({"roi_size": [32, 32, 32], "hd95": False})
-    data["secure_aggregation"]["timeout_s"] = 60
+    data["secure_aggregation"]["timeout_s"] = 300  # a bound for hangs; rounds take seconds
     path = tmp / "tiny.toml"
     path.write_bytes(tomli_w.dumps(data).encode())
     return path
@@ -186,3 +186,40 @@ def test_secure_aggregate_clustering_through_the_study(
         assert 0 < state.spent() <= 1.0 + 1e-9
     report = json.loads((rundir / "server" / "clustering" / "clustering.json").read_text())
     assert report["secure"]["messages_received_by_server"] > 0
+
+
+@pytest.mark.slow
+def test_demo_command_synthesizes_runs_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    """`securefed demo` end to end: synthesizes OUT/data, runs --protocol in OUT/run-<name>,
+    writes the report; a second call reuses the data and resumes. Only the synthetic preset is
+    made smaller (the tiny one instead of the 45-case demo) to keep the test fast."""
+    import securefed.data.synth as synth
+
+    real = synth.synthesize
+    presets: list[str] = []
+
+    def tiny_synthesize(out, preset="demo", **kwargs):  # noqa: ANN001, ANN202
+        presets.append(preset)
+        return real(out, preset=TINY, seed=kwargs.get("seed", 0), on_case=kwargs.get("on_case"))
+
+    monkeypatch.setattr(synth, "synthesize", tiny_synthesize)
+    protocol = tiny_protocol(tmp_path, aggregation="fedavg")
+    data = tomllib.loads(protocol.read_text())
+    data["training"]["baselines"] = ["fedavg", "cffl"]
+    protocol.write_bytes(tomli_w.dumps(data).encode())
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--protocol", str(protocol), "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert presets == ["demo"]
+    assert (out / "data" / "truth.csv").is_file()
+    rundir = out / "run-tiny"
+    assert (rundir / "report.html").is_file() and "demo finished" in result.output
+    methods = json.loads((rundir / "results.json").read_text())["segmentation"]["methods"]
+    assert set(methods) == {"fedavg", "cffl"}
+    assert (
+        "ari_scanner" in json.loads((rundir / "results.json").read_text())["clustering"]["quality"]
+    )
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert presets == ["demo"] and "skipped" in again.output

@@ -102,19 +102,30 @@ def run(
         info(f"report: {out / 'report.html'} ({time.perf_counter() - start:.0f} s)")
 
 
+DEMO_PROTOCOL = ROOT / "protocols" / "demo.toml"
+
+
 @handle_errors
 def demo(
     out: Path = typer.Option(Path("securefed-demo"), "--out", help="Run folder to create/resume."),
+    protocol: Path = typer.Option(
+        DEMO_PROTOCOL,
+        "--protocol",
+        help="Study to run on the demo federation, e.g. protocols/demo-all-methods.toml for all "
+        "six methods side by side (about 8 min). Its run folder is OUT/run-<name>.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic federation."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes for synthesis/extraction."),
     open_report: bool = typer.Option(False, "--open", help="Open report.html in a browser."),
 ) -> None:
-    """Synthesize the demo federation and run protocols/demo.toml on it (SecAgg+ on)."""
+    """Synthesize the demo federation into OUT/data and run protocols/demo.toml on it (SecAgg+ on)
+    in OUT/run; another --protocol shares the data and gets its own run folder."""
     from securefed.data.synth import synthesize
     from securefed.federated.study import run_study
 
     start = time.perf_counter()
-    protocol = ROOT / "protocols" / "demo.toml"
+    default = protocol.resolve() == DEMO_PROTOCOL.resolve()
+    rundir = out / "run" if default else out / f"run-{protocol.stem}"
     data = out / "data"
     _quiet_flower()
     with progress(transient=True) as bar:
@@ -126,16 +137,15 @@ def demo(
                 on_case=lambda _sid: bar.advance(task),
             )  # fmt: skip
         results = run_study(
-            protocol, data, out / "run", truth=data / "truth.csv", workers=workers, log=info,
+            protocol, data, rundir, truth=data / "truth.csv", workers=workers, log=info,
             progress=_Bars(bar),
         )  # fmt: skip
     _summary(results)
-    report = out / "run" / "report.html"
+    report = rundir / "report.html"
     info(f"demo finished in {time.perf_counter() - start:.0f} s; report: {report}")
-    info(
-        "all six methods side by side (about 8 min): securefed run "
-        f"{protocol.parent / 'demo-all-methods.toml'} --data {data} --out {out / 'all-methods'} "
-        f"--truth {data / 'truth.csv'}"
-    )
+    if default:
+        all_methods = DEMO_PROTOCOL.parent / "demo-all-methods.toml"
+        info(f"all six methods side by side (about 8 min): securefed demo --out {out} "
+             f"--protocol {all_methods}")  # fmt: skip
     if open_report:
         webbrowser.open(report.resolve().as_uri())
