@@ -112,7 +112,7 @@ def demo(
         DEMO_PROTOCOL,
         "--protocol",
         help="Study to run on the demo federation, e.g. protocols/demo-all-methods.toml for all "
-        "six methods side by side (about 8 min). Its run folder is OUT/run-<name>.",
+        "six methods side by side (about 7 min). Its run folder is OUT/run-<name>.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic federation."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes for synthesis/extraction."),
@@ -145,7 +145,7 @@ def demo(
     info(f"demo finished in {time.perf_counter() - start:.0f} s; report: {report}")
     if default:
         all_methods = DEMO_PROTOCOL.parent / "demo-all-methods.toml"
-        info(f"all six methods side by side (about 8 min): securefed demo --out {out} "
+        info(f"all six methods side by side (about 7 min): securefed demo --out {out} "
              f"--protocol {all_methods}")  # fmt: skip
     if open_report:
         webbrowser.open(report.resolve().as_uri())
