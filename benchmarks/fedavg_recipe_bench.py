@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from securefed.data import load_federation  # noqa: E402
+from securefed.federated.flower.server_app import fedavgm_step  # noqa: E402
 from securefed.federated.local import (  # noqa: E402
     evaluate_local,
     get_weights,
@@ -84,7 +85,7 @@ def main() -> None:
     print(f"prepared in {time.time() - t0:.1f} s", flush=True)
     model = build_model(spec)
     w = [x.astype(np.float64) for x in get_weights(model)]
-    velocity = [np.zeros_like(x) for x in w]
+    velocity = None
     val = [c for p in sorted(sites) for c in sites[p]["val"]]
     test = [c for p in sorted(sites) for c in sites[p]["test"]]
     train_s = eval_s = 0.0
@@ -102,9 +103,9 @@ def main() -> None:
             for i, x in enumerate(get_weights(model)):
                 acc[i] += len(tr) * x
             n += len(tr)
-        for i, (old, total) in enumerate(zip(w, acc, strict=True)):
-            velocity[i] = a.momentum * velocity[i] + (old - total / n)
-            w[i] = old - a.server_lr * velocity[i]
+        w, velocity = fedavgm_step(
+            w, [total / n for total in acc], velocity, momentum=a.momentum, lr=a.server_lr
+        )
         train_s += time.time() - t1
         if r % a.eval_every == 0 or r == a.rounds:
             t2 = time.time()

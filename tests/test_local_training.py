@@ -156,7 +156,7 @@ def test_weights_round_trip_and_mismatch() -> None:
         set_weights(b, weights)
 
 
-def test_dice_ce_penalises_false_positives_in_an_empty_crop():
+def test_dice_bce_penalises_false_positives_in_an_empty_crop():
     """Per-sample sigmoid Dice is saturated when the target is empty (almost no gradient against
     false positives); the cross-entropy term of "dice-bce" is not."""
     from securefed.federated.local import make_loss

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from securefed.federated.checkpoints import PhaseCheckpoint, PhaseState, load_we
 from securefed.federated.flower.config import PhaseConfig
 from securefed.federated.flower.metrics import pooled_dice
 
-__all__ = ["PhaseStrategy", "run_server_phase", "make_server_app", "app"]
+__all__ = ["PhaseStrategy", "fedavgm_step", "run_server_phase", "make_server_app", "app"]
 
 log = logging.getLogger("securefed.flower")
 
@@ -133,19 +134,37 @@ class PhaseStrategy(FedAvg):
         return aggregated, metrics
 
     def server_step(self, aggregate: list[np.ndarray]) -> list[np.ndarray]:
-        """FedAvgM on the (securely) aggregated model: ``v = m v + (w - avg)``,
-        ``w' = w - server_lr v``. Works on the aggregate only, so it learns nothing more."""
+        """FedAvgM on the (securely) aggregated model (:func:`fedavgm_step`). Works on the
+        aggregate only, so it learns nothing more."""
         if self.round_start is None:
             raise TrainingError(f"{self.cfg.name}: server update without the round's start model")
-        start = self.round_start
-        if self.velocity is None:
-            self.velocity = [np.zeros(np.shape(w), dtype=np.float64) for w in start]
-        out = []
-        for i, (w, avg) in enumerate(zip(start, aggregate, strict=True)):
-            w64 = np.asarray(w, dtype=np.float64)
-            self.velocity[i] = self.cfg.server_momentum * self.velocity[i] + (w64 - avg)
-            out.append((w64 - self.cfg.server_lr * self.velocity[i]).astype(np.asarray(w).dtype))
+        out, self.velocity = fedavgm_step(
+            self.round_start, aggregate, self.velocity,
+            momentum=self.cfg.server_momentum, lr=self.cfg.server_lr,
+        )  # fmt: skip
         return out
+
+
+def fedavgm_step(
+    start: Sequence[np.ndarray],
+    aggregate: Sequence[np.ndarray],
+    velocity: list[np.ndarray] | None,
+    *,
+    momentum: float,
+    lr: float,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One FedAvgM server update (Hsu et al. 2019): ``v = m v + (w - avg)``,
+    ``w' = w - lr v``; ``velocity`` None starts at zero. Returns (new weights in the start
+    weights' dtypes, new velocity in float64). Momentum 0 and lr 1 give plain FedAvg."""
+    if velocity is None:
+        velocity = [np.zeros(np.shape(w), dtype=np.float64) for w in start]
+    out, new_velocity = [], []
+    for w, avg, v in zip(start, aggregate, velocity, strict=True):
+        w64 = np.asarray(w, dtype=np.float64)
+        v = momentum * v + (w64 - np.asarray(avg, dtype=np.float64))
+        new_velocity.append(v)
+        out.append((w64 - lr * v).astype(np.asarray(w).dtype))
+    return out, new_velocity
 
 
 # -- helpers ----------------------------------------------------------------------------------
