@@ -29,6 +29,9 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check securefed tests benchmarks
+	$(VENV)/bin/ruff format --check securefed tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install
 	benchmarks/demo_bench.sh

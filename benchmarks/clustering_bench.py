@@ -38,14 +38,14 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from securefed.clustering import RadiomicsClusterer
+from securefed.clustering.fixed_projection import derive_projection
 from securefed.clustering.io import FeatureTable, read_feature_table, read_truth
-from securefed.clustering.projection import derive_projection
 from securefed.clustering.scaling import scale_to_unit
-from securefed.federated.secure_clustering import cluster_table_secure
 from securefed.privacy.bounds import derive_bounds, write_bounds
 from securefed.privacy.calibration import gaussian_sigma
 from securefed.privacy.noise import SecureNoise
 from securefed.protocol.loader import load_protocol
+from securefed.study.secure_clustering import cluster_table_secure
 
 EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0)
 SECURE = [("dp-histogram", 2, 10), ("dp-kmeans", 3, 8)]  # algorithm, rounds T, bins

@@ -20,7 +20,7 @@ import numpy as np
 from securefed.privacy.accounting import accountant_epsilon
 from securefed.privacy.bounds import Bounds
 from securefed.privacy.calibration import gaussian_sigma, laplace_scale
-from securefed.privacy.projection import identity_geometry, random_geometry
+from securefed.privacy.geometry import identity_geometry, random_geometry
 from securefed.privacy.sensitivity import local_sensitivity
 
 DELTA = 1e-5

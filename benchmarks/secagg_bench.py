@@ -26,10 +26,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from securefed.federation.engine import phase_config, run_phase
 
-from securefed.federated.engine import phase_config, run_phase
-from securefed.federated.flower.config import SiteSettings
-from securefed.federated.flower.task import FlowerTask
+from securefed.federation.config import SiteSettings
+from securefed.federation.task import FlowerTask
 from securefed.protocol import load_protocol
 
 PROTOCOL = """schema_version = 1
@@ -68,7 +68,7 @@ def _train(model, data, spec, *, epochs, max_steps, lr, device, seed, steps=0, c
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 1e-3)
         return {"num_examples": len(data), "loss": 0.0}
-    from securefed.federated.local import make_loss
+    from securefed.training.local import make_loss
 
     model.train()
     loss_fn = make_loss(spec)

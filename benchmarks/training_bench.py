@@ -30,7 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from securefed.data import load_federation  # noqa: E402
-from securefed.federated.local import (  # noqa: E402
+from securefed.models import build_model  # noqa: E402
+from securefed.protocol import load_protocol  # noqa: E402
+from securefed.training.local import (  # noqa: E402
     evaluate_local,
     get_weights,
     prepare_cases,
@@ -38,8 +40,6 @@ from securefed.federated.local import (  # noqa: E402
     set_weights,
     train_local,
 )
-from securefed.models import build_model  # noqa: E402
-from securefed.protocol import load_protocol  # noqa: E402
 
 RECIPES: dict[str, dict[str, Any]] = {
     "demo": {},

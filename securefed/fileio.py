@@ -1,42 +1,124 @@
-"""Durable file writes shared by every layer (the lowest layer, next to errors.py).
+"""Durable file writes and bounded JSON reads shared by every layer (the lowest layer, beside
+errors.py).
 
 ``atomic_write_bytes``: readers see the old file or the new one, never a partial one (temporary
-file in the same folder, fsync, ``os.replace``, fsync of the folder).
+file created with ``mode`` in the same folder, fsync, ``os.replace``, fsync of the folder).
+``write_exclusive``: the same, but refuses to replace an existing file.
+``write_json_atomic`` / ``read_json``: plain JSON (no NaN), read with a size cap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "fsync_dir"]
+from securefed.errors import DataError
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "atomic_write_bytes",
+    "fsync_dir",
+    "jsonable",
+    "read_json",
+    "write_exclusive",
+    "write_json_atomic",
+]
+
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 def fsync_dir(folder: str | Path) -> None:
-    """fsync a directory so that a rename into it survives a crash."""
-    try:
+    """Flush a directory entry (after a rename) so that it survives a crash."""
+    with contextlib.suppress(OSError):  # some file systems do not allow fsync on directories
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        os.fchmod(fd, mode)  # not subject to the umask
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably (creates the parent folder)."""
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically and durably (creates the parent folder; the file
+    gets ``mode``, 0600 unless said otherwise)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _write_temp(path, data, mode)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_exclusive(path: str | Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` with ``data`` atomically, refusing to replace an existing file
+    (raises FileExistsError). The file is created with O_EXCL and ``mode`` from the start."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(path, data, mode)
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays to Python, NaN to None, inf to "inf"/"-inf"."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any, *, sort_keys: bool = False) -> None:
+    """Write ``data`` as indented JSON, atomically and durably (NaN/inf made plain first)."""
+    text = json.dumps(jsonable(data), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file of at most ``max_bytes``; a missing, oversized or malformed file raises
+    :class:`DataError` naming it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DataError(f"{path}: {size} bytes, more than the {max_bytes} a JSON file may have")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({exc})") from exc

@@ -3,7 +3,6 @@ the simulated secure-aggregate clustering, with quality metrics and plots."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -46,17 +45,15 @@ def cluster(
     held by its site; the server-side outputs are the noised sums and the centroids."""
     import numpy as np
 
-    from securefed.clustering import (
-        ClusterModel,
-        RadiomicsClusterer,
-        quality_report,
-        read_feature_table,
-        read_truth,
-        write_clusters_csv,
-    )
-    from securefed.clustering.model import write_atomic
+    from securefed.clustering.agreement import agreement_report
+    from securefed.clustering.assignments import Assignment, write_assignments
+    from securefed.clustering.fixed_projection import projection_for
+    from securefed.clustering.io import read_feature_table
     from securefed.errors import ConfigError
+    from securefed.fileio import write_json_atomic
     from securefed.protocol import load_protocol
+    from securefed.server.cluster_model import fit_cluster_model
+    from securefed.study.secure_clustering import cluster_table_secure, write_centroids
 
     if embedding not in ("pca", "tsne"):
         raise ConfigError(f"--embedding: use 'pca' or 'tsne', not {embedding!r}")
@@ -72,14 +69,19 @@ def cluster(
     }
     start = time.perf_counter()
     if mode == "secure-aggregate":
-        from securefed.federated.secure_clustering import cluster_table_secure
-
         ledger_root = ledgers if ledgers is not None else out / "ledgers"
-        labels, result = cluster_table_secure(table, loaded, ledger_root, unsafe_seed=unsafe_seed)
+        labels, result = cluster_table_secure(
+            table, loaded, ledger_root, held_out=proto.data.held_out_partitions,
+            unsafe_seed=unsafe_seed,
+        )  # fmt: skip
         plan = result.plan
-        z = np.zeros((len(labels), plan.dimension))  # embedding of the centroid space, below
+        projection = projection_for(loaded, table.columns)
+        write_centroids(out / "model", result, projection.to_json_bytes())
+        cols = [table.columns.index(c) for c in projection.columns]
+        z = projection(np.asarray(table.values)[:, cols])
         report |= {
             "k": plan.k,
+            "k_selection": "secure",
             "secure": {
                 "algorithm": plan.algorithm,
                 "dimension": plan.dimension,
@@ -87,69 +89,33 @@ def cluster(
                 "noise_multiplier": plan.noise_multiplier,
                 "epsilon": plan.epsilon,
                 "delta": plan.delta,
-                "messages_received": len(result.transcript),
+                "messages_received_by_server": len(result.transcript),
                 "ledgers": str(ledger_root),
             },
         }
-        (out / "model").mkdir(parents=True, exist_ok=True)
-        doc = {"format": "securefed-secure-centroids-v1", "centroids": result.centroids.tolist()}
-        write_atomic(out / "model" / "centroids.json", json.dumps(doc).encode())
-        from securefed.clustering.projection import projection_for
-
-        projection = projection_for(loaded, table.columns)
-        write_atomic(out / "model" / "projection.json", projection.to_json_bytes())
-        cols = [table.columns.index(c) for c in projection.columns]
-        z = projection(table.matrix[:, cols])
     else:
-        lower = upper = None
-        if proto.clustering.scaling == "declared-bounds":
-            from securefed.privacy.bounds import load_pinned_bounds
-
-            bounds = load_pinned_bounds(loaded).select(table.columns, "release.bounds")
-            lower, upper = bounds.lower, bounds.upper
-        est = RadiomicsClusterer.from_spec(proto.clustering, lower, upper)
-        est.fit(table.matrix[table.fit_mask])
-        model: ClusterModel = est.model_
-        model.columns = list(table.columns)
-        model.meta["protocol"] = loaded.sha256
-        model.save(out / "model")
-        labels = model.assign(table.matrix)
-        z = model.embed(table.matrix)
-        report |= {"k": model.k, "k_selection": est.k_selection, "k_scores": est.k_scores_}
+        fitted = fit_cluster_model(table, loaded)
+        fitted.model.save(out / "model")
+        labels = fitted.model.assign(table.values)
+        z = fitted.model.embed(table.values)
+        report |= fitted.summary()
     report["seconds"] = time.perf_counter() - start
-    write_clusters_csv(out / "clusters.csv", table, labels)
-    sizes = np.bincount(labels, minlength=int(report["k"])).tolist()
-    report["cluster_sizes"] = sizes
-    colourings: dict[str, Any] = {"institution": table.partition_ids.astype(str), "cluster": labels}
-    if truth is not None:
-        truth_cols = read_truth(truth, table.subject_ids)
-        truth_cols.setdefault("institution", table.partition_ids.astype(str))
-        report["quality"] = quality_report(labels, truth_cols)
-        if "scanner" in truth_cols:
-            colourings["scanner"] = truth_cols["scanner"]
-    _plots(out / "plots", z, colourings, labels, table.partition_ids, embedding, proto)
-    write_atomic(out / "quality.json", json.dumps(report, indent=2, default=str).encode())
-    info(f"{len(labels)} cases in {report['k']} clusters ({mode}); sizes {sizes}")
-    for name, q in report.get("quality", {}).items():
+    write_assignments(
+        out / "clusters.csv",
+        [
+            Assignment(sid, int(pid), split, int(c))
+            for sid, pid, split, c in zip(
+                table.subject_ids, table.partition_ids, table.splits, labels, strict=True
+            )
+        ],
+    )
+    report["cluster_sizes"] = np.bincount(labels, minlength=int(report["k"])).tolist()
+    report |= agreement_report(
+        table.subject_ids, labels, table.partition_array, out / "plots", truth=truth,
+        embedding=z, method=embedding, seed=proto.clustering.seed, plot_prefix="plots/",
+    )  # fmt: skip
+    write_json_atomic(out / "quality.json", report)
+    info(f"{len(labels)} cases in {report['k']} clusters ({mode}); sizes {report['cluster_sizes']}")
+    for name, q in report.get("quality_tables", {}).items():
         console.print(f"ARI vs {name}: {q['ari']:.3f}  NMI: {q['nmi']:.3f}", highlight=False)
     info(f"wrote {out / 'clusters.csv'}, {out / 'quality.json'}, {out / 'plots'}")
-
-
-def _plots(
-    folder: Path,
-    z: Any,
-    colourings: dict[str, Any],
-    labels: Any,
-    parts: Any,
-    method: str,
-    proto: Any,
-) -> None:
-    from securefed.clustering.plots import plot_embedding, plot_table
-    from securefed.clustering.quality import contingency
-
-    plot_embedding(z, colourings, folder / "embedding.png", method, seed=proto.clustering.seed)
-    rows, cols, counts = contingency(labels, parts.astype(str))
-    plot_table(counts, rows, cols, folder / "cluster_x_institution.png", "cluster x institution")
-    if "scanner" in colourings:
-        rows, cols, counts = contingency(labels, colourings["scanner"])
-        plot_table(counts, rows, cols, folder / "cluster_x_scanner.png", "cluster x scanner")

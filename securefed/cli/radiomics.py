@@ -32,14 +32,12 @@ def extract(
 ) -> None:
     """Compute the protocol's radiomic features for every case into OUT (features.csv +
     manifest.json + a per-case cache). Stays at the site: nothing is sent anywhere."""
-    import radiomics
-
     from securefed import __version__
     from securefed.data import load_federation
     from securefed.errors import NoCasesError, PartitionError
     from securefed.protocol import load_protocol
     from securefed.radiomics import extract_features, save_table
-    from securefed.radiomics.cache import CACHE_DIR
+    from securefed.radiomics.cache import CACHE_DIR, pyradiomics_version
 
     loaded = load_protocol(protocol)
     proto = loaded.protocol
@@ -93,7 +91,7 @@ def extract(
     manifest = {
         "protocol_sha256": loaded.sha256,
         "settings": spec.model_dump(mode="json"),
-        "pyradiomics_version": str(radiomics.__version__),
+        "pyradiomics_version": pyradiomics_version(),
         "securefed_version": __version__,
         "partitions": sorted(wanted),
         "content_keys": result.content_keys,

@@ -39,8 +39,8 @@ def release(
     """Protect this site's features as the protocol says (plain, local-dp or a lower-dimensional
     release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
     from securefed.crypto import load_private_keys, load_public_keys
-    from securefed.federated.release import release_site_features
     from securefed.protocol import load_protocol
+    from securefed.site.release import release_site_features
 
     loaded = load_protocol(protocol)
     site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
@@ -74,8 +74,8 @@ def collect(
     every site's release into OUT/features.csv. All or nothing: one bad envelope, nothing
     collected."""
     from securefed.crypto import load_private_keys, load_public_keys
-    from securefed.federated.collect import collect_features
     from securefed.protocol import load_protocol
+    from securefed.server.collect import collect_features
 
     loaded = load_protocol(protocol)
     keys = load_private_keys(key, _passphrase(passphrase_file), role="server")

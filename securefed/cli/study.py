@@ -13,8 +13,6 @@ from securefed.cli._common import console, handle_errors, info, progress, state
 
 __all__ = ["register"]
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
@@ -88,7 +86,7 @@ def run(
     """Run the whole study: sites extract, protect and seal; the server collects and clusters;
     Flower trains FedAvg then CFFL per cluster; sites evaluate; RUNDIR/report.html. Resumes an
     interrupted run from its last completed stage."""
-    from securefed.federated.study import run_study
+    from securefed.study.runner import run_study
 
     start = time.perf_counter()
     _quiet_flower()
@@ -102,17 +100,15 @@ def run(
         info(f"report: {out / 'report.html'} ({time.perf_counter() - start:.0f} s)")
 
 
-DEMO_PROTOCOL = ROOT / "protocols" / "demo.toml"
-
-
 @handle_errors
 def demo(
     out: Path = typer.Option(Path("securefed-demo"), "--out", help="Run folder to create/resume."),
-    protocol: Path = typer.Option(
-        DEMO_PROTOCOL,
+    protocol: str = typer.Option(
+        "demo",
         "--protocol",
-        help="Study to run on the demo federation, e.g. protocols/demo-all-methods.toml for all "
-        "six methods side by side (about 7 min). Its run folder is OUT/run-<name>.",
+        help="Study to run on the demo federation: a protocol file, or the name of a shipped one "
+        "(demo, demo-all-methods: all six methods side by side, about 7 min). Its run folder is "
+        "OUT/run-<name>.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic federation."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes for synthesis/extraction."),
@@ -121,11 +117,15 @@ def demo(
     """Synthesize the demo federation into OUT/data and run protocols/demo.toml on it (SecAgg+ on)
     in OUT/run; another --protocol shares the data and gets its own run folder."""
     from securefed.data.synth import synthesize
-    from securefed.federated.study import run_study
+    from securefed.protocol.shipped import shipped_protocol, shipped_protocols
+    from securefed.study.runner import run_study
 
     start = time.perf_counter()
-    default = protocol.resolve() == DEMO_PROTOCOL.resolve()
-    rundir = out / "run" if default else out / f"run-{protocol.stem}"
+    path = Path(protocol)
+    if not path.is_file() and protocol in shipped_protocols():
+        path = shipped_protocol(protocol)
+    default = path.resolve() == shipped_protocol("demo").resolve()
+    rundir = out / "run" if default else out / f"run-{path.stem}"
     data = out / "data"
     _quiet_flower()
     with progress(transient=True) as bar:
@@ -137,15 +137,14 @@ def demo(
                 on_case=lambda _sid: bar.advance(task),
             )  # fmt: skip
         results = run_study(
-            protocol, data, rundir, truth=data / "truth.csv", workers=workers, log=info,
+            path, data, rundir, truth=data / "truth.csv", workers=workers, log=info,
             progress=_Bars(bar),
         )  # fmt: skip
     _summary(results)
     report = rundir / "report.html"
     info(f"demo finished in {time.perf_counter() - start:.0f} s; report: {report}")
     if default:
-        all_methods = DEMO_PROTOCOL.parent / "demo-all-methods.toml"
         info(f"all six methods side by side (about 7 min): securefed demo --out {out} "
-             f"--protocol {all_methods}")  # fmt: skip
+             "--protocol demo-all-methods")  # fmt: skip
     if open_report:
         webbrowser.open(report.resolve().as_uri())

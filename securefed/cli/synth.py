@@ -10,8 +10,6 @@ from securefed.cli._common import console, handle_errors, info, progress
 
 __all__ = ["register"]
 
-PRESET_NAMES = ("demo", "fets-like", "fets-1251")
-
 
 def register(app: typer.Typer) -> None:
     app.command("synth")(synth)

@@ -1,45 +1,19 @@
-"""Read the collected feature table and truth.csv; write clusters.csv (docs/interfaces.md)."""
+"""Read the collected feature table (features.csv) and a synthetic truth.csv
+(docs/interfaces.md)."""
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from securefed.clustering.model import write_atomic
-from securefed.errors import ClusteringError, DataError
+from securefed.errors import DataError, FeatureError
+from securefed.radiomics.table import FeatureTable
 
-__all__ = ["FeatureTable", "read_feature_table", "read_truth", "write_clusters_csv"]
+__all__ = ["read_feature_table", "read_truth"]
 
 _ID_COLUMNS = ("subject_id", "partition_id", "split")
 _SPLITS = {"train", "val", "test"}
-
-
-@dataclass(frozen=True)
-class FeatureTable:
-    """Rows of ``features.csv``: ids, institution, split and a float64 feature matrix."""
-
-    subject_ids: list[str]
-    partition_ids: np.ndarray  # int64
-    splits: np.ndarray  # str
-    columns: list[str]
-    matrix: np.ndarray  # (n, len(columns)) float64
-
-    @property
-    def fit_mask(self) -> np.ndarray:
-        """Rows used for fitting: train and val (never test)."""
-        return np.isin(self.splits, ["train", "val"])
-
-    def rows(self, mask: np.ndarray) -> FeatureTable:
-        return FeatureTable(
-            [s for s, m in zip(self.subject_ids, mask, strict=True) if m],
-            self.partition_ids[mask],
-            self.splits[mask],
-            self.columns,
-            self.matrix[mask],
-        )
 
 
 def read_feature_table(path: str | Path) -> FeatureTable:
@@ -76,13 +50,13 @@ def read_feature_table(path: str | Path) -> FeatureTable:
     if df["subject_id"].duplicated().any():
         dup = df["subject_id"][df["subject_id"].duplicated()].iloc[0]
         raise DataError(f"{path}: subject_id {dup} appears twice")
-    return FeatureTable(
-        df["subject_id"].tolist(),
-        df["partition_id"].to_numpy(dtype=np.int64),
-        df["split"].astype(str).to_numpy(),
-        columns,
-        matrix,
-    )
+    try:
+        parts = df["partition_id"].to_numpy(dtype=np.int64).tolist()
+        return FeatureTable(
+            df["subject_id"].tolist(), parts, df["split"].astype(str).tolist(), columns, matrix
+        )
+    except (ValueError, FeatureError) as exc:
+        raise DataError(f"{path}: {exc}") from exc
 
 
 def read_truth(path: str | Path, subject_ids: list[str]) -> dict[str, np.ndarray]:
@@ -113,16 +87,3 @@ def read_truth(path: str | Path, subject_ids: list[str]) -> dict[str, np.ndarray
     if not out:
         raise DataError(f"{path}: truth.csv has neither a scanner nor an institution column")
     return out
-
-
-def write_clusters_csv(path: str | Path, table: FeatureTable, clusters: np.ndarray) -> None:
-    """Write ``clusters.csv``: subject_id, partition_id, split, cluster (atomic)."""
-    if len(clusters) != len(table.subject_ids):
-        raise ClusteringError("clusters.csv: one cluster per case is needed")
-    buf = io.StringIO()
-    buf.write("subject_id,partition_id,split,cluster\n")
-    for sid, pid, split, c in zip(
-        table.subject_ids, table.partition_ids, table.splits, clusters, strict=True
-    ):
-        buf.write(f"{sid},{int(pid)},{split},{int(c)}\n")
-    write_atomic(Path(path), buf.getvalue().encode())

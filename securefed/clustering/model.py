@@ -16,9 +16,9 @@ import numpy as np
 
 from securefed.clustering.scaling import scale_to_unit
 from securefed.errors import ClusteringError
-from securefed.fileio import atomic_write_bytes as write_atomic
+from securefed.fileio import atomic_write_bytes
 
-__all__ = ["ClusterModel", "MODEL_FORMAT", "write_atomic"]
+__all__ = ["ClusterModel", "MODEL_FORMAT"]
 
 MODEL_FORMAT = "securefed-cluster-model-v1"
 Rule = Literal["gmm", "nearest-mean"]
@@ -104,10 +104,13 @@ class ClusterModel:
 
         folder = Path(folder)
         buf = io.BytesIO()
-        np.savez(
-            buf, **{name: np.asarray(getattr(self, name), dtype=np.float64) for name in _ARRAYS}
-        )
-        write_atomic(folder / "model.npz", buf.getvalue())
+        # Typed as Any: mypy matches ``**`` against savez's ``allow_pickle: bool`` keyword too;
+        # the names in _ARRAYS never collide with it.
+        arrays: dict[str, Any] = {
+            name: np.asarray(getattr(self, name), dtype=np.float64) for name in _ARRAYS
+        }
+        np.savez(buf, **arrays)
+        atomic_write_bytes(folder / "model.npz", buf.getvalue())
         doc = {
             "format": MODEL_FORMAT,
             "rule": self.rule,
@@ -116,7 +119,9 @@ class ClusterModel:
             "columns": list(self.columns),
             "meta": self.meta,
         }
-        write_atomic(folder / "model.json", json.dumps(doc, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(
+            folder / "model.json", json.dumps(doc, indent=2, sort_keys=True).encode()
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> ClusterModel:

@@ -1,9 +1,10 @@
 """Secure-aggregate clustering: site and server roles that exchange only masked aggregates.
 
 Every case stays at its site as a point in [0, 1]^d (a projection fixed in advance, see
-:mod:`securefed.clustering.projection`). The server asks for rounds; each site answers one masked
-vector per round (pairwise masks, :mod:`securefed.crypto.masking`) that holds its local aggregate
-plus its share of the Gaussian noise; the server can decode only the noised SUM over all sites.
+:mod:`securefed.clustering.fixed_projection`). The server asks for rounds; each site answers one
+masked vector per round (pairwise masks, :mod:`securefed.crypto.masking`) that holds its local
+aggregate plus its share of the Gaussian noise; the server can decode only the noised SUM over
+all sites.
 
 Algorithms (``clustering.secure.algorithm``):
 - ``dp-histogram``: round 0 releases a histogram of the points on a ``bins^d`` grid (count L2
@@ -30,6 +31,7 @@ import numpy as np
 
 from securefed.crypto.masking import MaskingParty, unmask_sum
 from securefed.errors import AggregationError, ClusteringError, TooFewParticipantsError
+from securefed.protocol import Protocol as StudyProtocol
 
 __all__ = [
     "MaskedAggregate",
@@ -86,7 +88,7 @@ class SecurePlan:
         return dp_accounting.GaussianDpEvent(self.noise_multiplier)
 
 
-def plan_secure_clustering(protocol: Any, dimension: int) -> SecurePlan:
+def plan_secure_clustering(protocol: StudyProtocol, dimension: int) -> SecurePlan:
     """Derive the plan from a schema ``Protocol`` (clustering.secure, clustering.k, privacy)."""
     import dp_accounting
 

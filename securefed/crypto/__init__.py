@@ -14,7 +14,6 @@ from securefed.crypto.envelope import (
     open_envelope,
     seal_envelope,
 )
-from securefed.crypto.files import write_atomic, write_exclusive
 from securefed.crypto.keys import (
     KEMS,
     ROLES,
@@ -68,8 +67,6 @@ __all__ = [
     "signature_path",
     "verify_protocol_file",
     "verify_protocol_hash",
-    "write_atomic",
-    "write_exclusive",
     "write_keys",
     "write_signature",
 ]

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from securefed.crypto.files import write_exclusive
 from securefed.errors import KeyError_
+from securefed.fileio import write_exclusive
 
 __all__ = [
     "Role",
@@ -424,7 +424,7 @@ def _decrypt_secrets(enc: Any, passphrase: bytes | None, public: PublicKeys, sou
     ):
         raise KeyError_(f"{source}: unsupported key encryption")
     n, r, p = enc.get("n"), enc.get("r"), enc.get("p")
-    if not all(isinstance(v, int) for v in (n, r, p)) or not (
+    if not (isinstance(n, int) and isinstance(r, int) and isinstance(p, int)) or not (
         2 <= n <= _SCRYPT_MAX_N and 1 <= r <= 16 and 1 <= p <= 4
     ):
         raise KeyError_(f"{source}: scrypt parameters out of the accepted range")

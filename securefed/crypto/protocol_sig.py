@@ -17,9 +17,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from securefed.crypto.files import write_atomic
 from securefed.crypto.keys import PrivateKeys, fingerprint
 from securefed.errors import ProtocolSignatureError
+from securefed.fileio import atomic_write_bytes as write_atomic
 from securefed.protocol import LoadedProtocol, load_protocol
 
 __all__ = [

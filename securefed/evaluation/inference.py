@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from securefed.protocol.schema import EvaluationSpec
 
 __all__ = ["predict_logits", "predict_mask"]
 
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, image: torch.Tensor | np.ndarray, eval_spec: object, device: torch.device
+    model: nn.Module,
+    image: torch.Tensor | np.ndarray,
+    eval_spec: EvaluationSpec,
+    device: torch.device,
 ) -> torch.Tensor:
     """Logits (3, X, Y, Z) for one preprocessed (4, X, Y, Z) volume: sliding windows of
     ``eval_spec.roi_size`` with ``eval_spec.overlap`` and ``eval_spec.blend`` blending."""
@@ -35,7 +43,10 @@ def predict_logits(
 
 
 def predict_mask(
-    model: nn.Module, image: torch.Tensor | np.ndarray, eval_spec: object, device: torch.device
+    model: nn.Module,
+    image: torch.Tensor | np.ndarray,
+    eval_spec: EvaluationSpec,
+    device: torch.device,
 ) -> np.ndarray:
     """Binary uint8 (3, X, Y, Z) prediction (TC, WT, ET): sigmoid > ``eval_spec.threshold``.
 

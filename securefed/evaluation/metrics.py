@@ -104,7 +104,8 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return out
     for key in ("dice_tc", "dice_wt", "dice_et", "dice_mean"):
-        out[key] = float(np.mean([r[key] for r in rows]))
+        if key in rows[0]:
+            out[key] = float(np.mean([r[key] for r in rows]))
     for region in REGIONS:
         key = f"hd95_{region}"
         if key not in rows[0]:

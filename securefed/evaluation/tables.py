@@ -1,7 +1,8 @@
 """Per-case metric tables and their summaries per site, cluster, scanner or method.
 
-Means follow :func:`securefed.evaluation.metrics.mean_metrics`: Dice over every case, HD95 over
-the cases where it is defined, with the number of undefined (empty-mask) cases alongside.
+Every summary follows :func:`securefed.evaluation.metrics.mean_metrics` (the one convention): Dice
+is the mean over every case; HD95 the mean over the cases where it is defined, with the number of
+undefined (empty-mask) cases alongside.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from securefed.errors import EvaluationError
+from securefed.evaluation.metrics import mean_metrics
 from securefed.models.networks import REGIONS
 
 __all__ = ["METRIC_COLUMNS", "case_table", "summarize"]
@@ -65,11 +66,10 @@ def summarize(table: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
         values = group if isinstance(group, tuple) else (group,)
         rec: dict[str, Any] = dict(zip(keys, values, strict=True))
         rec["n"] = len(part)
+        summary = mean_metrics(part[metrics].to_dict("records"))
         for col in metrics:
-            vals = part[col].to_numpy(dtype=float)
-            finite = vals[np.isfinite(vals)]
-            rec[col] = float(finite.mean()) if finite.size else float("nan")
+            rec[col] = summary.get(col, float("nan"))
             if col.startswith("hd95_"):
-                rec[f"{col}_undefined"] = int(vals.size - finite.size)
+                rec[f"{col}_undefined"] = int(summary.get(f"{col}_undefined", 0))
         records.append(rec)
     return pd.DataFrame(records)

@@ -58,13 +58,14 @@ EVENT_TYPES: dict[str, type] = {
 def event_to_json(event: dp_accounting.DpEvent) -> dict[str, Any]:
     """A DpEvent as a JSON-able dict ``{"type": ClassName, field: value, ...}``."""
     name = type(event).__name__
-    if EVENT_TYPES.get(name) is not type(event):
+    cls = EVENT_TYPES.get(name)
+    if cls is None or cls is not type(event):
         raise LedgerError(
             f"event type {name} cannot be recorded in the ledger "
             f"(supported: {', '.join(sorted(EVENT_TYPES))})"
         )
     out: dict[str, Any] = {"type": name}
-    for f in attr.fields(type(event)):
+    for f in attr.fields(cls):
         value = getattr(event, f.name)
         if isinstance(value, dp_accounting.DpEvent):
             out[f.name] = event_to_json(value)

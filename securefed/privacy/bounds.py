@@ -21,6 +21,7 @@ import numpy as np
 from securefed import __version__
 from securefed.errors import PrivacyError, ProtocolError
 from securefed.fileio import atomic_write_bytes
+from securefed.protocol import LoadedProtocol
 
 __all__ = [
     "BOUNDS_FORMAT",
@@ -220,7 +221,7 @@ def write_bounds(bounds: Bounds, path: str | Path) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def load_pinned_bounds(loaded: Any) -> Bounds:
+def load_pinned_bounds(loaded: LoadedProtocol) -> Bounds:
     """The protocol's ``release.bounds`` file, after its SHA-256 check."""
     from securefed.protocol import open_pinned
 

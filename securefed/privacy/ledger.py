@@ -46,6 +46,7 @@ from securefed.privacy.accounting import (
     event_to_json,
     verify_claim,
 )
+from securefed.protocol import LoadedProtocol, Protocol
 
 __all__ = [
     "LEDGER_FILE",
@@ -97,7 +98,7 @@ class BudgetSpec:
         )
 
 
-def stage_allocations(protocol: Any) -> dict[str, tuple[float, float]]:
+def stage_allocations(protocol: Protocol) -> dict[str, tuple[float, float]]:
     """(epsilon, delta) per stage as the protocol allocates them: ``features`` (local-dp
     release), ``clustering`` (secure-aggregate) and ``training`` (DP-SGD)."""
     out: dict[str, tuple[float, float]] = {}
@@ -166,7 +167,7 @@ class Ledger:
         self.budget = budget
 
     @classmethod
-    def for_protocol(cls, folder: str | Path, loaded: Any, site_id: str) -> Ledger:
+    def for_protocol(cls, folder: str | Path, loaded: LoadedProtocol, site_id: str) -> Ledger:
         """The ledger for ``site_id`` under a loaded protocol (``LoadedProtocol``)."""
         p = loaded.protocol.privacy
         budget = BudgetSpec(
@@ -213,19 +214,6 @@ class Ledger:
             )
 
     # -- charging -------------------------------------------------------------------------------
-    def would_spend(
-        self,
-        stage: str,
-        event: dp_accounting.DpEvent,
-        epsilon_delta: tuple[float, float] | None = None,
-    ) -> float:
-        """Site spend if ``event`` were charged now (nothing is written)."""
-        state = self.verify()
-        new = Charge(stage, "<preview>", event, epsilon_delta)
-        return composed_epsilon(
-            [*state.charges.values(), new], self.budget.total_delta, self.budget.accountant
-        )
-
     @contextmanager
     def charge(
         self,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from scipy.special import ndtri
 
 from securefed.errors import PrivacyError
+from securefed.protocol.schema import Protocol as StudyProtocol
 
 __all__ = [
     "NoiseSource",
@@ -80,7 +81,9 @@ class UnsafeSeededNoise:
         return self._rng.laplace(0.0, scale, size=shape)
 
 
-def noise_source_for(protocol: Any, *context: str, unsafe_seed: int | None = None) -> NoiseSource:
+def noise_source_for(
+    protocol: StudyProtocol, *context: str, unsafe_seed: int | None = None
+) -> NoiseSource:
     """The noise source a release must use under ``protocol`` (a schema ``Protocol``).
 
     CSPRNG unless the protocol is a ``simulation`` with ``privacy.unsafe_seeded_noise = true``;

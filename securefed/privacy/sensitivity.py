@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from securefed.privacy.projection import ReleaseGeometry
+from securefed.privacy.geometry import ReleaseGeometry
 
 __all__ = ["Sensitivity", "local_sensitivity"]
 

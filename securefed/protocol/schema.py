@@ -11,7 +11,7 @@ A field never changes meaning; new fields get defaults so that older files keep 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,7 +41,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-FEATURE_CLASSES: tuple[str, ...] = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+FeatureClass = Literal["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
+FEATURE_CLASSES: tuple[FeatureClass, ...] = get_args(FeatureClass)
 
 Fingerprint = Annotated[
     str,
@@ -131,9 +132,7 @@ class RadiomicsSpec(_Strict):
     normalisation: Literal["crop-box", "brain"] = Field(
         "crop-box", description="z-score over the cropped box (paper) or over brain voxels only"
     )
-    feature_classes: tuple[
-        Literal["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"], ...
-    ] = FEATURE_CLASSES
+    feature_classes: tuple[FeatureClass, ...] = FEATURE_CLASSES
 
     @model_validator(mode="after")
     def _unique_classes(self) -> RadiomicsSpec:
@@ -250,7 +249,8 @@ class DPSGDSpec(_Strict):
         return self
 
 
-BASELINES = ("local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized")
+Baseline = Literal["local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized"]
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 
 
 class TrainingSpec(_Strict):
@@ -279,7 +279,7 @@ class TrainingSpec(_Strict):
     finetune_lr: float = Field(0.02, gt=0)
     local_epochs_baseline: int = Field(30, ge=1)
     local_finetune_lr: float = Field(0.005, gt=0)
-    baselines: tuple[Literal[BASELINES], ...] = ("local", "fedavg", "cffl")  # type: ignore[valid-type]
+    baselines: tuple[Baseline, ...] = ("local", "fedavg", "cffl")
     aggregation: Literal["fedavg", "secagg+"] = "secagg+"
     server_lr: float = Field(1.0, gt=0, le=10)
     server_momentum: float = Field(0.0, ge=0, lt=1)

@@ -55,7 +55,8 @@ def content_key(files: Mapping[str, Path], *, with_seg: bool) -> str:
     return digest.hexdigest()
 
 
-def _pyradiomics_version() -> str:
+def pyradiomics_version() -> str:
+    """The installed pyradiomics version (recorded in manifests and cache keys)."""
     import radiomics
 
     return str(radiomics.__version__)
@@ -66,7 +67,7 @@ def _key(kind: str, content: str, settings: Mapping[str, Any]) -> str:
         "kind": kind,
         "content": content,
         "settings": dict(settings),
-        "pyradiomics": _pyradiomics_version(),
+        "pyradiomics": pyradiomics_version(),
         "cache_version": CACHE_VERSION,
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -45,11 +45,17 @@ Edges = Mapping[str, tuple[float, ...]]
 
 
 class CaseLike(Protocol):
-    """What extraction needs of a case (securefed.data.CaseFiles satisfies it)."""
+    """What extraction needs of a case (securefed.data.CaseFiles satisfies it). Read-only members,
+    so that frozen dataclasses (and any mapping of images) match."""
 
-    subject_id: str
-    images: dict[str, Path]
-    seg: Path | None
+    @property
+    def subject_id(self) -> str: ...
+
+    @property
+    def images(self) -> Mapping[str, Path]: ...
+
+    @property
+    def seg(self) -> Path | None: ...
 
 
 @dataclass(repr=False)

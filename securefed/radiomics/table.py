@@ -1,4 +1,5 @@
-"""FeatureTable: the site's raw radiomics table, which cannot be printed, pickled or serialised.
+"""FeatureTable: a table of per-case radiomic vectors, which cannot be printed, pickled or
+serialised. A site holds its raw table; the server holds the collected (released) one.
 
 It holds subject ids, partition ids, splits, column names and a read-only float64 matrix. Its
 repr/str show only the shape; ``pickle``/``copy`` refuse it (``__reduce__`` raises) and it has no
@@ -92,6 +93,20 @@ class FeatureTable:
 
     def __len__(self) -> int:
         return len(self._subject_ids)
+
+    @property
+    def fit_mask(self) -> np.ndarray:
+        """Rows a model may be fitted on: train and val (never test)."""
+        return np.array([s != "test" for s in self._splits], dtype=bool)
+
+    @property
+    def partition_array(self) -> np.ndarray:
+        """Partition ids as an int64 array (one per row)."""
+        return np.array(self._partition_ids, dtype=np.int64)
+
+    def partition(self, partition_id: int) -> FeatureTable:
+        """The rows of one partition (institution)."""
+        return self.select(self.partition_array == int(partition_id))
 
     def select(self, mask: Sequence[bool] | np.ndarray) -> FeatureTable:
         """The rows where ``mask`` is true (e.g. ``[s != 'test' for s in t.splits]``)."""

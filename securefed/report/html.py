@@ -7,13 +7,13 @@ import html
 from pathlib import Path
 from typing import Any
 
+from securefed.fileio import jsonable
 from securefed.report.plots import (
     REGIONS,
     plot_cffl_gain,
     plot_dice_by_method,
     plot_training_curves,
 )
-from securefed.report.results import jsonable
 
 __all__ = ["write_report"]
 

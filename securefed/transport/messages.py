@@ -25,8 +25,8 @@ from securefed.crypto import (
     open_envelope,
     seal_envelope,
 )
-from securefed.crypto.files import write_atomic
 from securefed.errors import EnvelopeError, OversizeError, ProtocolError
+from securefed.fileio import atomic_write_bytes as write_atomic
 from securefed.protocol.schema import Protocol
 from securefed.transport.codec import decode_arrays, encode_arrays
 from securefed.transport.replay import ReplayGuard, SendCounter

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from securefed.crypto.files import write_atomic
 from securefed.errors import CounterStateError, ReplayError
+from securefed.fileio import atomic_write_bytes as write_atomic
 
 __all__ = ["ReplayGuard", "SendCounter", "CounterStateError"]
 

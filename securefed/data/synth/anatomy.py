@@ -7,7 +7,9 @@ brain mask (GM+WM > 0.1, closed and hole-filled so that ventricles and sulci bel
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +19,8 @@ __all__ = ["Anatomy", "Grid", "load_anatomy", "output_grid", "MNI_FOV_MM", "MNI_
 # Field of view of the 1 mm MNI152 grid (197 x 233 x 189 voxel centres) and its first voxel.
 MNI_FOV_MM: tuple[float, float, float] = (196.0, 232.0, 188.0)
 MNI_ORIGIN_MM: tuple[float, float, float] = (-98.0, -134.0, -72.0)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,10 @@ def output_grid(
         shp = tuple(int(n) for n in shape)
     else:
         s = 2.0 if spacing is None else spacing
-        sp = (float(s),) * 3 if np.isscalar(s) else tuple(float(v) for v in s)  # type: ignore[arg-type]
+        if isinstance(s, int | float | np.number):
+            sp = (float(s),) * 3
+        else:
+            sp = tuple(float(v) for v in s)
         if min(sp) <= 0:
             raise ValueError(f"spacing must be positive, got {spacing}")
         shp = tuple(
@@ -68,7 +75,13 @@ def output_grid(
         )
     affine = np.diag([*sp, 1.0])
     affine[:3, 3] = MNI_ORIGIN_MM
-    return Grid(shape=shp, spacing=sp, affine=affine)  # type: ignore[arg-type]
+    return Grid(shape=_xyz(shp), spacing=_xyz(sp), affine=affine)
+
+
+def _xyz(values: Iterable[_T]) -> tuple[_T, _T, _T]:
+    """The three items of ``values`` (already checked to be three) as a typed triple."""
+    x, y, z = values
+    return x, y, z
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,0 +1,167 @@
+"""The fixed projection of the secure-aggregate clustering: a thin view of the release geometry.
+
+The map itself (box-normalise with the declared bounds, affine map, clip to [0, 1]^d), the
+``securefed-projection`` v1 file format and the seeded random construction all live in
+:mod:`securefed.privacy.geometry` (the lower layer), so the local-dp release and the secure
+clustering read a protocol's projection the same way. This module adds what the clustering needs
+on top: refusing ``none`` (the secure mode needs a low dimension), checking the table's columns,
+:func:`derive_projection` (PCA of a REFERENCE federation, never the study's data) and writing the
+projection back as a file. Every step is data-independent, so the sensitivity of the aggregates
+computed from the projected points is fixed in advance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from securefed.errors import ProtocolError
+from securefed.privacy import geometry as _geometry
+from securefed.privacy.bounds import Bounds
+from securefed.privacy.geometry import PROJECTION_FORMAT, ReleaseGeometry
+from securefed.protocol import LoadedProtocol
+
+__all__ = ["PROJECTION_FORMAT", "FixedProjection", "derive_projection", "projection_for"]
+
+
+@dataclass(frozen=True)
+class FixedProjection:
+    """A release geometry plus the ``securefed-projection`` parameters (center, matrix, lower,
+    upper) that describe it: ``clip((W (unit(x) - center) - lower) / (upper - lower), 0, 1)``."""
+
+    geometry: ReleaseGeometry
+    center: np.ndarray  # (D,)
+    matrix: np.ndarray  # (d, D)
+    lower: np.ndarray  # (d,) declared bounds of the projected coordinates
+    upper: np.ndarray
+
+    @classmethod
+    def from_geometry(cls, geometry: ReleaseGeometry) -> FixedProjection:
+        """File parameters of ``geometry``'s affine map ``clip(A u + b, 0, 1)``: center 0,
+        matrix A, bounds [-b, 1 - b]."""
+        offset = np.asarray(geometry.offset, dtype=np.float64)
+        return cls(
+            geometry,
+            np.zeros(len(geometry.bounds.columns)),
+            np.asarray(geometry.linear, dtype=np.float64),
+            0.0 - offset,  # not -offset: a zero offset gives 0.0, not -0.0, in the file
+            1.0 - offset,
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Input feature columns, in the order ``__call__`` expects them."""
+        return self.geometry.bounds.columns
+
+    @property
+    def feature_lower(self) -> np.ndarray:
+        return self.geometry.bounds.lower
+
+    @property
+    def feature_upper(self) -> np.ndarray:
+        return self.geometry.bounds.upper
+
+    @property
+    def source(self) -> str:
+        return self.geometry.source
+
+    @property
+    def dimension(self) -> int:
+        return self.geometry.dimension
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Project the rows of ``x`` (columns = ``self.columns``) into [0, 1]^d."""
+        return self.geometry.to_release_space(x)
+
+    def to_json_bytes(self) -> bytes:
+        doc = {
+            "format": PROJECTION_FORMAT,
+            "version": 1,
+            "source": self.source,
+            "columns": list(self.columns),
+            "center": self.center.tolist(),
+            "matrix": self.matrix.tolist(),
+            "lower": self.lower.tolist(),
+            "upper": self.upper.tolist(),
+        }
+        return (json.dumps(doc, allow_nan=False) + "\n").encode()
+
+
+def _from_file_bytes(data: bytes, name: str, bounds: Bounds) -> FixedProjection:
+    """Parse and check a projection file with the release layer's reader, keeping its own
+    parameters (so writing it back gives the same numbers)."""
+    geometry = _geometry._from_file(data, name, bounds)
+    doc = json.loads(data.decode("utf-8"))
+    params = (np.asarray(doc[k], dtype=np.float64) for k in ("center", "matrix", "lower", "upper"))
+    return FixedProjection(geometry, *params)
+
+
+def derive_projection(
+    reference_unit: np.ndarray,
+    columns: Sequence[str],
+    feature_lower: np.ndarray,
+    feature_upper: np.ndarray,
+    dimension: int,
+    *,
+    source: str,
+    margin: float = 0.1,
+) -> FixedProjection:
+    """PCA of a REFERENCE federation's unit-scaled features (never the study's data): the top
+    ``dimension`` components and projected bounds at the reference min/max widened by ``margin``
+    times the range on each side. Read back through the release layer's file reader, so it is
+    exactly what a protocol pinning its ``to_json_bytes()`` will use."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dimension, random_state=0).fit(reference_unit)
+    y = (reference_unit - pca.mean_) @ pca.components_.T
+    lo, hi = y.min(0), y.max(0)
+    pad = margin * (hi - lo)
+    doc = {
+        "format": PROJECTION_FORMAT,
+        "version": 1,
+        "source": source,
+        "columns": list(columns),
+        "center": pca.mean_.tolist(),
+        "matrix": pca.components_.tolist(),
+        "lower": (lo - pad).tolist(),
+        "upper": (hi + pad).tolist(),
+    }
+    bounds = Bounds(tuple(columns), feature_lower, feature_upper, source)
+    return _from_file_bytes(json.dumps(doc).encode(), f"derived projection ({source})", bounds)
+
+
+def projection_for(loaded: LoadedProtocol, columns: Sequence[str]) -> FixedProjection:
+    """The protocol's fixed projection for feature ``columns`` (``release.projection``: subset,
+    random or file, as :func:`securefed.privacy.geometry.release_geometry` reads it; ``none`` is
+    refused: the secure mode needs a low dimension)."""
+    from securefed.privacy.bounds import load_pinned_bounds
+
+    release = loaded.protocol.release
+    if release.projection == "none":
+        raise ProtocolError(
+            "release.projection: the secure-aggregate clustering needs a fixed low-dimensional "
+            "projection ('subset', 'random' or 'file'); 'none' would keep all features"
+        )
+    bounds = load_pinned_bounds(loaded)
+    if release.projection == "file":
+        from securefed.protocol import open_pinned
+
+        pinned = release.projection_file
+        if pinned is None:
+            raise ProtocolError("release.projection 'file' needs release.projection_file")
+        data = open_pinned(loaded, pinned, "release.projection_file")
+        proj = _from_file_bytes(data, str(loaded.resolve(pinned.file)), bounds)
+        if release.dimension is not None and release.dimension != proj.dimension:
+            raise ProtocolError(
+                f"release.dimension ({release.dimension}) differs from the {proj.dimension} "
+                "rows of release.projection_file"
+            )
+        missing = [c for c in proj.columns if c not in set(columns)]
+        if missing:
+            raise ProtocolError(f"release.projection_file: column {missing[0]!r} not in the table")
+        return proj
+    bounds.check_columns(columns, "release.bounds")
+    return FixedProjection.from_geometry(_geometry.release_geometry(loaded, bounds))

@@ -1,2 +1,0 @@
-"""The federated layer: composes the site, server and auditor roles (release, collection,
-secure clustering, Flower training, the study orchestrator)."""

@@ -1,0 +1,240 @@
+"""The site side: a Flower ClientApp (legacy ``NumPyClient``) that trains on the site's own train
+cases (of one cluster in a cluster phase) and evaluates on its own validation cases.
+
+What leaves a site, per round: the updated model weights (masked under SecAgg+, so the server only
+learns their weighted sum), the number of train cases used (in the clear, as FedAvg's weight), the
+mean train loss, and per evaluation the number of validation cases and mean Dice per region. On
+request (``get_properties``) a site tells its partition id and the hash of its protocol copy.
+Nothing else (no images, no per-case values, no paths, no ledger values) is sent.
+
+With ``training.dp_sgd.enabled`` every fit is a DP-SGD round (securefed.training.dpsgd) charged to
+the site's ledger (node config ``ledger-dir``, else the site's ``work-dir``) before any noise; past
+the budget the site refuses (BudgetExceededError) and the round goes on without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.app.message_type import MessageType
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
+from securefed.errors import ConfigError, TrainingError, WrongProtocolError
+from securefed.federation.config import SiteSettings
+from securefed.federation.metrics import site_summary
+from securefed.federation.task import FlowerTask, resolve_task
+
+__all__ = ["SiteClient", "conditional_secaggplus_mod", "make_client_app", "app"]
+
+# Prepared data per (site, subjects, protocol): reused across rounds within one process.
+_DATA_CACHE: dict[tuple[Any, ...], Any] = {}
+_PROTOCOLS: dict[str, Any] = {}
+
+
+def conditional_secaggplus_mod(
+    msg: Message, ctxt: Context, call_next: ClientAppCallable
+) -> Message:
+    """Run Flower's ``secaggplus_mod`` only for SecAgg+ messages, so plain FedAvg and SecAgg+
+    rounds share one ClientApp."""
+    if (
+        msg.metadata.message_type == MessageType.TRAIN
+        and msg.has_content()
+        and RECORD_KEY_CONFIGS in msg.content.config_records
+    ):
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def _load_site_protocol(path: str) -> Any:
+    if path not in _PROTOCOLS:
+        from securefed.protocol import load_protocol
+
+        _PROTOCOLS[path] = load_protocol(Path(path))
+    return _PROTOCOLS[path]
+
+
+class SiteClient(NumPyClient):
+    """One site in one run. ``task`` supplies model, data and loops; ``site`` its local settings."""
+
+    def __init__(self, task: FlowerTask, site: SiteSettings, ledger_dir: str = "") -> None:
+        self.task = task
+        self.site = site
+        self.ledger_dir = ledger_dir or site.work_dir
+        self.loaded = _load_site_protocol(site.protocol)
+        self.spec = self.loaded.protocol.training
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _check_protocol(self, config: dict[str, Any]) -> None:
+        expected = str(config.get("protocol-hash", ""))
+        if expected != self.loaded.sha256:
+            raise WrongProtocolError(
+                f"site {self.site.partition_id}: the server runs protocol {expected or '(none)'} "
+                f"but this site's copy ({self.site.protocol}) is {self.loaded.sha256}; refusing"
+            )
+
+    def _assignments(self, config: dict[str, Any]) -> list[Assignment]:
+        path = self.site.assignments or str(config.get("assignments", ""))
+        if not path:
+            raise ConfigError(
+                f"site {self.site.partition_id}: no assignments file (node config 'assignments')"
+            )
+        return read_assignments(Path(path))
+
+    def _data(self, config: dict[str, Any], split: str) -> tuple[Any, int]:
+        cluster = int(config.get("cluster", -1))
+        subjects = site_subjects(
+            self._assignments(config),
+            self.site.partition_id,
+            split,
+            None if cluster < 0 else cluster,
+        )
+        key = (self.site.data_dir, self.site.partition_id, tuple(subjects), self.loaded.sha256)
+        if key not in _DATA_CACHE:
+            _DATA_CACHE[key] = self.task.load_data(
+                Path(self.site.data_dir), self.site.partition_id, subjects, self.spec
+            )
+        return _DATA_CACHE[key], len(subjects)
+
+    def _model(self, parameters: Sequence[np.ndarray] | None, seed: int) -> Any:
+        import torch
+
+        torch.manual_seed(seed)
+        model = self.task.build_model(self.spec)
+        if parameters is not None:
+            self.task.set_weights(model, [np.asarray(p) for p in parameters])
+        return model
+
+    # -- Flower API ----------------------------------------------------------------------------
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"partition-id": self.site.partition_id, "protocol-hash": self.loaded.sha256}
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        """The seeded initial model (same on every site for the same protocol)."""
+        model = self._model(None, int(self.spec.seed))
+        return self.task.get_weights(model)
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
+        self._check_protocol(config)
+        data, n_train = self._data(config, "train")
+        if n_train == 0:
+            raise TrainingError(
+                f"site {self.site.partition_id}: no train cases for cluster "
+                f"{config.get('cluster')}; the server should not have selected this site"
+            )
+        rnd = int(config.get("server-round", 0))
+        seed = int(config.get("seed", 0)) + 1000 * rnd + self.site.partition_id
+        model = self._model(parameters, seed)
+        steps = int(config.get("local-steps", 0))
+        if self.spec.dp_sgd.enabled:
+            out = self._fit_dp(model, data, config, n_train, rnd, seed)
+            loss = float(out.get("loss", float("nan")))
+            return (
+                self.task.get_weights(model),
+                n_train,
+                {"loss": loss if np.isfinite(loss) else -1.0},
+            )
+        out = self.task.train(
+            model,
+            data,
+            self.spec,
+            epochs=int(config.get("local-epochs", 1)),
+            max_steps=steps if steps > 0 else None,
+            lr=float(config["lr"]),
+            device=self.site.device,
+            seed=seed,
+        )
+        loss = float(out.get("loss", float("nan")))
+        metrics = {"loss": loss if np.isfinite(loss) else -1.0}
+        return self.task.get_weights(model), n_train, metrics
+
+    def _fit_dp(
+        self, model: Any, data: Any, config: dict[str, Any], n_train: int, rnd: int, seed: int
+    ) -> dict[str, Any]:
+        """One DP-SGD round: calibrate (whole study, this site), charge the ledger, train."""
+        import hashlib
+        import math
+
+        from securefed.training import dpsgd
+
+        pid = self.site.partition_id
+        if self.task.train_dp is None:
+            raise ConfigError(
+                f"site {pid}: the protocol enables training.dp_sgd but this site's task has no "
+                "train_dp; use the default task or add DP-SGD to the plugged one"
+            )
+        if not self.ledger_dir:
+            raise ConfigError(
+                f"site {pid}: DP-SGD needs the site's privacy ledger; set node config "
+                "'ledger-dir' (or 'work-dir')"
+            )
+        all_train = site_subjects(self._assignments(config), pid, "train", None)
+        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train))
+        steps = int(config.get("local-steps", 0))
+        if steps <= 0:
+            epochs = int(config.get("local-epochs", 1))
+            steps = epochs * math.ceil(n_train / int(self.spec.batch_size))
+        ledger = dpsgd.site_ledger(self.loaded, pid, self.ledger_dir)
+        cluster = int(config.get("cluster", -1))
+        phase = "global" if cluster < 0 else f"cluster-{cluster}"
+        release_id = dpsgd.release_id_for(ledger, phase, rnd)
+        privacy = self.loaded.protocol.privacy
+        noise_seed = None
+        if privacy.unsafe_seeded_noise:  # simulation only: reproducible, never private
+            tag = f"{privacy.unsafe_noise_seed or 0}/{pid}/{release_id}".encode()
+            noise_seed = int.from_bytes(hashlib.sha256(tag).digest()[:7], "big")
+        return self.task.train_dp(
+            model,
+            data,
+            self.spec,
+            plan=plan,
+            ledger=ledger,
+            release_id=release_id,
+            steps=steps,
+            lr=float(config["lr"]),
+            device=self.site.device,
+            seed=seed,
+            noise_seed=noise_seed,
+        )
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
+        self._check_protocol(config)
+        data, n_val = self._data(config, "val")
+        metrics: dict[str, Any] = {"partition-id": self.site.partition_id, "num_val": 0.0}
+        if n_val == 0:
+            return 0.0, 0, metrics
+        model = self._model(parameters, int(self.spec.seed))
+        eval_spec = self.loaded.protocol.evaluation
+        result = self.task.evaluate(model, data, eval_spec, self.site.device)
+        metrics.update(site_summary(result))
+        return float(1.0 - metrics["dice_mean"]), n_val, metrics
+
+
+def make_client_app(
+    task: FlowerTask | None = None, sites: Sequence[SiteSettings] | None = None
+) -> ClientApp:
+    """A ClientApp. ``sites`` (simulation only) gives the settings of simulated node ``i``
+    (Flower's ``partition-id`` i); otherwise the node config carries them (deployment)."""
+    sim_sites = list(sites) if sites is not None else None
+
+    def client_fn(context: Context):
+        if sim_sites is not None and "data-dir" not in context.node_config:
+            index = int(context.node_config["partition-id"])
+            site = sim_sites[index]
+        else:
+            site = SiteSettings.from_node_config(dict(context.node_config))
+        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
+        return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[conditional_secaggplus_mod])
+
+
+app = make_client_app()

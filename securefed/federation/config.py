@@ -1,0 +1,196 @@
+"""Configuration carried by Flower: the run config of one federated phase (server side) and the
+node config of one site (site side).
+
+Run config (``[tool.flwr.app.config]`` + ``flwr run --run-config`` overrides, or given directly to
+the simulation engine) holds only study-level values and no site path. Node config
+(``flower-supernode --node-config``) holds the site-local settings: partition id, data dir, work
+dir, the site's own copy of the protocol and of its cluster assignments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from securefed.errors import ConfigError
+
+__all__ = ["PhaseConfig", "SiteSettings", "parse_sites"]
+
+Aggregation = Literal["fedavg", "secagg+"]
+
+
+def parse_sites(text: str) -> tuple[int, ...]:
+    """``"1,4,7"`` -> ``(1, 4, 7)`` (the partition ids taking part in a phase)."""
+    try:
+        sites = tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
+    except ValueError as exc:
+        raise ConfigError(
+            f"run config 'sites': expected comma separated ints, got {text!r}"
+        ) from exc
+    if len(set(sites)) != len(sites):
+        raise ConfigError(f"run config 'sites': repeated partition ids in {text!r}")
+    return sites
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One federated phase (global FedAvg or the finetuning of one cluster).
+
+    ``cluster = -1`` is the global phase. ``local_steps = 0`` means no cap (full local epochs).
+    ``initial_weights`` empty means: ask one site for its (seeded) initial model.
+    ``server_lr``/``server_momentum``: the server's update on the aggregate (FedAvgM; 1/0 = plain
+    FedAvg).
+    """
+
+    out_dir: str
+    sites: str  # comma separated partition ids
+    protocol_hash: str
+    rounds: int
+    lr: float
+    phase: str = "global"  # global | cluster
+    cluster: int = -1
+    local_epochs: int = 1
+    local_steps: int = 0
+    aggregation: Aggregation = "secagg+"
+    min_sites: int = 2
+    num_shares: int = 3
+    reconstruction_threshold: int = 2
+    clipping_range: float = 8.0
+    quantization_range: int = 4_194_304
+    max_weight: float = 1000.0
+    timeout_s: float = 120.0
+    node_wait_s: float = 120.0
+    initial_weights: str = ""
+    assignments: str = ""
+    eval_round_zero: bool = False
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("out_dir", "sites", "protocol_hash"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(f"run config {name.replace('_', '-')!r} is empty")
+        if self.phase not in ("global", "cluster"):
+            raise ConfigError(f"run config 'phase': expected global or cluster, got {self.phase!r}")
+        if self.phase == "cluster" and self.cluster < 0:
+            raise ConfigError("run config 'cluster': a cluster phase needs a cluster id >= 0")
+        if self.aggregation not in ("fedavg", "secagg+"):
+            raise ConfigError(
+                f"run config 'aggregation': {self.aggregation!r} is not served by the Flower app "
+                "(fedavg or secagg+)"
+            )
+        if self.rounds < 0:
+            raise ConfigError("run config 'rounds' must be >= 0")
+        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
+            raise ConfigError(
+                f"run config: server-lr ({self.server_lr}) must be > 0 and server-momentum "
+                f"({self.server_momentum}) in [0, 1)"
+            )
+        if self.timeout_s <= 0:
+            raise ConfigError("run config 'timeout-s' must be > 0 (a round never waits forever)")
+        parse_sites(self.sites)
+
+    @property
+    def site_ids(self) -> tuple[int, ...]:
+        return parse_sites(self.sites)
+
+    @property
+    def name(self) -> str:
+        return "global" if self.phase == "global" else f"cluster-{self.cluster}"
+
+    def digest(self) -> str:
+        """Identity of what determines the phase's result (resume refuses a different one)."""
+        data = asdict(self)
+        for key in ("out_dir", "node_wait_s", "timeout_s"):
+            data.pop(key)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flower run config (keys with dashes, scalar values)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> PhaseConfig:
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = str(key).replace("-", "_")
+            if name in known:
+                values[name] = value
+        missing = [
+            n for n in ("out_dir", "sites", "protocol_hash", "rounds", "lr") if n not in values
+        ]
+        if missing:
+            raise ConfigError(
+                "run config: missing "
+                + ", ".join(m.replace("_", "-") for m in missing)
+                + " (set them in [tool.flwr.app.config] or with flwr run --run-config)"
+            )
+        casts = {"int": int, "float": float, "str": str, "bool": bool}
+        for name, value in list(values.items()):
+            kind = str(known[name].type).split("|")[0].strip()
+            if kind in casts and not isinstance(value, bool | int | float | str):
+                raise ConfigError(f"run config {name!r}: unsupported value {value!r}")
+            if kind == "int":
+                values[name] = int(value)
+            elif kind == "float":
+                values[name] = float(value)
+            elif kind == "bool":
+                values[name] = bool(value)
+            elif kind in ("str", "Aggregation"):
+                values[name] = str(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Site-local settings of one SuperNode (never sent to the server).
+
+    ``protocol``: the site's own copy of the study protocol (its hash is checked against the
+    server's). ``assignments``: the site's clusters.csv (empty: use the run's, simulation only).
+    """
+
+    partition_id: int
+    data_dir: str
+    protocol: str
+    work_dir: str = ""
+    assignments: str = ""
+    device: str = "cpu"
+    ledger_dir: str = ""
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> SiteSettings:
+        missing = [k for k in ("partition-id", "data-dir", "protocol") if k not in node_config]
+        if missing:
+            raise ConfigError(
+                "node config: missing " + ", ".join(missing) + " (flower-supernode --node-config "
+                "\"partition-id=3 data-dir='/data/fets' protocol='/study/protocol.toml'\")"
+            )
+        return cls(
+            partition_id=int(node_config["partition-id"]),
+            data_dir=str(node_config["data-dir"]),
+            protocol=str(node_config["protocol"]),
+            work_dir=str(node_config.get("work-dir", "")),
+            assignments=str(node_config.get("assignments", "")),
+            device=str(node_config.get("device", "cpu")),
+            ledger_dir=str(node_config.get("ledger-dir", "")),
+        )
+
+    def to_node_config(self) -> str:
+        """The ``--node-config`` string for ``flower-supernode``."""
+        parts = [f"partition-id={self.partition_id}"]
+        for key, value in (
+            ("data-dir", self.data_dir),
+            ("protocol", self.protocol),
+            ("work-dir", self.work_dir),
+            ("assignments", self.assignments),
+            ("device", self.device),
+            ("ledger-dir", self.ledger_dir),
+        ):
+            if value:
+                parts.append(f"{key}={json.dumps(str(value))}")
+        return " ".join(parts)

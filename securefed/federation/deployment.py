@@ -1,0 +1,196 @@
+"""Flower's deployment engine: a SuperLink and one SuperNode per site (started here for loopback
+tests and single-host pilots, or already running at the hospitals), and ``flwr run`` of the
+securefed app for each phase. Processes started here run in their own process group and are
+stopped as a group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from securefed.errors import ConfigError, TrainingError
+from securefed.federation.app import app_dir
+from securefed.federation.config import PhaseConfig, SiteSettings
+from securefed.fileio import read_json
+
+__all__ = ["Deployment"]
+
+
+@dataclass
+class Deployment:
+    """How to reach (or start) a SuperLink and SuperNodes.
+
+    ``start_local``: start ``flower-superlink`` and one ``flower-supernode`` per site on this
+    machine (loopback tests, single-host pilots); otherwise the SuperLink at ``address`` and the
+    sites' SuperNodes are already running (real hospitals). TLS: give ``ca_cert`` (and, when
+    starting locally, ``server_cert``/``server_key``); without them the connection is insecure
+    (loopback only).
+    """
+
+    work_dir: Path
+    address: str = "127.0.0.1"
+    port: int = 9093
+    start_local: bool = True
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    app_dir: Path = field(default_factory=app_dir)
+    supernode_env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 60.0
+    run_timeout_s: float = 1800.0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    superlink: subprocess.Popen[bytes] | None = None
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.work_dir / "flwr-home"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        env.update(
+            FLWR_HOME=str(self.flwr_home),
+            FLWR_TELEMETRY_ENABLED="0",
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+        )
+        return env
+
+    def _tls_args(self, server: bool) -> list[str]:
+        if self.ca_cert is None:
+            return ["--insecure"]
+        if server:
+            if self.server_cert is None or self.server_key is None:
+                raise ConfigError("TLS: starting a SuperLink needs server_cert and server_key")
+            return [
+                "--ssl-ca-certfile", str(self.ca_cert),
+                "--ssl-certfile", str(self.server_cert),
+                "--ssl-keyfile", str(self.server_key),
+            ]  # fmt: skip
+        return ["--root-certificates", str(self.ca_cert)]
+
+    def _spawn(
+        self, args: list[str], log_name: str, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        logs = self.work_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / log_name).open("ab") as fh:
+            proc = subprocess.Popen(
+                args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.processes.append(proc)
+        return proc
+
+    def write_connection(self) -> None:
+        """The Flower CLI's connection file (``$FLWR_HOME/config.toml``) for ``flwr run``."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", 'default = "securefed"', "", "[superlink.securefed]"]
+        lines.append(f'address = "{self.address}:{self.port}"')
+        if self.ca_cert is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.ca_cert}"')
+        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def start(self, sites: Sequence[SiteSettings]) -> None:
+        """Start the SuperLink and one SuperNode per site (``start_local`` only)."""
+        if not self.start_local:
+            return
+        env = self.env()
+        bindir = Path(sys.executable).parent
+        self.superlink = self._spawn(
+            [str(bindir / "flower-superlink"), *self._tls_args(True),
+             "--disable-runtime-dependency-installation",
+             "--host", self.address, "--port", str(self.port)],
+            "superlink.log", env,
+        )  # fmt: skip
+        _wait_port(self.address, self.port, self.startup_timeout_s, self.superlink)
+        node_env = dict(env, **self.supernode_env)
+        for i, site in enumerate(sites):
+            self._spawn(
+                [str(bindir / "flower-supernode"), *self._tls_args(False),
+                 "--superlink", f"{self.address}:{self.port}",
+                 "--port", str(self.port + 10 + i),
+                 "--node-config", site.to_node_config()],
+                f"supernode-{site.partition_id}.log", node_env,
+            )  # fmt: skip
+
+    def stop(self) -> list[int]:
+        """Stop every process started here with its whole process group (each was started in a
+        new session): SIGTERM, then SIGKILL after 10 s. Returns the group ids."""
+        groups = [proc.pid for proc in reversed(self.processes)]
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for pgid in groups:  # children that ignored SIGTERM, or outlived their leader
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        for proc in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self.processes.clear()
+        self.superlink = None
+        return groups
+
+    def submit(self, cfg: PhaseConfig) -> None:
+        """``flwr run`` the app with the phase's run config, then wait for the server's state."""
+        self.write_connection()
+        overrides = []
+        for key, value in cfg.to_run_config().items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            overrides.append(f"{key}={text}")
+        env = self.env()
+        bindir = Path(sys.executable).parent
+        proc = subprocess.run(
+            [str(bindir / "flwr"), "run", str(self.app_dir), "securefed",
+             "--run-config", " ".join(overrides)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise TrainingError(
+                f"{cfg.name}: `flwr run` failed ({proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+            )
+        state_path = Path(cfg.out_dir) / "state.json"
+        deadline = time.monotonic() + self.run_timeout_s
+        while time.monotonic() < deadline:
+            if state_path.is_file():
+                status = read_json(state_path).get("status")
+                if status in ("completed", "failed"):
+                    return
+            link = self.superlink
+            if link is not None and link.poll() is not None:
+                raise TrainingError(f"{cfg.name}: the SuperLink exited ({link.returncode})")
+            time.sleep(0.5)
+        raise TrainingError(f"{cfg.name}: no result within {self.run_timeout_s:g} s")
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TrainingError(f"flower-superlink exited ({proc.returncode}); see its log")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TrainingError(f"flower-superlink did not listen on {host}:{port} within {timeout:g} s")

@@ -1,0 +1,142 @@
+"""One federated phase (global FedAvg or one cluster's finetuning), from the protocol to its
+result, in Flower's simulation engine or deployment engine.
+
+``run_phase`` returns the best weights, the best round and the per-round history, read back from
+the phase's checkpoint folder (the same for both engines). A phase that fails (e.g. too few sites
+in a SecAgg+ round) raises with the server's message; rerunning it resumes from the last
+completed round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from securefed.errors import ConfigError, TooFewParticipantsError, TrainingError
+from securefed.federation.config import PhaseConfig, SiteSettings
+from securefed.federation.deployment import Deployment
+from securefed.federation.simulation import run_simulation_phase
+from securefed.federation.task import FlowerTask
+from securefed.fileio import read_json
+from securefed.protocol import LoadedProtocol
+from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
+
+__all__ = ["Engine", "PhaseResult", "phase_config", "run_phase"]
+
+Engine = Literal["simulation", "deployment"]
+
+
+@dataclass
+class PhaseResult:
+    """Outcome of one phase: best weights/round (by pooled validation Dice) and the history."""
+
+    name: str
+    out_dir: Path
+    best_round: int | None
+    best_score: float | None
+    history: list[dict[str, Any]]
+    best_weights: list[np.ndarray]
+
+    @property
+    def best_weights_path(self) -> Path:
+        return PhaseCheckpoint(self.out_dir).best_path
+
+
+# -- configuration from the protocol ------------------------------------------------------
+def phase_config(
+    loaded: LoadedProtocol,
+    *,
+    out_dir: Path,
+    sites: dict[int, int],
+    assignments: Path,
+    cluster: int | None = None,
+    initial_weights: Path | None = None,
+) -> PhaseConfig:
+    """The PhaseConfig of the global phase (``cluster=None``) or of one cluster's finetuning,
+    from a LoadedProtocol. ``sites`` maps partition id -> train case count (FedAvg weights);
+    SecAgg+'s max_weight is tightened to the largest count (better quantisation precision, never
+    above the protocol's bound)."""
+    p = loaded.protocol
+    t, sa = p.training, p.secure_aggregation
+    if t.aggregation not in ("fedavg", "secagg+"):
+        raise ConfigError(
+            f"training.aggregation {t.aggregation!r}: the Flower engine serves fedavg and secagg+"
+        )
+    largest = max(sites.values()) if sites else 1
+    return PhaseConfig(
+        out_dir=str(out_dir),
+        sites=",".join(str(s) for s in sorted(sites)),
+        protocol_hash=loaded.sha256,
+        rounds=t.global_rounds if cluster is None else t.finetune_rounds,
+        lr=t.lr if cluster is None else t.finetune_lr,
+        phase="global" if cluster is None else "cluster",
+        cluster=-1 if cluster is None else int(cluster),
+        local_epochs=t.local_epochs,
+        local_steps=t.local_steps or 0,
+        aggregation=t.aggregation,
+        min_sites=t.min_sites_per_aggregate,
+        num_shares=sa.num_shares,
+        reconstruction_threshold=sa.reconstruction_threshold,
+        clipping_range=sa.clipping_range,
+        quantization_range=sa.quantization_range,
+        max_weight=float(min(sa.max_weight, max(1, largest))),
+        timeout_s=sa.timeout_s,
+        initial_weights=str(initial_weights) if initial_weights else "",
+        assignments=str(assignments),
+        eval_round_zero=cluster is not None,
+        # FedAvgM drives the long global phase; finetuning (CFFL) adapts gently with FedAvg.
+        server_lr=t.server_lr if cluster is None else 1.0,
+        server_momentum=t.server_momentum if cluster is None else 0.0,
+        seed=t.seed,
+    )
+
+
+# -- results -------------------------------------------------------------------------------------
+def _read_result(cfg: PhaseConfig) -> PhaseResult:
+    ckpt = PhaseCheckpoint(Path(cfg.out_dir))
+    if not ckpt.state_path.is_file():
+        raise TrainingError(f"{cfg.name}: the server wrote no state in {cfg.out_dir}")
+    state = PhaseState.from_json(read_json(ckpt.state_path), ckpt.state_path)
+    if state.status != "completed":
+        message = f"{cfg.name}: phase {state.status}: {state.error or 'no error recorded'}"
+        if "SF171" in (state.error or "") or "too few" in (state.error or "").lower():
+            raise TooFewParticipantsError(message)
+        raise TrainingError(message)
+    best = ckpt.best_path if ckpt.best_path.is_file() else ckpt.last_path
+    return PhaseResult(
+        name=cfg.name,
+        out_dir=Path(cfg.out_dir),
+        best_round=state.best_round,
+        best_score=state.best_score,
+        history=state.history,
+        best_weights=load_weights(best),
+    )
+
+
+def run_phase(
+    cfg: PhaseConfig,
+    sites: Sequence[SiteSettings],
+    *,
+    engine: Engine = "simulation",
+    task: FlowerTask | None = None,
+    deployment: Deployment | None = None,
+) -> PhaseResult:
+    """Run (or resume) one phase; returns best weights, best round and per-round history.
+
+    ``task``: the site task for the simulation engine (default: securefed's DynUNet). In the
+    deployment engine each SuperNode uses its own (``$SECUREFED_FLOWER_TASK`` or the default).
+    """
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    if engine == "simulation":
+        run_simulation_phase(cfg, sites, task)
+    elif engine == "deployment":
+        if deployment is None:
+            raise ConfigError("the deployment engine needs a Deployment (SuperLink address...)")
+        deployment.submit(cfg)
+    else:
+        raise ConfigError(f"engine {engine!r}: expected simulation or deployment")
+    return _read_result(cfg)

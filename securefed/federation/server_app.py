@@ -1,0 +1,457 @@
+"""The server side: a Flower ServerApp running one federated phase (global FedAvg or one
+cluster's finetuning) with plain FedAvg or Flower's SecAgg+, every round bounded by a timeout.
+
+Per round: fit (SecAgg+ workflow or plain FedAvg, weights = train case counts), then federated
+evaluation on each site's validation cases; the pooled validation Dice (site means weighted by
+case counts) picks the best round (round 0 included when ``eval_round_zero``). Every completed
+round is checkpointed (weights .npz + JSON state), so a failed or interrupted phase resumes from
+its last completed round. A round that cannot aggregate (too few sites answered, SecAgg+ below its
+reconstruction threshold) fails the phase with ``TooFewParticipantsError``.
+
+The server learns: the aggregate weights, each site's train case count and mean train loss, each
+site's validation case count and mean Dice per region, and which node serves which partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.app.message_type import MessageType
+from flwr.common import (
+    EvaluateIns,
+    FitIns,
+    FitRes,
+    GetParametersIns,
+    GetPropertiesIns,
+    MessageTypeLegacy,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import ClientManager, LegacyContext, ServerConfig
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid, ServerApp
+
+from securefed.errors import (
+    ConfigError,
+    SecurefedError,
+    TooFewParticipantsError,
+    TrainingError,
+    WrongProtocolError,
+)
+from securefed.federation.config import PhaseConfig
+from securefed.federation.metrics import pooled_dice
+from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
+
+__all__ = ["PhaseStrategy", "fedavgm_step", "run_server_phase", "make_server_app", "app"]
+
+log = logging.getLogger("securefed.flower")
+
+
+class PhaseStrategy(FedAvg):
+    """FedAvg over exactly the phase's sites; refuses an aggregate of fewer than ``min_sites``."""
+
+    def __init__(self, cfg: PhaseConfig, grid: Grid) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=1,
+            min_evaluate_clients=1,
+            min_available_clients=1,
+            accept_failures=True,
+        )
+        self.cfg = cfg
+        self.grid = grid
+        self.proxies: dict[int, ClientProxy] = {}  # node id -> proxy
+        self.partition_of_node: dict[int, int] = {}
+        self.round_start: list[np.ndarray] | None = None  # weights sent out this round
+        self.velocity: list[np.ndarray] | None = None  # server momentum (FedAvgM)
+
+    def select(self, node_of_partition: dict[int, int]) -> None:
+        run_id = self.grid.run.run_id
+        self.partition_of_node = {nid: pid for pid, nid in node_of_partition.items()}
+        self.proxies = {
+            nid: GridClientProxy(node_id=nid, grid=self.grid, run_id=run_id)
+            for nid in node_of_partition.values()
+        }
+
+    def round_config(self, server_round: int) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "server-round": server_round,
+            "phase": c.phase,
+            "cluster": c.cluster,
+            "lr": float(c.lr),
+            "local-epochs": c.local_epochs,
+            "local-steps": c.local_steps,
+            "seed": c.seed,
+            "protocol-hash": c.protocol_hash,
+            "assignments": c.assignments,
+        }
+
+    @property
+    def uses_server_optimizer(self) -> bool:
+        return self.cfg.server_momentum > 0 or self.cfg.server_lr != 1.0
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        if self.uses_server_optimizer:
+            self.round_start = parameters_to_ndarrays(parameters)
+        ins = FitIns(parameters, self.round_config(server_round))
+        return [(proxy, ins) for proxy in self.proxies.values()]
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        ins = EvaluateIns(parameters, self.round_config(server_round))
+        return [(proxy, ins) for proxy in self.proxies.values()]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        if len(results) < max(1, self.cfg.min_sites):
+            raise TooFewParticipantsError(
+                f"{self.cfg.name} round {server_round}: only {len(results)} of "
+                f"{len(self.proxies)} sites returned an update ({len(failures)} failed or timed "
+                f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
+            )
+        aggregated, _ = super().aggregate_fit(server_round, results, failures)
+        if aggregated is not None and self.uses_server_optimizer:
+            stepped = self.server_step(parameters_to_ndarrays(aggregated))
+            aggregated = ndarrays_to_parameters(stepped)
+        losses = [(r.num_examples, float(r.metrics.get("loss", -1.0))) for _, r in results]
+        total = sum(n for n, _ in losses) or 1
+        metrics: dict[str, Scalar] = {
+            "num_sites": len(results),
+            "num_train": sum(n for n, _ in losses),
+            "train_loss": sum(n * v for n, v in losses) / total,
+        }
+        return aggregated, metrics
+
+    def server_step(self, aggregate: list[np.ndarray]) -> list[np.ndarray]:
+        """FedAvgM on the (securely) aggregated model (:func:`fedavgm_step`). Works on the
+        aggregate only, so it learns nothing more."""
+        if self.round_start is None:
+            raise TrainingError(f"{self.cfg.name}: server update without the round's start model")
+        out, self.velocity = fedavgm_step(
+            self.round_start, aggregate, self.velocity,
+            momentum=self.cfg.server_momentum, lr=self.cfg.server_lr,
+        )  # fmt: skip
+        return out
+
+
+def fedavgm_step(
+    start: Sequence[np.ndarray],
+    aggregate: Sequence[np.ndarray],
+    velocity: list[np.ndarray] | None,
+    *,
+    momentum: float,
+    lr: float,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One FedAvgM server update (Hsu et al. 2019): ``v = m v + (w - avg)``,
+    ``w' = w - lr v``; ``velocity`` None starts at zero. Returns (new weights in the start
+    weights' dtypes, new velocity in float64). Momentum 0 and lr 1 give plain FedAvg."""
+    if velocity is None:
+        velocity = [np.zeros(np.shape(w), dtype=np.float64) for w in start]
+    out, new_velocity = [], []
+    for w, avg, v in zip(start, aggregate, velocity, strict=True):
+        w64 = np.asarray(w, dtype=np.float64)
+        v = momentum * v + (w64 - np.asarray(avg, dtype=np.float64))
+        new_velocity.append(v)
+        out.append((w64 - lr * v).astype(np.asarray(w).dtype))
+    return out, new_velocity
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _params_record(context: Context):
+    return context.state.array_records[MAIN_PARAMS_RECORD]
+
+
+def _current_weights(context: Context) -> list[np.ndarray]:
+    params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
+    return parameters_to_ndarrays(params)
+
+
+def _set_weights(context: Context, weights: list[np.ndarray]) -> None:
+    params = ndarrays_to_parameters([np.asarray(w) for w in weights])
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        params, keep_input=True
+    )
+
+
+def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
+    """{partition id: node id} of the phase's sites, asking connected nodes who they are."""
+    wanted = set(cfg.site_ids)
+    found: dict[int, int] = {}
+    asked: set[int] = set()
+    mismatched: dict[int, str] = {}
+    deadline = time.monotonic() + cfg.node_wait_s
+    while True:
+        new = [nid for nid in grid.get_node_ids() if nid not in asked]
+        if new:
+            content = compat.getpropertiesins_to_recorddict(GetPropertiesIns({}))
+            msgs = [
+                Message(
+                    content=content,
+                    dst_node_id=nid,
+                    message_type=MessageTypeLegacy.GET_PROPERTIES,
+                    group_id="discover",
+                )
+                for nid in new
+            ]
+            wait = max(1.0, min(cfg.timeout_s, deadline - time.monotonic()))
+            for reply in grid.send_and_receive(msgs, timeout=wait):
+                nid = reply.metadata.src_node_id
+                if reply.has_error():
+                    continue
+                asked.add(nid)
+                props = compat.recorddict_to_getpropertiesres(reply.content).properties
+                pid = int(props["partition-id"])
+                if props.get("protocol-hash") != cfg.protocol_hash:
+                    mismatched[pid] = str(props.get("protocol-hash"))
+                    continue
+                if pid in found and found[pid] != nid:
+                    raise ConfigError(
+                        f"two SuperNodes claim partition {pid}; check the sites' node configs"
+                    )
+                found[pid] = nid
+        if wanted <= set(found) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    bad = sorted(wanted & set(mismatched))
+    if bad:
+        raise WrongProtocolError(
+            f"{cfg.name}: site(s) {bad} run another protocol than the server "
+            f"({cfg.protocol_hash}); distribute the signed protocol again"
+        )
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise TooFewParticipantsError(
+            f"{cfg.name}: site(s) {missing} did not connect within {cfg.node_wait_s:g} s "
+            "(start their SuperNodes, check --superlink and --node-config partition-id)"
+        )
+    return {pid: found[pid] for pid in sorted(wanted)}
+
+
+def _initial_weights(grid: Grid, cfg: PhaseConfig, strategy: PhaseStrategy) -> list[np.ndarray]:
+    if cfg.initial_weights:
+        return load_weights(Path(cfg.initial_weights))
+    nid = next(iter(strategy.proxies))
+    content = compat.getparametersins_to_recorddict(GetParametersIns({}))
+    msg = Message(
+        content=content,
+        dst_node_id=nid,
+        message_type=MessageTypeLegacy.GET_PARAMETERS,
+        group_id="0",
+    )
+    replies = list(grid.send_and_receive([msg], timeout=cfg.timeout_s))
+    if not replies or replies[0].has_error():
+        raise TrainingError(f"{cfg.name}: site {strategy.partition_of_node[nid]} sent no model")
+    res = compat.recorddict_to_getparametersres(replies[0].content, keep_input=False)
+    return parameters_to_ndarrays(res.parameters)
+
+
+def _plain_fit(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> None:
+    """One FedAvg round (weights = train counts), bounded by ``cfg.timeout_s``."""
+    strategy = context.strategy
+    params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
+    instructions = strategy.configure_fit(rnd, params, context.client_manager)
+    msgs = [
+        Message(
+            content=compat.fitins_to_recorddict(ins, True),
+            dst_node_id=proxy.node_id,
+            message_type=MessageType.TRAIN,
+            group_id=str(rnd),
+        )
+        for proxy, ins in instructions
+    ]
+    proxies = {proxy.node_id: proxy for proxy, _ in instructions}
+    results: list[tuple[ClientProxy, FitRes]] = []
+    failures: list[Any] = []
+    for reply in grid.send_and_receive(msgs, timeout=cfg.timeout_s):
+        if reply.has_error():
+            failures.append(Exception(reply.error))
+            continue
+        res = compat.recorddict_to_fitres(reply.content, False)
+        results.append((proxies[reply.metadata.src_node_id], res))
+    failures += [None] * (len(msgs) - len(results) - len(failures))
+    aggregated, metrics = strategy.aggregate_fit(rnd, results, failures)
+    if aggregated is not None:
+        context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            aggregated, True
+        )
+        context.history.add_metrics_distributed_fit(server_round=rnd, metrics=metrics)
+
+
+def _evaluate(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> list[dict]:
+    """Per-site validation metrics of the current weights (sites that answered in time)."""
+    strategy = context.strategy
+    params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
+    msgs = [
+        Message(
+            content=compat.evaluateins_to_recorddict(ins, True),
+            dst_node_id=proxy.node_id,
+            message_type=MessageType.EVALUATE,
+            group_id=f"eval-{rnd}",
+        )
+        for proxy, ins in strategy.configure_evaluate(rnd, params, context.client_manager)
+    ]
+    sites = []
+    for reply in grid.send_and_receive(msgs, timeout=cfg.timeout_s):
+        if reply.has_error():
+            log.warning("%s round %s: a site failed to evaluate: %s", cfg.name, rnd, reply.error)
+            continue
+        res = compat.recorddict_to_evaluateres(reply.content)
+        metrics = {k: float(v) for k, v in res.metrics.items() if isinstance(v, int | float)}
+        metrics["partition-id"] = int(res.metrics.get("partition-id", -1))
+        sites.append(metrics)
+    return sorted(sites, key=lambda s: s["partition-id"])
+
+
+def _secagg_workflow(cfg: PhaseConfig) -> SecAggPlusWorkflow:
+    if cfg.reconstruction_threshold >= cfg.num_shares:
+        raise ConfigError(
+            f"secure_aggregation: Flower's SecAgg+ needs reconstruction_threshold "
+            f"({cfg.reconstruction_threshold}) < num_shares ({cfg.num_shares})"
+        )
+    if cfg.num_shares < 3:
+        raise ConfigError("secure_aggregation.num_shares: Flower's SecAgg+ needs at least 3")
+    return SecAggPlusWorkflow(
+        num_shares=cfg.num_shares,
+        reconstruction_threshold=cfg.reconstruction_threshold,
+        max_weight=cfg.max_weight,
+        clipping_range=cfg.clipping_range,
+        quantization_range=cfg.quantization_range,
+        timeout=cfg.timeout_s,
+    )
+
+
+def _record_round(
+    ckpt: PhaseCheckpoint,
+    state: PhaseState,
+    rnd: int,
+    weights: list[np.ndarray],
+    sites: list[dict],
+    fit_metrics: dict[str, Any],
+    seconds: float,
+    momentum: list[np.ndarray] | None = None,
+) -> None:
+    pooled = pooled_dice(sites)
+    score = pooled["dice_mean"] if pooled["num_val"] > 0 else None
+    is_best = score is not None and (state.best_score is None or score > state.best_score)
+    if state.best_round is None and score is None:
+        is_best = True  # nothing to compare yet: keep the latest weights as the best so far
+    if is_best:
+        state.best_round, state.best_score = rnd, score
+    state.history.append(
+        {"round": rnd, "seconds": round(seconds, 3), "val": pooled, "sites": sites, **fit_metrics}
+    )
+    state.completed_round = rnd
+    ckpt.save_round(state, weights, is_best=is_best, momentum=momentum)
+
+
+def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseState:
+    """Run (or resume) one phase on ``grid``; returns the final state (also in out_dir)."""
+    if cfg.aggregation == "secagg+" and len(cfg.site_ids) < 2:
+        raise ConfigError(f"{cfg.name}: SecAgg+ needs at least 2 sites, the phase has 1")
+    workflow = _secagg_workflow(cfg) if cfg.aggregation == "secagg+" else None
+    ckpt = PhaseCheckpoint(Path(cfg.out_dir))
+    state = ckpt.load_state(cfg.digest())
+    if state.status == "completed":
+        return state
+    state.status, state.error = "running", None
+    strategy = PhaseStrategy(cfg, grid)
+    legacy = LegacyContext(context, ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
+    try:
+        strategy.select(_discover(grid, cfg))
+        if state.completed_round >= 0:
+            weights = load_weights(ckpt.last_path)
+            strategy.velocity = ckpt.load_momentum()
+            log.info("%s: resuming after round %s", cfg.name, state.completed_round)
+        else:
+            weights = _initial_weights(grid, cfg, strategy)
+        _set_weights(legacy, weights)
+        cfg_record = legacy.state.config_records.get(MAIN_CONFIGS_RECORD)
+        if cfg_record is None:
+            from flwr.app import ConfigRecord
+
+            cfg_record = ConfigRecord()
+            legacy.state.config_records[MAIN_CONFIGS_RECORD] = cfg_record
+        cfg_record[Key.START_TIME] = time.monotonic()
+        if state.completed_round < 0:
+            t0 = time.monotonic()
+            sites = _evaluate(grid, legacy, cfg, 0) if cfg.eval_round_zero else []
+            if cfg.eval_round_zero:
+                _record_round(ckpt, state, 0, weights, sites, {}, time.monotonic() - t0)
+            else:
+                state.completed_round = 0
+                ckpt.save_round(state, weights, is_best=False)
+        for rnd in range(state.completed_round + 1, cfg.rounds + 1):
+            t0 = time.monotonic()
+            cfg_record[Key.CURRENT_ROUND] = rnd
+            before = _params_record(legacy)
+            if workflow is not None:
+                workflow(grid, legacy)
+            else:
+                _plain_fit(grid, legacy, cfg, rnd)
+            if _params_record(legacy) is before:
+                raise TooFewParticipantsError(
+                    f"{cfg.name} round {rnd}: no aggregate ({cfg.aggregation}); too few of the "
+                    f"{len(cfg.site_ids)} sites answered within {cfg.timeout_s:g} s "
+                    f"(SecAgg+ reconstruction threshold {cfg.reconstruction_threshold}, minimum "
+                    f"{cfg.min_sites} sites). Rounds up to {rnd - 1} are checkpointed in "
+                    f"{cfg.out_dir}; rerun the phase to resume."
+                )
+            fit = {
+                k: v[-1][1]
+                for k, v in legacy.history.metrics_distributed_fit.items()
+                if v and v[-1][0] == rnd
+            }
+            weights = _current_weights(legacy)
+            sites = _evaluate(grid, legacy, cfg, rnd)
+            _record_round(
+                ckpt, state, rnd, weights, sites, fit, time.monotonic() - t0, strategy.velocity
+            )
+            log.info("%s round %s: val %s", cfg.name, rnd, state.history[-1]["val"])
+        state.status = "completed"
+        ckpt.save_state(state)
+        return state
+    except SecurefedError as exc:
+        state.status, state.error = "failed", f"[{exc.code}] {exc}"
+        ckpt.save_state(state)
+        raise
+    except Exception as exc:
+        state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+        ckpt.save_state(state)
+        raise
+
+
+def make_server_app(cfg: PhaseConfig | None = None) -> ServerApp:
+    """A ServerApp for one phase: ``cfg`` given (simulation) or read from the run config."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        phase = cfg or PhaseConfig.from_run_config(dict(context.run_config))
+        run_server_phase(grid, context, phase)
+
+    return server_app
+
+
+app = make_server_app()

@@ -1,0 +1,48 @@
+"""Flower's simulation engine (Ray) for one phase: every site a virtual SuperNode in this
+process tree, each with its own SiteSettings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from securefed.errors import ConfigError, SecurefedError, TrainingError
+from securefed.federation.client_app import make_client_app
+from securefed.federation.config import PhaseConfig, SiteSettings
+from securefed.federation.server_app import make_server_app
+from securefed.federation.task import FlowerTask
+
+__all__ = ["run_simulation_phase"]
+
+
+def run_simulation_phase(
+    cfg: PhaseConfig, sites: Sequence[SiteSettings], task: FlowerTask | None
+) -> None:
+    """Run one phase in the simulation engine; the result is in the phase's checkpoint folder."""
+    from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
+    from flwr.simulation import run_simulation
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    by_pid = {s.partition_id: s for s in sites}
+    missing = [p for p in cfg.site_ids if p not in by_pid]
+    if missing:
+        raise ConfigError(f"{cfg.name}: no site settings for partition(s) {missing}")
+    ordered = [by_pid[p] for p in cfg.site_ids]
+    backend_config: BackendConfig = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False},
+    }
+    try:
+        run_simulation(
+            server_app=make_server_app(cfg),
+            client_app=make_client_app(task, ordered),
+            num_supernodes=len(ordered),
+            backend_config=backend_config,
+        )
+    except SecurefedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the server's state says what went wrong
+        state = Path(cfg.out_dir) / "state.json"
+        if not state.is_file():
+            raise TrainingError(f"{cfg.name}: the simulation failed: {exc}") from exc

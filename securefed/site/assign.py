@@ -1,0 +1,53 @@
+"""Site role, clustering stage: open the server's sealed cluster model and assign the site's own
+cases (train, val and test) locally.
+
+Nothing leaves the site here. The site maps its own raw vectors into the released columns and
+units without noise (:func:`securefed.privacy.protection.release_space`) and applies the model
+with plain numpy (:meth:`securefed.clustering.model.ClusterModel.assign`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from securefed.clustering.exchange import open_cluster_model
+from securefed.crypto import PrivateKeys, PublicKeys
+from securefed.privacy.protection import release_space
+from securefed.protocol import LoadedProtocol
+from securefed.radiomics.table import FeatureTable
+
+__all__ = ["SiteAssignment", "assign_own_cases"]
+
+
+@dataclass(frozen=True)
+class SiteAssignment:
+    """The cluster of each of the site's cases (site-local) and their embedded coordinates (for
+    the simulation's plots only)."""
+
+    labels: np.ndarray
+    embedding: np.ndarray
+
+
+def assign_own_cases(
+    envelope: bytes,
+    table: FeatureTable,
+    *,
+    site_keys: PrivateKeys,
+    loaded: LoadedProtocol,
+    state_dir: Path,
+    server_public: tuple[PublicKeys, ...] = (),
+) -> SiteAssignment:
+    """Verify and open ``envelope`` (pinned server key, protocol, stage, replay guard under
+    ``state_dir``), then assign every row of the site's own ``table``."""
+    model = open_cluster_model(
+        envelope,
+        site_keys=site_keys,
+        loaded=loaded,
+        state_dir=state_dir,
+        server_public=server_public,
+    )
+    x = release_space(loaded, tuple(table.columns), np.asarray(table.values))
+    return SiteAssignment(model.assign(x), model.embed(x))

@@ -1,0 +1,155 @@
+"""Site role, feature stage: protect a site's radiomics table and seal it to the server.
+
+What leaves the site is exactly one sealed envelope (stage ``features``) whose encrypted payload
+holds the ``ReleasedFeatures`` of this site's own cases: subject ids, splits, partition id, the
+released column names, one float64 row per case, and the release metadata (mode, mechanism,
+epsilon, delta, noise scale, sensitivity, projection). No image, path, hash of an image or
+intensity statistic is included. In ``plain`` mode the rows are the raw values (epsilon = inf, the
+paper's behaviour, sealed in transit only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from securefed.crypto import PrivateKeys, PublicKeys
+from securefed.errors import DataError, KeyError_, ProtocolError
+from securefed.privacy.ledger import Ledger
+from securefed.privacy.protection import FEATURES_STAGE, ReleasedFeatures, protect_features
+from securefed.protocol import LoadedProtocol
+from securefed.radiomics.storage import load_table
+from securefed.radiomics.table import FeatureTable
+from securefed.transport import SendCounter, seal_message, write_message
+
+__all__ = ["SiteRelease", "check_server_key", "release_site_features", "site_spec_for"]
+
+
+@dataclass(frozen=True)
+class SiteRelease:
+    """Where the envelope went and what it carries (for logs: no values)."""
+
+    envelope: Path
+    site_id: str
+    partition_id: int
+    cases: int
+    columns: int
+    epsilon: float
+    delta: float
+
+
+def check_server_key(loaded: LoadedProtocol, server: PublicKeys) -> None:
+    """The server's public bundle must be a server key and match the protocol's pins."""
+    spec = loaded.protocol.server
+    if server.role != "server":
+        raise KeyError_(f"{server.party_id}: a {server.role} key was given as the server's key")
+    if server.party_id != spec.id:
+        raise KeyError_(
+            f"server key is for {server.party_id!r}, the protocol's server is {spec.id!r}"
+        )
+    if spec.encryption_key is not None and server.encryption_fingerprint != spec.encryption_key:
+        raise KeyError_(
+            f"server key {server.encryption_fingerprint} does not match the protocol's "
+            f"server.encryption_key {spec.encryption_key}; refusing to seal to it"
+        )
+    if spec.signing_key is not None and server.signing_fingerprint != spec.signing_key:
+        raise KeyError_("server signing key does not match the protocol's server.signing_key")
+
+
+def site_spec_for(loaded: LoadedProtocol, site_id: str, partitions: list[int]) -> int:
+    """The partition id of ``site_id`` under the protocol (listed, or simulated site-<id>)."""
+    for site in loaded.protocol.resolve_sites(partitions):
+        if site.id == site_id:
+            return site.partition_id
+    raise ProtocolError(
+        f"site {site_id!r} is not a site of this protocol (sites: "
+        f"{', '.join(s.id for s in loaded.protocol.resolve_sites(partitions))})"
+    )
+
+
+def _own_rows(table: FeatureTable, partition_id: int, site_id: str) -> FeatureTable:
+    own = table.partition(partition_id)
+    if not len(own):
+        raise DataError(
+            f"the feature folder has no case of partition {partition_id} (site {site_id}); "
+            "extract this site's cases first"
+        )
+    return own
+
+
+def release_site_features(
+    featdir: Path,
+    loaded: LoadedProtocol,
+    site_keys: PrivateKeys,
+    server_keys: PublicKeys,
+    outbox: Path,
+    state_dir: Path,
+    *,
+    unsafe_seed: int | None = None,
+) -> SiteRelease:
+    """Protect this site's features as the protocol says, charge the ledger, seal, write the
+    envelope atomically into ``outbox``. Leaves the site: the envelope (see module docstring)."""
+    if site_keys.role != "site":
+        raise KeyError_(f"{site_keys.party_id}: a {site_keys.role} key cannot release features")
+    check_server_key(loaded, server_keys)
+    table, manifest = load_table(featdir)
+    settings = loaded.protocol.radiomics.model_dump(mode="json")
+    if manifest.get("settings") != settings:
+        raise ProtocolError(
+            f"{featdir}: features were extracted with other radiomics settings than this "
+            "protocol's [radiomics]; rerun `securefed features extract` with this protocol"
+        )
+    site_id = site_keys.party_id
+    partition = site_spec_for(loaded, site_id, sorted(set(table.partition_ids)))
+    own = _own_rows(table, partition, site_id)
+    ledger = Ledger.for_protocol(state_dir, loaded, site_id)
+    counters = SendCounter(state_dir / "counters")
+    outbox.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def seal_and_write(released: ReleasedFeatures) -> None:
+        meta = {
+            "kind": "features",
+            "site": site_id,
+            "partition_id": partition,
+            "subject_ids": list(released.subject_ids),
+            "splits": list(released.splits or ()),
+            "columns": list(released.columns),
+            "release": {k: _plain(v) for k, v in released.metadata.items()},
+        }
+        envelope = seal_message(
+            {"values": np.ascontiguousarray(released.matrix, dtype="<f8")},
+            sender=site_keys,
+            recipient=server_keys,
+            protocol_hash=loaded.sha256,
+            stage=FEATURES_STAGE,
+            counters=counters,
+            meta=meta,
+        )
+        path = outbox / f"{site_id}.{FEATURES_STAGE}.env"
+        write_message(path, envelope)
+        written.append(path)
+
+    released = protect_features(
+        own, loaded, ledger, site_id, write=seal_and_write, unsafe_seed=unsafe_seed
+    )
+    return SiteRelease(
+        envelope=written[-1],
+        site_id=site_id,
+        partition_id=partition,
+        cases=len(released.subject_ids),
+        columns=len(released.columns),
+        epsilon=float(released.metadata["epsilon"]),
+        delta=float(released.metadata["delta"]),
+    )
+
+
+def _plain(value: object) -> object:
+    """Metadata as codec-safe JSON (infinite epsilon as the string "inf")."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return value

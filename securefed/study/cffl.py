@@ -1,0 +1,98 @@
+"""CFFL's federated phases: global FedAvg over every site with train cases, then one federation
+per cluster, finetuning the best global model (the paper's method), in either Flower engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from securefed.clustering.assignments import cluster_ids, cluster_sites, read_assignments
+from securefed.federation.config import SiteSettings
+from securefed.federation.deployment import Deployment
+from securefed.federation.phase import Engine, PhaseResult, phase_config, run_phase
+from securefed.federation.task import FlowerTask
+from securefed.protocol import LoadedProtocol
+
+__all__ = ["ClusterOutcome", "StudyPhases", "run_cffl_phases"]
+
+
+@dataclass
+class ClusterOutcome:
+    """A cluster's model: finetuned by its own federation, or the global model (reported why)."""
+
+    cluster: int
+    sites: dict[int, int]  # partition id -> train cases of this cluster
+    status: Literal["finetuned", "fallback-global"]
+    reason: str
+    weights_path: Path
+    result: PhaseResult | None = None
+
+
+@dataclass
+class StudyPhases:
+    global_result: PhaseResult
+    clusters: dict[int, ClusterOutcome] = field(default_factory=dict)
+
+
+def run_cffl_phases(
+    loaded: LoadedProtocol,
+    sites: Sequence[SiteSettings],
+    assignments: Path,
+    out_dir: Path,
+    *,
+    engine: Engine = "simulation",
+    task: FlowerTask | None = None,
+    deployment: Deployment | None = None,
+    clusters: Sequence[int] | None = None,
+) -> StudyPhases:
+    """CFFL's federated phases: global FedAvg over every site with train cases, then for each
+    cluster a federation of the sites holding that cluster's train cases, starting from the best
+    global model. A cluster with fewer sites than ``training.min_sites_per_aggregate`` (or than 2
+    under SecAgg+) keeps the global model, and the outcome says so."""
+    t = loaded.protocol.training
+    held_out = set(loaded.protocol.data.held_out_partitions)
+    out_dir = Path(out_dir)
+    own = {s.partition_id for s in sites}
+
+    def eligible(counts: dict[int, int]) -> dict[int, int]:
+        return {p: n for p, n in counts.items() if p not in held_out and p in own}
+
+    rows = read_assignments(assignments)
+    global_sites = eligible(cluster_sites(rows, None))
+    g_cfg = phase_config(loaded, out_dir=out_dir / "global", sites=global_sites,
+                         assignments=assignments)  # fmt: skip
+    started_here = deployment is not None and engine == "deployment" and not deployment.processes
+    try:
+        if started_here and deployment is not None:
+            deployment.start(sites)
+        global_result = run_phase(g_cfg, sites, engine=engine, task=task, deployment=deployment)
+        study = StudyPhases(global_result=global_result)
+        floor = max(t.min_sites_per_aggregate, 2 if t.aggregation == "secagg+" else 1)
+        ids = clusters if clusters is not None else cluster_ids(rows)
+        for cluster in ids:
+            members = eligible(cluster_sites(rows, cluster))
+            if len(members) < floor:
+                study.clusters[cluster] = ClusterOutcome(
+                    cluster=cluster, sites=members, status="fallback-global",
+                    reason=f"{len(members)} site(s) hold train cases of this cluster; "
+                    f"at least {floor} are needed per aggregate",
+                    weights_path=global_result.best_weights_path,
+                )  # fmt: skip
+                continue
+            c_cfg = phase_config(
+                loaded, out_dir=out_dir / f"cluster-{cluster}", sites=members,
+                assignments=assignments, cluster=cluster,
+                initial_weights=global_result.best_weights_path,
+            )  # fmt: skip
+            result = run_phase(c_cfg, sites, engine=engine, task=task, deployment=deployment)
+            study.clusters[cluster] = ClusterOutcome(
+                cluster=cluster, sites=members, status="finetuned",
+                reason=f"best round {result.best_round} of {c_cfg.rounds}",
+                weights_path=result.best_weights_path, result=result,
+            )  # fmt: skip
+        return study
+    finally:
+        if started_here and deployment is not None:
+            deployment.stop()

@@ -1,0 +1,132 @@
+"""Study stage 5, report: results.json and report.html from what the earlier stages wrote."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from securefed import __version__
+from securefed.clustering.assignments import Assignment, read_assignments
+from securefed.evaluation.summary import summarize_methods
+from securefed.fileio import read_json, write_json_atomic
+from securefed.privacy.ledger import read_ledger
+from securefed.report import write_report
+from securefed.study.context import StudyContext
+from securefed.study.evaluation_stage import read_case_rows
+
+__all__ = ["build_results", "run_report"]
+
+
+def _privacy(ctx: StudyContext) -> dict[str, Any]:
+    proto = ctx.loaded.protocol
+    p = proto.privacy
+    plain = proto.release.mode == "plain"
+    per_site: dict[str, Any] = {}
+    for site in ctx.sites:
+        path = ctx.paths.site(site.id) / "ledger.jsonl"
+        state = read_ledger(path) if path.exists() else None
+        spent = state.spent() if state is not None else 0.0
+        per_site[site.id] = {
+            # DP spend recorded in the site's ledger (composed over its releases) ...
+            "epsilon": spent,
+            "delta": p.total_delta if state is not None and state.charges else 0.0,
+            "releases": len(state.charges) if state is not None else 0,
+            # ... and what that does not cover: a plain feature release has no DP at all.
+            "overall_epsilon": math.inf if plain else spent,
+        }
+    notes = []
+    if plain:
+        notes.append(
+            "Feature release 'plain' (the paper's behaviour): 372 raw values per case reached the "
+            "server, sealed in transit only; their epsilon is infinite and is not in the ledgers."
+        )
+    if not proto.training.dp_sgd.enabled:
+        notes.append(
+            "Model updates were protected by secure aggregation only (no DP-SGD): the aggregate "
+            "model is not differentially private."
+        )
+    return {"total_epsilon": p.total_epsilon, "total_delta": p.total_delta,
+            "per_site": per_site, "notes": notes}  # fmt: skip
+
+
+def _sites(ctx: StudyContext, clusters: list[Assignment]) -> list[dict[str, Any]]:
+    out = []
+    for site in ctx.sites:
+        mine = [r for r in clusters if r.partition_id == site.partition_id]
+        out.append(
+            {"site": site.id, "partition_id": site.partition_id,
+             "train": sum(r.split == "train" for r in mine),
+             "val": sum(r.split == "val" for r in mine),
+             "test": sum(r.split == "test" for r in mine),
+             "role": "unseen" if site.partition_id in ctx.held_out else "training"}
+        )  # fmt: skip
+    return out
+
+
+def _scanner_of(ctx: StudyContext) -> dict[str, str] | None:
+    if ctx.truth is None:
+        return None
+    import pandas as pd
+
+    df = pd.read_csv(ctx.truth, dtype={"subject_id": str})
+    if "scanner" not in df.columns:
+        return None
+    return dict(zip(df["subject_id"], df["scanner"].astype(str), strict=True))
+
+
+def build_results(ctx: StudyContext) -> dict[str, Any]:
+    """The results mapping (results.json) of a run whose earlier stages are complete."""
+    proto = ctx.loaded.protocol
+    state = read_json(ctx.paths.state)
+    clusters = read_assignments(ctx.paths.clusters)
+    scanner_of = _scanner_of(ctx)
+    rows = read_case_rows(ctx.paths.per_case)
+    seen = [r for r in rows if r["group"] == "test"]
+    unseen = [r for r in rows if r["group"] == "unseen"]
+    phases = read_json(ctx.paths.phases)
+    curves = {"global": phases["global"]["history"]}
+    fallbacks = []
+    for c, info in phases["clusters"].items():
+        if info["history"]:
+            curves[f"cluster {c}"] = info["history"]
+        if info["status"] != "finetuned":
+            fallbacks.append({"cluster": c, "reason": f"{info['status']}: {info['reason']}"})
+    warnings = []
+    if proto.release.mode == "plain":
+        warnings.append(
+            "Features were released in 'plain' mode: the server held every case's 372 raw "
+            "radiomic values (epsilon = infinity), as in the paper."
+        )
+    return {
+        "securefed_version": __version__,
+        "created_at": state.get("created_at"),
+        "protocol": {"name": proto.study.name, "sha256": ctx.loaded.sha256,
+                     "mode": proto.study.mode, "release_mode": proto.release.mode,
+                     "aggregation": proto.training.aggregation},
+        "warnings": warnings,
+        "data": {
+            "cases": len(clusters),
+            "sites": _sites(ctx, clusters),
+            "excluded": [
+                {"case": p.subject_id, "problem": str(p)} for p in ctx.federation.problems
+            ],
+        },
+        "clustering": read_json(ctx.paths.clustering / "clustering.json"),
+        "segmentation": {
+            "methods": summarize_methods(seen, scanner_of),
+            "unseen": summarize_methods(unseen, scanner_of) if unseen else {},
+            "fallbacks": fallbacks,
+            "global_best_round": phases["global"]["best_round"],
+        },
+        "training_curves": curves,
+        "privacy": _privacy(ctx),
+        "timings": {k: v["seconds"] for k, v in state["completed"].items()},
+    }  # fmt: skip
+
+
+def run_report(ctx: StudyContext) -> dict[str, Any]:
+    """Write results.json and report.html; returns the results."""
+    results = build_results(ctx)
+    write_json_atomic(ctx.paths.results, results)
+    write_report(ctx.paths.root, results)
+    return results

@@ -1,0 +1,88 @@
+"""The site and server commands as a user runs them: keys, bounds, a local-DP release, collect,
+ledger show/verify; refusals with their exit codes."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+from typer.testing import CliRunner
+
+from securefed.cli import app
+from securefed.protocol import load_protocol
+from securefed.radiomics import FeatureTable, columns, save_table
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _ok(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _featdir(path: Path, seed: int, settings: dict) -> Path:
+    cols = columns()
+    rng = np.random.default_rng(seed)
+    ids = [f"FeTS2022_{i:05d}" for i in range(1, 9)]
+    parts = [1, 1, 1, 1, 2, 2, 2, 2]
+    splits = ["train", "train", "val", "test"] * 2
+    table = FeatureTable(ids, parts, splits, cols, rng.normal(size=(8, len(cols))))
+    return save_table(table, path, {"settings": settings})
+
+
+def test_local_dp_release_collect_and_ledger_by_cli(tmp_path: Path) -> None:
+    settings = load_protocol(ROOT / "protocols" / "demo.toml").protocol.radiomics.model_dump(
+        mode="json"
+    )
+    reference = _featdir(tmp_path / "reference", 99, settings)
+    bounds = str(tmp_path / "bounds.json")
+    out = _ok(["features", "bounds", "--features", str(reference), "--out", bounds,
+               "--source", "test reference, not study data"])  # fmt: skip
+    sha = next(tok for tok in out.split() if tok.startswith("sha256:"))
+    data = tomllib.loads((ROOT / "protocols" / "demo.toml").read_text())
+    data["privacy"]["total_epsilon"] = 3.0
+    data["release"] = {"mode": "local-dp", "mechanism": "gaussian", "epsilon": 2.0,
+                       "delta": 1e-6, "bounds": {"file": "bounds.json", "sha256": sha[:71]},
+                       "projection": "random", "dimension": 6}  # fmt: skip
+    data["clustering"]["scaling"] = "declared-bounds"
+    proto = tmp_path / "study.toml"
+    proto.write_bytes(tomli_w.dumps(data).encode())
+    keys = tmp_path / "keys"
+    for role, pid in (("server", "server"), ("site", "site-1"), ("site", "site-2")):
+        _ok(["keys", "new", "--role", role, "--id", pid, "--out", str(keys)])
+    featdir = _featdir(tmp_path / "feat", 1, settings)
+    for site in ("site-1", "site-2"):
+        _ok(["features", "release", "--features", str(featdir), "--protocol", str(proto),
+             "--key", str(keys / f"{site}.key"), "--server-key", str(keys / "server.pub.json"),
+             "--out", str(tmp_path / "inbox"), "--state", str(tmp_path / site)])  # fmt: skip
+    shown = _ok(["ledger", "show", str(tmp_path / "site-1")])
+    assert "features" in shown
+    _ok(["ledger", "verify", str(tmp_path / "site-1")])
+    # A second release of more epsilon than is left: refused (exit 2), nothing written.
+    featdir2 = _featdir(tmp_path / "feat2", 2, settings)
+    again = runner.invoke(app, [
+        "features", "release", "--features", str(featdir2), "--protocol", str(proto),
+        "--key", str(keys / "site-1.key"), "--server-key", str(keys / "server.pub.json"),
+        "--out", str(tmp_path / "inbox2"), "--state", str(tmp_path / "site-1")])  # fmt: skip
+    assert again.exit_code == 2, again.output
+    assert not list((tmp_path / "inbox2").glob("*.env"))
+    collect = ["server", "collect", "--inbox", str(tmp_path / "inbox"), "--protocol", str(proto),
+               "--key", str(keys / "server.key"), "--out", str(tmp_path / "collected"),
+               "--state", str(tmp_path / "server-state"),
+               "--site-key", str(keys / "site-1.pub.json"),
+               "--site-key", str(keys / "site-2.pub.json")]  # fmt: skip
+    # Tamper with one envelope: exit 3, nothing collected.
+    env = tmp_path / "inbox" / "site-2.features.env"
+    good = env.read_bytes()
+    env.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    bad = runner.invoke(app, collect)
+    assert bad.exit_code == 3, bad.output
+    assert "site-2.features.env" in bad.output
+    assert not (tmp_path / "collected").exists()
+    env.write_bytes(good)
+    out = _ok(collect)
+    assert "collected 8 case(s) x 6 values from 2 site(s)" in " ".join(out.split())

@@ -1,0 +1,113 @@
+"""DP-SGD at a site: calibration over the study, Opacus rounds through the Flower client's fit,
+one ledger charge per round, refusal past the budget before any noise, DP off leaves no ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support.dpsgd import LAYOUT, PROTOCOL, dp_case, dp_task
+from support.flower import write_assignments
+
+from securefed.errors import BudgetExceededError
+from securefed.federation.client_app import SiteClient
+from securefed.federation.config import SiteSettings
+from securefed.models import build_model
+from securefed.privacy import read_ledger
+from securefed.privacy.accounting import accountant_epsilon
+from securefed.protocol import load_protocol
+from securefed.training import dpsgd
+from securefed.training.local import get_weights, prepare_volumes
+
+
+def _site(tmp_path: Path, *, rounds=2, finetune=1, enabled=True) -> tuple[SiteClient, Path]:
+    text = PROTOCOL.format(rounds=rounds, finetune=finetune, enabled=str(enabled).lower())
+    proto = tmp_path / "protocol.toml"
+    proto.write_text(text)
+    asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
+    work = tmp_path / "site1"
+    site = SiteSettings(1, str(tmp_path), str(proto), work_dir=str(work), assignments=str(asg))
+    return SiteClient(dp_task(), site), work
+
+
+def _config(client: SiteClient, rnd: int, cluster: int = -1) -> dict:
+    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "lr": 0.05,
+            "local-steps": 1, "cluster": cluster, "seed": 0}  # fmt: skip
+
+
+def test_plan_fits_every_planned_round() -> None:
+    loaded = load_protocol_text(PROTOCOL.format(rounds=30, finetune=10, enabled="true"))
+    plan = dpsgd.plan_dpsgd(loaded.protocol, n_train=5)
+    assert plan.rounds == 30 + 2 * 10 and plan.steps_per_round == 1
+    assert plan.planned_epsilon() <= 3.0
+    # The calibration is tight: 2% less noise would overspend.
+    events = [dpsgd.DPSGDPlan(**{**plan.to_json(), "noise_multiplier": 0.98 * plan.noise_multiplier}
+                              ).round_event(1)] * plan.rounds  # fmt: skip
+    assert accountant_epsilon(events, 1e-6, "rdp") > 3.0
+    batches = dpsgd.dp_batches(5, 2, 20, seed=1)
+    assert all(len(set(b)) == len(b) == 2 for b in batches)
+    assert dpsgd.dp_batches(1, 2, 3, seed=1) == [[0]] * 3
+
+
+def load_protocol_text(text: str):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "protocol.toml"
+        path.write_text(text)
+        return load_protocol(path)
+
+
+def test_dp_rounds_train_and_charge_the_ledger(tmp_path: Path) -> None:
+    client, work = _site(tmp_path)
+    params = client.get_parameters({})
+    weights, n, metrics = client.fit(params, _config(client, 1))
+    assert n == 3 and metrics["loss"] >= 0
+    assert any(not np.allclose(a, b) for a, b in zip(params, weights, strict=True))
+    client.fit(weights, _config(client, 2))
+    weights, n, _ = client.fit(weights, _config(client, 1, cluster=0))
+    assert n == 2
+    state = read_ledger(work / "ledger.jsonl")
+    assert sorted(state.charges) == [
+        "training/cluster-0/round-1", "training/global/round-1", "training/global/round-2"
+    ]  # fmt: skip
+    assert state.committed == set(state.charges)
+    assert all(c.stage == "training" for c in state.charges.values())
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
+    assert plan.rounds == 2 + 2 * 1
+    # Every planned round charged: composed epsilon stays within dp_sgd.epsilon.
+    full = [plan.round_event(plan.steps_per_round)] * plan.rounds
+    assert accountant_epsilon(full, 1e-6, "rdp") <= 3.0
+    assert state.spent(delta=1e-6) <= 3.0
+
+
+def test_past_budget_refuses_before_noise(tmp_path: Path) -> None:
+    client, work = _site(tmp_path, rounds=1, finetune=0)
+    params = client.get_parameters({})
+    client.fit(params, _config(client, 1))
+    with pytest.raises(BudgetExceededError, match="refused before any noise"):
+        client.fit(params, _config(client, 2))
+    state = read_ledger(work / "ledger.jsonl")
+    assert list(state.charges) == ["training/global/round-1"]
+    # Directly: the refused round leaves the model untouched and never wraps it in Opacus.
+    spec = client.spec
+    model = build_model(spec)
+    before = get_weights(model)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
+    ledger = dpsgd.site_ledger(client.loaded, 1, work)
+    data = prepare_volumes([dp_case("a"), dp_case("b")], spec)
+    with pytest.raises(BudgetExceededError):
+        dpsgd.train_dp_round(model, data, spec, plan=plan, ledger=ledger, release_id="x",
+                             steps=1, lr=0.05, seed=0)  # fmt: skip
+    assert all(np.array_equal(a, b) for a, b in zip(before, get_weights(model), strict=True))
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+
+
+def test_dp_off_leaves_the_ledger_untouched(tmp_path: Path) -> None:
+    client, work = _site(tmp_path, enabled=False)
+    torch.manual_seed(0)
+    params = client.get_parameters({})
+    weights, n, _ = client.fit(params, _config(client, 1))
+    assert n == 3 and not (work / "ledger.jsonl").exists()

@@ -1,0 +1,174 @@
+"""The site ledger: budget refusal before noise, hash chain, crash consistency under kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import dp_accounting
+import pytest
+from support.ledger import PROTO, event, ledger
+
+from securefed.errors import BudgetExceededError, LedgerCorruptError, LedgerError
+from securefed.privacy.ledger import LEDGER_FILE, BudgetSpec, Ledger, read_ledger
+
+
+def test_charge_commit_and_refusal_before_the_body(tmp_path):
+    led = ledger(tmp_path)
+    with led.charge("features", "r1", event(), (1.0, 1e-5)) as h:
+        assert h.spent_epsilon == pytest.approx(1.0)
+    assert led.spent() == pytest.approx(1.0)
+    ran = []
+    with (
+        pytest.raises(BudgetExceededError, match="refused before any noise"),
+        led.charge("clustering", "r2", dp_accounting.GaussianDpEvent(50.0)),
+    ):
+        ran.append(True)
+    assert ran == []
+    state = led.verify()
+    assert [e["kind"] for e in state.entries] == ["open", "intent", "commit"]
+
+
+def test_stage_allocation_is_enforced(tmp_path):
+    budget = BudgetSpec(10.0, 1e-5, "rdp", "replace-one", {"features": (1.0, 1e-5)})
+    led = Ledger(tmp_path, site_id="s", protocol_hash=PROTO, budget=budget)
+    with led.charge("features", "a", event(), (1.0, 1e-5)):
+        pass
+    with (
+        pytest.raises(BudgetExceededError, match="stage 'features'"),
+        led.charge("features", "b", dp_accounting.GaussianDpEvent(30.0)),
+    ):
+        pass
+    with led.charge("training", "c", dp_accounting.GaussianDpEvent(30.0)):
+        pass
+
+
+def test_claims_are_verified(tmp_path):
+    with (
+        pytest.raises(LedgerError, match="claimed budget"),
+        ledger(tmp_path).charge("features", "r", event(), (0.5, 1e-5)),
+    ):
+        pass
+
+
+def test_retry_and_committed_ids(tmp_path):
+    led = ledger(tmp_path)
+    with pytest.raises(RuntimeError), led.charge("features", "r1", event(), (1.0, 1e-5)):
+        raise RuntimeError("crash while writing the release")
+    assert led.spent() == pytest.approx(1.0)  # the intent counts
+    with led.charge("features", "r1", event(), (1.0, 1e-5)) as h:
+        assert h.reused
+    assert led.spent() == pytest.approx(1.0)
+    with (
+        pytest.raises(LedgerError, match="already committed"),
+        led.charge("features", "r1", event(), (1.0, 1e-5)),
+    ):
+        pass
+
+
+def test_tampering_names_the_line(tmp_path):
+    led = ledger(tmp_path)
+    budget = BudgetSpec(100.0, 1e-5, "rdp", "replace-one")
+    led = Ledger(tmp_path, site_id="site-1", protocol_hash=PROTO, budget=budget)
+    for rid in ("a", "b"):
+        with led.charge("features", rid, event(), (1.0, 1e-5)):
+            pass
+    path = tmp_path / LEDGER_FILE
+    good = path.read_text().splitlines(keepends=True)
+    entry = json.loads(good[1])
+    entry["event"]["noise_multiplier"] = 100.0  # pretend more noise
+    path.write_text(good[0] + json.dumps(entry) + "\n" + "".join(good[2:]))
+    with pytest.raises(LedgerCorruptError, match="line 2: hash does not match"):
+        read_ledger(path)
+    path.write_text(good[0] + "".join(good[2:]))  # drop an entry
+    with pytest.raises(LedgerCorruptError, match="line 2: hash chain broken"):
+        led.verify()
+    path.write_text("".join(good[:3]) + "{not json\n" + "".join(good[3:]))
+    with pytest.raises(LedgerCorruptError, match="line 4: not valid JSON"):
+        led.verify()
+    path.write_text("".join(good))
+    assert len(led.verify().entries) == 5
+    other = Ledger(tmp_path, site_id="site-2", protocol_hash=PROTO, budget=budget)
+    with pytest.raises(LedgerError, match="belongs to site"):
+        other.spent()
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import dp_accounting
+    from securefed.privacy import ledger as L
+    from support.ledger import ledger, event
+
+    point = sys.argv[2]
+    real_append = L.Ledger._append
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def append(self, fh, state, body):
+        if body["kind"] == point.split("-")[-1]:
+            if point.startswith("before"):
+                die()
+            if point.startswith("torn"):
+                fh.write(b'{"v":1,"seq":')
+                fh.flush()
+                os.fsync(fh.fileno())
+                die()
+        real_append(self, fh, state, body)
+
+    L.Ledger._append = append
+    with ledger(sys.argv[1]).charge("features", "r1", event(), (1.0, 1e-5)):
+        if point == "in-body":
+            die()
+    die()  # after the commit
+    """
+)
+
+# point -> (charges recorded after the crash, committed)
+POINTS = {
+    "before-intent": (0, 0),
+    "torn-intent": (0, 0),
+    "in-body": (1, 0),
+    "before-commit": (1, 0),
+    "torn-commit": (1, 0),
+    "after-commit": (1, 1),
+}
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_kill_9_never_loses_nor_double_counts_a_spend(tmp_path, point):
+    import os
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": tests}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path), point],
+        env=env,
+        timeout=120,
+        capture_output=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    state = read_ledger(tmp_path / LEDGER_FILE)  # a torn tail is not corruption
+    charges, committed = POINTS[point]
+    assert len(state.charges) == charges and len(state.committed) == committed
+    assert state.spent() == pytest.approx(float(charges))
+    led = ledger(tmp_path)
+    if committed:
+        with (
+            pytest.raises(LedgerError, match="already committed"),
+            led.charge("features", "r1", event(), (1.0, 1e-5)),
+        ):
+            pass
+    else:
+        with led.charge("features", "r1", event(), (1.0, 1e-5)) as h:  # the retry
+            assert h.reused == bool(charges)
+    final = led.verify()
+    assert not final.torn_tail
+    assert len(final.charges) == 1 and final.committed == {"r1"}
+    assert final.spent() == pytest.approx(1.0)
+    with pytest.raises(BudgetExceededError), led.charge("features", "r2", event(), (1.0, 1e-5)):
+        pass

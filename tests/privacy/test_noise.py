@@ -1,0 +1,74 @@
+"""Noise sources: CSPRNG by default, seeded only when a simulation protocol allows it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from support.privacy import load
+
+from securefed.errors import PrivacyError
+from securefed.privacy.noise import (
+    SecureNoise,
+    UnsafeSeededNoise,
+    distributed_gaussian_share,
+    noise_source_for,
+)
+
+
+def test_secure_noise_is_finite_and_fresh():
+    src = SecureNoise()
+    u = src.uniform((1000,))
+    assert np.all((u > 0) & (u < 1))
+    a, b = src.gaussian(1.0, (50,)), src.gaussian(1.0, (50,))
+    assert np.isfinite(a).all() and not np.array_equal(a, b)
+    assert np.isfinite(src.laplace(2.0, (3, 4))).all()
+
+
+def test_seeded_noise_needs_a_simulation_protocol_with_the_flag(tmp_path):
+    plain = load(tmp_path / "a")
+    with pytest.raises(PrivacyError, match="unsafe_seeded_noise"):
+        noise_source_for(plain.protocol, "site-1", unsafe_seed=1)
+    assert isinstance(noise_source_for(plain.protocol, "site-1"), SecureNoise)
+    flagged = load(tmp_path / "b", privacy="unsafe_seeded_noise = true")
+    src = noise_source_for(flagged.protocol, "site-1", "r1", unsafe_seed=7)
+    again = noise_source_for(flagged.protocol, "site-1", "r1", unsafe_seed=7)
+    other = noise_source_for(flagged.protocol, "site-2", "r1", unsafe_seed=7)
+    assert isinstance(src, UnsafeSeededNoise)
+    x = src.gaussian(1.0, (5,))
+    assert np.array_equal(x, again.gaussian(1.0, (5,)))
+    assert not np.array_equal(x, other.gaussian(1.0, (5,)))
+
+
+def test_distributed_shares_sum_to_the_target_variance():
+    src = UnsafeSeededNoise(0, "test")
+    total = sum(distributed_gaussian_share(src, 3.0, 5, (20000,)) for _ in range(5))
+    assert np.std(total) == pytest.approx(3.0, rel=0.03)
+    share = distributed_gaussian_share(src, 3.0, 5, (20000,), min_contributors=3)
+    assert np.std(share) == pytest.approx(3.0 / np.sqrt(3), rel=0.03)
+    with pytest.raises(PrivacyError):
+        distributed_gaussian_share(src, 3.0, 5, (2,), min_contributors=6)
+
+
+@pytest.mark.slow
+def test_csprng_noise_has_the_calibrated_scale():
+    src = SecureNoise()
+    g = src.gaussian(2.5, (200_000,))
+    assert stats.kstest(g, stats.norm(scale=2.5).cdf).pvalue > 1e-4
+    lap = src.laplace(0.7, (200_000,))
+    assert stats.kstest(lap, stats.laplace(scale=0.7).cdf).pvalue > 1e-4
+    # a 5% wrong scale is detected by the same test
+    assert stats.kstest(g, stats.norm(scale=2.5 * 1.05).cdf).pvalue < 1e-4
+
+
+def test_privacy_layer_imports_no_higher_layer():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, securefed.privacy, securefed.privacy.protection\n"
+        "bad = {'torch', 'flwr', 'cryptography', 'tenseal'} & {m.split('.')[0] for m in "
+        "sys.modules}\nprint(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

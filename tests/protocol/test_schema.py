@@ -1,0 +1,210 @@
+"""Study protocol v1: strictness, canonical hash, cross-field checks and the CLI."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from securefed.cli import app
+from securefed.errors import ProtocolError
+from securefed.protocol import canonical_bytes, load_protocol, parse_protocol, protocol_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "protocols" / "demo.toml"
+PAPER = ROOT / "protocols" / "fets2022-cffl.toml"
+ALL_METHODS = ROOT / "protocols" / "demo-all-methods.toml"
+FP = "sha256:" + "ab" * 32
+
+
+def demo_dict() -> dict:
+    return tomllib.loads(DEMO.read_text())
+
+
+def test_shipped_protocols_load() -> None:
+    for path in (DEMO, PAPER, ALL_METHODS):
+        loaded = load_protocol(path)
+        assert loaded.sha256.startswith("sha256:") and len(loaded.sha256) == 71
+
+
+def test_all_methods_demo_differs_from_the_demo_only_in_its_methods() -> None:
+    demo = load_protocol(DEMO).protocol.model_dump()
+    full = load_protocol(ALL_METHODS).protocol.model_dump()
+    assert set(full["training"].pop("baselines")) == {
+        "local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized"
+    }  # fmt: skip
+    demo["training"].pop("baselines")
+    demo.pop("study"), full.pop("study")
+    assert full == demo, "keep protocols/demo-all-methods.toml in step with protocols/demo.toml"
+
+
+def test_paper_protocol_has_paper_settings() -> None:
+    p = load_protocol(PAPER).protocol
+    assert p.radiomics.bin_width == 0.09
+    assert p.clustering.k == 10 and p.clustering.k_selection == "fixed"
+    assert p.clustering.pca_components == 30 and p.clustering.covariance_type == "tied"
+    assert p.clustering.n_init == 20 and p.clustering.seed == 6
+    assert p.training.lr == 0.05 and p.training.optimizer == "sgd" and p.training.momentum == 0
+    assert p.training.global_rounds == 300 and p.training.finetune_rounds == 50
+    assert p.training.crop_size == (128, 128, 128)
+    assert p.release.mode == "plain"
+
+
+def test_unknown_key_rejected_with_field_name() -> None:
+    data = demo_dict()
+    data["release"]["epsilonn"] = 1.0
+    with pytest.raises(ProtocolError, match=r"release\.epsilonn: unknown field"):
+        parse_protocol(data)
+
+
+def test_closed_algorithm_lists() -> None:
+    data = demo_dict()
+    data["clustering"]["algorithm"] = "dbscan"
+    with pytest.raises(ProtocolError, match=r"clustering\.algorithm"):
+        parse_protocol(data)
+
+
+def test_frozen() -> None:
+    p = load_protocol(DEMO).protocol
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        p.study.name = "x"  # type: ignore[misc]
+
+
+def test_hash_ignores_formatting_and_explicit_defaults() -> None:
+    data = demo_dict()
+    h = protocol_hash(parse_protocol(data))
+    data["radiomics"]["feature_classes"] = ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
+    data["secure_aggregation"]["clipping_range"] = 8.0  # the default, written out
+    assert protocol_hash(parse_protocol(data)) == h
+    assert protocol_hash(load_protocol(DEMO).protocol) == h
+
+
+def test_hash_changes_with_any_value() -> None:
+    data = demo_dict()
+    h = protocol_hash(parse_protocol(data))
+    data["training"]["lr"] = 0.004
+    assert protocol_hash(parse_protocol(data)) != h
+
+
+def test_canonical_form_is_compact_sorted_json() -> None:
+    raw = canonical_bytes(load_protocol(PAPER).protocol)
+    parsed = json.loads(raw)
+    assert raw == json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
+    assert parsed["privacy"]["total_epsilon"] == "inf"
+    assert parsed["schema_version"] == 1
+
+
+def test_epsilon_allocations_must_fit_total() -> None:
+    data = demo_dict()
+    data["privacy"]["total_epsilon"] = 1.0
+    data["release"] = {
+        "mode": "local-dp",
+        "epsilon": 2.0,
+        "delta": 1e-6,
+        "bounds": {"file": "b.json", "sha256": FP},
+    }
+    data["clustering"]["scaling"] = "declared-bounds"
+    with pytest.raises(ProtocolError, match=r"total_epsilon \(1.0\) is below"):
+        parse_protocol(data)
+    data["privacy"]["total_epsilon"] = 2.0
+    assert parse_protocol(data).allocated_budget() == (2.0, 1e-6)
+
+
+def test_threshold_le_shares_le_sites() -> None:
+    data = demo_dict()
+    data["secure_aggregation"]["reconstruction_threshold"] = 3
+    with pytest.raises(ProtocolError, match="reconstruction_threshold"):
+        parse_protocol(data)
+    data["secure_aggregation"].update({"num_shares": 2, "reconstruction_threshold": 2})
+    with pytest.raises(ProtocolError, match=r"num_shares \(2\) must be >= 3"):
+        parse_protocol(data)
+    data["training"]["aggregation"] = "fedavg"  # SecAgg+ parameters unused: not checked
+    assert parse_protocol(data).training.aggregation == "fedavg"
+    data = demo_dict()
+    data["sites"] = [{"id": "a", "partition_id": 1}, {"id": "b", "partition_id": 2}]
+    with pytest.raises(ProtocolError, match=r"num_shares \(3\) must be <= the number of sites"):
+        parse_protocol(data)
+
+
+def test_deployment_requires_keys_and_forbids_unsafe() -> None:
+    data = demo_dict()
+    data["study"]["mode"] = "deployment"
+    with pytest.raises(ProtocolError, match="must list its sites"):
+        parse_protocol(data)
+    data["sites"] = [
+        {"id": f"h{i}", "partition_id": i, "signing_key": FP, "encryption_key": FP}
+        for i in range(1, 4)
+    ]
+    data["server"] = {"id": "server", "signing_key": FP, "encryption_key": FP}
+    data["governance"] = {"signing_key": FP}
+    assert parse_protocol(data).study.mode == "deployment"
+    data["privacy"]["unsafe_seeded_noise"] = True
+    with pytest.raises(ProtocolError, match="only allowed in a 'simulation'"):
+        parse_protocol(data)
+
+
+def test_simulation_sites_from_partitions() -> None:
+    p = load_protocol(DEMO).protocol
+    sites = p.resolve_sites([3, 1, 2, 3])
+    assert [s.id for s in sites] == ["site-1", "site-2", "site-3"]
+
+
+def test_local_dp_needs_epsilon_and_bounds() -> None:
+    data = demo_dict()
+    data["release"] = {"mode": "local-dp"}
+    with pytest.raises(ProtocolError, match="needs release.epsilon"):
+        parse_protocol(data)
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("schema_version = 1\n[study\n")
+    with pytest.raises(ProtocolError, match="bad.toml: not valid TOML"):
+        load_protocol(bad)
+    with pytest.raises(ProtocolError, match="not found"):
+        load_protocol(tmp_path / "missing.toml")
+
+
+runner = CliRunner()
+
+
+def test_cli_check_prints_hash() -> None:
+    result = runner.invoke(app, ["protocol", "check", str(DEMO)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == load_protocol(DEMO).sha256
+
+
+def test_cli_check_invalid_exits_2_and_names_field(tmp_path: Path) -> None:
+    text = DEMO.read_text().replace('mode = "plain"', 'mode = "clear"')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    result = runner.invoke(app, ["protocol", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "release.mode" in result.output
+
+
+def test_cli_version_and_help() -> None:
+    assert runner.invoke(app, ["version"]).exit_code == 0
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    assert runner.invoke(app, ["protocol", "--help"]).exit_code == 0
+
+
+def test_every_field_is_documented_and_reference_is_current() -> None:
+    from securefed.protocol.reference import (
+        BEGIN_MARK,
+        END_MARK,
+        FIELD_DOCS,
+        all_field_paths,
+        reference_markdown,
+    )
+
+    missing = [p for p in all_field_paths() if not FIELD_DOCS.get(p)]
+    assert not missing, f"undocumented protocol fields: {missing}"
+    text = (ROOT / "protocols" / "README.md").read_text()
+    embedded = text.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
+    assert embedded == reference_markdown().strip(), (
+        "protocols/README.md is stale: regenerate it with `python -m securefed.protocol.reference`"
+    )

@@ -1,0 +1,289 @@
+"""Site release -> sealed envelopes -> server collect, in plain and local-DP modes, and every
+refusal at collection (tampering, wrong protocol, replay, foreign partition)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from securefed.crypto import generate_keys, load_private_keys, load_public_keys, write_keys
+from securefed.errors import (
+    BudgetExceededError,
+    PrivacyError,
+    ProtocolError,
+)
+from securefed.privacy import derive_bounds, read_ledger, write_bounds
+from securefed.protocol import load_protocol
+from securefed.radiomics import FeatureTable, columns, save_table
+from securefed.server.collect import CollectionRefused, collect_features, load_collected
+from securefed.site.release import release_site_features
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "protocols" / "demo.toml"
+COLUMNS = columns()
+
+
+def _featdir(tmp: Path, settings: dict, n_per_site: int = 6, sites: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    ids, parts, splits = [], [], []
+    for p in range(1, sites + 1):
+        for i in range(n_per_site):
+            ids.append(f"FeTS2022_{p:02d}{i:03d}")
+            parts.append(p)
+            splits.append(("train", "train", "train", "val", "test", "train")[i % 6])
+    values = rng.normal(size=(len(ids), len(COLUMNS)))
+    table = FeatureTable(ids, parts, splits, COLUMNS, values)
+    return save_table(table, tmp / "featdir", {"settings": settings})
+
+
+def _protocol(tmp: Path, **release: object) -> Path:
+    data = tomllib.loads(DEMO.read_text())
+    if release:
+        data["release"] = release
+        data["clustering"]["scaling"] = "declared-bounds"
+    path = tmp / "study.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path
+
+
+def _keys(tmp: Path, sites: int = 3) -> dict:
+    folder = tmp / "keys"
+    server = generate_keys("server", "server")
+    write_keys(server, folder)
+    out = {"server": load_private_keys(folder / "server.key")}
+    for p in range(1, sites + 1):
+        write_keys(generate_keys("site", f"site-{p}"), folder)
+        out[f"site-{p}"] = load_private_keys(folder / f"site-{p}.key")
+    out["server_pub"] = load_public_keys(folder / "server.pub.json")
+    out["site_pubs"] = tuple(load_public_keys(folder / f"site-{p}.pub.json") for p in range(1, 4))
+    return out
+
+
+def _release_all(tmp: Path, proto: Path, featdir: Path, keys: dict, inbox: Path) -> list:
+    loaded = load_protocol(proto)
+    return [
+        release_site_features(
+            featdir, loaded, keys[f"site-{p}"], keys["server_pub"], inbox, tmp / f"state-{p}"
+        )
+        for p in range(1, 4)
+    ]
+
+
+def test_plain_round_trip(tmp_path: Path) -> None:
+    proto = _protocol(tmp_path)
+    loaded = load_protocol(proto)
+    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = _keys(tmp_path)
+    results = _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    assert all(r.epsilon == float("inf") and r.cases == 6 for r in results)
+    table = collect_features(
+        tmp_path / "inbox",
+        loaded,
+        keys["server"],
+        tmp_path / "collected",
+        tmp_path / "server",
+        site_public_keys=keys["site_pubs"],
+    )
+    assert table.columns == list(COLUMNS) and len(table.columns) == 372
+    back = load_collected(tmp_path / "collected")
+    assert back.values.shape == (18, 372) and np.isfinite(back.values).all()
+    assert sorted(set(back.partition_ids)) == [1, 2, 3]
+    # Plain mode: exactly the site's values, nothing charged.
+    from securefed.radiomics import load_table
+
+    raw, _ = load_table(featdir)
+    order = [raw.subject_ids.index(s) for s in back.subject_ids]
+    np.testing.assert_array_equal(back.values, raw.values[order])
+    # Replaying the same inbox is refused as a whole.
+    with pytest.raises(CollectionRefused, match="SF152"):
+        collect_features(
+            tmp_path / "inbox",
+            loaded,
+            keys["server"],
+            tmp_path / "again",
+            tmp_path / "server",
+            site_public_keys=keys["site_pubs"],
+        )
+    assert not (tmp_path / "again").exists()
+
+
+def test_local_dp_release_charges_ledger_and_refuses_past_budget(tmp_path: Path) -> None:
+    demo = load_protocol(DEMO)
+    featdir = _featdir(tmp_path, demo.protocol.radiomics.model_dump(mode="json"))
+    ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
+    bounds = derive_bounds(ref, COLUMNS, source="test reference, not study data")
+    sha = write_bounds(bounds, tmp_path / "bounds.json")
+    proto = _protocol(
+        tmp_path,
+        mode="local-dp",
+        mechanism="gaussian",
+        epsilon=4.0,
+        delta=1e-6,
+        bounds={"file": "bounds.json", "sha256": sha},
+        projection="random",
+        dimension=8,
+        projection_seed=3,
+    )
+    keys = _keys(tmp_path)
+    loaded = load_protocol(proto)
+    results = _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    assert all(r.columns == 8 and r.epsilon == 4.0 for r in results)
+    table = collect_features(
+        tmp_path / "inbox",
+        loaded,
+        keys["server"],
+        tmp_path / "collected",
+        tmp_path / "server",
+        site_public_keys=keys["site_pubs"],
+    )
+    assert table.values.shape == (18, 8)
+    state = read_ledger(tmp_path / "state-1" / "ledger.jsonl")
+    assert 3.0 < state.spent() <= 4.0 + 1e-9  # spend at the total delta (1e-5) <= 4 at 1e-6
+    # The same release again is refused (no double release), and a different release of 4 more
+    # is refused before any noise: total_epsilon is 8 but RDP composition of two 4s exceeds it
+    # or the duplicate is caught; either way no envelope is written.
+    with pytest.raises(PrivacyError):
+        release_site_features(
+            featdir,
+            loaded,
+            keys["site-1"],
+            keys["server_pub"],
+            tmp_path / "out2",
+            tmp_path / "state-1",
+        )
+    assert not list((tmp_path / "out2").glob("*.env"))
+
+
+def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
+    demo = load_protocol(DEMO)
+    settings = demo.protocol.radiomics.model_dump(mode="json")
+    featdir = _featdir(tmp_path, settings)
+    ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
+    sha = write_bounds(derive_bounds(ref, COLUMNS, source="test reference"), tmp_path / "b.json")
+    proto = _protocol(
+        tmp_path,
+        mode="local-dp",
+        mechanism="laplace",
+        epsilon=5.0,
+        delta=0.0,
+        bounds={"file": "b.json", "sha256": sha},
+        projection="random",
+        dimension=4,
+    )
+    keys = _keys(tmp_path)
+    loaded = load_protocol(proto)
+    release_site_features(
+        featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o1", tmp_path / "st"
+    )
+    # New data (a re-extraction), same site: 5 + 5 > 8 -> refused before noise, no envelope.
+    featdir2 = _featdir(tmp_path / "second", settings)
+    raw = featdir2 / "features.csv"
+    assert raw.exists()
+    from securefed.radiomics import load_table
+
+    t2, manifest = load_table(featdir2)
+    shifted = FeatureTable(t2.subject_ids, t2.partition_ids, t2.splits, t2.columns, t2.values + 1)
+    save_table(shifted, featdir2, {"settings": settings})
+    with pytest.raises(BudgetExceededError):
+        release_site_features(
+            featdir2, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o2", tmp_path / "st"
+        )
+    assert not list((tmp_path / "o2").glob("*.env"))
+    assert len(read_ledger(tmp_path / "st" / "ledger.jsonl").entries) >= 1
+
+
+def test_tampered_envelope_refuses_collection_and_writes_nothing(tmp_path: Path) -> None:
+    proto = _protocol(tmp_path)
+    loaded = load_protocol(proto)
+    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = _keys(tmp_path)
+    _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    victim = tmp_path / "inbox" / "site-2.features.env"
+    good = victim.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CollectionRefused, match="site-2.features.env") as info:
+        collect_features(
+            tmp_path / "inbox",
+            loaded,
+            keys["server"],
+            tmp_path / "collected",
+            tmp_path / "server",
+            site_public_keys=keys["site_pubs"],
+        )
+    assert info.value.exit_code == 3
+    assert not (tmp_path / "collected").exists()
+    victim.write_bytes(good)  # the guard did not advance: the genuine set still collects
+    table = collect_features(
+        tmp_path / "inbox",
+        loaded,
+        keys["server"],
+        tmp_path / "collected",
+        tmp_path / "server",
+        site_public_keys=keys["site_pubs"],
+    )
+    assert len(table.subject_ids) == 18
+
+
+def test_wrong_protocol_and_settings_are_refused(tmp_path: Path) -> None:
+    proto = _protocol(tmp_path)
+    loaded = load_protocol(proto)
+    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = _keys(tmp_path)
+    _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    other = tomllib.loads(proto.read_text())
+    other["training"]["lr"] = 0.01
+    other_path = tmp_path / "other.toml"
+    other_path.write_bytes(tomli_w.dumps(other).encode())
+    with pytest.raises(CollectionRefused, match="SF156"):
+        collect_features(
+            tmp_path / "inbox",
+            load_protocol(other_path),
+            keys["server"],
+            tmp_path / "c",
+            tmp_path / "server",
+            site_public_keys=keys["site_pubs"],
+        )
+    other["radiomics"]["bin_width"] = 0.05
+    other_path.write_bytes(tomli_w.dumps(other).encode())
+    with pytest.raises(ProtocolError, match="other radiomics settings"):
+        release_site_features(
+            featdir,
+            load_protocol(other_path),
+            keys["site-1"],
+            keys["server_pub"],
+            tmp_path / "x",
+            tmp_path / "s",
+        )
+
+
+def test_unknown_site_and_wrong_server_key(tmp_path: Path) -> None:
+    proto = _protocol(tmp_path)
+    loaded = load_protocol(proto)
+    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = _keys(tmp_path)
+    intruder = generate_keys("site", "site-9")
+    with pytest.raises(ProtocolError, match="not a site of this protocol"):
+        release_site_features(
+            featdir, loaded, intruder, keys["server_pub"], tmp_path / "x", tmp_path / "s"
+        )
+    _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    # A collector that only knows sites 1 and 2 refuses site-3's envelope as an unknown sender.
+    with pytest.raises(CollectionRefused, match="SF153"):
+        collect_features(
+            tmp_path / "inbox",
+            loaded,
+            keys["server"],
+            tmp_path / "c",
+            tmp_path / "server",
+            site_public_keys=keys["site_pubs"][:2],
+        )
+
+
+def test_budget_error_is_a_privacy_error() -> None:
+    assert issubclass(BudgetExceededError, PrivacyError)

@@ -1,0 +1,190 @@
+"""End to end on CPU: a tiny synthetic federation through every stage of `securefed run`
+(extraction, sealed release, collection, clustering with the sealed model exchange, Flower
+FedAvg + CFFL under SecAgg+, evaluation, report), then a resume that redoes nothing."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from support.study import TINY, tiny_protocol
+from typer.testing import CliRunner
+
+from securefed.cli import app
+from securefed.data.synth import synthesize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fed") / "data"
+    synthesize(out, preset=TINY, seed=1)
+    return out
+
+
+@pytest.mark.slow
+def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> None:
+    """Institution 3 is held out: it trains nothing and is scored apart as unseen."""
+    protocol = tiny_protocol(tmp_path, held_out=(3,))
+    rundir = tmp_path / "run"
+    runner = CliRunner()
+    args = ["run", str(protocol), "--data", str(tiny_federation), "--out", str(rundir),
+            "--truth", str(tiny_federation / "truth.csv"), "--workers", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("protocol.toml", "clusters.csv", "results.json", "report.html",
+                 "evaluation/per_case.csv", "training/phases.json"):  # fmt: skip
+        assert (rundir / name).is_file(), name
+    results = json.loads((rundir / "results.json").read_text())
+    methods = results["segmentation"]["methods"]
+    assert set(methods) == {
+        "local",
+        "local-finetune",
+        "fedavg",
+        "cffl",
+        "cffl-ideal",
+        "centralized",
+    }
+    assert not methods["centralized"]["private"] and not methods["cffl-ideal"]["private"]
+    assert methods["fedavg"]["private"] and methods["local"]["private"]
+    for res in methods.values():
+        assert res["n_cases"] > 0
+        assert all(0.0 <= res["mean"][r] <= 1.0 for r in ("TC", "WT", "ET"))
+    assert results["clustering"]["k"] == 2
+    assert "ari_scanner" in results["clustering"]["quality"]
+    # The unseen institution: all 5 of its cases routed by radiomics and scored apart.
+    unseen = results["segmentation"]["unseen"]
+    assert unseen["fedavg"]["n_cases"] == 5 and unseen["cffl"]["n_cases"] == 5
+    roles = {s["site"]: s["role"] for s in results["data"]["sites"]}
+    assert roles == {"site-1": "training", "site-2": "training", "site-3": "unseen"}
+    for method in ("local", "fedavg", "cffl"):
+        assert "site-3" not in methods[method]["per_site"]
+    # Training sites released through the sealed channel; the unseen one sent nothing.
+    assert sorted(p.name for p in (rundir / "server" / "inbox").glob("*.env")) == [
+        "site-1.features.env", "site-2.features.env"]  # fmt: skip
+    # The server holds the collected table (training sites' cases only).
+    collected = (rundir / "server" / "features" / "features.csv").read_text().splitlines()
+    assert len(collected) == 1 + 10
+    clusters = (rundir / "clusters.csv").read_text().splitlines()
+    assert clusters[0] == "subject_id,partition_id,split,cluster" and len(clusters) == 16
+    # Resume: every stage but the report is skipped, nothing is recomputed.
+    before = (rundir / "training" / "phases.json").stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "skipped" in again.output
+    assert (rundir / "training" / "phases.json").stat().st_mtime_ns == before
+
+
+def test_run_refuses_other_protocol_in_same_rundir(tiny_federation: Path, tmp_path: Path) -> None:
+    protocol = tiny_protocol(tmp_path)
+    rundir = tmp_path / "run"
+    runner = CliRunner()
+    first = runner.invoke(
+        app, ["run", str(protocol), "--data", str(tiny_federation), "--out", str(rundir),
+              "--stop-after", "features", "--workers", "1"],
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    (tmp_path / "other").mkdir()
+    other = tiny_protocol(tmp_path / "other", aggregation="fedavg")
+    second = runner.invoke(
+        app, ["run", str(other), "--data", str(tiny_federation), "--out", str(rundir)]
+    )
+    assert second.exit_code == 2
+    assert "holds a run of protocol" in second.output
+
+
+@pytest.mark.slow
+def test_secure_aggregate_clustering_through_the_study(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    """release.mode = secure-aggregate: no per-case vector reaches the server; the clustering
+    rounds are charged to every site's ledger; sites assign their own cases."""
+    import numpy as np
+
+    from securefed.data import load_federation
+    from securefed.privacy import derive_bounds, read_ledger, write_bounds
+    from securefed.protocol import load_protocol
+    from securefed.radiomics import extract_features
+
+    # Bounds from a REFERENCE federation (another seed), never from the study's data.
+    ref_root = tmp_path / "reference"
+    synthesize(ref_root, preset=TINY, seed=7)
+    fed = load_federation(ref_root)
+    demo = load_protocol(ROOT / "protocols" / "demo.toml").protocol
+    ref = extract_features(
+        list(fed.cases.values()), demo.radiomics, cache_dir=tmp_path / "refcache",
+        partition_of=fed.partition_of, split_of={s: "train" for s in fed.cases},
+    )  # fmt: skip
+    bounds = derive_bounds(
+        np.asarray(ref.table.values), ref.table.columns, source="tiny reference, seed 7",
+        margin=0.1,
+    )  # fmt: skip
+    sha = write_bounds(bounds, tmp_path / "bounds.json")
+    path = tiny_protocol(tmp_path)
+    data = tomllib.loads(path.read_text())
+    data["release"] = {
+        "mode": "secure-aggregate",
+        "bounds": {"file": "bounds.json", "sha256": sha},
+        "projection": "subset",
+        "subset": ["flair_firstorder_Mean", "t1_glcm_Contrast", "t2_firstorder_Entropy"],
+    }
+    data["clustering"]["secure"] = {"epsilon": 1.0, "delta": 1e-6, "min_sites_per_aggregate": 2}
+    path.write_bytes(tomli_w.dumps(data).encode())
+    rundir = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", str(path), "--data", str(tiny_federation), "--out", str(rundir),
+              "--stop-after", "clustering", "--workers", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Nothing per-case was released or collected.
+    assert not (rundir / "server" / "inbox").exists()
+    assert not (rundir / "server" / "features").exists()
+    clusters = (rundir / "clusters.csv").read_text().splitlines()
+    assert len(clusters) == 16
+    for site in ("site-1", "site-2", "site-3"):
+        state = read_ledger(rundir / "sites" / site / "ledger.jsonl")
+        assert state.charges, f"{site}: no clustering charge"
+        assert 0 < state.spent() <= 1.0 + 1e-9
+    report = json.loads((rundir / "server" / "clustering" / "clustering.json").read_text())
+    assert report["secure"]["messages_received_by_server"] > 0
+
+
+@pytest.mark.slow
+def test_demo_command_synthesizes_runs_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    """`securefed demo` end to end: synthesizes OUT/data, runs --protocol in OUT/run-<name>,
+    writes the report; a second call reuses the data and resumes. Only the synthetic preset is
+    made smaller (the tiny one instead of the 45-case demo) to keep the test fast."""
+    import securefed.data.synth as synth
+
+    real = synth.synthesize
+    presets: list[str] = []
+
+    def tiny_synthesize(out, preset="demo", **kwargs):  # noqa: ANN001, ANN202
+        presets.append(preset)
+        return real(out, preset=TINY, seed=kwargs.get("seed", 0), on_case=kwargs.get("on_case"))
+
+    monkeypatch.setattr(synth, "synthesize", tiny_synthesize)
+    protocol = tiny_protocol(tmp_path, aggregation="fedavg")
+    data = tomllib.loads(protocol.read_text())
+    data["training"]["baselines"] = ["fedavg", "cffl"]
+    protocol.write_bytes(tomli_w.dumps(data).encode())
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--protocol", str(protocol), "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert presets == ["demo"]
+    assert (out / "data" / "truth.csv").is_file()
+    rundir = out / "run-tiny"
+    assert (rundir / "report.html").is_file() and "demo finished" in result.output
+    methods = json.loads((rundir / "results.json").read_text())["segmentation"]["methods"]
+    assert set(methods) == {"fedavg", "cffl"}
+    assert (
+        "ari_scanner" in json.loads((rundir / "results.json").read_text())["clustering"]["quality"]
+    )
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert presets == ["demo"] and "skipped" in again.output

@@ -1,0 +1,1 @@
+"""Shared builders for the tests (synthetic cases, protocols, stand-in tasks); no tests here."""

@@ -1,0 +1,58 @@
+"""A tiny synthetic federation and a CPU-sized study protocol for the study tests."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from securefed.data.synth.presets import Institution, Preset
+from securefed.protocol.shipped import shipped_protocol
+
+TINY = Preset(
+    name="tiny-e2e",
+    description="3 institutions x 5 cases at 6 mm, two scanners",
+    institutions=(
+        Institution(1, 5, (("siemens-3t", 0.6), ("legacy-1.5t", 0.4))),
+        Institution(2, 5, (("siemens-3t", 1.0),)),
+        Institution(3, 5, (("legacy-1.5t", 1.0),)),
+    ),
+    spacing_mm=6.0,
+)
+
+
+def tiny_protocol(
+    tmp: Path,
+    aggregation: str = "secagg+",
+    held_out: tuple[int, ...] = (),
+    baselines: tuple[str, ...] = (
+        "local",
+        "local-finetune",
+        "fedavg",
+        "cffl",
+        "cffl-ideal",
+        "centralized",
+    ),
+) -> Path:
+    data = tomllib.loads(shipped_protocol("demo").read_text())
+    data["study"]["name"] = "tiny-e2e"
+    data["data"]["held_out_partitions"] = list(held_out)
+    data["clustering"].update({"k_selection": "fixed", "k": 2, "pca_components": 3, "n_init": 2})
+    data["training"].update(
+        {
+            "crop_size": [16, 16, 16],
+            "spacing_mm": 6.0,
+            "global_rounds": 1,
+            "local_steps": 1,
+            "finetune_rounds": 1,
+            "local_epochs_baseline": 1,
+            "baselines": list(baselines),
+            "aggregation": aggregation,
+        }
+    )
+    data["evaluation"].update({"roi_size": [32, 32, 32], "hd95": False})
+    data["secure_aggregation"]["timeout_s"] = 300  # a bound for hangs; rounds take seconds
+    path = tmp / "tiny.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path
