@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import FedAvgM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from securefed.data import load_federation  # noqa: E402
-from securefed.federation.server_app import fedavgm_step  # noqa: E402
 from securefed.models import build_model  # noqa: E402
 from securefed.protocol import load_protocol  # noqa: E402
 from securefed.training.local import (  # noqa: E402
@@ -85,7 +86,8 @@ def main() -> None:
     print(f"prepared in {time.time() - t0:.1f} s", flush=True)
     model = build_model(spec)
     w = [x.astype(np.float64) for x in get_weights(model)]
-    velocity = None
+    # The server step is Flower's FedAvgM, as in securefed's ServerApp (PhaseStrategy).
+    server = FedAvgM(server_learning_rate=a.server_lr, server_momentum=a.momentum)
     val = [c for p in sorted(sites) for c in sites[p]["val"]]
     test = [c for p in sorted(sites) for c in sites[p]["test"]]
     train_s = eval_s = 0.0
@@ -103,9 +105,12 @@ def main() -> None:
             for i, x in enumerate(get_weights(model)):
                 acc[i] += len(tr) * x
             n += len(tr)
-        w, velocity = fedavgm_step(
-            w, [total / n for total in acc], velocity, momentum=a.momentum, lr=a.server_lr
+        server.initial_parameters = ndarrays_to_parameters([x.astype(np.float32) for x in w])
+        average = ndarrays_to_parameters([(total / n).astype(np.float32) for total in acc])
+        stepped, _ = server.aggregate_fit(
+            r, [(None, FitRes(Status(Code.OK, ""), average, n, {}))], []
         )
+        w = parameters_to_ndarrays(stepped)
         train_s += time.time() - t1
         if r % a.eval_every == 0 or r == a.rounds:
             t2 = time.time()

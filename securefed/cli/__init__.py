@@ -8,6 +8,7 @@ import typer
 from securefed import __version__
 from securefed.cli import cluster as _cluster
 from securefed.cli import data as _data
+from securefed.cli import federation as _federation
 from securefed.cli import keys as _keys
 from securefed.cli import privacy as _privacy
 from securefed.cli import protocol as _protocol
@@ -44,7 +45,18 @@ def version() -> None:
     console.print(f"securefed {__version__}")
 
 
-for _module in (_synth, _data, _protocol, _keys, _radiomics, _site, _privacy, _cluster, _study):
+for _module in (
+    _synth,
+    _data,
+    _protocol,
+    _keys,
+    _radiomics,
+    _site,
+    _privacy,
+    _cluster,
+    _study,
+    _federation,
+):
     _module.register(app)
 
 

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: console, --quiet, progress bars and the error-to-exit-code mapping."""
+"""Shared CLI plumbing: console, --quiet, progress bars, the error-to-exit-code mapping and the
+PROTOCOL argument the commands share."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from securefed.errors import SecurefedError
+from securefed.errors import ConfigError, SecurefedError
 
 __all__ = [
     "console",
@@ -32,6 +34,9 @@ __all__ = [
     "track",
     "info",
     "subgroup",
+    "ProtocolArg",
+    "ProtocolOption",
+    "resolve_protocol",
 ]
 
 console = Console()
@@ -124,3 +129,39 @@ def subgroup(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
     group = typer.Typer(help=help_text, no_args_is_help=True)
     app.add_typer(group, name=name)
     return group
+
+
+# --- the study protocol, passed the same way everywhere -----------------------------------------
+# Every command that reads a protocol takes it as its first positional argument PROTOCOL (as
+# `securefed run PROTOCOL`). Commands that once took `--protocol FILE` keep that spelling as a
+# hidden alias for existing scripts; `resolve_protocol` accepts exactly one of the two.
+
+ProtocolArg = Annotated[
+    Path | None,
+    typer.Argument(metavar="PROTOCOL", help="Study protocol TOML.", show_default=False),
+]
+ProtocolOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--protocol",
+        hidden=True,
+        help="Old spelling of the PROTOCOL argument (kept for existing scripts).",
+        show_default=False,
+    ),
+]
+
+
+def resolve_protocol(positional: Path | None, option: Path | None) -> Path:
+    """The protocol path given either as PROTOCOL or as the old `--protocol FILE`, never both.
+
+    Raises ConfigError (exit 2) when neither or both are given."""
+    if positional is not None:
+        if option is not None:
+            raise ConfigError(
+                f"the protocol is given twice ({positional} and --protocol {option}); "
+                "give it once, as the PROTOCOL argument"
+            )
+        return positional
+    if option is None:
+        raise ConfigError("missing the study protocol: give it as the PROTOCOL argument")
+    return option

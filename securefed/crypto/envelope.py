@@ -200,21 +200,8 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def open_envelope(
-    data: bytes,
-    *,
-    recipient: PrivateKeys,
-    senders: Mapping[str, str],
-    protocol_hash: str,
-    stage: str,
-    max_size: int = MAX_ENVELOPE_BYTES,
-) -> tuple[EnvelopeHeader, bytes]:
-    """Verify and decrypt an envelope; return its header and payload.
-
-    ``senders`` maps each allowed sender id to its pinned Ed25519 fingerprint (from the
-    protocol). Raises OversizeError, TamperError (incl. TruncatedError), VersionError,
-    UnknownSenderError, WrongProtocolError, WrongKeyError or WrongStageError; returns nothing on
-    failure. The caller must still check the counter for replay."""
+def _frame(data: bytes, max_size: int) -> tuple[bytes, int, int]:
+    """Check the envelope's framing; returns (header bytes, body start, body length)."""
     if len(data) > max_size:
         raise OversizeError(f"envelope is {len(data)} bytes, over the limit of {max_size}")
     if len(data) < _PREFIX.size:
@@ -232,7 +219,6 @@ def open_envelope(
     pos = _PREFIX.size + header_len
     if len(data) < pos + _BODY_LEN.size + _SIG_LEN:
         raise TruncatedError("envelope is truncated (header or body length cut off)")
-    header_bytes = bytes(data[_PREFIX.size : pos])
     (body_len,) = _BODY_LEN.unpack_from(data, pos)
     body_start = pos + _BODY_LEN.size
     expected = body_start + body_len + _SIG_LEN
@@ -241,7 +227,12 @@ def open_envelope(
             f"envelope is {len(data)} bytes but its length fields say {expected} "
             "(truncated or extended)"
         )
-    header = _parse_header(header_bytes)
+    return bytes(data[_PREFIX.size : pos]), body_start, body_len
+
+
+def _verify_sender(data: bytes, header: dict[str, Any], senders: Mapping[str, str]) -> str:
+    """The sender's key must be the one the protocol pins and must sign the whole envelope;
+    returns the pinned fingerprint."""
     sender_id = header["sender"]
     pinned = senders.get(sender_id)
     if pinned is None:
@@ -266,6 +257,14 @@ def open_envelope(
         raise TamperError(
             f"envelope from {sender_id!r}: signature does not verify (modified in transit)"
         ) from exc
+    return pinned
+
+
+def _check_binding(
+    header: dict[str, Any], recipient: PrivateKeys, protocol_hash: str, stage: str
+) -> None:
+    """The (signed) header must bind this protocol, this recipient's key and this stage."""
+    sender_id = header["sender"]
     if header["protocol"] != protocol_hash:
         raise WrongProtocolError(
             f"envelope from {sender_id!r} is for protocol {header['protocol']}, not "
@@ -285,6 +284,28 @@ def open_envelope(
         raise WrongStageError(
             f"envelope from {sender_id!r} is for stage {header['stage']!r}, expected {stage!r}"
         )
+
+
+def open_envelope(
+    data: bytes,
+    *,
+    recipient: PrivateKeys,
+    senders: Mapping[str, str],
+    protocol_hash: str,
+    stage: str,
+    max_size: int = MAX_ENVELOPE_BYTES,
+) -> tuple[EnvelopeHeader, bytes]:
+    """Verify and decrypt an envelope; return its header and payload.
+
+    ``senders`` maps each allowed sender id to its pinned Ed25519 fingerprint (from the
+    protocol). Raises OversizeError, TamperError (incl. TruncatedError), VersionError,
+    UnknownSenderError, WrongProtocolError, WrongKeyError or WrongStageError; returns nothing on
+    failure. The caller must still check the counter for replay."""
+    header_bytes, body_start, body_len = _frame(data, max_size)
+    header = _parse_header(header_bytes)
+    pinned = _verify_sender(data, header, senders)
+    _check_binding(header, recipient, protocol_hash, stage)
+    sender_id = header["sender"]
     try:
         payload = _suite(header["kem"]).decrypt(
             bytes(data[body_start : body_start + body_len]),

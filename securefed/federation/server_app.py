@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server import ClientManager, LegacyContext, ServerConfig
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.strategy import FedAvg
+from flwr.server.strategy import FedAvgM
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid, ServerApp
@@ -55,13 +54,21 @@ from securefed.federation.config import PhaseConfig
 from securefed.federation.metrics import pooled_dice
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
 
-__all__ = ["PhaseStrategy", "fedavgm_step", "run_server_phase", "make_server_app", "app"]
+__all__ = ["PhaseStrategy", "run_server_phase", "make_server_app", "app"]
 
 log = logging.getLogger("securefed.flower")
 
 
-class PhaseStrategy(FedAvg):
-    """FedAvg over exactly the phase's sites; refuses an aggregate of fewer than ``min_sites``."""
+class PhaseStrategy(FedAvgM):
+    """Flower's FedAvgM over exactly the phase's sites (server lr 1 and momentum 0: plain FedAvg);
+    refuses an aggregate of fewer than ``min_sites``.
+
+    The server step (Hsu et al. 2019: ``v = m v + (w - avg)``, ``w' = w - lr v``) is Flower's:
+    it works on the (securely) aggregated model only, so it learns nothing more. Under SecAgg+
+    the workflow hands the unmasked aggregate as one result, which FedAvg leaves unchanged. The
+    round's start model is Flower's ``initial_parameters`` (set in :meth:`configure_fit`) and the
+    momentum vector is checkpointed every round, so a resumed phase continues the same update.
+    """
 
     def __init__(self, cfg: PhaseConfig, grid: Grid) -> None:
         super().__init__(
@@ -71,13 +78,13 @@ class PhaseStrategy(FedAvg):
             min_evaluate_clients=1,
             min_available_clients=1,
             accept_failures=True,
+            server_learning_rate=cfg.server_lr,
+            server_momentum=cfg.server_momentum,
         )
         self.cfg = cfg
         self.grid = grid
         self.proxies: dict[int, ClientProxy] = {}  # node id -> proxy
         self.partition_of_node: dict[int, int] = {}
-        self.round_start: list[np.ndarray] | None = None  # weights sent out this round
-        self.velocity: list[np.ndarray] | None = None  # server momentum (FedAvgM)
 
     def select(self, node_of_partition: dict[int, int]) -> None:
         run_id = self.grid.run.run_id
@@ -102,14 +109,18 @@ class PhaseStrategy(FedAvg):
         }
 
     @property
-    def uses_server_optimizer(self) -> bool:
-        return self.cfg.server_momentum > 0 or self.cfg.server_lr != 1.0
+    def velocity(self) -> list[np.ndarray] | None:
+        """The server momentum vector (FedAvgM), None before the first step or without one."""
+        return [np.asarray(v) for v in self.momentum_vector] if self.momentum_vector else None
+
+    @velocity.setter
+    def velocity(self, value: list[np.ndarray] | None) -> None:
+        self.momentum_vector = list(value) if value else None
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        if self.uses_server_optimizer:
-            self.round_start = parameters_to_ndarrays(parameters)
+        self.initial_parameters = parameters  # FedAvgM steps from the round's start model
         ins = FitIns(parameters, self.round_config(server_round))
         return [(proxy, ins) for proxy in self.proxies.values()]
 
@@ -132,9 +143,6 @@ class PhaseStrategy(FedAvg):
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
-        if aggregated is not None and self.uses_server_optimizer:
-            stepped = self.server_step(parameters_to_ndarrays(aggregated))
-            aggregated = ndarrays_to_parameters(stepped)
         losses = [(r.num_examples, float(r.metrics.get("loss", -1.0))) for _, r in results]
         total = sum(n for n, _ in losses) or 1
         metrics: dict[str, Scalar] = {
@@ -143,39 +151,6 @@ class PhaseStrategy(FedAvg):
             "train_loss": sum(n * v for n, v in losses) / total,
         }
         return aggregated, metrics
-
-    def server_step(self, aggregate: list[np.ndarray]) -> list[np.ndarray]:
-        """FedAvgM on the (securely) aggregated model (:func:`fedavgm_step`). Works on the
-        aggregate only, so it learns nothing more."""
-        if self.round_start is None:
-            raise TrainingError(f"{self.cfg.name}: server update without the round's start model")
-        out, self.velocity = fedavgm_step(
-            self.round_start, aggregate, self.velocity,
-            momentum=self.cfg.server_momentum, lr=self.cfg.server_lr,
-        )  # fmt: skip
-        return out
-
-
-def fedavgm_step(
-    start: Sequence[np.ndarray],
-    aggregate: Sequence[np.ndarray],
-    velocity: list[np.ndarray] | None,
-    *,
-    momentum: float,
-    lr: float,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """One FedAvgM server update (Hsu et al. 2019): ``v = m v + (w - avg)``,
-    ``w' = w - lr v``; ``velocity`` None starts at zero. Returns (new weights in the start
-    weights' dtypes, new velocity in float64). Momentum 0 and lr 1 give plain FedAvg."""
-    if velocity is None:
-        velocity = [np.zeros(np.shape(w), dtype=np.float64) for w in start]
-    out, new_velocity = [], []
-    for w, avg, v in zip(start, aggregate, velocity, strict=True):
-        w64 = np.asarray(w, dtype=np.float64)
-        v = momentum * v + (w64 - np.asarray(avg, dtype=np.float64))
-        new_velocity.append(v)
-        out.append((w64 - lr * v).astype(np.asarray(w).dtype))
-    return out, new_velocity
 
 
 # -- helpers ----------------------------------------------------------------------------------

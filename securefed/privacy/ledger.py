@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -387,9 +387,39 @@ def read_ledger(path: str | Path) -> LedgerState:
 
 
 def _check_entry(entry: Any, where: str, seq: int, state: LedgerState) -> None:
+    """Verify one ledger line against the chain so far and apply it to ``state``."""
+
     def bad(msg: str) -> LedgerCorruptError:
         return LedgerCorruptError(f"{where}: {msg}; the ledger was edited or damaged")
 
+    _check_frame(entry, seq, state, bad)
+    kind = entry["kind"]
+    if seq == 0:
+        if kind != "open":
+            raise bad("the first entry must be the 'open' entry")
+        try:
+            state.budget = BudgetSpec.from_json(entry["budget"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"malformed budget ({exc!r})") from exc
+        state.protocol, state.site = entry["protocol"], entry["site"]
+        return
+    if kind == "open":
+        raise bad("a second 'open' entry")
+    if (entry["protocol"], entry["site"]) != (state.protocol, state.site):
+        raise bad("entry for another protocol or site")
+    if kind == "intent":
+        _apply_intent(entry, state, bad)
+        return
+    rid = entry["release_id"]
+    if rid not in state.charges or rid in state.committed:
+        raise bad(f"commit for release {rid!r} without an open intent")
+    state.committed.add(rid)
+
+
+def _check_frame(
+    entry: Any, seq: int, state: LedgerState, bad: Callable[[str], LedgerCorruptError]
+) -> None:
+    """Shape, version, own hash, chain link and sequence number of an entry."""
     if not isinstance(entry, dict):
         raise bad("not a JSON object")
     kind = entry.get("kind")
@@ -406,36 +436,24 @@ def _check_entry(entry: Any, where: str, seq: int, state: LedgerState) -> None:
         raise bad("hash chain broken (prev does not match the previous entry)")
     if entry["seq"] != seq:
         raise bad(f"sequence number {entry['seq']!r}, expected {seq}")
-    if seq == 0:
-        if kind != "open":
-            raise bad("the first entry must be the 'open' entry")
-        try:
-            state.budget = BudgetSpec.from_json(entry["budget"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"malformed budget ({exc!r})") from exc
-        state.protocol, state.site = entry["protocol"], entry["site"]
-        return
-    if kind == "open":
-        raise bad("a second 'open' entry")
-    if (entry["protocol"], entry["site"]) != (state.protocol, state.site):
-        raise bad("entry for another protocol or site")
+
+
+def _apply_intent(
+    entry: dict[str, Any], state: LedgerState, bad: Callable[[str], LedgerCorruptError]
+) -> None:
+    """An intent: a new release id, a readable DP event and a claim that the event supports."""
     rid = entry["release_id"]
-    if kind == "intent":
-        if rid in state.charges:
-            raise bad(f"second intent for release {rid!r}")
+    if rid in state.charges:
+        raise bad(f"second intent for release {rid!r}")
+    try:
+        event = event_from_json(entry["event"])
+    except (LedgerError, TypeError, ValueError) as exc:
+        raise bad(f"unreadable DP event ({exc})") from exc
+    claimed = entry["claimed"]
+    if claimed is not None:
+        claimed = (float(claimed[0]), float(claimed[1]))
         try:
-            event = event_from_json(entry["event"])
-        except (LedgerError, TypeError, ValueError) as exc:
-            raise bad(f"unreadable DP event ({exc})") from exc
-        claimed = entry["claimed"]
-        if claimed is not None:
-            claimed = (float(claimed[0]), float(claimed[1]))
-            try:
-                verify_claim(event, *claimed)
-            except LedgerError as exc:
-                raise bad(str(exc)) from exc
-        state.charges[rid] = Charge(entry["stage"], rid, event, claimed)
-    else:
-        if rid not in state.charges or rid in state.committed:
-            raise bad(f"commit for release {rid!r} without an open intent")
-        state.committed.add(rid)
+            verify_claim(event, *claimed)
+        except LedgerError as exc:
+            raise bad(str(exc)) from exc
+    state.charges[rid] = Charge(entry["stage"], rid, event, claimed)

@@ -10,7 +10,6 @@ A field never changes meaning; new fields get defaults so that older files keep 
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -342,24 +341,34 @@ class Protocol(_Strict):
     # -- cross-field checks --------------------------------------------------------------------
     @model_validator(mode="after")
     def _cross_checks(self) -> Protocol:
-        deployment = self.study.mode == "deployment"
-        if deployment:
-            if not self.sites:
-                raise ValueError("sites: a 'deployment' protocol must list its sites")
-            for site in self.sites:
-                if site.signing_key is None or site.encryption_key is None:
-                    raise ValueError(
-                        f"sites.{site.id}: a 'deployment' protocol needs signing_key and "
-                        "encryption_key fingerprints for every site"
-                    )
-            if self.server.signing_key is None or self.server.encryption_key is None:
-                raise ValueError("server: a 'deployment' protocol needs the server's fingerprints")
-            if self.governance.signing_key is None:
-                raise ValueError("governance.signing_key: a 'deployment' protocol must be signed")
-            if self.privacy.unsafe_seeded_noise:
+        if self.study.mode == "deployment":
+            self._check_deployment()
+        self._check_sites()
+        self._check_budget()
+        self._check_release()
+        return self
+
+    def _check_deployment(self) -> None:
+        """A deployment names every party by key and allows no unsafe option."""
+        if not self.sites:
+            raise ValueError("sites: a 'deployment' protocol must list its sites")
+        for site in self.sites:
+            if site.signing_key is None or site.encryption_key is None:
                 raise ValueError(
-                    "privacy.unsafe_seeded_noise is only allowed in a 'simulation' protocol"
+                    f"sites.{site.id}: a 'deployment' protocol needs signing_key and "
+                    "encryption_key fingerprints for every site"
                 )
+        if self.server.signing_key is None or self.server.encryption_key is None:
+            raise ValueError("server: a 'deployment' protocol needs the server's fingerprints")
+        if self.governance.signing_key is None:
+            raise ValueError("governance.signing_key: a 'deployment' protocol must be signed")
+        if self.privacy.unsafe_seeded_noise:
+            raise ValueError(
+                "privacy.unsafe_seeded_noise is only allowed in a 'simulation' protocol"
+            )
+
+    def _check_sites(self) -> None:
+        """Unique site and partition ids; SecAgg+ shares and held-out partitions that fit them."""
         ids = [s.id for s in self.sites]
         if len(set(ids)) != len(ids):
             raise ValueError("sites: site ids must be unique")
@@ -382,7 +391,9 @@ class Protocol(_Strict):
                 raise ValueError(
                     f"data.held_out_partitions: {sorted(unknown)} are not listed sites"
                 )
-        # Budget allocations.
+
+    def _check_budget(self) -> None:
+        """The stage allocations fit in the study's total budget."""
         eps, delta = self.allocated_budget()
         if eps > self.privacy.total_epsilon + 1e-12:
             raise ValueError(
@@ -394,6 +405,9 @@ class Protocol(_Strict):
                 f"privacy.total_delta ({self.privacy.total_delta:g}) is below the sum of the stage "
                 f"deltas ({delta:g})"
             )
+
+    def _check_release(self) -> None:
+        """A protected release needs per-image binning, declared bounds and bounds scaling."""
         if self.release.mode != "plain" and self.radiomics.binning == "shared":
             raise ValueError(
                 "radiomics.binning: 'shared' bin edges are a statistic of all of a site's cases, "
@@ -409,7 +423,6 @@ class Protocol(_Strict):
                 "clustering.scaling: release.mode 'local-dp' needs clustering.scaling = "
                 "'declared-bounds' (scale with the protocol's bounds, not with noised data)"
             )
-        return self
 
     # -- derived views -------------------------------------------------------------------------
     def allocated_budget(self) -> tuple[float, float]:
@@ -431,15 +444,6 @@ class Protocol(_Strict):
     def is_simulation(self) -> bool:
         return self.study.mode == "simulation"
 
-    @property
-    def features_epsilon(self) -> float:
-        """Epsilon of the feature release: inf for plain (the paper: no protection)."""
-        if self.release.mode == "local-dp" and self.release.epsilon is not None:
-            return self.release.epsilon
-        if self.release.mode == "secure-aggregate":
-            return self.clustering.secure.epsilon
-        return math.inf
-
     def resolve_sites(self, partition_ids: list[int] | tuple[int, ...]) -> tuple[SiteSpec, ...]:
         """The study's sites: those listed, or (simulation without a list) one site per partition
         of the partition file, named ``site-<partition_id>``."""
@@ -450,9 +454,3 @@ class Protocol(_Strict):
         return tuple(
             SiteSpec(id=f"site-{pid}", partition_id=pid) for pid in sorted(set(partition_ids))
         )
-
-    def site_by_partition(self, partition_id: int) -> SiteSpec | None:
-        for site in self.sites:
-            if site.partition_id == partition_id:
-                return site
-        return None

@@ -141,25 +141,25 @@ def test_server_momentum_is_fedavgm_on_the_aggregate_and_survives_resume(tmp_pat
 
     cfg = _cfg(out_dir=str(tmp_path), server_lr=1.0, server_momentum=0.5, min_sites=1)
     strategy = PhaseStrategy(cfg, grid=None)
-    assert strategy.uses_server_optimizer and not PhaseStrategy(_cfg(), None).uses_server_optimizer
+    assert strategy.server_opt and not PhaseStrategy(_cfg(), None).server_opt
 
-    def one_round(start, site_models):
-        strategy.configure_fit(1, ndarrays_to_parameters([start]), None)
+    def one_round(rnd, start, site_models, strategy=strategy):
+        strategy.configure_fit(rnd, ndarrays_to_parameters([start]), None)
         results = [
             (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([m]), n, {"loss": 0.0}))
             for m, n in site_models
         ]
-        params, metrics = strategy.aggregate_fit(1, results, [])
+        params, metrics = strategy.aggregate_fit(rnd, results, [])
         return parameters_to_ndarrays(params)[0], metrics
 
     w0 = np.array([1.0, 2.0], dtype=np.float32)
     # FedAvg of the sites (weights 1 and 3) is [0.5, 1.0]: update d = w0 - avg = [0.5, 1.0].
-    w1, metrics = one_round(w0, [(np.array([0.0, 2.0], np.float32), 1),
+    w1, metrics = one_round(1, w0, [(np.array([0.0, 2.0], np.float32), 1),
                                  (np.array([2 / 3, 2 / 3], np.float32), 3)])  # fmt: skip
     assert metrics["num_sites"] == 2
     np.testing.assert_allclose(w1, [0.5, 1.0], rtol=1e-6)  # first step: v = d
     # Second round: sites all return w1 - [0.1, 0.1]; v = 0.5 v + 0.1 -> w2 = w1 - v.
-    w2, _ = one_round(w1, [(w1 - 0.1, 2), (w1 - 0.1, 2)])
+    w2, _ = one_round(2, w1, [(w1 - 0.1, 2), (w1 - 0.1, 2)])
     np.testing.assert_allclose(w2, w1 - (0.5 * np.array([0.5, 1.0]) + 0.1), rtol=1e-6)
     assert w2.dtype == np.float32
     # The velocity is checkpointed with the round and read back on resume.
@@ -167,8 +167,14 @@ def test_server_momentum_is_fedavgm_on_the_aggregate_and_survives_resume(tmp_pat
     state = ckpt.load_state("abc")
     state.completed_round = 2
     ckpt.save_round(state, [w2], is_best=False, momentum=strategy.velocity)
-    np.testing.assert_allclose(ckpt.load_momentum()[0], 0.5 * np.array([0.5, 1.0]) + 0.1)
+    v2 = 0.5 * np.array([0.5, 1.0]) + 0.1
+    np.testing.assert_allclose(ckpt.load_momentum()[0], v2, rtol=1e-6)
     assert PhaseCheckpoint(tmp_path / "none").load_momentum() is None
+    # A resumed phase (a new server process) continues the same update from the checkpoint.
+    resumed = PhaseStrategy(cfg, grid=None)
+    resumed.velocity = ckpt.load_momentum()
+    w3, _ = one_round(3, w2, [(w2 - 0.2, 1)], strategy=resumed)
+    np.testing.assert_allclose(w3, w2 - (0.5 * v2 + 0.2), rtol=1e-5)
 
 
 def test_flower_app_config_declares_every_phase_field():

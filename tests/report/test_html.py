@@ -106,3 +106,14 @@ def test_results_json_is_strict_json(tmp_path: Path) -> None:
     assert data["privacy"]["total_epsilon"] == "inf"
     assert data["segmentation"]["methods"]["fedavg"]["hd95"]["ET"] is None
     assert not list(tmp_path.glob(".results.json.*"))
+
+
+def test_report_escapes_what_it_shows(tmp_path: Path) -> None:
+    """Names from protocols and data are escaped by the template (autoescape), never markup."""
+    results = _results()
+    results["protocol"]["name"] = "<script>alert(1)</script>"
+    results["data"]["excluded"][0]["problem"] = "bad <b>file</b> & more"
+    page = write_report(tmp_path, results).read_text()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "bad &lt;b&gt;file&lt;/b&gt; &amp; more" in page

@@ -1,0 +1,65 @@
+"""The coordinator's side of a real deployment: CFFL's federated phases on a running SuperLink
+whose SuperNodes are the hospitals (each with its own data, protocol copy and clusters.csv).
+
+The coordinator holds no site data: it knows each site only by the partition id of the
+protocol's ``[[sites]]`` and reads, from clusters.csv, which sites hold train cases of which
+cluster (to form one federation per cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from securefed.errors import ConfigError
+from securefed.federation.config import SiteSettings
+from securefed.federation.deployment import Deployment
+from securefed.protocol import LoadedProtocol
+from securefed.study.cffl import StudyPhases, run_cffl_phases
+
+__all__ = ["LOOPBACK", "coordinate_deployment"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def coordinate_deployment(
+    loaded: LoadedProtocol,
+    assignments: Path,
+    out_dir: Path,
+    *,
+    superlink: str,
+    ca_cert: Path | None,
+    insecure: bool = False,
+    run_timeout_s: float = 1800.0,
+) -> StudyPhases:
+    """Run the global phase, then one phase per cluster, on the SuperLink at ``superlink``
+    (``host:port``). TLS is required (``ca_cert``: the study CA that signed the SuperLink's
+    certificate); ``insecure`` is accepted for a loopback address only."""
+    host, sep, port = superlink.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--superlink {superlink!r}: expected HOST:PORT")
+    if ca_cert is None and not insecure:
+        raise ConfigError("--ca-cert is required (TLS to the SuperLink); see docs/deployment.md")
+    if ca_cert is not None and insecure:
+        raise ConfigError("give either --ca-cert or --insecure, not both")
+    if insecure and host not in LOOPBACK:
+        raise ConfigError(
+            f"--insecure is refused for {host}: only a loopback SuperLink may skip TLS"
+        )
+    if ca_cert is not None and not Path(ca_cert).is_file():
+        raise ConfigError(f"--ca-cert {ca_cert}: file not found")
+    if not loaded.protocol.sites:
+        raise ConfigError(
+            "the protocol lists no [[sites]]: a deployment needs every site by partition id"
+        )
+    sites = [SiteSettings(partition_id=s.partition_id, data_dir="", protocol="")
+             for s in loaded.protocol.sites]  # fmt: skip
+    deployment = Deployment(
+        work_dir=Path(out_dir) / "coordinator",
+        address=host,
+        port=int(port),
+        start_local=False,
+        ca_cert=Path(ca_cert) if ca_cert is not None else None,
+        run_timeout_s=run_timeout_s,
+    )
+    return run_cffl_phases(
+        loaded, sites, Path(assignments), Path(out_dir), engine="deployment", deployment=deployment
+    )
