@@ -3,6 +3,8 @@ module (securefed/cli/<area>.py); no logic lives here."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from securefed import __version__
@@ -32,8 +34,10 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print results and errors."),
-    debug: bool = typer.Option(False, "--debug", help="Print tracebacks on errors."),
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only print results and errors.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Print tracebacks on errors.")] = False,
 ) -> None:
     state.quiet = quiet
     state.debug = debug

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,6 +36,7 @@ __all__ = [
     "info",
     "subgroup",
     "ProtocolArg",
+    "ProtocolFileArg",
     "ProtocolOption",
     "resolve_protocol",
 ]
@@ -71,7 +73,9 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SecurefedError as exc:
-            err_console.print(f"[bold red]error[/] [{exc.code}] {exc}", highlight=False)
+            err_console.print(
+                f"[bold red]error[/] {escape(f'[{exc.code}] {exc}')}", highlight=False
+            )
             if state.debug:
                 traceback.print_exc()
             raise typer.Exit(exc.exit_code) from exc
@@ -79,7 +83,7 @@ def handle_errors(func: F) -> F:
             raise
         except Exception as exc:  # noqa: BLE001 - top-level boundary
             err_console.print(
-                f"[bold red]internal error[/] {type(exc).__name__}: {exc}\n"
+                f"[bold red]internal error[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
                 "This is a bug in securefed; rerun with --debug and report the traceback.",
                 highlight=False,
             )
@@ -134,7 +138,13 @@ def subgroup(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
 # --- the study protocol, passed the same way everywhere -----------------------------------------
 # Every command that reads a protocol takes it as its first positional argument PROTOCOL (as
 # `securefed run PROTOCOL`). Commands that once took `--protocol FILE` keep that spelling as a
-# hidden alias for existing scripts; `resolve_protocol` accepts exactly one of the two.
+# hidden alias for existing scripts: they declare `protocol: ProtocolArg = None` and
+# `protocol_option: ProtocolOption = None` and call `resolve_protocol`, which accepts exactly one
+# of the two. Commands that always took it positionally use the required ProtocolFileArg.
+
+ProtocolFileArg = Annotated[
+    Path, typer.Argument(metavar="PROTOCOL", help="Study protocol TOML file.")
+]
 
 ProtocolArg = Annotated[
     Path | None,

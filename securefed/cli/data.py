@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -18,20 +19,26 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def check(
-    root: Path = typer.Argument(..., help="Data root holding one folder per case."),
-    partitioning: str = typer.Option(
-        "partitioning_1",
-        "--partitioning",
-        "-p",
-        help="Partition file: a name in ROOT (partitioning_1, partitioning_2), a CSV path, "
-        "or 'none' (no partition file).",
-    ),
-    full: bool = typer.Option(
-        False,
-        "--full/--header-only",
-        help="Read every voxel (NaN/inf, labels, corrupt data) or only the headers (fast).",
-    ),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Processes for --full."),
+    root: Annotated[Path, typer.Argument(help="Data root holding one folder per case.")],
+    partitioning: Annotated[
+        str,
+        typer.Option(
+            "--partitioning",
+            "-p",
+            help="Partition file: a name in ROOT (partitioning_1, partitioning_2), a CSV path, "
+            "or 'none' (no partition file).",
+        ),
+    ] = "partitioning_1",
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full/--header-only",
+            help="Read every voxel (NaN/inf, labels, corrupt data) or only the headers (fast).",
+        ),
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=1, help="Processes for --full.")
+    ] = 1,
 ) -> None:
     """Validate ROOT: list every excluded case (case, file, problem) and a summary line.
 

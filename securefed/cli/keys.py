@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from securefed.cli._common import console, handle_errors, info, subgroup
+from securefed.cli._common import ProtocolFileArg, console, handle_errors, info, subgroup
 from securefed.errors import KeyError_
 
-__all__ = ["register"]
+__all__ = ["KeyRole", "Kem", "register"]
+
+
+class KeyRole(StrEnum):
+    """`keys new --role`: the parties of a study (securefed.crypto.ROLES)."""
+
+    site = "site"
+    server = "server"
+    governance = "governance"
+
+
+class Kem(StrEnum):
+    """`keys new --kem`: the encryption key types (securefed.crypto.KEMS)."""
+
+    x25519 = "x25519"
+    mlkem768_x25519 = "mlkem768-x25519"
+
 
 _MAX_PASSPHRASE_FILE = 4096
 
@@ -42,19 +60,24 @@ def _passphrase(path: Path | None) -> bytes | None:
 _PASS_HELP = "File holding the passphrase (first line) that encrypts the private key."
 
 
+_PassphraseOption = Annotated[Path | None, typer.Option("--passphrase-file", help=_PASS_HELP)]
+
+
 @handle_errors
 def new(
-    role: str = typer.Option(..., "--role", help="site, server or governance."),
-    party_id: str = typer.Option(..., "--id", help="Party id (as in the protocol)."),
-    out: Path = typer.Option(..., "--out", help="Folder for <id>.key and <id>.pub.json."),
-    kem: str = typer.Option("x25519", "--kem", help="x25519 or mlkem768-x25519 (hybrid PQ)."),
-    passphrase_file: Path | None = typer.Option(None, "--passphrase-file", help=_PASS_HELP),
+    role: Annotated[KeyRole, typer.Option("--role", help="The party's role in the study.")],
+    party_id: Annotated[str, typer.Option("--id", help="Party id (as in the protocol).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <id>.key and <id>.pub.json.")],
+    kem: Annotated[
+        Kem, typer.Option("--kem", help="Encryption: x25519, or mlkem768-x25519 (hybrid PQ).")
+    ] = Kem.x25519,
+    passphrase_file: _PassphraseOption = None,
 ) -> None:
     """Create signing (Ed25519) and encryption (HPKE) keys; print the fingerprints to paste into
     the protocol. Only <id>.pub.json leaves the party; <id>.key is written 0600."""
     from securefed.crypto import generate_keys, write_keys
 
-    keys = generate_keys(role, party_id, kem)  # type: ignore[arg-type]
+    keys = generate_keys(role.value, party_id, kem.value)
     paths = write_keys(keys, out, _passphrase(passphrase_file))
     info(f"private keys: {paths.private} (mode 0600; keep it at this party)")
     info(f"public keys:  {paths.public} (share this one)")
@@ -77,7 +100,7 @@ def _print_public(public: object) -> None:
 
 @handle_errors
 def show(
-    path: Path = typer.Argument(..., help="A .pub.json bundle or a .key file."),
+    path: Annotated[Path, typer.Argument(help="A .pub.json bundle or a .key file.")],
 ) -> None:
     """Print the role, id and public fingerprints of a key file (no passphrase needed)."""
     from securefed.crypto import load_public_keys
@@ -87,12 +110,14 @@ def show(
 
 @handle_errors
 def sign(
-    file: Path = typer.Argument(..., help="Protocol TOML file."),
-    key: Path = typer.Option(..., "--key", help="Governance private key (<id>.key)."),
-    passphrase_file: Path | None = typer.Option(None, "--passphrase-file", help=_PASS_HELP),
-    out: Path | None = typer.Option(None, "--out", help="Signature file (default FILE.sig)."),
+    protocol: ProtocolFileArg,
+    key: Annotated[Path, typer.Option("--key", help="Governance private key (<id>.key).")],
+    passphrase_file: _PassphraseOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Signature file (default PROTOCOL.sig).")
+    ] = None,
 ) -> None:
-    """Sign FILE's canonical hash with the governance key; write FILE.sig."""
+    """Sign PROTOCOL's canonical hash with the governance key; write PROTOCOL.sig."""
     from securefed.crypto import (
         load_private_keys,
         sign_protocol_hash,
@@ -103,7 +128,7 @@ def sign(
     from securefed.errors import ProtocolSignatureError
     from securefed.protocol import load_protocol
 
-    loaded = load_protocol(file)
+    loaded = load_protocol(protocol)
     keys = load_private_keys(key, _passphrase(passphrase_file), role="governance")
     pinned = loaded.protocol.governance.signing_key
     if pinned is not None and pinned != keys.public.signing_fingerprint:
@@ -112,7 +137,7 @@ def sign(
             f"governance.signing_key ({pinned}); sign with that key or fix the protocol"
         )
     doc = sign_protocol_hash(loaded.sha256, keys)
-    target = out if out is not None else signature_path(file)
+    target = out if out is not None else signature_path(protocol)
     if pinned is not None:
         verify_protocol_hash(doc, loaded.sha256, pinned, str(target))
     write_signature(doc, target)
@@ -127,15 +152,17 @@ def sign(
 
 @handle_errors
 def verify(
-    file: Path = typer.Argument(..., help="Protocol TOML file."),
-    sig: Path | None = typer.Option(None, "--sig", help="Signature file (default FILE.sig)."),
+    protocol: ProtocolFileArg,
+    sig: Annotated[
+        Path | None, typer.Option("--sig", help="Signature file (default PROTOCOL.sig).")
+    ] = None,
 ) -> None:
-    """Check FILE.sig against the protocol's governance.signing_key."""
+    """Check PROTOCOL.sig against the protocol's governance.signing_key."""
     from securefed.crypto import read_signature, signature_path, verify_protocol_hash
     from securefed.protocol import load_protocol
 
-    loaded = load_protocol(file)
-    sig_path = sig if sig is not None else signature_path(file)
+    loaded = load_protocol(protocol)
+    sig_path = sig if sig is not None else signature_path(protocol)
     signer = verify_protocol_hash(
         read_signature(sig_path),
         loaded.sha256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,16 +27,26 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def bounds(
-    features: Path = typer.Option(..., "--features", help="Reference feature folder (FEATDIR)."),
-    out: Path = typer.Option(..., "--out", help="Bounds JSON file to write."),
-    source: str = typer.Option(
-        ...,
-        "--source",
-        help='What the reference data is, e.g. "synthetic federation seed 0, NOT study data".',
-    ),
-    low_pct: float = typer.Option(0.0, "--low-pct", help="Lower percentile per feature."),
-    high_pct: float = typer.Option(100.0, "--high-pct", help="Upper percentile per feature."),
-    margin: float = typer.Option(0.0, "--margin", help="Widen each side by this x the width."),
+    features: Annotated[
+        Path, typer.Option("--features", help="Reference feature folder (FEATDIR).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Bounds JSON file to write.")],
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help='What the reference data is, e.g. "synthetic federation seed 0, NOT study data".',
+        ),
+    ],
+    low_pct: Annotated[
+        float, typer.Option("--low-pct", help="Lower percentile per feature.")
+    ] = 0.0,
+    high_pct: Annotated[
+        float, typer.Option("--high-pct", help="Upper percentile per feature.")
+    ] = 100.0,
+    margin: Annotated[
+        float, typer.Option("--margin", help="Widen each side by this x the width.")
+    ] = 0.0,
 ) -> None:
     """Derive per-feature clipping bounds from a REFERENCE feature folder (never the study's own
     data) and print the sha256 to pin in the protocol's release.bounds."""
@@ -57,6 +67,9 @@ def bounds(
     console.print(digest, highlight=False)
 
 
+_LedgerArg = Annotated[Path, typer.Argument(help="Ledger folder (or ledger.jsonl).")]
+
+
 def _ledger_path(folder: Path) -> Path:
     from securefed.errors import LedgerError
     from securefed.privacy.ledger import LEDGER_FILE
@@ -72,7 +85,7 @@ def _fmt_eps(value: float) -> str:
 
 
 @handle_errors
-def show(folder: Path = typer.Argument(..., help="Ledger folder (or ledger.jsonl).")) -> None:
+def show(folder: _LedgerArg) -> None:
     """Table of the ledger's entries and the site's spend against its budget."""
     from rich.table import Table
 
@@ -127,7 +140,7 @@ def _summary(state: LedgerState) -> None:
 
 
 @handle_errors
-def verify(folder: Path = typer.Argument(..., help="Ledger folder (or ledger.jsonl).")) -> None:
+def verify(folder: _LedgerArg) -> None:
     """Check the hash chain and every entry; exit 3 naming the first bad line if tampered."""
     from securefed.privacy.ledger import read_ledger
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from securefed.cli._common import err_console, handle_errors, info, progress, subgroup
+from securefed.cli._common import (
+    ProtocolArg,
+    ProtocolOption,
+    err_console,
+    handle_errors,
+    info,
+    progress,
+    resolve_protocol,
+    subgroup,
+)
 
 __all__ = ["register"]
 
@@ -19,18 +28,24 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def extract(
-    data: Path = typer.Option(..., "--data", help="FeTS2022-layout root with the partition file."),
-    protocol: Path = typer.Option(..., "--protocol", help="Study protocol TOML."),
-    out: Path = typer.Option(..., "--out", help="Site feature folder (FEATDIR) to write."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes for extraction."),
-    partition: list[int] | None = typer.Option(
-        None, "--partition", help="Only these partition ids (repeatable); default: all."
-    ),
-    strict: bool = typer.Option(
-        False, "--strict", help="Fail on the first bad case instead of excluding it."
-    ),
+    data: Annotated[
+        Path, typer.Option("--data", help="FeTS2022-layout root with the partition file.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Site feature folder (FEATDIR) to write.")],
+    protocol: ProtocolArg = None,
+    protocol_option: ProtocolOption = None,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=1, help="Processes for extraction.")
+    ] = 1,
+    partition: Annotated[
+        list[int] | None,
+        typer.Option("--partition", help="Only these partition ids (repeatable); default: all."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on the first bad case instead of excluding it.")
+    ] = False,
 ) -> None:
-    """Compute the protocol's radiomic features for every case into OUT (features.csv +
+    """Compute PROTOCOL's radiomic features for every case into OUT (features.csv +
     manifest.json + a per-case cache). Stays at the site: nothing is sent anywhere."""
     from securefed import __version__
     from securefed.data import load_federation
@@ -39,7 +54,7 @@ def extract(
     from securefed.radiomics import extract_features, save_table
     from securefed.radiomics.cache import CACHE_DIR, pyradiomics_version
 
-    loaded = load_protocol(protocol)
+    loaded = load_protocol(resolve_protocol(protocol, protocol_option))
     proto = loaded.protocol
     spec = proto.radiomics
     fed = load_federation(data, partitioning=proto.data.partitioning)

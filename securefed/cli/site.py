@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from securefed.cli._common import console, handle_errors, info, subgroup
+from securefed.cli._common import (
+    ProtocolArg,
+    ProtocolOption,
+    console,
+    handle_errors,
+    info,
+    resolve_protocol,
+    subgroup,
+)
 from securefed.cli.keys import _passphrase
 
 __all__ = ["register"]
@@ -19,30 +28,46 @@ def register(app: typer.Typer) -> None:
     server.command("collect")(collect)
 
 
+_PASS_HELP = "File holding the key passphrase."
+
+
 @handle_errors
 def release(
-    features: Path = typer.Option(..., "--features", help="Site feature folder (FEATDIR)."),
-    protocol: Path = typer.Option(..., "--protocol", help="Study protocol TOML."),
-    key: Path = typer.Option(..., "--key", help="This site's private key file (or its folder)."),
-    server_key: Path = typer.Option(
-        ..., "--server-key", help="The server's public key bundle (<id>.pub.json)."
-    ),
-    out: Path = typer.Option(..., "--out", help="Outbox folder for the sealed envelope."),
-    state: Path = typer.Option(
-        ..., "--state", help="This site's state folder (privacy ledger, message counters)."
-    ),
-    passphrase_file: Path | None = typer.Option(None, help="File holding the key passphrase."),
-    unsafe_seed: int | None = typer.Option(
-        None, "--unsafe-seed", help="Seeded noise (simulation protocols with unsafe_seeded_noise)."
-    ),
+    features: Annotated[Path, typer.Option("--features", help="Site feature folder (FEATDIR).")],
+    key: Annotated[
+        Path, typer.Option("--key", help="This site's private key file (or its folder).")
+    ],
+    server_key: Annotated[
+        Path,
+        typer.Option("--server-key", help="The server's public key bundle (<id>.pub.json)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Outbox folder for the sealed envelope.")],
+    state: Annotated[
+        Path,
+        typer.Option(
+            "--state", help="This site's state folder (privacy ledger, message counters)."
+        ),
+    ],
+    protocol: ProtocolArg = None,
+    protocol_option: ProtocolOption = None,
+    passphrase_file: Annotated[
+        Path | None, typer.Option("--passphrase-file", help=_PASS_HELP)
+    ] = None,
+    unsafe_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--unsafe-seed",
+            help="Seeded noise (simulation protocols with unsafe_seeded_noise).",
+        ),
+    ] = None,
 ) -> None:
-    """Protect this site's features as the protocol says (plain, local-dp or a lower-dimensional
+    """Protect this site's features as PROTOCOL says (plain, local-dp or a lower-dimensional
     release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
     from securefed.crypto import load_private_keys, load_public_keys
     from securefed.protocol import load_protocol
     from securefed.site.release import release_site_features
 
-    loaded = load_protocol(protocol)
+    loaded = load_protocol(resolve_protocol(protocol, protocol_option))
     site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
     server = load_public_keys(server_key, role="server")
     result = release_site_features(
@@ -58,17 +83,24 @@ def release(
 
 @handle_errors
 def collect(
-    inbox: Path = typer.Option(..., "--inbox", help="Folder with the sites' *.env envelopes."),
-    protocol: Path = typer.Option(..., "--protocol", help="Study protocol TOML."),
-    key: Path = typer.Option(..., "--key", help="The server's private key file (or its folder)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the collected feature table."),
-    state: Path = typer.Option(..., "--state", help="Server state folder (replay guard)."),
-    site_keys: list[Path] | None = typer.Option(
-        None,
-        "--site-key",
-        help="Site public key bundles (simulation protocols without pinned site keys).",
-    ),
-    passphrase_file: Path | None = typer.Option(None, help="File holding the key passphrase."),
+    inbox: Annotated[Path, typer.Option("--inbox", help="Folder with the sites' *.env envelopes.")],
+    key: Annotated[
+        Path, typer.Option("--key", help="The server's private key file (or its folder).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the collected feature table.")],
+    state: Annotated[Path, typer.Option("--state", help="Server state folder (replay guard).")],
+    protocol: ProtocolArg = None,
+    protocol_option: ProtocolOption = None,
+    site_keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site-key",
+            help="Site public key bundles (simulation protocols without pinned site keys).",
+        ),
+    ] = None,
+    passphrase_file: Annotated[
+        Path | None, typer.Option("--passphrase-file", help=_PASS_HELP)
+    ] = None,
 ) -> None:
     """Verify (pinned sender, signature, protocol, stage, size, replay), decrypt and assemble
     every site's release into OUT/features.csv. All or nothing: one bad envelope, nothing
@@ -77,7 +109,7 @@ def collect(
     from securefed.protocol import load_protocol
     from securefed.server.collect import collect_features
 
-    loaded = load_protocol(protocol)
+    loaded = load_protocol(resolve_protocol(protocol, protocol_option))
     keys = load_private_keys(key, _passphrase(passphrase_file), role="server")
     publics = tuple(load_public_keys(p, role="site") for p in site_keys or [])
     table = collect_features(inbox, loaded, keys, out, state, site_public_keys=publics)

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import time
 import webbrowser
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from securefed.cli._common import console, handle_errors, info, progress, state
 
-__all__ = ["register"]
+__all__ = ["Stage", "register"]
+
+
+class Stage(StrEnum):
+    """`run --stop-after`: the study's stages, in order (securefed.study.runner.STAGES)."""
+
+    features = "features"
+    clustering = "clustering"
+    training = "training"
+    evaluation = "evaluation"
+    report = "report"
 
 
 def register(app: typer.Typer) -> None:
@@ -72,16 +84,24 @@ def _summary(results: dict) -> None:
 
 @handle_errors
 def run(
-    protocol: Path = typer.Argument(..., help="Study protocol TOML (study.mode = 'simulation')."),
-    data: Path = typer.Option(..., "--data", help="FeTS2022-layout root with the partition file."),
-    out: Path = typer.Option(..., "--out", help="Run folder (RUNDIR); rerun to resume."),
-    truth: Path | None = typer.Option(
-        None, "--truth", help="truth.csv of a SYNTHETIC federation (evaluation only)."
-    ),
-    stop_after: str | None = typer.Option(
-        None, "--stop-after", help="features | clustering | training | evaluation"
-    ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes for feature extraction."),
+    protocol: Annotated[
+        Path, typer.Argument(help="Study protocol TOML (study.mode = 'simulation').")
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", help="FeTS2022-layout root with the partition file.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (RUNDIR); rerun to resume.")],
+    truth: Annotated[
+        Path | None,
+        typer.Option("--truth", help="truth.csv of a SYNTHETIC federation (evaluation only)."),
+    ] = None,
+    stop_after: Annotated[
+        Stage | None,
+        typer.Option("--stop-after", help="Stop after this stage (rerun to go on)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=1, help="Processes for feature extraction.")
+    ] = 2,
 ) -> None:
     """Run the whole study: sites extract, protect and seal; the server collects and clusters;
     Flower trains FedAvg then CFFL per cluster; sites evaluate; RUNDIR/report.html. Resumes an
@@ -92,27 +112,37 @@ def run(
     _quiet_flower()
     with progress(transient=True) as bar:
         results = run_study(
-            protocol, data, out, truth=truth, stop_after=stop_after, workers=workers, log=info,
-            progress=_Bars(bar),
+            protocol, data, out, truth=truth,
+            stop_after=None if stop_after is None else stop_after.value, workers=workers,
+            log=info, progress=_Bars(bar),
         )  # fmt: skip
     _summary(results)
     if (out / "report.html").exists():
         info(f"report: {out / 'report.html'} ({time.perf_counter() - start:.0f} s)")
 
 
+_DEMO_OUT = Path("securefed-demo")
+
+
 @handle_errors
 def demo(
-    out: Path = typer.Option(Path("securefed-demo"), "--out", help="Run folder to create/resume."),
-    protocol: str = typer.Option(
-        "demo",
-        "--protocol",
-        help="Study to run on the demo federation: a protocol file, or the name of a shipped one "
-        "(demo, demo-all-methods: all six methods side by side, about 7 min). Its run folder is "
-        "OUT/run-<name>.",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic federation."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes for synthesis/extraction."),
-    open_report: bool = typer.Option(False, "--open", help="Open report.html in a browser."),
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create/resume.")] = _DEMO_OUT,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="Study to run on the demo federation: a protocol file, or the name of a shipped "
+            "one (demo, demo-all-methods: all six methods side by side, about 7 min). Its run "
+            "folder is OUT/run-<name>.",
+        ),
+    ] = "demo",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic federation.")] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=1, help="Processes for synthesis/extraction.")
+    ] = 2,
+    open_report: Annotated[
+        bool, typer.Option("--open", help="Open report.html in a browser.")
+    ] = False,
 ) -> None:
     """Synthesize the demo federation into OUT/data and run protocols/demo.toml on it (SecAgg+ on)
     in OUT/run; another --protocol shares the data and gets its own run folder."""

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from securefed.cli._common import console, handle_errors, info, progress
 
-__all__ = ["register"]
+__all__ = ["SynthPreset", "register"]
+
+
+class SynthPreset(StrEnum):
+    """`synth --preset`: the names of securefed.data.synth.PRESETS."""
+
+    demo = "demo"
+    fets_like = "fets-like"
+    fets_1251 = "fets-1251"
 
 
 def register(app: typer.Typer) -> None:
@@ -17,18 +27,23 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to create (must be empty or absent)."),
-    preset: str = typer.Option(
-        "demo", "--preset", help="demo (45 cases), fets-like (267), fets-1251 (1251)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same data."),
-    spacing: float | None = typer.Option(
-        None,
-        "--spacing",
-        help="Voxel size in mm (default: 3 for demo, 2 for fets-like, 4 for fets-1251).",
-    ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (must be empty or absent).")],
+    preset: Annotated[
+        SynthPreset,
+        typer.Option("--preset", help="demo (45 cases), fets-like (267), fets-1251 (1251)."),
+    ] = SynthPreset.demo,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same data.")] = 0,
+    spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--spacing",
+            help="Voxel size in mm (default: 3 for demo, 2 for fets-like, 4 for fets-1251).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", min=1, help="Parallel worker processes.")
+    ] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Write synthetic cases (FeTS2022 layout), partitioning_1.csv and truth.csv into OUT.
 
@@ -36,16 +51,13 @@ def synth(
     evaluation and audits only; nothing in the pipeline reads it unless given --truth.
     """
     from securefed.data.synth import PRESETS, synthesize
-    from securefed.errors import ConfigError
 
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    total = PRESETS[preset].n_cases
+    total = PRESETS[preset.value].n_cases
     with progress() as bar:
-        task = bar.add_task(f"synth {preset}", total=total)
+        task = bar.add_task(f"synth {preset.value}", total=total)
         result = synthesize(
             out,
-            preset=preset,
+            preset=preset.value,
             seed=seed,
             spacing=spacing,
             workers=workers,

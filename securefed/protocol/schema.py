@@ -452,5 +452,21 @@ class Protocol(_Strict):
         if not self.is_simulation:  # pragma: no cover - rejected by validation
             raise ValueError("a deployment protocol must list its sites")
         return tuple(
-            SiteSpec(id=f"site-{pid}", partition_id=pid) for pid in sorted(set(partition_ids))
+            SiteSpec(id=simulated_site_id(pid), partition_id=pid)
+            for pid in sorted(set(partition_ids))
         )
+
+    def partition_of_site(self, site_id: str) -> int | None:
+        """The partition id of ``site_id``: its listed entry, or (simulation without a list) the
+        number in ``site-<partition_id>``; None for no site of this protocol."""
+        if self.sites:
+            return next((s.partition_id for s in self.sites if s.id == site_id), None)
+        prefix, _, number = site_id.partition("-")
+        if self.is_simulation and prefix == "site" and number.isdigit():
+            return int(number) if simulated_site_id(int(number)) == site_id else None
+        return None
+
+
+def simulated_site_id(partition_id: int) -> str:
+    """The id of a simulated site (a simulation protocol that lists no sites)."""
+    return f"site-{partition_id}"

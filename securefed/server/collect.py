@@ -70,15 +70,6 @@ class CollectedFeatures:
     senders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _partition_of_site(loaded: LoadedProtocol, site_id: str) -> int | None:
-    """The partition of a site: listed in the protocol, or ``site-<id>`` in simulation."""
-    protocol = loaded.protocol
-    if protocol.sites:
-        return next((s.partition_id for s in protocol.sites if s.id == site_id), None)
-    prefix, _, number = site_id.partition("-")
-    return int(number) if prefix == "site" and number.isdigit() else None
-
-
 def _content_problem(
     msg: OpenedMessage, loaded: LoadedProtocol, columns: list[str] | None
 ) -> str | None:
@@ -88,7 +79,7 @@ def _content_problem(
         return "not a feature release (unexpected payload)"
     if meta.get("site") != msg.sender:
         return f"payload names site {meta.get('site')!r} but was signed by {msg.sender!r}"
-    expected = _partition_of_site(loaded, msg.sender)
+    expected = loaded.protocol.partition_of_site(msg.sender)
     if expected is None or meta.get("partition_id") != expected:
         return (
             f"sent cases of partition {meta.get('partition_id')!r}, but {msg.sender} is "

@@ -20,7 +20,11 @@ from securefed.radiomics.table import FeatureTable
 from securefed.server.cluster_model import fit_cluster_model, seal_for_sites
 from securefed.site.assign import assign_own_cases
 from securefed.study.context import StudyContext
-from securefed.study.secure_clustering import cluster_table_secure, write_centroids
+from securefed.study.secure_clustering import (
+    cluster_table_secure,
+    secure_summary,
+    write_centroids,
+)
 from securefed.transport import SendCounter
 
 __all__ = ["ClusteringOutcome", "run_clustering"]
@@ -104,21 +108,11 @@ def _secure_clustering(ctx: StudyContext) -> ClusteringOutcome:
     ]
     projection = projection_for(ctx.loaded, table.columns)
     write_centroids(ctx.paths.clustering / "model", result, projection.to_json_bytes())
-    plan = result.plan
     report = {
         "mode": "secure-aggregate",
-        "k": int(plan.k),
+        "k": int(result.plan.k),
         "k_selection": "secure",
-        "secure": {
-            "algorithm": plan.algorithm,
-            "dimension": plan.dimension,
-            "rounds": list(plan.rounds),
-            "noise_multiplier": plan.noise_multiplier,
-            "epsilon": plan.epsilon,
-            "delta": plan.delta,
-            "messages_received_by_server": len(result.transcript),
-            "seconds": result.seconds,
-        },
+        "secure": secure_summary(result),
     }
     return ClusteringOutcome(rows, report, None)
 

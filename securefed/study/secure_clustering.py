@@ -36,6 +36,7 @@ __all__ = [
     "SecureClusteringResult",
     "cluster_table_secure",
     "run_secure_clustering",
+    "secure_summary",
     "write_centroids",
 ]
 
@@ -151,6 +152,21 @@ def cluster_table_secure(
     for sid, idx in held.items():  # unseen institutions: local assignment, nothing sent
         labels[idx] = nearest(all_points[sid], result.centroids)
     return labels, result
+
+
+def secure_summary(result: SecureClusteringResult) -> dict[str, Any]:
+    """What the run's report says of the secure clustering (all of it public)."""
+    plan = result.plan
+    return {
+        "algorithm": plan.algorithm,
+        "dimension": plan.dimension,
+        "rounds": list(plan.rounds),
+        "noise_multiplier": plan.noise_multiplier,
+        "epsilon": plan.epsilon,
+        "delta": plan.delta,
+        "messages_received_by_server": len(result.transcript),
+        "seconds": result.seconds,
+    }
 
 
 def write_centroids(folder: Path, result: SecureClusteringResult, projection: bytes) -> None:
