@@ -19,13 +19,6 @@ from securefed.data.synth import synthesize
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fed") / "data"
-    synthesize(out, preset=TINY, seed=1)
-    return out
-
-
 @pytest.mark.slow
 def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> None:
     """Institution 3 is held out: it trains nothing and is scored apart as unseen."""

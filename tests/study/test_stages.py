@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.study import TINY, tiny_protocol
+from support.study import tiny_protocol
 
 from securefed.clustering.assignments import Assignment, write_assignments
-from securefed.data.synth import synthesize
 from securefed.federation.task import default_task
 from securefed.fileio import jsonable, read_json, write_json_atomic
 from securefed.models import build_model
@@ -24,13 +23,6 @@ from securefed.study.paths import StudyPaths
 from securefed.study.report_stage import build_results, run_report
 from securefed.study.training_stage import _curve, site_data
 from securefed.training.checkpoints import save_weights
-
-
-@pytest.fixture(scope="module")
-def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fed") / "data"
-    synthesize(out, preset=TINY, seed=1)
-    return out
 
 
 def _weights(loaded, seed: int) -> list[np.ndarray]:
