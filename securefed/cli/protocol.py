@@ -1,4 +1,4 @@
-"""`securefed protocol ...`: check and render study protocols."""
+"""`securefed protocol ...`: check, render and export the schema of study protocols."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def register(app: typer.Typer) -> None:
     group = subgroup(app, "protocol", "Check, render, sign and verify study protocols.")
     group.command("check")(check)
     group.command("render")(render)
+    group.command("schema")(schema)
 
 
 @handle_errors
@@ -33,3 +34,14 @@ def render(protocol: ProtocolFileArg) -> None:
 
     for line in summary_lines(load_protocol(protocol)):
         console.print(line, highlight=False, markup=False)
+
+
+@handle_errors
+def schema() -> None:
+    """Print the JSON Schema of a study protocol (also protocols/schema.json), generated from
+    the schema's field descriptions."""
+    import sys
+
+    from securefed.protocol.reference import json_schema
+
+    sys.stdout.write(json_schema())

@@ -45,16 +45,18 @@ FEATURE_CLASSES: tuple[FeatureClass, ...] = get_args(FeatureClass)
 
 Fingerprint = Annotated[
     str,
-    Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<64 hex> of a public key"),
+    Field(pattern=r"^sha256:[0-9a-f]{64}$"),
 ]
-Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<64 hex>")]
+Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 PositiveEpsilon = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Delta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
 
 
 class StudyInfo(_Strict):
@@ -62,58 +64,81 @@ class StudyInfo(_Strict):
     `deployment` (real sites with their own keys)."""
 
     name: Identifier
+    """Short identifier of the study."""
     description: str = ""
+    """Free text for the governance board."""
     mode: Literal["simulation", "deployment"]
+    """simulation: one machine, unsafe_ options allowed; deployment: real sites, every key pinned,
+    protocol signed."""
 
 
 class DataSpec(_Strict):
     """Data layout and the paper's per-institution seeded splits."""
 
     layout: Literal["fets2022"] = "fets2022"
+    """Case folder layout (FeTS2022_XXXXX/FeTS2022_XXXXX_<mod>.nii.gz)."""
     partitioning: Literal["partitioning_1", "partitioning_2"] = "partitioning_1"
+    """Which partition file assigns cases to institutions."""
     split_seed: int = 0
+    """Seed of the per-institution train/val/test split (paper: 0)."""
     test_fraction: float = Field(0.15, gt=0, lt=1)
+    """Share of each institution's cases held out for testing (paper: 0.15)."""
     val_fraction: float = Field(0.20, gt=0, lt=1)
-    held_out_partitions: tuple[int, ...] = Field(
-        (), description="institutions that take no part in training (scored as unseen)"
-    )
+    """Fraction of the remaining cases used for validation (paper: 0.20)."""
+    held_out_partitions: tuple[int, ...] = Field(())
+    """Institutions that take no part in training; their cases are routed to cluster models by
+    radiomics and scored apart (unseen sites)."""
 
 
 class SiteSpec(_Strict):
     """One hospital: its partition (institution) id and its public key fingerprints."""
 
     id: Identifier
+    """Site name used in keys, envelopes, ledgers and logs."""
     partition_id: int = Field(ge=1)
+    """The institution's Partition_ID in the partition file."""
     signing_key: Fingerprint | None = None
+    """Fingerprint of the site's Ed25519 public key (`securefed keys new`)."""
     encryption_key: Fingerprint | None = None
+    """Fingerprint of the site's HPKE public key."""
 
 
 class PartySpec(_Strict):
     """The coordinating server."""
 
     id: Identifier = "server"
+    """Name of the coordinating server."""
     signing_key: Fingerprint | None = None
+    """Fingerprint of the server's Ed25519 public key."""
     encryption_key: Fingerprint | None = None
+    """Fingerprint of the server's HPKE public key (sites seal to it)."""
 
 
 class GovernanceSpec(_Strict):
     """The board whose key signs the protocol."""
 
     signing_key: Fingerprint | None = None
+    """Fingerprint of the governance key that signs this protocol (`securefed protocol sign`);
+    required in deployment."""
 
 
 class PrivacySpec(_Strict):
     """The privacy unit, the neighbouring relation and the total per-site budget."""
 
     unit: Literal["patient"] = "patient"
+    """Unit of privacy: one patient (all of a patient's values and volumes)."""
     neighbouring: Literal["replace-one", "add-remove-one"] = "replace-one"
-    total_epsilon: float = Field(gt=0, description="per-site budget over every release; inf = none")
+    """Neighbouring datasets: replace one patient, or add/remove one."""
+    total_epsilon: float = Field(gt=0)
+    """Per-site epsilon over every release of the study (inf: no DP)."""
     total_delta: Delta = 1e-5
+    """Per-site delta over every release of the study."""
     accountant: Literal["rdp", "pld"] = "rdp"
-    unsafe_seeded_noise: bool = Field(
-        False, description="draw noise from a seeded PRNG (simulation only, never private)"
-    )
+    """Composition accountant (dp-accounting): RDP or PLD."""
+    unsafe_seeded_noise: bool = Field(False)
+    """Draw DP noise from a seeded PRNG (reproducible, NOT private); simulation only."""
     unsafe_noise_seed: int | None = None
+    """Seed used when unsafe_seeded_noise is true."""
 
     @model_validator(mode="after")
     def _seed_needs_flag(self) -> PrivacySpec:
@@ -126,12 +151,15 @@ class RadiomicsSpec(_Strict):
     """Whole-brain radiomics settings (the paper's defaults)."""
 
     bin_width: float = Field(0.09, gt=0)
+    """pyradiomics binWidth on z-scored intensities (paper: 0.09)."""
     binning: Literal["per-image", "shared"] = "per-image"
+    """per-image (pyradiomics standard) or shared dataset-wide bin edges."""
     mask: Literal["brain", "brain-without-tumour"] = "brain"
-    normalisation: Literal["crop-box", "brain"] = Field(
-        "crop-box", description="z-score over the cropped box (paper) or over brain voxels only"
-    )
+    """Region described: whole brain (FLAIR > 0) or brain minus tumour."""
+    normalisation: Literal["crop-box", "brain"] = Field("crop-box")
+    """z-score over the cropped box (paper) or over brain voxels only."""
     feature_classes: tuple[FeatureClass, ...] = FEATURE_CLASSES
+    """pyradiomics feature classes (shape and diagnostics never)."""
 
     @model_validator(mode="after")
     def _unique_classes(self) -> RadiomicsSpec:
@@ -144,7 +172,9 @@ class PinnedFile(_Strict):
     """A file shipped with the protocol (relative to the protocol's folder), pinned by SHA-256."""
 
     file: str = Field(min_length=1)
+    """The pinned file, relative to the protocol's folder."""
     sha256: Sha256
+    """SHA-256 the pinned file must have (`sha256:<64 hex>`)."""
 
     @model_validator(mode="after")
     def _relative(self) -> PinnedFile:
@@ -157,15 +187,28 @@ class ReleaseSpec(_Strict):
     """What each site releases of its radiomic features, and how it is protected."""
 
     mode: Literal["plain", "local-dp", "secure-aggregate"] = "plain"
+    """plain: 372 values per case sealed in transit, no DP; local-dp: clipped and noised per case at
+    the site; secure-aggregate: no per-case vector leaves a site."""
     mechanism: Literal["gaussian", "laplace"] = "gaussian"
-    epsilon: PositiveEpsilon | None = Field(None, description="budget of the local-dp release")
+    """DP mechanism of the local-dp release."""
+    epsilon: PositiveEpsilon | None = Field(None)
+    """Epsilon of the local-dp release (allocated from privacy.total_epsilon)."""
     delta: Delta = 0.0
-    bounds: PinnedFile | None = Field(None, description="per-feature clipping bounds (JSON)")
+    """Delta of the local-dp release (0 for laplace)."""
+    bounds: PinnedFile | None = Field(None)
+    """Per-feature clipping bounds (JSON from `securefed features bounds`), derived from data that
+    is not the study's."""
     projection: Literal["none", "subset", "random", "file"] = "none"
+    """Lower-dimensional release fixed in advance: none, a feature subset, a seeded random
+    projection, or a pinned matrix file."""
     subset: tuple[str, ...] = ()
+    """Feature names released with projection = subset."""
     dimension: int | None = Field(None, ge=1, le=372)
+    """Released dimension with projection = random."""
     projection_seed: int = 0
+    """Seed of the random projection (public, fixed in advance)."""
     projection_file: PinnedFile | None = None
+    """Pinned projection matrix with projection = file."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ReleaseSpec:
@@ -199,29 +242,50 @@ class SecureClusteringSpec(_Strict):
     'secure-aggregate')."""
 
     algorithm: Literal["dp-histogram", "dp-kmeans"] = "dp-histogram"
+    """Secure-aggregate clustering: a DP histogram of projected points, or DP k-means on noised sums
+    and counts."""
     epsilon: PositiveEpsilon = 1.0
+    """Epsilon of the whole secure clustering stage, per site."""
     delta: Delta = 1e-6
+    """Delta of the whole secure clustering stage, per site."""
     iterations: int = Field(3, ge=1, le=100)
+    """Rounds of noised aggregates (dp-kmeans; refinement steps)."""
     bins_per_dimension: int = Field(8, ge=2, le=64)
+    """Histogram resolution per projected dimension."""
     min_sites_per_aggregate: int = Field(2, ge=1)
+    """Fewest sites whose data may enter one aggregate; fewer -> refused."""
 
 
 class ClusteringSpec(_Strict):
     """The paper's clustering (scaling, PCA, GMM) and the choice of k."""
 
     algorithm: Literal["gmm", "kmeans", "agglomerative"] = "gmm"
+    """Server-side estimator: Gaussian mixture (paper), k-means or agglomerative."""
     k: int = Field(10, ge=1)
+    """Number of clusters (paper: 10, fixed by hand)."""
     k_selection: Literal["fixed", "bic", "silhouette"] = "fixed"
+    """fixed, or choose k in [k_min, k_max] by BIC (GMM) or silhouette."""
     k_min: int = Field(2, ge=1)
+    """Smallest k tried when k is selected."""
     k_max: int = Field(12, ge=1)
+    """Largest k tried when k is selected."""
     scaling: Literal["percentile", "declared-bounds"] = "percentile"
+    """Per-feature scaling: 2nd..98th percentile of train+val (paper), or the protocol's declared
+    bounds (required for local-dp)."""
     percentile_low: float = Field(2.0, ge=0, lt=50)
+    """Lower percentile of the percentile scaling."""
     percentile_high: float = Field(98.0, gt=50, le=100)
+    """Upper percentile of the percentile scaling."""
     pca_components: int = Field(30, ge=1)
+    """PCA components before clustering (paper: 30)."""
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "tied"
+    """GaussianMixture covariance type (paper: tied)."""
     n_init: int = Field(20, ge=1)
+    """Restarts of the estimator (paper: 20)."""
     max_iter: int = Field(100, ge=1)
+    """EM/Lloyd iterations per restart (paper: 100)."""
     seed: int = 6
+    """Random state of the estimator (paper: 6)."""
     secure: SecureClusteringSpec = SecureClusteringSpec()
 
     @model_validator(mode="after")
@@ -237,9 +301,13 @@ class DPSGDSpec(_Strict):
     """Optional DP-SGD (Opacus) during federated training."""
 
     enabled: bool = False
+    """Train with DP-SGD (Opacus) at the sites."""
     epsilon: PositiveEpsilon | None = None
+    """Epsilon of the training stage, per site."""
     delta: Delta = 1e-6
+    """Delta of the training stage, per site."""
     max_grad_norm: float = Field(1.0, gt=0)
+    """Per-sample gradient clipping norm."""
 
     @model_validator(mode="after")
     def _eps(self) -> DPSGDSpec:
@@ -256,35 +324,65 @@ class TrainingSpec(_Strict):
     """Federated segmentation training: global FedAvg, then per-cluster finetuning (CFFL)."""
 
     model: Literal["dynunet-small"] = "dynunet-small"
+    """Segmentation network (the paper's small DynUNet)."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """Local optimiser (paper: SGD without momentum)."""
     lr: float = Field(0.05, gt=0)
+    """Learning rate of the global FedAvg phase (paper: 0.05)."""
     momentum: float = Field(0.0, ge=0, lt=1)
+    """SGD momentum (paper: 0)."""
     weight_decay: float = Field(1e-5, ge=0)
+    """Weight decay (paper: 1e-5)."""
     batch_size: int = Field(1, ge=1)
+    """Local batch size (paper: 1; use >= 2 on CPU)."""
     crop_size: tuple[int, int, int] = (128, 128, 128)
+    """Training crop in voxels (paper: 128^3)."""
     crop_sampling: Literal["random", "tumour-centred"] = "random"
+    """random crops (paper) or tumour-centred sampling."""
     tumour_crop_fraction: float = Field(0.67, ge=0, le=1)
-    spacing_mm: float | None = Field(
-        None, gt=0, description="resample to this spacing; none = 1 mm"
-    )
-    loss: Literal["dice", "dice-bce"] = Field(
-        "dice", description="MONAI DiceLoss on sigmoid outputs (paper), or Dice + per-region BCE"
-    )
+    """Share of crops centred on tumour with tumour-centred sampling."""
+    spacing_mm: float | None = Field(None, gt=0)
+    """Resample volumes to this isotropic spacing before training; unset keeps 1 mm."""
+    loss: Literal["dice", "dice-bce"] = Field("dice")
+    """dice = MONAI DiceLoss on sigmoid outputs (paper); dice-bce adds a binary cross-entropy per
+    region (TC, WT, ET each on its own), which also penalises false positives in crops without
+    tumour."""
     augmentation: bool = False
+    """Random flips/intensity augmentation during local training."""
     global_rounds: int = Field(300, ge=1)
+    """FedAvg rounds of the global phase (paper: 300)."""
     local_epochs: int = Field(1, ge=1)
-    local_steps: int | None = Field(None, ge=1, description="cap on optimiser steps per round")
+    """Local epochs per round (paper: 1)."""
+    local_steps: int | None = Field(None, ge=1)
+    """Cap on local optimiser steps per round (unset: full epochs)."""
     finetune_rounds: int = Field(50, ge=0)
+    """FedAvg rounds per cluster in the CFFL phase (paper: 50)."""
     finetune_lr: float = Field(0.02, gt=0)
+    """Learning rate of the CFFL phase (paper: 0.02)."""
     local_epochs_baseline: int = Field(30, ge=1)
+    """Epochs of the local and local-finetune baselines."""
     local_finetune_lr: float = Field(0.005, gt=0)
+    """Learning rate of local finetuning (paper: 0.005)."""
     baselines: tuple[Baseline, ...] = ("local", "fedavg", "cffl")
+    """Methods to run and report; cffl-ideal and centralized are simulation-only, non-private upper
+    bounds."""
     aggregation: Literal["fedavg", "secagg+"] = "secagg+"
+    """How model updates are combined: plain FedAvg (the server sees each site's update) or Flower
+    SecAgg+ (the server unmasks only the sum)."""
     server_lr: float = Field(1.0, gt=0, le=10)
+    """Server learning rate on the aggregate update of the global phase (FedAvgM, Hsu et al. 2019; 1
+    with momentum 0 = plain FedAvg, the paper). CFFL finetuning always uses plain FedAvg."""
     server_momentum: float = Field(0.0, ge=0, lt=1)
+    """Server momentum on the aggregate update of the global phase (FedAvgM); applied by the server
+    to the securely aggregated model, so it sees nothing more than with FedAvg."""
     min_sites_per_aggregate: int = Field(2, ge=1)
+    """Fewest sites per federated aggregate; smaller clusters follow small_cluster_policy."""
     small_cluster_policy: Literal["fallback-global"] = "fallback-global"
+    """A cluster with too few sites keeps the global model (fallback-global, the only policy served;
+    the report names such clusters). Merging with a neighbouring cluster is not offered: it would
+    finetune on cases of another scanner group."""
     seed: int = 0
+    """Seed of crop sampling and initialisation."""
     dp_sgd: DPSGDSpec = DPSGDSpec()
 
 
@@ -292,11 +390,18 @@ class SecureAggregationSpec(_Strict):
     """Flower SecAgg+ parameters (also used by the secure-aggregate clustering sums)."""
 
     num_shares: int = Field(3, ge=2)
+    """SecAgg+ shares per client secret (>= 3, <= number of sites)."""
     reconstruction_threshold: int = Field(2, ge=2)
+    """Shares needed to reconstruct (< num_shares); the round survives dropouts while this many
+    remain."""
     clipping_range: float = Field(8.0, gt=0)
+    """SecAgg+ clipping range of the quantised values."""
     quantization_range: int = Field(4_194_304, ge=2)
+    """SecAgg+ quantisation range (integer levels)."""
     max_weight: float = Field(1000.0, gt=0)
+    """Largest sample-count weight (keep near the largest site)."""
     timeout_s: float = Field(120.0, gt=0)
+    """Seconds a SecAgg+ stage waits for clients before dropping them."""
 
     def secaggplus_problem(self) -> str | None:
         """What Flower's SecAgg+ would refuse in these parameters (None: acceptable)."""
@@ -314,20 +419,30 @@ class EvaluationSpec(_Strict):
     """Sliding-window inference and metrics (the paper's empty-mask rule)."""
 
     roi_size: tuple[int, int, int] = (128, 128, 128)
+    """Sliding-window size for inference (paper: 128^3)."""
     overlap: float = Field(0.5, ge=0, lt=1)
+    """Sliding-window overlap (paper: 0.5)."""
     blend: Literal["gaussian", "constant"] = "gaussian"
+    """Sliding-window blending (paper: gaussian)."""
     threshold: float = Field(0.5, gt=0, lt=1)
+    """Sigmoid threshold for the TC/WT/ET masks (paper: 0.5)."""
     hd95: bool = True
+    """Also compute HD95 (MONAI)."""
     postprocess: Literal["none", "largest-component"] = "none"
+    """none (paper) or keep the largest connected whole-tumour component and restrict TC/ET to
+    it."""
 
 
 class Protocol(_Strict):
     """A complete study protocol (schema v1)."""
 
     schema_version: Literal[1]
+    """Schema version of this file; always 1 for this schema."""
     study: StudyInfo
     data: DataSpec = DataSpec()
     sites: tuple[SiteSpec, ...] = ()
+    """The sites (hospitals); required in deployment, optional in simulation (then one site per
+    partition id, named site-<id>)."""
     server: PartySpec = PartySpec()
     governance: GovernanceSpec = GovernanceSpec()
     privacy: PrivacySpec

@@ -196,15 +196,33 @@ def test_every_field_is_documented_and_reference_is_current() -> None:
     from securefed.protocol.reference import (
         BEGIN_MARK,
         END_MARK,
-        FIELD_DOCS,
         all_field_paths,
+        describe,
+        json_schema,
         reference_markdown,
     )
 
-    missing = [p for p in all_field_paths() if not FIELD_DOCS.get(p)]
+    missing = [p for p in all_field_paths() if not describe(p)]
     assert not missing, f"undocumented protocol fields: {missing}"
+    # The schema's field docstrings are the one source of the reference and the JSON Schema.
+    exported = json.loads((ROOT / "protocols" / "schema.json").read_text())
+    assert exported == json.loads(json_schema()), (
+        "protocols/schema.json is stale: regenerate it (python -m securefed.protocol.reference)"
+    )
+    epsilon = exported["$defs"]["ReleaseSpec"]["properties"]["epsilon"]
+    assert epsilon["description"] == describe("release.epsilon") != ""
     text = (ROOT / "protocols" / "README.md").read_text()
     embedded = text.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0].strip()
     assert embedded == reference_markdown().strip(), (
         "protocols/README.md is stale: regenerate it with `python -m securefed.protocol.reference`"
     )
+
+
+def test_protocol_schema_command_prints_the_exported_schema() -> None:
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+
+    res = CliRunner().invoke(app, ["protocol", "schema"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == json.loads((ROOT / "protocols" / "schema.json").read_text())
