@@ -274,6 +274,20 @@ class Ledger:
                     fh, state, {"kind": "commit", "stage": stage, "release_id": release_id}
                 )
 
+    def commit_intent(self, release_id: str) -> None:
+        """Record the commit of a release whose intent was written by an earlier, interrupted
+        run (its output was kept at the site and has now been sent). Refuses an id without an
+        intent; a second commit is a no-op."""
+        with self._locked() as fh:
+            state = self._state_for_append(fh)
+            charge = state.charges.get(release_id)
+            if charge is None:
+                raise LedgerError(f"{self.path}: no intent for release {release_id!r} to commit")
+            if release_id not in state.committed:
+                self._append(
+                    fh, state, {"kind": "commit", "stage": charge.stage, "release_id": release_id}
+                )
+
     def _check_budget(self, state: LedgerState, new: Charge) -> float:
         charges = [*state.charges.values(), new]
         b = self.budget

@@ -19,8 +19,8 @@ noise source, release id, protocol hash, site). Nothing else of the raw table is
 
 from __future__ import annotations
 
-import hashlib
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,7 @@ from securefed.protocol import LoadedProtocol
 
 __all__ = [
     "ReleasedFeatures",
+    "new_release_id",
     "protect_features",
     "release_space",
     "released_bounds",
@@ -94,12 +95,10 @@ def _unpack(table: Any) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray, A
     return ids, columns, x, splits, parts
 
 
-def _default_release_id(protocol_hash: str, site_id: str, ids: Sequence[str], x: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for part in (protocol_hash, site_id, "\x00".join(ids)):
-        h.update(part.encode("utf-8") + b"\x00")
-    h.update(np.ascontiguousarray(x, dtype="<f8").tobytes())
-    return f"{FEATURES_STAGE}-{site_id}-{h.hexdigest()[:16]}"
+def new_release_id(stage: str = FEATURES_STAGE) -> str:
+    """A fresh release id: 128 bits from the OS CSPRNG. It travels in the sealed metadata, so it
+    must not depend on the data (a hash of the data would tell neighbouring datasets apart)."""
+    return f"{stage}-{secrets.token_hex(16)}"
 
 
 def released_bounds(loaded: LoadedProtocol) -> Bounds:
@@ -124,8 +123,10 @@ def protect_features(
     ``columns``, ``values`` (or ``matrix``) and optionally ``splits`` and ``partition_ids``.
     ``write``: called with the result inside the ledger charge, before the commit entry: write
     the release (or its sealed envelope) to disk there, and send it only after this returns.
-    ``release_id``: default derived from protocol, site and data, so retrying the same release
-    after a crash is not charged twice; a committed id is refused.
+    ``release_id``: the id of this release in the ledger and in the metadata; a fresh random one
+    (:func:`new_release_id`) when not given, never derived from the data. Retrying with the id of
+    an uncommitted intent reuses that charge; a committed id is refused. (A retry must resend the
+    bytes it wrote the first time, not call this again: :mod:`securefed.site.release` keeps them.)
     Returns what may leave the site (see the module docstring)."""
     protocol = loaded_protocol.protocol
     spec = protocol.release
@@ -176,9 +177,11 @@ def protect_features(
         scale = laplace_scale(eps, sens.l1)
         event = dp_accounting.LaplaceDpEvent(scale / sens.l1)
         scale_meta = {"scale": scale, "l1_sensitivity": sens.l1}
-    rid = release_id or _default_release_id(loaded_protocol.sha256, site_id, ids, x)
+    rid = release_id or new_release_id()
     y = geo.to_release_space(x)  # clipped, in [0, 1]^d
-    source = noise_source_for(protocol, site_id, rid, unsafe_seed=unsafe_seed)
+    # Seeded (simulation-only, never private) noise is keyed by site and stage, not by the
+    # random release id, so a seeded study stays reproducible.
+    source = noise_source_for(protocol, site_id, FEATURES_STAGE, unsafe_seed=unsafe_seed)
     with ledger.charge(FEATURES_STAGE, rid, event, (eps, delta)) as handle:
         if spec.mechanism == "gaussian":
             noise = source.gaussian(scale_meta["sigma"], y.shape)

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from securefed.crypto import PrivateKeys, PublicKeys
 from securefed.errors import DataError, KeyError_, ProtocolError
 from securefed.privacy.ledger import Ledger
-from securefed.privacy.protection import FEATURES_STAGE, ReleasedFeatures, protect_features
+from securefed.privacy.protection import (
+    FEATURES_STAGE,
+    ReleasedFeatures,
+    new_release_id,
+    protect_features,
+)
 from securefed.protocol import LoadedProtocol
 from securefed.radiomics.storage import load_table
 from securefed.radiomics.table import FeatureTable
+from securefed.site.pending import PendingReleases
 from securefed.transport import SendCounter, seal_message, write_message
 
 __all__ = ["SiteRelease", "check_server_key", "release_site_features", "site_spec_for"]
@@ -90,7 +97,11 @@ def release_site_features(
     unsafe_seed: int | None = None,
 ) -> SiteRelease:
     """Protect this site's features as the protocol says, charge the ledger, seal, write the
-    envelope atomically into ``outbox``. Leaves the site: the envelope (see module docstring)."""
+    envelope atomically into ``outbox``. Leaves the site: the envelope (see module docstring).
+
+    Crash-safe: the sealed release is kept at the site (:mod:`securefed.site.pending`) before it
+    is written for sending; a rerun after an interruption resends the same bytes and records the
+    commit, never drawing fresh noise under the one charge."""
     if site_keys.role != "site":
         raise KeyError_(f"{site_keys.party_id}: a {site_keys.role} key cannot release features")
     check_server_key(loaded, server_keys)
@@ -105,9 +116,19 @@ def release_site_features(
     partition = site_spec_for(loaded, site_id, sorted(set(table.partition_ids)))
     own = _own_rows(table, partition, site_id)
     ledger = Ledger.for_protocol(state_dir, loaded, site_id)
-    counters = SendCounter(state_dir / "counters")
     outbox.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    path = outbox / f"{site_id}.{FEATURES_STAGE}.env"
+    pending = PendingReleases(state_dir)
+    waiting = pending.waiting(FEATURES_STAGE, loaded.sha256, ledger)
+    if waiting is not None:  # an interrupted run sealed this release: send the same bytes
+        write_message(path, waiting.envelope)
+        ledger.commit_intent(waiting.release_id)
+        pending.clear(FEATURES_STAGE)
+        return SiteRelease(envelope=path, site_id=site_id, partition_id=partition,
+                           **waiting.summary)  # fmt: skip
+    counters = SendCounter(state_dir / "counters")
+    release_id = new_release_id(FEATURES_STAGE)
+    pending.begin(FEATURES_STAGE, loaded.sha256, release_id)
 
     def seal_and_write(released: ReleasedFeatures) -> None:
         meta = {
@@ -128,22 +149,26 @@ def release_site_features(
             counters=counters,
             meta=meta,
         )
-        path = outbox / f"{site_id}.{FEATURES_STAGE}.env"
+        # Kept before anything is written for sending: a retry resends these bytes.
+        pending.keep(FEATURES_STAGE, release_id, envelope, _summary(released))
         write_message(path, envelope)
-        written.append(path)
 
     released = protect_features(
-        own, loaded, ledger, site_id, write=seal_and_write, unsafe_seed=unsafe_seed
-    )
-    return SiteRelease(
-        envelope=written[-1],
-        site_id=site_id,
-        partition_id=partition,
-        cases=len(released.subject_ids),
-        columns=len(released.columns),
-        epsilon=float(released.metadata["epsilon"]),
-        delta=float(released.metadata["delta"]),
-    )
+        own, loaded, ledger, site_id, release_id=release_id, write=seal_and_write,
+        unsafe_seed=unsafe_seed,
+    )  # fmt: skip
+    pending.clear(FEATURES_STAGE)
+    return SiteRelease(envelope=path, site_id=site_id, partition_id=partition,
+                       **_summary(released))  # fmt: skip
+
+
+def _summary(released: ReleasedFeatures) -> dict[str, Any]:
+    return {
+        "cases": len(released.subject_ids),
+        "columns": len(released.columns),
+        "epsilon": float(released.metadata["epsilon"]),
+        "delta": float(released.metadata["delta"]),
+    }
 
 
 def _plain(value: object) -> object:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
+from support.site import COLUMNS, DEMO, keys_for, make_featdir, make_protocol, release_all
 
-from securefed.crypto import generate_keys, load_private_keys, load_public_keys, write_keys
+from securefed.crypto import generate_keys
 from securefed.errors import (
     BudgetExceededError,
     PrivacyError,
@@ -18,67 +19,17 @@ from securefed.errors import (
 )
 from securefed.privacy import derive_bounds, read_ledger, write_bounds
 from securefed.protocol import load_protocol
-from securefed.radiomics import FeatureTable, columns, save_table
+from securefed.radiomics import FeatureTable, save_table
 from securefed.server.collect import CollectionRefused, collect_features, load_collected
 from securefed.site.release import release_site_features
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "protocols" / "demo.toml"
-COLUMNS = columns()
-
-
-def _featdir(tmp: Path, settings: dict, n_per_site: int = 6, sites: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    ids, parts, splits = [], [], []
-    for p in range(1, sites + 1):
-        for i in range(n_per_site):
-            ids.append(f"FeTS2022_{p:02d}{i:03d}")
-            parts.append(p)
-            splits.append(("train", "train", "train", "val", "test", "train")[i % 6])
-    values = rng.normal(size=(len(ids), len(COLUMNS)))
-    table = FeatureTable(ids, parts, splits, COLUMNS, values)
-    return save_table(table, tmp / "featdir", {"settings": settings})
-
-
-def _protocol(tmp: Path, **release: object) -> Path:
-    data = tomllib.loads(DEMO.read_text())
-    if release:
-        data["release"] = release
-        data["clustering"]["scaling"] = "declared-bounds"
-    path = tmp / "study.toml"
-    path.write_bytes(tomli_w.dumps(data).encode())
-    return path
-
-
-def _keys(tmp: Path, sites: int = 3) -> dict:
-    folder = tmp / "keys"
-    server = generate_keys("server", "server")
-    write_keys(server, folder)
-    out = {"server": load_private_keys(folder / "server.key")}
-    for p in range(1, sites + 1):
-        write_keys(generate_keys("site", f"site-{p}"), folder)
-        out[f"site-{p}"] = load_private_keys(folder / f"site-{p}.key")
-    out["server_pub"] = load_public_keys(folder / "server.pub.json")
-    out["site_pubs"] = tuple(load_public_keys(folder / f"site-{p}.pub.json") for p in range(1, 4))
-    return out
-
-
-def _release_all(tmp: Path, proto: Path, featdir: Path, keys: dict, inbox: Path) -> list:
-    loaded = load_protocol(proto)
-    return [
-        release_site_features(
-            featdir, loaded, keys[f"site-{p}"], keys["server_pub"], inbox, tmp / f"state-{p}"
-        )
-        for p in range(1, 4)
-    ]
-
 
 def test_plain_round_trip(tmp_path: Path) -> None:
-    proto = _protocol(tmp_path)
+    proto = make_protocol(tmp_path)
     loaded = load_protocol(proto)
-    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
-    keys = _keys(tmp_path)
-    results = _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    featdir = make_featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = keys_for(tmp_path)
+    results = release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
     assert all(r.epsilon == float("inf") and r.cases == 6 for r in results)
     table = collect_features(
         tmp_path / "inbox",
@@ -113,11 +64,11 @@ def test_plain_round_trip(tmp_path: Path) -> None:
 
 def test_local_dp_release_charges_ledger_and_refuses_past_budget(tmp_path: Path) -> None:
     demo = load_protocol(DEMO)
-    featdir = _featdir(tmp_path, demo.protocol.radiomics.model_dump(mode="json"))
+    featdir = make_featdir(tmp_path, demo.protocol.radiomics.model_dump(mode="json"))
     ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
     bounds = derive_bounds(ref, COLUMNS, source="test reference, not study data")
     sha = write_bounds(bounds, tmp_path / "bounds.json")
-    proto = _protocol(
+    proto = make_protocol(
         tmp_path,
         mode="local-dp",
         mechanism="gaussian",
@@ -128,9 +79,9 @@ def test_local_dp_release_charges_ledger_and_refuses_past_budget(tmp_path: Path)
         dimension=8,
         projection_seed=3,
     )
-    keys = _keys(tmp_path)
+    keys = keys_for(tmp_path)
     loaded = load_protocol(proto)
-    results = _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    results = release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
     assert all(r.columns == 8 and r.epsilon == 4.0 for r in results)
     table = collect_features(
         tmp_path / "inbox",
@@ -161,10 +112,10 @@ def test_local_dp_release_charges_ledger_and_refuses_past_budget(tmp_path: Path)
 def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
     demo = load_protocol(DEMO)
     settings = demo.protocol.radiomics.model_dump(mode="json")
-    featdir = _featdir(tmp_path, settings)
+    featdir = make_featdir(tmp_path, settings)
     ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
     sha = write_bounds(derive_bounds(ref, COLUMNS, source="test reference"), tmp_path / "b.json")
-    proto = _protocol(
+    proto = make_protocol(
         tmp_path,
         mode="local-dp",
         mechanism="laplace",
@@ -174,13 +125,13 @@ def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
         projection="random",
         dimension=4,
     )
-    keys = _keys(tmp_path)
+    keys = keys_for(tmp_path)
     loaded = load_protocol(proto)
     release_site_features(
         featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o1", tmp_path / "st"
     )
     # New data (a re-extraction), same site: 5 + 5 > 8 -> refused before noise, no envelope.
-    featdir2 = _featdir(tmp_path / "second", settings)
+    featdir2 = make_featdir(tmp_path / "second", settings)
     raw = featdir2 / "features.csv"
     assert raw.exists()
     from securefed.radiomics import load_table
@@ -197,11 +148,11 @@ def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
 
 
 def test_tampered_envelope_refuses_collection_and_writes_nothing(tmp_path: Path) -> None:
-    proto = _protocol(tmp_path)
+    proto = make_protocol(tmp_path)
     loaded = load_protocol(proto)
-    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
-    keys = _keys(tmp_path)
-    _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    featdir = make_featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = keys_for(tmp_path)
+    release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
     victim = tmp_path / "inbox" / "site-2.features.env"
     good = victim.read_bytes()
     data = bytearray(good)
@@ -231,11 +182,11 @@ def test_tampered_envelope_refuses_collection_and_writes_nothing(tmp_path: Path)
 
 
 def test_wrong_protocol_and_settings_are_refused(tmp_path: Path) -> None:
-    proto = _protocol(tmp_path)
+    proto = make_protocol(tmp_path)
     loaded = load_protocol(proto)
-    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
-    keys = _keys(tmp_path)
-    _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    featdir = make_featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = keys_for(tmp_path)
+    release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
     other = tomllib.loads(proto.read_text())
     other["training"]["lr"] = 0.01
     other_path = tmp_path / "other.toml"
@@ -263,16 +214,16 @@ def test_wrong_protocol_and_settings_are_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_site_and_wrong_server_key(tmp_path: Path) -> None:
-    proto = _protocol(tmp_path)
+    proto = make_protocol(tmp_path)
     loaded = load_protocol(proto)
-    featdir = _featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
-    keys = _keys(tmp_path)
+    featdir = make_featdir(tmp_path, loaded.protocol.radiomics.model_dump(mode="json"))
+    keys = keys_for(tmp_path)
     intruder = generate_keys("site", "site-9")
     with pytest.raises(ProtocolError, match="not a site of this protocol"):
         release_site_features(
             featdir, loaded, intruder, keys["server_pub"], tmp_path / "x", tmp_path / "s"
         )
-    _release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
+    release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
     # A collector that only knows sites 1 and 2 refuses site-3's envelope as an unknown sender.
     with pytest.raises(CollectionRefused, match="SF153"):
         collect_features(
