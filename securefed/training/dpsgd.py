@@ -14,6 +14,9 @@ plus finetuning rounds for each cluster the site may join, clustering.k when fix
 composed by the protocol's accountant, stays within ``dp_sgd.epsilon`` at ``dp_sgd.delta``.
 Each round is charged to the site ledger (stage ``training``) BEFORE Opacus draws any noise.
 
+Batches and crops: drawn from site-local secrets (64 bits of ``os.urandom`` each round), never from
+the server's seed, so the server cannot tell which cases entered which step.
+
 Noise: Opacus's ``secure_mode`` (floating-point attack mitigation) from a torch generator seeded
 with 64 bits of ``os.urandom`` (torch's PRNG, weaker than the CSPRNG of the feature releases;
 torchcsprng is not installed). What leaves the site: the noised model weights (via the client).
@@ -177,6 +180,16 @@ def release_id_for(ledger: Ledger, phase: str, server_round: int) -> str:
     return rid
 
 
+def _round_secrets(noise_seed: int | None) -> tuple[int, int, int]:
+    """Seeds of one round's batch sampling, crop sampling and Opacus noise: fresh site-local
+    secrets from os.urandom, or (simulation with ``unsafe_seeded_noise`` only) derived from
+    ``noise_seed`` so that a seeded study is reproducible."""
+    if noise_seed is None:
+        a, b, c = (int.from_bytes(os.urandom(8), "big") >> 1 for _ in range(3))
+        return a, b, c
+    return int(noise_seed), int(noise_seed) + 1, int(noise_seed) + 2
+
+
 def train_dp_round(
     model: Any,
     data: Sequence[dict[str, Any]],
@@ -193,8 +206,9 @@ def train_dp_round(
 ) -> dict[str, Any]:
     """One round of DP-SGD on ``model`` (the Opacus-capable variant) in place. ``steps`` is
     capped at ``plan.steps_per_round``. Charges ``plan.round_event(steps)`` to ``ledger`` before
-    any noise (raises BudgetExceededError past the budget, nothing trained). ``noise_seed``:
-    simulation only (protocol ``unsafe_seeded_noise``); otherwise noise is seeded from os.urandom.
+    any noise (raises BudgetExceededError past the budget, nothing trained). Batches, crops and
+    noise are drawn from site-local secrets; ``seed`` (the server's) is not used for any of them.
+    ``noise_seed``: simulation only (protocol ``unsafe_seeded_noise``), seeds all three.
     Returns train_local's dict plus ``epsilon_spent`` (site total) and ``noise_multiplier``."""
     import torch
     from opacus import GradSampleModule
@@ -207,15 +221,15 @@ def train_dp_round(
     steps = min(int(steps), plan.steps_per_round)
     if steps < 1:
         raise TrainingError(f"DP-SGD: {steps} steps requested; expected >= 1")
-    batches = dp_batches(len(data), plan.batch_size, steps, seed)
+    # Batches, crops and noise come from site-local secrets (64 bits of os.urandom each), never
+    # from the server's seed: the server must not know which cases enter which step.
+    batch_seed, crop_seed, gen_seed = _round_secrets(noise_seed)
+    batches = dp_batches(len(data), plan.batch_size, steps, batch_seed)
     with ledger.charge(STAGE, release_id, plan.round_event(steps)) as handle:
         gsm = GradSampleModule(model)
         try:
             gen = torch.Generator()
-            if noise_seed is None:
-                gen.manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
-            else:
-                gen.manual_seed(int(noise_seed))
+            gen.manual_seed(gen_seed)
             opt = DPOptimizer(
                 make_optimizer(gsm, spec, float(lr)),
                 noise_multiplier=plan.noise_multiplier,
@@ -229,7 +243,7 @@ def train_dp_round(
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 out = train_local(
                     gsm, data, spec, epochs=1, max_steps=None, lr=float(lr), device=device,
-                    seed=seed, optimizer=opt, batches=batches,
+                    seed=crop_seed, optimizer=opt, batches=batches,
                 )  # fmt: skip
         finally:
             gsm._close()

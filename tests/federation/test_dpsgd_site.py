@@ -111,3 +111,37 @@ def test_dp_off_leaves_the_ledger_untouched(tmp_path: Path) -> None:
     params = client.get_parameters({})
     weights, n, _ = client.fit(params, _config(client, 1))
     assert n == 3 and not (work / "ledger.jsonl").exists()
+
+
+def test_dp_batches_come_from_site_secrets_not_the_servers_seed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The server's round seed decides nothing in a DP-SGD round: two rounds with the same server
+    seed sample different batches (fresh os.urandom secrets); only a simulation's unsafe noise
+    seed makes them reproducible (privacy-claims issue, finding 4)."""
+    client, work = _site(tmp_path)
+    spec = client.spec
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
+    data = prepare_volumes([dp_case(s) for s in "abcdefgh"], spec)
+    seen: list[list[list[int]]] = []
+    real = dpsgd.dp_batches
+
+    def recording(n, batch, steps, seed):  # noqa: ANN001, ANN202
+        out = real(n, batch, steps, seed)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(dpsgd, "dp_batches", recording)
+    for i in range(5):  # 4 unseeded rounds: all equal by chance with probability 28^-3
+        ledger = dpsgd.site_ledger(client.loaded, 1, work / f"ledger-{i}")
+        dpsgd.train_dp_round(
+            build_model(spec), data, spec, plan=plan, ledger=ledger, release_id=f"r{i}",
+            steps=1, lr=0.05, seed=0, noise_seed=None if i < 4 else 7,
+        )  # fmt: skip
+    assert len({str(b) for b in seen[:4]}) > 1, "batches followed the server's seed"
+    ledger = dpsgd.site_ledger(client.loaded, 1, work / "ledger-again")
+    dpsgd.train_dp_round(
+        build_model(spec), data, spec, plan=plan, ledger=ledger, release_id="again",
+        steps=1, lr=0.05, seed=123, noise_seed=7,
+    )  # fmt: skip
+    assert seen[4] == seen[5]  # seeded simulation: reproducible, whatever the server's seed
