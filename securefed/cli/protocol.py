@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from securefed.cli._common import ProtocolFileArg, console, handle_errors, subgroup
+from securefed.protocol import LoadedProtocol
 
 __all__ = ["register"]
 
@@ -23,7 +24,7 @@ def check(protocol: ProtocolFileArg) -> None:
 
     loaded = load_protocol(protocol)
     console.print(loaded.sha256, highlight=False)
-    for line in summary_lines(loaded)[2:]:
+    for line in summary_lines(loaded)[2:] + _privacy_lines(loaded):
         console.print(line, highlight=False, markup=False)
 
 
@@ -32,8 +33,18 @@ def render(protocol: ProtocolFileArg) -> None:
     """Plain summary of PROTOCOL for a governance board (what leaves each site, budgets)."""
     from securefed.protocol import load_protocol, summary_lines
 
-    for line in summary_lines(load_protocol(protocol)):
+    loaded = load_protocol(protocol)
+    for line in summary_lines(loaded) + _privacy_lines(loaded):
         console.print(line, highlight=False, markup=False)
+
+
+def _privacy_lines(loaded: LoadedProtocol) -> list[str]:
+    """Figures the protocol layer cannot compute itself (they need the DP accountant)."""
+    from securefed.clustering.secure import collusion_lines
+
+    if loaded.protocol.release.mode == "secure-aggregate":
+        return collusion_lines(loaded.protocol)
+    return []
 
 
 @handle_errors

@@ -39,6 +39,8 @@ __all__ = [
     "SecureClusteringServer",
     "SecureClusteringSite",
     "SecurePlan",
+    "collusion_epsilon",
+    "collusion_lines",
     "plan_secure_clustering",
 ]
 
@@ -66,6 +68,7 @@ class SecurePlan:
     neighbouring: str
     min_sites: int
     seed: int
+    colluding: int = 0  # sites that may collude with the server (each share sized for n - t)
 
     def sensitivity(self, kind: str) -> float:
         d = self.dimension
@@ -127,6 +130,7 @@ def plan_secure_clustering(protocol: StudyProtocol, dimension: int) -> SecurePla
         neighbouring=protocol.privacy.neighbouring,
         min_sites=sec.min_sites_per_aggregate,
         seed=protocol.clustering.seed,
+        colluding=sec.max_colluding_sites,
     )
 
 
@@ -226,6 +230,12 @@ class SecureClusteringSite:
                 f"the protocol requires clustering.secure.min_sites_per_aggregate = "
                 f"{plan.min_sites}; refusing to contribute"
             )
+        if len(parts) <= plan.colluding:
+            raise TooFewParticipantsError(
+                f"site {self.site_id}: round {request.round} has {len(parts)} participant(s); with "
+                f"clustering.secure.max_colluding_sites = {plan.colluding} no honest site's noise "
+                "would be certain to remain; refusing to contribute"
+            )
         if self.site_id not in parts or set(parts) - set(self._keys):
             raise AggregationError(f"site {self.site_id}: unknown participant list {parts}")
         if request.round in self._answered:
@@ -246,8 +256,9 @@ class SecureClusteringSite:
 
         with self._ledger.charge(STAGE, release_id, plan.event()):
             share = distributed_gaussian_share(
-                self._noise, plan.sigma(request.kind), len(parts), local.shape
-            )
+                self._noise, plan.sigma(request.kind), len(parts), local.shape,
+                min_contributors=len(parts) - plan.colluding,
+            )  # fmt: skip
             masked = self._party.mask(
                 local + share,
                 {p: self._keys[p] for p in parts},
@@ -330,3 +341,36 @@ class SecureClusteringServer:
         new = old.copy()
         new[ok] = np.clip(sums[ok] / counts[ok, None] + 0.5, 0.0, 1.0)
         return new
+
+
+def collusion_epsilon(
+    plan: SecurePlan, participants: int, colluders: int, accountant: str = "rdp"
+) -> float:
+    """Epsilon of the whole secure clustering against the server joined by ``colluders`` sites
+    (who subtract their own noise shares) in rounds of ``participants`` sites: the remaining
+    noise has variance sigma^2 (n - c) / (n - t). At most the claim for c <= t; inf when c >= n."""
+    import dp_accounting
+
+    from securefed.privacy.accounting import accountant_epsilon
+
+    n, t, c = int(participants), plan.colluding, int(colluders)
+    if c >= n:
+        return math.inf
+    z = plan.noise_multiplier * math.sqrt((n - c) / (n - t))
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), len(plan.rounds))
+    return float(accountant_epsilon([event], plan.delta, accountant))
+
+
+def collusion_lines(protocol: StudyProtocol) -> list[str]:
+    """What `securefed protocol check|render` says of the distributed noise: the epsilon against
+    the server with up to ``max_colluding_sites`` colluding sites (the claim) and with one more,
+    in the smallest aggregate the protocol allows."""
+    plan = plan_secure_clustering(protocol, dimension=1)  # epsilon does not depend on d
+    n, t = plan.min_sites, plan.colluding
+    worse = collusion_epsilon(plan, n, t + 1, protocol.privacy.accountant)
+    return [
+        f"           distributed noise: each of n sites adds sigma^2/(n - {t}), so the claimed "
+        f"epsilon={plan.epsilon:g} holds against the server with up to {t} colluding site(s); "
+        f"with {t + 1} colluding in an aggregate of {n} sites: epsilon "
+        + ("inf" if math.isinf(worse) else f"{worse:.3g}")
+    ]

@@ -254,6 +254,21 @@ class SecureClusteringSpec(_Strict):
     """Histogram resolution per projected dimension."""
     min_sites_per_aggregate: int = Field(2, ge=1)
     """Fewest sites whose data may enter one aggregate; fewer -> refused."""
+    max_colluding_sites: int = Field(0, ge=0, le=1000)
+    """Sites that may collude with the server and remove their own noise shares (t). Each site
+    adds noise of variance sigma^2 / (n - t) for n participants, so the n - t honest sites alone
+    reach the calibrated sigma; 0 trusts every site (sigma^2 / n each). Must be below
+    min_sites_per_aggregate; a round with n <= t participants is refused."""
+
+    @model_validator(mode="after")
+    def _collusion(self) -> SecureClusteringSpec:
+        if self.max_colluding_sites >= self.min_sites_per_aggregate:
+            raise ValueError(
+                f"clustering.secure.max_colluding_sites ({self.max_colluding_sites}) must be "
+                f"below min_sites_per_aggregate ({self.min_sites_per_aggregate}): at least one "
+                "honest site's noise must remain in every aggregate"
+            )
+        return self
 
 
 class ClusteringSpec(_Strict):

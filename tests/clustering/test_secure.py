@@ -19,7 +19,14 @@ from securefed.protocol.loader import LoadedProtocol, protocol_hash
 from securefed.study.secure_clustering import run_secure_clustering
 
 
-def _loaded(algorithm: str, eps: float, k: int = 3, min_sites: int = 2, total: float = 8.0):
+def _loaded(
+    algorithm: str,
+    eps: float,
+    k: int = 3,
+    min_sites: int = 2,
+    total: float = 8.0,
+    colluding: int = 0,
+):
     p = parse_protocol({
         "schema_version": 1,
         "study": {"name": "t", "mode": "simulation"},
@@ -28,7 +35,8 @@ def _loaded(algorithm: str, eps: float, k: int = 3, min_sites: int = 2, total: f
                     "bounds": {"file": "b.json", "sha256": "sha256:" + "0" * 64}},
         "clustering": {"k": k, "secure": {"algorithm": algorithm, "epsilon": eps, "delta": 1e-6,
                                           "iterations": 2, "bins_per_dimension": 6,
-                                          "min_sites_per_aggregate": min_sites}},
+                                          "min_sites_per_aggregate": min_sites,
+                                          "max_colluding_sites": colluding}},
     })  # fmt: skip
     return LoadedProtocol(p, protocol_hash(p), None, "")
 
@@ -110,3 +118,59 @@ def test_budget_is_checked_before_noise(tmp_path: Path) -> None:
             "clustering", "again", plan_secure_clustering(loaded.protocol, 3).event()
         ):
             pass
+
+
+class _Recording(SecureNoise):
+    """The OS CSPRNG, recording the standard deviation of every Gaussian share drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scales: list[float] = []
+
+    def gaussian(self, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+        self.scales.append(float(scale))
+        return super().gaussian(scale, shape)
+
+
+@pytest.mark.parametrize("colluding", [0, 1, 2])
+def test_noise_shares_survive_the_declared_collusion(tmp_path: Path, colluding: int) -> None:
+    """Each of n sites draws sigma^2 / (n - t): the noise of the n - t honest sites alone is the
+    calibrated sigma, and the claimed epsilon holds against the server with t colluding sites
+    (privacy-claims issue, finding 5)."""
+    from securefed.clustering.secure import collusion_epsilon
+
+    rng = np.random.default_rng(1)
+    pts, _ = _sites(rng, [40, 30, 20, 10])
+    loaded = _loaded("dp-histogram", 1.0, min_sites=3, colluding=colluding)
+    ledgers = {s: Ledger.for_protocol(tmp_path / s, loaded, s) for s in pts}
+    sources = {s: _Recording() for s in pts}
+    res = run_secure_clustering(
+        pts, loaded.protocol, ledgers, sources.__getitem__, context=loaded.sha256.encode()
+    )
+    plan = res.plan
+    n = len(pts)
+    for source in sources.values():
+        for r, scale in enumerate(source.scales):
+            sigma = plan.sigma(plan.rounds[r])
+            assert scale == pytest.approx(sigma / np.sqrt(n - colluding))
+            # What the honest sites leave after t colluders subtract their shares: sigma^2.
+            assert (n - colluding) * scale**2 == pytest.approx(sigma**2)
+    claim = collusion_epsilon(plan, n, colluding)
+    assert claim == pytest.approx(plan.epsilon, rel=0.02)
+    assert collusion_epsilon(plan, n, colluding + 1) > plan.epsilon * 1.05
+    assert collusion_epsilon(plan, n, n) == float("inf")
+
+
+def test_collusion_setting_needs_an_honest_site_per_round(tmp_path: Path) -> None:
+    from securefed.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="max_colluding_sites"):
+        _loaded("dp-histogram", 1.0, min_sites=2, colluding=2)
+    rng = np.random.default_rng(2)
+    pts, _ = _sites(rng, [30, 30])
+    loaded = _loaded("dp-histogram", 1.0, min_sites=1, colluding=0)
+    strict = _loaded("dp-histogram", 1.0, min_sites=3, colluding=2)
+    res, _ = _run(loaded, pts, tmp_path / "ok")
+    assert res.plan.colluding == 0
+    with pytest.raises(TooFewParticipantsError):
+        _run(strict, pts, tmp_path / "refused")

@@ -226,3 +226,30 @@ def test_protocol_schema_command_prints_the_exported_schema() -> None:
     res = CliRunner().invoke(app, ["protocol", "schema"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == json.loads((ROOT / "protocols" / "schema.json").read_text())
+
+
+def test_check_shows_the_epsilon_under_collusion(tmp_path: Path) -> None:
+    """`securefed protocol check` states what the distributed noise holds against: the claim with
+    up to max_colluding_sites colluding, and the epsilon with one more."""
+    import tomllib
+
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+
+    data = tomllib.loads(DEMO.read_text())
+    data["release"] = {
+        "mode": "secure-aggregate", "projection": "random", "dimension": 2,
+        "bounds": {"file": "b.json", "sha256": "sha256:" + "0" * 64},
+    }  # fmt: skip
+    data["clustering"]["scaling"] = "declared-bounds"
+    data["clustering"]["secure"] = {"epsilon": 1.0, "min_sites_per_aggregate": 3,
+                                    "max_colluding_sites": 1}  # fmt: skip
+    path = tmp_path / "secure.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    res = CliRunner().invoke(app, ["protocol", "check", str(path)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "sigma^2/(n - 1)" in text and "up to 1 colluding site(s)" in text
+    assert "with 2 colluding in an aggregate of 3 sites: epsilon" in text
