@@ -47,36 +47,15 @@ def extract(
 ) -> None:
     """Compute PROTOCOL's radiomic features for every case into OUT (features.csv +
     manifest.json + a per-case cache). Stays at the site: nothing is sent anywhere."""
-    from securefed import __version__
-    from securefed.data import load_federation
-    from securefed.errors import NoCasesError, PartitionError
     from securefed.protocol import load_protocol
-    from securefed.radiomics import extract_features, save_table
-    from securefed.radiomics.cache import CACHE_DIR, pyradiomics_version
+    from securefed.site.extract import extract_site_features
 
     loaded = load_protocol(resolve_protocol(protocol, protocol_option))
-    proto = loaded.protocol
-    spec = proto.radiomics
-    fed = load_federation(data, partitioning=proto.data.partitioning)
-    splits = fed.splits(
-        seed=proto.data.split_seed,
-        test_fraction=proto.data.test_fraction,
-        val_fraction=proto.data.val_fraction,
-    )
-    known = set(fed.listed.values()) | set(fed.partition_of.values())
-    wanted = set(partition) if partition else known
-    unknown = sorted(wanted - known)
-    if unknown:
-        raise PartitionError(
-            f"--partition {unknown[0]}: not a partition id of {proto.data.partitioning} in {data} "
-            f"(known: {', '.join(str(p) for p in sorted(known))})"
-        )
-    cases = [c for s, c in sorted(fed.cases.items()) if fed.partition_of[s] in wanted]
-    problems = [p for p in fed.problems if fed.listed.get(p.subject_id) in wanted or not fed.listed]
-    excluded: dict[str, str] = {p.subject_id: str(p) for p in problems}
+    spec = loaded.protocol.radiomics
     info(
-        f"protocol {loaded.sha256}; {len(cases)} case(s) in partition(s) "
-        f"{', '.join(str(p) for p in sorted(wanted))}; binning {spec.binning}, mask {spec.mask}"
+        f"protocol {loaded.sha256}; partition(s) "
+        f"{', '.join(str(p) for p in sorted(partition)) if partition else 'all'}; "
+        f"binning {spec.binning}, mask {spec.mask}"
     )
     with progress() as bar:
         tasks: dict[str, Any] = {}
@@ -87,42 +66,15 @@ def extract(
                 tasks[stage] = bar.add_task(label, total=total)
             bar.update(tasks[stage], completed=done)
 
-        result = extract_features(
-            cases,
-            spec,
-            cache_dir=out / CACHE_DIR,
-            partition_of=fed.partition_of,
-            split_of=splits,
-            workers=workers,
+        result = extract_site_features(
+            loaded, data, out, partitions=partition or (), workers=workers, strict=strict,
             progress=report,
-            on_error="raise" if strict else "exclude",
-        )
-    excluded.update(result.excluded)
-    if len(result.table) == 0:
-        raise NoCasesError(
-            f"no case of partition(s) {sorted(wanted)} in {data} could be extracted; "
-            f"excluded: {', '.join(sorted(excluded)) or 'none'}"
-        )
-    manifest = {
-        "protocol_sha256": loaded.sha256,
-        "settings": spec.model_dump(mode="json"),
-        "pyradiomics_version": pyradiomics_version(),
-        "securefed_version": __version__,
-        "partitions": sorted(wanted),
-        "content_keys": result.content_keys,
-        "excluded": dict(sorted(excluded.items())),
-        "bin_edges": None
-        if result.edges is None
-        else {m: list(e) for m, e in result.edges.items()},
-        "site_local": "raw features: never send this folder; release through the protocol",
-    }
-    save_table(result.table, out, manifest)
-    n, m = result.table.shape
+        )  # fmt: skip
     info(
-        f"wrote {n} case(s) x {m} features to {out / 'features.csv'} "
+        f"wrote {result.cases} case(s) x {result.columns} features to {out / 'features.csv'} "
         f"(computed {result.computed}, from cache {result.cached})"
     )
-    if excluded:
-        err_console.print(f"[yellow]excluded {len(excluded)} case(s):[/]", highlight=False)
-        for sid, reason in sorted(excluded.items()):
+    if result.excluded:
+        err_console.print(f"[yellow]excluded {len(result.excluded)} case(s):[/]", highlight=False)
+        for sid, reason in result.excluded.items():
             err_console.print(f"  {sid}: {reason}", highlight=False, markup=False)

@@ -146,34 +146,24 @@ def demo(
 ) -> None:
     """Synthesize the demo federation into OUT/data and run protocols/demo.toml on it (SecAgg+ on)
     in OUT/run; another --protocol shares the data and gets its own run folder."""
-    from securefed.data.synth import synthesize
-    from securefed.protocol.shipped import shipped_protocol, shipped_protocols
-    from securefed.study.runner import run_study
+    from securefed.study.demo import run_demo
 
     start = time.perf_counter()
-    path = Path(protocol)
-    if not path.is_file() and protocol in shipped_protocols():
-        path = shipped_protocol(protocol)
-    default = path.resolve() == shipped_protocol("demo").resolve()
-    rundir = out / "run" if default else out / f"run-{path.stem}"
-    data = out / "data"
     _quiet_flower()
     with progress(transient=True) as bar:
-        if not (data / "partitioning_1.csv").exists():
-            info(f"synthesizing the demo federation into {data} ...")
-            task = bar.add_task("synthetic cases", total=None)
-            synthesize(
-                data, preset="demo", seed=seed, workers=workers,
-                on_case=lambda _sid: bar.advance(task),
-            )  # fmt: skip
-        results = run_study(
-            path, data, rundir, truth=data / "truth.csv", workers=workers, log=info,
-            progress=_Bars(bar),
+        task = bar.add_task("synthetic cases", total=None, visible=False)
+
+        def on_case(_sid: str) -> None:
+            bar.update(task, visible=True, advance=1)
+
+        run = run_demo(
+            out, protocol, seed=seed, workers=workers, log=info, progress=_Bars(bar),
+            on_case=on_case,
         )  # fmt: skip
-    _summary(results)
-    report = rundir / "report.html"
+    _summary(run.results)
+    report = run.rundir / "report.html"
     info(f"demo finished in {time.perf_counter() - start:.0f} s; report: {report}")
-    if default:
+    if run.is_default:
         info(f"all six methods side by side (about 7 min): securefed demo --out {out} "
              "--protocol demo-all-methods")  # fmt: skip
     if open_report:
