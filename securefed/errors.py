@@ -40,6 +40,7 @@ __all__ = [
     "WrongKeyError",
     "CodecError",
     "CounterStateError",
+    "LedgerRollbackError",
     "ClusteringError",
     "AggregationError",
     "TooFewParticipantsError",
@@ -216,6 +217,13 @@ class CounterStateError(SecurityError):
 
 
 # --- server-side stages ---------------------------------------------------------------------
+class LedgerRollbackError(SecurityError):
+    """A site's ledger, as a release carries it, does not extend the head the server saw last
+    (truncated, deleted or replaced: a refunded budget), or does not account for the release."""
+
+    code = "SF147"
+
+
 class ClusteringError(UserError):
     code = "SF160"
 

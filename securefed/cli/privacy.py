@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from securefed.cli._common import console, err_console, handle_errors, info, subgroup
+from securefed.errors import ConfigError
 
 if TYPE_CHECKING:
     from securefed.privacy.ledger import LedgerState
@@ -80,6 +81,13 @@ def _ledger_path(folder: Path) -> Path:
     return path
 
 
+def _ledger_path_or_none(folder: Path) -> Path | None:
+    from securefed.privacy.ledger import LEDGER_FILE
+
+    path = folder / LEDGER_FILE if folder.is_dir() else folder
+    return path if path.is_file() else None
+
+
 def _fmt_eps(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.4g}"
 
@@ -140,12 +148,38 @@ def _summary(state: LedgerState) -> None:
 
 
 @handle_errors
-def verify(folder: _LedgerArg) -> None:
-    """Check the hash chain and every entry; exit 3 naming the first bad line if tampered."""
+def verify(
+    folder: _LedgerArg,
+    server_head: Annotated[
+        str | None,
+        typer.Option(
+            "--server-head",
+            help="SEQ:HASH the server last saw of this site's ledger (its STATE/ledger-heads.json):"
+            " exit 3 unless the file still extends it.",
+        ),
+    ] = None,
+) -> None:
+    """Check the hash chain and every entry; exit 3 naming the first bad line if tampered, or
+    if the ledger no longer extends the head the server saw (rolled back)."""
+    from securefed.errors import LedgerRollbackError
     from securefed.privacy.ledger import read_ledger
 
+    if server_head is not None and not _ledger_path_or_none(folder):
+        raise LedgerRollbackError(
+            f"{folder}: no ledger, but the server saw {server_head} of it: it was deleted"
+        )
     path = _ledger_path(folder)
     state = read_ledger(path)
+    if server_head is not None:
+        seq_text, _, head = server_head.partition(":")
+        if not seq_text.isdigit() or not head:
+            raise ConfigError(f"--server-head {server_head!r}: expected SEQ:sha256:<hex>")
+        seq = int(seq_text)
+        if len(state.entries) < seq or state.entries[seq - 1].get("hash") != head:
+            raise LedgerRollbackError(
+                f"{path}: does not extend the head the server saw ({server_head}): the ledger "
+                "was truncated, deleted or replaced"
+            )
     if state.torn_tail:
         err_console.print(
             f"warning: {path} ends with a torn line (a crash during a write, before any noise); "

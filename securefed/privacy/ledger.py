@@ -58,6 +58,7 @@ __all__ = [
     "ChargeHandle",
     "stage_allocations",
     "read_ledger",
+    "verify_entries",
 ]
 
 LEDGER_FILE = "ledger.jsonl"
@@ -385,16 +386,25 @@ def read_ledger(path: str | Path) -> LedgerState:
     """Read and verify a ledger file; LedgerCorruptError names the first bad line."""
     path = Path(path)
     lines, tail = _raw_lines(path)
-    state = LedgerState([], {}, set(), GENESIS, bool(tail), None, None, None)
+    entries: list[Any] = []
     for number, raw in enumerate(lines, start=1):
-        where = f"{path} line {number}"
         try:
-            entry = json.loads(raw.decode("utf-8"))
+            entries.append(json.loads(raw.decode("utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LedgerCorruptError(
-                f"{where}: not valid JSON ({exc}); the ledger was edited or damaged"
+                f"{path} line {number}: not valid JSON ({exc}); the ledger was edited or damaged"
             ) from exc
-        _check_entry(entry, where, number - 1, state)
+    state = verify_entries(entries, str(path))
+    state.torn_tail = bool(tail)
+    return state
+
+
+def verify_entries(entries: list[Any], source: str) -> LedgerState:
+    """Verify a ledger given as its parsed entries (the file's lines, or the copy a release
+    carries to the server); LedgerCorruptError names ``source`` and the first bad entry."""
+    state = LedgerState([], {}, set(), GENESIS, False, None, None, None)
+    for number, entry in enumerate(entries, start=1):
+        _check_entry(entry, f"{source} line {number}", number - 1, state)
         state.entries.append(entry)
         state.head = entry["hash"]
     return state

@@ -27,6 +27,7 @@ from securefed.errors import DataError, EnvelopeError, KeyError_, SecurefedError
 from securefed.fileio import atomic_write_bytes as write_atomic
 from securefed.privacy.protection import FEATURES_STAGE
 from securefed.protocol import LoadedProtocol
+from securefed.server.ledger_heads import LedgerHeads, SiteHead
 from securefed.transport import (
     OpenedMessage,
     ReplayGuard,
@@ -127,6 +128,9 @@ def collect_features(
     columns: list[str] | None = None
     seen_ids: dict[str, str] = {}
     seen_senders: set[str] = set()
+    ledger_heads = LedgerHeads(state_dir)
+    known = ledger_heads.load()
+    new_heads: dict[str, SiteHead] = {}
     for path in files:
         try:
             msg = open_message(
@@ -151,6 +155,15 @@ def collect_features(
         if problem is not None:
             problems.append((path.name, EnvelopeError(f"{msg.sender}: {problem}")))
             continue
+        if loaded.protocol.release.mode == "local-dp":  # a release charged to the site ledger
+            try:
+                new_heads[msg.sender] = ledger_heads.check(
+                    msg.sender, msg.meta.get("ledger"), msg.meta["release"].get("release_id"),
+                    loaded, known,
+                )  # fmt: skip
+            except SecurefedError as exc:
+                problems.append((path.name, exc))
+                continue
         columns = list(msg.meta["columns"])
         seen_senders.add(msg.sender)
         seen_ids.update({s: msg.sender for s in msg.meta["subject_ids"]})
@@ -162,6 +175,8 @@ def collect_features(
     _write(out, collected, loaded)
     for msg in accepted:  # only now: a crash before this point leaves everything retryable
         guard.advance(msg.sender, FEATURES_STAGE, msg.counter)
+    if new_heads:
+        ledger_heads.save({**known, **new_heads})
     return collected
 
 

@@ -139,6 +139,9 @@ def release_site_features(
             "splits": list(released.splits or ()),
             "columns": list(released.columns),
             "release": {k: _plain(v) for k, v in released.metadata.items()},
+            # The site's ledger up to this release's intent, so the server can hold the site
+            # to it (securefed.server.ledger_heads): stages, random ids and DP events only.
+            "ledger": ledger.read().entries,
         }
         envelope = seal_message(
             {"values": np.ascontiguousarray(released.matrix, dtype="<f8")},
