@@ -1,11 +1,14 @@
 """Noise sources: the OS CSPRNG by default, a seeded generator only as an explicit unsafe option.
 
-Secure sampling: 53-bit uniforms built from ``os.urandom`` bytes, mapped through the inverse CDF
-(Gaussian: ``scipy.special.ndtri``; Laplace: the closed form). Uniforms are taken at bin midpoints
-((k + 1/2) / 2^53), so they are never 0 or 1 and the inverse CDF is always finite.
+Released values are noised on an integer grid with the discrete Gaussian and discrete Laplace
+samplers of OpenDP (Canonne, Kamath and Steinke 2020), whose privacy is proven in exact
+arithmetic and which draw from a cryptographically secure generator
+(:meth:`SecureNoise.discrete_gaussian`, :meth:`SecureNoise.discrete_laplace`): a released integer
+says nothing through its low-order bits, unlike floating-point noise (Mironov 2012).
 
-Known limitation: this is floating-point noise; its low-order bits can leak a little (Mironov
-2012). Discrete or snapping mechanisms are not implemented.
+The floating-point samplers (53-bit uniforms from ``os.urandom`` at bin midpoints, mapped through
+the inverse CDF) remain for the shares of the secure-aggregate clustering, whose sum is
+fixed-point encoded before masking; they carry the limitation above.
 """
 
 from __future__ import annotations
@@ -45,6 +48,24 @@ class NoiseSource(Protocol):
 
     def laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray: ...
 
+    def discrete_gaussian(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray: ...
+
+    def discrete_laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray: ...
+
+
+def _discrete_sample(kind: str, scale: float, n: int) -> np.ndarray:
+    """``n`` integers of OpenDP's discrete Gaussian (``scale`` = sigma) or discrete Laplace
+    (``scale`` = b), centred at 0, from OpenDP's secure randomness."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")  # OpenDP's measurement constructors sit behind this flag
+    space = dp.vector_domain(dp.atom_domain(T=int))
+    if kind == "gaussian":
+        measurement = dp.m.make_gaussian(space, dp.l2_distance(T=int), scale=float(scale))
+    else:
+        measurement = dp.m.make_laplace(space, dp.l1_distance(T=int), scale=float(scale))
+    return np.asarray(measurement([0] * int(n)), dtype=np.int64)
+
 
 class SecureNoise:
     """Noise from the OS CSPRNG (``os.urandom``)."""
@@ -64,6 +85,16 @@ class SecureNoise:
         u = self.uniform(shape) - 0.5
         return -scale * np.sign(u) * np.log1p(-2.0 * np.abs(u))
 
+    def discrete_gaussian(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
+        """Integers from the discrete Gaussian N_Z(0, sigma^2) (OpenDP, exact sampling)."""
+        n = int(np.prod(shape, dtype=np.int64))
+        return _discrete_sample("gaussian", sigma, n).reshape(shape)
+
+    def discrete_laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+        """Integers from the discrete Laplace with scale b (OpenDP, exact sampling)."""
+        n = int(np.prod(shape, dtype=np.int64))
+        return _discrete_sample("laplace", scale, n).reshape(shape)
+
 
 class UnsafeSeededNoise:
     """Seeded numpy noise: reproducible and NOT private. Simulation protocols only."""
@@ -79,6 +110,14 @@ class UnsafeSeededNoise:
 
     def laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray:
         return self._rng.laplace(0.0, scale, size=shape)
+
+    def discrete_gaussian(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
+        """Rounded seeded Gaussian integers (reproducible, NOT private, not the exact sampler)."""
+        return np.rint(self.gaussian(sigma, shape)).astype(np.int64)
+
+    def discrete_laplace(self, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+        """Rounded seeded Laplace integers (reproducible, NOT private, not the exact sampler)."""
+        return np.rint(self.laplace(scale, shape)).astype(np.int64)
 
 
 def noise_source_for(

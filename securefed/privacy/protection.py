@@ -30,7 +30,7 @@ import numpy as np
 
 from securefed.errors import DataError, PrivacyError, ProtocolError
 from securefed.privacy.bounds import Bounds, load_pinned_bounds
-from securefed.privacy.calibration import gaussian_sigma, laplace_scale
+from securefed.privacy.calibration import discrete_gaussian_sigma, laplace_scale
 from securefed.privacy.geometry import ReleaseGeometry, identity_geometry, release_geometry
 from securefed.privacy.ledger import Ledger
 from securefed.privacy.noise import noise_source_for
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 FEATURES_STAGE = "features"
+GRID = 2.0**-12  # release grid of the unit box (an exact power of two)
 
 
 @dataclass(frozen=True)
@@ -169,28 +170,36 @@ def protect_features(
     if spec.epsilon is None:
         raise ProtocolError("release.mode 'local-dp' needs release.epsilon")
     eps, delta = float(spec.epsilon), float(spec.delta)
+    # The release lives on the grid GRID * Z^d of the unit box: y is rounded to it (deterministic,
+    # at most GRID/2 per coordinate, so the grid sensitivity grows by sqrt(d) in L2 and d in L1),
+    # and the noise is an exact discrete Gaussian / discrete Laplace on that grid.
+    d = geo.dimension
+    grid_l2, grid_l1 = sens.l2 / GRID + math.sqrt(d), sens.l1 / GRID + d
     if spec.mechanism == "gaussian":
-        sigma = gaussian_sigma(eps, delta, sens.l2)
-        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(sigma / sens.l2)
-        scale_meta = {"sigma": sigma, "l2_sensitivity": sens.l2}
+        sigma_grid = discrete_gaussian_sigma(eps, delta, grid_l2)
+        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(sigma_grid / grid_l2)
+        scale_meta = {"sigma": sigma_grid * GRID, "l2_sensitivity": grid_l2 * GRID}
     else:
-        scale = laplace_scale(eps, sens.l1)
-        event = dp_accounting.LaplaceDpEvent(scale / sens.l1)
-        scale_meta = {"scale": scale, "l1_sensitivity": sens.l1}
+        scale_grid = laplace_scale(eps, grid_l1)
+        event = dp_accounting.LaplaceDpEvent(scale_grid / grid_l1)
+        scale_meta = {"scale": scale_grid * GRID, "l1_sensitivity": grid_l1 * GRID}
     rid = release_id or new_release_id()
-    y = geo.to_release_space(x)  # clipped, in [0, 1]^d
+    y = np.rint(geo.to_release_space(x) / GRID).astype(np.int64)  # clipped, on the grid
     # Seeded (simulation-only, never private) noise is keyed by site and stage, not by the
     # random release id, so a seeded study stays reproducible.
     source = noise_source_for(protocol, site_id, FEATURES_STAGE, unsafe_seed=unsafe_seed)
     with ledger.charge(FEATURES_STAGE, rid, event, (eps, delta)) as handle:
         if spec.mechanism == "gaussian":
-            noise = source.gaussian(scale_meta["sigma"], y.shape)
+            noise = source.discrete_gaussian(sigma_grid, y.shape)
         else:
-            noise = source.laplace(scale_meta["scale"], y.shape)
+            noise = source.discrete_laplace(scale_grid, y.shape)
         meta = {
             **base,
             **scale_meta,
             "mechanism": spec.mechanism,
+            "sampler": f"discrete {spec.mechanism} (OpenDP; Canonne-Kamath-Steinke) on a "
+            f"2^{int(math.log2(GRID))} grid of the unit box",
+            "grid": GRID,
             "epsilon": eps,
             "delta": delta,
             "projection": geo.kind,
@@ -201,8 +210,9 @@ def protect_features(
             "release_id": rid,
             "site_spent_epsilon": handle.spent_epsilon,
         }
+        on_grid = (y + noise).astype(np.float64) * GRID  # exact: integers times a power of two
         released = ReleasedFeatures(
-            ids, geo.columns, geo.to_output_units(y + noise), splits, parts, meta
+            ids, geo.columns, geo.to_output_units(on_grid), splits, parts, meta
         )
         if write is not None:
             write(released)

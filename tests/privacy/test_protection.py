@@ -11,7 +11,12 @@ from support.privacy import COLUMNS, load, site_table
 from securefed.errors import BudgetExceededError, PrivacyError, ProtocolError
 from securefed.privacy import noise as noise_module
 from securefed.privacy.ledger import Ledger
-from securefed.privacy.protection import protect_features, release_space, released_bounds
+from securefed.privacy.protection import (
+    GRID,
+    protect_features,
+    release_space,
+    released_bounds,
+)
 
 LOCAL = 'mode = "local-dp"\nepsilon = 1.0\ndelta = 1e-5\n'
 
@@ -51,6 +56,8 @@ def test_refusal_past_the_budget_draws_no_noise(tmp_path, monkeypatch):
     calls = []
     real = noise_module._random_bytes
     monkeypatch.setattr(noise_module, "_random_bytes", lambda n: calls.append(n) or real(n))
+    sampler = noise_module._discrete_sample
+    monkeypatch.setattr(noise_module, "_discrete_sample", lambda *a: calls.append(a) or sampler(*a))
     with pytest.raises(BudgetExceededError, match="before any noise"):
         protect_features((ids, cols, x), loaded, led, "site-1", release_id="second")
     assert calls == []
@@ -86,7 +93,8 @@ def test_laplace_subset_release_in_feature_units(tmp_path):
     ids, cols, x = site_table()
     out = protect_features((ids, cols, x), loaded, led, "site-1")
     assert out.columns == COLUMNS[:3]
-    assert out.metadata["scale"] == pytest.approx(3.0)  # L1 = 3 in the unit box, eps = 1
+    # L1 = 3 in the unit box, eps = 1, plus the grid's rounding (1 grid step per coordinate)
+    assert out.metadata["scale"] == pytest.approx(3.0 + 3 * GRID)
     assert led.spent() == pytest.approx(1.0)
 
 
@@ -122,3 +130,32 @@ def test_release_space_maps_own_vectors_like_the_release_without_noise(tmp_path,
     assert bounds.columns == tuple(subset) and y.shape == (len(ids), 3)
     assert np.allclose(y, np.clip(x[:, :3], bounds.lower, bounds.upper))
     assert calls == []  # nothing drawn, nothing charged (no ledger exists)
+
+
+def test_released_values_lie_on_the_grid_and_resist_the_float_replay(tmp_path):
+    """Mironov's attack on floating-point noise: replaying the sampler's arithmetic tells which
+    input an output came from, because float outputs near one input cannot arise from the other
+    (84 % of outputs in one dimension with the old inverse-CDF sampler). The release is now an
+    integer vector on GRID * Z^d with exact discrete noise, so every output is possible under
+    every input: each released coordinate is an exact grid point (privacy-claims issue,
+    finding 2)."""
+    from securefed.privacy.bounds import load_pinned_bounds
+    from securefed.privacy.clipping import to_unit_box
+    from securefed.privacy.geometry import release_geometry
+
+    for mechanism in ("gaussian", "laplace"):
+        release = LOCAL.replace(
+            "delta = 1e-5", "delta = 0.0" if mechanism == "laplace" else "delta = 1e-5"
+        )
+        loaded = load(tmp_path / mechanism, release=release + f'mechanism = "{mechanism}"')
+        led = Ledger.for_protocol(tmp_path / mechanism / "ledger", loaded, "site-1")
+        ids, cols, x = site_table()
+        out = protect_features((ids, cols, x), loaded, led, "site-1")
+        assert out.metadata["grid"] == GRID and "discrete" in out.metadata["sampler"]
+        geo = release_geometry(loaded, load_pinned_bounds(loaded))
+        unit = out.matrix if geo.selected is None else to_unit_box(out.matrix, geo.output_bounds())
+        steps = np.asarray(unit) / GRID
+        assert np.abs(steps - np.rint(steps)).max() < 1e-6, "a released value is off the grid"
+        # Not a rounded copy of the input: the noise is there (at least a few grid steps).
+        clean = np.rint(geo.to_release_space(x) / GRID)
+        assert np.abs(np.rint(steps) - clean).mean() > 10
