@@ -544,6 +544,12 @@ class Protocol(_Strict):
                 "so one patient changes every vector and the DP sensitivity no longer holds; use "
                 "'per-image' with release.mode = '" + self.release.mode + "'"
             )
+        if self.release.mode == "local-dp" and self.privacy.neighbouring == "add-remove-one":
+            raise ValueError(
+                "privacy.neighbouring: 'add-remove-one' is not offered with release.mode "
+                "'local-dp': each released row travels with its subject id, which discloses a "
+                "patient's presence whatever the noise; use 'replace-one'"
+            )
         if self.release.mode == "secure-aggregate" and self.release.bounds is None:
             raise ValueError("release.mode 'secure-aggregate' needs release.bounds")
         if self.clustering.scaling == "declared-bounds" and self.release.bounds is None:

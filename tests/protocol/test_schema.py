@@ -253,3 +253,23 @@ def test_check_shows_the_epsilon_under_collusion(tmp_path: Path) -> None:
     text = " ".join(res.output.split())
     assert "sigma^2/(n - 1)" in text and "up to 1 colluding site(s)" in text
     assert "with 2 colluding in an aggregate of 3 sites: epsilon" in text
+
+
+def test_add_remove_one_is_not_offered_with_per_case_releases() -> None:
+    """Under add/remove-one, the subject id that travels with each local-dp row discloses
+    membership, so the protocol refuses that relation there (privacy-claims issue, finding 8)."""
+    import tomllib
+
+    from securefed.protocol import parse_protocol
+
+    data = tomllib.loads(DEMO.read_text())
+    data["release"] = {
+        "mode": "local-dp", "epsilon": 4.0, "delta": 1e-6,
+        "bounds": {"file": "b.json", "sha256": "sha256:" + "0" * 64},
+    }  # fmt: skip
+    data["clustering"]["scaling"] = "declared-bounds"
+    data["privacy"]["neighbouring"] = "replace-one"
+    assert parse_protocol(data).privacy.neighbouring == "replace-one"
+    data["privacy"]["neighbouring"] = "add-remove-one"
+    with pytest.raises(ProtocolError, match="subject id"):
+        parse_protocol(data)
