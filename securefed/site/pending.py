@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from securefed.errors import InternalError
 from securefed.fileio import atomic_write_bytes, read_json
 from securefed.privacy.ledger import Ledger
 
@@ -51,7 +52,10 @@ class PendingReleases:
         atomic_write_bytes(self._envelope(release_id), envelope)
         record = read_json(self._record(stage))
         if record.get("release_id") != release_id:
-            raise RuntimeError(f"pending {stage} release is {record.get('release_id')!r}")
+            raise InternalError(
+                f"{self._record(stage)}: the pending {stage} release is "
+                f"{record.get('release_id')!r}, not {release_id!r}"
+            )
         record["summary"] = summary
         atomic_write_bytes(self._record(stage), json.dumps(record).encode())
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import ConfigError, TrainingError
+from securefed.errors import ConfigError, DataError, TrainingError
 from securefed.fileio import atomic_write_bytes, read_json, write_json_atomic
 
 __all__ = [
@@ -110,7 +110,11 @@ class PhaseCheckpoint:
         A state written for another configuration is refused (never silently mixed)."""
         if not self.state_path.is_file():
             return PhaseState(config_digest=config_digest)
-        state = PhaseState.from_json(read_json(self.state_path), self.state_path)
+        try:
+            doc = read_json(self.state_path)
+        except DataError as exc:
+            raise ConfigError(f"{exc}; delete it to restart the phase") from exc
+        state = PhaseState.from_json(doc, self.state_path)
         if state.config_digest != config_digest:
             raise ConfigError(
                 f"{self.state_path}: checkpoint of a different phase configuration "
