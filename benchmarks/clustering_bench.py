@@ -39,12 +39,13 @@ from sklearn.metrics import adjusted_rand_score
 
 from securefed.clustering import RadiomicsClusterer
 from securefed.clustering.fixed_projection import derive_projection
-from securefed.clustering.io import FeatureTable, read_feature_table, read_truth
+from securefed.clustering.io import read_feature_table, read_truth
 from securefed.clustering.scaling import scale_to_unit
 from securefed.privacy.bounds import derive_bounds, write_bounds
 from securefed.privacy.calibration import gaussian_sigma
 from securefed.privacy.noise import SecureNoise
 from securefed.protocol.loader import load_protocol
+from securefed.radiomics.table import FeatureTable
 from securefed.study.secure_clustering import cluster_table_secure
 
 EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -66,8 +67,8 @@ def modelled_tables(preset: str, seed: int) -> tuple[FeatureTable, np.ndarray]:
     sc = np.array([scanners.index(c.scanner) for c in plan])
     x = offsets[sc] + rng.normal(0, 0.15, (len(plan), 4)) @ loadings
     x += rng.normal(0, 0.6, (len(plan), d))
-    parts = np.array([c.partition_id for c in plan])
-    splits = np.array(["train"] * len(plan))
+    parts = [c.partition_id for c in plan]
+    splits = ["train"] * len(plan)
     ids = [f"case{i}" for i in range(len(plan))]
     return FeatureTable(ids, parts, splits, [f"f{i}" for i in range(d)], x), sc
 
@@ -116,7 +117,7 @@ def bench_one(label: str, table: FeatureTable, sc: np.ndarray, ref: np.ndarray,
     rows: list[dict] = []
     n, k = len(sc), len(set(sc.tolist()))
     fit = table.fit_mask
-    x = table.matrix
+    x = np.asarray(table.values)
 
     def add(mode: str, eps: float, labels: np.ndarray, seconds: float, **extra: object) -> None:
         ari = float(adjusted_rand_score(sc, labels))
@@ -184,7 +185,7 @@ def main() -> None:
             ref, _ = modelled_tables(preset, 999)
             for rep in range(args.repeats):
                 table, sc = modelled_tables(preset, rep)
-                rows += bench_one(preset, table, sc, ref.matrix, 1, rep == 0)
+                rows += bench_one(preset, table, sc, np.asarray(ref.values), 1, rep == 0)
     for label, feats, truth, reference in args.run:
         table = read_feature_table(feats)
         ref = read_feature_table(reference)
@@ -196,7 +197,7 @@ def main() -> None:
         sources[label] = dict(features=feats, truth=truth, reference=reference,
                               cases=len(sc), reference_cases=len(ref.subject_ids),
                               scanners=names)  # fmt: skip
-        rows += bench_one(label, table, sc, ref.matrix, args.repeats, not args.no_plain)
+        rows += bench_one(label, table, sc, np.asarray(ref.values), args.repeats, not args.no_plain)
     write_results(rows, args.out, args.name, args.repeats, sources)
 
 

@@ -26,9 +26,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from securefed.federation.engine import phase_config, run_phase
 
 from securefed.federation.config import SiteSettings
+from securefed.federation.phase import phase_config, run_phase
 from securefed.federation.task import FlowerTask
 from securefed.protocol import load_protocol
 
