@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from support.study import TINY, tiny_protocol
+from support.study import TINY, reference_bounds, tiny_protocol
 from typer.testing import CliRunner
 
 from securefed.cli import app
-from securefed.data.synth import synthesize
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -96,27 +93,10 @@ def test_secure_aggregate_clustering_through_the_study(
 ) -> None:
     """release.mode = secure-aggregate: no per-case vector reaches the server; the clustering
     rounds are charged to every site's ledger; sites assign their own cases."""
-    import numpy as np
-
-    from securefed.data import load_federation
-    from securefed.privacy import derive_bounds, read_ledger, write_bounds
-    from securefed.protocol import load_protocol
-    from securefed.radiomics import extract_features
+    from securefed.privacy import read_ledger
 
     # Bounds from a REFERENCE federation (another seed), never from the study's data.
-    ref_root = tmp_path / "reference"
-    synthesize(ref_root, preset=TINY, seed=7)
-    fed = load_federation(ref_root)
-    demo = load_protocol(ROOT / "protocols" / "demo.toml").protocol
-    ref = extract_features(
-        list(fed.cases.values()), demo.radiomics, cache_dir=tmp_path / "refcache",
-        partition_of=fed.partition_of, split_of={s: "train" for s in fed.cases},
-    )  # fmt: skip
-    bounds = derive_bounds(
-        np.asarray(ref.table.values), ref.table.columns, source="tiny reference, seed 7",
-        margin=0.1,
-    )  # fmt: skip
-    sha = write_bounds(bounds, tmp_path / "bounds.json")
+    sha = reference_bounds(tmp_path)
     path = tiny_protocol(tmp_path)
     data = tomllib.loads(path.read_text())
     data["release"] = {

@@ -56,3 +56,29 @@ def tiny_protocol(
     path = tmp / "tiny.toml"
     path.write_bytes(tomli_w.dumps(data).encode())
     return path
+
+
+def reference_bounds(tmp: Path, seed: int = 7) -> str:
+    """bounds.json in ``tmp`` from a REFERENCE tiny federation (another seed), never from the
+    study's data; returns its pinned sha256."""
+    import numpy as np
+
+    from securefed.data import load_federation
+    from securefed.data.synth import synthesize
+    from securefed.privacy import derive_bounds, write_bounds
+    from securefed.protocol import load_protocol
+    from securefed.radiomics import extract_features
+
+    ref_root = tmp / "reference"
+    synthesize(ref_root, preset=TINY, seed=seed)
+    fed = load_federation(ref_root)
+    demo = load_protocol(shipped_protocol("demo")).protocol
+    ref = extract_features(
+        list(fed.cases.values()), demo.radiomics, cache_dir=tmp / "refcache",
+        partition_of=fed.partition_of, split_of={s: "train" for s in fed.cases},
+    )  # fmt: skip
+    bounds = derive_bounds(
+        np.asarray(ref.table.values), ref.table.columns, source=f"tiny reference, seed {seed}",
+        margin=0.1,
+    )  # fmt: skip
+    return write_bounds(bounds, tmp / "bounds.json")
