@@ -87,10 +87,19 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _tuples(value: Any) -> Any:
+    """TOML arrays as tuples (the strict schema's sequences are tuples), recursively."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def parse_protocol(data: dict[str, Any], source: str = "<protocol>") -> Protocol:
     """Validate an already-parsed mapping; raises ProtocolError naming each bad field."""
     try:
-        return Protocol.model_validate(data)
+        return Protocol.model_validate(_tuples(data), strict=True)
     except ValidationError as exc:
         raise ProtocolError(format_validation_error(exc, source)) from exc
 

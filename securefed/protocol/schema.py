@@ -54,8 +54,15 @@ Delta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class _Strict(BaseModel):
+    # Every number is finite except where a field says otherwise (privacy.total_epsilon = inf:
+    # no DP). A protocol file is validated strictly (parse_protocol): no string or boolean
+    # stands in for a number.
     model_config = ConfigDict(
-        frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,
     )
 
 
@@ -129,7 +136,7 @@ class PrivacySpec(_Strict):
     """Unit of privacy: one patient (all of a patient's values and volumes)."""
     neighbouring: Literal["replace-one", "add-remove-one"] = "replace-one"
     """Neighbouring datasets: replace one patient, or add/remove one."""
-    total_epsilon: float = Field(gt=0)
+    total_epsilon: float = Field(gt=0, allow_inf_nan=True)
     """Per-site epsilon over every release of the study (inf: no DP)."""
     total_delta: Delta = 1e-5
     """Per-site delta over every release of the study."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -273,3 +274,40 @@ def test_add_remove_one_is_not_offered_with_per_case_releases() -> None:
     data["privacy"]["neighbouring"] = "add-remove-one"
     with pytest.raises(ProtocolError, match="subject id"):
         parse_protocol(data)
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "value", "message"),
+    [
+        ("training", "lr", float("inf"), "finite"),
+        ("secure_aggregation", "timeout_s", float("nan"), "finite"),
+        ("secure_aggregation", "clipping_range", float("inf"), "finite"),
+        ("training", "lr", "0.05", "valid number"),
+        ("training", "global_rounds", True, "valid integer"),
+        ("training", "global_rounds", 8.0, "valid integer"),
+        ("clustering", "k", "5", "valid integer"),
+    ],
+)
+def test_protocol_numbers_are_finite_and_never_coerced(table, field, value, message) -> None:
+    """A protocol file is validated strictly (issue: governance, protocol check findings): no
+    inf/nan outside privacy.total_epsilon, no string or boolean for a number, no float for an
+    integer."""
+    import tomllib
+
+    from securefed.protocol import parse_protocol
+
+    data = tomllib.loads(DEMO.read_text())
+    parse_protocol(data)  # the shipped file itself passes
+    data.setdefault(table, {})[field] = value
+    with pytest.raises(ProtocolError, match=message):
+        parse_protocol(data)
+
+
+def test_total_epsilon_may_be_inf_and_arrays_still_parse() -> None:
+    import tomllib
+
+    from securefed.protocol import parse_protocol
+
+    data = tomllib.loads(PAPER.read_text())
+    assert math.isinf(parse_protocol(data).privacy.total_epsilon)
+    assert parse_protocol(data).training.crop_size == tuple(data["training"]["crop_size"])
