@@ -21,8 +21,10 @@ def register(app: typer.Typer) -> None:
 def check(protocol: ProtocolFileArg) -> None:
     """Validate PROTOCOL; print its identity (sha256:<hex>) and a one-screen summary."""
     from securefed.protocol import load_protocol, summary_lines
+    from securefed.protocol.pinned import check_pinned_files
 
     loaded = load_protocol(protocol)
+    check_pinned_files(loaded)
     console.print(loaded.sha256, highlight=False)
     for line in summary_lines(loaded)[2:] + _privacy_lines(loaded):
         console.print(line, highlight=False, markup=False)

@@ -122,5 +122,10 @@ def load_protocol(path: str | Path) -> LoadedProtocol:
         raise ProtocolError(f"{path}: protocol file is not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProtocolError(f"{path}: not valid TOML: {exc}") from exc
-    protocol = parse_protocol(data, str(path))
+    except RecursionError as exc:
+        raise ProtocolError(f"{path}: values nested too deeply to be a study protocol") from exc
+    try:
+        protocol = parse_protocol(data, str(path))
+    except RecursionError as exc:
+        raise ProtocolError(f"{path}: values nested too deeply to be a study protocol") from exc
     return LoadedProtocol(protocol=protocol, sha256=protocol_hash(protocol), path=path, text=text)

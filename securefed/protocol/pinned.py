@@ -9,7 +9,7 @@ from securefed.errors import ProtocolError
 from securefed.protocol.loader import LoadedProtocol
 from securefed.protocol.schema import PinnedFile
 
-__all__ = ["file_sha256", "open_pinned"]
+__all__ = ["check_pinned_files", "file_sha256", "open_pinned"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,9 +26,10 @@ def open_pinned(loaded: LoadedProtocol, pinned: PinnedFile, field: str) -> bytes
     path = loaded.resolve(pinned.file)
     try:
         data = path.read_bytes()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or str(exc)
         raise ProtocolError(
-            f"{field}.file: cannot read {path} ({exc.strerror}); it must sit next to the protocol"
+            f"{field}.file: cannot read {path!r} ({reason}); it must sit next to the protocol"
         ) from exc
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != pinned.sha256:
@@ -37,3 +38,16 @@ def open_pinned(loaded: LoadedProtocol, pinned: PinnedFile, field: str) -> bytes
             "the file was changed or is the wrong one"
         )
     return data
+
+
+def check_pinned_files(loaded: LoadedProtocol) -> list[str]:
+    """Open every file the protocol pins and check its hash (``protocol check`` does, so that a
+    missing or changed file is found before a site relies on it); returns the fields checked."""
+    release = loaded.protocol.release
+    checked = []
+    for field, pinned in (("release.bounds", release.bounds),
+                          ("release.projection_file", release.projection_file)):  # fmt: skip
+        if pinned is not None:
+            open_pinned(loaded, pinned, field)
+            checked.append(field)
+    return checked

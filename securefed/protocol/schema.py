@@ -51,6 +51,9 @@ Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 PositiveEpsilon = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Delta = Annotated[float, Field(ge=0, lt=1)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+PartitionId = Annotated[int, Field(ge=1, le=1_000_000)]
+Voxels = Annotated[int, Field(ge=1, le=512)]
 
 
 class _Strict(BaseModel):
@@ -86,13 +89,13 @@ class DataSpec(_Strict):
     """Case folder layout (FeTS2022_XXXXX/FeTS2022_XXXXX_<mod>.nii.gz)."""
     partitioning: Literal["partitioning_1", "partitioning_2"] = "partitioning_1"
     """Which partition file assigns cases to institutions."""
-    split_seed: int = 0
+    split_seed: Seed = 0
     """Seed of the per-institution train/val/test split (paper: 0)."""
     test_fraction: float = Field(0.15, gt=0, lt=1)
     """Share of each institution's cases held out for testing (paper: 0.15)."""
     val_fraction: float = Field(0.20, gt=0, lt=1)
     """Fraction of the remaining cases used for validation (paper: 0.20)."""
-    held_out_partitions: tuple[int, ...] = Field(())
+    held_out_partitions: tuple[PartitionId, ...] = Field((), max_length=10_000)
     """Institutions that take no part in training; their cases are routed to cluster models by
     radiomics and scored apart (unseen sites)."""
 
@@ -102,7 +105,7 @@ class SiteSpec(_Strict):
 
     id: Identifier
     """Site name used in keys, envelopes, ledgers and logs."""
-    partition_id: int = Field(ge=1)
+    partition_id: PartitionId
     """The institution's Partition_ID in the partition file."""
     signing_key: Fingerprint | None = None
     """Fingerprint of the site's Ed25519 public key (`securefed keys new`)."""
@@ -144,7 +147,7 @@ class PrivacySpec(_Strict):
     """Composition accountant (dp-accounting): RDP or PLD."""
     unsafe_seeded_noise: bool = Field(False)
     """Draw DP noise from a seeded PRNG (reproducible, NOT private); simulation only."""
-    unsafe_noise_seed: int | None = None
+    unsafe_noise_seed: Seed | None = None
     """Seed used when unsafe_seeded_noise is true."""
 
     @model_validator(mode="after")
@@ -212,7 +215,7 @@ class ReleaseSpec(_Strict):
     """Feature names released with projection = subset."""
     dimension: int | None = Field(None, ge=1, le=372)
     """Released dimension with projection = random."""
-    projection_seed: int = 0
+    projection_seed: Seed = 0
     """Seed of the random projection (public, fixed in advance)."""
     projection_file: PinnedFile | None = None
     """Pinned projection matrix with projection = file."""
@@ -259,8 +262,8 @@ class SecureClusteringSpec(_Strict):
     """Rounds of noised aggregates (dp-kmeans; refinement steps)."""
     bins_per_dimension: int = Field(8, ge=2, le=64)
     """Histogram resolution per projected dimension."""
-    min_sites_per_aggregate: int = Field(2, ge=1)
-    """Fewest sites whose data may enter one aggregate; fewer -> refused."""
+    min_sites_per_aggregate: int = Field(2, ge=2, le=10_000)
+    """Fewest sites whose data may enter one aggregate (at least 2); fewer -> refused."""
     max_colluding_sites: int = Field(0, ge=0, le=1000)
     """Sites that may collude with the server and remove their own noise shares (t). Each site
     adds noise of variance sigma^2 / (n - t) for n participants, so the n - t honest sites alone
@@ -283,13 +286,13 @@ class ClusteringSpec(_Strict):
 
     algorithm: Literal["gmm", "kmeans", "agglomerative"] = "gmm"
     """Server-side estimator: Gaussian mixture (paper), k-means or agglomerative."""
-    k: int = Field(10, ge=1)
+    k: int = Field(10, ge=1, le=1000)
     """Number of clusters (paper: 10, fixed by hand)."""
     k_selection: Literal["fixed", "bic", "silhouette"] = "fixed"
     """fixed, or choose k in [k_min, k_max] by BIC (GMM) or silhouette."""
-    k_min: int = Field(2, ge=1)
+    k_min: int = Field(2, ge=1, le=1000)
     """Smallest k tried when k is selected."""
-    k_max: int = Field(12, ge=1)
+    k_max: int = Field(12, ge=1, le=1000)
     """Largest k tried when k is selected."""
     scaling: Literal["percentile", "declared-bounds"] = "percentile"
     """Per-feature scaling: 2nd..98th percentile of train+val (paper), or the protocol's declared
@@ -298,15 +301,15 @@ class ClusteringSpec(_Strict):
     """Lower percentile of the percentile scaling."""
     percentile_high: float = Field(98.0, gt=50, le=100)
     """Upper percentile of the percentile scaling."""
-    pca_components: int = Field(30, ge=1)
+    pca_components: int = Field(30, ge=1, le=372)
     """PCA components before clustering (paper: 30)."""
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "tied"
     """GaussianMixture covariance type (paper: tied)."""
-    n_init: int = Field(20, ge=1)
+    n_init: int = Field(20, ge=1, le=1000)
     """Restarts of the estimator (paper: 20)."""
-    max_iter: int = Field(100, ge=1)
+    max_iter: int = Field(100, ge=1, le=100_000)
     """EM/Lloyd iterations per restart (paper: 100)."""
-    seed: int = 6
+    seed: Seed = 6
     """Random state of the estimator (paper: 6)."""
     secure: SecureClusteringSpec = SecureClusteringSpec()
 
@@ -355,9 +358,9 @@ class TrainingSpec(_Strict):
     """SGD momentum (paper: 0)."""
     weight_decay: float = Field(1e-5, ge=0)
     """Weight decay (paper: 1e-5)."""
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=1024)
     """Local batch size (paper: 1; use >= 2 on CPU)."""
-    crop_size: tuple[int, int, int] = (128, 128, 128)
+    crop_size: tuple[Voxels, Voxels, Voxels] = (128, 128, 128)
     """Training crop in voxels (paper: 128^3)."""
     crop_sampling: Literal["random", "tumour-centred"] = "random"
     """random crops (paper) or tumour-centred sampling."""
@@ -371,17 +374,17 @@ class TrainingSpec(_Strict):
     tumour."""
     augmentation: bool = False
     """Random flips/intensity augmentation during local training."""
-    global_rounds: int = Field(300, ge=1)
+    global_rounds: int = Field(300, ge=1, le=100_000)
     """FedAvg rounds of the global phase (paper: 300)."""
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(1, ge=1, le=10_000)
     """Local epochs per round (paper: 1)."""
-    local_steps: int | None = Field(None, ge=1)
+    local_steps: int | None = Field(None, ge=1, le=1_000_000)
     """Cap on local optimiser steps per round (unset: full epochs)."""
-    finetune_rounds: int = Field(50, ge=0)
+    finetune_rounds: int = Field(50, ge=0, le=100_000)
     """FedAvg rounds per cluster in the CFFL phase (paper: 50)."""
     finetune_lr: float = Field(0.02, gt=0)
     """Learning rate of the CFFL phase (paper: 0.02)."""
-    local_epochs_baseline: int = Field(30, ge=1)
+    local_epochs_baseline: int = Field(30, ge=1, le=10_000)
     """Epochs of the local and local-finetune baselines."""
     local_finetune_lr: float = Field(0.005, gt=0)
     """Learning rate of local finetuning (paper: 0.005)."""
@@ -397,13 +400,13 @@ class TrainingSpec(_Strict):
     server_momentum: float = Field(0.0, ge=0, lt=1)
     """Server momentum on the aggregate update of the global phase (FedAvgM); applied by the server
     to the securely aggregated model, so it sees nothing more than with FedAvg."""
-    min_sites_per_aggregate: int = Field(2, ge=1)
+    min_sites_per_aggregate: int = Field(2, ge=1, le=10_000)
     """Fewest sites per federated aggregate; smaller clusters follow small_cluster_policy."""
     small_cluster_policy: Literal["fallback-global"] = "fallback-global"
     """A cluster with too few sites keeps the global model (fallback-global, the only policy served;
     the report names such clusters). Merging with a neighbouring cluster is not offered: it would
     finetune on cases of another scanner group."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of crop sampling and initialisation."""
     dp_sgd: DPSGDSpec = DPSGDSpec()
 
@@ -411,14 +414,14 @@ class TrainingSpec(_Strict):
 class SecureAggregationSpec(_Strict):
     """Flower SecAgg+ parameters (also used by the secure-aggregate clustering sums)."""
 
-    num_shares: int = Field(3, ge=2)
+    num_shares: int = Field(3, ge=2, le=10_000)
     """SecAgg+ shares per client secret (>= 3, <= number of sites)."""
-    reconstruction_threshold: int = Field(2, ge=2)
+    reconstruction_threshold: int = Field(2, ge=2, le=10_000)
     """Shares needed to reconstruct (< num_shares); the round survives dropouts while this many
     remain."""
     clipping_range: float = Field(8.0, gt=0)
     """SecAgg+ clipping range of the quantised values."""
-    quantization_range: int = Field(4_194_304, ge=2)
+    quantization_range: int = Field(4_194_304, ge=2, le=2**31)
     """SecAgg+ quantisation range (integer levels)."""
     max_weight: float = Field(1000.0, gt=0)
     """Largest sample-count weight (keep near the largest site)."""
@@ -440,7 +443,7 @@ class SecureAggregationSpec(_Strict):
 class EvaluationSpec(_Strict):
     """Sliding-window inference and metrics (the paper's empty-mask rule)."""
 
-    roi_size: tuple[int, int, int] = (128, 128, 128)
+    roi_size: tuple[Voxels, Voxels, Voxels] = (128, 128, 128)
     """Sliding-window size for inference (paper: 128^3)."""
     overlap: float = Field(0.5, ge=0, lt=1)
     """Sliding-window overlap (paper: 0.5)."""
@@ -515,6 +518,11 @@ class Protocol(_Strict):
         secagg = self.training.aggregation == "secagg+"
         if secagg and (problem := self.secure_aggregation.secaggplus_problem()) is not None:
             raise ValueError(problem)
+        if secagg and self.training.min_sites_per_aggregate < 2:
+            raise ValueError(
+                "training.min_sites_per_aggregate: a secure aggregate of one site is that site's "
+                "update in clear; use at least 2"
+            )
         if self.sites and secagg:
             n = len(self.sites)
             if self.secure_aggregation.num_shares > n:

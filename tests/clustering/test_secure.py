@@ -166,11 +166,13 @@ def test_collusion_setting_needs_an_honest_site_per_round(tmp_path: Path) -> Non
 
     with pytest.raises(ProtocolError, match="max_colluding_sites"):
         _loaded("dp-histogram", 1.0, min_sites=2, colluding=2)
+    with pytest.raises(ProtocolError, match="greater than or equal to 2"):
+        _loaded("dp-histogram", 1.0, min_sites=1)  # one site per secure aggregate
     rng = np.random.default_rng(2)
     pts, _ = _sites(rng, [30, 30])
-    loaded = _loaded("dp-histogram", 1.0, min_sites=1, colluding=0)
+    loaded = _loaded("dp-histogram", 1.0, min_sites=2, colluding=1)
     strict = _loaded("dp-histogram", 1.0, min_sites=3, colluding=2)
     res, _ = _run(loaded, pts, tmp_path / "ok")
-    assert res.plan.colluding == 0
+    assert res.plan.colluding == 1
     with pytest.raises(TooFewParticipantsError):
         _run(strict, pts, tmp_path / "refused")

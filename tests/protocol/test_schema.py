@@ -232,6 +232,7 @@ def test_protocol_schema_command_prints_the_exported_schema() -> None:
 def test_check_shows_the_epsilon_under_collusion(tmp_path: Path) -> None:
     """`securefed protocol check` states what the distributed noise holds against: the claim with
     up to max_colluding_sites colluding, and the epsilon with one more."""
+    import hashlib
     import tomllib
 
     import tomli_w
@@ -239,10 +240,12 @@ def test_check_shows_the_epsilon_under_collusion(tmp_path: Path) -> None:
 
     from securefed.cli import app
 
+    (tmp_path / "b.json").write_text("{}")  # `protocol check` opens every pinned file
+    digest = "sha256:" + hashlib.sha256(b"{}").hexdigest()
     data = tomllib.loads(DEMO.read_text())
     data["release"] = {
         "mode": "secure-aggregate", "projection": "random", "dimension": 2,
-        "bounds": {"file": "b.json", "sha256": "sha256:" + "0" * 64},
+        "bounds": {"file": "b.json", "sha256": digest},
     }  # fmt: skip
     data["clustering"]["scaling"] = "declared-bounds"
     data["clustering"]["secure"] = {"epsilon": 1.0, "min_sites_per_aggregate": 3,
@@ -311,3 +314,52 @@ def test_total_epsilon_may_be_inf_and_arrays_still_parse() -> None:
     data = tomllib.loads(PAPER.read_text())
     assert math.isinf(parse_protocol(data).privacy.total_epsilon)
     assert parse_protocol(data).training.crop_size == tuple(data["training"]["crop_size"])
+
+
+def test_check_opens_pinned_files_and_bounds_integers(tmp_path: Path) -> None:
+    """`protocol check` reads every pinned file (a missing, NUL-named or changed one is exit 2),
+    integers have upper bounds, a secure aggregate needs 2 sites, and deep nesting is a clear
+    error (governance issue, protocol-check findings)."""
+    import tomllib
+
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+    from securefed.protocol import parse_protocol
+
+    runner = CliRunner()
+    data = tomllib.loads(DEMO.read_text())
+    data["release"] = {
+        "mode": "plain",
+        "bounds": {"file": "b.json", "sha256": "sha256:" + "0" * 64},
+    }
+    path = tmp_path / "p.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    missing = runner.invoke(app, ["protocol", "check", str(path)])
+    assert missing.exit_code == 2 and "release.bounds.file" in missing.output
+    (tmp_path / "b.json").write_text("{}")
+    changed = runner.invoke(app, ["protocol", "check", str(path)])
+    assert changed.exit_code == 2 and "release.bounds.sha256" in changed.output
+    data["release"]["bounds"]["file"] = "b\x00.json"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    nul = runner.invoke(app, ["protocol", "check", str(path)])
+    assert nul.exit_code == 2, nul.output
+    base = tomllib.loads(DEMO.read_text())
+    for table, field, value in (
+        ("training", "global_rounds", 2**63 - 1),
+        ("training", "crop_size", [100_000, 100_000, 100_000]),
+        ("clustering", "k", 10**9),
+        ("secure_aggregation", "num_shares", 10**6),
+    ):
+        bad = tomllib.loads(DEMO.read_text())
+        bad[table][field] = value
+        with pytest.raises(ProtocolError, match=field):
+            parse_protocol(bad)
+    one = dict(base, training={**base["training"], "min_sites_per_aggregate": 1})
+    with pytest.raises(ProtocolError, match="secure aggregate of one site"):
+        parse_protocol(one)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    nested = runner.invoke(app, ["protocol", "check", str(deep)])
+    assert nested.exit_code == 2 and "nested too deeply" in nested.output
