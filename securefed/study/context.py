@@ -10,7 +10,7 @@ from typing import Any
 
 from securefed.data import Federation, load_federation
 from securefed.data.splits import Split
-from securefed.errors import NoCasesError
+from securefed.errors import NoCasesError, ProtocolError
 from securefed.protocol import LoadedProtocol
 from securefed.protocol.schema import SiteSpec
 from securefed.study.keys import StudyKeys, study_keys
@@ -58,6 +58,13 @@ class StudyContext:
             test_fraction=proto.data.test_fraction,
             val_fraction=proto.data.val_fraction,
         )
+        partitions = set(fed.listed.values()) | set(fed.partition_of.values())
+        unknown = sorted(set(proto.data.held_out_partitions) - partitions)
+        if unknown:
+            raise ProtocolError(
+                f"data.held_out_partitions: {unknown} are not partitions of "
+                f"{proto.data.partitioning} in {data_root} (known: {sorted(partitions)})"
+            )
         sites = proto.resolve_sites(sorted(set(fed.partition_of.values())))
         if truth is not None and not Path(truth).is_file():
             raise NoCasesError(f"--truth {truth}: file not found")

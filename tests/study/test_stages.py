@@ -140,3 +140,15 @@ def test_training_stage_helpers(ctx: StudyContext) -> None:
     assert curve == [{"round": 1, "val_dice": 0.4, "seconds": 3},
                      {"round": 2, "val_dice": None, "seconds": None}]  # fmt: skip
     assert build_model(ctx.loaded.protocol.training) is not None
+
+
+def test_unknown_held_out_partition_is_refused(tiny_federation: Path, tmp_path: Path) -> None:
+    """In simulation without [[sites]], a held-out partition must exist in the partition file."""
+    from securefed.errors import ProtocolError
+
+    loaded = load_protocol(tiny_protocol(tmp_path, held_out=(9,)))
+    with pytest.raises(ProtocolError, match=r"held_out_partitions: \[9\]"):
+        StudyContext.build(
+            loaded, tiny_federation, StudyPaths(tmp_path / "run"), truth=None, workers=1,
+            log=print,
+        )  # fmt: skip
