@@ -136,12 +136,7 @@ class SiteClient(NumPyClient):
         steps = int(config.get("local-steps", 0))
         if self.spec.dp_sgd.enabled:
             out = self._fit_dp(model, data, config, n_train, rnd, seed)
-            loss = float(out.get("loss", float("nan")))
-            return (
-                self.task.get_weights(model),
-                n_train,
-                {"loss": loss if np.isfinite(loss) else -1.0},
-            )
+            return self.task.get_weights(model), n_train, self._train_metrics(out)
         out = self.task.train(
             model,
             data,
@@ -152,9 +147,15 @@ class SiteClient(NumPyClient):
             device=self.site.device,
             seed=seed,
         )
+        return self.task.get_weights(model), n_train, self._train_metrics(out)
+
+    def _train_metrics(self, out: dict[str, Any]) -> dict[str, Any]:
+        """The mean train loss, in clear, under a plain protocol only: it is an exact function
+        of the site's cases, so a protocol that claims a finite epsilon keeps it at the site."""
+        if self.loaded.protocol.claims_finite_epsilon:
+            return {}
         loss = float(out.get("loss", float("nan")))
-        metrics = {"loss": loss if np.isfinite(loss) else -1.0}
-        return self.task.get_weights(model), n_train, metrics
+        return {"loss": loss if np.isfinite(loss) else -1.0}
 
     def _fit_dp(
         self, model: Any, data: Any, config: dict[str, Any], n_train: int, rnd: int, seed: int

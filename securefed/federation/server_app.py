@@ -143,13 +143,13 @@ class PhaseStrategy(FedAvgM):
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
-        losses = [(r.num_examples, float(r.metrics.get("loss", -1.0))) for _, r in results]
-        total = sum(n for n, _ in losses) or 1
-        metrics: dict[str, Scalar] = {
-            "num_sites": len(results),
-            "num_train": sum(n for n, _ in losses),
-            "train_loss": sum(n * v for n, v in losses) / total,
-        }
+        counts = [r.num_examples for _, r in results]
+        metrics: dict[str, Scalar] = {"num_sites": len(results), "num_train": sum(counts)}
+        losses = [(r.num_examples, float(r.metrics["loss"])) for _, r in results
+                  if "loss" in r.metrics]  # fmt: skip
+        if len(losses) == len(results):  # sites of a plain protocol report it
+            total = sum(n for n, _ in losses) or 1
+            metrics["train_loss"] = sum(n * v for n, v in losses) / total
         return aggregated, metrics
 
 

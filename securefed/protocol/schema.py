@@ -592,6 +592,12 @@ class Protocol(_Strict):
         return eps, delta
 
     @property
+    def claims_finite_epsilon(self) -> bool:
+        """A DP release somewhere (local-dp or secure-aggregate features, or DP-SGD): then no
+        patient-derived value may leave a site in clear (sites hold back their training loss)."""
+        return self.release.mode != "plain" or self.training.dp_sgd.enabled
+
+    @property
     def is_simulation(self) -> bool:
         return self.study.mode == "simulation"
 
