@@ -56,6 +56,7 @@ __all__ = [
     "Ledger",
     "LedgerState",
     "ChargeHandle",
+    "budget_for",
     "stage_allocations",
     "read_ledger",
     "verify_entries",
@@ -115,6 +116,18 @@ def stage_allocations(protocol: Protocol) -> dict[str, tuple[float, float]]:
     return out
 
 
+def budget_for(loaded: LoadedProtocol) -> BudgetSpec:
+    """The per-site budget a protocol (``LoadedProtocol``) sets for every site's ledger."""
+    p = loaded.protocol.privacy
+    return BudgetSpec(
+        total_epsilon=float(p.total_epsilon),
+        total_delta=float(p.total_delta),
+        accountant=p.accountant,
+        neighbouring=p.neighbouring,
+        stages=stage_allocations(loaded.protocol),
+    )
+
+
 @dataclass
 class LedgerState:
     """What a verified read of the ledger yields."""
@@ -170,14 +183,7 @@ class Ledger:
     @classmethod
     def for_protocol(cls, folder: str | Path, loaded: LoadedProtocol, site_id: str) -> Ledger:
         """The ledger for ``site_id`` under a loaded protocol (``LoadedProtocol``)."""
-        p = loaded.protocol.privacy
-        budget = BudgetSpec(
-            total_epsilon=float(p.total_epsilon),
-            total_delta=float(p.total_delta),
-            accountant=p.accountant,
-            neighbouring=p.neighbouring,
-            stages=stage_allocations(loaded.protocol),
-        )
+        budget = budget_for(loaded)
         return cls(folder, site_id=site_id, protocol_hash=loaded.sha256, budget=budget)
 
     # -- reading --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 from securefed.errors import LedgerError, LedgerRollbackError
 from securefed.fileio import atomic_write_bytes, read_json
-from securefed.privacy.ledger import Ledger, verify_entries
+from securefed.privacy.ledger import budget_for, verify_entries
 from securefed.protocol import LoadedProtocol
 
 __all__ = ["HEADS_FILE", "LedgerHeads", "LedgerRollbackError", "SiteHead"]
@@ -69,9 +69,8 @@ class LedgerHeads:
             state = verify_entries(entries, f"{site_id}'s ledger (as sent)")
         except LedgerError as exc:
             raise LedgerRollbackError(f"{site_id}: {exc}") from exc
-        expected = Ledger.for_protocol(Path("."), loaded, site_id)
         if (state.site, state.protocol, state.budget) != (
-            site_id, loaded.sha256, expected.budget,
+            site_id, loaded.sha256, budget_for(loaded),
         ):  # fmt: skip
             raise LedgerRollbackError(
                 f"{site_id}: the ledger sent is bound to site {state.site!r}, protocol "
