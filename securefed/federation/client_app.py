@@ -1,11 +1,14 @@
 """The site side: a Flower ClientApp (legacy ``NumPyClient``) that trains on the site's own train
 cases (of one cluster in a cluster phase) and evaluates on its own validation cases.
 
-What leaves a site, per round: the updated model weights (masked under SecAgg+, so the server only
-learns their weighted sum), the number of train cases used (in the clear, as FedAvg's weight), the
-mean train loss, and per evaluation the number of validation cases and mean Dice per region. On
-request (``get_properties``) a site tells its partition id and the hash of its protocol copy.
-Nothing else (no images, no per-case values, no paths, no ledger values) is sent.
+What leaves a site, per round, is decided by the site's own protocol copy
+(securefed.protocol.egress): the updated model weights (masked under SecAgg+, so the server only
+learns their weighted sum) and a FedAvg weight; under a plain protocol the weight is the number of
+train cases used and the site also sends its mean train loss and, per evaluation, its number of
+validation cases and mean Dice per region; under a protocol that claims a finite epsilon the weight
+is 1 and nothing else is sent (an evaluation request gets no metric). On request
+(``get_properties``) a site tells its partition id and the hash of its protocol copy. Nothing else
+(no images, no per-case values, no paths, no ledger values) is sent.
 
 With ``training.dp_sgd.enabled`` every fit is a DP-SGD round (securefed.training.dpsgd) charged to
 the site's ledger (node config ``ledger-dir``, else the site's ``work-dir``) before any noise; past
@@ -32,6 +35,7 @@ from securefed.errors import ConfigError, TrainingError, WrongProtocolError
 from securefed.federation.config import SiteSettings
 from securefed.federation.metrics import site_summary
 from securefed.federation.task import FlowerTask, resolve_task
+from securefed.protocol.egress import training_egress
 
 __all__ = ["SiteClient", "conditional_secaggplus_mod", "make_client_app", "app"]
 
@@ -71,6 +75,7 @@ class SiteClient(NumPyClient):
         self.ledger_dir = ledger_dir or site.work_dir
         self.loaded = _load_site_protocol(site.protocol)
         self.spec = self.loaded.protocol.training
+        self.egress = training_egress(self.loaded.protocol)
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_protocol(self, config: dict[str, Any]) -> None:
@@ -97,6 +102,8 @@ class SiteClient(NumPyClient):
             split,
             None if cluster < 0 else cluster,
         )
+        if not subjects:
+            return None, 0
         key = (self.site.data_dir, self.site.partition_id, tuple(subjects), self.loaded.sha256)
         if key not in _DATA_CACHE:
             _DATA_CACHE[key] = self.task.load_data(
@@ -125,6 +132,11 @@ class SiteClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
         self._check_protocol(config)
         data, n_train = self._data(config, "train")
+        cluster = int(config.get("cluster", -1))
+        if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites":
+            # Every site joins every cluster's federation; without cases of this one the site
+            # returns the model it received (masked under SecAgg+ like any other update).
+            return [np.asarray(p) for p in parameters], self._weight(0), {}
         if n_train == 0:
             raise TrainingError(
                 f"site {self.site.partition_id}: no train cases for cluster "
@@ -136,7 +148,7 @@ class SiteClient(NumPyClient):
         steps = int(config.get("local-steps", 0))
         if self.spec.dp_sgd.enabled:
             out = self._fit_dp(model, data, config, n_train, rnd, seed)
-            return self.task.get_weights(model), n_train, self._train_metrics(out)
+            return self.task.get_weights(model), self._weight(n_train), self._train_metrics(out)
         out = self.task.train(
             model,
             data,
@@ -147,12 +159,17 @@ class SiteClient(NumPyClient):
             device=self.site.device,
             seed=seed,
         )
-        return self.task.get_weights(model), n_train, self._train_metrics(out)
+        return self.task.get_weights(model), self._weight(n_train), self._train_metrics(out)
+
+    def _weight(self, n_train: int) -> int:
+        """The FedAvg weight sent: the train case count under a plain protocol, else 1 (public;
+        the count is an exact function of the site's cases)."""
+        return n_train if self.egress.weights == "train-counts" else 1
 
     def _train_metrics(self, out: dict[str, Any]) -> dict[str, Any]:
         """The mean train loss, in clear, under a plain protocol only: it is an exact function
         of the site's cases, so a protocol that claims a finite epsilon keeps it at the site."""
-        if self.loaded.protocol.claims_finite_epsilon:
+        if not self.egress.train_loss:
             return {}
         loss = float(out.get("loss", float("nan")))
         return {"loss": loss if np.isfinite(loss) else -1.0}
@@ -208,6 +225,8 @@ class SiteClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
         self._check_protocol(config)
+        if not self.egress.validation:  # the site's protocol keeps validation metrics here
+            return 0.0, 0, {"partition-id": self.site.partition_id}
         data, n_val = self._data(config, "val")
         metrics: dict[str, Any] = {"partition-id": self.site.partition_id, "num_val": 0.0}
         if n_val == 0:

@@ -41,7 +41,9 @@ class PhaseConfig:
     ``cluster = -1`` is the global phase. ``local_steps = 0`` means no cap (full local epochs).
     ``initial_weights`` empty means: ask one site for its (seeded) initial model.
     ``server_lr``/``server_momentum``: the server's update on the aggregate (FedAvgM; 1/0 = plain
-    FedAvg).
+    FedAvg). ``validate = false``: no federated evaluation (the sites of a protocol that claims a
+    finite epsilon keep their validation metrics, securefed.protocol.egress); the last round is
+    the phase's result.
     """
 
     out_dir: str
@@ -65,6 +67,7 @@ class PhaseConfig:
     initial_weights: str = ""
     assignments: str = ""
     eval_round_zero: bool = False
+    validate: bool = True
     server_lr: float = 1.0
     server_momentum: float = 0.0
     seed: int = 0

@@ -9,7 +9,7 @@ completed round.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from securefed.federation.simulation import run_simulation_phase
 from securefed.federation.task import FlowerTask
 from securefed.fileio import read_json
 from securefed.protocol import LoadedProtocol
+from securefed.protocol.egress import training_egress
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
 
 __all__ = ["Engine", "PhaseResult", "phase_config", "run_phase"]
@@ -51,22 +52,25 @@ def phase_config(
     loaded: LoadedProtocol,
     *,
     out_dir: Path,
-    sites: dict[int, int],
+    sites: Mapping[int, int | None],
     assignments: Path,
     cluster: int | None = None,
     initial_weights: Path | None = None,
 ) -> PhaseConfig:
     """The PhaseConfig of the global phase (``cluster=None``) or of one cluster's finetuning,
-    from a LoadedProtocol. ``sites`` maps partition id -> train case count (FedAvg weights);
-    SecAgg+'s max_weight is tightened to the largest count (better quantisation precision, never
-    above the protocol's bound)."""
+    from a LoadedProtocol. ``sites`` maps partition id -> train case count (FedAvg weights), or
+    None where the server does not learn it; SecAgg+'s max_weight is tightened to the largest
+    weight (better quantisation precision, never above the protocol's bound): 1 when the sites
+    send uniform weights (a protocol that claims a finite epsilon, securefed.protocol.egress)."""
     p = loaded.protocol
+    egress = training_egress(p)
     t, sa = p.training, p.secure_aggregation
     if t.aggregation not in ("fedavg", "secagg+"):
         raise ConfigError(
             f"training.aggregation {t.aggregation!r}: the Flower engine serves fedavg and secagg+"
         )
-    largest = max(sites.values()) if sites else 1
+    counts = [n for n in sites.values() if n is not None]
+    largest = 1 if egress.weights == "uniform" else max(counts, default=1)
     return PhaseConfig(
         out_dir=str(out_dir),
         sites=",".join(str(s) for s in sorted(sites)),
@@ -87,7 +91,8 @@ def phase_config(
         timeout_s=sa.timeout_s,
         initial_weights=str(initial_weights) if initial_weights else "",
         assignments=str(assignments),
-        eval_round_zero=cluster is not None,
+        eval_round_zero=cluster is not None and egress.validation,
+        validate=egress.validation,
         # FedAvgM drives the long global phase; finetuning (CFFL) adapts gently with FedAvg.
         server_lr=t.server_lr if cluster is None else 1.0,
         server_momentum=t.server_momentum if cluster is None else 0.0,

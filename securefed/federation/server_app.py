@@ -1,15 +1,19 @@
 """The server side: a Flower ServerApp running one federated phase (global FedAvg or one
 cluster's finetuning) with plain FedAvg or Flower's SecAgg+, every round bounded by a timeout.
 
-Per round: fit (SecAgg+ workflow or plain FedAvg, weights = train case counts), then federated
-evaluation on each site's validation cases; the pooled validation Dice (site means weighted by
-case counts) picks the best round (round 0 included when ``eval_round_zero``). Every completed
+Per round: fit (SecAgg+ workflow or plain FedAvg, weights = the sites' FedAvg weights), then
+federated evaluation on each site's validation cases; the pooled validation Dice (site means
+weighted by case counts) picks the best round (round 0 included when ``eval_round_zero``). With
+``validate = false`` (a protocol that claims a finite epsilon) there is no federated evaluation
+and the last round is the phase's result. Every completed
 round is checkpointed (weights .npz + JSON state), so a failed or interrupted phase resumes from
 its last completed round. A round that cannot aggregate (too few sites answered, SecAgg+ below its
 reconstruction threshold) fails the phase with ``TooFewParticipantsError``.
 
-The server learns: the aggregate weights, each site's train case count and mean train loss, each
-site's validation case count and mean Dice per region, and which node serves which partition.
+The server learns: the aggregate weights, which node serves which partition, and what each site's
+protocol lets it send (securefed.protocol.egress): under a plain protocol each site's train case
+count, mean train loss, validation case count and mean Dice per region; under a protocol that
+claims a finite epsilon none of these (weights 1, no loss, no validation).
 """
 
 from __future__ import annotations
@@ -143,8 +147,10 @@ class PhaseStrategy(FedAvgM):
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
+        # The sum of the FedAvg weights: train case counts under a plain protocol, else the
+        # number of sites (each sends weight 1, securefed.protocol.egress).
         counts = [r.num_examples for _, r in results]
-        metrics: dict[str, Scalar] = {"num_sites": len(results), "num_train": sum(counts)}
+        metrics: dict[str, Scalar] = {"num_sites": len(results), "weight_sum": sum(counts)}
         losses = [(r.num_examples, float(r.metrics["loss"])) for _, r in results
                   if "loss" in r.metrics]  # fmt: skip
         if len(losses) == len(results):  # sites of a plain protocol report it
@@ -326,12 +332,14 @@ def _record_round(
     fit_metrics: dict[str, Any],
     seconds: float,
     momentum: list[np.ndarray] | None = None,
+    *,
+    keep_last: bool = False,
 ) -> None:
     pooled = pooled_dice(sites)
     score = pooled["dice_mean"] if pooled["num_val"] > 0 else None
     is_best = score is not None and (state.best_score is None or score > state.best_score)
-    if state.best_round is None and score is None:
-        is_best = True  # nothing to compare yet: keep the latest weights as the best so far
+    if (state.best_round is None and score is None) or keep_last:
+        is_best = True  # nothing to compare (yet, or ever): the latest weights are the result
     if is_best:
         state.best_round, state.best_score = rnd, score
     state.history.append(
@@ -399,10 +407,11 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
                 if v and v[-1][0] == rnd
             }
             weights = _current_weights(legacy)
-            sites = _evaluate(grid, legacy, cfg, rnd)
+            sites = _evaluate(grid, legacy, cfg, rnd) if cfg.validate else []
             _record_round(
-                ckpt, state, rnd, weights, sites, fit, time.monotonic() - t0, strategy.velocity
-            )
+                ckpt, state, rnd, weights, sites, fit, time.monotonic() - t0, strategy.velocity,
+                keep_last=not cfg.validate,
+            )  # fmt: skip
             log.info("%s round %s: val %s", cfg.name, rnd, state.history[-1]["val"])
         state.status = "completed"
         ckpt.save_state(state)

@@ -486,7 +486,29 @@ class Protocol(_Strict):
         self._check_sites()
         self._check_budget()
         self._check_release()
+        self._check_cluster_federations()
         return self
+
+    def _check_cluster_federations(self) -> None:
+        """With secure-aggregate features no case vector is released, so every site joins every
+        cluster's federation (securefed.protocol.egress) and a site without cases of a cluster
+        returns the model it received: only SecAgg+ hides which sites did, and DP-SGD does not
+        account for that noise-free update."""
+        if self.release.mode != "secure-aggregate" or "cffl" not in self.training.baselines:
+            return
+        if self.training.aggregation != "secagg+":
+            raise ValueError(
+                "training.aggregation: CFFL with release.mode 'secure-aggregate' needs 'secagg+' "
+                "(every site joins every cluster's federation and only SecAgg+ hides which of "
+                "them hold no case of the cluster)"
+            )
+        if self.training.dp_sgd.enabled:
+            raise ValueError(
+                "training.dp_sgd: CFFL with release.mode 'secure-aggregate' is not offered with "
+                "DP-SGD (a site without cases of a cluster would send a noise-free update that "
+                "the DP-SGD accounting does not cover); use release.mode 'local-dp', or drop "
+                "'cffl' from training.baselines"
+            )
 
     def _check_deployment(self) -> None:
         """A deployment names every party by key and allows no unsafe option."""

@@ -2,8 +2,10 @@
 cases (train, val and test) locally.
 
 Nothing leaves the site here. The site maps its own raw vectors into the released columns and
-units without noise (:func:`securefed.privacy.protection.release_space`) and applies the model
-with plain numpy (:meth:`securefed.clustering.model.ClusterModel.assign`).
+units without noise (:func:`securefed.privacy.protection.release_space`), or, with
+``on_release`` (a ``local-dp`` protocol, securefed.protocol.egress), takes the noised vectors it
+released (:mod:`securefed.site.released`), and applies the model with plain numpy
+(:meth:`securefed.clustering.model.ClusterModel.assign`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from securefed.crypto import PrivateKeys, PublicKeys
 from securefed.privacy.protection import release_space
 from securefed.protocol import LoadedProtocol
 from securefed.radiomics.table import FeatureTable
+from securefed.site.released import released_rows
 
 __all__ = ["SiteAssignment", "assign_own_cases"]
 
@@ -39,9 +42,12 @@ def assign_own_cases(
     loaded: LoadedProtocol,
     state_dir: Path,
     server_public: tuple[PublicKeys, ...] = (),
+    on_release: bool = False,
 ) -> SiteAssignment:
     """Verify and open ``envelope`` (pinned server key, protocol, stage, replay guard under
-    ``state_dir``), then assign every row of the site's own ``table``."""
+    ``state_dir``), then assign every row of the site's own ``table``: on its raw vectors, or
+    (``on_release``) on the vectors the site released under ``state_dir``, so that the clusters
+    it then trains in are a function of its release only."""
     model = open_cluster_model(
         envelope,
         site_keys=site_keys,
@@ -49,5 +55,8 @@ def assign_own_cases(
         state_dir=state_dir,
         server_public=server_public,
     )
-    x = release_space(loaded, tuple(table.columns), np.asarray(table.values))
+    if on_release:
+        x = released_rows(state_dir, loaded.sha256, list(table.subject_ids))
+    else:
+        x = release_space(loaded, tuple(table.columns), np.asarray(table.values))
     return SiteAssignment(model.assign(x), model.embed(x))

@@ -29,6 +29,7 @@ from securefed.protocol import LoadedProtocol
 from securefed.radiomics.storage import load_table
 from securefed.radiomics.table import FeatureTable
 from securefed.site.pending import PendingReleases
+from securefed.site.released import keep_released
 from securefed.transport import SendCounter, seal_message, write_message
 
 __all__ = ["SiteRelease", "check_server_key", "release_site_features", "site_spec_for"]
@@ -152,7 +153,9 @@ def release_site_features(
             counters=counters,
             meta=meta,
         )
-        # Kept before anything is written for sending: a retry resends these bytes.
+        # The site's copy of its release (it assigns its cases on it), then the sealed release,
+        # both kept before anything is written for sending: a retry resends these bytes.
+        keep_released(state_dir, released, loaded.sha256)
         pending.keep(FEATURES_STAGE, release_id, envelope, _summary(released))
         write_message(path, envelope)
 

@@ -14,6 +14,7 @@ from securefed.federation.deployment import Deployment
 from securefed.federation.phase import Engine, PhaseResult, phase_config, run_phase
 from securefed.federation.task import FlowerTask
 from securefed.protocol import LoadedProtocol
+from securefed.protocol.egress import training_egress
 
 __all__ = ["ClusterOutcome", "StudyPhases", "run_cffl_phases"]
 
@@ -23,7 +24,7 @@ class ClusterOutcome:
     """A cluster's model: finetuned by its own federation, or the global model (reported why)."""
 
     cluster: int
-    sites: dict[int, int]  # partition id -> train cases of this cluster
+    sites: dict[int, int | None]  # partition id -> train cases of it (None: not sent)
     status: Literal["finetuned", "fallback-global"]
     reason: str
     weights_path: Path
@@ -48,10 +49,12 @@ def run_cffl_phases(
     clusters: Sequence[int] | None = None,
 ) -> StudyPhases:
     """CFFL's federated phases: global FedAvg over every site with train cases, then for each
-    cluster a federation of the sites holding that cluster's train cases, starting from the best
-    global model. A cluster with fewer sites than ``training.min_sites_per_aggregate`` (or than 2
-    under SecAgg+) keeps the global model, and the outcome says so."""
+    cluster a federation of the sites holding that cluster's train cases (every site, under the
+    ``all-sites`` membership of securefed.protocol.egress), starting from the best global model.
+    A cluster with fewer sites than ``training.min_sites_per_aggregate`` (or than 2 under
+    SecAgg+) keeps the global model, and the outcome says so."""
     t = loaded.protocol.training
+    egress = training_egress(loaded.protocol)
     held_out = set(loaded.protocol.data.held_out_partitions)
     out_dir = Path(out_dir)
     own = {s.partition_id for s in sites}
@@ -72,7 +75,10 @@ def run_cffl_phases(
         floor = max(t.min_sites_per_aggregate, 2 if t.aggregation == "secagg+" else 1)
         ids = clusters if clusters is not None else cluster_ids(rows)
         for cluster in ids:
-            members = eligible(cluster_sites(rows, cluster))
+            members: dict[int, int | None] = (
+                dict.fromkeys(global_sites) if egress.membership == "all-sites"
+                else dict(eligible(cluster_sites(rows, cluster)))
+            )  # fmt: skip
             if len(members) < floor:
                 study.clusters[cluster] = ClusterOutcome(
                     cluster=cluster, sites=members, status="fallback-global",

@@ -15,6 +15,7 @@ from securefed.clustering.assignments import Assignment, write_assignments
 from securefed.clustering.fixed_projection import projection_for
 from securefed.clustering.io import read_feature_table
 from securefed.fileio import write_json_atomic
+from securefed.protocol.egress import training_egress
 from securefed.radiomics.storage import load_table
 from securefed.radiomics.table import FeatureTable
 from securefed.server.cluster_model import fit_cluster_model, seal_for_sites
@@ -63,6 +64,12 @@ def _paper_clustering(ctx: StudyContext) -> ClusteringOutcome:
     )
     rows: list[Assignment] = []
     embedded: list[np.ndarray] = []
+    # A training site of a local-dp protocol assigns on its noised release (egress "released");
+    # a held-out institution trains nowhere and routes its cases on its own vectors.
+    on_release = (
+        ctx.loaded.protocol.release.mode == "local-dp"
+        and training_egress(ctx.loaded.protocol).membership == "released"
+    )
     for site in ctx.sites:
         if site.id not in tables:
             continue
@@ -74,6 +81,7 @@ def _paper_clustering(ctx: StudyContext) -> ClusteringOutcome:
             loaded=ctx.loaded,
             state_dir=ctx.paths.site(site.id),
             server_public=(keys.public[server_id],),
+            on_release=on_release and site.partition_id not in ctx.held_out,
         )
         embedded.append(assigned.embedding)
         rows += [

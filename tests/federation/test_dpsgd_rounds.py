@@ -38,7 +38,11 @@ def test_simulation_dp_round_with_a_site_past_its_budget(tmp_path: Path) -> None
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 2, 2: 2}, assignments=asg)
     result = run_phase(cfg, sites, task=dp_task())
     assert [h["round"] for h in result.history] == [1]
-    assert result.history[0]["num_sites"] == 1 and result.history[0]["num_train"] == 2
+    # Under a DP protocol the site sends weight 1 and no validation metric: the server keeps the
+    # last round (securefed.protocol.egress).
+    assert result.history[0]["num_sites"] == 1 and result.history[0]["weight_sum"] == 1
+    assert result.history[0]["sites"] == [] and result.history[0]["val"]["num_val"] == 0
+    assert result.best_round == 1
     one = read_ledger(tmp_path / "site1" / "ledger.jsonl")
     assert list(one.committed) == ["training/global/round-1"]
     two = read_ledger(tmp_path / "site2" / "ledger.jsonl")

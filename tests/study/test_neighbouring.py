@@ -18,6 +18,9 @@ from support.study import reference_bounds, tiny_protocol
 from typer.testing import CliRunner
 
 from securefed.cli import app
+from securefed.clustering.assignments import read_assignments
+from securefed.clustering.io import read_feature_table
+from securefed.clustering.model import ClusterModel
 from securefed.privacy.ledger import read_ledger
 
 
@@ -78,3 +81,10 @@ def test_one_patient_replaced_changes_only_that_patients_row(
         set(read_ledger(tmp_path / r / "sites" / "site-1" / "ledger.jsonl").charges) for r in "ab"
     ]
     assert ids[0].isdisjoint(ids[1])
+    # The sites assigned their cases on what they released (securefed.protocol.egress): the
+    # clusters they will train in are exactly what the server computes from its own copy.
+    server = read_feature_table(tmp_path / "c" / "server" / "features")
+    model = ClusterModel.load(tmp_path / "c" / "server" / "clustering" / "model")
+    from_release = dict(zip(server.subject_ids, model.assign(server.values).tolist(), strict=True))
+    rows = read_assignments(tmp_path / "c" / "clusters.csv")
+    assert {r.subject_id: r.cluster for r in rows} == from_release

@@ -1,0 +1,127 @@
+"""What a site sends in training follows its own protocol copy (securefed.protocol.egress): under a
+protocol that claims a finite epsilon no train count, loss, validation Dice or count, and no
+cluster membership computed on raw vectors leaves the site; a plain protocol keeps the paper's
+values."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.flower import make_task, write_assignments, write_protocol
+from support.privacy import COLUMNS, reference_matrix
+
+from securefed.errors import ProtocolError, TrainingError
+from securefed.federation.client_app import SiteClient
+from securefed.federation.config import SiteSettings
+from securefed.federation.phase import phase_config
+from securefed.privacy.bounds import derive_bounds, write_bounds
+from securefed.protocol import load_protocol, parse_protocol
+
+LAYOUT = {1: [("train", 0), ("train", 0), ("train", 1), ("val", 0), ("val", 1)]}
+
+
+def _release(folder: Path, mode: str) -> str:
+    if mode == "plain":
+        return ""
+    bounds = derive_bounds(reference_matrix(), COLUMNS, source="synthetic test data")
+    digest = write_bounds(bounds, folder / "bounds.json")
+    extra = 'epsilon = 2.0\ndelta = 1e-6\nmechanism = "gaussian"\n' if mode == "local-dp" else ""
+    return (
+        f'[release]\nmode = "{mode}"\n{extra}'
+        f'bounds = {{ file = "bounds.json", sha256 = "{digest}" }}\n'
+        '[clustering]\nscaling = "declared-bounds"\n'
+    )
+
+
+def _client(tmp_path: Path, mode: str) -> SiteClient:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proto = write_protocol(tmp_path)
+    text = proto.read_text().replace("total_epsilon = 1.0", "total_epsilon = 4.0")
+    proto.write_text(text + _release(tmp_path, mode))
+    asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
+    site = SiteSettings(1, str(tmp_path), str(proto), work_dir=str(tmp_path / "w"),
+                        assignments=str(asg))  # fmt: skip
+    return SiteClient(make_task(), site)
+
+
+def _config(client: SiteClient, cluster: int = -1) -> dict:
+    return {"protocol-hash": client.loaded.sha256, "server-round": 1, "lr": 0.1,
+            "local-steps": 1, "cluster": cluster, "seed": 0}  # fmt: skip
+
+
+def test_policy_per_release_mode(tmp_path: Path) -> None:
+    plain = _client(tmp_path / "a", "plain").egress
+    assert (plain.weights, plain.train_loss, plain.validation, plain.membership) == (
+        "train-counts", True, True, "raw"
+    )  # fmt: skip
+    dp = _client(tmp_path / "b", "local-dp").egress
+    assert (dp.weights, dp.train_loss, dp.validation, dp.membership) == (
+        "uniform", False, False, "released"
+    )  # fmt: skip
+    secure = _client(tmp_path / "c", "secure-aggregate").egress
+    assert secure.membership == "all-sites" and secure.weights == "uniform"
+    assert any("uniform" in line for line in dp.describe())
+
+
+def test_plain_protocol_sends_counts_loss_and_dice(tmp_path: Path) -> None:
+    client = _client(tmp_path, "plain")
+    params = client.get_parameters({})
+    _, n, metrics = client.fit(params, _config(client))
+    assert n == 3 and "loss" in metrics
+    _, n_val, ev = client.evaluate(params, _config(client))
+    assert n_val == 2 and ev["num_val"] == 2 and "dice_mean" in ev
+
+
+@pytest.mark.parametrize("mode", ["local-dp", "secure-aggregate"])
+def test_dp_protocol_sends_no_patient_derived_training_value(tmp_path: Path, mode: str) -> None:
+    client = _client(tmp_path, mode)
+    params = client.get_parameters({})
+    for cluster in (-1, 0, 1):
+        weights, n, metrics = client.fit(params, _config(client, cluster))
+        assert n == 1 and metrics == {}  # same reply shape whatever the site's cases
+        assert any(not np.allclose(a, b) for a, b in zip(params, weights, strict=True))
+    loss, n_val, ev = client.evaluate(params, _config(client))
+    assert (loss, n_val, ev) == (0.0, 0, {"partition-id": 1})
+
+
+def test_all_sites_membership_returns_the_model_for_an_empty_cluster(tmp_path: Path) -> None:
+    secure = _client(tmp_path / "s", "secure-aggregate")
+    params = secure.get_parameters({})
+    weights, n, metrics = secure.fit(params, _config(secure, cluster=2))  # no case of cluster 2
+    assert n == 1 and metrics == {}
+    assert all(np.array_equal(a, b) for a, b in zip(params, weights, strict=True))
+    plain = _client(tmp_path / "p", "plain")
+    with pytest.raises(TrainingError, match="no train cases"):
+        plain.fit(plain.get_parameters({}), _config(plain, cluster=2))
+
+
+def test_phase_config_follows_the_policy(tmp_path: Path) -> None:
+    asg = tmp_path / "clusters.csv"
+    plain = load_protocol(_client(tmp_path / "a", "plain").site.protocol)
+    cfg = phase_config(plain, out_dir=tmp_path / "o", sites={1: 3, 2: 5}, assignments=asg,
+                       cluster=0)  # fmt: skip
+    assert cfg.validate and cfg.eval_round_zero and cfg.max_weight == 5
+    dp = load_protocol(_client(tmp_path / "b", "local-dp").site.protocol)
+    cfg = phase_config(dp, out_dir=tmp_path / "o", sites={1: None, 2: None}, assignments=asg,
+                       cluster=0)  # fmt: skip
+    assert not cfg.validate and not cfg.eval_round_zero and cfg.max_weight == 1
+
+
+def test_secure_aggregate_cffl_needs_secagg_and_no_dpsgd(tmp_path: Path) -> None:
+    client = _client(tmp_path, "secure-aggregate")
+    data = tomllib.loads(Path(client.site.protocol).read_text())
+    assert "cffl" in load_protocol(client.site.protocol).protocol.training.baselines
+    fedavg = {**data, "training": {**data["training"], "aggregation": "fedavg",
+                                   "min_sites_per_aggregate": 1}}  # fmt: skip
+    with pytest.raises(ProtocolError, match="needs 'secagg\\+'"):
+        parse_protocol(fedavg)
+    dpsgd = {**data, "training": {**data["training"],
+                                  "dp_sgd": {"enabled": True, "epsilon": 1.0}}}  # fmt: skip
+    with pytest.raises(ProtocolError, match="not offered with DP-SGD"):
+        parse_protocol(dpsgd)
+    no_cffl = {**data, "training": {**data["training"], "baselines": ["local", "fedavg"],
+                                    "dp_sgd": {"enabled": True, "epsilon": 1.0}}}  # fmt: skip
+    parse_protocol(no_cffl)
