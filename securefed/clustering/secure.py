@@ -3,8 +3,11 @@
 Every case stays at its site as a point in [0, 1]^d (a projection fixed in advance, see
 :mod:`securefed.clustering.fixed_projection`). The server asks for rounds; each site answers one
 masked vector per round (pairwise masks, :mod:`securefed.crypto.masking`) that holds its local
-aggregate plus its share of the Gaussian noise; the server can decode only the noised SUM over
-all sites.
+aggregate plus its share of the noise; the server can decode only the noised SUM over all sites.
+Points, aggregates and shares live on the grid ``SHARE_GRID * Z`` and each share is an exact
+discrete Gaussian (OpenDP), so no floating-point sampling is involved (Mironov 2012); the sum of
+the shares is within a negligible tau of one discrete Gaussian (Kairouz, Liu and Steinke 2021,
+checked for every share), which is accounted as the Gaussian with the same multiplier.
 
 Algorithms (``clustering.secure.algorithm``):
 - ``dp-histogram``: round 0 releases a histogram of the points on a ``bins^d`` grid (count L2
@@ -31,6 +34,7 @@ import numpy as np
 
 from securefed.crypto.masking import MaskingParty, unmask_sum
 from securefed.errors import AggregationError, ClusteringError, TooFewParticipantsError
+from securefed.privacy.noise import SHARE_GRID, distributed_discrete_gaussian_share
 from securefed.protocol import Protocol as StudyProtocol
 
 __all__ = [
@@ -199,7 +203,9 @@ class SecureClusteringSite:
         if pts.size and (pts.min() < 0 or pts.max() > 1):
             raise ClusteringError(f"site {site_id}: projected points must lie in [0, 1]")
         self.site_id = site_id
-        self._points = pts
+        # On the share grid (inside [0, 1]^d, so the sensitivities hold): the local aggregates are
+        # then grid values and the discrete noise shares keep them on the grid.
+        self._points = np.rint(pts / SHARE_GRID) * SHARE_GRID
         self._plan = plan
         self._ledger = ledger
         self._noise = noise
@@ -252,10 +258,8 @@ class SecureClusteringSite:
                 raise AggregationError(f"site {self.site_id}: stats round needs (k, d) centroids")
             local = cluster_stats(self._points, np.clip(c, 0.0, 1.0))
         release_id = f"secure-clustering/round-{request.round}"
-        from securefed.privacy.noise import distributed_gaussian_share
-
         with self._ledger.charge(STAGE, release_id, plan.event()):
-            share = distributed_gaussian_share(
+            share = distributed_discrete_gaussian_share(
                 self._noise, plan.sigma(request.kind), len(parts), local.shape,
                 min_contributors=len(parts) - plan.colluding,
             )  # fmt: skip

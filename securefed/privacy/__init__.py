@@ -43,7 +43,7 @@ from securefed.privacy.noise import (
     NoiseSource,
     SecureNoise,
     UnsafeSeededNoise,
-    distributed_gaussian_share,
+    distributed_discrete_gaussian_share,
     noise_source_for,
 )
 
@@ -64,7 +64,7 @@ __all__ = [
     "clip_to_bounds",
     "composed_epsilon",
     "derive_bounds",
-    "distributed_gaussian_share",
+    "distributed_discrete_gaussian_share",
     "event_from_json",
     "event_to_json",
     "from_unit_box",

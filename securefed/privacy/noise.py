@@ -14,6 +14,7 @@ fixed-point encoded before masking; they carry the limitation above.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from typing import Protocol
 
@@ -28,7 +29,9 @@ __all__ = [
     "SecureNoise",
     "UnsafeSeededNoise",
     "noise_source_for",
-    "distributed_gaussian_share",
+    "SHARE_GRID",
+    "distributed_discrete_gaussian_share",
+    "distributed_discrete_tau",
 ]
 
 _TWO_POW_53 = float(2**53)
@@ -141,23 +144,51 @@ def noise_source_for(
     return SecureNoise()
 
 
-def distributed_gaussian_share(
+SHARE_GRID = 2.0**-12
+"""Grid of the secure-aggregate shares and of the values they are added to (a power of two, so
+the fixed-point encoding of the masked sums holds it exactly)."""
+
+_TAU_LIMIT = 1e-12
+
+
+def distributed_discrete_tau(sigma_units: float, n_parties: int) -> float:
+    """Kairouz, Liu and Steinke (ICML 2021, "The Distributed Discrete Gaussian Mechanism"): the sum
+    of n i.i.d. N_Z(0, s^2) is within tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k / (k + 1)) of
+    N_Z(0, n s^2), which costs at most tau (times the dimension) on top of the discrete
+    Gaussian's zCDP bound. ``sigma_units``: each share's s in grid units."""
+    s2 = float(sigma_units) ** 2
+    return 10.0 * sum(
+        math.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)) for k in range(1, max(1, n_parties))
+    )
+
+
+def distributed_discrete_gaussian_share(
     source: NoiseSource,
     sigma: float,
     n_parties: int,
     shape: tuple[int, ...],
     *,
     min_contributors: int | None = None,
+    grid: float = SHARE_GRID,
 ) -> np.ndarray:
-    """One party's share of distributed Gaussian noise for a secure-aggregated sum.
-
-    Each party draws N(0, sigma^2 / m) with m = ``min_contributors`` (default ``n_parties``), so
-    the sum over any m or more parties carries at least N(0, sigma^2). Set m below n to tolerate
-    drop-outs (or parties that may collude with the server and remove their own share): the noise
-    is then larger than needed when everyone takes part, never smaller."""
+    """One party's share of distributed DISCRETE Gaussian noise on ``grid * Z``: an exact sample
+    of N_Z(0, (sigma / grid)^2 / m) (OpenDP) times ``grid``, with m = ``min_contributors``
+    (default ``n_parties``), so the sum over any m or more parties carries at least the noise of
+    N(0, sigma^2) without floating-point sampling (Mironov 2012). The values it is added to must
+    lie on the same grid. Refuses a share so small that the sum's distance to one discrete
+    Gaussian (``distributed_discrete_tau`` times the dimension) would not be negligible
+    (> 1e-12)."""
     m = n_parties if min_contributors is None else min_contributors
     if n_parties < 1 or not 1 <= m <= n_parties:
         raise PrivacyError(
             f"distributed noise: need 1 <= min_contributors ({m}) <= n_parties ({n_parties})"
         )
-    return source.gaussian(sigma / np.sqrt(m), shape)
+    units = sigma / grid / math.sqrt(m)
+    tau = distributed_discrete_tau(units, n_parties) * int(np.prod(shape, dtype=np.int64))
+    if tau > _TAU_LIMIT:
+        raise PrivacyError(
+            f"distributed noise: a share of {units:.3g} grid units is too small for the sum of "
+            f"{n_parties} discrete Gaussians to be one (tau {tau:.2g} > {_TAU_LIMIT:g}); use a "
+            "finer grid or more noise"
+        )
+    return source.discrete_gaussian(units, shape).astype(np.float64) * grid

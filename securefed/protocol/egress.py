@@ -27,7 +27,7 @@ from typing import Literal
 
 from securefed.protocol.schema import Protocol
 
-__all__ = ["TrainingEgress", "training_egress"]
+__all__ = ["EgressRow", "TrainingEgress", "egress_table", "training_egress"]
 
 Weights = Literal["train-counts", "uniform"]
 Membership = Literal["raw", "released", "all-sites"]
@@ -80,3 +80,143 @@ def training_egress(protocol: Protocol) -> TrainingEgress:
         "all-sites" if protocol.release.mode == "secure-aggregate" else ("released")
     )
     return TrainingEgress("uniform", False, False, membership)
+
+
+@dataclass(frozen=True)
+class EgressRow:
+    """One value that leaves a site under a protocol: where, to whom, how protected, at which
+    epsilon (``"-"``: nothing patient-derived; ``"inf"``: no DP), and the test that shows it."""
+
+    stage: str
+    value: str
+    to: str
+    protection: str
+    epsilon: str
+    test: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "stage": self.stage,
+            "value": self.value,
+            "to": self.to,
+            "protection": self.protection,
+            "epsilon": self.epsilon,
+            "test": self.test,
+        }
+
+
+_T_EGRESS = "tests/federation/test_egress.py"
+_T_NEIGHBOUR = "tests/study/test_neighbouring.py"
+
+
+def _g(value: float | None) -> str:
+    return "inf" if value is None or value == float("inf") else f"{value:g}"
+
+
+def _feature_rows(p: Protocol) -> list[EgressRow]:
+    rel = p.release
+    if rel.mode == "plain":
+        return [
+            EgressRow("features", "per-case feature vectors", "server",
+                      "sealed in transit only (the paper)", "inf",
+                      "tests/site/test_release_collect.py::test_plain_round_trip"),
+            EgressRow("features", "subject ids, splits, partition id", "server",
+                      "sealed in transit only", "inf",
+                      "tests/site/test_release_collect.py::test_plain_round_trip"),
+        ]  # fmt: skip
+    if rel.mode == "secure-aggregate":
+        sec = p.clustering.secure
+        return [
+            EgressRow("clustering", "masked per-cluster counts and sums", "server",
+                      "pairwise masks, only the sum opens; each site adds an exact discrete "
+                      f"Gaussian share sigma^2/(n - {sec.max_colluding_sites}) on the 2^-12 "
+                      "grid; charged to the ledger",
+                      _g(sec.epsilon),
+                      "tests/clustering/test_secure.py::test_server_receives_only_masked_aggregates"),
+            EgressRow("clustering", "site public key (X25519)", "other sites, server", "public",
+                      "-", "tests/clustering/test_secure.py"),
+        ]  # fmt: skip
+    return [
+        EgressRow("features", "per-case feature vectors", "server",
+                  f"clipped, on the 2^-12 grid, discrete {rel.mechanism} noise (OpenDP); "
+                  "charged to the ledger before any noise",
+                  _g(rel.epsilon),
+                  "tests/privacy/test_protection.py::"
+                  "test_released_values_lie_on_the_grid_and_resist_the_float_replay"),
+        EgressRow("features", "subject ids, splits, partition id", "server",
+                  "pseudonymous ids; replace-one neighbours only (the row count never changes)",
+                  "-", _T_NEIGHBOUR),
+        EgressRow("features", "release id", "server", "random, 128 bits of the OS CSPRNG", "-",
+                  "tests/site/test_crash_safe_release.py::"
+                  "test_release_ids_are_random_not_derived_from_the_data"),
+        EgressRow("features", "release metadata and ledger entries", "server",
+                  "protocol-derived values, random ids and DP events; entry times", "-",
+                  "tests/server/test_ledger_heads.py"),
+    ]  # fmt: skip
+
+
+def _training_rows(p: Protocol) -> list[EgressRow]:
+    t = p.training
+    e = training_egress(p)
+    dp = t.dp_sgd.enabled
+    weights_protection = (
+        "SecAgg+: masked and quantised, only the sum opens"
+        if t.aggregation == "secagg+"
+        else "clear (fedavg: the server sees each update)"
+    ) + (
+        "; DP-SGD (Opacus Gaussian noise in floating point, secure_mode), charged to the ledger"
+        if dp
+        else "; not DP (no DP-SGD)"
+    )
+    clear = e.weights == "train-counts"
+    membership = {
+        "raw": ("clear: the sites holding train cases of a cluster, assigned on raw vectors",
+                "inf"),
+        "released": ("assigned on the vectors the site released: the server can compute it",
+                     "-"),
+        "all-sites": ("every site joins every cluster's federation; a site without cases of "
+                      "it returns the model it received, masked under SecAgg+", "-"),
+    }[e.membership]  # fmt: skip
+    test_dp = f"{_T_EGRESS}::test_dp_protocol_sends_no_patient_derived_training_value"
+    test_plain = f"{_T_EGRESS}::test_plain_protocol_sends_counts_loss_and_dice"
+    test_all_sites = (
+        f"{_T_EGRESS}::test_all_sites_membership_returns_the_model_for_an_empty_cluster"
+    )
+    return [
+        EgressRow("training", "model weights", "server", weights_protection,
+                  _g(t.dp_sgd.epsilon) if dp else "inf",
+                  "tests/federation/test_simulation.py::test_secagg_matches_fedavg"),
+        EgressRow("training", "FedAvg weight", "server",
+                  "the site's train case count, clear" if clear else "1 (uniform, public)",
+                  "inf" if clear else "-", test_plain if clear else test_dp),
+        EgressRow("training", "mean train loss", "server",
+                  "clear" if e.train_loss else "not sent",
+                  "inf" if e.train_loss else "-", test_plain if e.train_loss else test_dp),
+        EgressRow("training", "validation Dice and case count", "server",
+                  "clear, every round" if e.validation else "not sent (last round kept)",
+                  "inf" if e.validation else "-", test_plain if e.validation else test_dp),
+        EgressRow("training", "cluster federation membership", "server", membership[0],
+                  membership[1],
+                  {"raw": "tests/study/test_cffl.py::test_cffl_phases_with_small_cluster_fallback",
+                   "released": _T_NEIGHBOUR, "all-sites": test_all_sites}[e.membership]),
+        EgressRow("training", "partition id and protocol hash", "server", "public", "-",
+                  "tests/federation/test_simulation.py"),
+        EgressRow("training", "reply timing", "server",
+                  "not protected: local work is a fixed number of steps, but data loading "
+                  "grows with the site's case count", "inf (open)", "-"),
+    ]  # fmt: skip
+
+
+def egress_table(protocol: Protocol) -> list[EgressRow]:
+    """Every value that leaves a site under ``protocol``, stage by stage (docs/stages.md has the
+    same rows for every release mode; results.json and the report show this table)."""
+    return [
+        EgressRow("any", "envelope header", "recipient",
+                  "signed, in clear: format, protocol hash, sender, recipient, stage, counter",
+                  "-", "tests/crypto/test_fuzz.py"),
+        *_feature_rows(protocol),
+        *_training_rows(protocol),
+        EgressRow("evaluation", "test Dice and HD95", "nobody",
+                  "each site scores its own test cases; no evaluation message leaves it", "-",
+                  "-"),
+    ]  # fmt: skip

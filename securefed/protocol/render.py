@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from securefed.protocol.egress import training_egress
 from securefed.protocol.loader import LoadedProtocol
 
 __all__ = ["summary_lines"]
@@ -73,6 +74,8 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
         f"           >= {t.min_sites_per_aggregate} sites per aggregate; "
         f"baselines: {', '.join(t.baselines)}"
     )
+    for i, line in enumerate(training_egress(p).describe()):
+        lines.append(("egress     " if i == 0 else "           ") + line)
     sa = p.secure_aggregation
     lines.append(
         f"secagg+    shares={sa.num_shares}, threshold={sa.reconstruction_threshold}, "

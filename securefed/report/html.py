@@ -117,6 +117,10 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
             [s, v.get("epsilon"), v.get("delta"), v.get("releases"), privacy.get("total_epsilon")]
             for s, v in (privacy.get("per_site") or {}).items()
         ],
+        "egress_rows": [
+            [r.get("stage"), r.get("value"), r.get("to"), r.get("protection"), r.get("epsilon")]
+            for r in privacy.get("egress") or []
+        ],
         "timings": [[k, v] for k, v in (results.get("timings") or {}).items()],
     }
 

@@ -10,6 +10,7 @@ from securefed.clustering.assignments import Assignment, read_assignments
 from securefed.evaluation.summary import summarize_methods
 from securefed.fileio import read_json, write_json_atomic
 from securefed.privacy.ledger import read_ledger
+from securefed.protocol.egress import egress_table
 from securefed.report import write_report
 from securefed.study.context import StudyContext
 from securefed.study.evaluation_stage import read_case_rows
@@ -46,7 +47,8 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
             "model is not differentially private."
         )
     return {"total_epsilon": p.total_epsilon, "total_delta": p.total_delta,
-            "per_site": per_site, "notes": notes}  # fmt: skip
+            "per_site": per_site, "notes": notes,
+            "egress": [row.to_json() for row in egress_table(proto)]}  # fmt: skip
 
 
 def _sites(ctx: StudyContext, clusters: list[Assignment]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from securefed.clustering.secure import cluster_stats, histogram_counts, plan_se
 from securefed.crypto.masking import encode_fixed_point
 from securefed.errors import BudgetExceededError, TooFewParticipantsError
 from securefed.privacy.ledger import Ledger
-from securefed.privacy.noise import SecureNoise
+from securefed.privacy.noise import SHARE_GRID, SecureNoise
 from securefed.protocol import parse_protocol
 from securefed.protocol.loader import LoadedProtocol, protocol_hash
 from securefed.study.secure_clustering import run_secure_clustering
@@ -84,6 +84,8 @@ def test_server_receives_only_masked_aggregates(algorithm: str, tmp_path: Path) 
     # The decoded sums are noised: histogram counts are not integers, and not >= 0 everywhere.
     for total in res.sums:
         assert not np.allclose(total, np.round(total))
+        # ... and on the 2^-12 grid: discrete shares on grid aggregates, no float noise.
+        assert np.array_equal(total / SHARE_GRID, np.round(total / SHARE_GRID))
     # Every round was charged to every site's ledger before the noise.
     for sid, ledger in ledgers.items():
         state = ledger.verify()

@@ -9,9 +9,11 @@ from support.privacy import load
 
 from securefed.errors import PrivacyError
 from securefed.privacy.noise import (
+    SHARE_GRID,
     SecureNoise,
     UnsafeSeededNoise,
-    distributed_gaussian_share,
+    distributed_discrete_gaussian_share,
+    distributed_discrete_tau,
     noise_source_for,
 )
 
@@ -42,12 +44,25 @@ def test_seeded_noise_needs_a_simulation_protocol_with_the_flag(tmp_path):
 
 def test_distributed_shares_sum_to_the_target_variance():
     src = UnsafeSeededNoise(0, "test")
-    total = sum(distributed_gaussian_share(src, 3.0, 5, (20000,)) for _ in range(5))
+    total = sum(distributed_discrete_gaussian_share(src, 3.0, 5, (20000,)) for _ in range(5))
     assert np.std(total) == pytest.approx(3.0, rel=0.03)
-    share = distributed_gaussian_share(src, 3.0, 5, (20000,), min_contributors=3)
+    share = distributed_discrete_gaussian_share(src, 3.0, 5, (20000,), min_contributors=3)
     assert np.std(share) == pytest.approx(3.0 / np.sqrt(3), rel=0.03)
     with pytest.raises(PrivacyError):
-        distributed_gaussian_share(src, 3.0, 5, (2,), min_contributors=6)
+        distributed_discrete_gaussian_share(src, 3.0, 5, (2,), min_contributors=6)
+
+
+def test_distributed_shares_are_exact_discrete_gaussians_on_the_grid():
+    """Finding 2 for the secure-aggregate shares: OpenDP's exact sampler on SHARE_GRID * Z, no
+    floating-point Gaussian; a share too small for the sum to be one discrete Gaussian refused."""
+    share = distributed_discrete_gaussian_share(SecureNoise(), 2.0, 3, (20000,))
+    units = share / SHARE_GRID
+    assert np.array_equal(units, np.round(units))  # every value an integer number of grid steps
+    assert np.std(share) == pytest.approx(2.0 / np.sqrt(3), rel=0.03)
+    assert distributed_discrete_tau(2.0 / SHARE_GRID / np.sqrt(3), 3) == 0.0
+    assert distributed_discrete_tau(0.3, 3) > 1e-3  # Kairouz et al.: tiny shares do not add up
+    with pytest.raises(PrivacyError, match="too small"):
+        distributed_discrete_gaussian_share(SecureNoise(), 0.3 * SHARE_GRID, 3, (4,))
 
 
 @pytest.mark.slow

@@ -1,0 +1,82 @@
+"""The per-field egress table (securefed.protocol.egress.egress_table): every row names the test
+that shows its protection, that test exists, and docs/stages.md lists the same rows for every
+release mode, so the docs, results.json and the report say the same thing."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+from support.site import COLUMNS
+
+from securefed.privacy import derive_bounds, write_bounds
+from securefed.protocol import load_protocol
+from securefed.protocol.egress import egress_table
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "protocols" / "demo.toml"
+
+
+def _protocol(tmp: Path, mode: str, dp_sgd: bool = False):
+    data = tomllib.loads(DEMO.read_text())
+    if mode != "plain":
+        tmp.mkdir(parents=True, exist_ok=True)
+        ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
+        sha = write_bounds(derive_bounds(ref, COLUMNS, source="test reference"), tmp / "b.json")
+        data["release"] = {"mode": mode, "bounds": {"file": "b.json", "sha256": sha}}
+        if mode == "local-dp":
+            data["release"].update(mechanism="gaussian", epsilon=2.0, delta=1e-6)
+        data["clustering"]["scaling"] = "declared-bounds"
+    if dp_sgd:
+        data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 2.0}
+        data["training"]["baselines"] = ["local", "fedavg"]
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "protocol.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return load_protocol(path)
+
+
+def _doc_rows() -> set[tuple[str, str]]:
+    text = (ROOT / "docs" / "stages.md").read_text()
+    rows = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 5:
+            rows.add((cells[0], cells[1]))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("mode", "dp_sgd"),
+    [("plain", False), ("plain", True), ("local-dp", False), ("local-dp", True),
+     ("secure-aggregate", False)],
+)  # fmt: skip
+def test_every_row_names_an_existing_test_and_is_in_the_docs(
+    tmp_path: Path, mode: str, dp_sgd: bool
+) -> None:
+    rows = egress_table(_protocol(tmp_path, mode, dp_sgd).protocol)
+    documented = _doc_rows()
+    for row in rows:
+        assert all([row.stage, row.value, row.to, row.protection, row.epsilon]), row
+        assert (row.stage, row.value) in documented, f"docs/stages.md lacks {row}"
+        if row.test == "-":  # only open channels and statements of "nothing leaves" go untested
+            assert row.epsilon.startswith("inf") or row.to == "nobody", row
+            continue
+        path, _, name = row.test.partition("::")
+        assert (ROOT / path).exists(), row.test
+        if name:
+            assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), row.test
+
+
+def test_a_finite_epsilon_protocol_leaves_only_the_open_rows_unprotected(tmp_path: Path) -> None:
+    rows = egress_table(_protocol(tmp_path, "local-dp", dp_sgd=True).protocol)
+    unprotected = [r.value for r in rows if r.epsilon.startswith("inf")]
+    assert unprotected == ["reply timing"]
+    plain = egress_table(_protocol(tmp_path / "p", "plain").protocol)
+    assert {"FedAvg weight", "mean train loss", "validation Dice and case count"} <= {
+        r.value for r in plain if r.epsilon == "inf"
+    }
