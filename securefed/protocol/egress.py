@@ -126,11 +126,12 @@ def _feature_rows(p: Protocol) -> list[EgressRow]:
         ]  # fmt: skip
     if rel.mode == "secure-aggregate":
         sec = p.clustering.secure
+        t = sec.max_colluding_sites
+        share = f"sigma^2/(n - {t})" if t else "sigma^2/n"
         return [
             EgressRow("clustering", "masked per-cluster counts and sums", "server",
                       "pairwise masks, only the sum opens; each site adds an exact discrete "
-                      f"Gaussian share sigma^2/(n - {sec.max_colluding_sites}) on the 2^-12 "
-                      "grid; charged to the ledger",
+                      f"Gaussian share {share} on the 2^-12 grid; charged to the ledger",
                       _g(sec.epsilon),
                       "tests/clustering/test_secure.py::test_server_receives_only_masked_aggregates"),
             EgressRow("clustering", "site public key (X25519)", "other sites, server", "public",

@@ -24,6 +24,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
+        if value != 0 and abs(value) < 10 ** (-digits):  # a delta such as 1e-05, not "0.000"
+            return f"{value:.1e}"
         return f"{value:.{digits}f}"
     return str(value)
 

@@ -74,8 +74,9 @@ def plot_cffl_gain(
 
 
 def plot_training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
-    """Validation Dice per round for the global phase and each cluster's finetuning."""
-    if not curves:
+    """Validation Dice per round for the global phase and each cluster's finetuning (None when
+    no round has one: the sites of a finite-epsilon protocol keep their validation metrics)."""
+    if not any(h.get("val_dice") is not None for history in curves.values() for h in history):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, history in curves.items():

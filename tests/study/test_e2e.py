@@ -91,13 +91,15 @@ def test_run_refuses_other_protocol_in_same_rundir(tiny_federation: Path, tmp_pa
 def test_secure_aggregate_clustering_through_the_study(
     tiny_federation: Path, tmp_path: Path
 ) -> None:
-    """release.mode = secure-aggregate: no per-case vector reaches the server; the clustering
-    rounds are charged to every site's ledger; sites assign their own cases."""
+    """release.mode = secure-aggregate, the whole study: no per-case vector reaches the server;
+    the clustering rounds are charged to every site's ledger; sites assign their own cases; in
+    training (a protocol that claims a finite epsilon) the sites send weight 1 and no validation
+    metric, and every site joins every cluster's federation (securefed.protocol.egress)."""
     from securefed.privacy import read_ledger
 
     # Bounds from a REFERENCE federation (another seed), never from the study's data.
     sha = reference_bounds(tmp_path)
-    path = tiny_protocol(tmp_path)
+    path = tiny_protocol(tmp_path, baselines=("fedavg", "cffl"))
     data = tomllib.loads(path.read_text())
     data["release"] = {
         "mode": "secure-aggregate",
@@ -110,7 +112,7 @@ def test_secure_aggregate_clustering_through_the_study(
     rundir = tmp_path / "run"
     result = CliRunner().invoke(
         app, ["run", str(path), "--data", str(tiny_federation), "--out", str(rundir),
-              "--stop-after", "clustering", "--workers", "1"],
+              "--workers", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     # Nothing per-case was released or collected.
@@ -124,6 +126,23 @@ def test_secure_aggregate_clustering_through_the_study(
         assert 0 < state.spent() <= 1.0 + 1e-9
     report = json.loads((rundir / "server" / "clustering" / "clustering.json").read_text())
     assert report["secure"]["messages_received_by_server"] > 0
+    # Training: what the server learned per round is the aggregate, the number of sites and
+    # nothing patient-derived (no count, loss or Dice); the last round is each phase's result.
+    state = json.loads((rundir / "training" / "global" / "state.json").read_text())
+    for h in state["history"]:
+        assert h["sites"] == [] and h["val"]["num_val"] == 0 and "train_loss" not in h
+        assert h["weight_sum"] == h["num_sites"] == 3
+    assert state["best_round"] == state["completed_round"] == 1
+    phases = json.loads((rundir / "training" / "phases.json").read_text())
+    for info in phases["clusters"].values():
+        assert info["sites"] == {"1": None, "2": None, "3": None}  # every site, no count
+        assert all(h["val_dice"] is None for h in info["history"])
+    results = json.loads((rundir / "results.json").read_text())
+    egress = {r["value"]: r for r in results["privacy"]["egress"]}
+    assert egress["FedAvg weight"]["protection"] == "1 (uniform, public)"
+    assert egress["cluster federation membership"]["protection"].startswith("every site")
+    html = (rundir / "report.html").read_text()
+    assert "What left each site" in html and "No validation curve" in html
 
 
 @pytest.mark.slow
