@@ -60,6 +60,14 @@ def release(
             help="Seeded noise (simulation protocols with unsafe_seeded_noise).",
         ),
     ] = None,
+    partitions: Annotated[
+        Path | None,
+        typer.Option(
+            "--partitions",
+            help="The site's partition file; its Patient_ID column groups a patient's cases "
+            "(local-dp sends one row per patient). Without it every case is its own patient.",
+        ),
+    ] = None,
 ) -> None:
     """Protect this site's features as PROTOCOL says (plain, local-dp or a lower-dimensional
     release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
@@ -70,9 +78,13 @@ def release(
     loaded = load_protocol(resolve_protocol(protocol, protocol_option))
     site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
     server = load_public_keys(server_key, role="server")
+    from securefed.data import read_patients
+
+    patients = read_patients(partitions) if partitions is not None else None
     result = release_site_features(
-        features, loaded, site_keys, server, out, state, unsafe_seed=unsafe_seed
-    )
+        features, loaded, site_keys, server, out, state, unsafe_seed=unsafe_seed,
+        patients=patients,
+    )  # fmt: skip
     eps = "inf (no DP: plain release)" if result.epsilon == float("inf") else f"{result.epsilon:g}"
     info(
         f"{result.site_id}: {result.cases} case(s) x {result.columns} values, epsilon {eps}, "

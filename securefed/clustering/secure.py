@@ -73,14 +73,19 @@ class SecurePlan:
     min_sites: int
     seed: int
     colluding: int = 0  # sites that may collude with the server (each share sized for n - t)
+    cases_per_patient: int = 1  # contribution bound (privacy.max_cases_per_patient)
 
     def sensitivity(self, kind: str) -> float:
+        """L2 sensitivity of one round's aggregate to one patient: the one-case bound times the
+        number of cases a patient may contribute (triangle inequality)."""
         d = self.dimension
         if kind == "histogram":
-            return math.sqrt(2.0) if self.neighbouring == "replace-one" else 1.0
-        if self.neighbouring == "replace-one":
-            return max(math.sqrt(d), math.sqrt(2.0 + d / 2.0))
-        return math.sqrt(1.0 + d / 4.0)
+            one = math.sqrt(2.0) if self.neighbouring == "replace-one" else 1.0
+        elif self.neighbouring == "replace-one":
+            one = max(math.sqrt(d), math.sqrt(2.0 + d / 2.0))
+        else:
+            one = math.sqrt(1.0 + d / 4.0)
+        return self.cases_per_patient * one
 
     def sigma(self, kind: str) -> float:
         return self.noise_multiplier * self.sensitivity(kind)
@@ -135,6 +140,7 @@ def plan_secure_clustering(protocol: StudyProtocol, dimension: int) -> SecurePla
         min_sites=sec.min_sites_per_aggregate,
         seed=protocol.clustering.seed,
         colluding=sec.max_colluding_sites,
+        cases_per_patient=protocol.privacy.max_cases_per_patient,
     )
 
 

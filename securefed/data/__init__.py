@@ -14,7 +14,13 @@ from securefed.data.cases import (
     discover_cases,
 )
 from securefed.data.federation import UNPARTITIONED, Federation, load_federation, summary_line
-from securefed.data.partitions import PARTITION_COLUMNS, read_partitioning, resolve_partitioning
+from securefed.data.partitions import (
+    PARTITION_COLUMNS,
+    PATIENT_COLUMN,
+    read_partitioning,
+    read_patients,
+    resolve_partitioning,
+)
 from securefed.data.splits import SPLITS, Split, split_cases, split_sizes
 from securefed.data.validate import CheckLevel, CheckResult, check_case, check_cases
 from securefed.data.volumes import CaseVolumes, load_case
@@ -40,6 +46,8 @@ __all__ = [
     "load_case",
     "load_federation",
     "read_partitioning",
+    "read_patients",
+    "PATIENT_COLUMN",
     "resolve_partitioning",
     "split_cases",
     "split_sizes",

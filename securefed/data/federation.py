@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from securefed.data.cases import CaseFiles, CaseProblem, discover_cases
-from securefed.data.partitions import read_partitioning, resolve_partitioning
+from securefed.data.partitions import read_partitioning, read_patients, resolve_partitioning
 from securefed.data.splits import Split, split_cases
 from securefed.data.validate import CheckLevel, ProgressCallback, check_cases
 from securefed.errors import NoCasesError
@@ -45,6 +45,12 @@ class Federation:
     root: Path | None = None
     partition_file: Path | None = None
     listed: dict[str, int] = field(default_factory=dict)
+    patient_of: dict[str, str] = field(default_factory=dict)
+    """Subject id -> patient id (the partition file's ``Patient_ID``); empty: one case each."""
+
+    def patient(self, subject_id: str) -> str:
+        """The patient of a case (the case itself without a ``Patient_ID`` column)."""
+        return self.patient_of.get(subject_id, subject_id)
 
     @property
     def partitions(self) -> dict[int, list[str]]:
@@ -62,7 +68,10 @@ class Federation:
     ) -> dict[str, Split]:
         """The paper's split of the usable cases, computed over the full partition listing."""
         base = self.listed or self.partition_of
-        full = split_cases(base, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+        full = split_cases(
+            base, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+            patient_of=self.patient_of,
+        )  # fmt: skip
         return {s: full[s] for s in sorted(self.cases)}
 
 
@@ -87,11 +96,13 @@ def load_federation(
     problems = list(discovery.problems)
     broken = {p.subject_id for p in discovery.problems}
     partition_file: Path | None = None
+    patient_of: dict[str, str] = {}
     if partitioning is None:
         listed = {s: UNPARTITIONED for s in discovery.cases}
     else:
         partition_file = resolve_partitioning(root, partitioning)
         listed = read_partitioning(partition_file)
+        patient_of = read_patients(partition_file)
         for subject in listed:
             if subject not in discovery.cases and subject not in broken:
                 problems.append(
@@ -123,6 +134,7 @@ def load_federation(
         root=root,
         partition_file=partition_file,
         listed=dict(listed),
+        patient_of=patient_of,
     )
     if not cases:
         raise NoCasesError(f"no usable case in {root}: {fed.summary()}")

@@ -1,7 +1,10 @@
 """FeTS2022 partition files (``partitioning_1.csv``, ``partitioning_2.csv``).
 
 Format: a header ``Partition_ID,Subject_ID`` then one row per case, e.g. ``1,FeTS2022_01000``.
-Partition ids are integers >= 1 (the institution in partitioning_1).
+Partition ids are integers >= 1 (the institution in partitioning_1). An optional ``Patient_ID``
+column groups the cases of one patient (several scans, time points): the privacy unit is the
+patient, so DP releases bound each patient's contribution and the splits keep a patient's cases
+together. Without it every case is its own patient (FeTS2022 lists one case per patient).
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ from pathlib import Path
 
 from securefed.errors import PartitionError
 
-__all__ = ["PARTITION_COLUMNS", "read_partitioning", "resolve_partitioning"]
+__all__ = [
+    "PARTITION_COLUMNS",
+    "PATIENT_COLUMN",
+    "read_partitioning",
+    "read_patients",
+    "resolve_partitioning",
+]
 
 PARTITION_COLUMNS = ("Partition_ID", "Subject_ID")
+PATIENT_COLUMN = "Patient_ID"
 _SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -88,4 +98,38 @@ def read_partitioning(csv_path: str | Path) -> dict[str, int]:
         first_line[subject] = line_no
     if not out:
         raise PartitionError(f"{path} lists no cases; expected rows like '1,FeTS2022_00001'")
+    return out
+
+
+def read_patients(csv_path: str | Path) -> dict[str, str]:
+    """Subject id -> patient id from the optional ``Patient_ID`` column (every subject of the
+    file; a subject with an empty cell is its own patient). Without the column: ``{}`` (every case
+    its own patient). Refuses a patient id that is not a plain name and a patient whose cases lie
+    in two partitions (its privacy would be spent at two sites; FeTS partitions are hospitals)."""
+    path = Path(csv_path)
+    partition_of = read_partitioning(path)
+    rows = csv.reader(path.read_text(encoding="utf-8-sig").splitlines())
+    header = [h.strip().lstrip("\ufeff") for h in next(rows)]
+    if PATIENT_COLUMN not in header:
+        return {}
+    col, sid_col = header.index(PATIENT_COLUMN), header.index(PARTITION_COLUMNS[1])
+    out: dict[str, str] = {}
+    site_of: dict[str, tuple[int, str]] = {}
+    for line_no, row in enumerate(rows, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        subject, patient = row[sid_col].strip(), row[col].strip() or row[sid_col].strip()
+        if not _SUBJECT.match(patient):
+            raise PartitionError(
+                f"{path}, line {line_no}: Patient_ID {patient!r} is not a plain name "
+                "(letters, digits, '.', '_', '-')"
+            )
+        pid = partition_of[subject]
+        first = site_of.setdefault(patient, (pid, subject))
+        if first[0] != pid:
+            raise PartitionError(
+                f"{path}, line {line_no}: patient {patient} has cases in partitions {first[0]} "
+                f"({first[1]}) and {pid} ({subject}); a patient must belong to one site"
+            )
+        out[subject] = patient
     return out

@@ -45,12 +45,21 @@ def split_cases(
     seed: int = 0,
     test_fraction: float = 0.15,
     val_fraction: float = 0.2,
+    patient_of: Mapping[str, str] | None = None,
 ) -> dict[str, Split]:
     """Subject id -> "train" | "val" | "test", per partition, deterministic for a given seed.
 
     Pass the full partition file (:func:`read_partitioning`) rather than only the cases that
-    loaded, so that excluding one broken case does not reshuffle everybody else.
+    loaded, so that excluding one broken case does not reshuffle everybody else. With
+    ``patient_of`` (subject -> patient) the rule runs on the patients (their ids in ascending
+    order) and every case takes its patient's split, so no patient is in two splits; without it
+    (or when every patient has one case of the same name) the result is the paper's.
     """
+    if patient_of:
+        unit_of = {s: patient_of.get(s, s) for s in partition_of}
+        units = {unit_of[s]: pid for s, pid in partition_of.items()}
+        by_unit = split_cases(units, seed, test_fraction, val_fraction)
+        return {s: by_unit[unit_of[s]] for s in sorted(partition_of)}
     for name, frac in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0 < frac < 1:
             raise DataError(f"{name} must be between 0 and 1 (exclusive), got {frac}")

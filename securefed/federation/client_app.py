@@ -184,6 +184,7 @@ class SiteClient(NumPyClient):
         from securefed.training import dpsgd
 
         pid = self.site.partition_id
+        cluster = int(config.get("cluster", -1))
         if self.task.train_dp is None:
             raise ConfigError(
                 f"site {pid}: the protocol enables training.dp_sgd but this site's task has no "
@@ -195,13 +196,18 @@ class SiteClient(NumPyClient):
                 "'ledger-dir' (or 'work-dir')"
             )
         all_train = site_subjects(self._assignments(config), pid, "train", None)
+        subjects = site_subjects(self._assignments(config), pid, "train",
+                                 None if cluster < 0 else cluster)  # fmt: skip
+        extra: dict[str, Any] = {}
+        patient_of = self._patients()
+        if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
+            extra["groups"] = [patient_of.get(s, s) for s in subjects]
         plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train))
         steps = int(config.get("local-steps", 0))
         if steps <= 0:
             epochs = int(config.get("local-epochs", 1))
             steps = epochs * math.ceil(n_train / int(self.spec.batch_size))
         ledger = dpsgd.site_ledger(self.loaded, pid, self.ledger_dir)
-        cluster = int(config.get("cluster", -1))
         phase = "global" if cluster < 0 else f"cluster-{cluster}"
         release_id = dpsgd.release_id_for(ledger, phase, rnd)
         privacy = self.loaded.protocol.privacy
@@ -221,7 +227,17 @@ class SiteClient(NumPyClient):
             device=self.site.device,
             seed=seed,
             noise_seed=noise_seed,
+            **extra,
         )
+
+    def _patients(self) -> dict[str, str]:
+        """Subject id -> patient id from the site's partition file (node config
+        ``partitions``); empty: every case its own patient."""
+        if not self.site.partitions:
+            return {}
+        from securefed.data import read_patients
+
+        return read_patients(Path(self.site.partitions))
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
         self._check_protocol(config)

@@ -164,6 +164,7 @@ class SiteSettings:
     assignments: str = ""
     device: str = "cpu"
     ledger_dir: str = ""
+    partitions: str = ""  # the site's partition file; its Patient_ID column groups cases
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SiteSettings:
@@ -181,6 +182,7 @@ class SiteSettings:
             assignments=str(node_config.get("assignments", "")),
             device=str(node_config.get("device", "cpu")),
             ledger_dir=str(node_config.get("ledger-dir", "")),
+            partitions=str(node_config.get("partitions", "")),
         )
 
     def to_node_config(self) -> str:
@@ -193,6 +195,7 @@ class SiteSettings:
             ("assignments", self.assignments),
             ("device", self.device),
             ("ledger-dir", self.ledger_dir),
+            ("partitions", self.partitions),
         ):
             if value:
                 parts.append(f"{key}={json.dumps(str(value))}")

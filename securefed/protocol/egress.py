@@ -139,14 +139,15 @@ def _feature_rows(p: Protocol) -> list[EgressRow]:
         ]  # fmt: skip
     return [
         EgressRow("features", "per-case feature vectors", "server",
-                  f"clipped, on the 2^-12 grid, discrete {rel.mechanism} noise (OpenDP); "
-                  "charged to the ledger before any noise",
+                  f"one row per patient, clipped, on the 2^-12 grid, discrete {rel.mechanism} "
+                  "noise (OpenDP); charged to the ledger before any noise",
                   _g(rel.epsilon),
                   "tests/privacy/test_protection.py::"
                   "test_released_values_lie_on_the_grid_and_resist_the_float_replay"),
         EgressRow("features", "subject ids, splits, partition id", "server",
-                  "pseudonymous ids; replace-one neighbours only (the row count never changes)",
-                  "-", _T_NEIGHBOUR),
+                  "pseudonymous ids of the released rows; replace-one neighbours only (the row "
+                  "count, one per patient, never changes)", "-",
+                  "tests/privacy/test_patients.py::test_local_dp_release_sends_one_row_per_patient"),
         EgressRow("features", "release id", "server", "random, 128 bits of the OS CSPRNG", "-",
                   "tests/site/test_crash_safe_release.py::"
                   "test_release_ids_are_random_not_derived_from_the_data"),

@@ -145,6 +145,10 @@ class PrivacySpec(_Strict):
     """Per-site delta over every release of the study."""
     accountant: Literal["rdp", "pld"] = "rdp"
     """Composition accountant (dp-accounting): RDP or PLD."""
+    max_cases_per_patient: int = Field(1, ge=1, le=64)
+    """Contribution bound: the cases of one patient (partition-file column Patient_ID) that enter
+    a secure-aggregate clustering at most; sensitivities scale with it. A local-dp release sends
+    one row per patient and DP-SGD samples patients, whatever this value."""
     unsafe_seeded_noise: bool = Field(False)
     """Draw DP noise from a seeded PRNG (reproducible, NOT private); simulation only."""
     unsafe_noise_seed: Seed | None = None

@@ -10,6 +10,7 @@ released (:mod:`securefed.site.released`), and applies the model with plain nump
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def assign_own_cases(
     state_dir: Path,
     server_public: tuple[PublicKeys, ...] = (),
     on_release: bool = False,
+    patients: Mapping[str, str] | None = None,
 ) -> SiteAssignment:
     """Verify and open ``envelope`` (pinned server key, protocol, stage, replay guard under
     ``state_dir``), then assign every row of the site's own ``table``: on its raw vectors, or
@@ -56,7 +58,7 @@ def assign_own_cases(
         server_public=server_public,
     )
     if on_release:
-        x = released_rows(state_dir, loaded.sha256, list(table.subject_ids))
+        x = released_rows(state_dir, loaded.sha256, list(table.subject_ids), patients)
     else:
         x = release_space(loaded, tuple(table.columns), np.asarray(table.values))
     return SiteAssignment(model.assign(x), model.embed(x))

@@ -10,6 +10,7 @@ paper's behaviour, sealed in transit only).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from securefed.crypto import PrivateKeys, PublicKeys
 from securefed.errors import DataError, KeyError_, ProtocolError
+from securefed.privacy.bounding import bounded_mask
 from securefed.privacy.ledger import Ledger
 from securefed.privacy.protection import (
     FEATURES_STAGE,
@@ -96,9 +98,15 @@ def release_site_features(
     state_dir: Path,
     *,
     unsafe_seed: int | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> SiteRelease:
     """Protect this site's features as the protocol says, charge the ledger, seal, write the
     envelope atomically into ``outbox``. Leaves the site: the envelope (see module docstring).
+
+    ``patients``: subject id -> patient id (the partition file's ``Patient_ID``; None: every case
+    its own patient). A ``local-dp`` release sends one row per patient (its first case id), so a
+    patient with several cases is protected at the calibrated epsilon and the row count does not
+    depend on how many cases a patient has.
 
     Crash-safe: the sealed release is kept at the site (:mod:`securefed.site.pending`) before it
     is written for sending; a rerun after an interruption resends the same bytes and records the
@@ -116,6 +124,8 @@ def release_site_features(
     site_id = site_keys.party_id
     partition = site_spec_for(loaded, site_id, sorted(set(table.partition_ids)))
     own = _own_rows(table, partition, site_id)
+    if loaded.protocol.release.mode == "local-dp":
+        own = own.select(bounded_mask(own.subject_ids, patients, 1))
     ledger = Ledger.for_protocol(state_dir, loaded, site_id)
     outbox.mkdir(parents=True, exist_ok=True)
     path = outbox / f"{site_id}.{FEATURES_STAGE}.env"

@@ -11,6 +11,7 @@ release always has its copy.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,14 @@ def keep_released(state_dir: Path, released: ReleasedFeatures, protocol_hash: st
 
 
 def released_rows(
-    state_dir: Path, protocol_hash: str, subject_ids: tuple[str, ...] | list[str]
+    state_dir: Path,
+    protocol_hash: str,
+    subject_ids: tuple[str, ...] | list[str],
+    patients: Mapping[str, str] | None = None,
 ) -> np.ndarray:
-    """The released vectors of ``subject_ids`` (in that order), from the site's copy."""
+    """The released vectors of ``subject_ids`` (in that order), from the site's copy. A case
+    that was not released itself takes the row of its patient's released case (``patients``:
+    subject id -> patient id; a local-dp release holds one case per patient)."""
     path = Path(state_dir) / _FILE
     if not path.is_file():
         raise DataError(
@@ -62,6 +68,11 @@ def released_rows(
             "release the features under this protocol first"
         )
     index = {sid: i for i, sid in enumerate(ids)}
+    by_patient = {(patients or {}).get(sid, sid): i for sid, i in index.items()}
+    for sid in subject_ids:
+        patient = (patients or {}).get(sid, sid)
+        if sid not in index and patient in by_patient:
+            index[sid] = by_patient[patient]
     missing = [sid for sid in subject_ids if sid not in index]
     if missing:
         raise DataError(

@@ -82,6 +82,7 @@ def _paper_clustering(ctx: StudyContext) -> ClusteringOutcome:
             state_dir=ctx.paths.site(site.id),
             server_public=(keys.public[server_id],),
             on_release=on_release and site.partition_id not in ctx.held_out,
+            patients=ctx.federation.patient_of,
         )
         embedded.append(assigned.embedding)
         rows += [
@@ -106,8 +107,9 @@ def _secure_clustering(ctx: StudyContext) -> ClusteringOutcome:
         np.vstack([t.values for t in tables]),
     )
     labels, result = cluster_table_secure(
-        table, ctx.loaded, ctx.paths.sites, held_out=ctx.held_out, unsafe_seed=ctx.unsafe_seed()
-    )
+        table, ctx.loaded, ctx.paths.sites, held_out=ctx.held_out,
+        unsafe_seed=ctx.unsafe_seed(), patients=ctx.federation.patient_of,
+    )  # fmt: skip
     rows = [
         Assignment(sid, int(p), sp, int(c))
         for sid, p, sp, c in zip(

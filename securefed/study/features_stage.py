@@ -56,6 +56,7 @@ def run_features(ctx: StudyContext) -> None:
             inbox,
             ctx.paths.site(site.id),
             unsafe_seed=ctx.unsafe_seed(),
+            patients=ctx.federation.patient_of,
         )
     if proto.release.mode != "secure-aggregate":
         collected = collect_features(

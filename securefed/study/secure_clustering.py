@@ -27,6 +27,7 @@ from securefed.clustering.secure import (
     plan_secure_clustering,
 )
 from securefed.fileio import atomic_write_bytes, write_json_atomic
+from securefed.privacy.bounding import bounded_mask
 from securefed.privacy.ledger import Ledger
 from securefed.privacy.noise import noise_source_for
 from securefed.protocol import LoadedProtocol, Protocol
@@ -107,6 +108,7 @@ def cluster_table_secure(
     *,
     held_out: Collection[int] = (),
     unsafe_seed: int | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, SecureClusteringResult]:
     """Simulate the secure-aggregate clustering on a feature table whose rows stay with their
     site (the protocol's sites, ``site-<partition_id>`` when it lists none).
@@ -116,13 +118,16 @@ def cluster_table_secure(
     ``ledger_root/<site id>``) and assigns all its cases locally. Partitions in ``held_out``
     (unseen institutions) take no part and assign their cases to the final public centroids.
     Returns the cluster of every row of ``table`` (collected only for the simulation's report)
-    and the run's result. Used by ``securefed cluster`` and by the study alike."""
+    and the run's result. Used by ``securefed cluster`` and by the study alike. ``patients``
+    (subject id -> patient id): at most ``privacy.max_cases_per_patient`` cases of a patient
+    enter the aggregates (the plan's sensitivities are scaled by that bound)."""
     protocol = loaded.protocol
     projection = projection_for(loaded, table.columns)
     cols = [table.columns.index(c) for c in projection.columns]
     parts = table.partition_array
     sites = protocol.resolve_sites(sorted({int(p) for p in parts}))
-    fit = table.fit_mask
+    bound = protocol.privacy.max_cases_per_patient
+    fit = table.fit_mask & bounded_mask(table.subject_ids, patients, bound)
     fit_points: dict[str, np.ndarray] = {}
     all_points: dict[str, np.ndarray] = {}
     rows: dict[str, np.ndarray] = {}

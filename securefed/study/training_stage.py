@@ -58,6 +58,9 @@ def _site_settings(ctx: StudyContext) -> list[SiteSettings]:
             work_dir=str((ctx.paths.site(s.id) / "flower").resolve()),
             assignments=str(ctx.paths.clusters.resolve()),
             ledger_dir=str(ctx.paths.site(s.id).resolve()),  # one ledger per site, every stage
+            partitions=str(ctx.federation.partition_file.resolve())
+            if ctx.federation.partition_file is not None
+            else "",
         )
         for s in ctx.training_sites()
     ]

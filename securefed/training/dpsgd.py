@@ -1,7 +1,8 @@
 """DP-SGD at a site (``training.dp_sgd``): calibration, batch sampling, Opacus and ledger charging.
 
-Privacy unit: one patient (one case). Each step draws ``min(batch_size, n)`` DISTINCT cases
-uniformly without replacement and one crop per drawn case, so a patient contributes at most one
+Privacy unit: one patient. Each step draws ``min(batch_size, n)`` DISTINCT patients uniformly
+without replacement (with a partition file's Patient_ID, one case of each drawn patient; else
+every case is its own patient) and one crop per drawn case, so a patient contributes at most one
 per-sample gradient per step; Opacus clips each to ``max_grad_norm`` (C) and adds N(0, (m C)^2) to
 their sum. Replacing one patient (or adding/removing one, under fixed-size batches) changes that sum
 by at most 2C, so each step is recorded as ``GaussianDpEvent(m / 2)`` (the ledger's convention:
@@ -145,14 +146,33 @@ def plan_dpsgd(protocol: Protocol, n_train: int) -> DPSGDPlan:
     return plan
 
 
-def dp_batches(n: int, batch: int, steps: int, seed: int) -> list[list[int]]:
+def dp_batches(
+    n: int, batch: int, steps: int, seed: int, groups: Sequence[str] | None = None
+) -> list[list[int]]:
     """``steps`` batches of ``min(batch, n)`` distinct case indices, each drawn uniformly without
-    replacement and independently of the other steps."""
+    replacement and independently of the other steps. With ``groups`` (the patient of each of
+    the ``n`` cases) a step draws distinct PATIENTS the same way and one of each drawn patient's
+    cases uniformly, so a patient gives at most one per-sample gradient per step whatever its
+    number of cases."""
     import torch
 
     gen = torch.Generator().manual_seed(int(seed))
-    size = min(int(batch), int(n))
-    return [torch.randperm(n, generator=gen)[:size].tolist() for _ in range(int(steps))]
+    if groups is None:
+        size = min(int(batch), int(n))
+        return [torch.randperm(n, generator=gen)[:size].tolist() for _ in range(int(steps))]
+    if len(groups) != n:
+        raise TrainingError(f"DP-SGD: {len(groups)} patient ids for {n} cases")
+    members: dict[str, list[int]] = {}
+    for i, patient in enumerate(groups):
+        members.setdefault(str(patient), []).append(i)
+    patients = sorted(members)
+    size = min(int(batch), len(patients))
+    out = []
+    for _ in range(int(steps)):
+        chosen = torch.randperm(len(patients), generator=gen)[:size].tolist()
+        cases = [members[patients[c]] for c in chosen]
+        out.append([m[int(torch.randint(len(m), (1,), generator=gen))] for m in cases])
+    return out
 
 
 def site_ledger(loaded: LoadedProtocol, partition_id: int, folder: str | Path) -> Ledger:
@@ -203,8 +223,11 @@ def train_dp_round(
     device: Any = None,
     seed: int = 0,
     noise_seed: int | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One round of DP-SGD on ``model`` (the Opacus-capable variant) in place. ``steps`` is
+    """One round of DP-SGD on ``model`` (the Opacus-capable variant) in place. ``groups``: the
+    patient of each case of ``data`` when a patient may have several (batches then sample
+    patients, :func:`dp_batches`). ``steps`` is
     capped at ``plan.steps_per_round``. Charges ``plan.round_event(steps)`` to ``ledger`` before
     any noise (raises BudgetExceededError past the budget, nothing trained). Batches, crops and
     noise are drawn from site-local secrets; ``seed`` (the server's) is not used for any of them.
@@ -224,7 +247,7 @@ def train_dp_round(
     # Batches, crops and noise come from site-local secrets (64 bits of os.urandom each), never
     # from the server's seed: the server must not know which cases enter which step.
     batch_seed, crop_seed, gen_seed = _round_secrets(noise_seed)
-    batches = dp_batches(len(data), plan.batch_size, steps, batch_seed)
+    batches = dp_batches(len(data), plan.batch_size, steps, batch_seed, groups)
     with ledger.charge(STAGE, release_id, plan.round_event(steps)) as handle:
         gsm = GradSampleModule(model)
         try:

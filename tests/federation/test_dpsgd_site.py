@@ -129,8 +129,8 @@ def test_dp_batches_come_from_site_secrets_not_the_servers_seed(
     seen: list[list[list[int]]] = []
     real = dpsgd.dp_batches
 
-    def recording(n, batch, steps, seed):  # noqa: ANN001, ANN202
-        out = real(n, batch, steps, seed)
+    def recording(n, batch, steps, seed, groups=None):  # noqa: ANN001, ANN202
+        out = real(n, batch, steps, seed, groups)
         seen.append(out)
         return out
 
