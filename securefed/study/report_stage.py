@@ -22,6 +22,8 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
     proto = ctx.loaded.protocol
     p = proto.privacy
     plain = proto.release.mode == "plain"
+    # The trained model left every site too: without DP-SGD it is not DP (egress table).
+    unbounded = plain or not proto.training.dp_sgd.enabled
     per_site: dict[str, Any] = {}
     for site in ctx.sites:
         path = ctx.paths.site(site.id) / "ledger.jsonl"
@@ -32,8 +34,9 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
             "epsilon": spent,
             "delta": p.total_delta if state is not None and state.charges else 0.0,
             "releases": len(state.charges) if state is not None else 0,
-            # ... and what that does not cover: a plain feature release has no DP at all.
-            "overall_epsilon": math.inf if plain else spent,
+            # ... and what that does not cover: a plain feature release or a model trained
+            # without DP-SGD has no DP at all.
+            "overall_epsilon": math.inf if unbounded else spent,
         }
     notes = []
     if plain:
