@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "ProtocolError",
     "ProtocolSignatureError",
+    "SiteTrustError",
     "DataError",
     "CaseError",
     "NoCasesError",
@@ -83,6 +84,14 @@ class ProtocolError(UserError):
 
 class ProtocolSignatureError(ProtocolError):
     code = "SF111"
+    exit_code = 3
+
+
+class SiteTrustError(ProtocolError):
+    """A site refuses a protocol: unsigned, not signed by enough of the governance keys the site
+    trusts, approved for another securefed version, or against the site's own policy."""
+
+    code = "SF112"
     exit_code = 3
 
 

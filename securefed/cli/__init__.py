@@ -18,6 +18,7 @@ from securefed.cli import radiomics as _radiomics
 from securefed.cli import site as _site
 from securefed.cli import study as _study
 from securefed.cli import synth as _synth
+from securefed.cli import trust as _trust
 from securefed.cli._common import console, state
 
 __all__ = ["app", "main"]
@@ -56,6 +57,7 @@ for _module in (
     _keys,
     _radiomics,
     _site,
+    _trust,
     _privacy,
     _cluster,
     _study,

@@ -117,31 +117,35 @@ def sign(
         Path | None, typer.Option("--out", help="Signature file (default PROTOCOL.sig).")
     ] = None,
 ) -> None:
-    """Sign PROTOCOL's canonical hash with the governance key; write PROTOCOL.sig."""
+    """Sign PROTOCOL's canonical hash with the governance key; add the signature to PROTOCOL.sig
+    (other signers' signatures of the same protocol are kept)."""
     from securefed.crypto import (
+        add_signature,
         load_private_keys,
         sign_protocol_hash,
         signature_path,
         verify_protocol_hash,
-        write_signature,
     )
-    from securefed.errors import ProtocolSignatureError
     from securefed.protocol import load_protocol
 
     loaded = load_protocol(protocol)
     keys = load_private_keys(key, _passphrase(passphrase_file), role="governance")
     pinned = loaded.protocol.governance.signing_key
     if pinned is not None and pinned != keys.public.signing_fingerprint:
-        raise ProtocolSignatureError(
-            f"{key}: key {keys.public.signing_fingerprint} is not the protocol's "
-            f"governance.signing_key ({pinned}); sign with that key or fix the protocol"
+        info(
+            f"note: key {keys.public.signing_fingerprint} is not the protocol's "
+            f"governance.signing_key ({pinned}): signing as a co-signer; each site decides whom "
+            "it trusts (`securefed site verify`)"
         )
     doc = sign_protocol_hash(loaded.sha256, keys)
     target = out if out is not None else signature_path(protocol)
-    if pinned is not None:
+    if pinned == keys.public.signing_fingerprint:
         verify_protocol_hash(doc, loaded.sha256, pinned, str(target))
-    write_signature(doc, target)
-    info(f"signed {loaded.sha256} with {keys.public.signing_fingerprint}")
+    count = add_signature(doc, target)
+    info(
+        f"signed {loaded.sha256} with {keys.public.signing_fingerprint} "
+        f"({count} signature(s) in {target.name})"
+    )
     if pinned is None:
         info(
             "warning: this protocol has no governance.signing_key, so sites cannot verify the "
@@ -157,7 +161,9 @@ def verify(
         Path | None, typer.Option("--sig", help="Signature file (default PROTOCOL.sig).")
     ] = None,
 ) -> None:
-    """Check PROTOCOL.sig against the protocol's governance.signing_key."""
+    """Check PROTOCOL.sig against the protocol's own governance.signing_key: a consistency check
+    for the board, NOT a trust decision (a key written in the protocol proves nothing about who
+    approved it); sites decide with `securefed site verify PROTOCOL --site-config SITE.toml`."""
     from securefed.crypto import read_signature, signature_path, verify_protocol_hash
     from securefed.protocol import load_protocol
 

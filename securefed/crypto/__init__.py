@@ -32,9 +32,12 @@ from securefed.crypto.keys import (
     write_keys,
 )
 from securefed.crypto.protocol_sig import (
+    add_signature,
     read_signature,
+    read_signatures,
     sign_protocol_hash,
     signature_path,
+    trusted_signers,
     verify_protocol_file,
     verify_protocol_hash,
     write_signature,
@@ -61,7 +64,10 @@ __all__ = [
     "open_envelope",
     "private_key_path",
     "public_key_path",
+    "add_signature",
     "read_signature",
+    "read_signatures",
+    "trusted_signers",
     "seal_envelope",
     "sign_protocol_hash",
     "signature_path",

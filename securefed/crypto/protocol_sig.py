@@ -29,6 +29,9 @@ __all__ = [
     "verify_protocol_hash",
     "write_signature",
     "read_signature",
+    "read_signatures",
+    "add_signature",
+    "trusted_signers",
     "verify_protocol_file",
 ]
 
@@ -72,11 +75,23 @@ def write_signature(doc: dict[str, Any], path: str | Path) -> None:
 
 
 def read_signature(path: str | Path) -> dict[str, Any]:
+    """The one signature document of ``path`` (see :func:`read_signatures` for several)."""
+    docs = read_signatures(path)
+    if len(docs) != 1:
+        raise ProtocolSignatureError(
+            f"{path}: holds {len(docs)} signatures; check them with `securefed site verify`"
+        )
+    return docs[0]
+
+
+def read_signatures(path: str | Path) -> list[dict[str, Any]]:
+    """Every signature document of ``path``: one JSON document, or a JSON list of them (several
+    governance signers in one file)."""
     path = Path(path)
     try:
-        if path.stat().st_size > _MAX_SIG_FILE:
+        if path.stat().st_size > _MAX_SIG_FILE * 16:
             raise ProtocolSignatureError(f"{path}: too large for a signature file")
-        doc = json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError as exc:
         raise ProtocolSignatureError(
             f"{path}: signature file not found; sign with `securefed protocol sign`"
@@ -85,13 +100,74 @@ def read_signature(path: str | Path) -> dict[str, Any]:
         raise ProtocolSignatureError(f"{path}: cannot read ({exc.strerror})") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolSignatureError(f"{path}: not a signature file (invalid JSON)") from exc
-    if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
-        raise ProtocolSignatureError(f"{path}: not a securefed protocol signature file")
-    if doc.get("version") != _VERSION:
+    docs = data if isinstance(data, list) else [data]
+    if not docs or len(docs) > 64:
+        raise ProtocolSignatureError(f"{path}: expected 1 to 64 signatures, found {len(docs)}")
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
+            raise ProtocolSignatureError(
+                f"{path}: entry {i + 1} is not a securefed protocol signature"
+            )
+        if doc.get("version") != _VERSION:
+            raise ProtocolSignatureError(
+                f"{path}: entry {i + 1}: unsupported signature version {doc.get('version')!r}"
+            )
+    return docs
+
+
+def add_signature(doc: dict[str, Any], path: str | Path) -> int:
+    """Add ``doc`` to the signatures at ``path`` (created when missing); another signer's
+    signature of the same protocol is kept, one of another protocol or by the same signer is
+    replaced. Returns the number of signatures now in the file."""
+    path = Path(path)
+    kept = []
+    if path.exists():
+        kept = [
+            d for d in read_signatures(path)
+            if d.get("protocol") == doc["protocol"]
+            and d.get("signer_fingerprint") != doc["signer_fingerprint"]
+        ]  # fmt: skip
+    docs = [*kept, doc]
+    body = docs[0] if len(docs) == 1 else docs
+    write_atomic(path, json.dumps(body, indent=2).encode() + b"\n", 0o644)
+    return len(docs)
+
+
+def _check_one(doc: dict[str, Any], protocol_hash: str, source: str) -> str:
+    """Verify one signature document over ``protocol_hash``; returns its key's fingerprint."""
+    if doc.get("protocol") != protocol_hash:
         raise ProtocolSignatureError(
-            f"{path}: unsupported signature version {doc.get('version')!r}"
+            f"{source}: signs protocol {doc.get('protocol')}, but this protocol is {protocol_hash}"
+            " (the protocol was changed after signing, or this is another protocol's signature)"
         )
-    return doc
+    try:
+        raw = base64.b64decode(str(doc.get("signer_key", "")), validate=True)
+        sig = base64.b64decode(str(doc.get("signature", "")), validate=True)
+    except binascii.Error as exc:
+        raise ProtocolSignatureError(f"{source}: corrupt signer_key or signature field") from exc
+    if len(raw) != 32:
+        raise ProtocolSignatureError(f"{source}: signer_key must be an Ed25519 public key")
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(
+            sig, _DOMAIN + protocol_hash.encode("ascii")
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise ProtocolSignatureError(f"{source}: the signature does not verify (tampered)") from exc
+    return fingerprint("ed25519", raw)
+
+
+def trusted_signers(
+    docs: list[dict[str, Any]], protocol_hash: str, trusted: frozenset[str], source: str = "sig"
+) -> tuple[str, ...]:
+    """The distinct TRUSTED governance keys (fingerprints in ``trusted``, the site's own list)
+    whose signature over ``protocol_hash`` verifies. A signature by an untrusted key counts for
+    nothing; any signature that fails to verify, or signs another protocol, is refused."""
+    signers: list[str] = []
+    for i, doc in enumerate(docs):
+        fp = _check_one(doc, protocol_hash, f"{source} (signature {i + 1})")
+        if fp in trusted and fp not in signers:
+            signers.append(fp)
+    return tuple(signers)
 
 
 def verify_protocol_hash(

@@ -48,6 +48,7 @@ Fingerprint = Annotated[
     Field(pattern=r"^sha256:[0-9a-f]{64}$"),
 ]
 Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+Version = Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+[a-z0-9.+-]{0,20}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 PositiveEpsilon = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Delta = Annotated[float, Field(ge=0, lt=1)]
@@ -129,7 +130,11 @@ class GovernanceSpec(_Strict):
 
     signing_key: Fingerprint | None = None
     """Fingerprint of the governance key that signs this protocol (`securefed protocol sign`);
-    required in deployment."""
+    required in deployment. Informational for the sites: each site trusts the governance keys of
+    its own site configuration (`securefed site init`), never a key written in the protocol."""
+    securefed_version: Version | None = None
+    """The securefed version this protocol was approved for; a site running another version
+    refuses it (`securefed site verify`)."""
 
 
 class PrivacySpec(_Strict):

@@ -116,8 +116,14 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
         "privacy": bool(privacy),
         "privacy_notes": privacy.get("notes", []),
         "privacy_rows": [
-            [s, v.get("epsilon"), v.get("delta"), v.get("releases"), v.get("overall_epsilon"),
-             privacy.get("total_epsilon")]  # fmt: skip
+            [
+                s,
+                v.get("epsilon"),
+                v.get("delta"),
+                v.get("releases"),
+                v.get("overall_epsilon"),
+                privacy.get("total_epsilon"),
+            ]  # fmt: skip
             for s, v in (privacy.get("per_site") or {}).items()
         ],
         "egress_rows": [

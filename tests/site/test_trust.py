@@ -1,0 +1,259 @@
+"""Site-held trust and policy (governance issue, part 1): `securefed site init|verify` and
+securefed.site.trust. Each refusal: unsigned, tampered signature, edited after signing, an edited
+protocol re-signed with the editor's own key, too few trusted signers, another securefed version,
+the site's policy, a site the protocol does not list; a formatting change is not a tamper.
+Contract: exit 0 printing the accepted sha256, 3 naming the failed check, 2 for a bad config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from securefed import __version__
+from securefed.cli import app
+from securefed.crypto import generate_keys, sign_protocol_hash, write_keys
+from securefed.errors import SiteTrustError
+from securefed.protocol import load_protocol
+from securefed.site.trust import load_site_config, policy_violations, verify_for_site
+
+runner = CliRunner()
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _keys(tmp: Path, *names: str, role: str = "governance") -> dict[str, Path]:
+    out = {}
+    for name in names:
+        write_keys(generate_keys(role, name), tmp / "keys")  # type: ignore[arg-type]
+        out[name] = tmp / "keys" / f"{name}.key"
+    return out
+
+
+SERVER = generate_keys("server", "server")
+
+
+def _protocol(tmp: Path, **changes: str) -> Path:
+    values = {
+        "mode": "simulation", "total_epsilon": "1.0", "aggregation": "secagg+",
+        "min_sites": "3", "dp": "true", "version": f'"{__version__}"',
+    } | changes  # fmt: skip
+    text = f"""schema_version = 1
+# the study protocol under review
+[study]
+name = "trust-test"
+mode = "{values["mode"]}"
+[privacy]
+total_epsilon = {values["total_epsilon"]}
+[governance]
+securefed_version = {values["version"]}
+[server]
+id = "server"
+encryption_key = "{SERVER.public.encryption_fingerprint}"
+signing_key = "{SERVER.public.signing_fingerprint}"
+[release]
+mode = "plain"
+[training]
+aggregation = "{values["aggregation"]}"
+min_sites_per_aggregate = {values["min_sites"]}
+baselines = ["local", "fedavg"]
+[training.dp_sgd]
+enabled = {values["dp"]}
+epsilon = 1.0
+[secure_aggregation]
+num_shares = 3
+reconstruction_threshold = 2
+"""
+    if values["version"] == "none":
+        text = text.replace("securefed_version = none\n", "")
+    path = tmp / "protocol.toml"
+    path.write_text(text)
+    return path
+
+
+def _sign(protocol: Path, key: Path) -> None:
+    res = runner.invoke(app, ["protocol", "sign", str(protocol), "--key", str(key)])
+    assert res.exit_code == 0, res.output
+
+
+def _init(tmp: Path, *trusted: str, threshold: int = 1, policy: dict | None = None) -> Path:
+    out = tmp / "site-1.toml"
+    args = ["site", "init", "--site-id", "site-1", "--out", str(out),
+            "--threshold", str(threshold),
+            "--allow-recipient", SERVER.public.encryption_fingerprint]  # fmt: skip
+    for name in trusted:
+        args += ["--trust", str(tmp / "keys" / f"{name}.pub.json")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = out.read_text().replace('forbidden_release_modes = ["plain"]',
+                                   "forbidden_release_modes = []")  # fmt: skip
+    for key, value in (policy or {}).items():
+        lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
+        text = "\n".join(lines).replace("[policy]", f"[policy]\n{key} = {value}") + "\n"
+    out.write_text(text)
+    return out
+
+
+def _verify(protocol: Path, config: Path):  # noqa: ANN202
+    return runner.invoke(app, ["site", "verify", str(protocol), "--site-config", str(config)])
+
+
+def test_init_writes_the_strictest_policy_and_it_parses(tmp_path: Path) -> None:
+    _keys(tmp_path, "board")
+    out = tmp_path / "strict.toml"
+    res = runner.invoke(app, ["site", "init", "--site-id", "site-1", "--out", str(out),
+                              "--trust", str(tmp_path / "keys" / "board.pub.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    config = load_site_config(out)
+    policy = config.policy
+    assert policy.forbidden_release_modes == ("plain",) and policy.require_dp_training
+    assert policy.allowed_recipient_keys == () and not policy.allow_unsigned_simulation
+    assert "# Largest privacy.total_epsilon" in out.read_text()  # every field documented
+    again = runner.invoke(app, ["site", "init", "--site-id", "site-1", "--out", str(out),
+                                "--trust", str(tmp_path / "keys" / "board.pub.json")])  # fmt: skip
+    assert again.exit_code == 2 and "refusing to overwrite" in _flat(again.output)
+    _keys(tmp_path, "site-9", role="site")
+    wrong = runner.invoke(app, ["site", "init", "--site-id", "site-1", "--out",
+                                str(tmp_path / "x.toml"), "--trust",
+                                str(tmp_path / "keys" / "site-9.pub.json")])  # fmt: skip
+    assert wrong.exit_code == 2 and "not a governance key" in _flat(wrong.output)
+
+
+def test_signed_protocol_is_accepted_and_formatting_is_no_tamper(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, "board")
+    protocol = _protocol(tmp_path)
+    _sign(protocol, keys["board"])
+    config = _init(tmp_path, "board")
+    res = _verify(protocol, config)
+    assert res.exit_code == 0, res.output
+    sha = load_protocol(protocol).sha256
+    assert res.output.strip().splitlines()[-1] == sha
+    # Comments, blank lines and key order do not change the canonical hash.
+    protocol.write_text("# reviewed by the board\n\n" + protocol.read_text().replace(
+        "# the study protocol under review\n", ""))  # fmt: skip
+    assert _verify(protocol, config).exit_code == 0
+
+
+def test_each_refusal_names_its_check(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, "board", "editor")
+    protocol = _protocol(tmp_path)
+    config = _init(tmp_path, "board")
+    res = _verify(protocol, config)
+    assert res.exit_code == 3 and "unsigned" in _flat(res.output)
+    _sign(protocol, keys["board"])
+    # Edited after signing (budget raised): the signature signs another hash.
+    signed = protocol.read_text()
+    protocol.write_text(signed.replace("total_epsilon = 1.0", "total_epsilon = 3.0"))
+    res = _verify(protocol, config)
+    assert res.exit_code == 3 and "changed after signing" in _flat(res.output)
+    # The attack of the finding: edit, then re-sign with the editor's own key.
+    shutil.copy(protocol, tmp_path / "edited.toml")
+    (tmp_path / "protocol.toml.sig").unlink()
+    _sign(protocol, keys["editor"])
+    res = _verify(protocol, config)
+    assert res.exit_code == 3 and "signed by 0 trusted governance key(s)" in _flat(res.output)
+    # A tampered signature.
+    protocol.write_text(signed)
+    (tmp_path / "protocol.toml.sig").unlink()
+    _sign(protocol, keys["board"])
+    sig = tmp_path / "protocol.toml.sig"
+    doc = json.loads(sig.read_text())
+    flipped = "AAAA" if doc["signature"][-8:-4] != "AAAA" else "BBBB"
+    doc["signature"] = doc["signature"][:-8] + flipped + doc["signature"][-4:]
+    sig.write_text(json.dumps(doc))
+    res = _verify(protocol, config)
+    assert res.exit_code == 3 and "does not verify" in _flat(res.output)
+    # A site the protocol does not list.
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = (tmp_path / "site-1.toml").read_text().replace('id = "site-1"', 'id = "site-2x"')
+    (other / "c.toml").write_text(cfg)
+    (tmp_path / "protocol.toml.sig").unlink()
+    _sign(protocol, keys["board"])
+    res = _verify(protocol, other / "c.toml")
+    assert res.exit_code == 3 and "not a site of this protocol" in _flat(res.output)
+
+
+def test_threshold_counts_distinct_trusted_signers(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, "a", "b", "c", "outsider")
+    protocol = _protocol(tmp_path)
+    config = _init(tmp_path, "a", "b", "c", threshold=2)
+    _sign(protocol, keys["a"])
+    _sign(protocol, keys["outsider"])  # counts for nothing
+    res = _verify(protocol, config)
+    assert res.exit_code == 3 and "signed by 1 trusted governance key(s), the site requires 2" in (
+        _flat(res.output)
+    )
+    _sign(protocol, keys["a"])  # the same signer again is still one
+    assert _verify(protocol, config).exit_code == 3
+    _sign(protocol, keys["c"])
+    res = _verify(protocol, config)
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "protocol.toml.sig").read_text())) == 3  # a, outsider, c
+    accepted = verify_for_site(protocol, load_site_config(config))
+    assert len(accepted.signers) == 2
+
+
+def test_version_pin_and_policy(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, "board")
+    config = _init(tmp_path, "board")
+    for changes, needle in [
+        ({"version": '"0.0.1"'}, "approved for securefed 0.0.1"),
+        ({"version": "none"}, "requires a version pin"),
+        ({"total_epsilon": "inf"}, "exceeds the policy's max_total_epsilon"),
+        ({"aggregation": "fedavg", "min_sites": "3"}, "the policy requires 'secagg+'"),
+        ({"min_sites": "2"}, "below the policy's 3"),
+        ({"dp": "false"}, "requires DP training"),
+    ]:
+        protocol = _protocol(tmp_path, **changes)
+        sig = tmp_path / "protocol.toml.sig"
+        sig.unlink(missing_ok=True)
+        _sign(protocol, keys["board"])
+        res = _verify(protocol, config)
+        assert res.exit_code == 3 and needle in _flat(res.output), (changes, res.output)
+    # The recipient key and plain releases, through the library.
+    loaded = load_protocol(_protocol(tmp_path))
+    strict = load_site_config(config)
+    assert policy_violations(loaded, strict.policy) == []
+    unknown = strict.policy.model_copy(update={"allowed_recipient_keys": (),
+                                               "forbidden_release_modes": ("plain",)})  # fmt: skip
+    problems = policy_violations(loaded, unknown)
+    assert any("not among the policy's allowed keys" in p for p in problems)
+    assert any("release.mode 'plain' is forbidden" in p for p in problems)
+
+
+def test_unsigned_simulation_only_when_the_policy_allows(tmp_path: Path) -> None:
+    _keys(tmp_path, "board")
+    protocol = _protocol(tmp_path)
+    config = _init(tmp_path, "board", policy={"allow_unsigned_simulation": "true"})
+    res = _verify(protocol, config)
+    assert res.exit_code == 0 and "unsigned simulation" in _flat(res.output)
+    strict = load_site_config(config)
+    strict = strict.model_copy(
+        update={"policy": strict.policy.model_copy(update={"allow_unsigned_simulation": False})}
+    )
+    with pytest.raises(SiteTrustError, match="unsigned"):
+        verify_for_site(protocol, strict)
+
+
+def test_bad_site_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('schema_version = 1\n[site]\nid = "site-1"\n[trust]\ngovernance_keys = []\n')
+    res = _verify(_protocol(tmp_path), bad)
+    assert res.exit_code == 2 and "trust.governance_keys" in _flat(res.output)
+    bad.write_text('schema_version = 1\n[site]\nid = "s"\n[trust]\ngovernance_keys = ["x"]\n'
+                   "[policy]\nmax_total_epsilon = \"8\"\n")  # fmt: skip
+    res = _verify(_protocol(tmp_path), bad)
+    assert res.exit_code == 2 and "policy.max_total_epsilon" in _flat(res.output)
+
+
+def test_signature_document_is_public_and_signs_the_hash_only(tmp_path: Path) -> None:
+    board = generate_keys("governance", "board")
+    doc = sign_protocol_hash(load_protocol(_protocol(tmp_path)).sha256, board)
+    assert set(doc) == {"format", "version", "protocol", "signer", "signer_key",
+                        "signer_fingerprint", "signature"}  # fmt: skip
