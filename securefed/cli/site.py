@@ -48,6 +48,14 @@ def release(
             "--state", help="This site's state folder (privacy ledger, message counters)."
         ),
     ],
+    site_config: Annotated[
+        Path,
+        typer.Option(
+            "--site-config",
+            help="This site's trust and policy (`securefed site init`); the protocol is "
+            "verified against it before any data is read.",
+        ),
+    ],
     protocol: ProtocolArg = None,
     protocol_option: ProtocolOption = None,
     passphrase_file: Annotated[
@@ -72,13 +80,22 @@ def release(
     """Protect this site's features as PROTOCOL says (plain, local-dp or a lower-dimensional
     release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
     from securefed.crypto import load_private_keys, load_public_keys
-    from securefed.protocol import load_protocol
-    from securefed.site.release import release_site_features
-
-    loaded = load_protocol(resolve_protocol(protocol, protocol_option))
-    site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
-    server = load_public_keys(server_key, role="server")
     from securefed.data import read_patients
+    from securefed.errors import SiteTrustError
+    from securefed.site.release import release_site_features
+    from securefed.trust import check_recipient, load_site_config, verify_for_site
+
+    protocol_path = resolve_protocol(protocol, protocol_option)
+    config = load_site_config(site_config)
+    loaded = verify_for_site(protocol_path, config).loaded  # before any data is read
+    site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
+    if site_keys.party_id != config.site.id:
+        raise SiteTrustError(
+            f"--key {key} is {site_keys.party_id}'s key but --site-config is for "
+            f"{config.site.id}; refusing"
+        )
+    server = load_public_keys(server_key, role="server")
+    check_recipient(config, server.encryption_fingerprint)
 
     patients = read_patients(partitions) if partitions is not None else None
     result = release_site_features(

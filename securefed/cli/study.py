@@ -102,6 +102,14 @@ def run(
     workers: Annotated[
         int, typer.Option("--workers", "-j", min=1, help="Processes for feature extraction.")
     ] = 2,
+    site_configs: Annotated[
+        Path | None,
+        typer.Option(
+            "--site-configs",
+            help="Folder of <site id>.toml site configurations (`securefed site init`); the "
+            "protocol must then be signed (PROTOCOL.sig). Default: the run plays the board.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole study: sites extract, protect and seal; the server collects and clusters;
     Flower trains FedAvg then CFFL per cluster; sites evaluate; RUNDIR/report.html. Resumes an
@@ -114,7 +122,7 @@ def run(
         results = run_study(
             protocol, data, out, truth=truth,
             stop_after=None if stop_after is None else stop_after.value, workers=workers,
-            log=info, progress=_Bars(bar),
+            log=info, progress=_Bars(bar), site_configs=site_configs,
         )  # fmt: skip
     _summary(results)
     if (out / "report.html").exists():

@@ -49,7 +49,7 @@ def init(
     allows): trusted governance keys, signature threshold, policy."""
     from securefed.crypto import load_public_keys
     from securefed.errors import KeyError_
-    from securefed.site.trust import SitePolicy, strictest_config, write_site_config
+    from securefed.trust import SitePolicy, strictest_config, write_site_config
 
     keys = []
     for path in trust:
@@ -73,7 +73,7 @@ def init(
 def verify(protocol: ProtocolFileArg, site_config: SiteConfigOption) -> None:
     """Accept PROTOCOL for this site (signatures at PROTOCOL.sig by trusted keys, version, the
     site's policy): exit 0 printing its sha256, or 3 naming the failed check."""
-    from securefed.site.trust import load_site_config, verify_for_site
+    from securefed.trust import load_site_config, verify_for_site
 
     config = load_site_config(site_config)
     accepted = verify_for_site(protocol, config)

@@ -31,7 +31,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
-from securefed.errors import ConfigError, TrainingError, WrongProtocolError
+from securefed.errors import ConfigError, SiteTrustError, TrainingError, WrongProtocolError
 from securefed.federation.config import SiteSettings
 from securefed.federation.metrics import site_summary
 from securefed.federation.task import FlowerTask, resolve_task
@@ -41,7 +41,7 @@ __all__ = ["SiteClient", "conditional_secaggplus_mod", "make_client_app", "app"]
 
 # Prepared data per (site, subjects, protocol): reused across rounds within one process.
 _DATA_CACHE: dict[tuple[Any, ...], Any] = {}
-_PROTOCOLS: dict[str, Any] = {}
+_PROTOCOLS: dict[tuple[str, str, int], Any] = {}
 
 
 def conditional_secaggplus_mod(
@@ -58,12 +58,31 @@ def conditional_secaggplus_mod(
     return call_next(msg, ctxt)
 
 
-def _load_site_protocol(path: str) -> Any:
-    if path not in _PROTOCOLS:
+def _load_site_protocol(site: SiteSettings) -> Any:
+    """The site's protocol, accepted by the site's own trust and policy (node config
+    ``site-config``; required for a deployment protocol) before any data is touched."""
+    key = (site.protocol, site.site_config, site.partition_id)
+    if key not in _PROTOCOLS:
         from securefed.protocol import load_protocol
+        from securefed.trust import load_site_config, verify_for_site
 
-        _PROTOCOLS[path] = load_protocol(Path(path))
-    return _PROTOCOLS[path]
+        if site.site_config:
+            config = load_site_config(Path(site.site_config))
+            loaded = verify_for_site(Path(site.protocol), config).loaded
+            if loaded.protocol.partition_of_site(config.site.id) != site.partition_id:
+                raise SiteTrustError(
+                    f"node config partition-id {site.partition_id} is not the partition of "
+                    f"{config.site.id} in the protocol; refusing"
+                )
+        else:
+            loaded = load_protocol(Path(site.protocol))
+            if not loaded.protocol.is_simulation:
+                raise SiteTrustError(
+                    f"site {site.partition_id}: a deployment protocol needs the site's own "
+                    "configuration (node config 'site-config', `securefed site init`)"
+                )
+        _PROTOCOLS[key] = loaded
+    return _PROTOCOLS[key]
 
 
 class SiteClient(NumPyClient):
@@ -73,7 +92,7 @@ class SiteClient(NumPyClient):
         self.task = task
         self.site = site
         self.ledger_dir = ledger_dir or site.work_dir
-        self.loaded = _load_site_protocol(site.protocol)
+        self.loaded = _load_site_protocol(site)
         self.spec = self.loaded.protocol.training
         self.egress = training_egress(self.loaded.protocol)
 

@@ -165,6 +165,9 @@ class SiteSettings:
     device: str = "cpu"
     ledger_dir: str = ""
     partitions: str = ""  # the site's partition file; its Patient_ID column groups cases
+    site_config: str = (
+        ""  # the site's trust and policy (securefed site init); required in deployment
+    )
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SiteSettings:
@@ -183,6 +186,7 @@ class SiteSettings:
             device=str(node_config.get("device", "cpu")),
             ledger_dir=str(node_config.get("ledger-dir", "")),
             partitions=str(node_config.get("partitions", "")),
+            site_config=str(node_config.get("site-config", "")),
         )
 
     def to_node_config(self) -> str:
@@ -196,6 +200,7 @@ class SiteSettings:
             ("device", self.device),
             ("ledger-dir", self.ledger_dir),
             ("partitions", self.partitions),
+            ("site-config", self.site_config),
         ):
             if value:
                 parts.append(f"{key}={json.dumps(str(value))}")

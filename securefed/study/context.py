@@ -4,7 +4,7 @@ sites and the run's settings. Built afresh on every (re)start from the data and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class StudyContext:
     workers: int
     log: Log
     progress: Progress | None = None
+    site_configs: dict[str, Path] = field(default_factory=dict)  # site id -> SITE.toml
 
     @classmethod
     def build(

@@ -8,6 +8,7 @@ from securefed.radiomics import extract_features, save_table
 from securefed.server.collect import collect_features
 from securefed.site.release import release_site_features
 from securefed.study.context import StudyContext
+from securefed.trust import check_recipient, load_site_config
 
 __all__ = ["run_features"]
 
@@ -48,6 +49,11 @@ def run_features(ctx: StudyContext) -> None:
         save_table(own, featdir, {"settings": settings, "excluded": extraction.excluded})
         if proto.release.mode == "secure-aggregate" or site.partition_id in ctx.held_out:
             continue  # no per-case release (secure mode) / unseen institution: nothing sent
+        if site.id in ctx.site_configs:  # the site seals only to a server key it allows
+            check_recipient(
+                load_site_config(ctx.site_configs[site.id]),
+                keys.public[server].encryption_fingerprint,
+            )
         release_site_features(
             featdir,
             ctx.loaded,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from securefed import __version__
+from securefed.crypto import signature_path
 from securefed.errors import ConfigError, ProtocolError
 from securefed.fileio import read_json, write_json_atomic
 from securefed.protocol import LoadedProtocol, load_protocol
@@ -31,6 +32,7 @@ from securefed.study.clustering_stage import run_clustering
 from securefed.study.context import Log, Progress, StudyContext
 from securefed.study.evaluation_stage import run_evaluation
 from securefed.study.features_stage import run_features
+from securefed.study.governance import accept_protocol, site_config_paths
 from securefed.study.paths import StudyPaths
 from securefed.study.report_stage import run_report
 from securefed.study.training_stage import run_training
@@ -70,8 +72,11 @@ def _prepare_rundir(protocol_path: Path, rundir: Path) -> tuple[LoadedProtocol, 
                 f"{rundir}: exists and is not a securefed run folder; use a new --out"
             )
         rundir.mkdir(parents=True, exist_ok=True)
-        # The run's own copy of the protocol and the files it pins (so RUNDIR is self-contained).
+        # The run's own copy of the protocol, its signatures and the files it pins (so RUNDIR
+        # is self-contained).
         shutil.copyfile(protocol_path, paths.protocol)
+        if signature_path(protocol_path).is_file():
+            shutil.copyfile(signature_path(protocol_path), signature_path(paths.protocol))
         rel = original.protocol.release
         for pinned in (rel.bounds, rel.projection_file):
             if pinned is not None:
@@ -113,9 +118,12 @@ def run_study(
     workers: int = 1,
     log: Log = print,
     progress: Progress | None = None,
+    site_configs: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns the results mapping (also in RUNDIR/results.json).
-    ``progress(task, done, total)`` is called as long steps advance (for a progress bar)."""
+    ``progress(task, done, total)`` is called as long steps advance (for a progress bar).
+    Before each stage every site accepts the protocol with its own trust and policy
+    (securefed.study.governance; ``site_configs``: a folder of ``<site id>.toml``)."""
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after {stop_after!r}: use one of {', '.join(STAGES)}")
     loaded, state = _prepare_rundir(Path(protocol_path), Path(rundir))
@@ -123,11 +131,18 @@ def run_study(
     ctx = StudyContext.build(
         loaded, Path(data_root), paths, truth=truth, workers=workers, log=log, progress=progress
     )
+    configs = site_config_paths(ctx, site_configs)
+    ctx.site_configs = configs
     for stage in STAGES:
         if stage in state["completed"] and stage != "report":
             log(f"{stage}: done earlier ({state['completed'][stage]['seconds']} s): skipped")
         else:
             log(f"{stage} ...")
+            if stage != "report":  # every site-side stage starts with the site's own check
+                accepted = accept_protocol(ctx, configs)
+                signers = min(len(a.signers) for a in accepted.values())
+                log(f"  {len(accepted)} site(s) accepted {loaded.sha256[:19]}... "
+                    f"(>= {signers} trusted signature(s) each)")  # fmt: skip
             start = time.perf_counter()
             RUNNERS[stage](ctx)
             _mark_done(paths, state, stage, time.perf_counter() - start)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import tomli_w
+from support.trust import trusted_site_configs
 from typer.testing import CliRunner
 
 from securefed.cli import app
@@ -55,10 +56,34 @@ def test_local_dp_release_collect_and_ledger_by_cli(tmp_path: Path) -> None:
     for role, pid in (("server", "server"), ("site", "site-1"), ("site", "site-2")):
         _ok(["keys", "new", "--role", role, "--id", pid, "--out", str(keys)])
     featdir = _featdir(tmp_path / "feat", 1, settings)
+    # Each site trusts the board that signed the protocol, with a policy that allows this study.
+    configs = trusted_site_configs(
+        tmp_path / "configs", proto, ["site-1", "site-2"], keys / "server.pub.json",
+        max_total_epsilon=3.0, min_sites_per_aggregate=2, require_dp_training=False,
+        require_version_pin=False,
+    )  # fmt: skip
+    release = [
+        "features",
+        "release",
+        "--features",
+        str(featdir),
+        "--protocol",
+        str(proto),
+        "--server-key",
+        str(keys / "server.pub.json"),
+        "--out",
+        str(tmp_path / "inbox"),
+    ]
+    # Without a site configuration, or with another site's, nothing is released.
+    assert runner.invoke(app, [*release, "--key", str(keys / "site-1.key"), "--state",
+                               str(tmp_path / "site-1")]).exit_code == 2  # fmt: skip
+    wrong = runner.invoke(app, [*release, "--key", str(keys / "site-1.key"), "--state",
+                                str(tmp_path / "site-1"), "--site-config",
+                                str(configs["site-2"])])  # fmt: skip
+    assert wrong.exit_code == 3 and not (tmp_path / "inbox").exists()
     for site in ("site-1", "site-2"):
-        _ok(["features", "release", "--features", str(featdir), "--protocol", str(proto),
-             "--key", str(keys / f"{site}.key"), "--server-key", str(keys / "server.pub.json"),
-             "--out", str(tmp_path / "inbox"), "--state", str(tmp_path / site)])  # fmt: skip
+        _ok([*release, "--key", str(keys / f"{site}.key"), "--state", str(tmp_path / site),
+             "--site-config", str(configs[site])])  # fmt: skip
     shown = _ok(["ledger", "show", str(tmp_path / "site-1")])
     assert "features" in shown
     _ok(["ledger", "verify", str(tmp_path / "site-1")])
@@ -67,7 +92,8 @@ def test_local_dp_release_collect_and_ledger_by_cli(tmp_path: Path) -> None:
     again = runner.invoke(app, [
         "features", "release", "--features", str(featdir2), "--protocol", str(proto),
         "--key", str(keys / "site-1.key"), "--server-key", str(keys / "server.pub.json"),
-        "--out", str(tmp_path / "inbox2"), "--state", str(tmp_path / "site-1")])  # fmt: skip
+        "--out", str(tmp_path / "inbox2"), "--state", str(tmp_path / "site-1"),
+        "--site-config", str(configs["site-1"])])  # fmt: skip
     assert again.exit_code == 2, again.output
     assert not list((tmp_path / "inbox2").glob("*.env"))
     collect = ["server", "collect", "--inbox", str(tmp_path / "inbox"), "--protocol", str(proto),

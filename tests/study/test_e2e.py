@@ -29,6 +29,11 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     for name in ("protocol.toml", "clusters.csv", "results.json", "report.html",
                  "evaluation/per_case.csv", "training/phases.json"):  # fmt: skip
         assert (rundir / name).is_file(), name
+    # The run played the board: a governance signature and each site's own configuration, checked
+    # before every site-side stage.
+    assert (rundir / "protocol.toml.sig").is_file()
+    assert (rundir / "sites" / "site-1" / "site.toml").is_file()
+    assert "3 site(s) accepted sha256:" in " ".join(result.output.split())
     results = json.loads((rundir / "results.json").read_text())
     methods = results["segmentation"]["methods"]
     assert set(methods) == {
@@ -180,3 +185,42 @@ def test_demo_command_synthesizes_runs_and_resumes(tmp_path: Path, monkeypatch) 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert presets == ["demo"] and "skipped" in again.output
+
+
+def test_run_with_site_configs_refuses_an_unsigned_protocol_before_any_work(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    """`securefed run --site-configs DIR`: the operator's site configurations decide; an unsigned
+    protocol is refused (exit 3) before any case is read; a signed one is accepted."""
+    from support.trust import trusted_site_configs
+
+    from securefed.crypto import generate_keys, write_keys
+
+    protocol = tiny_protocol(tmp_path, baselines=("fedavg",))
+    write_keys(generate_keys("server", "server"), tmp_path / "keys")
+    configs = trusted_site_configs(
+        tmp_path / "configs", protocol, ["site-1", "site-2", "site-3"],
+        tmp_path / "keys" / "server.pub.json", max_total_epsilon=8.0,
+        min_sites_per_aggregate=2, require_dp_training=False, require_version_pin=False,
+        forbidden_release_modes=(), required_aggregation="any",
+    )  # fmt: skip
+    signature = protocol.with_name(protocol.name + ".sig")
+    kept = signature.read_bytes()
+    signature.unlink()
+    args = ["run", str(protocol), "--data", str(tiny_federation), "--out", str(tmp_path / "run"),
+            "--site-configs", str(tmp_path / "configs"), "--stop-after", "features"]  # fmt: skip
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 3 and "unsigned" in " ".join(refused.output.split())
+    assert not (tmp_path / "run" / "sites").exists()  # nothing was extracted or released
+    assert sorted(configs) == ["site-1", "site-2", "site-3"]
+    signature.write_bytes(kept)
+    import shutil
+
+    shutil.rmtree(tmp_path / "run")
+    # Signed by the board the sites trust: accepted (checked before the first stage, then the
+    # run's own server key is not in the operators' allowed list: refused at sealing time).
+    accepted = CliRunner().invoke(app, args)
+    flat = " ".join(accepted.output.split())
+    assert "3 site(s) accepted" in flat, accepted.output
+    assert accepted.exit_code == 3 and "allowed_recipient_keys" in flat
+    assert not list((tmp_path / "run" / "server").glob("inbox/*.env"))

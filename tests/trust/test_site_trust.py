@@ -1,5 +1,5 @@
 """Site-held trust and policy (governance issue, part 1): `securefed site init|verify` and
-securefed.site.trust. Each refusal: unsigned, tampered signature, edited after signing, an edited
+securefed.trust. Each refusal: unsigned, tampered signature, edited after signing, an edited
 protocol re-signed with the editor's own key, too few trusted signers, another securefed version,
 the site's policy, a site the protocol does not list; a formatting change is not a tamper.
 Contract: exit 0 printing the accepted sha256, 3 naming the failed check, 2 for a bad config."""
@@ -18,7 +18,7 @@ from securefed.cli import app
 from securefed.crypto import generate_keys, sign_protocol_hash, write_keys
 from securefed.errors import SiteTrustError
 from securefed.protocol import load_protocol
-from securefed.site.trust import load_site_config, policy_violations, verify_for_site
+from securefed.trust import load_site_config, policy_violations, verify_for_site
 
 runner = CliRunner()
 

@@ -30,6 +30,7 @@ __all__ = [
     "SitePolicy",
     "load_site_config",
     "policy_violations",
+    "check_recipient",
     "strictest_config",
     "verify_for_site",
     "write_site_config",
@@ -73,9 +74,9 @@ class TrustSpec(_Strict):
 class SitePolicy(_Strict):
     """The site's own limits on what any protocol may ask of it."""
 
-    max_total_epsilon: float = Field(1.0, gt=0, allow_inf_nan=False)
-    """Largest privacy.total_epsilon the site accepts (finite: a protocol with inf is refused
-    unless plain releases are allowed and this is raised accordingly)."""
+    max_total_epsilon: float = Field(1.0, gt=0, allow_inf_nan=True)
+    """Largest privacy.total_epsilon the site accepts (inf accepts a protocol without DP, the
+    paper's plain study)."""
     forbidden_release_modes: tuple[ReleaseMode, ...] = ("plain",)
     """Feature release modes the site refuses (plain: raw radiomics to the server)."""
     required_aggregation: Literal["secagg+", "fedavg", "any"] = "secagg+"
@@ -85,8 +86,9 @@ class SitePolicy(_Strict):
     require_dp_training: bool = True
     """Refuse protocols that train without DP-SGD (the trained model is then not DP)."""
     allowed_recipient_keys: tuple[Fingerprint, ...] = ()
-    """Encryption-key fingerprints of the servers the site may seal to; the protocol must pin
-    its server.encryption_key and it must be one of these. Empty: no server is allowed."""
+    """Encryption-key fingerprints of the servers the site may seal to: a protocol that pins
+    another server.encryption_key is refused, and so is sealing to a key not listed. Empty: no
+    server is allowed."""
     allow_unsigned_simulation: bool = False
     """Accept an unsigned protocol whose study.mode is simulation (never a deployment)."""
     require_version_pin: bool = True
@@ -219,9 +221,7 @@ def policy_violations(loaded: LoadedProtocol, policy: SitePolicy) -> list[str]:
     if policy.require_dp_training and not p.training.dp_sgd.enabled:
         out.append("training.dp_sgd is off: the policy requires DP training")
     server_key = p.server.encryption_key
-    if server_key is None:
-        out.append("server.encryption_key is not pinned: the site cannot check its recipient")
-    elif server_key not in policy.allowed_recipient_keys:
+    if server_key is not None and server_key not in policy.allowed_recipient_keys:
         out.append(f"server.encryption_key {server_key} is not among the policy's allowed keys")
     if policy.require_version_pin and p.governance.securefed_version is None:
         out.append("governance.securefed_version is not set: the policy requires a version pin")
@@ -274,3 +274,12 @@ def verify_for_site(protocol_path: str | Path, config: SiteConfig) -> AcceptedPr
             f"{protocol_path}: against {config.site.id}'s policy: " + "; ".join(problems)
         )
     return AcceptedProtocol(loaded, signers, unsigned)
+
+
+def check_recipient(config: SiteConfig, encryption_fingerprint: str) -> None:
+    """Refuse to seal to a server key the site's policy does not list."""
+    if encryption_fingerprint not in config.policy.allowed_recipient_keys:
+        raise SiteTrustError(
+            f"{config.site.id}: the server key {encryption_fingerprint} is not among the "
+            "policy's allowed_recipient_keys; refusing to seal to it"
+        )
