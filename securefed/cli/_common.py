@@ -29,6 +29,7 @@ from securefed.errors import ConfigError, SecurefedError
 __all__ = [
     "console",
     "err_console",
+    "plain_text",
     "state",
     "handle_errors",
     "progress",
@@ -74,7 +75,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except SecurefedError as exc:
             err_console.print(
-                f"[bold red]error[/] {escape(f'[{exc.code}] {exc}')}", highlight=False
+                f"[bold red]error[/] {escape(_printable(f'[{exc.code}] {exc}'))}", highlight=False
             )
             if state.debug:
                 traceback.print_exc()
@@ -82,8 +83,9 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - top-level boundary
+            what = escape(_printable(f"{type(exc).__name__}: {exc}"))
             err_console.print(
-                f"[bold red]internal error[/] {escape(f'{type(exc).__name__}: {exc}')}\n"
+                f"[bold red]internal error[/] {what}\n"
                 "This is a bug in securefed; rerun with --debug and report the traceback.",
                 highlight=False,
             )
@@ -175,3 +177,16 @@ def resolve_protocol(positional: Path | None, option: Path | None) -> Path:
     if option is None:
         raise ConfigError("missing the study protocol: give it as the PROTOCOL argument")
     return option
+
+
+def plain_text(value: object) -> Any:
+    """``value`` as rich Text that prints literally: no markup, and every control character
+    (terminal escapes included) shown as its escape sequence. For names read from disk."""
+    from rich.text import Text
+
+    return Text(_printable(str(value)))
+
+
+def _printable(text: str) -> str:
+    """Every control character but newline as its escape sequence (no terminal escapes)."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from securefed.cli._common import console, handle_errors, progress, subgroup
+from securefed.cli._common import console, handle_errors, plain_text, progress, subgroup
 
 __all__ = ["register"]
 
@@ -33,9 +33,10 @@ def check(
         bool,
         typer.Option(
             "--full/--header-only",
-            help="Read every voxel (NaN/inf, labels, corrupt data) or only the headers (fast).",
+            help="Read every voxel (default: NaN/inf, label values, corrupt data; about 0.4 s "
+            "per FeTS-sized case per worker) or only the headers (instant, misses bad values).",
         ),
-    ] = False,
+    ] = True,
     workers: Annotated[
         int, typer.Option("--workers", "-j", min=1, help="Processes for --full.")
     ] = 1,
@@ -66,12 +67,12 @@ def check(
         table.add_column("case")
         table.add_column("file")
         table.add_column("problem", overflow="fold")
-        for p in fed.problems:
-            table.add_row(p.subject_id, p.file or "-", p.problem)
+        for p in fed.problems:  # names come from the disk: no markup, no terminal escapes
+            table.add_row(plain_text(p.subject_id), plain_text(p.file or "-"),
+                          plain_text(p.problem))  # fmt: skip
         console.print(table)
     parts = fed.partitions
     console.print(
-        f"{len(parts)} partition{'s' if len(parts) != 1 else ''}; {fed.summary()}",
+        plain_text(f"{len(parts)} partition{'s' if len(parts) != 1 else ''}; {fed.summary()}"),
         highlight=False,
-        markup=False,
     )

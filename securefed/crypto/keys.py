@@ -23,7 +23,6 @@ import json
 import os
 import re
 import stat
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -73,7 +72,7 @@ _X25519_PUB = 32
 
 
 class KeyPermissionWarning(UserWarning):
-    """A private key file is readable by other users (it should be mode 0600)."""
+    """Kept for callers that filter it; loose permissions are now refused (KeyError_)."""
 
 
 def fingerprint(algorithm: str, raw_public: bytes) -> str:
@@ -360,7 +359,7 @@ def load_private_keys(
     """Private keys from a ``.key`` file (``path`` may also be the folder holding one key).
 
     Raises KeyError_ for a missing file, a wrong or missing passphrase, a role other than
-    ``role``, or a corrupt file; warns (KeyPermissionWarning) if others may read the file."""
+    ``role``, a corrupt file, or a file that others may read or write (mode not 0600)."""
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob("*.key"))
@@ -375,11 +374,10 @@ def load_private_keys(
     if role is not None and public.role != role:
         raise KeyError_(f"{source}: holds {public.role} keys, but {role} keys are needed here")
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        warnings.warn(
-            f"{source}: private key file has mode {mode:04o}; run `chmod 600 {source}`",
-            KeyPermissionWarning,
-            stacklevel=2,
+    if mode & 0o077:  # readable or writable by others: refused, never used
+        raise KeyError_(
+            f"{source}: private key file has mode {mode:04o} (others may read or replace it); "
+            f"run `chmod 600 {source}` and check who had access"
         )
     if "encrypted" in doc:
         secrets_doc = _decrypt_secrets(doc["encrypted"], passphrase, public, source)

@@ -153,13 +153,21 @@ def _nested_hint(root: Path) -> str:
     return ""
 
 
+def _outside(real_root: Path, paths: list[Path]) -> Path | None:
+    """The first of ``paths`` whose real location is not under ``real_root`` (None: all are)."""
+    for path in paths:
+        if not path.resolve().is_relative_to(real_root):
+            return path
+    return None
+
+
 def discover_cases(root: str | Path) -> Discovery:
     """Find the case folders under ``root`` (one level deep).
 
     A folder counts as a case when it is named like ``FeTS2022_00123`` / ``BraTS2021_00000`` or
     holds files named ``<folder>_<modality>.nii[.gz]``. Folders with a missing or duplicated
-    modality are reported in ``problems`` and left out. Raises NoCasesError when ``root`` is not a
-    folder or holds no case folder at all.
+    modality, or a folder or file that links out of ``root``, are reported in ``problems`` and
+    left out. Raises NoCasesError when ``root`` is not a folder or holds no case folder at all.
     """
     root = Path(root)
     if not root.is_dir():
@@ -168,11 +176,19 @@ def discover_cases(root: str | Path) -> Discovery:
     problems: list[CaseProblem] = []
     folders = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     candidates = sorted(p for p in folders if _looks_like_case(p))
+    real_root = root.resolve()
     for folder in candidates:
         try:
             case = _case_from_folder(folder)
         except CaseError as exc:
             problems.append(CaseProblem.from_error(exc, folder.name))
+            continue
+        outside = _outside(real_root, [folder, *case.files().values()])
+        if outside is not None:  # a symlink out of the data root: never followed
+            problems.append(CaseProblem(
+                case.subject_id, outside.name,
+                "is a link that leaves the data root; copy the data into the root instead",
+            ))  # fmt: skip
             continue
         cases[case.subject_id] = case
     if not candidates:

@@ -21,6 +21,7 @@ __all__ = [
     "read_partitioning",
     "read_patients",
     "resolve_partitioning",
+    "valid_subject_id",
 ]
 
 PARTITION_COLUMNS = ("Partition_ID", "Subject_ID")
@@ -133,3 +134,8 @@ def read_patients(csv_path: str | Path) -> dict[str, str]:
             )
         out[subject] = patient
     return out
+
+
+def valid_subject_id(value: object) -> bool:
+    """A case id as a folder name: letters, digits, '.', '_', '-' (no path, no markup)."""
+    return isinstance(value, str) and len(value) <= 128 and bool(_SUBJECT.match(value))

@@ -265,3 +265,16 @@ class _Selection(ReleaseGeometry):
 
     def to_output_units(self, released: np.ndarray) -> np.ndarray:
         return released
+
+
+def released_columns(loaded_protocol: LoadedProtocol) -> tuple[str, ...]:
+    """The column names every feature release under the protocol carries (what the server
+    checks each envelope against): the protocol's radiomic columns, or its subset or projection."""
+    from securefed.radiomics.names import columns as feature_columns
+
+    cols = feature_columns(loaded_protocol.protocol.radiomics.feature_classes)
+    if loaded_protocol.protocol.release.mode == "plain":
+        geo = _plain_geometry(loaded_protocol, cols)
+        return geo.columns if geo is not None else cols
+    bounds = load_pinned_bounds(loaded_protocol)
+    return release_geometry(loaded_protocol, bounds).columns

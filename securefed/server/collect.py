@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from securefed.crypto import PrivateKeys, PublicKeys
+from securefed.data.partitions import valid_subject_id
 from securefed.errors import DataError, EnvelopeError, KeyError_, SecurefedError, SecurityError
 from securefed.fileio import atomic_write_bytes as write_atomic
-from securefed.privacy.protection import FEATURES_STAGE
+from securefed.privacy.protection import FEATURES_STAGE, released_columns
 from securefed.protocol import LoadedProtocol
 from securefed.server.ledger_heads import LedgerHeads, SiteHead
 from securefed.transport import (
@@ -72,7 +73,10 @@ class CollectedFeatures:
 
 
 def _content_problem(
-    msg: OpenedMessage, loaded: LoadedProtocol, columns: list[str] | None
+    msg: OpenedMessage,
+    loaded: LoadedProtocol,
+    columns: list[str] | None,
+    expected_columns: tuple[str, ...],
 ) -> str | None:
     meta = msg.meta
     values = msg.arrays.get("values")
@@ -89,6 +93,14 @@ def _content_problem(
     ids, splits = meta.get("subject_ids"), meta.get("splits")
     if not isinstance(ids, list) or not isinstance(splits, list) or len(ids) != len(splits):
         return "subject ids and splits missing or of different lengths"
+    bad = next((s for s in ids if not valid_subject_id(s)), None)
+    if bad is not None or not ids:
+        return f"subject id {bad!r} is not a case folder name (letters, digits, '.', '_', '-')"
+    if meta.get("columns") != list(expected_columns):
+        return (
+            f"released columns are not the protocol's ({len(expected_columns)} expected: "
+            f"{', '.join(expected_columns[:3])}, ...)"
+        )
     if values.ndim != 2 or values.shape[0] != len(ids) or values.dtype != np.float64:
         return f"values of shape {values.shape} ({values.dtype}) do not match {len(ids)} cases"
     if columns is not None and meta.get("columns") != columns:
@@ -126,6 +138,7 @@ def collect_features(
     problems: list[tuple[str, SecurefedError]] = []
     accepted: list[OpenedMessage] = []
     columns: list[str] | None = None
+    expected = released_columns(loaded)
     seen_ids: dict[str, str] = {}
     seen_senders: set[str] = set()
     ledger_heads = LedgerHeads(state_dir)
@@ -145,7 +158,7 @@ def collect_features(
         except SecurefedError as exc:
             problems.append((path.name, exc))
             continue
-        problem = _content_problem(msg, loaded, columns)
+        problem = _content_problem(msg, loaded, columns, expected)
         if problem is None and msg.sender in seen_senders:
             problem = f"a second feature release from {msg.sender} in the same inbox"
         if problem is None:

@@ -64,3 +64,35 @@ def test_partitioning_option(tmp_path: Path) -> None:
     assert _run(str(tmp_path), "-p", "partitioning_2").exit_code == 2
     res = _run(str(tmp_path), "--partitioning", "none")
     assert res.exit_code == 0 and "1 partition; 2 cases loaded" in res.output
+
+
+def test_values_are_checked_by_default(tmp_path: Path) -> None:
+    """Governance issue: `data check` reads every voxel unless told otherwise (label 3 caught)."""
+    make_federation(tmp_path, [2])
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[1, 1, 1] = 3
+    rewrite(tmp_path / "FeTS2022_00001" / "FeTS2022_00001_seg.nii.gz", lab)
+    res = _run(str(tmp_path))
+    assert res.exit_code == 0 and "1 case loaded, 1 excluded" in " ".join(res.output.split())
+
+
+def test_links_out_of_the_root_are_refused_and_names_print_literally(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    make_federation(root, [2])
+    outside = tmp_path / "elsewhere"
+    (root / "FeTS2022_00001").rename(outside)
+    (root / "FeTS2022_00001").symlink_to(outside)  # a case folder that leaves the root
+    flair = root / "FeTS2022_00002" / "FeTS2022_00002_flair.nii.gz"
+    flair.rename(tmp_path / "flair.nii.gz")
+    flair.symlink_to(tmp_path / "flair.nii.gz")  # one file that leaves the root
+    res = _run(str(root), "--partitioning", "none")
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 2 and "leaves the data root" in flat, res.output
+    # A folder name with a terminal escape and rich markup is printed as text, not interpreted.
+    evil = "X\x1b[2J[bold]Y"
+    case = root / evil
+    case.mkdir()
+    for m in ("flair", "t1", "t1ce", "t2"):
+        (case / f"{evil}_{m}.nii.gz").write_bytes(b"not nifti")
+    res = _run(str(root), "--partitioning", "none")
+    assert "\x1b" not in res.output and "\\x1b[2J[bold]Y" in res.output

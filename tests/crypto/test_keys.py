@@ -10,7 +10,6 @@ import warnings
 import pytest
 
 from securefed.crypto import (
-    KeyPermissionWarning,
     PublicKeys,
     generate_keys,
     load_private_keys,
@@ -94,11 +93,12 @@ def test_tampered_encrypted_key_rejected(tmp_path):
         load_private_keys(paths.private, b"pw")
 
 
-def test_permission_warning(tmp_path):
+def test_loose_permissions_are_refused(tmp_path):
     paths = write_keys(generate_keys("site", "s"), tmp_path)
-    paths.private.chmod(0o644)
-    with pytest.warns(KeyPermissionWarning, match="chmod 600"):
-        load_private_keys(paths.private)
+    for mode in (0o644, 0o640, 0o602):
+        paths.private.chmod(mode)
+        with pytest.raises(KeyError_, match="chmod 600"):
+            load_private_keys(paths.private)
     paths.private.chmod(0o600)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

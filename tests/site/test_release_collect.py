@@ -238,3 +238,38 @@ def test_unknown_site_and_wrong_server_key(tmp_path: Path) -> None:
 
 def test_budget_error_is_a_privacy_error() -> None:
     assert issubclass(BudgetExceededError, PrivacyError)
+
+
+@pytest.mark.parametrize(
+    ("meta", "reason"),
+    [
+        ({"subject_ids": [{"a": 1}]}, "is not a case folder name"),
+        ({"subject_ids": ["../../etc"]}, "is not a case folder name"),
+        ({"columns": ["flair_firstorder_Mean"]}, "released columns are not the protocol's"),
+    ],
+)
+def test_collect_checks_ids_and_columns_against_the_protocol(
+    tmp_path: Path, meta: dict, reason: str
+) -> None:
+    """A validly signed envelope whose content the protocol does not declare is refused as a
+    whole (governance issue: columns against the protocol, subject ids validated)."""
+    from securefed.transport import SendCounter, seal_message, write_message
+
+    proto = make_protocol(tmp_path)
+    loaded = load_protocol(proto)
+    keys = keys_for(tmp_path)
+    n_cols = 1 if "columns" in meta else len(COLUMNS)
+    full = {"kind": "features", "site": "site-1", "partition_id": 1,
+            "subject_ids": ["FeTS2022_01000"], "splits": ["train"], "columns": list(COLUMNS),
+            "release": {"mode": "plain"}, "ledger": []} | meta  # fmt: skip
+    envelope = seal_message(
+        {"values": np.zeros((1, n_cols))}, sender=keys["site-1"], recipient=keys["server_pub"],
+        protocol_hash=loaded.sha256, stage="features", counters=SendCounter(tmp_path / "c"),
+        meta=full,
+    )  # fmt: skip
+    (tmp_path / "inbox").mkdir()
+    write_message(tmp_path / "inbox" / "site-1.features.env", envelope)
+    with pytest.raises(CollectionRefused, match=reason):
+        collect_features(tmp_path / "inbox", loaded, keys["server"], tmp_path / "out",
+                         tmp_path / "server", site_public_keys=keys["site_pubs"])  # fmt: skip
+    assert not (tmp_path / "out").exists()
