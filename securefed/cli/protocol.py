@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from securefed.cli._common import ProtocolFileArg, console, handle_errors, subgroup
@@ -30,14 +34,38 @@ def check(protocol: ProtocolFileArg) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+class BoardFormat(StrEnum):
+    text = "text"
+    md = "md"
+    html = "html"
+
+
 @handle_errors
-def render(protocol: ProtocolFileArg) -> None:
-    """Plain summary of PROTOCOL for a governance board (what leaves each site, budgets)."""
+def render(
+    protocol: ProtocolFileArg,
+    fmt: Annotated[
+        BoardFormat, typer.Option("--format", help="text (default), md or html.")
+    ] = BoardFormat.text,
+    out: Annotated[Path | None, typer.Option("--out", help="Write to FILE instead.")] = None,
+) -> None:
+    """The board's document of PROTOCOL: per stage what leaves each site and how, epsilon and
+    the derived noise, aggregation and minimum sizes, what the server learns, who can decrypt
+    what, key fingerprints, what each party keeps; the protocol hash on every page."""
+    from securefed.fileio import atomic_write_bytes
     from securefed.protocol import load_protocol, summary_lines
+    from securefed.report.board import render_board
 
     loaded = load_protocol(protocol)
-    for line in summary_lines(loaded) + _privacy_lines(loaded):
-        console.print(line, highlight=False, markup=False)
+    body = render_board(loaded, fmt.value)
+    if fmt is BoardFormat.text:
+        body = "\n".join(summary_lines(loaded) + _privacy_lines(loaded)) + "\n\n" + body
+    if out is not None:
+        atomic_write_bytes(out, body.encode("utf-8"), mode=0o644)
+        console.print(str(out), highlight=False, soft_wrap=True)
+        return
+    import sys
+
+    sys.stdout.write(body)
 
 
 def _privacy_lines(loaded: LoadedProtocol) -> list[str]:

@@ -165,24 +165,10 @@ def protect_features(
         raise PrivacyError("release.mode 'local-dp' needs the site ledger")
     bounds = load_pinned_bounds(loaded_protocol)
     bounds.check_columns(columns, "release.bounds")
-    geo = release_geometry(loaded_protocol, bounds)
-    sens = local_sensitivity(geo, protocol.privacy.neighbouring)
-    if spec.epsilon is None:
-        raise ProtocolError("release.mode 'local-dp' needs release.epsilon")
-    eps, delta = float(spec.epsilon), float(spec.delta)
-    # The release lives on the grid GRID * Z^d of the unit box: y is rounded to it (deterministic,
-    # at most GRID/2 per coordinate, so the grid sensitivity grows by sqrt(d) in L2 and d in L1),
-    # and the noise is an exact discrete Gaussian / discrete Laplace on that grid.
-    d = geo.dimension
-    grid_l2, grid_l1 = sens.l2 / GRID + math.sqrt(d), sens.l1 / GRID + d
-    if spec.mechanism == "gaussian":
-        sigma_grid = discrete_gaussian_sigma(eps, delta, grid_l2)
-        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(sigma_grid / grid_l2)
-        scale_meta = {"sigma": sigma_grid * GRID, "l2_sensitivity": grid_l2 * GRID}
-    else:
-        scale_grid = laplace_scale(eps, grid_l1)
-        event = dp_accounting.LaplaceDpEvent(scale_grid / grid_l1)
-        scale_meta = {"scale": scale_grid * GRID, "l1_sensitivity": grid_l1 * GRID}
+    plan = local_dp_plan(loaded_protocol)
+    geo, eps, delta, event = plan.geometry, plan.epsilon, plan.delta, plan.event
+    scale_meta = plan.metadata()
+    scale_grid = plan.scale / GRID  # exact: GRID is a power of two
     rid = release_id or new_release_id()
     y = np.rint(geo.to_release_space(x) / GRID).astype(np.int64)  # clipped, on the grid
     # Seeded (simulation-only, never private) noise is keyed by site and stage, not by the
@@ -190,7 +176,7 @@ def protect_features(
     source = noise_source_for(protocol, site_id, FEATURES_STAGE, unsafe_seed=unsafe_seed)
     with ledger.charge(FEATURES_STAGE, rid, event, (eps, delta)) as handle:
         if spec.mechanism == "gaussian":
-            noise = source.discrete_gaussian(sigma_grid, y.shape)
+            noise = source.discrete_gaussian(scale_grid, y.shape)
         else:
             noise = source.discrete_laplace(scale_grid, y.shape)
         meta = {
@@ -278,3 +264,45 @@ def released_columns(loaded_protocol: LoadedProtocol) -> tuple[str, ...]:
         return geo.columns if geo is not None else cols
     bounds = load_pinned_bounds(loaded_protocol)
     return release_geometry(loaded_protocol, bounds).columns
+
+
+@dataclass(frozen=True)
+class LocalDpPlan:
+    """Everything a local-dp release derives from the protocol before any data: the release
+    geometry, the sensitivity on the 2^-12 grid and the noise scale (unit-box units)."""
+
+    geometry: ReleaseGeometry
+    mechanism: str
+    epsilon: float
+    delta: float
+    sensitivity: float  # L2 (gaussian) or L1 (laplace), grid rounding included, unit-box units
+    scale: float  # sigma (gaussian) or b (laplace), unit-box units
+    event: Any
+
+    def metadata(self) -> dict[str, float]:
+        if self.mechanism == "gaussian":
+            return {"sigma": self.scale, "l2_sensitivity": self.sensitivity}
+        return {"scale": self.scale, "l1_sensitivity": self.sensitivity}
+
+
+def local_dp_plan(loaded_protocol: LoadedProtocol) -> LocalDpPlan:
+    """The noise of the protocol's local-dp release. The release lives on the grid GRID * Z^d
+    of the unit box: values are rounded to it (deterministic, at most GRID/2 per coordinate, so
+    the grid sensitivity grows by sqrt(d) in L2 and d in L1) and the noise is an exact discrete
+    Gaussian / discrete Laplace on that grid."""
+    protocol = loaded_protocol.protocol
+    spec = protocol.release
+    if spec.mode != "local-dp" or spec.epsilon is None:
+        raise ProtocolError("release.mode 'local-dp' with release.epsilon is needed")
+    geo = release_geometry(loaded_protocol, load_pinned_bounds(loaded_protocol))
+    sens = local_sensitivity(geo, protocol.privacy.neighbouring)
+    eps, delta = float(spec.epsilon), float(spec.delta)
+    d = geo.dimension
+    grid_l2, grid_l1 = sens.l2 / GRID + math.sqrt(d), sens.l1 / GRID + d
+    if spec.mechanism == "gaussian":
+        sigma_grid = discrete_gaussian_sigma(eps, delta, grid_l2)
+        event: Any = dp_accounting.GaussianDpEvent(sigma_grid / grid_l2)
+        return LocalDpPlan(geo, "gaussian", eps, delta, grid_l2 * GRID, sigma_grid * GRID, event)
+    scale_grid = laplace_scale(eps, grid_l1)
+    event = dp_accounting.LaplaceDpEvent(scale_grid / grid_l1)
+    return LocalDpPlan(geo, "laplace", eps, delta, grid_l1 * GRID, scale_grid * GRID, event)
