@@ -37,6 +37,14 @@ def init(
     threshold: Annotated[
         int, typer.Option("--threshold", help="Trusted signatures a protocol needs.")
     ] = 1,
+    ledger_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger-dir",
+            help="The site's state folder of this study: verify then refuses a protocol that "
+            "would start the site's budget afresh.",
+        ),
+    ] = None,
     allow_recipient: Annotated[
         list[str] | None,
         typer.Option(
@@ -57,7 +65,9 @@ def init(
         if public.role != "governance":
             raise KeyError_(f"{path}: a {public.role} key, not a governance key")
         keys.append(public.signing_fingerprint)
-    config = strictest_config(site_id, tuple(keys), threshold)
+    config = strictest_config(
+        site_id, tuple(keys), threshold, str(ledger_dir) if ledger_dir is not None else None
+    )
     if allow_recipient:
         policy = SitePolicy.model_validate(
             {**config.policy.model_dump(), "allowed_recipient_keys": tuple(allow_recipient)},

@@ -8,7 +8,10 @@ training steps). It never leaves the site. Each line is one JSON entry:
 - ``intent``: written (and fsync'd) after the budget check and BEFORE any noise is drawn; it
   holds the stage, the release id, the DpEvent as JSON and, when verified, its exact
   (epsilon, delta);
-- ``commit``: written after the released values have been written locally, before they are sent.
+- ``commit``: written after the released values have been written locally, before they are sent;
+- ``amend``: the ledger continues under an amended protocol (``supersedes`` names the protocol
+  the ledger was bound to, ``budget`` the new one): every earlier charge still counts against
+  the new budget, which is how an amendment can never reset a site's spend.
 
 Every entry carries ``seq``, ``prev`` (hash of the previous entry), ``protocol``, ``site``,
 ``time`` and ``hash`` = sha256 of its canonical JSON without ``hash``.
@@ -172,19 +175,28 @@ class Ledger:
     """The site ledger in ``folder`` (file ``ledger.jsonl``), bound to one site and protocol."""
 
     def __init__(
-        self, folder: str | Path, *, site_id: str, protocol_hash: str, budget: BudgetSpec
+        self,
+        folder: str | Path,
+        *,
+        site_id: str,
+        protocol_hash: str,
+        budget: BudgetSpec,
+        supersedes: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LEDGER_FILE
         self.site_id = site_id
         self.protocol_hash = protocol_hash
         self.budget = budget
+        self.supersedes = supersedes
 
     @classmethod
     def for_protocol(cls, folder: str | Path, loaded: LoadedProtocol, site_id: str) -> Ledger:
-        """The ledger for ``site_id`` under a loaded protocol (``LoadedProtocol``)."""
+        """The ledger for ``site_id`` under a loaded protocol (``LoadedProtocol``); a ledger of
+        the protocol it supersedes (``governance.supersedes``) continues under it."""
         budget = budget_for(loaded)
-        return cls(folder, site_id=site_id, protocol_hash=loaded.sha256, budget=budget)
+        return cls(folder, site_id=site_id, protocol_hash=loaded.sha256, budget=budget,
+                   supersedes=loaded.protocol.governance.supersedes)  # fmt: skip
 
     # -- reading --------------------------------------------------------------------------------
     def read(self) -> LedgerState:
@@ -205,8 +217,17 @@ class Ledger:
         """Hash of the last entry (to quote in a signed message, anchoring the ledger)."""
         return self.read().head
 
+    def _amends(self, state: LedgerState) -> bool:
+        """The ledger is bound to the protocol this one supersedes (an amend entry is due)."""
+        return (
+            state.protocol is not None
+            and self.supersedes is not None
+            and state.protocol == self.supersedes
+            and state.site == self.site_id
+        )
+
     def _check_binding(self, state: LedgerState) -> None:
-        if state.protocol is None:
+        if state.protocol is None or self._amends(state):
             return
         if state.protocol != self.protocol_hash or state.site != self.site_id:
             raise LedgerError(
@@ -343,6 +364,11 @@ class Ledger:
         if not state.entries:
             self._append(fh, state, {"kind": "open", "budget": self.budget.to_json()})
             state = read_ledger(self.path)
+        elif self._amends(state):
+            body = {"kind": "amend", "supersedes": state.protocol,
+                    "budget": self.budget.to_json()}  # fmt: skip
+            self._append(fh, state, body)
+            state = read_ledger(self.path)
         return state
 
     def _append(self, fh: Any, state: LedgerState, body: dict[str, Any]) -> None:
@@ -384,6 +410,7 @@ _REQUIRED = {
     "open": {"budget"},
     "intent": {"stage", "release_id", "event", "claimed"},
     "commit": {"stage", "release_id"},
+    "amend": {"supersedes", "budget"},
 }
 _COMMON = {"v", "seq", "prev", "protocol", "site", "time", "hash", "kind"}
 
@@ -435,6 +462,15 @@ def _check_entry(entry: Any, where: str, seq: int, state: LedgerState) -> None:
         return
     if kind == "open":
         raise bad("a second 'open' entry")
+    if kind == "amend":
+        if entry["site"] != state.site or entry["supersedes"] != state.protocol:
+            raise bad("an amendment of another protocol or site")
+        try:
+            state.budget = BudgetSpec.from_json(entry["budget"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"malformed budget ({exc!r})") from exc
+        state.protocol = entry["protocol"]
+        return
     if (entry["protocol"], entry["site"]) != (state.protocol, state.site):
         raise bad("entry for another protocol or site")
     if kind == "intent":

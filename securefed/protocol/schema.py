@@ -135,6 +135,9 @@ class GovernanceSpec(_Strict):
     securefed_version: Version | None = None
     """The securefed version this protocol was approved for; a site running another version
     refuses it (`securefed site verify`)."""
+    supersedes: Sha256 | None = None
+    """The protocol hash this amendment replaces: a site's ledger of that protocol continues
+    under this one (its spend carries over, budgets never reset)."""
 
 
 class PrivacySpec(_Strict):

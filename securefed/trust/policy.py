@@ -10,6 +10,7 @@ installed securefed version, and it satisfies the policy. Nothing here leaves th
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ class SiteIdentity(_Strict):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     """The site id of the protocol's [[sites]] entry (site-<partition> in a simulation)."""
+    ledger_dir: str | None = Field(None, min_length=1, max_length=4096)
+    """The site's state folder of this study (its privacy ledger); `site verify` then refuses a
+    protocol under which the site's spend would start afresh."""
 
 
 class TrustSpec(_Strict):
@@ -174,7 +178,8 @@ def write_site_config(config: SiteConfig, path: str | Path) -> Path:
             doc = " ".join((field.description or "").split())
             if doc:
                 lines.append(f"# {doc}")
-            lines.append(f"{name} = {_toml_value(getattr(model, name))}")
+            value = getattr(model, name)
+            lines.append(f"# {name} = ..." if value is None else f"{name} = {_toml_value(value)}")
     path = Path(path)
     try:
         write_exclusive(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
@@ -183,12 +188,14 @@ def write_site_config(config: SiteConfig, path: str | Path) -> Path:
     return path
 
 
-def strictest_config(site_id: str, trusted: tuple[str, ...], threshold: int = 1) -> SiteConfig:
+def strictest_config(
+    site_id: str, trusted: tuple[str, ...], threshold: int = 1, ledger_dir: str | None = None
+) -> SiteConfig:
     """The configuration `securefed site init` writes: the strictest policy, for the operator to
     relax (see :class:`SitePolicy` for each default)."""
     try:
         return SiteConfig(
-            site=SiteIdentity(id=site_id),
+            site=SiteIdentity(id=site_id, ledger_dir=ledger_dir),
             trust=TrustSpec(governance_keys=tuple(trusted), threshold=threshold),
         )
     except ValidationError as exc:
@@ -262,6 +269,7 @@ def verify_for_site(protocol_path: str | Path, config: SiteConfig) -> AcceptedPr
                 f"requires {config.trust.threshold} (trusted: "
                 f"{', '.join(config.trust.governance_keys)})"
             )
+    _check_budget_continuity(loaded, config)
     pinned = p.governance.securefed_version
     if pinned is not None and pinned != __version__:
         raise SiteTrustError(
@@ -282,4 +290,40 @@ def check_recipient(config: SiteConfig, encryption_fingerprint: str) -> None:
         raise SiteTrustError(
             f"{config.site.id}: the server key {encryption_fingerprint} is not among the "
             "policy's allowed_recipient_keys; refusing to seal to it"
+        )
+
+
+def _ledger_protocol(path: Path) -> str | None:
+    """The protocol the ledger at ``path`` is bound to now (its last entry's), if any."""
+    try:
+        lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SiteTrustError(f"{path}: cannot read the site's ledger ({exc.strerror})") from exc
+    for raw in reversed(lines):
+        try:
+            entry = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            continue  # a torn last line; the ledger itself reports it
+        if isinstance(entry, dict) and isinstance(entry.get("protocol"), str):
+            return str(entry["protocol"])
+    return None
+
+
+def _check_budget_continuity(loaded: LoadedProtocol, config: SiteConfig) -> None:
+    """Refuse a protocol under which the site's recorded spend would not count: the site's
+    ledger (``site.ledger_dir``) is bound to another protocol that this one does not name in
+    ``governance.supersedes``."""
+    if config.site.ledger_dir is None:
+        return
+    path = Path(config.site.ledger_dir) / "ledger.jsonl"
+    bound = _ledger_protocol(path)
+    if bound is None or bound == loaded.sha256:
+        return
+    if loaded.protocol.governance.supersedes != bound:
+        raise SiteTrustError(
+            f"{path}: the site has spent budget under protocol {bound}; this protocol "
+            f"({loaded.sha256}) would start the budget afresh. An amendment must name it "
+            "(governance.supersedes) so that the spend carries over"
         )

@@ -10,7 +10,7 @@ import textwrap
 
 import dp_accounting
 import pytest
-from support.ledger import PROTO, event, ledger
+from support.ledger import PROTO, SIGMA, event, ledger
 
 from securefed.errors import BudgetExceededError, LedgerCorruptError, LedgerError
 from securefed.privacy.ledger import LEDGER_FILE, BudgetSpec, Ledger, read_ledger
@@ -172,3 +172,40 @@ def test_kill_9_never_loses_nor_double_counts_a_spend(tmp_path, point):
     assert final.spent() == pytest.approx(1.0)
     with pytest.raises(BudgetExceededError), led.charge("features", "r2", event(), (1.0, 1e-5)):
         pass
+
+
+def test_an_amendment_carries_the_spend_over_and_never_resets_it(tmp_path):
+    """Governance issue: an amended protocol names the one it supersedes; the site's ledger then
+    continues under it (an 'amend' entry), every earlier charge counts against the new budget,
+    and a protocol that does not name it cannot take the ledger over (no reset)."""
+    from support.ledger import BUDGET
+
+    half = dp_accounting.GaussianDpEvent(SIGMA * 1.6)
+    led = ledger(tmp_path)
+    with led.charge("features", "r1", half):
+        pass
+    spent = led.spent()
+    amended = "sha256:" + "cd" * 32
+    bigger = BudgetSpec(2.0, 1e-5, "rdp", "replace-one", {"features": (2.0, 1e-5)})
+    new = Ledger(tmp_path, site_id="site-1", protocol_hash=amended, budget=bigger,
+                 supersedes=PROTO)  # fmt: skip
+    assert new.spent() == pytest.approx(spent)  # pending amendment: the spend is still there
+    with new.charge("features", "r2", half) as handle:
+        assert handle.spent_epsilon > spent  # composed with the earlier release
+    state = new.verify()
+    assert [e["kind"] for e in state.entries] == [
+        "open", "intent", "commit", "amend", "intent", "commit"]  # fmt: skip
+    assert state.protocol == amended and state.budget == bigger
+    # Another protocol that does not name the ledger's cannot use it (a fresh budget is refused).
+    other = Ledger(tmp_path, site_id="site-1", protocol_hash="sha256:" + "ef" * 32,
+                   budget=BUDGET, supersedes=PROTO)  # fmt: skip
+    with pytest.raises(LedgerError, match="belongs to site"):
+        other.verify()
+    # An amend entry naming another protocol is a tamper.
+    lines = (tmp_path / LEDGER_FILE).read_text().splitlines()
+    entry = json.loads(lines[3])
+    entry["supersedes"] = "sha256:" + "00" * 32
+    lines[3] = json.dumps(entry)
+    (tmp_path / LEDGER_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(LedgerCorruptError, match="line 4"):
+        read_ledger(tmp_path / LEDGER_FILE)

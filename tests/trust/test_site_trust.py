@@ -257,3 +257,37 @@ def test_signature_document_is_public_and_signs_the_hash_only(tmp_path: Path) ->
     doc = sign_protocol_hash(load_protocol(_protocol(tmp_path)).sha256, board)
     assert set(doc) == {"format", "version", "protocol", "signer", "signer_key",
                         "signer_fingerprint", "signature"}  # fmt: skip
+
+
+def test_a_protocol_that_would_reset_the_budget_is_refused(tmp_path: Path) -> None:
+    """The site spent under protocol X (its ledger, `site.ledger_dir`): protocol Y is accepted
+    only as an amendment naming X (governance.supersedes), so the spend carries over."""
+    import dp_accounting
+
+    from securefed.privacy.ledger import Ledger, budget_for
+
+    keys = _keys(tmp_path, "board")
+    old = load_protocol(_protocol(tmp_path))
+    state = tmp_path / "state"
+    with Ledger.for_protocol(state, old, "site-1").charge(
+        "training", "t1", dp_accounting.GaussianDpEvent(20.0)
+    ):
+        pass
+    config = _init(tmp_path, "board", policy={})
+    text = config.read_text().replace("# ledger_dir = ...", f'ledger_dir = "{state}"')
+    config.write_text(text)
+    fresh = _protocol(tmp_path, min_sites="4")
+    _sign(fresh, keys["board"])
+    res = _verify(fresh, config)
+    assert res.exit_code == 3 and "would start the budget afresh" in _flat(res.output)
+    amendment = fresh.read_text().replace(
+        "[governance]\n", f'[governance]\nsupersedes = "{old.sha256}"\n'
+    )
+    fresh.write_text(amendment)
+    (tmp_path / "protocol.toml.sig").unlink()
+    _sign(fresh, keys["board"])
+    res = _verify(fresh, config)
+    assert res.exit_code == 0, res.output
+    amended = load_protocol(fresh)
+    ledger = Ledger.for_protocol(state, amended, "site-1")
+    assert ledger.spent() > 0 and budget_for(amended).total_epsilon == 1.0
