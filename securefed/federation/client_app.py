@@ -106,10 +106,12 @@ class SiteClient(NumPyClient):
             )
 
     def _assignments(self, config: dict[str, Any]) -> list[Assignment]:
-        path = self.site.assignments or str(config.get("assignments", ""))
+        path = self.site.assignments  # never a path from the server's config
         if not path:
             raise ConfigError(
-                f"site {self.site.partition_id}: no assignments file (node config 'assignments')"
+                f"site {self.site.partition_id}: no assignments file; set node config "
+                "'assignments' to the site's own clusters.csv (a site never reads a path the "
+                "server chose)"
             )
         return read_assignments(Path(path))
 

@@ -109,7 +109,6 @@ class PhaseStrategy(FedAvgM):
             "local-steps": c.local_steps,
             "seed": c.seed,
             "protocol-hash": c.protocol_hash,
-            "assignments": c.assignments,
         }
 
     @property

@@ -22,7 +22,8 @@ def test_dropout_completes_then_fails_then_resumes(tmp_path, monkeypatch):
     proto = write_protocol(tmp_path, aggregation="secagg+", rounds=2, timeout=30)
     loaded = load_protocol(proto)
     asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
-    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto))
+    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto),
+                          assignments=str(asg))
              for p in LAYOUT]  # fmt: skip
     crash = tmp_path / "crash.txt"
     monkeypatch.setenv("SECUREFED_TEST_CRASH", str(crash))

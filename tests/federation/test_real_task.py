@@ -58,7 +58,8 @@ def test_real_task_one_secagg_round(tmp_path):
     proto = tmp_path / "protocol.toml"
     proto.write_text(PROTOCOL)
     loaded = load_protocol(proto)
-    sites = [SiteSettings(partition_id=p, data_dir=str(data), protocol=str(proto))
+    sites = [SiteSettings(partition_id=p, data_dir=str(data), protocol=str(proto),
+                          assignments=str(asg))
              for p in (1, 2, 3)]  # fmt: skip
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 2, 2: 2, 3: 2},
                        assignments=asg)  # fmt: skip

@@ -22,7 +22,8 @@ def _setup(tmp_path, aggregation, rounds=1):
     tmp_path.mkdir(parents=True, exist_ok=True)
     proto = write_protocol(tmp_path, aggregation=aggregation, rounds=rounds, finetune=1)
     asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
-    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto))
+    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto),
+                          assignments=str(asg))
              for p in LAYOUT]  # fmt: skip
     return load_protocol(proto), asg, sites
 

@@ -21,7 +21,8 @@ LAYOUT = {
 def test_cffl_phases_with_small_cluster_fallback(tmp_path):
     proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, finetune=1)
     asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
-    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto))
+    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto),
+                          assignments=str(asg))
              for p in LAYOUT]  # fmt: skip
     loaded = load_protocol(proto)
     study = run_cffl_phases(loaded, sites, asg, tmp_path / "phases", task=make_task())
