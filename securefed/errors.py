@@ -42,6 +42,7 @@ __all__ = [
     "CodecError",
     "CounterStateError",
     "LedgerRollbackError",
+    "AuditLogError",
     "ClusteringError",
     "AggregationError",
     "TooFewParticipantsError",
@@ -231,6 +232,12 @@ class LedgerRollbackError(SecurityError):
     (truncated, deleted or replaced: a refunded budget), or does not account for the release."""
 
     code = "SF147"
+
+
+class AuditLogError(SecurityError):
+    """An audit log was edited, truncated or reordered, or does not match the ledger."""
+
+    code = "SF143"
 
 
 class ClusteringError(UserError):

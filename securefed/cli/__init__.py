@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from securefed import __version__
+from securefed.cli import audit as _audit
 from securefed.cli import cluster as _cluster
 from securefed.cli import data as _data
 from securefed.cli import federation as _federation
@@ -62,6 +63,7 @@ for _module in (
     _cluster,
     _study,
     _federation,
+    _audit,
 ):
     _module.register(app)
 

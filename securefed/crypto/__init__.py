@@ -29,6 +29,7 @@ from securefed.crypto.keys import (
     load_public_keys,
     private_key_path,
     public_key_path,
+    verify_ed25519,
     write_keys,
 )
 from securefed.crypto.protocol_sig import (
@@ -58,6 +59,7 @@ __all__ = [
     "TruncatedError",
     "WrongKeyError",
     "fingerprint",
+    "verify_ed25519",
     "generate_keys",
     "load_private_keys",
     "load_public_keys",

@@ -46,6 +46,7 @@ __all__ = [
     "PrivateKeys",
     "KeyPaths",
     "fingerprint",
+    "verify_ed25519",
     "generate_keys",
     "write_keys",
     "load_private_keys",
@@ -79,6 +80,15 @@ def fingerprint(algorithm: str, raw_public: bytes) -> str:
     """``sha256:<hex>`` fingerprint of a raw public key of the given algorithm."""
     prefix = b"securefed-key-v1:" + algorithm.encode("ascii") + b":"
     return "sha256:" + hashlib.sha256(prefix + raw_public).hexdigest()
+
+
+def verify_ed25519(raw_public: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message`` by ``raw_public``."""
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(raw_public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _b64(data: bytes) -> str:

@@ -167,6 +167,7 @@ class SiteClient(NumPyClient):
         seed = int(config.get("seed", 0)) + 1000 * rnd + self.site.partition_id
         model = self._model(parameters, seed)
         steps = int(config.get("local-steps", 0))
+        self._audit_round(config, rnd)
         if self.spec.dp_sgd.enabled:
             out = self._fit_dp(model, data, config, n_train, rnd, seed)
             return self.task.get_weights(model), self._weight(n_train), self._train_metrics(out)
@@ -181,6 +182,21 @@ class SiteClient(NumPyClient):
             seed=seed,
         )
         return self.task.get_weights(model), self._weight(n_train), self._train_metrics(out)
+
+    def _audit_round(self, config: dict[str, Any], rnd: int) -> None:
+        """The site's audit log (beside its ledger): this training round and its aggregation."""
+        if not self.ledger_dir:
+            return
+        from securefed.trust.audit_log import AuditLog
+
+        pid = self.site.partition_id
+        sites = self.loaded.protocol.resolve_sites([pid])
+        site_id = next((s.id for s in sites if s.partition_id == pid), f"partition-{pid}")
+        cluster = int(config.get("cluster", -1))
+        AuditLog(Path(self.ledger_dir), site_id, self.loaded.sha256).record(
+            "training-round", phase="global" if cluster < 0 else f"cluster-{cluster}",
+            round=rnd, aggregation=self.spec.aggregation, dp_sgd=self.spec.dp_sgd.enabled,
+        )  # fmt: skip
 
     def _weight(self, n_train: int) -> int:
         """The FedAvg weight sent: the train case count under a plain protocol, else 1 (public;

@@ -50,6 +50,7 @@ from securefed.privacy.accounting import (
     verify_claim,
 )
 from securefed.protocol import LoadedProtocol, Protocol
+from securefed.trust.audit_log import AuditLog
 
 __all__ = [
     "LEDGER_FILE",
@@ -280,7 +281,11 @@ class Ledger:
                 reused = True
             else:
                 new = Charge(stage, release_id, event, epsilon_delta)
-                spent = self._check_budget(state, new)
+                try:
+                    spent = self._check_budget(state, new)
+                except BudgetExceededError:
+                    self._audit().record("budget-refused", stage=stage, release_id=release_id)
+                    raise
                 self._append(
                     fh,
                     state,
@@ -292,6 +297,9 @@ class Ledger:
                         "claimed": list(epsilon_delta) if epsilon_delta else None,
                     },
                 )
+                self._audit().record(
+                    "budget-spend", stage=stage, release_id=release_id, epsilon_spent=spent
+                )
                 reused = False
         handle = ChargeHandle(release_id, stage, event, spent, reused)
         yield handle
@@ -301,6 +309,10 @@ class Ledger:
                 self._append(
                     fh, state, {"kind": "commit", "stage": stage, "release_id": release_id}
                 )
+
+    def _audit(self) -> AuditLog:
+        """The site's audit log beside the ledger (securefed.trust.audit_log)."""
+        return AuditLog(self.folder, self.site_id, self.protocol_hash)
 
     def commit_intent(self, release_id: str) -> None:
         """Record the commit of a release whose intent was written by an earlier, interrupted

@@ -36,6 +36,7 @@ from securefed.transport import (
     open_message,
     read_message,
 )
+from securefed.trust.audit_log import AuditLog
 
 __all__ = ["CollectedFeatures", "CollectionRefused", "collect_features", "load_collected"]
 
@@ -190,7 +191,23 @@ def collect_features(
         guard.advance(msg.sender, FEATURES_STAGE, msg.counter)
     if new_heads:
         ledger_heads.save({**known, **new_heads})
+    _audit_collection(state_dir, server_keys, loaded, accepted)
     return collected
+
+
+def _audit_collection(
+    state_dir: Path, server_keys: PrivateKeys, loaded: LoadedProtocol, accepted: list[Any]
+) -> None:
+    """The server's audit log: each opened envelope and the site heads they carried."""
+    audit = AuditLog(state_dir, server_keys.party_id, loaded.sha256)
+    for msg in accepted:
+        audit.record("envelope-opened", sender=msg.sender, stage=FEATURES_STAGE,
+                     counter=msg.counter, rows=len(msg.meta["subject_ids"]))  # fmt: skip
+        head = msg.meta.get("audit_head")
+        if isinstance(head, dict):  # the site's signed audit head, kept as the site sent it
+            audit.record("site-head", site=msg.sender, seq=head.get("seq"),
+                         head=head.get("head"), signature=head.get("signature"))  # fmt: skip
+    audit.sign_head(server_keys)
 
 
 def _assemble(messages: list[OpenedMessage], columns: list[str]) -> CollectedFeatures:

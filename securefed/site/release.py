@@ -33,6 +33,7 @@ from securefed.radiomics.table import FeatureTable
 from securefed.site.pending import PendingReleases
 from securefed.site.released import keep_released
 from securefed.transport import SendCounter, seal_message, write_message
+from securefed.trust.audit_log import AuditLog
 
 __all__ = ["SiteRelease", "check_server_key", "release_site_features", "site_spec_for"]
 
@@ -130,11 +131,15 @@ def release_site_features(
     outbox.mkdir(parents=True, exist_ok=True)
     path = outbox / f"{site_id}.{FEATURES_STAGE}.env"
     pending = PendingReleases(state_dir)
+    audit = AuditLog(state_dir, site_id, loaded.sha256)
     waiting = pending.waiting(FEATURES_STAGE, loaded.sha256, ledger)
     if waiting is not None:  # an interrupted run sealed this release: send the same bytes
         write_message(path, waiting.envelope)
         ledger.commit_intent(waiting.release_id)
         pending.clear(FEATURES_STAGE)
+        audit.record("envelope-sealed", stage=FEATURES_STAGE, recipient=server_keys.party_id,
+                     release_id=waiting.release_id, resent=True)  # fmt: skip
+        audit.sign_head(site_keys)
         return SiteRelease(envelope=path, site_id=site_id, partition_id=partition,
                            **waiting.summary)  # fmt: skip
     counters = SendCounter(state_dir / "counters")
@@ -142,6 +147,9 @@ def release_site_features(
     pending.begin(FEATURES_STAGE, loaded.sha256, release_id)
 
     def seal_and_write(released: ReleasedFeatures) -> None:
+        audit.record("features-released", release_id=release_id, mode=released.metadata["mode"],
+                     rows=len(released.subject_ids),
+                     epsilon=float(released.metadata["epsilon"]))  # fmt: skip
         meta = {
             "kind": "features",
             "site": site_id,
@@ -153,6 +161,9 @@ def release_site_features(
             # The site's ledger up to this release's intent, so the server can hold the site
             # to it (securefed.server.ledger_heads): stages, random ids and DP events only.
             "ledger": ledger.read().entries,
+            # The site's signed audit head so far: the server records it (a later edit of the
+            # site's log before this point shows).
+            "audit_head": audit.sign_head(site_keys),
         }
         envelope = seal_message(
             {"values": np.ascontiguousarray(released.matrix, dtype="<f8")},
@@ -174,6 +185,9 @@ def release_site_features(
         unsafe_seed=unsafe_seed,
     )  # fmt: skip
     pending.clear(FEATURES_STAGE)
+    audit.record("envelope-sealed", stage=FEATURES_STAGE, recipient=server_keys.party_id,
+                 release_id=release_id, resent=False)  # fmt: skip
+    audit.sign_head(site_keys)
     return SiteRelease(envelope=path, site_id=site_id, partition_id=partition,
                        **_summary(released))  # fmt: skip
 

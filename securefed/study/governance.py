@@ -26,7 +26,7 @@ from securefed.crypto import (
     trusted_signers,
     write_keys,
 )
-from securefed.errors import ConfigError
+from securefed.errors import ConfigError, SiteTrustError
 from securefed.protocol import LoadedProtocol
 from securefed.study.context import StudyContext
 from securefed.trust import (
@@ -39,8 +39,9 @@ from securefed.trust import (
     verify_for_site,
     write_site_config,
 )
+from securefed.trust.audit_log import AuditLog
 
-__all__ = ["GOVERNANCE_ID", "accept_protocol", "site_config_paths"]
+__all__ = ["GOVERNANCE_ID", "accept_protocol", "sign_stage_heads", "site_config_paths"]
 
 GOVERNANCE_ID = "study-governance"
 
@@ -117,5 +118,21 @@ def accept_protocol(ctx: StudyContext, configs: dict[str, Path]) -> dict[str, Ac
         config = load_site_config(path)
         if config.site.id != site_id:
             raise ConfigError(f"{path}: configuration of {config.site.id}, not of {site_id}")
-        accepted[site_id] = verify_for_site(ctx.paths.protocol, config)
+        audit = AuditLog(ctx.paths.site(site_id), site_id, ctx.loaded.sha256)
+        try:
+            accepted[site_id] = verify_for_site(ctx.paths.protocol, config)
+        except SiteTrustError as exc:
+            audit.record("protocol-refused", code=exc.code)
+            raise
+        audit.record("protocol-accepted", signers=len(accepted[site_id].signers),
+                     unsigned=accepted[site_id].unsigned)  # fmt: skip
     return accepted
+
+
+def sign_stage_heads(ctx: StudyContext) -> None:
+    """Close a stage in every party's audit log: each site and the server sign their head."""
+    keys = ctx.keys()
+    parties = [(s.id, ctx.paths.site(s.id)) for s in ctx.sites]
+    parties.append((ctx.loaded.protocol.server.id, ctx.paths.server))
+    for party, folder in parties:
+        AuditLog(folder, party, ctx.loaded.sha256).sign_head(keys.private[party])

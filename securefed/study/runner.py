@@ -32,7 +32,7 @@ from securefed.study.clustering_stage import run_clustering
 from securefed.study.context import Log, Progress, StudyContext
 from securefed.study.evaluation_stage import run_evaluation
 from securefed.study.features_stage import run_features
-from securefed.study.governance import accept_protocol, site_config_paths
+from securefed.study.governance import accept_protocol, sign_stage_heads, site_config_paths
 from securefed.study.paths import StudyPaths
 from securefed.study.report_stage import run_report
 from securefed.study.training_stage import run_training
@@ -145,6 +145,8 @@ def run_study(
                     f"(>= {signers} trusted signature(s) each)")  # fmt: skip
             start = time.perf_counter()
             RUNNERS[stage](ctx)
+            if stage != "report":
+                sign_stage_heads(ctx)  # every party closes the stage in its audit log
             _mark_done(paths, state, stage, time.perf_counter() - start)
             log(f"{stage}: done in {time.perf_counter() - start:.1f} s")
         if stage == stop_after:

@@ -148,6 +148,15 @@ def test_secure_aggregate_clustering_through_the_study(
     assert egress["cluster federation membership"]["protection"].startswith("every site")
     html = (rundir / "report.html").read_text()
     assert "What left each site" in html and "No validation curve" in html
+    # Every party's audit log verifies: chain, a signed head per stage, spends = its ledger.
+    for site in ("site-1", "site-2", "site-3"):
+        folder = str(rundir / "sites" / site)
+        res = CliRunner().invoke(app, ["audit", "verify", folder, "--ledger", folder,
+                                       "--protocol", str(rundir / "protocol.toml")])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert "training-round" in res.output and "budget-spend" in res.output
+    res = CliRunner().invoke(app, ["audit", "verify", str(rundir / "server")])
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.slow
