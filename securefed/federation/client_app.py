@@ -33,6 +33,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
 from securefed.errors import ConfigError, SiteTrustError, TrainingError, WrongProtocolError
 from securefed.federation.config import SiteSettings
+from securefed.federation.guard import make_egress_guard
 from securefed.federation.metrics import site_summary
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
@@ -298,16 +299,38 @@ def make_client_app(
     (Flower's ``partition-id`` i); otherwise the node config carries them (deployment)."""
     sim_sites = list(sites) if sites is not None else None
 
-    def client_fn(context: Context):
+    def site_of(context: Context) -> SiteSettings:
         if sim_sites is not None and "data-dir" not in context.node_config:
-            index = int(context.node_config["partition-id"])
-            site = sim_sites[index]
-        else:
-            site = SiteSettings.from_node_config(dict(context.node_config))
+            return sim_sites[int(context.node_config["partition-id"])]
+        return SiteSettings.from_node_config(dict(context.node_config))
+
+    def client_fn(context: Context):
+        site = site_of(context)
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
         return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[conditional_secaggplus_mod])
+    def policy(context: Context) -> tuple[Any, bool, Any]:
+        site = site_of(context)
+        loaded = _load_site_protocol(site)
+        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
+
+        def record(message_type: str) -> None:
+            if ledger_dir:
+                from securefed.trust.audit_log import AuditLog
+
+                sites_ = loaded.protocol.resolve_sites([site.partition_id])
+                sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
+                AuditLog(Path(ledger_dir), sid, loaded.sha256).record(
+                    "egress-refused", message_type=message_type
+                )
+
+        secagg = loaded.protocol.training.aggregation == "secagg+"
+        return training_egress(loaded.protocol), secagg, record
+
+    # The guard is the outermost mod: it sees the reply exactly as it would leave the site.
+    return ClientApp(
+        client_fn=client_fn, mods=[make_egress_guard(policy), conditional_secaggplus_mod]
+    )
 
 
 app = make_client_app()

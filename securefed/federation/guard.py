@@ -1,0 +1,186 @@
+"""The site boundary on the Flower side: a client mod that checks every outgoing reply against
+what the site's own protocol declares (securefed.protocol.egress) and refuses anything else.
+
+Allowed replies, by message type:
+- train (fit): the model arrays, with the names, shapes and dtypes of the arrays the server sent
+  (under SecAgg+ they are cleared and Flower's SecAgg+ records carry the masked vector); the FedAvg
+  weight (the train case count under a plain protocol, 1 otherwise); the metrics the policy allows
+  (the mean train loss under a plain protocol, nothing otherwise); a success status;
+- SecAgg+ protocol messages (keys, encrypted shares, masked vectors, unmasking shares) only when
+  the protocol's aggregation is ``secagg+``;
+- evaluate: under a plain protocol the validation count and mean Dice per region; otherwise a
+  zero count and no metric;
+- get_properties: partition id and protocol hash; get_parameters: the seeded initial model.
+Anything else (another message type, an extra record, an undeclared metric, a weight that is not
+the declared one) is refused: the site sends an error instead, logs the refusal and writes it to
+its audit log. Tests: ``tests/federation/test_guard.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import Context, Error, Message
+from flwr.app.message_type import MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import MessageTypeLegacy
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from securefed.protocol.egress import TrainingEgress
+
+__all__ = ["GUARD_ERROR_CODE", "check_reply", "make_egress_guard"]
+
+log = logging.getLogger("securefed.guard")
+
+GUARD_ERROR_CODE = 4730
+_SECAGG_KEYS = frozenset(v for k, v in vars(Key).items() if k.isupper())
+_PLAIN_EVAL_METRICS = frozenset(
+    {"partition-id", "num_val", "dice_tc", "dice_wt", "dice_et", "dice_mean"}
+)
+_STATUS = {"code": 0, "message": "Success"}
+
+
+def _status_ok(content: Any, prefix: str) -> list[str]:
+    status = content.config_records.get(f"{prefix}.status")
+    if status is None or dict(status) != _STATUS:
+        return [f"{prefix}.status is not a plain success"]
+    return []
+
+
+def _keys(records: Any) -> set[str]:
+    return set(records.keys())
+
+
+def _arrays_like(reply: Any, request: Any, name: str) -> list[str]:
+    """The reply's arrays have the names, shapes and dtypes of the request's."""
+    out = reply.array_records.get(name)
+    sent = request.array_records.get("fitins.parameters")
+    if out is None or sent is None:
+        return [f"{name} missing"]
+    if len(out) == 0:  # cleared by SecAgg+: the masked vector travels in its own record
+        return []
+    try:
+        shapes = [(k, *_signature(a)) for k, a in out.items()]
+        expected = [(k, *_signature(a)) for k, a in sent.items()]
+    except ValueError:
+        return [f"{name}: an array is not a plain numpy array"]
+    return [] if shapes == expected else [f"{name}: arrays differ from the model sent"]
+
+
+def _signature(array: Any) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype of a Flower array; legacy parameters hold ``.npy`` bytes, whose header
+    is read without loading the data (no pickle: object arrays are refused)."""
+    if array.shape or array.dtype:
+        return tuple(array.shape), str(array.dtype)
+    import io
+
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO(array.data)
+    major, _ = npy.read_magic(buf)
+    reader = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+    shape, _, dtype = reader(buf)  # header only
+    if dtype.hasobject:
+        raise ValueError("object array")
+    return tuple(shape), dtype.str
+
+
+def _check_train(request: Any, content: Any, egress: TrainingEgress, secagg: bool) -> list[str]:
+    problems: list[str] = []
+    configs = _keys(content.config_records)
+    if RECORD_KEY_CONFIGS in configs:
+        if not secagg:
+            return ["a SecAgg+ message under a protocol whose aggregation is not secagg+"]
+        extra = set(content.config_records[RECORD_KEY_CONFIGS].keys()) - _SECAGG_KEYS
+        if extra:
+            problems.append(f"undeclared SecAgg+ fields {sorted(extra)}")
+        configs -= {RECORD_KEY_CONFIGS}
+        if not configs and not content.array_records and not content.metric_records:
+            return problems  # a SecAgg+ key-exchange or unmasking message
+    if configs != {"fitres.metrics", "fitres.status"}:
+        problems.append(f"undeclared records {sorted(configs)}")
+    if _keys(content.array_records) != {"fitres.parameters"}:
+        problems.append("undeclared array records")
+    if _keys(content.metric_records) != {"fitres.num_examples"}:
+        problems.append("undeclared metric records")
+    problems += _arrays_like(content, request, "fitres.parameters")
+    metrics = set(content.config_records.get("fitres.metrics", {}).keys())
+    allowed = {"loss"} if egress.train_loss else set()
+    if metrics - allowed:
+        problems.append(f"train metrics {sorted(metrics - allowed)} are not declared")
+    weight = content.metric_records.get("fitres.num_examples", {}).get("num_examples")
+    if egress.weights == "uniform" and weight != 1:
+        problems.append(f"FedAvg weight {weight} where the protocol declares 1")
+    return problems + _status_ok(content, "fitres")
+
+
+def _check_evaluate(content: Any, egress: TrainingEgress) -> list[str]:
+    problems: list[str] = []
+    if _keys(content.config_records) != {"evaluateres.metrics", "evaluateres.status"}:
+        problems.append("undeclared records")
+    if _keys(content.metric_records) != {"evaluateres.loss", "evaluateres.num_examples"}:
+        problems.append("undeclared metric records")
+    if content.array_records:
+        problems.append("arrays in an evaluation reply")
+    metrics = set(content.config_records.get("evaluateres.metrics", {}).keys())
+    allowed = _PLAIN_EVAL_METRICS if egress.validation else {"partition-id"}
+    if metrics - allowed:
+        problems.append(f"validation metrics {sorted(metrics - allowed)} are not declared")
+    if not egress.validation:
+        n = content.metric_records.get("evaluateres.num_examples", {}).get("num_examples")
+        loss = content.metric_records.get("evaluateres.loss", {}).get("loss")
+        if n != 0 or loss != 0.0:
+            problems.append("a validation count or loss where the protocol declares none")
+    return problems + _status_ok(content, "evaluateres")
+
+
+def check_reply(
+    request: Message, reply: Message, egress: TrainingEgress, *, secagg: bool
+) -> list[str]:
+    """What in ``reply`` (to ``request``) the site's protocol does not declare (empty: none)."""
+    kind = request.metadata.message_type
+    content = reply.content
+    if kind == MessageType.TRAIN:
+        return _check_train(request.content, content, egress, secagg)
+    if kind == MessageType.EVALUATE:
+        return _check_evaluate(content, egress)
+    if kind == MessageTypeLegacy.GET_PROPERTIES:
+        props: Any = content.config_records.get("getpropertiesres.properties", {})
+        extra = set(props.keys()) - {"partition-id", "protocol-hash"}
+        problems = [f"undeclared properties {sorted(extra)}"] if extra else []
+        if _keys(content.config_records) != {"getpropertiesres.properties",
+                                             "getpropertiesres.status"}:  # fmt: skip
+            problems.append("undeclared records")
+        return problems
+    if kind == MessageTypeLegacy.GET_PARAMETERS:
+        ok = _keys(content.array_records) == {"getparametersres.parameters"} and _keys(
+            content.config_records) == {"getparametersres.status"}  # fmt: skip
+        return [] if ok and not content.metric_records else ["undeclared records"]
+    return [f"message type {kind!r} is not part of the protocol"]
+
+
+def make_egress_guard(
+    resolve: Callable[[Context], tuple[TrainingEgress, bool, Callable[[str], None]]],
+) -> Callable[[Message, Context, ClientAppCallable], Message]:
+    """The outermost client mod. ``resolve(context)`` gives the site's egress policy, whether
+    its protocol uses SecAgg+, and a callback that records a refusal in its audit log."""
+
+    def egress_guard_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, ctxt)
+        if reply.has_error():
+            return reply
+        egress, secagg, record = resolve(ctxt)
+        problems = check_reply(msg, reply, egress, secagg=secagg)
+        if not problems:
+            return reply
+        reason = "; ".join(problems)
+        log.error("refused to send a %s reply: %s", msg.metadata.message_type, reason)
+        record(str(msg.metadata.message_type))
+        return Message(
+            Error(GUARD_ERROR_CODE, f"the site's protocol does not declare this reply: {reason}"),
+            reply_to=msg,
+        )
+
+    return egress_guard_mod
