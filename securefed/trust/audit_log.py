@@ -25,11 +25,13 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from securefed.crypto import PrivateKeys, fingerprint, verify_ed25519
 from securefed.errors import AuditLogError, InternalError
 from securefed.fileio import fsync_dir
+
+if TYPE_CHECKING:  # the ledger writes this log: importing privacy must not load cryptography
+    from securefed.crypto import PrivateKeys
 
 __all__ = [
     "AUDIT_FILE",
@@ -287,6 +289,8 @@ def _check_ledger_total(path: Path, last_spend: float | None, ledger_spent: floa
 
 
 def _check_head(path: Path, i: int, entry: dict[str, Any], signer: str | None) -> str:
+    from securefed.crypto import fingerprint, verify_ed25519
+
     d = entry["details"]
     try:
         raw_key = base64.b64decode(str(d.get("signer_key", "")), validate=True)

@@ -19,7 +19,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from securefed import __version__
-from securefed.crypto import read_signatures, signature_path, trusted_signers
 from securefed.errors import ConfigError, ProtocolSignatureError, SiteTrustError
 from securefed.fileio import write_exclusive
 from securefed.protocol import LoadedProtocol, load_protocol
@@ -240,6 +239,8 @@ def verify_for_site(protocol_path: str | Path, config: SiteConfig) -> AcceptedPr
     naming the failed check: not this site's protocol, unsigned, a signature that does not verify
     or signs another protocol (edited after signing), too few trusted signers, another securefed
     version, or the site's policy. Run before touching any data."""
+    from securefed.crypto import read_signatures, signature_path, trusted_signers
+
     loaded = load_protocol(protocol_path)
     p = loaded.protocol
     if p.partition_of_site(config.site.id) is None:

@@ -220,7 +220,11 @@ def test_run_with_site_configs_refuses_an_unsigned_protocol_before_any_work(
             "--site-configs", str(tmp_path / "configs"), "--stop-after", "features"]  # fmt: skip
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 3 and "unsigned" in " ".join(refused.output.split())
-    assert not (tmp_path / "run" / "sites").exists()  # nothing was extracted or released
+    # Nothing was extracted or released; each site logged its refusal.
+    assert not list((tmp_path / "run").rglob("features.csv"))
+    assert not list((tmp_path / "run").rglob("*.env"))
+    log = (tmp_path / "run" / "sites" / "site-1" / "audit.jsonl").read_text()
+    assert '"event":"protocol-refused"' in log
     assert sorted(configs) == ["site-1", "site-2", "site-3"]
     signature.write_bytes(kept)
     import shutil
