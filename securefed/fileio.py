@@ -14,6 +14,7 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,22 @@ def read_json(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable JSON file ({exc})") from exc
+
+
+@contextlib.contextmanager
+def locked_append(path: str | Path) -> Iterator[Any]:
+    """``path`` opened for appending under an exclusive ``flock`` (created with its folder;
+    the new directory entry fsync'd): the one way securefed's append-only logs are written."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    with open(path, "a+b") as fh:
+        if created:
+            fsync_dir(path.parent)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield fh
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

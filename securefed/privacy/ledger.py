@@ -26,7 +26,6 @@ Crash rules (kill -9 at any point):
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -41,7 +40,7 @@ from typing import Any
 import dp_accounting
 
 from securefed.errors import BudgetExceededError, LedgerCorruptError, LedgerError
-from securefed.fileio import fsync_dir
+from securefed.fileio import locked_append
 from securefed.privacy.accounting import (
     Charge,
     composed_epsilon,
@@ -353,18 +352,8 @@ class Ledger:
         return spent
 
     # -- writing --------------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[Any]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        with open(self.path, "a+b") as fh:
-            if created:
-                fsync_dir(self.folder)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield fh
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> Any:
+        return locked_append(self.path)
 
     def _state_for_append(self, fh: Any) -> LedgerState:
         state = read_ledger(self.path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import hashlib
 import json
 import math
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefed.errors import AuditLogError, InternalError
-from securefed.fileio import fsync_dir
+from securefed.fileio import locked_append
 
 if TYPE_CHECKING:  # the ledger writes this log: importing privacy must not load cryptography
     from securefed.crypto import PrivateKeys
@@ -156,22 +155,7 @@ class AuditLog:
         return entry
 
     def _locked(self) -> Any:
-        from contextlib import contextmanager
-
-        @contextmanager
-        def lock() -> Any:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            created = not self.path.exists()
-            with open(self.path, "a+b") as fh:
-                if created:
-                    fsync_dir(self.folder)
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield fh
-                finally:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-        return lock()
+        return locked_append(self.path)
 
 
 def _entries(path: Path) -> list[dict[str, Any]]:
