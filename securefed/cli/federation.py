@@ -34,6 +34,14 @@ def coordinate(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS: loopback pilots only.")
     ] = False,
+    node_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-keys",
+            help="Folder of the sites' <site-id>.pub node keys to register (required in "
+            "deployment).",
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each phase.")
     ] = 1800.0,
@@ -46,7 +54,7 @@ def coordinate(
     loaded = load_protocol(protocol)
     phases = coordinate_deployment(
         loaded, assignments, out, superlink=superlink, ca_cert=ca_cert, insecure=insecure,
-        run_timeout_s=timeout,
+        node_keys=node_keys, run_timeout_s=timeout,
     )  # fmt: skip
     g = phases.global_result
     info(f"global: best round {g.best_round} (pooled val Dice {g.best_score})")

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     group.command("check")(check)
     group.command("render")(render)
     group.command("schema")(schema)
+    group.command("app-hash")(app_hash)
 
 
 @handle_errors
@@ -86,3 +87,12 @@ def schema() -> None:
     from securefed.protocol.reference import json_schema
 
     sys.stdout.write(json_schema())
+
+
+@handle_errors
+def app_hash() -> None:
+    """Print the hash of this securefed's Flower app bundle (FAB), for the protocol's
+    governance.approved_apps: sites run no other bundle."""
+    from securefed.federation.site_executor import app_hash as compute
+
+    console.print(compute(), highlight=False)

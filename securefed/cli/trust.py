@@ -1,7 +1,9 @@
-"""`securefed site init` and `securefed site verify`: the site's own trust and policy.
+"""`securefed site init|verify|node-key|supernode`: the site's own trust, policy and SuperNode.
 
 Contract (scripts outside the repository call these): ``site verify`` exits 0 printing the accepted
 ``sha256:<hex>``, or 3 naming the failed check; a malformed site configuration exits 2.
+``site supernode`` exits 3 before starting anything when the site refuses the protocol (policy,
+no approved app bundle, another node key pinned), 2 for missing TLS material or node key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def register(app: typer.Typer) -> None:
     group = subgroup(app, "site", "A site's own trust and policy: init, verify a protocol.")
     group.command("init")(init)
     group.command("verify")(verify)
+    group.command("node-key")(node_key)
+    group.command("supernode")(supernode)
 
 
 @handle_errors
@@ -94,3 +98,64 @@ def verify(protocol: ProtocolFileArg, site_config: SiteConfigOption) -> None:
     )
     info(f"{config.site.id}: accepted, {how}")
     console.print(accepted.sha256, highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def node_key(
+    out: Annotated[Path, typer.Option("--out", help="Folder for node.key and node.pub.")],
+) -> None:
+    """Create this site's SuperNode authentication key (ECDSA P-384, OpenSSH): node.key stays at
+    the site (mode 0600), node.pub goes to the coordinator; prints the fingerprint for the
+    protocol's [[sites]].node_key."""
+    from securefed.crypto.node_key import new_node_key
+
+    _, pub, fp = new_node_key(out)
+    info(f"wrote {out}/node.key (private, 0600) and {pub} (send it to the coordinator)")
+    console.print(fp, highlight=False)
+
+
+@handle_errors
+def supernode(
+    protocol: ProtocolFileArg,
+    site_config: SiteConfigOption,
+    superlink: Annotated[str, typer.Option("--superlink", help="HOST:PORT of the SuperLink.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="This site's cases.")],
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="This site's working folder.")],
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="The study CA certificate (TLS, required).")
+    ] = None,
+    node_key_file: Annotated[
+        Path | None,
+        typer.Option("--node-key", help="This site's node.key (`securefed site node-key`)."),
+    ] = None,
+    assignments: Annotated[
+        Path | None, typer.Option("--assignments", help="This site's clusters.csv.")
+    ] = None,
+    partitions: Annotated[
+        Path | None, typer.Option("--partitions", help="This site's partition file.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    runtime_port: Annotated[
+        int, typer.Option("--runtime-port", min=1, max=65535, help="Local Runtime API port.")
+    ] = 9094,
+    check_only: Annotated[
+        bool, typer.Option("--check-only", help="Run every check, start nothing.")
+    ] = False,
+) -> None:
+    """Run this site's SuperNode: accept PROTOCOL with the site's trust and policy, then connect
+    to the SuperLink over TLS with the site's node key and run only the app bundles the protocol
+    approves (docs/deployment.md). Stops on SIGTERM or Ctrl-C."""
+    from securefed.federation.supernode import prepare_site_node
+
+    node = prepare_site_node(
+        protocol, site_config, superlink=superlink, ca_cert=ca_cert, node_key=node_key_file,
+        data_dir=data_dir, work_dir=work_dir, assignments=assignments, partitions=partitions,
+        device=device, runtime_port=runtime_port,
+    )  # fmt: skip
+    info(
+        f"{node.site_id}: accepted {node.protocol_hash}; TLS to {superlink}; "
+        f"{len(node.approved)} approved app bundle(s)"
+    )
+    if check_only:
+        return
+    node.serve()

@@ -71,6 +71,7 @@ class PhaseConfig:
     server_lr: float = 1.0
     server_momentum: float = 0.0
     seed: int = 0
+    node_sites: str = ""  # "node-id:partition-id,..." of the registered (authenticated) nodes
 
     def __post_init__(self) -> None:
         for name in ("out_dir", "sites", "protocol_hash"):
@@ -95,6 +96,21 @@ class PhaseConfig:
         if self.timeout_s <= 0:
             raise ConfigError("run config 'timeout-s' must be > 0 (a round never waits forever)")
         parse_sites(self.sites)
+        self.registered_nodes  # noqa: B018 - validates node_sites
+
+    @property
+    def registered_nodes(self) -> dict[int, int]:
+        """{node id: partition id} of the nodes the coordinator registered by their
+        authentication key (empty: no node authentication, loopback and simulation)."""
+        out: dict[int, int] = {}
+        for item in filter(None, (x.strip() for x in self.node_sites.split(","))):
+            nid, sep, pid = item.partition(":")
+            if not sep or not nid.isdigit() or not pid.isdigit():
+                raise ConfigError(f"run config 'node-sites': {item!r} is not node-id:partition-id")
+            if int(nid) in out or int(pid) in out.values():
+                raise ConfigError(f"run config 'node-sites': {item!r} repeats a node or site")
+            out[int(nid)] = int(pid)
+        return out
 
     @property
     def site_ids(self) -> tuple[int, ...]:
@@ -107,7 +123,7 @@ class PhaseConfig:
     def digest(self) -> str:
         """Identity of what determines the phase's result (resume refuses a different one)."""
         data = asdict(self)
-        for key in ("out_dir", "node_wait_s", "timeout_s"):
+        for key in ("out_dir", "node_wait_s", "timeout_s", "node_sites"):
             data.pop(key)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()

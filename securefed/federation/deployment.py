@@ -1,11 +1,19 @@
 """Flower's deployment engine: a SuperLink and one SuperNode per site (started here for loopback
 tests and single-host pilots, or already running at the hospitals), and ``flwr run`` of the
 securefed app for each phase. Processes started here run in their own process group and are
-stopped as a group."""
+stopped as a group.
+
+With node authentication (``node_auth``) the SuperLink admits only SuperNodes whose public key
+the coordinator registered (``flwr supernode register``); each registration returns the node id
+that the key will authenticate as, and the phases' run config carries that map
+(``node-sites``), so the ServerApp takes a site's identity from its key, not from the partition
+id it claims. Local sites are started through the site's own launcher (``securefed site
+supernode``), the same command a hospital runs."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -21,7 +29,25 @@ from securefed.federation.app import app_dir
 from securefed.federation.config import PhaseConfig, SiteSettings
 from securefed.fileio import read_json
 
-__all__ = ["Deployment"]
+__all__ = ["Deployment", "LocalSite"]
+
+
+@dataclass(frozen=True)
+class LocalSite:
+    """A site's SuperNode started on this machine with ``securefed site supernode`` (loopback
+    tests and single-host pilots). ``node_key``: its node.key (node.pub beside it is what the
+    coordinator registers); ``register=False`` leaves it unregistered (a node the SuperLink must
+    refuse)."""
+
+    site_id: str
+    protocol: Path
+    site_config: Path
+    node_key: Path
+    data_dir: Path
+    work_dir: Path
+    assignments: Path | None = None
+    partition_id: int = -1
+    register: bool = True
 
 
 @dataclass
@@ -44,6 +70,9 @@ class Deployment:
     server_key: Path | None = None
     app_dir: Path = field(default_factory=app_dir)
     supernode_env: dict[str, str] = field(default_factory=dict)
+    node_auth: bool = True
+    local_sites: list[LocalSite] = field(default_factory=list)
+    node_sites: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     startup_timeout_s: float = 60.0
     run_timeout_s: float = 1800.0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -101,28 +130,69 @@ class Deployment:
             lines.append(f'root-certificates = "{self.ca_cert}"')
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def start(self, sites: Sequence[SiteSettings]) -> None:
-        """Start the SuperLink and one SuperNode per site (``start_local`` only)."""
+    def start(self, sites: Sequence[SiteSettings] = ()) -> None:
+        """Start the SuperLink and the ``local_sites`` (``start_local`` only); ``sites`` is kept
+        for the callers' symmetry (remote sites start their own SuperNodes)."""
         if not self.start_local:
             return
         env = self.env()
         bindir = Path(sys.executable).parent
+        auth = ["--enable-supernode-auth"] if self.node_auth else []
         self.superlink = self._spawn(
-            [str(bindir / "flower-superlink"), *self._tls_args(True),
+            [str(bindir / "flower-superlink"), *self._tls_args(True), *auth,
              "--disable-runtime-dependency-installation",
              "--host", self.address, "--port", str(self.port)],
             "superlink.log", env,
         )  # fmt: skip
         _wait_port(self.address, self.port, self.startup_timeout_s, self.superlink)
         node_env = dict(env, **self.supernode_env)
-        for i, site in enumerate(sites):
-            self._spawn(
-                [str(bindir / "flower-supernode"), *self._tls_args(False),
-                 "--superlink", f"{self.address}:{self.port}",
-                 "--port", str(self.port + 10 + i),
-                 "--node-config", site.to_node_config()],
-                f"supernode-{site.partition_id}.log", node_env,
-            )  # fmt: skip
+        for i, site in enumerate(self.local_sites):
+            if self.node_auth and site.register:
+                nid = self.register_node(site.node_key.with_name("node.pub"))
+                self.node_sites[nid] = site.partition_id
+            args = [
+                str(bindir / "securefed"), "site", "supernode", str(site.protocol),
+                "--site-config", str(site.site_config),
+                "--superlink", f"{self.address}:{self.port}",
+                "--data-dir", str(site.data_dir), "--work-dir", str(site.work_dir),
+                "--node-key", str(site.node_key),
+                "--runtime-port", str(self.port + 10 + i),
+            ]  # fmt: skip
+            if self.ca_cert is not None:
+                args += ["--ca-cert", str(self.ca_cert)]
+            if site.assignments is not None:
+                args += ["--assignments", str(site.assignments)]
+            self._spawn(args, f"site-{site.site_id}.log", node_env)
+
+    def register_node(self, public_key: Path) -> int:
+        """Register a SuperNode's public key with the SuperLink (Flower's Control API) and
+        return the node id it authenticates as. Registrations are kept in
+        ``work_dir/nodes.json`` by key fingerprint, so a rerun reuses them."""
+        from securefed.fileio import write_json_atomic
+
+        registry = self.work_dir / "nodes.json"
+        known = read_json(registry) if registry.is_file() else {}
+        key_text = Path(public_key).read_text(encoding="utf-8").strip()
+        if key_text in known:
+            return int(known[key_text])
+        self.write_connection()
+        bindir = Path(sys.executable).parent
+        proc = subprocess.run(
+            [str(bindir / "flwr"), "supernode", "register", str(public_key), "securefed",
+             "--format", "json"],
+            env=self.env(), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        text = proc.stdout
+        try:
+            node_id = int(json.loads(text[text.index("{") : text.rindex("}") + 1])["node-id"])
+        except (ValueError, KeyError) as exc:
+            raise TrainingError(
+                f"flwr supernode register {public_key} failed ({proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-600:]}"
+            ) from exc
+        known[key_text] = node_id
+        write_json_atomic(registry, known)
+        return node_id
 
     def stop(self) -> list[int]:
         """Stop every process started here with its whole process group (each was started in a
@@ -149,7 +219,10 @@ class Deployment:
         """``flwr run`` the app with the phase's run config, then wait for the server's state."""
         self.write_connection()
         overrides = []
-        for key, value in cfg.to_run_config().items():
+        run_config = cfg.to_run_config()
+        if self.node_sites:
+            run_config["node-sites"] = ",".join(f"{n}:{p}" for n, p in self.node_sites.items())
+        for key, value in run_config.items():
             if isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, str):

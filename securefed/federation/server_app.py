@@ -50,6 +50,7 @@ from flwr.serverapp import Grid, ServerApp
 from securefed.errors import (
     ConfigError,
     SecurefedError,
+    SiteTrustError,
     TooFewParticipantsError,
     TrainingError,
     WrongProtocolError,
@@ -181,6 +182,9 @@ def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
     found: dict[int, int] = {}
     asked: set[int] = set()
     mismatched: dict[int, str] = {}
+    registered = cfg.registered_nodes  # node authentication: identity is the registered key
+    impostors: dict[int, int] = {}
+    refusals: dict[int, str] = {}
     deadline = time.monotonic() + cfg.node_wait_s
     while True:
         new = [nid for nid in grid.get_node_ids() if nid not in asked]
@@ -198,11 +202,15 @@ def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
             wait = max(1.0, min(cfg.timeout_s, deadline - time.monotonic()))
             for reply in grid.send_and_receive(msgs, timeout=wait):
                 nid = reply.metadata.src_node_id
-                if reply.has_error():
+                if reply.has_error():  # e.g. the site refused the app bundle (INVALID_FAB)
+                    refusals[nid] = str(reply.error.reason)[:300]
                     continue
                 asked.add(nid)
                 props = compat.recorddict_to_getpropertiesres(reply.content).properties
                 pid = int(props["partition-id"])
+                if registered and registered.get(nid) != pid:
+                    impostors[pid] = nid  # unregistered, or registered for another site
+                    continue
                 if props.get("protocol-hash") != cfg.protocol_hash:
                     mismatched[pid] = str(props.get("protocol-hash"))
                     continue
@@ -221,10 +229,17 @@ def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
             f"({cfg.protocol_hash}); distribute the signed protocol again"
         )
     missing = sorted(wanted - set(found))
+    claimed = sorted(set(missing) & set(impostors))
+    if claimed:
+        raise SiteTrustError(
+            f"{cfg.name}: node(s) {[impostors[p] for p in claimed]} claim site partition(s) "
+            f"{claimed} but are not the nodes registered for them (node-sites); refusing"
+        )
     if missing:
+        why = "".join(f"; node {n} answered: {r}" for n, r in sorted(refusals.items())[:4])
         raise TooFewParticipantsError(
             f"{cfg.name}: site(s) {missing} did not connect within {cfg.node_wait_s:g} s "
-            "(start their SuperNodes, check --superlink and --node-config partition-id)"
+            f"(start their SuperNodes, check --superlink and --node-config partition-id){why}"
         )
     return {pid: found[pid] for pid in sorted(wanted)}
 

@@ -112,6 +112,10 @@ class SiteSpec(_Strict):
     """Fingerprint of the site's Ed25519 public key (`securefed keys new`)."""
     encryption_key: Fingerprint | None = None
     """Fingerprint of the site's HPKE public key."""
+    node_key: Fingerprint | None = None
+    """Fingerprint of the site's SuperNode authentication key (`securefed site node-key`): the
+    coordinator registers only this key for the site and maps the authenticated node to it;
+    required to run a deployment (`securefed site supernode`, `federation coordinate`)."""
 
 
 class PartySpec(_Strict):
@@ -138,6 +142,11 @@ class GovernanceSpec(_Strict):
     supersedes: Sha256 | None = None
     """The protocol hash this amendment replaces: a site's ledger of that protocol continues
     under this one (its spend carries over, budgets never reset)."""
+    approved_apps: tuple[Sha256, ...] = Field((), max_length=16)
+    """Hashes of the Flower app bundles (FABs) the sites may run (`securefed protocol app-hash`
+    prints the hash of the installed securefed's app); a site's SuperNode (`securefed site
+    supernode`) refuses any other bundle before installing it, and refuses to start when this
+    list is empty."""
 
 
 class PrivacySpec(_Strict):
@@ -549,6 +558,9 @@ class Protocol(_Strict):
         parts = [s.partition_id for s in self.sites]
         if len(set(parts)) != len(parts):
             raise ValueError("sites: partition ids must be unique")
+        nodes = [s.node_key for s in self.sites if s.node_key is not None]
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("sites: node keys must be unique (one SuperNode key per site)")
         secagg = self.training.aggregation == "secagg+"
         if secagg and (problem := self.secure_aggregation.secaggplus_problem()) is not None:
             raise ValueError(problem)

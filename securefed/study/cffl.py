@@ -69,7 +69,7 @@ def run_cffl_phases(
     started_here = deployment is not None and engine == "deployment" and not deployment.processes
     try:
         if started_here and deployment is not None:
-            deployment.start(sites)
+            deployment.start()
         global_result = run_phase(g_cfg, sites, engine=engine, task=task, deployment=deployment)
         study = StudyPhases(global_result=global_result)
         floor = max(t.min_sites_per_aggregate, 2 if t.aggregation == "secagg+" else 1)

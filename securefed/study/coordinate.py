@@ -1,9 +1,10 @@
 """The coordinator's side of a real deployment: CFFL's federated phases on a running SuperLink
 whose SuperNodes are the hospitals (each with its own data, protocol copy and clusters.csv).
 
-The coordinator holds no site data: it knows each site only by the partition id of the
-protocol's ``[[sites]]`` and reads, from clusters.csv, which sites hold train cases of which
-cluster (to form one federation per cluster)."""
+The coordinator holds no site data: it knows each site by the node key the protocol pins for it
+(``[[sites]].node_key``), registers exactly those keys with the SuperLink (Flower node
+authentication) and reads, from clusters.csv, which sites hold train cases of which cluster (to
+form one federation per cluster). A deployment protocol needs TLS and every site's node key."""
 
 from __future__ import annotations
 
@@ -28,11 +29,14 @@ def coordinate_deployment(
     superlink: str,
     ca_cert: Path | None,
     insecure: bool = False,
+    node_keys: Path | None = None,
     run_timeout_s: float = 1800.0,
 ) -> StudyPhases:
     """Run the global phase, then one phase per cluster, on the SuperLink at ``superlink``
     (``host:port``). TLS is required (``ca_cert``: the study CA that signed the SuperLink's
-    certificate); ``insecure`` is accepted for a loopback address only."""
+    certificate); ``insecure`` is accepted for a loopback address and a simulation protocol only.
+    ``node_keys``: a folder of the sites' ``<site-id>.pub`` node keys, each checked against the
+    protocol's pin and registered with the SuperLink (required for a deployment protocol)."""
     host, sep, port = superlink.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--superlink {superlink!r}: expected HOST:PORT")
@@ -44,12 +48,24 @@ def coordinate_deployment(
         raise ConfigError(
             f"--insecure is refused for {host}: only a loopback SuperLink may skip TLS"
         )
+    deployment_mode = not loaded.protocol.is_simulation
+    if insecure and deployment_mode:
+        raise ConfigError(
+            "--insecure is refused for a 'deployment' protocol: TLS is mandatory (use the "
+            "study CA, also on loopback)"
+        )
     if ca_cert is not None and not Path(ca_cert).is_file():
         raise ConfigError(f"--ca-cert {ca_cert}: file not found")
     if not loaded.protocol.sites:
         raise ConfigError(
             "the protocol lists no [[sites]]: a deployment needs every site by partition id"
         )
+    if node_keys is None and deployment_mode:
+        raise ConfigError(
+            "--node-keys is required for a 'deployment' protocol: the folder of the sites' "
+            "<site-id>.pub node keys to register (SuperNode authentication)"
+        )
+    pubs = _site_node_keys(loaded, Path(node_keys)) if node_keys is not None else {}
     sites = [SiteSettings(partition_id=s.partition_id, data_dir="", protocol="")
              for s in loaded.protocol.sites]  # fmt: skip
     deployment = Deployment(
@@ -60,6 +76,28 @@ def coordinate_deployment(
         ca_cert=Path(ca_cert) if ca_cert is not None else None,
         run_timeout_s=run_timeout_s,
     )
+    for pid, pub in pubs.items():
+        deployment.node_sites[deployment.register_node(pub)] = pid
     return run_cffl_phases(
         loaded, sites, Path(assignments), Path(out_dir), engine="deployment", deployment=deployment
     )
+
+
+def _site_node_keys(loaded: LoadedProtocol, folder: Path) -> dict[int, Path]:
+    """{partition id: node.pub} of every listed site, each matching the protocol's pin."""
+    from securefed.crypto.node_key import node_key_fingerprint
+
+    out = {}
+    for site in loaded.protocol.sites:
+        pub = folder / f"{site.id}.pub"
+        if site.node_key is None:
+            raise ConfigError(
+                f"sites.{site.id}.node_key is not set: the protocol must pin each site's "
+                "SuperNode key (`securefed site node-key` prints it)"
+            )
+        if node_key_fingerprint(pub) != site.node_key:
+            raise ConfigError(
+                f"{pub}: not the node key the protocol pins for {site.id} ({site.node_key})"
+            )
+        out[site.partition_id] = pub
+    return out

@@ -1,90 +1,33 @@
-"""The deployment engine on loopback: a real SuperLink (TLS with a CA and server certificate made
-by openssl) and 3 real SuperNodes, a tiny SecAgg+ phase through `flwr run`, and every process
-started is stopped (no leftover pid)."""
+"""The deployment engine on loopback, as hospitals run it: a real SuperLink (TLS with a CA and
+server certificate made by openssl, SuperNode authentication on) and real SuperNodes started by
+each site's own launcher (`securefed site supernode`: protocol accepted by the site's trust and
+policy, node key pinned by the protocol, only approved app bundles). One test shows a tiny
+SecAgg+ phase through `flwr run` and each refusal the governance issue names: an unapproved app
+bundle (refused by every site before installing it, logged in its audit log), an unregistered
+node, a plaintext connection; every process started is stopped (no leftover pid)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from support.flower import write_assignments, write_protocol
+from support.deployment import make_tls, study
+from support.flower import write_assignments
 
-from securefed.federation.config import SiteSettings
-from securefed.federation.deployment import Deployment
+from securefed.errors import SecurefedError
+from securefed.federation.deployment import Deployment, LocalSite
 from securefed.federation.phase import phase_config, run_phase
+from securefed.federation.site_executor import app_hash
 from securefed.protocol import load_protocol
 
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for ``host`` (the commands of docs/deployment.md)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key, ca, key, csr, cert = (
-        folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
-    )
-    ext = folder / "server.ext"
-    ext.write_text(f"subjectAltName = IP:{host}, DNS:localhost\n"
-                   "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n"
-                   "extendedKeyUsage = serverAuth\n")  # fmt: skip
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-sha256",
-        "-days",
-        "2",
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca),
-        "-subj",
-        "/CN=securefed test CA",
-    )
-    run(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-sha256",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        f"/CN={host}",
-    )
-    run(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(cert),
-        "-days",
-        "2",
-        "-sha256",
-        "-extfile",
-        str(ext),
-    )
-    # fmt: skip
-    return ca, cert, key
 
 
 def _free_port() -> int:
@@ -93,9 +36,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def _groups_alive(groups: list[int], wait_s: float = 10.0) -> list[int]:
     """Process groups (of those stopped) that still hold a process after ``wait_s``."""
     deadline = time.monotonic() + wait_s
@@ -112,40 +52,84 @@ def _groups_alive(groups: list[int], wait_s: float = 10.0) -> list[int]:
         time.sleep(0.2)
 
 
-def test_loopback_superlink_three_supernodes_tls(tmp_path):
-    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, timeout=150)
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_loopback_deployment_runs_and_refuses(tmp_path):
+    proto, configs, node_keys = study(tmp_path)
     loaded = load_protocol(proto)
     layout = {p: [("train", 0)] * 2 + [("val", 0)] for p in (1, 2, 3)}
-    asg = write_assignments(tmp_path / "clusters.csv", layout)
-    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto),
-                          assignments=str(asg), work_dir=str(tmp_path / f"site-{p}"))
-             for p in layout]  # fmt: skip
+    local = []
+    for p in (1, 2, 3, 4):
+        sid = f"site-{p}"
+        (tmp_path / sid).mkdir()
+        asg = write_assignments(tmp_path / sid / "clusters.csv", layout) if p < 4 else None
+        local.append(LocalSite(
+            site_id=sid, protocol=proto, site_config=configs[sid], node_key=node_keys[sid],
+            data_dir=tmp_path, work_dir=tmp_path / sid, assignments=asg, partition_id=p,
+            register=p != 4,  # site-4's key is never registered: the SuperLink refuses it
+        ))  # fmt: skip
     ca, cert, key = make_tls(tmp_path / "tls")
     env = {
         "SECUREFED_FLOWER_TASK": "support.flower:make_task",
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     dep = Deployment(
-        work_dir=tmp_path / "deploy",
-        port=_free_port(),
-        ca_cert=ca,
-        server_cert=cert,
-        server_key=key,
-        supernode_env=env,
-        run_timeout_s=300,
-    )
-    # fmt: skip
-    cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 2, 2: 2, 3: 2},
-                       assignments=asg)  # fmt: skip
-    dep.start(sites)
+        work_dir=tmp_path / "deploy", port=_free_port(), ca_cert=ca, server_cert=cert,
+        server_key=key, supernode_env=env, run_timeout_s=300, local_sites=local,
+    )  # fmt: skip
+    sites_123 = {1: 2, 2: 2, 3: 2}
+    plan = tmp_path / "site-1" / "clusters.csv"  # the coordinator's plan (same rows)
+    cfg = phase_config(loaded, out_dir=tmp_path / "global", sites=sites_123, assignments=plan)
+    dep.start()
     started = [p.pid for p in dep.processes]
     try:
-        result = run_phase(cfg, sites, engine="deployment", deployment=dep)
+        # The unregistered node: its SuperLink connection is refused, its launcher exits.
+        site4 = dep.processes[-1]
+        assert _wait_exit(site4, 120) not in (0, None)
+        log4 = " ".join((tmp_path / "deploy" / "logs" / "site-site-4.log").read_text().split())
+        assert "Flower exit code 305" in log4 and "node key is not registered" in log4
+        # A plaintext SuperNode (--insecure) never reaches the TLS SuperLink.
+        bindir = Path(sys.executable).parent
+        plain = subprocess.Popen(
+            [str(bindir / "flower-supernode"), "--insecure", "--max-retries", "1",
+             "--superlink", f"127.0.0.1:{dep.port}", "--port", str(dep.port + 40),
+             "--auth-supernode-private-key", str(node_keys["site-4"])],
+            env=dep.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        assert _wait_exit(plain, 120) not in (0, None)
+
+        result = run_phase(cfg, [], engine="deployment", deployment=dep)
+        assert result.best_round == 1 and result.history[0]["num_sites"] == 3
+        # The registered nodes, and only they, served the phase (identity from their key).
+        assert len(dep.node_sites) == 3 and sorted(dep.node_sites.values()) == [1, 2, 3]
+
+        # An app bundle the protocol does not approve: every site refuses it before install.
+        rogue = tmp_path / "rogue-app"
+        shutil.copytree(dep.app_dir, rogue)
+        pyproject = rogue / "pyproject.toml"
+        pyproject.write_text(pyproject.read_text().replace("seed = 0", "seed = 1"))
+        dep.app_dir = rogue
+        bad = phase_config(loaded, out_dir=tmp_path / "rogue", sites=sites_123, assignments=plan)
+        bad = type(bad)(**{**bad.__dict__, "node_wait_s": 20.0})
+        with pytest.raises(SecurefedError):
+            run_phase(bad, [], engine="deployment", deployment=dep)
+        state = json.loads((tmp_path / "rogue" / "state.json").read_text())
+        assert state["status"] == "failed" and "is not approved" in state["error"]
     finally:
         stopped = dep.stop()
-    assert len(started) == 4 and set(started) <= set(stopped)
+    assert len(started) == 5 and set(started) <= set(stopped)
     assert not _groups_alive(stopped), "leftover processes"
-    assert result.best_round == 1 and result.history[0]["num_sites"] == 3
-    assert result.history[0]["val"]["num_val"] == 3
-    log = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
-    assert "insecure" not in log.lower()
+    for p in (1, 2, 3):
+        audit = (tmp_path / f"site-{p}" / "audit.jsonl").read_text()
+        assert '"event":"app-refused"' in audit and app_hash(rogue) in audit
+    link = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
+    assert "insecure" not in link.lower()

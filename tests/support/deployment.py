@@ -1,0 +1,107 @@
+"""A loopback deployment's material: a study CA and server certificate (openssl, the commands of
+docs/deployment.md), and a signed protocol whose sites pin node keys and approve the installed
+app bundle, with one site configuration per site."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from securefed.crypto import generate_keys, write_keys
+from securefed.crypto.node_key import new_node_key
+from securefed.federation.site_executor import app_hash
+from support.flower import write_protocol
+from support.trust import trusted_site_configs
+
+
+def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for ``host`` (the commands of docs/deployment.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
+    ext = folder / "server.ext"
+    ext.write_text(f"subjectAltName = IP:{host}, DNS:localhost\n"
+                   "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n"
+                   "extendedKeyUsage = serverAuth\n")  # fmt: skip
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-sha256",
+        "-days",
+        "2",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-subj",
+        "/CN=securefed test CA",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-sha256",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={host}",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        str(ext),
+    )
+    # fmt: skip
+    return ca, cert, key
+
+
+def study(
+    tmp_path: Path, n_sites: int = 4, approve_app: bool = True
+) -> tuple[Path, dict[str, Path], dict[str, Path]]:
+    """A signed protocol listing ``n_sites`` sites with their node keys and the installed app's
+    hash approved; one site configuration per site trusting the board. Returns the protocol, the
+    site configs and the node keys."""
+    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, timeout=150)
+    data = tomllib.loads(proto.read_text())
+    node_keys, sites = {}, []
+    for p in range(1, n_sites + 1):
+        key, _, fp = new_node_key(tmp_path / "nodes" / f"site-{p}")
+        node_keys[f"site-{p}"] = key
+        sites.append({"id": f"site-{p}", "partition_id": p, "node_key": fp})
+    data["sites"] = sites
+    data.setdefault("governance", {})["approved_apps"] = [app_hash()] if approve_app else []
+    proto.write_text(tomli_w.dumps(data))
+    write_keys(generate_keys("server", "server"), tmp_path / "keys")
+    configs = trusted_site_configs(
+        tmp_path / "configs", proto, list(node_keys), tmp_path / "keys" / "server.pub.json",
+        max_total_epsilon=1.0, min_sites_per_aggregate=2, require_dp_training=False,
+        require_version_pin=False, forbidden_release_modes=(),
+    )  # fmt: skip
+    return proto, configs, node_keys
