@@ -54,21 +54,7 @@ def _rounds(out: Path) -> list[float]:
 
 
 def _protocol(tmp: Path, rounds: int) -> Path:
-    proto, _, _ = study(tmp, n_sites=3)
-    text = proto.read_text().replace("global_rounds = 1", f"global_rounds = {rounds}")
-    proto.write_text(text)
-    # Re-sign after the edit: study() signed the 1-round version.
-    from support.trust import trusted_site_configs
-
-    from securefed.crypto import signature_path
-
-    signature_path(proto).unlink()
-    trusted_site_configs(
-        tmp / "configs", proto, ["site-1", "site-2", "site-3"], tmp / "keys" / "server.pub.json",
-        max_total_epsilon=1.0, min_sites_per_aggregate=2, require_dp_training=False,
-        require_version_pin=False, forbidden_release_modes=(),
-    )  # fmt: skip
-    return proto
+    return study(tmp, n_sites=3, rounds=rounds)[0]
 
 
 def simulation(tmp: Path, rounds: int) -> list[float]:

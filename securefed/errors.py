@@ -240,6 +240,13 @@ class AuditLogError(SecurityError):
     code = "SF143"
 
 
+class EgressRefusedError(SecurityError):
+    """Something about to leave a site is not exactly what its verified protocol declares
+    (refused and logged before anything is written for sending)."""
+
+    code = "SF144"
+
+
 class ClusteringError(UserError):
     code = "SF160"
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from securefed.crypto import PrivateKeys, PublicKeys
-from securefed.errors import DataError, KeyError_, ProtocolError
+from securefed.errors import DataError, EgressRefusedError, KeyError_, ProtocolError
 from securefed.privacy.bounding import bounded_mask
 from securefed.privacy.ledger import Ledger
 from securefed.privacy.protection import (
@@ -30,6 +30,7 @@ from securefed.privacy.protection import (
 from securefed.protocol import LoadedProtocol
 from securefed.radiomics.storage import load_table
 from securefed.radiomics.table import FeatureTable
+from securefed.site.egress_guard import check_feature_release
 from securefed.site.pending import PendingReleases
 from securefed.site.released import keep_released
 from securefed.transport import SendCounter, seal_message, write_message
@@ -165,8 +166,14 @@ def release_site_features(
             # site's log before this point shows).
             "audit_head": audit.sign_head(site_keys),
         }
+        values = np.ascontiguousarray(released.matrix, dtype="<f8")
+        try:
+            check_feature_release(meta, values, loaded, site_id=site_id, partition_id=partition)
+        except EgressRefusedError as exc:
+            audit.record("egress-refused", stage=FEATURES_STAGE, release_id=release_id)
+            raise exc
         envelope = seal_message(
-            {"values": np.ascontiguousarray(released.matrix, dtype="<f8")},
+            {"values": values},
             sender=site_keys,
             recipient=server_keys,
             protocol_hash=loaded.sha256,

@@ -83,12 +83,12 @@ def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
 
 
 def study(
-    tmp_path: Path, n_sites: int = 4, approve_app: bool = True
+    tmp_path: Path, n_sites: int = 4, approve_app: bool = True, rounds: int = 1
 ) -> tuple[Path, dict[str, Path], dict[str, Path]]:
     """A signed protocol listing ``n_sites`` sites with their node keys and the installed app's
     hash approved; one site configuration per site trusting the board. Returns the protocol, the
     site configs and the node keys."""
-    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, timeout=150)
+    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=rounds, timeout=150)
     data = tomllib.loads(proto.read_text())
     node_keys, sites = {}, []
     for p in range(1, n_sites + 1):
