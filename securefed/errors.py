@@ -2,7 +2,8 @@
 
 Every class has a stable ``code`` (shown to users and in logs) and an ``exit_code`` used by the CLI:
 2 for user errors (bad input, refused operations), 3 for security refusals (tampering, replay,
-unknown sender), 1 for internal failures. Messages name the file, case or field and say what to do.
+unknown sender), 4 for audit findings (a protocol claim an audit found broken), 1 for internal
+failures. Messages name the file, case or field and say what to do.
 Raise with ``raise ... from exc`` so the cause is kept.
 """
 
@@ -43,6 +44,8 @@ __all__ = [
     "CounterStateError",
     "LedgerRollbackError",
     "AuditLogError",
+    "AuditFindingError",
+    "EgressRefusedError",
     "ClusteringError",
     "AggregationError",
     "TooFewParticipantsError",
@@ -238,6 +241,14 @@ class AuditLogError(SecurityError):
     """An audit log was edited, truncated or reordered, or does not match the ledger."""
 
     code = "SF143"
+
+
+class AuditFindingError(SecurefedError):
+    """An audit found a protocol claim broken (an egress field without its declared protection,
+    an empirical epsilon above the claim): exit code 4."""
+
+    code = "SF145"
+    exit_code = 4
 
 
 class EgressRefusedError(SecurityError):

@@ -1,8 +1,10 @@
-"""`securefed audit verify|sign`: a party's tamper-evident audit log (securefed.trust.audit_log).
+"""`securefed audit verify|sign|dp`: audit logs and empirical privacy audits.
 
 Contract: ``audit verify LOGDIR`` exits 0 printing a summary, or 3 naming the first edited,
 removed, reordered or truncated entry, a bad head signature, or spends that do not match the
-ledger or exceed the protocol.
+ledger or exceed the protocol. ``audit dp --out DIR`` writes ``DIR/dp.json`` (shape in
+docs/auditing.md) and ``DIR/dp.png`` and exits 0, or 4 when a mechanism's empirical lower bound on
+epsilon is above its claim.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    group = subgroup(app, "audit", "Audit logs: verify a party's log, close a stage.")
+    group = subgroup(app, "audit", "Audits: verify a party's log, close a stage, audit DP.")
     group.command("verify")(verify)
     group.command("sign")(sign)
+    group.command("dp")(dp)
 
 
 @handle_errors
@@ -85,3 +88,63 @@ def sign(
     keys = load_private_keys(key, _passphrase(passphrase_file))
     head = AuditLog(logdir, keys.party_id, loaded.sha256).sign_head(keys)
     info(f"{keys.party_id}: head {head['head']} signed (entry {head['seq']})")
+
+
+@handle_errors
+def dp(
+    out: Annotated[Path, typer.Option("--out", help="Folder for dp.json and dp.png.")],
+    mechanism: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mechanism",
+            help="feature-gaussian, feature-laplace, clustering-shares (default: these three) "
+            "or float-laplace (a float sampler the audit must catch); repeatable.",
+        ),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", min=2000, help="Outputs drawn at each neighbouring input.")
+    ] = 400_000,
+    epsilon: Annotated[
+        float,
+        typer.Option("--epsilon", min=0.01, max=64.0, help="The claim each is calibrated to."),
+    ] = 1.0,
+    delta: Annotated[
+        float, typer.Option("--delta", min=0.0, max=0.01, help="Delta of the Gaussian claims.")
+    ] = 1e-5,
+    confidence: Annotated[
+        float, typer.Option("--confidence", help="Clopper-Pearson confidence of each bound.")
+    ] = 0.999,
+    unsafe_noise_scale: Annotated[
+        float,
+        typer.Option(
+            "--unsafe-noise-scale",
+            help="Multiply every mechanism's noise (< 1: under-noised on purpose, to show the "
+            "audit's power; never a statement about a release).",
+        ),
+    ] = 1.0,
+) -> None:
+    """Empirical DP audit of securefed's noise mechanisms: worst-case neighbouring inputs, TRIALS
+    outputs each, a Clopper-Pearson lower bound on epsilon from the best threshold test, and
+    Mironov's floating-point distinguisher. Exit 4 when a bound is above its claim."""
+    from securefed.audit.dp import DEFAULT_MECHANISMS, run_dp_audit
+    from securefed.errors import AuditFindingError
+
+    doc = run_dp_audit(
+        out, mechanisms=tuple(mechanism) if mechanism else DEFAULT_MECHANISMS, trials=trials,
+        epsilon=epsilon, delta=delta, noise_scale=unsafe_noise_scale, confidence=confidence,
+        progress=info,
+    )  # fmt: skip
+    for row in doc["mechanisms"]:
+        mark = "FINDING" if row["finding"] else "ok"
+        console.print(
+            f"{row['mechanism']}: claimed epsilon {row['claimed_epsilon']:g}, empirical lower "
+            f"bound {row['lower_bound']:.3g} ({row['trials']} trials, float distinguisher "
+            f"{row['float_distinguisher']['impossible_fraction']:.1%}) {mark}",
+            highlight=False, markup=False,
+        )  # fmt: skip
+    console.print(str(out / "dp.json"), highlight=False)
+    if doc["findings"]:
+        raise AuditFindingError(
+            f"empirical epsilon above the claim for {', '.join(doc['findings'])} (see "
+            f"{out / 'dp.json'})"
+        )

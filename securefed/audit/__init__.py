@@ -1,0 +1,1 @@
+"""Privacy audits: what an auditor runs (securefed audit ...)."""

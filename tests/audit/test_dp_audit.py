@@ -1,0 +1,72 @@
+"""`securefed audit dp`: every shipped mechanism passes at its claim, every one is caught when
+under-noised (the audit's power), the float Laplace sampler securefed used before its discrete
+samplers is caught by Mironov's distinguisher, and the CLI writes dp.json and exits 4 on a
+finding."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from securefed.audit.dp import clopper_pearson, run_dp_audit
+from securefed.audit.float_distinguisher import float_laplace_impossible, grid_impossible
+from securefed.cli import app
+from securefed.privacy.noise import SecureNoise
+
+ALL = ("feature-gaussian", "feature-laplace", "clustering-shares")
+
+
+def test_shipped_mechanisms_pass_at_their_claim(tmp_path: Path) -> None:
+    doc = run_dp_audit(tmp_path, mechanisms=ALL, trials=100_000)
+    for row in doc["mechanisms"]:
+        assert row["lower_bound"] <= row["claimed_epsilon"], row
+        assert row["float_distinguisher"]["impossible_fraction"] == 0.0
+    assert doc["findings"] == []
+    assert (tmp_path / "dp.png").stat().st_size > 1000
+
+
+def test_under_noised_mechanisms_are_caught(tmp_path: Path) -> None:
+    # Half the calibrated noise: the true epsilon is about twice the claim of 1.
+    doc = run_dp_audit(tmp_path, mechanisms=ALL, trials=300_000, noise_scale=0.5,
+                       confidence=0.99)  # fmt: skip
+    assert doc["findings"] == list(ALL), [(r["mechanism"], r["lower_bound"]) for r in
+                                          doc["mechanisms"]]  # fmt: skip
+    assert "under-noises" in doc["note"]
+
+
+def test_float_laplace_is_caught_by_replaying_its_arithmetic() -> None:
+    noise = SecureNoise()
+    at_0 = 0.0 + noise.laplace(1.0, (20_000,))
+    at_1 = 1.0 + noise.laplace(1.0, (20_000,))
+    assert not float_laplace_impossible(at_0, 0.0, 1.0).any()  # own outputs always possible
+    assert float_laplace_impossible(at_1, 0.0, 1.0).mean() > 0.5  # Mironov: most identify x=1
+    grid = 4096 + noise.discrete_laplace(4096.0, (20_000,)).astype(np.float64)
+    assert not grid_impossible(grid, 0).any()  # an integer-grid release has no such outputs
+
+
+def test_clopper_pearson_brackets_the_rate() -> None:
+    lo, hi = clopper_pearson(30, 100, 0.95)
+    assert 0.21 < lo < 0.3 < hi < 0.4
+    assert clopper_pearson(0, 100, 0.95)[0] == 0.0 and clopper_pearson(100, 100, 0.95)[1] == 1.0
+
+
+def test_cli_writes_dp_json_and_exits_4_on_a_finding(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["audit", "dp", "--out", str(tmp_path / "a"), "--mechanism",
+                              "feature-laplace", "--trials", "20000"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "a" / "dp.json").read_text())
+    row = doc["mechanisms"][0]
+    assert set(row) >= {"mechanism", "claimed_epsilon", "delta", "lower_bound", "trials"}
+    res = runner.invoke(app, ["audit", "dp", "--out", str(tmp_path / "b"), "--mechanism",
+                              "float-laplace", "--trials", "20000"])  # fmt: skip
+    assert res.exit_code == 4, res.output
+    doc = json.loads((tmp_path / "b" / "dp.json").read_text())
+    assert doc["mechanisms"][0]["lower_bound"] == "inf" and doc["findings"] == ["float-laplace"]
+    assert math.isinf(float(doc["mechanisms"][0]["lower_bound"]))
+    res = runner.invoke(app, ["audit", "dp", "--out", str(tmp_path / "c"), "--mechanism", "x"])
+    assert res.exit_code == 2 and "choose from" in res.output
