@@ -2,9 +2,11 @@
 
 Contract: ``audit verify LOGDIR`` exits 0 printing a summary, or 3 naming the first edited,
 removed, reordered or truncated entry, a bad head signature, or spends that do not match the
-ledger or exceed the protocol. ``audit dp --out DIR`` writes ``DIR/dp.json`` (shape in
-docs/auditing.md) and ``DIR/dp.png`` and exits 0, or 4 when a mechanism's empirical lower bound on
-epsilon is above its claim.
+ledger or exceed the protocol. ``audit egress RUNDIR`` writes ``RUNDIR/audit/egress.json`` and
+``egress.png`` and exits 0, or 4 when a field left a site undeclared, or in clear and
+patient-derived under a protocol that claims a finite epsilon. ``audit dp --out DIR`` writes
+``DIR/dp.json`` (shapes in docs/auditing.md) and ``DIR/dp.png`` and exits 0, or 4 when a
+mechanism's empirical lower bound on epsilon is above its claim.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def register(app: typer.Typer) -> None:
     group.command("verify")(verify)
     group.command("sign")(sign)
     group.command("dp")(dp)
+    group.command("egress")(egress)
 
 
 @handle_errors
@@ -147,4 +150,40 @@ def dp(
         raise AuditFindingError(
             f"empirical epsilon above the claim for {', '.join(doc['findings'])} (see "
             f"{out / 'dp.json'})"
+        )
+
+
+@handle_errors
+def egress(
+    rundir: Annotated[Path, typer.Argument(help="A securefed run folder (RUNDIR).")],
+    differential: Annotated[
+        bool,
+        typer.Option(
+            "--differential",
+            help="Also rerun each site's feature release twice on its data and once on a "
+            "neighbour (simulation runs with their keys): fields deterministic in the data "
+            "must be declared DP.",
+        ),
+    ] = False,
+) -> None:
+    """Egress census: every field each site sent (its egress log), with the protection the
+    protocol declares for it. Exit 4 on a finding."""
+    from securefed.audit.egress import run_egress_audit
+    from securefed.errors import AuditFindingError
+
+    doc = run_egress_audit(rundir, differential=differential)
+    by: dict[str, int] = {}
+    for row in doc["fields"]:
+        by[row["protection"]] = by.get(row["protection"], 0) + 1
+    info(f"{len(doc['sites'])} site(s), {len(doc['fields'])} field(s) by declared protection: "
+         + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))  # fmt: skip
+    for warning in doc["warnings"]:
+        info(f"warning: {warning}")
+    for f in doc["findings"][:20]:
+        console.print(f"FINDING {f['site']} {f['stage']} {f['field']}: {f['finding']}",
+                      highlight=False, markup=False)  # fmt: skip
+    console.print(str(Path(rundir) / "audit" / "egress.json"), highlight=False)
+    if doc["findings"]:
+        raise AuditFindingError(
+            f"{len(doc['findings'])} egress finding(s) (see {Path(rundir) / 'audit/egress.json'})"
         )

@@ -33,7 +33,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
 from securefed.errors import ConfigError, SiteTrustError, TrainingError, WrongProtocolError
 from securefed.federation.config import SiteSettings
-from securefed.federation.guard import make_egress_guard
+from securefed.federation.guard import GuardPolicy, make_egress_guard
 from securefed.federation.metrics import site_summary
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
@@ -292,11 +292,24 @@ class SiteClient(NumPyClient):
         return float(1.0 - metrics["dice_mean"]), n_val, metrics
 
 
+def _phase_name(context: Context, phase: str | None) -> str:
+    """``global`` or ``cluster-<c>``: given (simulation: one ClientApp per phase) or from the
+    run config (deployment: ``flwr run --run-config``)."""
+    if phase is not None:
+        return phase
+    c = int(str(context.run_config.get("cluster", -1)))
+    return "global" if c < 0 else f"cluster-{c}"
+
+
 def make_client_app(
-    task: FlowerTask | None = None, sites: Sequence[SiteSettings] | None = None
+    task: FlowerTask | None = None,
+    sites: Sequence[SiteSettings] | None = None,
+    phase: str | None = None,
 ) -> ClientApp:
     """A ClientApp. ``sites`` (simulation only) gives the settings of simulated node ``i``
-    (Flower's ``partition-id`` i); otherwise the node config carries them (deployment)."""
+    (Flower's ``partition-id`` i); otherwise the node config carries them (deployment).
+    ``phase``: the phase name for the site's egress log (simulation; deployment reads it from
+    the run config)."""
     sim_sites = list(sites) if sites is not None else None
 
     def site_of(context: Context) -> SiteSettings:
@@ -309,23 +322,34 @@ def make_client_app(
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
         return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
 
-    def policy(context: Context) -> tuple[Any, bool, Any]:
+    def policy(context: Context) -> GuardPolicy:
         site = site_of(context)
         loaded = _load_site_protocol(site)
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
+        sites_ = loaded.protocol.resolve_sites([site.partition_id])
+        sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
 
         def record(message_type: str) -> None:
             if ledger_dir:
                 from securefed.trust.audit_log import AuditLog
 
-                sites_ = loaded.protocol.resolve_sites([site.partition_id])
-                sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
                 AuditLog(Path(ledger_dir), sid, loaded.sha256).record(
                     "egress-refused", message_type=message_type
                 )
 
+        def sent(request: Message, fields: list[dict[str, Any]]) -> None:
+            if ledger_dir:
+                from securefed.trust.egress_log import EgressLog
+
+                name = _phase_name(context, phase)
+                EgressLog(Path(ledger_dir), sid, loaded.sha256).record(
+                    "flower-reply", f"training/{name}/{request.metadata.message_type}", "server",
+                    [{"name": "group", "type": "str", "value": str(request.metadata.group_id)},
+                     *fields],
+                )  # fmt: skip
+
         secagg = loaded.protocol.training.aggregation == "secagg+"
-        return training_egress(loaded.protocol), secagg, record
+        return GuardPolicy(training_egress(loaded.protocol), secagg, record, sent)
 
     # The guard is the outermost mod: it sees the reply exactly as it would leave the site.
     return ClientApp(

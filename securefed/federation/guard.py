@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import Context, Error, Message
@@ -30,7 +31,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from securefed.protocol.egress import TrainingEgress
 
-__all__ = ["GUARD_ERROR_CODE", "check_reply", "make_egress_guard"]
+__all__ = ["GUARD_ERROR_CODE", "GuardPolicy", "check_reply", "make_egress_guard", "reply_fields"]
 
 log = logging.getLogger("securefed.guard")
 
@@ -161,23 +162,51 @@ def check_reply(
     return [f"message type {kind!r} is not part of the protocol"]
 
 
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What the guard needs of the site: its egress policy, whether its protocol uses SecAgg+,
+    a callback recording a refusal (the audit log) and one recording what left (the egress
+    log: the request it answers, the reply's fields)."""
+
+    egress: TrainingEgress
+    secagg: bool
+    on_refused: Callable[[str], None]
+    on_sent: Callable[[Message, list[dict[str, Any]]], None] | None = None
+
+
+def reply_fields(reply: Message) -> list[dict[str, Any]]:
+    """Every field of a reply as the egress log records it (arrays and bytes by digest)."""
+    from securefed.trust.egress_log import describe_value
+
+    content = reply.content
+    out: list[dict[str, Any]] = []
+    for aname, arrays in sorted(content.array_records.items()):
+        out += [describe_value(f"{aname}.{k}", a.numpy()) for k, a in arrays.items()]
+    for mname, metrics in sorted(content.metric_records.items()):
+        out += [describe_value(f"{mname}.{k}", v) for k, v in sorted(metrics.items())]
+    for cname, configs in sorted(content.config_records.items()):
+        out += [describe_value(f"{cname}.{k}", v) for k, v in sorted(configs.items())]
+    return out
+
+
 def make_egress_guard(
-    resolve: Callable[[Context], tuple[TrainingEgress, bool, Callable[[str], None]]],
+    resolve: Callable[[Context], GuardPolicy],
 ) -> Callable[[Message, Context, ClientAppCallable], Message]:
-    """The outermost client mod. ``resolve(context)`` gives the site's egress policy, whether
-    its protocol uses SecAgg+, and a callback that records a refusal in its audit log."""
+    """The outermost client mod. ``resolve(context)`` gives the site's GuardPolicy."""
 
     def egress_guard_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(msg, ctxt)
         if reply.has_error():
             return reply
-        egress, secagg, record = resolve(ctxt)
-        problems = check_reply(msg, reply, egress, secagg=secagg)
+        policy = resolve(ctxt)
+        problems = check_reply(msg, reply, policy.egress, secagg=policy.secagg)
         if not problems:
+            if policy.on_sent is not None:
+                policy.on_sent(msg, reply_fields(reply))
             return reply
         reason = "; ".join(problems)
         log.error("refused to send a %s reply: %s", msg.metadata.message_type, reason)
-        record(str(msg.metadata.message_type))
+        policy.on_refused(str(msg.metadata.message_type))
         return Message(
             Error(GUARD_ERROR_CODE, f"the site's protocol does not declare this reply: {reason}"),
             reply_to=msg,

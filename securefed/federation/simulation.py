@@ -36,7 +36,7 @@ def run_simulation_phase(
     try:
         run_simulation(
             server_app=make_server_app(cfg),
-            client_app=make_client_app(task, ordered),
+            client_app=make_client_app(task, ordered, phase=cfg.name),
             num_supernodes=len(ordered),
             backend_config=backend_config,
         )

@@ -35,6 +35,7 @@ from securefed.site.pending import PendingReleases
 from securefed.site.released import keep_released
 from securefed.transport import SendCounter, seal_message, write_message
 from securefed.trust.audit_log import AuditLog
+from securefed.trust.egress_log import EgressLog, describe_value
 
 __all__ = ["SiteRelease", "check_server_key", "release_site_features", "site_spec_for"]
 
@@ -134,8 +135,11 @@ def release_site_features(
     pending = PendingReleases(state_dir)
     audit = AuditLog(state_dir, site_id, loaded.sha256)
     waiting = pending.waiting(FEATURES_STAGE, loaded.sha256, ledger)
+    egress = EgressLog(state_dir, site_id, loaded.sha256)
     if waiting is not None:  # an interrupted run sealed this release: send the same bytes
         write_message(path, waiting.envelope)
+        egress.record("envelope", FEATURES_STAGE, server_keys.party_id,
+                      [describe_value("envelope", bytes(waiting.envelope))])  # fmt: skip
         ledger.commit_intent(waiting.release_id)
         pending.clear(FEATURES_STAGE)
         audit.record("envelope-sealed", stage=FEATURES_STAGE, recipient=server_keys.party_id,
@@ -186,6 +190,8 @@ def release_site_features(
         keep_released(state_dir, released, loaded.sha256)
         pending.keep(FEATURES_STAGE, release_id, envelope, _summary(released))
         write_message(path, envelope)
+        egress.record("envelope", FEATURES_STAGE, server_keys.party_id,
+                      _envelope_fields(meta, values, envelope))  # fmt: skip
 
     released = protect_features(
         own, loaded, ledger, site_id, release_id=release_id, write=seal_and_write,
@@ -197,6 +203,17 @@ def release_site_features(
     audit.sign_head(site_keys)
     return SiteRelease(envelope=path, site_id=site_id, partition_id=partition,
                        **_summary(released))  # fmt: skip
+
+
+def _envelope_fields(
+    meta: dict[str, Any], values: np.ndarray, envelope: bytes
+) -> list[dict[str, Any]]:
+    """What the envelope carries, field by field, for the site's egress log."""
+    fields = [describe_value(k, v) for k, v in sorted(meta.items()) if k != "release"]
+    fields += [describe_value(f"release.{k}", v) for k, v in sorted(meta["release"].items())]
+    fields.append(describe_value("values", values))
+    fields.append({"name": "envelope.bytes", "type": "int", "value": len(envelope)})
+    return fields
 
 
 def _summary(released: ReleasedFeatures) -> dict[str, Any]:

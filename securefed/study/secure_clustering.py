@@ -32,6 +32,7 @@ from securefed.privacy.ledger import Ledger
 from securefed.privacy.noise import noise_source_for
 from securefed.protocol import LoadedProtocol, Protocol
 from securefed.radiomics.table import FeatureTable
+from securefed.trust.egress_log import EgressLog, describe_value
 
 __all__ = [
     "SecureClusteringResult",
@@ -62,10 +63,12 @@ def run_secure_clustering(
     *,
     context: bytes,
     assign_points: Mapping[str, np.ndarray] | None = None,
+    on_sent: Callable[[str, str, list[dict[str, Any]]], None] | None = None,
 ) -> SecureClusteringResult:
     """Run every round of the protocol's secure clustering among the sites of ``fit_points``
     (site id -> projected train+val points in [0, 1]^d) and assign ``assign_points`` (default:
-    the same points) locally at each site."""
+    the same points) locally at each site. ``on_sent(site, stage, fields)`` records what each
+    site sent (its egress log)."""
     start = time.perf_counter()
     dims = {p.shape[1] for p in fit_points.values()}
     if len(dims) != 1:
@@ -80,11 +83,18 @@ def run_secure_clustering(
         for sid in ids
     }
     directory = {sid: site.public_key for sid, site in sites.items()}
-    for site in sites.values():
+    for sid, site in sites.items():
         site.receive_keys(directory)
+        if on_sent is not None:
+            on_sent(sid, "clustering/keys", [describe_value("public_key", site.public_key)])
     for r in range(len(plan.rounds)):
         request = server.request(r)
-        server.receive(r, [sites[sid].respond(request) for sid in ids])
+        answers = [sites[sid].respond(request) for sid in ids]
+        if on_sent is not None:
+            for answer in answers:
+                on_sent(answer.site_id, f"clustering/round-{r}",
+                        [describe_value("masked", answer.masked)])  # fmt: skip
+        server.receive(r, answers)
     centroids = np.array(server.centroids_)
     points = assign_points if assign_points is not None else fit_points
     labels = {}
@@ -143,6 +153,12 @@ def cluster_table_secure(
         all_points[site.id] = pts
         fit_points[site.id] = pts[fit[mine]]
     ledgers = {sid: Ledger.for_protocol(Path(ledger_root) / sid, loaded, sid) for sid in fit_points}
+
+    def sent(sid: str, stage: str, fields: list[dict[str, Any]]) -> None:
+        EgressLog(Path(ledger_root) / sid, sid, loaded.sha256).record(
+            "masked-aggregate", stage, "server", fields
+        )
+
     result = run_secure_clustering(
         fit_points,
         protocol,
@@ -150,6 +166,7 @@ def cluster_table_secure(
         lambda sid: noise_source_for(protocol, sid, "secure-clustering", unsafe_seed=unsafe_seed),
         context=loaded.sha256.encode() + b"|clustering",
         assign_points={sid: all_points[sid] for sid in fit_points},
+        on_sent=sent,
     )
     labels = np.zeros(len(table.subject_ids), dtype=np.int64)
     for sid, idx in rows.items():

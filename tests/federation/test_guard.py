@@ -24,7 +24,12 @@ from flwr.common import (
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from securefed.federation.guard import GUARD_ERROR_CODE, check_reply, make_egress_guard
+from securefed.federation.guard import (
+    GUARD_ERROR_CODE,
+    GuardPolicy,
+    check_reply,
+    make_egress_guard,
+)
 from securefed.protocol.egress import TrainingEgress
 
 PLAIN = TrainingEgress("train-counts", True, True, "raw")
@@ -106,7 +111,7 @@ def test_secagg_messages_only_under_secagg_and_unknown_types_refused() -> None:
 
 def test_the_mod_replaces_a_refused_reply_by_an_error_and_records_it() -> None:
     refused: list[str] = []
-    guard = make_egress_guard(lambda ctxt: (DP, True, refused.append))
+    guard = make_egress_guard(lambda ctxt: GuardPolicy(DP, True, refused.append))
     request, reply = _fit(n=5)
     out = guard(request, None, lambda m, c: reply)  # type: ignore[arg-type]
     assert out.has_error() and out.error.code == GUARD_ERROR_CODE

@@ -66,6 +66,16 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     assert len(collected) == 1 + 10
     clusters = (rundir / "clusters.csv").read_text().splitlines()
     assert clusters[0] == "subject_id,partition_id,split,cluster" and len(clusters) == 16
+    # The egress census: every field every site sent (features envelope, each Flower reply) has
+    # a declaration; a plain protocol claims no finite epsilon, so its clear values are allowed.
+    audit = runner.invoke(app, ["audit", "egress", str(rundir)])
+    assert audit.exit_code == 0, audit.output
+    census = json.loads((rundir / "audit" / "egress.json").read_text())
+    stages = {r["stage"] for r in census["fields"]}
+    assert "features" in stages and any(s.startswith("training/global/") for s in stages)
+    assert any(s.startswith("training/cluster-") for s in stages)
+    kinds = {r["protection"] for r in census["fields"]}
+    assert "undeclared" not in kinds and "secure-aggregate" in kinds and "clear" in kinds
     # Resume: every stage but the report is skipped, nothing is recomputed.
     before = (rundir / "training" / "phases.json").stat().st_mtime_ns
     again = runner.invoke(app, args)
@@ -157,6 +167,15 @@ def test_secure_aggregate_clustering_through_the_study(
         assert "training-round" in res.output and "budget-spend" in res.output
     res = CliRunner().invoke(app, ["audit", "verify", str(rundir / "server")])
     assert res.exit_code == 0, res.output
+    # The egress census: masked aggregates and SecAgg+ messages only; weights the constant 1.
+    res = CliRunner().invoke(app, ["audit", "egress", str(rundir), "--differential"])
+    assert res.exit_code == 0, res.output
+    census = json.loads((rundir / "audit" / "egress.json").read_text())
+    by = {(r["stage"], r["field"]): r["protection"] for r in census["fields"]}
+    assert by[("clustering/rounds", "masked")] == "secure-aggregate"
+    assert by[("training/global/train", "fitres.num_examples.num_examples")] == "public-constant"
+    assert "clear" not in set(by.values()) and "undeclared" not in set(by.values())
+    assert census["differential"]["applies"] is False
 
 
 @pytest.mark.slow
