@@ -22,7 +22,7 @@ once on a neighbouring dataset (one patient's features replaced by another patie
 identical across the two identical runs but different on the neighbour is deterministic in the
 data, a finding unless it is declared ``dp`` (or ``clear`` under a protocol without a finite
 claim). It would have caught the data-derived release id of earlier versions.
-Tests: ``tests/audit/test_egress_census.py``.
+Tests: ``tests/study/test_egress_census.py``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
     group.command("sign")(sign)
     group.command("dp")(dp)
     group.command("egress")(egress)
+    group.command("features")(features)
 
 
 @handle_errors
@@ -187,3 +188,28 @@ def egress(
         raise AuditFindingError(
             f"{len(doc['findings'])} egress finding(s) (see {Path(rundir) / 'audit/egress.json'})"
         )
+
+
+@handle_errors
+def features(
+    rundir: Annotated[Path, typer.Argument(help="A securefed run folder (RUNDIR).")],
+    truth: Annotated[Path, typer.Option("--truth", help="truth.csv of the (synthetic) data.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="The study's images: also run the reconstruction attack."),
+    ] = None,
+) -> None:
+    """Attacks on the features the server holds: scanner, institution and attribute inference,
+    linkage, reconstruction; each with its chance baseline and a 95 % interval."""
+    from securefed.audit.features import run_feature_attacks
+
+    doc = run_feature_attacks(rundir, truth, data=data)
+    for a in doc["attacks"]:
+        lo, hi = a["ci"]
+        console.print(
+            f"{a['attack']} {a['target']}: {a['metric']} {a['value']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"(chance {a['chance']:.3f}, n {a['n']})", highlight=False, markup=False,
+        )  # fmt: skip
+    for na in doc["not_applicable"]:
+        info(f"{na['attack']}: not applicable: {na['why']}")
+    console.print(str(Path(rundir) / "audit" / "features.json"), highlight=False)

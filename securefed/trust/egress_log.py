@@ -6,7 +6,7 @@ Each entry names the kind (``envelope`` or ``flower-reply``), the stage (``featu
 their value, arrays, byte strings and lists by SHA-256 digest with their shape or length (the log
 stays at the site; what it holds already left it). The auditor's census
 (``securefed audit egress``) reads these logs and checks each field against what the protocol
-declares (securefed.audit.egress). Tests: ``tests/audit/test_egress_census.py``.
+declares (securefed.audit.egress). Tests: ``tests/study/test_egress_census.py``.
 """
 
 from __future__ import annotations

@@ -8,12 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
-from support.study import reference_bounds, tiny_protocol
 from typer.testing import CliRunner
 
 import securefed.site.release as release_module
@@ -21,32 +18,6 @@ from securefed.audit.egress import SECAGG_RECORD, census, run_egress_audit
 from securefed.cli import app
 from securefed.protocol import load_protocol
 from securefed.trust.egress_log import EgressLog, read_egress_log
-
-
-def _local_dp_protocol(tmp: Path) -> Path:
-    sha = reference_bounds(tmp)
-    path = tiny_protocol(tmp)
-    data = tomllib.loads(path.read_text())
-    data["release"] = {
-        "mode": "local-dp", "mechanism": "gaussian", "epsilon": 4.0, "delta": 1e-6,
-        "bounds": {"file": "bounds.json", "sha256": sha}, "projection": "random",
-        "dimension": 4, "projection_seed": 3,
-    }  # fmt: skip
-    data["clustering"]["scaling"] = "declared-bounds"
-    path.write_bytes(tomli_w.dumps(data).encode())
-    return path
-
-
-@pytest.fixture(scope="module")
-def dp_rundir(tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local-dp study of the tiny federation up to clustering."""
-    tmp = tmp_path_factory.mktemp("egress")
-    rundir = tmp / "run"
-    res = CliRunner().invoke(app, ["run", str(_local_dp_protocol(tmp)), "--data",
-                                   str(tiny_federation), "--out", str(rundir), "--stop-after",
-                                   "clustering", "--workers", "1"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    return rundir
 
 
 @pytest.mark.slow

@@ -1,0 +1,277 @@
+"""Attacks on what the server holds of the features (``securefed audit features RUNDIR --truth``).
+
+The attacker is the server (or anyone holding its collected table, ``RUNDIR/server/features``):
+
+- ``scanner-inference`` / ``institution-inference``: the scanner or institution of a released
+  vector alone (cross-validated logistic regression and gradient boosting, the better reported);
+  metric accuracy, chance the majority class, exact Clopper-Pearson interval;
+- ``attribute-inference``: tumour volumes TC/WT/ET (truth.csv ``tc_ml``, ``wt_ml``, ``et_ml``)
+  from the released vector (cross-validated ridge regression); metric R^2 against a mean
+  predictor (chance 0), bootstrap interval;
+- ``linkage``: the attacker holds a patient's own images, so it can compute that patient's raw
+  features and map them as a release would (clip and project, without noise: public); it looks
+  for the patient's record among the released ones (nearest neighbour); metrics top-1 and top-5
+  rates against 1/n and 5/n, Clopper-Pearson intervals;
+- ``reconstruction`` (with ``--data``): a ridge decoder from the released vector to the case's
+  FLAIR at 16^3 (z-scored), cross-validated; SSIM and PSNR (MONAI) against predicting the mean
+  image, bootstrap intervals.
+
+A secure-aggregate release sends no per-case vector: the server holds noised sums only, and
+every attack above on per-case records does not apply (said in ``not_applicable``).
+Results: ``RUNDIR/audit/features.json`` and ``features.png``. These attacks measure leakage; no
+protocol claim bounds their success directly, so they are reported, never an exit 4.
+Tests: ``tests/study/test_feature_attacks.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefed.errors import ConfigError, DataError
+from securefed.fileio import write_json_atomic
+from securefed.protocol import LoadedProtocol, load_protocol
+
+__all__ = ["run_feature_attacks"]
+
+CONFIDENCE = 0.95
+_BOOT = 1000
+
+
+def _cp(k: int, n: int) -> list[float]:
+    from securefed.audit.dp import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n, CONFIDENCE)
+    return [lo, hi]
+
+
+def _folds(y: np.ndarray | None, n: int) -> Any:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if y is not None:
+        _, counts = np.unique(y, return_counts=True)
+        if counts.min() >= 2:
+            return StratifiedKFold(n_splits=int(min(5, counts.min())), shuffle=True,
+                                   random_state=0)  # fmt: skip
+    return KFold(n_splits=min(5, n), shuffle=True, random_state=0)
+
+
+def _classify(x: np.ndarray, y: np.ndarray, target: str, attack: str) -> dict[str, Any]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes, counts = np.unique(y, return_counts=True)
+    chance = float(counts.max() / len(y))
+    if len(classes) < 2:
+        return {"attack": attack, "target": target, "metric": "accuracy", "value": 1.0,
+                "chance": 1.0, "ci": [1.0, 1.0], "n": len(y), "note": "one class only"}  # fmt: skip
+    models = {
+        "logistic-regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        "gradient-boosting": HistGradientBoostingClassifier(max_iter=100, random_state=0),
+    }
+    best: tuple[float, str] = (-1.0, "")
+    for name, model in models.items():
+        pred = cross_val_predict(model, x, y, cv=_folds(y, len(y)))
+        acc = float(np.mean(pred == y))
+        best = max(best, (acc, name))
+    k = int(round(best[0] * len(y)))
+    return {"attack": attack, "target": target, "metric": "accuracy", "value": best[0],
+            "chance": chance, "ci": _cp(k, len(y)), "n": len(y), "model": best[1]}  # fmt: skip
+
+
+def _bootstrap(fn: Any, n: int, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    vals = sorted(fn(rng.integers(0, n, n)) for _ in range(_BOOT))
+    a = (1 - CONFIDENCE) / 2
+    return [float(vals[int(a * _BOOT)]), float(vals[int((1 - a) * _BOOT) - 1])]
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - pred) ** 2)) / tot if tot > 0 else 0.0
+
+
+def _regress(x: np.ndarray, y: np.ndarray, target: str) -> dict[str, Any]:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    pred = cross_val_predict(model, x, y, cv=_folds(None, len(y)))
+    return {"attack": "attribute-inference", "target": target, "metric": "r2",
+            "value": _r2(y, pred), "chance": 0.0,
+            "ci": _bootstrap(lambda i: _r2(y[i], pred[i]), len(y)), "n": len(y),
+            "model": "ridge"}  # fmt: skip
+
+
+def _linkage(released: np.ndarray, attacker: np.ndarray) -> list[dict[str, Any]]:
+    """Row i of ``attacker`` is the patient of released row i."""
+    n = len(released)
+    scale = released.std(axis=0)
+    scale[scale == 0] = 1.0
+    a, r = attacker / scale, released / scale
+    dist = ((a[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+    rank = (dist < dist[np.arange(n), np.arange(n)][:, None]).sum(1)  # 0 = the right record
+    out = []
+    for k in (1, 5):
+        hits = int(np.sum(rank < k))
+        out.append({"attack": "linkage", "target": f"top-{k}", "metric": f"top-{k} rate",
+                    "value": hits / n, "chance": min(1.0, k / n), "ci": _cp(hits, n),
+                    "n": n})  # fmt: skip
+    return out
+
+
+def _attacker_view(rundir: Path, loaded: LoadedProtocol, subject_ids: list[str],
+                   columns: list[str]) -> np.ndarray:  # fmt: skip
+    """Each released case's raw features, mapped as a release maps them (without noise)."""
+    from securefed.privacy.protection import release_space
+    from securefed.radiomics.storage import load_table
+
+    raw: dict[str, np.ndarray] = {}
+    raw_columns: tuple[str, ...] = ()
+    for featdir in sorted((rundir / "sites").glob("*/features")):
+        table, _ = load_table(featdir)
+        raw_columns = table.columns
+        for sid, row in zip(table.subject_ids, table.values, strict=True):
+            raw[sid] = row
+    missing = [s for s in subject_ids if s not in raw]
+    if missing:
+        raise DataError(f"{rundir}/sites: no raw features for {missing[0]} (the attacker's view)")
+    matrix = np.stack([raw[s] for s in subject_ids])
+    mapped = release_space(loaded, raw_columns, matrix)
+    if mapped.shape[1] != len(columns):
+        raise DataError("attacker view: released columns differ from the protocol's mapping")
+    return mapped
+
+
+def _reconstruction(data: Path, subject_ids: list[str], x: np.ndarray) -> list[dict[str, Any]]:
+    import torch
+    from monai.metrics import PSNRMetric, SSIMMetric
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from securefed.data.cases import discover_cases
+    from securefed.data.volumes import load_case
+
+    cases = discover_cases(data).cases
+    size = 16
+    vols = []
+    for sid in subject_ids:
+        if sid not in cases:
+            raise DataError(f"{data}: case {sid} not found (--data must be the study's data)")
+        flair = load_case(cases[sid]).image[0]
+        t = torch.from_numpy(flair)[None, None]
+        small = torch.nn.functional.interpolate(t, size=(size,) * 3, mode="area")[0, 0].numpy()
+        small = (small - small.mean()) / (small.std() + 1e-6)
+        vols.append(small.ravel())
+    y = np.stack(vols)
+    decoder = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 4, 11)))
+    pred = cross_val_predict(decoder, x, y, cv=_folds(None, len(y)))
+    mean = np.stack([y[np.arange(len(y)) != i].mean(0) for i in range(len(y))])  # leave-one-out
+    rng_ = float(y.max() - y.min())
+    ssim, psnr = SSIMMetric(spatial_dims=3, data_range=rng_, win_size=5), PSNRMetric(rng_)
+
+    def per_case(metric: Any, p: np.ndarray) -> np.ndarray:
+        a = torch.from_numpy(p.reshape(-1, 1, size, size, size)).float()
+        b = torch.from_numpy(y.reshape(-1, 1, size, size, size)).float()
+        return metric(a, b).numpy().ravel()
+
+    out = []
+    for name, metric in (("ssim", ssim), ("psnr", psnr)):
+        dec, base = per_case(metric, pred), per_case(metric, mean)
+        out.append({"attack": "reconstruction", "target": f"flair {size}^3", "metric": name,
+                    "value": float(dec.mean()), "chance": float(base.mean()),
+                    "ci": _bootstrap(lambda i, d=dec: float(d[i].mean()), len(dec)),
+                    "n": len(dec), "model": "ridge decoder vs mean image"})  # fmt: skip
+    return out
+
+
+def run_feature_attacks(rundir: Path, truth: Path, *, data: Path | None = None) -> dict[str, Any]:
+    """Run every attack on RUNDIR's collected features; write ``RUNDIR/audit/features.json``
+    and ``features.png``; return the document."""
+    import pandas as pd
+
+    from securefed.server.collect import load_collected
+
+    rundir = Path(rundir)
+    loaded = load_protocol(rundir / "protocol.toml")
+    mode = loaded.protocol.release.mode
+    doc: dict[str, Any] = {"kind": "feature-attacks", "protocol": loaded.sha256,
+                           "release_mode": mode, "epsilon": loaded.protocol.release.epsilon,
+                           "attacks": [], "not_applicable": []}  # fmt: skip
+    names = ["scanner-inference", "institution-inference", "attribute-inference", "linkage",
+             "reconstruction"]  # fmt: skip
+    if mode == "secure-aggregate":
+        why = (
+            "no per-case vector leaves a site: the server holds masked, noised per-cluster "
+            "counts and sums only; an attack on per-case records has nothing to attack"
+        )
+        doc["not_applicable"] = [{"attack": a, "why": why} for a in names]
+        return _write(rundir, doc)
+    folder = rundir / "server" / "features"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no collected features (run the study's features stage)")
+    held = load_collected(folder)
+    x = np.asarray(held.values, dtype=np.float64)
+    try:
+        df = pd.read_csv(truth, dtype={"subject_id": str}).set_index("subject_id")
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{truth}: cannot read truth.csv with a subject_id column ({exc})") from exc
+    absent = [s for s in held.subject_ids if s not in df.index]
+    if absent:
+        raise DataError(f"{truth}: {len(absent)} released cases are missing, e.g. {absent[0]}")
+    rows = df.loc[held.subject_ids]
+    for col, attack in (("scanner", "scanner-inference"), ("institution", "institution-inference")):
+        if col in rows.columns:
+            doc["attacks"].append(_classify(x, rows[col].astype(str).to_numpy(), col, attack))
+    for col in ("tc_ml", "wt_ml", "et_ml"):
+        if col in rows.columns:
+            doc["attacks"].append(_regress(x, rows[col].to_numpy(dtype=np.float64), col))
+    attacker = _attacker_view(rundir, loaded, held.subject_ids, held.columns)
+    doc["attacks"] += _linkage(x, attacker)
+    if data is not None:
+        doc["attacks"] += _reconstruction(Path(data), held.subject_ids, x)
+    else:
+        doc["not_applicable"].append({"attack": "reconstruction", "why": "needs --data (the "
+                                      "study's images, for the decoder's targets)"})  # fmt: skip
+    return _write(rundir, doc)
+
+
+def _write(rundir: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    out = rundir / "audit"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "features.json", doc)
+    _plot(doc["attacks"], out / "features.png")
+    return doc
+
+
+def _plot(attacks: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = [a for a in attacks if a["metric"] != "psnr"]  # dB: not on this scale
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * max(1, len(attacks)) + 1.3))
+    labels = [f"{a['attack']} ({a['target']}, {a['metric']})" for a in attacks]
+    for i, a in enumerate(attacks):
+        lo, hi = a["ci"]
+        ax.plot([lo, hi], [i, i], color="#4c72b0", lw=2)
+        ax.plot(a["value"], i, "o", color="#4c72b0")
+        ax.plot(a["chance"], i, "|", color="#c44e52", ms=12, mew=2)
+    ax.set_yticks(range(len(attacks)), labels, fontsize=7)
+    ax.set_xlabel("attack success (dot, 95 % interval) and chance (red bar)")
+    if attacks and not any(math.isnan(a["value"]) for a in attacks):
+        ax.set_title("Attacks on the released features", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
