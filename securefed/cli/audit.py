@@ -6,7 +6,10 @@ ledger or exceed the protocol. ``audit egress RUNDIR`` writes ``RUNDIR/audit/egr
 ``egress.png`` and exits 0, or 4 when a field left a site undeclared, or in clear and
 patient-derived under a protocol that claims a finite epsilon. ``audit dp --out DIR`` writes
 ``DIR/dp.json`` (shapes in docs/auditing.md) and ``DIR/dp.png`` and exits 0, or 4 when a
-mechanism's empirical lower bound on epsilon is above its claim.
+mechanism's empirical lower bound on epsilon is above its claim. ``audit features RUNDIR --truth
+T`` writes ``RUNDIR/audit/features.json`` (exit 0: attacks measure, no claim bounds them).
+``audit report RUNDIR`` writes ``RUNDIR/audit/audit.html`` and exits 4 when any audit there holds
+a finding.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def register(app: typer.Typer) -> None:
     group.command("dp")(dp)
     group.command("egress")(egress)
     group.command("features")(features)
+    group.command("report")(report)
 
 
 @handle_errors
@@ -213,3 +217,18 @@ def features(
     for na in doc["not_applicable"]:
         info(f"{na['attack']}: not applicable: {na['why']}")
     console.print(str(Path(rundir) / "audit" / "features.json"), highlight=False)
+
+
+@handle_errors
+def report(
+    rundir: Annotated[Path, typer.Argument(help="A securefed run folder (RUNDIR).")],
+) -> None:
+    """Gather the run's audits (RUNDIR/audit/*.json) into RUNDIR/audit/audit.html. Exit 4 when
+    any of them holds a finding."""
+    from securefed.audit.report import write_audit_report
+    from securefed.errors import AuditFindingError
+
+    path, findings = write_audit_report(rundir)
+    console.print(str(path), highlight=False)
+    if findings:
+        raise AuditFindingError(f"{len(findings)} audit finding(s); see {path}")
