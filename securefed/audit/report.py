@@ -1,7 +1,8 @@
-"""``securefed audit report RUNDIR``: the audits of a run in one page, ``RUNDIR/audit/audit.html``
-(egress census, feature attacks, DP audit, findings), from the JSON files the other audit
-commands wrote there. A missing audit is shown with the command that produces it.
-Tests: ``tests/study/test_audit_report.py`` (rendered in headless Chromium)."""
+"""``securefed audit report RUNDIR``: the audits of a run in one page,
+``RUNDIR/audit/audit.html`` (egress census, feature attacks, membership inference, DP audit,
+findings), from the JSON files the other audit commands wrote there. A missing audit is shown
+with the command that produces it. Tests: ``tests/study/test_audit_report.py`` (rendered in
+headless Chromium)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
     loaded = load_protocol(rundir / "protocol.toml")
     folder = rundir / "audit"
     folder.mkdir(parents=True, exist_ok=True)
-    egress, features, dp = (_load(folder, n) for n in ("egress", "features", "dp"))
+    egress, features, models, dp = (
+        _load(folder, n) for n in ("egress", "features", "models", "dp")
+    )
     findings = audit_findings(egress, dp)
     flagged = {(f["site"], f["stage"], f["field"]) for f in (egress or {}).get("findings", [])}
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -74,6 +77,7 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
         "egress": egress,
         "egress_rows": sorted(rows.values(), key=lambda r: (r["stage"], r["protection"])),
         "features": features,
+        "models": models,
         "dp": dp,
         "findings": findings,
     }

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
     group.command("dp")(dp)
     group.command("egress")(egress)
     group.command("features")(features)
+    group.command("models")(models)
     group.command("report")(report)
 
 
@@ -232,3 +233,41 @@ def report(
     console.print(str(path), highlight=False)
     if findings:
         raise AuditFindingError(f"{len(findings)} audit finding(s); see {path}")
+
+
+@handle_errors
+def models(
+    rundir: Annotated[Path, typer.Argument(help="A securefed run folder (RUNDIR).")],
+    truth: Annotated[
+        Path | None, typer.Option("--truth", help="truth.csv: members per scanner in the JSON.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The study's images (required).")
+    ] = None,
+    references: Annotated[
+        int, typer.Option("--references", min=2, max=64, help="Reference models to train.")
+    ] = 4,
+    reference_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--reference-steps",
+            min=1,
+            help="Steps per reference model (default: global_rounds x local_steps).",
+        ),
+    ] = None,
+) -> None:
+    """Membership inference on the FedAvg and CFFL models: a loss-threshold attack and a
+    reference-model attack (offline LiRA), AUC and TPR at 1 % and 0.1 % FPR with intervals."""
+    from securefed.audit.models import run_model_attacks
+    from securefed.errors import ConfigError
+
+    if data is None:
+        raise ConfigError("--data is required: the study's images (each case's loss)")
+    doc = run_model_attacks(rundir, data, references=references, reference_steps=reference_steps,
+                            truth=truth, progress=info)  # fmt: skip
+    for a in doc["attacks"]:
+        lo, hi = a["ci"]
+        console.print(f"membership {a['target']} / {a['model']}: {a['metric']} {a['value']:.3f} "
+                      f"[{lo:.3f}, {hi:.3f}] (chance {a['chance']:g})", highlight=False,
+                      markup=False)  # fmt: skip
+    console.print(str(Path(rundir) / "audit" / "models.json"), highlight=False)

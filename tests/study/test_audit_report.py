@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from securefed.cli import app
 
-SECTIONS = ("egress", "features", "dp", "findings")
+SECTIONS = ("egress", "features", "models", "dp", "findings")
 
 
 def _chromium(page: Path, tmp: Path) -> tuple[str, np.ndarray]:
@@ -68,3 +68,4 @@ def test_report_names_the_commands_of_missing_audits(plain_rundir: Path, tmp_pat
     html = (run / "audit" / "audit.html").read_text()
     assert "Not run: <code>securefed audit egress" in html
     assert "securefed audit dp --out" in html and "securefed audit features" in html
+    assert "securefed audit models" in html
