@@ -106,8 +106,8 @@ def dp(
         list[str] | None,
         typer.Option(
             "--mechanism",
-            help="feature-gaussian, feature-laplace, clustering-shares (default: these three) "
-            "or float-laplace (a float sampler the audit must catch); repeatable.",
+            help="feature-gaussian, feature-laplace, clustering-shares, dp-sgd (default: these "
+            "four) or float-laplace (a float sampler the audit must catch); repeatable.",
         ),
     ] = None,
     trials: Annotated[
@@ -148,7 +148,7 @@ def dp(
         console.print(
             f"{row['mechanism']}: claimed epsilon {row['claimed_epsilon']:g}, empirical lower "
             f"bound {row['lower_bound']:.3g} ({row['trials']} trials, float distinguisher "
-            f"{row['float_distinguisher']['impossible_fraction']:.1%}) {mark}",
+            f"{_fraction(row['float_distinguisher']['impossible_fraction'])}) {mark}",
             highlight=False, markup=False,
         )  # fmt: skip
     console.print(str(out / "dp.json"), highlight=False)
@@ -157,6 +157,10 @@ def dp(
             f"empirical epsilon above the claim for {', '.join(doc['findings'])} (see "
             f"{out / 'dp.json'})"
         )
+
+
+def _fraction(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 @handle_errors

@@ -51,6 +51,7 @@ __all__ = [
     "planned_rounds",
     "planned_steps_per_round",
     "plan_dpsgd",
+    "calibrate_step_multiplier",
     "dp_batches",
     "site_ledger",
     "release_id_for",
@@ -113,6 +114,20 @@ def planned_steps_per_round(training: Any, n_train: int) -> int:
     return max(1, per_epochs)
 
 
+def calibrate_step_multiplier(
+    epsilon: float, delta: float, total_steps: int, accountant: str
+) -> float:
+    """Opacus's noise multiplier m for ``total_steps`` DP-SGD steps within (epsilon, delta): each
+    step recorded as ``GaussianDpEvent(m / 2)`` (sensitivity 2C: one patient replaced), composed
+    by the protocol's accountant. Shared by the site's plan and the DP audit."""
+
+    def event(m: float) -> dp_accounting.DpEvent:
+        step = dp_accounting.GaussianDpEvent(m / 2.0)
+        return dp_accounting.SelfComposedDpEvent(step, int(total_steps))
+
+    return calibrate_noise_multiplier(epsilon, delta, event, lambda: make_accountant(accountant))
+
+
 def plan_dpsgd(protocol: Protocol, n_train: int) -> DPSGDPlan:
     """Calibrate the noise multiplier for this site (cached per protocol and ``n_train``)."""
     dps = protocol.training.dp_sgd
@@ -125,12 +140,7 @@ def plan_dpsgd(protocol: Protocol, n_train: int) -> DPSGDPlan:
     if key in _PLAN_CACHE:
         return _PLAN_CACHE[key]
     eps, delta = float(dps.epsilon), float(dps.delta)
-    total = steps * rounds
-
-    def event(m: float) -> dp_accounting.DpEvent:
-        return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(m / 2.0), total)
-
-    m = calibrate_noise_multiplier(eps, delta, event, lambda: make_accountant(kind))
+    m = calibrate_step_multiplier(eps, delta, steps * rounds, kind)
     plan = DPSGDPlan(
         m, float(dps.max_grad_norm), int(protocol.training.batch_size), steps, rounds, eps, delta,
         kind,
