@@ -243,7 +243,9 @@ def run_dp_audit(
     rows = []
     for name in mechanisms:
         if progress is not None:
-            progress(f"{name}: {trials} trials at each of two neighbouring inputs")
+            what = ("one DP-SGD run with 2000 canaries" if name == ONE_RUN
+                    else f"{trials} trials at each of two neighbouring inputs")  # fmt: skip
+            progress(f"{name}: {what}")
         if name == ONE_RUN:
             rows.append(_dp_sgd_row(epsilon, delta, noise_scale))
             continue
