@@ -325,7 +325,9 @@ def make_client_app(
     def policy(context: Context) -> GuardPolicy:
         site = site_of(context)
         loaded = _load_site_protocol(site)
-        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
+        ledger_dir = (
+            site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
+        )
         sites_ = loaded.protocol.resolve_sites([site.partition_id])
         sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
 

@@ -131,5 +131,8 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
     for p in (1, 2, 3):
         audit = (tmp_path / f"site-{p}" / "audit.jsonl").read_text()
         assert '"event":"app-refused"' in audit and app_hash(rogue) in audit
+        # What the site sent is in its egress log (the auditor's census reads it).
+        egress = (tmp_path / f"site-{p}" / "egress.jsonl").read_text()
+        assert '"kind": "flower-reply"' in egress and "training/global/train" in egress
     link = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
     assert "insecure" not in link.lower()
