@@ -4,7 +4,8 @@ each site's own launcher (`securefed site supernode`: protocol accepted by the s
 policy, node key pinned by the protocol, only approved app bundles). One test shows a tiny
 SecAgg+ phase through `flwr run` and each refusal the governance issue names: an unapproved app
 bundle (refused by every site before installing it, logged in its audit log), an unregistered
-node, a plaintext connection; every process started is stopped (no leftover pid)."""
+node, a plaintext connection, a protocol the site's own policy does not accept (its launcher
+exits 3 before starting anything); every process started is stopped (no leftover pid)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from support.deployment import make_tls, study
 from support.flower import write_assignments
 
@@ -63,18 +66,22 @@ def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_loopback_deployment_runs_and_refuses(tmp_path):
-    proto, configs, node_keys = study(tmp_path)
+    proto, configs, node_keys = study(tmp_path, n_sites=5)
     loaded = load_protocol(proto)
+    # site-5's own policy allows less than the protocol spends: its launcher must refuse.
+    strict = tomllib.loads(configs["site-5"].read_text())
+    strict["policy"]["max_total_epsilon"] = 0.5
+    configs["site-5"].write_text(tomli_w.dumps(strict))
     layout = {p: [("train", 0)] * 2 + [("val", 0)] for p in (1, 2, 3)}
     local = []
-    for p in (1, 2, 3, 4):
+    for p in (1, 2, 3, 4, 5):
         sid = f"site-{p}"
         (tmp_path / sid).mkdir()
         asg = write_assignments(tmp_path / sid / "clusters.csv", layout) if p < 4 else None
         local.append(LocalSite(
             site_id=sid, protocol=proto, site_config=configs[sid], node_key=node_keys[sid],
             data_dir=tmp_path, work_dir=tmp_path / sid, assignments=asg, partition_id=p,
-            register=p != 4,  # site-4's key is never registered: the SuperLink refuses it
+            register=p < 4,  # site-4's key is never registered: the SuperLink refuses it
         ))  # fmt: skip
     ca, cert, key = make_tls(tmp_path / "tls")
     env = {
@@ -91,8 +98,13 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
     dep.start()
     started = [p.pid for p in dep.processes]
     try:
+        # The site whose policy does not accept the protocol: refused before anything starts.
+        site5 = dep.processes[-1]
+        assert _wait_exit(site5, 120) == 3
+        log5 = " ".join((tmp_path / "deploy" / "logs" / "site-site-5.log").read_text().split())
+        assert "max_total_epsilon" in log5 and not (tmp_path / "site-5" / "flwr-home").exists()
         # The unregistered node: its SuperLink connection is refused, its launcher exits.
-        site4 = dep.processes[-1]
+        site4 = dep.processes[-2]
         assert _wait_exit(site4, 120) not in (0, None)
         log4 = " ".join((tmp_path / "deploy" / "logs" / "site-site-4.log").read_text().split())
         assert "Flower exit code 305" in log4 and "node key is not registered" in log4
@@ -126,7 +138,7 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
         assert state["status"] == "failed" and "is not approved" in state["error"]
     finally:
         stopped = dep.stop()
-    assert len(started) == 5 and set(started) <= set(stopped)
+    assert len(started) == 6 and set(started) <= set(stopped)
     assert not _groups_alive(stopped), "leftover processes"
     for p in (1, 2, 3):
         audit = (tmp_path / f"site-{p}" / "audit.jsonl").read_text()
