@@ -29,7 +29,22 @@ from securefed.federation.app import app_dir
 from securefed.federation.config import PhaseConfig, SiteSettings
 from securefed.fileio import read_json
 
-__all__ = ["Deployment", "LocalSite"]
+__all__ = ["Deployment", "LocalSite", "flower_env"]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of Flower processes started here: this interpreter's scripts first on
+    PATH, a per-party FLWR_HOME, no telemetry, no runtime dependency installation (it would pull
+    a CUDA torch), no update check."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+    )
+    return env
 
 
 @dataclass(frozen=True)
@@ -83,16 +98,7 @@ class Deployment:
         return self.work_dir / "flwr-home"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        bindir = str(Path(sys.executable).parent)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-        env.update(
-            FLWR_HOME=str(self.flwr_home),
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-        )
-        return env
+        return flower_env(self.flwr_home)
 
     def _tls_args(self, server: bool) -> list[str]:
         if self.ca_cert is None:

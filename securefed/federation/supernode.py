@@ -29,6 +29,7 @@ from pathlib import Path
 
 from securefed.errors import ConfigError, SiteTrustError, TrainingError
 from securefed.federation.config import SiteSettings
+from securefed.federation.deployment import flower_env
 from securefed.federation.site_executor import SiteExecutor
 from securefed.fileio import write_exclusive
 
@@ -54,15 +55,7 @@ class SiteNode:
         return self.work_dir / "flwr-home"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        env.update(
-            FLWR_HOME=str(self.flwr_home),
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-        )
-        return env
+        return flower_env(self.flwr_home)
 
     def _secret(self) -> tuple[Path, bytes]:
         """A fresh SuperExec secret for this start (mode 0600)."""

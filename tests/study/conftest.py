@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
-from support.study import TINY, reference_bounds, tiny_protocol
+from support.study import TINY, tiny_local_dp_protocol, tiny_protocol
 from typer.testing import CliRunner
 
 from securefed.cli import app
@@ -22,26 +20,12 @@ def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _local_dp_protocol(tmp: Path) -> Path:
-    sha = reference_bounds(tmp)
-    path = tiny_protocol(tmp)
-    data = tomllib.loads(path.read_text())
-    data["release"] = {
-        "mode": "local-dp", "mechanism": "gaussian", "epsilon": 4.0, "delta": 1e-6,
-        "bounds": {"file": "bounds.json", "sha256": sha}, "projection": "random",
-        "dimension": 4, "projection_seed": 3,
-    }  # fmt: skip
-    data["clustering"]["scaling"] = "declared-bounds"
-    path.write_bytes(tomli_w.dumps(data).encode())
-    return path
-
-
 @pytest.fixture(scope="session")
 def dp_rundir(tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local-dp study of the tiny federation up to clustering."""
     tmp = tmp_path_factory.mktemp("egress")
     rundir = tmp / "run"
-    res = CliRunner().invoke(app, ["run", str(_local_dp_protocol(tmp)), "--data",
+    res = CliRunner().invoke(app, ["run", str(tiny_local_dp_protocol(tmp)), "--data",
                                    str(tiny_federation), "--out", str(rundir), "--stop-after",
                                    "clustering", "--workers", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -9,12 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
-from support.study import reference_bounds, tiny_protocol
+from support.study import tiny_local_dp_protocol
 from typer.testing import CliRunner
 
 from securefed.cli import app
@@ -25,18 +23,7 @@ from securefed.privacy.ledger import read_ledger
 
 
 def _protocol(tmp: Path) -> Path:
-    sha = reference_bounds(tmp)
-    path = tiny_protocol(tmp)
-    data = tomllib.loads(path.read_text())
-    data["privacy"]["unsafe_seeded_noise"] = True  # identical noise draws in every run
-    data["release"] = {
-        "mode": "local-dp", "mechanism": "gaussian", "epsilon": 4.0, "delta": 1e-6,
-        "bounds": {"file": "bounds.json", "sha256": sha}, "projection": "random",
-        "dimension": 4, "projection_seed": 3,
-    }  # fmt: skip
-    data["clustering"]["scaling"] = "declared-bounds"
-    path.write_bytes(tomli_w.dumps(data).encode())
-    return path
+    return tiny_local_dp_protocol(tmp, seeded=True)  # identical noise draws in every run
 
 
 def _run(protocol: Path, data: Path, rundir: Path) -> dict[str, list[str]]:

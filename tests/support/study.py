@@ -82,3 +82,22 @@ def reference_bounds(tmp: Path, seed: int = 7) -> str:
         margin=0.1,
     )  # fmt: skip
     return write_bounds(bounds, tmp / "bounds.json")
+
+
+def tiny_local_dp_protocol(tmp: Path, *, seeded: bool = False) -> Path:
+    """The tiny protocol with a local-dp Gaussian release (epsilon 4, 4-dim random projection,
+    bounds from a reference federation); ``seeded``: identical noise draws in every run
+    (simulation only, NOT private)."""
+    sha = reference_bounds(tmp)
+    path = tiny_protocol(tmp)
+    data = tomllib.loads(path.read_text())
+    if seeded:
+        data["privacy"]["unsafe_seeded_noise"] = True
+    data["release"] = {
+        "mode": "local-dp", "mechanism": "gaussian", "epsilon": 4.0, "delta": 1e-6,
+        "bounds": {"file": "bounds.json", "sha256": sha}, "projection": "random",
+        "dimension": 4, "projection_seed": 3,
+    }  # fmt: skip
+    data["clustering"]["scaling"] = "declared-bounds"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path
