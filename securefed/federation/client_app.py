@@ -34,6 +34,7 @@ from securefed.clustering.assignments import Assignment, read_assignments, site_
 from securefed.errors import ConfigError, SiteTrustError, TrainingError, WrongProtocolError
 from securefed.federation.config import SiteSettings
 from securefed.federation.guard import GuardPolicy, make_egress_guard
+from securefed.federation.he_round import encrypt_update, make_decrypt_mod
 from securefed.federation.metrics import site_summary
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
@@ -157,8 +158,9 @@ class SiteClient(NumPyClient):
         cluster = int(config.get("cluster", -1))
         if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites":
             # Every site joins every cluster's federation; without cases of this one the site
-            # returns the model it received (masked under SecAgg+ like any other update).
-            return [np.asarray(p) for p in parameters], self._weight(0), {}
+            # returns the model it received (masked under SecAgg+ or encrypted under BFV like
+            # any other update).
+            return self._out([np.asarray(p) for p in parameters], 0, config), self._weight(0), {}
         if n_train == 0:
             raise TrainingError(
                 f"site {self.site.partition_id}: no train cases for cluster "
@@ -171,7 +173,8 @@ class SiteClient(NumPyClient):
         self._audit_round(config, rnd)
         if self.spec.dp_sgd.enabled:
             out = self._fit_dp(model, data, config, n_train, rnd, seed)
-            return self.task.get_weights(model), self._weight(n_train), self._train_metrics(out)
+            weights = self._out(self.task.get_weights(model), n_train, config)
+            return weights, self._weight(n_train), self._train_metrics(out)
         out = self.task.train(
             model,
             data,
@@ -182,7 +185,17 @@ class SiteClient(NumPyClient):
             device=self.site.device,
             seed=seed,
         )
-        return self.task.get_weights(model), self._weight(n_train), self._train_metrics(out)
+        weights = self._out(self.task.get_weights(model), n_train, config)
+        return weights, self._weight(n_train), self._train_metrics(out)
+
+    def _out(self, arrays: list[np.ndarray], n_train: int, config: dict[str, Any]):
+        """The model as it leaves the site: in clear for fedavg and SecAgg+ (whose mod masks
+        it), one encrypted contribution under bfv (weighted by the declared FedAvg weight)."""
+        if self.spec.aggregation != "bfv":
+            return arrays
+        weight = max(1, self._weight(n_train))
+        return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=weight,
+                              config=config)  # fmt: skip
 
     def _audit_round(self, config: dict[str, Any], rnd: int) -> None:
         """The site's audit log (beside its ledger): this training round and its aggregation."""
@@ -350,12 +363,19 @@ def make_client_app(
                      *fields],
                 )  # fmt: skip
 
-        secagg = loaded.protocol.training.aggregation == "secagg+"
-        return GuardPolicy(training_egress(loaded.protocol), secagg, record, sent)
+        aggregation = loaded.protocol.training.aggregation
+        return GuardPolicy(training_egress(loaded.protocol), aggregation == "secagg+", record,
+                           sent, he=aggregation == "bfv")  # fmt: skip
+
+    def he_site(context: Context) -> tuple[SiteSettings, Any, str]:
+        site = site_of(context)
+        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
+        return site, _load_site_protocol(site), ledger_dir or site.work_dir
 
     # The guard is the outermost mod: it sees the reply exactly as it would leave the site.
     return ClientApp(
-        client_fn=client_fn, mods=[make_egress_guard(policy), conditional_secaggplus_mod]
+        client_fn=client_fn,
+        mods=[make_egress_guard(policy), make_decrypt_mod(he_site), conditional_secaggplus_mod],
     )
 
 

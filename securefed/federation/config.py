@@ -18,7 +18,7 @@ from securefed.errors import ConfigError
 
 __all__ = ["PhaseConfig", "SiteSettings", "parse_sites"]
 
-Aggregation = Literal["fedavg", "secagg+"]
+Aggregation = Literal["fedavg", "secagg+", "bfv"]
 
 
 def parse_sites(text: str) -> tuple[int, ...]:
@@ -72,6 +72,9 @@ class PhaseConfig:
     server_momentum: float = 0.0
     seed: int = 0
     node_sites: str = ""  # "node-id:partition-id,..." of the registered (authenticated) nodes
+    he_context: str = ""  # bfv: the server's aggregator context (parameters only, no key)
+    decryptor: int = -1  # bfv: partition id of the key holder that decrypts the verified sum
+    he_fields: int = 2  # bfv: values per slot (securefed.crypto.bfv.encoding_for)
 
     def __post_init__(self) -> None:
         for name in ("out_dir", "sites", "protocol_hash"):
@@ -81,11 +84,18 @@ class PhaseConfig:
             raise ConfigError(f"run config 'phase': expected global or cluster, got {self.phase!r}")
         if self.phase == "cluster" and self.cluster < 0:
             raise ConfigError("run config 'cluster': a cluster phase needs a cluster id >= 0")
-        if self.aggregation not in ("fedavg", "secagg+"):
+        if self.aggregation not in ("fedavg", "secagg+", "bfv"):
             raise ConfigError(
                 f"run config 'aggregation': {self.aggregation!r} is not served by the Flower app "
-                "(fedavg or secagg+)"
+                "(fedavg, secagg+ or bfv)"
             )
+        if self.aggregation == "bfv" and (not self.he_context or self.decryptor < 0):
+            raise ConfigError(
+                "run config: a bfv phase needs 'he-context' (the aggregator context made by the "
+                "key dealing) and 'decryptor' (the decrypting site's partition id)"
+            )
+        if self.he_fields not in (1, 2):
+            raise ConfigError(f"run config 'he-fields': 1 or 2, got {self.he_fields}")
         if self.rounds < 0:
             raise ConfigError("run config 'rounds' must be >= 0")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
@@ -123,7 +133,7 @@ class PhaseConfig:
     def digest(self) -> str:
         """Identity of what determines the phase's result (resume refuses a different one)."""
         data = asdict(self)
-        for key in ("out_dir", "node_wait_s", "timeout_s", "node_sites"):
+        for key in ("out_dir", "node_wait_s", "timeout_s", "node_sites", "he_context"):
             data.pop(key)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
@@ -184,6 +194,7 @@ class SiteSettings:
     site_config: str = (
         ""  # the site's trust and policy (securefed site init); required in deployment
     )
+    he_key: str = ""  # the site's BFV key (bfv aggregation); empty: <ledger-dir>/he/bfv.key
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SiteSettings:
@@ -203,6 +214,7 @@ class SiteSettings:
             ledger_dir=str(node_config.get("ledger-dir", "")),
             partitions=str(node_config.get("partitions", "")),
             site_config=str(node_config.get("site-config", "")),
+            he_key=str(node_config.get("he-key", "")),
         )
 
     def to_node_config(self) -> str:
@@ -217,6 +229,7 @@ class SiteSettings:
             ("ledger-dir", self.ledger_dir),
             ("partitions", self.partitions),
             ("site-config", self.site_config),
+            ("he-key", self.he_key),
         ):
             if value:
                 parts.append(f"{key}={json.dumps(str(value))}")

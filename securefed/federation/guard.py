@@ -8,6 +8,9 @@ Allowed replies, by message type:
   (the mean train loss under a plain protocol, nothing otherwise); a success status;
 - SecAgg+ protocol messages (keys, encrypted shares, masked vectors, unmasking shares) only when
   the protocol's aggregation is ``secagg+``;
+- under ``bfv`` the model travels as one uint8 array (the encrypted contribution, no larger than
+  the model's encoding) and the decryptor's reply to a decrypt request is the decoded average
+  only, with exactly the shapes and dtypes the request declares (securefed.federation.he_round);
 - evaluate: under a plain protocol the validation count and mean Dice per region; otherwise a
   zero count and no metric;
 - get_properties: partition id and protocol hash; get_parameters: the seeded initial model.
@@ -23,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import Context, Error, Message
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import MessageTypeLegacy
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
+from securefed.errors import SecurefedError
 from securefed.protocol.egress import TrainingEgress
 
 __all__ = ["GUARD_ERROR_CODE", "GuardPolicy", "check_reply", "make_egress_guard", "reply_fields"]
@@ -88,7 +93,54 @@ def _signature(array: Any) -> tuple[tuple[int, ...], str]:
     return tuple(shape), dtype.str
 
 
-def _check_train(request: Any, content: Any, egress: TrainingEgress, secagg: bool) -> list[str]:
+def _ciphertext_like(reply: Any, request: Any) -> list[str]:
+    """Under bfv: one uint8 vector no larger than the encoding of the model sent (one value per
+    slot, the largest packing)."""
+    from securefed.crypto.bfv import Encoding, contribution_bytes
+
+    out = reply.array_records.get("fitres.parameters")
+    sent = request.array_records.get("fitins.parameters")
+    if out is None or sent is None or len(out) != 1:
+        return ["fitres.parameters: expected one encrypted contribution"]
+    try:
+        ((_, array),) = out.items()
+        shape, dtype = _signature(array)
+        n = sum(int(np.prod(_signature(a)[0])) for a in sent.values())
+    except ValueError:
+        return ["fitres.parameters: an array is not a plain numpy array"]
+    if len(shape) != 1 or dtype not in ("uint8", "|u1"):
+        return ["fitres.parameters: the encrypted contribution is not a byte vector"]
+    bound = int(contribution_bytes(n, Encoding(clip=1.0, fields=1)) * 1.05) + 4096
+    return [] if shape[0] <= bound else [f"fitres.parameters: {shape[0]} bytes, over {bound}"]
+
+
+def _check_decrypt_reply(request: Any, content: Any, he: bool) -> list[str]:
+    from securefed.federation.he_round import HE_MEAN, declared_shapes
+
+    if not he:
+        return ["a decrypt request under a protocol whose aggregation is not bfv"]
+    if (
+        _keys(content.array_records) != {HE_MEAN}
+        or content.config_records
+        or (content.metric_records)
+    ):
+        return ["a decrypt reply carries undeclared records"]
+    try:
+        expected = [(np.dtype(d).str, s) for d, s in declared_shapes(request)]
+        got = [(np.dtype(_signature(a)[1]).str, _signature(a)[0])
+               for a in content.array_records[HE_MEAN].values()]  # fmt: skip
+    except (ValueError, TypeError, SecurefedError):
+        return ["a decrypt reply whose arrays cannot be checked"]
+    return [] if got == expected else ["a decrypt reply whose arrays are not the declared model"]
+
+
+def _check_train(
+    request: Any, content: Any, egress: TrainingEgress, secagg: bool, he: bool = False
+) -> list[str]:
+    from securefed.federation.he_round import HE_RECORD
+
+    if HE_RECORD in request.config_records:
+        return _check_decrypt_reply(request, content, he)
     problems: list[str] = []
     configs = _keys(content.config_records)
     if RECORD_KEY_CONFIGS in configs:
@@ -106,7 +158,10 @@ def _check_train(request: Any, content: Any, egress: TrainingEgress, secagg: boo
         problems.append("undeclared array records")
     if _keys(content.metric_records) != {"fitres.num_examples"}:
         problems.append("undeclared metric records")
-    problems += _arrays_like(content, request, "fitres.parameters")
+    if he:
+        problems += _ciphertext_like(content, request)
+    else:
+        problems += _arrays_like(content, request, "fitres.parameters")
     metrics = set(content.config_records.get("fitres.metrics", {}).keys())
     allowed = {"loss"} if egress.train_loss else set()
     if metrics - allowed:
@@ -138,13 +193,13 @@ def _check_evaluate(content: Any, egress: TrainingEgress) -> list[str]:
 
 
 def check_reply(
-    request: Message, reply: Message, egress: TrainingEgress, *, secagg: bool
+    request: Message, reply: Message, egress: TrainingEgress, *, secagg: bool, he: bool = False
 ) -> list[str]:
     """What in ``reply`` (to ``request``) the site's protocol does not declare (empty: none)."""
     kind = request.metadata.message_type
     content = reply.content
     if kind == MessageType.TRAIN:
-        return _check_train(request.content, content, egress, secagg)
+        return _check_train(request.content, content, egress, secagg, he)
     if kind == MessageType.EVALUATE:
         return _check_evaluate(content, egress)
     if kind == MessageTypeLegacy.GET_PROPERTIES:
@@ -165,13 +220,14 @@ def check_reply(
 @dataclass(frozen=True)
 class GuardPolicy:
     """What the guard needs of the site: its egress policy, whether its protocol uses SecAgg+,
-    a callback recording a refusal (the audit log) and one recording what left (the egress
-    log: the request it answers, the reply's fields)."""
+    a callback recording a refusal (the audit log), one recording what left (the egress
+    log: the request it answers, the reply's fields) and whether it aggregates under BFV."""
 
     egress: TrainingEgress
     secagg: bool
     on_refused: Callable[[str], None]
     on_sent: Callable[[Message, list[dict[str, Any]]], None] | None = None
+    he: bool = False
 
 
 def reply_fields(reply: Message) -> list[dict[str, Any]]:
@@ -199,7 +255,7 @@ def make_egress_guard(
         if reply.has_error():
             return reply
         policy = resolve(ctxt)
-        problems = check_reply(msg, reply, policy.egress, secagg=policy.secagg)
+        problems = check_reply(msg, reply, policy.egress, secagg=policy.secagg, he=policy.he)
         if not problems:
             if policy.on_sent is not None:
                 policy.on_sent(msg, reply_fields(reply))

@@ -56,21 +56,33 @@ def phase_config(
     assignments: Path,
     cluster: int | None = None,
     initial_weights: Path | None = None,
+    he_context: Path | None = None,
+    decryptor: int = -1,
 ) -> PhaseConfig:
     """The PhaseConfig of the global phase (``cluster=None``) or of one cluster's finetuning,
     from a LoadedProtocol. ``sites`` maps partition id -> train case count (FedAvg weights), or
     None where the server does not learn it; SecAgg+'s max_weight is tightened to the largest
     weight (better quantisation precision, never above the protocol's bound): 1 when the sites
-    send uniform weights (a protocol that claims a finite epsilon, securefed.protocol.egress)."""
+    send uniform weights (a protocol that claims a finite epsilon, securefed.protocol.egress).
+    Under bfv: ``he_context`` (the server's aggregator context) and ``decryptor`` (the study's
+    decrypting site); the packing is two values per slot when the phase's weight sum fits."""
     p = loaded.protocol
     egress = training_egress(p)
     t, sa = p.training, p.secure_aggregation
-    if t.aggregation not in ("fedavg", "secagg+"):
+    if t.aggregation not in ("fedavg", "secagg+", "bfv"):
         raise ConfigError(
-            f"training.aggregation {t.aggregation!r}: the Flower engine serves fedavg and secagg+"
+            f"training.aggregation {t.aggregation!r}: the Flower engine serves fedavg, secagg+ "
+            "and bfv"
         )
     counts = [n for n in sites.values() if n is not None]
     largest = 1 if egress.weights == "uniform" else max(counts, default=1)
+    max_weight = float(min(sa.max_weight, max(1, largest)))
+    fields = 2
+    if t.aggregation == "bfv":
+        from securefed.crypto.bfv import encoding_for
+
+        fields = encoding_for(sa.clipping_range, int(max_weight) * len(sites),
+                              p.homomorphic.precision_bits).fields  # fmt: skip
     return PhaseConfig(
         out_dir=str(out_dir),
         sites=",".join(str(s) for s in sorted(sites)),
@@ -87,7 +99,7 @@ def phase_config(
         reconstruction_threshold=sa.reconstruction_threshold,
         clipping_range=sa.clipping_range,
         quantization_range=sa.quantization_range,
-        max_weight=float(min(sa.max_weight, max(1, largest))),
+        max_weight=max_weight,
         timeout_s=sa.timeout_s,
         initial_weights=str(initial_weights) if initial_weights else "",
         assignments=str(assignments),
@@ -97,6 +109,9 @@ def phase_config(
         server_lr=t.server_lr if cluster is None else 1.0,
         server_momentum=t.server_momentum if cluster is None else 0.0,
         seed=t.seed,
+        he_context=str(he_context) if he_context else "",
+        decryptor=int(decryptor),
+        he_fields=fields,
     )
 
 

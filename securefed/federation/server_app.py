@@ -101,7 +101,9 @@ class PhaseStrategy(FedAvgM):
 
     def round_config(self, server_round: int) -> dict[str, Any]:
         c = self.cfg
+        extra = {"he-fields": c.he_fields} if c.aggregation == "bfv" else {}
         return {
+            **extra,
             "server-round": server_round,
             "phase": c.phase,
             "cluster": c.cluster,
@@ -177,8 +179,9 @@ def _set_weights(context: Context, weights: list[np.ndarray]) -> None:
 
 
 def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
-    """{partition id: node id} of the phase's sites, asking connected nodes who they are."""
-    wanted = set(cfg.site_ids)
+    """{partition id: node id} of the phase's sites (and, under bfv, of the decryptor), asking
+    connected nodes who they are."""
+    wanted = set(cfg.site_ids) | ({cfg.decryptor} if cfg.aggregation == "bfv" else set())
     found: dict[int, int] = {}
     asked: set[int] = set()
     mismatched: dict[int, str] = {}
@@ -294,6 +297,76 @@ def _plain_fit(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -
         context.history.add_metrics_distributed_fit(server_round=rnd, metrics=metrics)
 
 
+def _he_fit(
+    grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int, decryptor_node: int
+) -> None:
+    """One BFV round (securefed.federation.he_round): collect encrypted contributions, add them
+    without any key, have the decryptor open the verified sum, step the strategy on it."""
+    from securefed.crypto.bfv import sum_contributions
+    from securefed.federation.he_round import HE_MEAN, aggregator_context, decrypt_request
+
+    strategy = context.strategy
+    assert isinstance(strategy, PhaseStrategy)
+    params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
+    instructions = strategy.configure_fit(rnd, params, context.client_manager)
+    msgs = [
+        Message(
+            content=compat.fitins_to_recorddict(ins, True),
+            dst_node_id=proxy.node_id,
+            message_type=MessageType.TRAIN,
+            group_id=str(rnd),
+        )
+        for proxy, ins in instructions
+    ]
+    proxies = {proxy.node_id: proxy for proxy, _ in instructions}
+    results: list[tuple[ClientProxy, FitRes]] = []
+    failures: list[Any] = []
+    for reply in grid.send_and_receive(msgs, timeout=cfg.timeout_s):
+        if reply.has_error():
+            failures.append(Exception(reply.error))
+            continue
+        results.append((proxies[reply.metadata.src_node_id],
+                        compat.recorddict_to_fitres(reply.content, False)))  # fmt: skip
+    need = max(2, cfg.min_sites)
+    if len(results) < need:
+        raise TooFewParticipantsError(
+            f"{cfg.name} round {rnd}: {len(results)} of {len(msgs)} sites sent a contribution; a "
+            f"BFV aggregate needs at least {need}"
+        )
+    try:
+        total = sum_contributions(
+            aggregator_context(cfg.he_context),
+            (parameters_to_ndarrays(r.parameters)[0].tobytes() for _, r in results),
+        )
+    except SecurefedError as exc:
+        raise TrainingError(f"{cfg.name} round {rnd}: a contribution is refused: {exc}") from exc
+    current = parameters_to_ndarrays(params)
+    sites = sorted(strategy.partition_of_node[p.node_id] for p, _ in results)
+    request = Message(
+        content=decrypt_request(
+            total, phase=cfg.name, rnd=rnd, sites=sites, fields=cfg.he_fields,
+            shapes=[(a.dtype.str, a.shape) for a in current], protocol_hash=cfg.protocol_hash,
+        ),
+        dst_node_id=decryptor_node,
+        message_type=MessageType.TRAIN,
+        group_id=f"decrypt-{rnd}",
+    )  # fmt: skip
+    replies = list(grid.send_and_receive([request], timeout=cfg.timeout_s))
+    if not replies or replies[0].has_error():
+        why = replies[0].error.reason if replies else "no reply in time"
+        raise TrainingError(f"{cfg.name} round {rnd}: the decryptor did not open the sum: {why}")
+    mean = replies[0].content.array_records[HE_MEAN].to_numpy_ndarrays()
+    aggregate = ndarrays_to_parameters(mean)
+    for _, res in results:  # as SecAgg+ does: every result carries the aggregate
+        res.parameters = aggregate
+    aggregated, metrics = strategy.aggregate_fit(rnd, results, failures)
+    if aggregated is not None:
+        context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            aggregated, True
+        )
+        context.history.add_metrics_distributed_fit(server_round=rnd, metrics=metrics)
+
+
 def _evaluate(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> list[dict]:
     """Per-site validation metrics of the current weights (sites that answered in time)."""
     strategy = context.strategy
@@ -365,8 +438,8 @@ def _record_round(
 
 def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseState:
     """Run (or resume) one phase on ``grid``; returns the final state (also in out_dir)."""
-    if cfg.aggregation == "secagg+" and len(cfg.site_ids) < 2:
-        raise ConfigError(f"{cfg.name}: SecAgg+ needs at least 2 sites, the phase has 1")
+    if cfg.aggregation in ("secagg+", "bfv") and len(cfg.site_ids) < 2:
+        raise ConfigError(f"{cfg.name}: {cfg.aggregation} needs at least 2 sites, the phase has 1")
     workflow = _secagg_workflow(cfg) if cfg.aggregation == "secagg+" else None
     ckpt = PhaseCheckpoint(Path(cfg.out_dir))
     state = ckpt.load_state(cfg.digest())
@@ -376,7 +449,8 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
     strategy = PhaseStrategy(cfg, grid)
     legacy = LegacyContext(context, ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
     try:
-        strategy.select(_discover(grid, cfg))
+        found = _discover(grid, cfg)
+        strategy.select({p: n for p, n in found.items() if p in cfg.site_ids})
         if state.completed_round >= 0:
             weights = load_weights(ckpt.last_path)
             strategy.velocity = ckpt.load_momentum()
@@ -405,6 +479,8 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
             before = _params_record(legacy)
             if workflow is not None:
                 workflow(grid, legacy)
+            elif cfg.aggregation == "bfv":
+                _he_fit(grid, legacy, cfg, rnd, found[cfg.decryptor])
             else:
                 _plain_fit(grid, legacy, cfg, rnd)
             if _params_record(legacy) is before:

@@ -25,10 +25,13 @@ def run_simulation_phase(
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     by_pid = {s.partition_id: s for s in sites}
-    missing = [p for p in cfg.site_ids if p not in by_pid]
+    ids = list(cfg.site_ids)
+    if cfg.aggregation == "bfv" and cfg.decryptor not in ids:
+        ids.append(cfg.decryptor)  # a node that only decrypts (it holds no case of the phase)
+    missing = [p for p in ids if p not in by_pid]
     if missing:
         raise ConfigError(f"{cfg.name}: no site settings for partition(s) {missing}")
-    ordered = [by_pid[p] for p in cfg.site_ids]
+    ordered = [by_pid[p] for p in ids]
     backend_config: BackendConfig = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False},

@@ -161,11 +161,12 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
     t = p.training
     e = training_egress(p)
     dp = t.dp_sgd.enabled
-    weights_protection = (
-        "SecAgg+: masked and quantised, only the sum opens"
-        if t.aggregation == "secagg+"
-        else "clear (fedavg: the server sees each update)"
-    ) + (
+    weights_protection = {
+        "secagg+": "SecAgg+: masked and quantised, only the sum opens",
+        "bfv": "BFV: clipped, fixed point, encrypted under the sites' shared key; the server "
+        "adds ciphertexts and the decryptor site opens only the MAC-verified sum",
+        "fedavg": "clear (fedavg: the server sees each update)",
+    }[t.aggregation] + (
         "; DP-SGD (Opacus Gaussian noise in floating point, secure_mode), charged to the ledger"
         if dp
         else "; not DP (no DP-SGD)"
@@ -177,17 +178,29 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
         "released": ("assigned on the vectors the site released: the server can compute it",
                      "-"),
         "all-sites": ("every site joins every cluster's federation; a site without cases of "
-                      "it returns the model it received, masked under SecAgg+", "-"),
+                      "it returns the model it received, masked under SecAgg+ or encrypted "
+                      "under BFV",
+                      "-"),
     }[e.membership]  # fmt: skip
     test_dp = f"{_T_EGRESS}::test_dp_protocol_sends_no_patient_derived_training_value"
     test_plain = f"{_T_EGRESS}::test_plain_protocol_sends_counts_loss_and_dice"
     test_all_sites = (
         f"{_T_EGRESS}::test_all_sites_membership_returns_the_model_for_an_empty_cluster"
     )
+    he_rows = [
+        EgressRow("training", "decrypted aggregate (decryptor site only)", "server",
+                  "the weighted average of the round's models, once per phase and round, after "
+                  "the MAC shows it is the sum of the declared sites (at least "
+                  f"{t.min_sites_per_aggregate})", _g(t.dp_sgd.epsilon) if dp else "inf",
+                  "tests/federation/test_he_round.py::test_decryptor_refuses_a_second_decryption"),
+    ] if t.aggregation == "bfv" else []  # fmt: skip
+    weights_test = {
+        "bfv": "tests/federation/test_he_round.py::test_bfv_phase_matches_fedavg",
+    }.get(t.aggregation, "tests/federation/test_simulation.py::test_secagg_matches_fedavg")
     return [
         EgressRow("training", "model weights", "server", weights_protection,
-                  _g(t.dp_sgd.epsilon) if dp else "inf",
-                  "tests/federation/test_simulation.py::test_secagg_matches_fedavg"),
+                  _g(t.dp_sgd.epsilon) if dp else "inf", weights_test),
+        *he_rows,
         EgressRow("training", "FedAvg weight", "server",
                   "the site's train case count, clear" if clear else "1 (uniform, public)",
                   "inf" if clear else "-", test_plain if clear else test_dp),

@@ -412,9 +412,11 @@ class TrainingSpec(_Strict):
     baselines: tuple[Baseline, ...] = ("local", "fedavg", "cffl")
     """Methods to run and report; cffl-ideal and centralized are simulation-only, non-private upper
     bounds."""
-    aggregation: Literal["fedavg", "secagg+"] = "secagg+"
-    """How model updates are combined: plain FedAvg (the server sees each site's update) or Flower
-    SecAgg+ (the server unmasks only the sum)."""
+    aggregation: Literal["fedavg", "secagg+", "bfv"] = "secagg+"
+    """How model updates are combined: plain FedAvg (the server sees each site's update), Flower
+    SecAgg+ (the server unmasks only the sum) or fixed-point BFV homomorphic encryption (the server
+    adds ciphertexts it cannot decrypt; the ``homomorphic.decryptor`` site decrypts the verified
+    sum once per round; see [homomorphic])."""
     server_lr: float = Field(1.0, gt=0, le=10)
     """Server learning rate on the aggregate update of the global phase (FedAvgM, Hsu et al. 2019; 1
     with momentum 0 = plain FedAvg, the paper). CFFL finetuning always uses plain FedAvg."""
@@ -461,6 +463,20 @@ class SecureAggregationSpec(_Strict):
         return None
 
 
+class HomomorphicSpec(_Strict):
+    """Fixed-point BFV aggregation (``training.aggregation = "bfv"``, securefed.crypto.bfv): the
+    sites share one BFV key (dealt by the decryptor, sealed to each site); the server only adds
+    ciphertexts. Values are clipped to ``secure_aggregation.clipping_range``."""
+
+    precision_bits: int = Field(20, ge=8, le=28)
+    """Bits per quantised weight: the aggregate's error is at most clipping_range / (2^bits - 1)
+    (20: under 1e-6 of the clipping range)."""
+    decryptor: str | None = None
+    """The site that deals the key and decrypts every round's verified sum (once per phase and
+    round); unset: the training site with the lowest partition id. It learns what the server
+    learns: the aggregate model."""
+
+
 class EvaluationSpec(_Strict):
     """Sliding-window inference and metrics (the paper's empty-mask rule)."""
 
@@ -497,6 +513,7 @@ class Protocol(_Strict):
     clustering: ClusteringSpec = ClusteringSpec()
     training: TrainingSpec = TrainingSpec()
     secure_aggregation: SecureAggregationSpec = SecureAggregationSpec()
+    homomorphic: HomomorphicSpec = HomomorphicSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
 
     # -- cross-field checks --------------------------------------------------------------------
@@ -517,11 +534,11 @@ class Protocol(_Strict):
         account for that noise-free update."""
         if self.release.mode != "secure-aggregate" or "cffl" not in self.training.baselines:
             return
-        if self.training.aggregation != "secagg+":
+        if self.training.aggregation not in ("secagg+", "bfv"):
             raise ValueError(
                 "training.aggregation: CFFL with release.mode 'secure-aggregate' needs 'secagg+' "
-                "(every site joins every cluster's federation and only SecAgg+ hides which of "
-                "them hold no case of the cluster)"
+                "or 'bfv' (every site joins every cluster's federation and only a secure "
+                "aggregate hides which of them hold no case of the cluster)"
             )
         if self.training.dp_sgd.enabled:
             raise ValueError(
@@ -564,7 +581,13 @@ class Protocol(_Strict):
         secagg = self.training.aggregation == "secagg+"
         if secagg and (problem := self.secure_aggregation.secaggplus_problem()) is not None:
             raise ValueError(problem)
-        if secagg and self.training.min_sites_per_aggregate < 2:
+        if self.training.aggregation == "bfv":
+            decryptor = self.homomorphic.decryptor
+            if decryptor is not None and decryptor not in ids:
+                raise ValueError(f"homomorphic.decryptor {decryptor!r} is not a listed site")
+            if decryptor is None and self.study.mode == "deployment":
+                raise ValueError("homomorphic.decryptor: a 'deployment' protocol must name it")
+        if self.training.aggregation != "fedavg" and self.training.min_sites_per_aggregate < 2:
             raise ValueError(
                 "training.min_sites_per_aggregate: a secure aggregate of one site is that site's "
                 "update in clear; use at least 2"
@@ -658,6 +681,16 @@ class Protocol(_Strict):
             SiteSpec(id=simulated_site_id(pid), partition_id=pid)
             for pid in sorted(set(partition_ids))
         )
+
+    def decryptor_partition(self) -> int | None:
+        """The partition of the BFV key holder that decrypts (``homomorphic.decryptor``, else the
+        listed training site with the lowest partition id); None in a simulation protocol that
+        lists no sites (the lowest training partition of the run)."""
+        if self.homomorphic.decryptor is not None:
+            return self.partition_of_site(self.homomorphic.decryptor)
+        held = set(self.data.held_out_partitions)
+        listed = [s.partition_id for s in self.sites if s.partition_id not in held]
+        return min(listed) if listed else None
 
     def partition_of_site(self, site_id: str) -> int | None:
         """The partition id of ``site_id``: its listed entry, or (simulation without a list) the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from securefed.clustering.assignments import cluster_ids, cluster_sites, read_assignments
 from securefed.federation.config import SiteSettings
@@ -16,7 +16,25 @@ from securefed.federation.task import FlowerTask
 from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import training_egress
 
-__all__ = ["ClusterOutcome", "StudyPhases", "run_cffl_phases"]
+__all__ = ["ClusterOutcome", "StudyPhases", "he_context_path", "he_setup", "run_cffl_phases"]
+
+
+def he_context_path(out_dir: Path) -> Path:
+    """Where the server keeps the BFV aggregator context of a study's training (made by the key
+    dealing, securefed.study.he_keys)."""
+    return Path(out_dir) / "he" / "aggregator.ctx"
+
+
+def he_setup(loaded: LoadedProtocol, out_dir: Path, sites: dict[int, int]) -> dict[str, Any]:
+    """The bfv arguments of every phase: the aggregator context and the study's one decryptor
+    (the protocol's, else the lowest training partition); empty for other aggregations."""
+    if loaded.protocol.training.aggregation != "bfv":
+        return {}
+    decryptor = loaded.protocol.decryptor_partition()
+    return {
+        "he_context": he_context_path(out_dir),
+        "decryptor": min(sites) if decryptor is None else decryptor,
+    }
 
 
 @dataclass
@@ -64,15 +82,16 @@ def run_cffl_phases(
 
     rows = read_assignments(assignments)
     global_sites = eligible(cluster_sites(rows, None))
+    he = he_setup(loaded, out_dir, global_sites)
     g_cfg = phase_config(loaded, out_dir=out_dir / "global", sites=global_sites,
-                         assignments=assignments)  # fmt: skip
+                         assignments=assignments, **he)  # fmt: skip
     started_here = deployment is not None and engine == "deployment" and not deployment.processes
     try:
         if started_here and deployment is not None:
             deployment.start()
         global_result = run_phase(g_cfg, sites, engine=engine, task=task, deployment=deployment)
         study = StudyPhases(global_result=global_result)
-        floor = max(t.min_sites_per_aggregate, 2 if t.aggregation == "secagg+" else 1)
+        floor = max(t.min_sites_per_aggregate, 2 if t.aggregation != "fedavg" else 1)
         ids = clusters if clusters is not None else cluster_ids(rows)
         for cluster in ids:
             members: dict[int, int | None] = (
@@ -90,7 +109,7 @@ def run_cffl_phases(
             c_cfg = phase_config(
                 loaded, out_dir=out_dir / f"cluster-{cluster}", sites=members,
                 assignments=assignments, cluster=cluster,
-                initial_weights=global_result.best_weights_path,
+                initial_weights=global_result.best_weights_path, **he,
             )  # fmt: skip
             result = run_phase(c_cfg, sites, engine=engine, task=task, deployment=deployment)
             study.clusters[cluster] = ClusterOutcome(

@@ -84,7 +84,12 @@ def run_training(ctx: StudyContext) -> None:
     proto = ctx.loaded.protocol
     out = ctx.paths.training
     ctx.log(f"  federated phases: aggregation {proto.training.aggregation}")
-    phases = run_cffl_phases(ctx.loaded, _site_settings(ctx), ctx.paths.clusters, out)
+    settings = _site_settings(ctx)
+    if proto.training.aggregation == "bfv":
+        from securefed.study.he_keys import deal_he_keys
+
+        deal_he_keys(ctx, settings)
+    phases = run_cffl_phases(ctx.loaded, settings, ctx.paths.clusters, out)
     g = phases.global_result
     summary: dict[str, Any] = {
         "global": {

@@ -82,8 +82,9 @@ class SitePolicy(_Strict):
     paper's plain study)."""
     forbidden_release_modes: tuple[ReleaseMode, ...] = ("plain",)
     """Feature release modes the site refuses (plain: raw radiomics to the server)."""
-    required_aggregation: Literal["secagg+", "fedavg", "any"] = "secagg+"
-    """The training aggregation the protocol must use (secagg+: the server sees only sums)."""
+    required_aggregation: Literal["secagg+", "bfv", "secure", "fedavg", "any"] = "secagg+"
+    """The training aggregation the protocol must use (secagg+ or bfv: the server sees only
+    sums; secure: either of them)."""
     min_sites_per_aggregate: int = Field(3, ge=1, le=10_000)
     """Smallest number of sites per training or secure-clustering aggregate the site accepts."""
     require_dp_training: bool = True
@@ -213,7 +214,8 @@ def policy_violations(loaded: LoadedProtocol, policy: SitePolicy) -> list[str]:
     if p.release.mode in policy.forbidden_release_modes:
         out.append(f"release.mode {p.release.mode!r} is forbidden by the policy")
     wanted = policy.required_aggregation
-    if wanted != "any" and p.training.aggregation != wanted:
+    secure = wanted == "secure" and p.training.aggregation in ("secagg+", "bfv")
+    if wanted != "any" and not secure and p.training.aggregation != wanted:
         out.append(
             f"training.aggregation {p.training.aggregation!r}: the policy requires {wanted!r}"
         )
