@@ -14,8 +14,9 @@ What a site sends per round (:func:`encrypt_contribution`): its model, clipped t
 quantised to ``precision_bits`` (default 20: the average's error is at most half a step,
 ``C / (2**20 - 1)``, under 1e-6 of the clipping range), multiplied by its integer FedAvg
 weight, packed two values per BFV slot (30-bit fields) when the phase's weight sum cannot
-overflow them, else one; plus a header ciphertext with the weight and two MAC tags. An observer learns the vector length, the packing and
-the key id (random, public), nothing of the values (BFV is IND-CPA under RLWE).
+overflow them, else one; plus a header ciphertext with the weight and two MAC tags. An observer
+learns the vector length, the packing and the key id (random, public), nothing of the values
+(BFV is IND-CPA under RLWE).
 
 Integrity against the aggregator: BFV is malleable, and an aggregator can add ciphertexts, scale
 them by integers and mask them slot by slot. The key holder that decrypts (one per phase, chosen
