@@ -31,8 +31,31 @@ def check(protocol: ProtocolFileArg) -> None:
     loaded = load_protocol(protocol)
     check_pinned_files(loaded)
     console.print(loaded.sha256, highlight=False)
-    for line in summary_lines(loaded)[2:] + _privacy_lines(loaded):
+    for line in summary_lines(loaded)[2:] + _privacy_lines(loaded) + _wire_lines(loaded):
         console.print(line, highlight=False, markup=False)
+
+
+def _wire_lines(loaded: LoadedProtocol) -> list[str]:
+    """The upload each site commits to per round (and, under bfv, its encryption time)."""
+    from securefed.study.wire import estimate_upload
+
+    est = estimate_upload(loaded.protocol)
+    size = est["bytes_per_client_per_round"]
+    line = (
+        f"upload     {est['aggregation']}: {size / 1e6:.2f} MB per site and round "
+        f"({size / est['fp32_bytes']:.2f}x the fp32 model of {est['values']:,} values)"
+    )
+    lines = [line]
+    if "encrypt_seconds_per_round" in est:
+        two, one = est["bytes_two_per_slot"], est["bytes_one_per_slot"]
+        lines += [
+            f"           BFV: {two / 1e6:.2f} MB ({two / est['fp32_bytes']:.2f}x) when a phase's "
+            f"FedAvg weights sum to <= {est['weight_sum_limit_two_per_slot']} (uniform weights), "
+            f"else {one / 1e6:.2f} MB ({one / est['fp32_bytes']:.2f}x)",
+            f"           encryption about {est['encrypt_seconds_per_round']:g} s per site and "
+            "round on this machine",
+        ]
+    return lines
 
 
 class BoardFormat(StrEnum):

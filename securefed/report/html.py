@@ -130,8 +130,27 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
             [r.get("stage"), r.get("value"), r.get("to"), r.get("protection"), r.get("epsilon")]
             for r in privacy.get("egress") or []
         ],
+        "wire_rows": _wire_rows(results.get("wire") or {}),
         "timings": [[k, v] for k, v in (results.get("timings") or {}).items()],
     }
+
+
+def _wire_rows(wire: dict[str, Any]) -> list[list[Any]]:
+    """Measured upload per site and round, per phase and overall (results.json "wire")."""
+    if not wire.get("bytes_per_client_per_round"):
+        return []
+    fp32 = wire.get("fp32_bytes") or 0
+
+    def row(name: str, size: Any) -> list[Any]:
+        ratio = f"{size / fp32:.2f}x" if fp32 and size else "-"
+        return [name, wire.get("aggregation"), f"{size / 1e6:.3f} MB", ratio]
+
+    rows = [row(p, v) for p, v in (wire.get("per_phase") or {}).items()]
+    rows.append(row("all phases", wire["bytes_per_client_per_round"]))
+    if wire.get("decryptor_bytes_per_round"):
+        rows.append(["decryptor, per round (the decoded average)", wire.get("aggregation"),
+                     f"{wire['decryptor_bytes_per_round'] / 1e6:.3f} MB", "-"])  # fmt: skip
+    return rows
 
 
 def render_report(rundir: Path, results: dict[str, Any]) -> str:

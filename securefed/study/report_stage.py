@@ -54,6 +54,16 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
             "egress": [row.to_json() for row in egress_table(proto)]}  # fmt: skip
 
 
+def _wire(ctx: StudyContext, phases: dict[str, Any]) -> dict[str, Any]:
+    """Bytes per site and round, measured from the sites' egress logs (securefed.study.wire)."""
+    from securefed.study.wire import wire_summary
+    from securefed.training.checkpoints import load_weights
+
+    weights = load_weights(ctx.paths.root / phases["global"]["weights"])
+    n_values = sum(int(w.size) for w in weights)
+    return wire_summary(ctx.paths.sites, ctx.loaded.protocol.training.aggregation, n_values)
+
+
 def _sites(ctx: StudyContext, clusters: list[Assignment]) -> list[dict[str, Any]]:
     out = []
     for site in ctx.sites:
@@ -125,6 +135,7 @@ def build_results(ctx: StudyContext) -> dict[str, Any]:
         },
         "training_curves": curves,
         "privacy": _privacy(ctx),
+        "wire": _wire(ctx, phases),
         "timings": {k: v["seconds"] for k, v in state["completed"].items()},
     }  # fmt: skip
 

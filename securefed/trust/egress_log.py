@@ -30,7 +30,27 @@ _MAX_TEXT = 200
 
 def describe_value(name: str, value: Any) -> dict[str, Any]:
     """A field as logged: ``{"name", "type", "value"}`` for scalars and short strings, else
-    ``{"name", "type", "digest", "size"}`` (and ``shape`` for arrays)."""
+    ``{"name", "type", "digest", "size"}`` (and ``shape`` for arrays); every field also has
+    ``bytes``, its payload size (8 per number, the raw bytes of arrays, strings and byte lists),
+    which the study's wire figures add up."""
+    out = _describe(name, value)
+    out["bytes"] = _payload_bytes(value)
+    return out
+
+
+def _payload_bytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, list | tuple):
+        return sum(_payload_bytes(v) for v in value)
+    return 8 if isinstance(value, bool | int | float | np.number) else 0
+
+
+def _describe(name: str, value: Any) -> dict[str, Any]:
     if value is None or isinstance(value, bool | int):
         return {"name": name, "type": type(value).__name__, "value": value}
     if isinstance(value, float | np.floating):

@@ -118,3 +118,30 @@ def test_the_mod_replaces_a_refused_reply_by_an_error_and_records_it() -> None:
     assert "FedAvg weight 5" in str(out.error.reason) and refused == [MessageType.TRAIN]
     request, good = _fit(n=1)
     assert guard(request, None, lambda m, c: good) is good  # type: ignore[arg-type]
+
+
+def _decrypt(arrays: list[np.ndarray]) -> tuple[Message, Message]:
+    from flwr.app import ArrayRecord
+
+    from securefed.federation.he_round import HE_MEAN, decrypt_request
+
+    content = decrypt_request(b"\x00" * 64, phase="global", rnd=1, sites=[1, 2], fields=2,
+                              shapes=[(a.dtype.str, a.shape) for a in MODEL],
+                              protocol_hash="sha256:x")  # fmt: skip
+    request = _request(MessageType.TRAIN, content)
+    return request, Message(RecordDict({HE_MEAN: ArrayRecord(arrays)}), reply_to=request)
+
+
+def test_bfv_replies_are_one_byte_vector_and_the_declared_average() -> None:
+    blob = np.zeros(200_000, np.uint8)
+    assert check_reply(*_fit(weights=[blob], n=1), DP, secagg=False, he=True) == []
+    # the model in clear under bfv, two vectors, another dtype, an oversized "ciphertext"
+    for bad in ([*MODEL], [blob, blob], [blob.astype(np.int16)], [np.zeros(10**7, np.uint8)]):
+        assert check_reply(*_fit(weights=bad, n=1), DP, secagg=False, he=True)
+    # the decryptor sends the decoded average with the declared shapes, nothing else
+    assert check_reply(*_decrypt(MODEL), DP, secagg=False, he=True) == []
+    assert check_reply(*_decrypt(MODEL[:1]), DP, secagg=False, he=True)
+    assert check_reply(*_decrypt([m.astype(np.float64) for m in MODEL]), DP, secagg=False,
+                       he=True)  # fmt: skip
+    # a decrypt request under a protocol that does not aggregate with bfv gets no reply
+    assert check_reply(*_decrypt(MODEL), DP, secagg=True, he=False)
