@@ -33,8 +33,10 @@ def test_shipped_mechanisms_pass_at_their_claim(tmp_path: Path) -> None:
 
 
 def test_under_noised_mechanisms_are_caught(tmp_path: Path) -> None:
-    # Half the calibrated noise: the true epsilon is about twice the claim of 1.
-    doc = run_dp_audit(tmp_path, mechanisms=SAMPLED, trials=300_000, noise_scale=0.5,
+    # 0.4 of the calibrated noise: the true epsilon is about 2.5 times the claim of 1. (At half
+    # the noise the Gaussians' bounds sit at 1.0-1.2, within sampling error of the claim: one
+    # run in several missed one; at 0.4 they measured 1.55 and 1.73, docs/auditing.md.)
+    doc = run_dp_audit(tmp_path, mechanisms=SAMPLED, trials=300_000, noise_scale=0.4,
                        confidence=0.99)  # fmt: skip
     assert doc["findings"] == list(SAMPLED), [(r["mechanism"], r["lower_bound"]) for r in
                                               doc["mechanisms"]]  # fmt: skip
