@@ -40,6 +40,11 @@ def coordinate_deployment(
     host, sep, port = superlink.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--superlink {superlink!r}: expected HOST:PORT")
+    if loaded.protocol.training.aggregation == "bfv":
+        raise ConfigError(
+            "training.aggregation 'bfv' runs in the simulation engine only (`securefed run`): "
+            "the deployment's key dealing between sites is not offered yet; use 'secagg+'"
+        )
     if ca_cert is None and not insecure:
         raise ConfigError("--ca-cert is required (TLS to the SuperLink); see docs/deployment.md")
     if ca_cert is not None and insecure:

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "protocols" / "demo.toml"
 
 
-def _protocol(tmp: Path, mode: str, dp_sgd: bool = False):
+def _protocol(tmp: Path, mode: str, dp_sgd: bool = False, aggregation: str = "secagg+"):
     data = tomllib.loads(DEMO.read_text())
+    data["training"]["aggregation"] = aggregation
     if mode != "plain":
         tmp.mkdir(parents=True, exist_ok=True)
         ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
@@ -51,14 +52,15 @@ def _doc_rows() -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("mode", "dp_sgd"),
-    [("plain", False), ("plain", True), ("local-dp", False), ("local-dp", True),
-     ("secure-aggregate", False)],
+    ("mode", "dp_sgd", "aggregation"),
+    [("plain", False, "secagg+"), ("plain", True, "secagg+"), ("local-dp", False, "secagg+"),
+     ("local-dp", True, "secagg+"), ("secure-aggregate", False, "secagg+"),
+     ("plain", False, "bfv"), ("local-dp", True, "bfv")],
 )  # fmt: skip
 def test_every_row_names_an_existing_test_and_is_in_the_docs(
-    tmp_path: Path, mode: str, dp_sgd: bool
+    tmp_path: Path, mode: str, dp_sgd: bool, aggregation: str
 ) -> None:
-    rows = egress_table(_protocol(tmp_path, mode, dp_sgd).protocol)
+    rows = egress_table(_protocol(tmp_path, mode, dp_sgd, aggregation).protocol)
     documented = _doc_rows()
     for row in rows:
         assert all([row.stage, row.value, row.to, row.protection, row.epsilon]), row

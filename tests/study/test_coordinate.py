@@ -44,3 +44,10 @@ def test_protocol_without_sites_is_a_user_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 2, res.output
     assert "[[sites]]" in res.output
+
+
+def test_bfv_is_refused_for_a_deployment_until_its_key_dealing_exists(tmp_path: Path) -> None:
+    loaded = load_protocol(write_protocol(tmp_path, aggregation="bfv"))
+    with pytest.raises(ConfigError, match="simulation engine only"):
+        coordinate_deployment(loaded, tmp_path / "c.csv", tmp_path / "out",
+                              superlink="127.0.0.1:9093", ca_cert=None, insecure=True)  # fmt: skip
