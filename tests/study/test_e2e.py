@@ -268,3 +268,36 @@ def test_run_with_site_configs_refuses_an_unsigned_protocol_before_any_work(
     assert "3 site(s) accepted" in flat, accepted.output
     assert accepted.exit_code == 3 and "allowed_recipient_keys" in flat
     assert not list((tmp_path / "run" / "server").glob("inbox/*.env"))
+
+
+@pytest.mark.slow
+def test_bfv_study_deals_the_key_and_reports_bytes(tiny_federation: Path, tmp_path: Path) -> None:
+    """`securefed run` under bfv: the decryptor deals the key sealed to the other sites, the
+    server keeps parameters only, and results.json says what each site uploaded."""
+    import os
+
+    from securefed.crypto.bfv import load_aggregator_context, load_key
+
+    protocol = tiny_protocol(tmp_path, aggregation="bfv", baselines=("fedavg", "cffl"))
+    rundir = tmp_path / "run"
+    args = ["run", str(protocol), "--data", str(tiny_federation), "--out", str(rundir),
+            "--truth", str(tiny_federation / "truth.csv"), "--workers", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    he = rundir / "training" / "he"
+    server = load_aggregator_context((he / "aggregator.ctx").read_bytes())
+    assert not server._ctx.has_secret_key() and not server._ctx.has_public_key()
+    keys = {s: rundir / "sites" / s / "he" / "bfv.key" for s in ("site-1", "site-2", "site-3")}
+    ids = {load_key(p.read_bytes()).key_id for p in keys.values()}
+    assert ids == {server.key_id}  # one key, every site
+    assert all(os.stat(p).st_mode & 0o777 == 0o600 for p in keys.values())
+    key_bytes = keys["site-1"].read_bytes()
+    assert sorted(p.name for p in he.glob("*.sealed")) == ["site-2.sealed", "site-3.sealed"]
+    assert key_bytes[60:260] not in (he / "site-2.sealed").read_bytes()  # sealed in transit
+    results = json.loads((rundir / "results.json").read_text())
+    wire = results["wire"]
+    assert wire["aggregation"] == "bfv" and wire["rounds_measured"] >= 3
+    assert wire["decryptor_bytes_per_round"] == wire["fp32_bytes"]  # the decoded average only
+    assert wire["bytes_per_client_per_round"] > wire["fp32_bytes"]
+    decrypted = json.loads((rundir / "sites" / "site-1" / "he-decrypted.json").read_text())
+    assert "global/1" in decrypted
