@@ -77,10 +77,18 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
     for i, line in enumerate(training_egress(p).describe()):
         lines.append(("egress     " if i == 0 else "           ") + line)
     sa = p.secure_aggregation
-    lines.append(
-        f"secagg+    shares={sa.num_shares}, threshold={sa.reconstruction_threshold}, "
-        f"timeout={sa.timeout_s:g}s"
-    )
+    if t.aggregation == "bfv":
+        lines.append(
+            f"bfv        {p.homomorphic.precision_bits}-bit fixed point in "
+            f"+-{sa.clipping_range:g}, "
+            f"decryptor {p.homomorphic.decryptor or 'lowest training partition'}, "
+            f"timeout={sa.timeout_s:g}s"
+        )
+    else:
+        lines.append(
+            f"secagg+    shares={sa.num_shares}, threshold={sa.reconstruction_threshold}, "
+            f"timeout={sa.timeout_s:g}s"
+        )
     eps, delta = p.allocated_budget()
     lines.append(
         f"budget     allocated epsilon={eps:g} of {_eps(p.privacy.total_epsilon)}, "

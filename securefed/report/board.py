@@ -104,6 +104,23 @@ def _decryption(loaded: LoadedProtocol) -> Section:
         rows.append(("model updates (SecAgg+)", "nobody alone: the server unmasks only the sum, "
                      f"with >= {p.secure_aggregation.reconstruction_threshold} of "
                      f"{p.secure_aggregation.num_shares} shares", "Flower SecAgg+"))  # fmt: skip
+    elif p.training.aggregation == "bfv":
+        who = p.homomorphic.decryptor or "the training site with the lowest partition id"
+        rows.append(
+            (
+                "model updates (BFV ciphertexts)",
+                "every site (all hold the one key); not the server, which only adds them",
+                "MAC checked by the decryptor",
+            )
+        )
+        rows.append(
+            (
+                "round sums (BFV)",
+                f"the decryptor, {who}, once per phase and round; it "
+                "sends the server the decoded average",
+                "MAC: exactly the declared sites",
+            )
+        )
     else:
         rows.append(("model updates (fedavg)", "the server sees each site's update", "in clear"))
     rows.append(("aggregated models", "every site and the server", "-"))
@@ -198,8 +215,11 @@ def _aggregation(loaded: LoadedProtocol) -> Section:
     rows: list[tuple[str, ...]] = [
         ("training aggregation", t.aggregation),
         ("sites per training aggregate (minimum)", str(t.min_sites_per_aggregate)),
-        ("SecAgg+ shares / reconstruction threshold", f"{sa.num_shares} / "
-         f"{sa.reconstruction_threshold}"),
+        *([("SecAgg+ shares / reconstruction threshold", f"{sa.num_shares} / "
+            f"{sa.reconstruction_threshold}")] if t.aggregation == "secagg+" else []),
+        *([("BFV precision / decryptor", f"{p.homomorphic.precision_bits} bits / "
+            f"{p.homomorphic.decryptor or 'lowest training partition'}")]
+          if t.aggregation == "bfv" else []),
         ("round timeout", f"{sa.timeout_s:g} s"),
         ("global rounds / finetuning rounds per cluster", f"{t.global_rounds} / "
          f"{t.finetune_rounds}"),
@@ -225,7 +245,13 @@ def _server_learns(loaded: LoadedProtocol) -> Section:
         f"Features: {lines[p.release.mode]}.",
         "Training: the aggregate of each round"
         + (" (DP-SGD)" if p.training.dp_sgd.enabled else " (not DP)")
-        + ("; each site's update in clear" if p.training.aggregation == "fedavg" else ""),
+        + ("; each site's update in clear" if p.training.aggregation == "fedavg" else "")
+        + (
+            "; under BFV each site's update is a ciphertext the server cannot open, but any site "
+            "could"
+            if p.training.aggregation == "bfv"
+            else ""
+        ),
     ]
     notes += training_egress(p).describe()
     return Section("server", "What the server learns", notes=tuple(notes))
