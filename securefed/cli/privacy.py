@@ -145,6 +145,23 @@ def _summary(state: LedgerState) -> None:
         f"{len(state.charges)} release(s), {pending} without commit (counted as spent)",
         highlight=False,
     )
+    stages = state.spent_per_stage()
+    if stages:
+        from rich.table import Table
+
+        table = Table(title=f"per stage, at delta {budget.total_delta:g}")
+        for col in ("stage", "charges", "epsilon", "allocated"):
+            table.add_column(col)
+        counts: dict[str, int] = {}
+        for charge in state.charges.values():
+            counts[charge.stage] = counts.get(charge.stage, 0) + 1
+        alloc = budget.stages
+        for stage, eps in stages.items():
+            allocated = _fmt_eps(alloc[stage][0]) if stage in alloc else "-"
+            table.add_row(stage, str(counts[stage]), _fmt_eps(eps), allocated)
+        table.add_row("total (composed)", str(len(state.charges)), _fmt_eps(state.spent()),
+                      _fmt_eps(budget.total_epsilon))  # fmt: skip
+        console.print(table)
 
 
 @handle_errors

@@ -153,6 +153,30 @@ class LedgerState:
             self.budget.accountant if kind is None else kind,
         )
 
+    def spent_per_stage(self) -> dict[str, float]:
+        """Epsilon at the protocol's delta of each stage's charges alone (features, clustering,
+        training); their sum bounds the total, which :meth:`spent` composes jointly."""
+        if self.budget is None:
+            return {}
+        stages: dict[str, list[Charge]] = {}
+        for charge in self.charges.values():
+            stages.setdefault(charge.stage, []).append(charge)
+        delta, kind = self.budget.total_delta, self.budget.accountant
+        return {st: composed_epsilon(cs, delta, kind) for st, cs in sorted(stages.items())}
+
+    def epsilon_curve(self) -> list[dict[str, Any]]:
+        """After each charge, in ledger order: ``{"step", "stage", "release_id", "epsilon"}``,
+        the total spent so far at the protocol's delta (one row per release or DP-SGD round)."""
+        if self.budget is None:
+            return []
+        delta, kind = self.budget.total_delta, self.budget.accountant
+        charges = list(self.charges.values())
+        return [
+            {"step": i + 1, "stage": c.stage, "release_id": c.release_id,
+             "epsilon": composed_epsilon(charges[: i + 1], delta, kind)}
+            for i, c in enumerate(charges)
+        ]  # fmt: skip
+
 
 @dataclass
 class ChargeHandle:

@@ -14,6 +14,7 @@ from securefed.report.plots import (
     REGIONS,
     plot_cffl_gain,
     plot_dice_by_method,
+    plot_epsilon_curves,
     plot_training_curves,
 )
 
@@ -56,6 +57,14 @@ def _environment() -> Environment:
     env.filters["fmt"] = _fmt
     env.filters["method_rows"] = _method_rows
     return env
+
+
+def _number(value: Any) -> float:
+    """A float from results.json (infinity may be stored as a string or null)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 def _data_uri(path: Path | None) -> str | None:
@@ -113,6 +122,9 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
         "curves_plot": _data_uri(plot_training_curves(curves, plots / "training_curves.png"))
         if curves
         else None,
+        "epsilon_plot": _data_uri(plot_epsilon_curves(privacy.get("epsilon_curves") or {},
+                                                      _number(privacy.get("total_epsilon")),
+                                                      plots / "epsilon.png")),
         "privacy": bool(privacy),
         "privacy_notes": privacy.get("notes", []),
         "privacy_rows": [

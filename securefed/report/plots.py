@@ -90,3 +90,28 @@ def plot_training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_epsilon_curves(
+    curves: dict[str, list[dict[str, Any]]], total: float, path: Path
+) -> Path | None:
+    """Each site's spent epsilon (at the protocol's delta) after each release or DP-SGD round,
+    against the protocol's total (None when no site spent anything)."""
+    if not any(curves.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for site, rows in curves.items():
+        if rows:
+            ax.step([r["step"] for r in rows], [r["epsilon"] for r in rows], where="post",
+                    marker="o", ms=3, label=site)  # fmt: skip
+    if total != float("inf"):
+        ax.axhline(total, color="black", ls="--", lw=1, label="protocol total")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("charge (release or DP-SGD round), in ledger order")
+    ax.set_ylabel("epsilon spent")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

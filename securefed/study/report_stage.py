@@ -8,7 +8,7 @@ from typing import Any
 from securefed import __version__
 from securefed.clustering.assignments import Assignment, read_assignments
 from securefed.evaluation.summary import summarize_methods
-from securefed.fileio import read_json, write_json_atomic
+from securefed.fileio import atomic_write_bytes, read_json, write_json_atomic
 from securefed.privacy.ledger import read_ledger
 from securefed.protocol.egress import egress_table
 from securefed.report import write_report
@@ -25,11 +25,14 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
     # The trained model left every site too: without DP-SGD it is not DP (egress table).
     unbounded = plain or not proto.training.dp_sgd.enabled
     per_site: dict[str, Any] = {}
+    curves: dict[str, list[dict[str, Any]]] = {}
     for site in ctx.sites:
         path = ctx.paths.site(site.id) / "ledger.jsonl"
         state = read_ledger(path) if path.exists() else None
         spent = state.spent() if state is not None else 0.0
+        curves[site.id] = state.epsilon_curve() if state is not None else []
         per_site[site.id] = {
+            "per_stage": state.spent_per_stage() if state is not None else {},
             # DP spend recorded in the site's ledger (composed over its releases) ...
             "epsilon": spent,
             "delta": p.total_delta if state is not None and state.charges else 0.0,
@@ -49,9 +52,20 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
             "Model updates were protected by secure aggregation only (no DP-SGD): the aggregate "
             "model is not differentially private."
         )
+    _write_epsilon_csv(ctx, curves)
     return {"total_epsilon": p.total_epsilon, "total_delta": p.total_delta,
-            "per_site": per_site, "notes": notes,
+            "per_site": per_site, "notes": notes, "epsilon_curves": curves,
             "egress": [row.to_json() for row in egress_table(proto)]}  # fmt: skip
+
+
+def _write_epsilon_csv(ctx: StudyContext, curves: dict[str, list[dict[str, Any]]]) -> None:
+    """RUNDIR/privacy/epsilon.csv: each site's spent epsilon after each charge (ledger order)."""
+    lines = ["site,step,stage,release_id,epsilon"]
+    for site, rows in curves.items():
+        lines += [f"{site},{r['step']},{r['stage']},{r['release_id']},{r['epsilon']:.6g}"
+                  for r in rows]  # fmt: skip
+    atomic_write_bytes(ctx.paths.root / "privacy" / "epsilon.csv",
+                       ("\n".join(lines) + "\n").encode(), mode=0o644)  # fmt: skip
 
 
 def _wire(ctx: StudyContext, phases: dict[str, Any]) -> dict[str, Any]:

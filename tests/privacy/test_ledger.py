@@ -209,3 +209,50 @@ def test_an_amendment_carries_the_spend_over_and_never_resets_it(tmp_path):
     (tmp_path / LEDGER_FILE).write_text("\n".join(lines) + "\n")
     with pytest.raises(LedgerCorruptError, match="line 4"):
         read_ledger(tmp_path / LEDGER_FILE)
+
+
+def test_per_stage_spend_and_the_epsilon_curve(tmp_path):
+    """One accountant: each stage's charges at the protocol's delta, the composed total, and the
+    total after each charge (what the report plots and privacy/epsilon.csv lists)."""
+    budget = BudgetSpec(50.0, 1e-5, "rdp", "replace-one", {"training": (40.0, 1e-5)})
+    led = Ledger(tmp_path, site_id="s", protocol_hash=PROTO, budget=budget)
+    with led.charge("features", "f", event(), (1.0, 1e-5)):
+        pass
+    for rnd in range(3):
+        with led.charge("training", f"t{rnd}", dp_accounting.GaussianDpEvent(4.0)):
+            pass
+    state = led.verify()
+    stages = state.spent_per_stage()
+    assert set(stages) == {"features", "training"}
+    assert stages["features"] == pytest.approx(1.0)
+    from securefed.privacy.accounting import composed_epsilon
+
+    rounds = [c for c in state.charges.values() if c.stage == "training"]
+    one = composed_epsilon(rounds[:1], 1e-5, "rdp")
+    assert one < stages["training"] < 3 * one  # composed by the accountant, not summed
+    curve = read_ledger(tmp_path / LEDGER_FILE).epsilon_curve()
+    assert [r["step"] for r in curve] == [1, 2, 3, 4]
+    assert [r["stage"] for r in curve] == ["features", "training", "training", "training"]
+    eps = [r["epsilon"] for r in curve]
+    assert eps == sorted(eps) and eps[0] == pytest.approx(1.0)
+    assert eps[-1] == pytest.approx(state.spent())
+    assert state.spent() <= sum(stages.values()) + 1e-9
+
+
+def test_ledger_show_prints_each_stage_and_the_total(tmp_path):
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+
+    budget = BudgetSpec(50.0, 1e-5, "rdp", "replace-one", {"training": (40.0, 1e-5)})
+    led = Ledger(tmp_path, site_id="s", protocol_hash=PROTO, budget=budget)
+    with led.charge("features", "f", event(), (1.0, 1e-5)):
+        pass
+    with led.charge("training", "t0", dp_accounting.GaussianDpEvent(4.0)):
+        pass
+    res = CliRunner().invoke(app, ["ledger", "show", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "per stage, at delta 1e-05" in text
+    assert "features │ 1 │ 1 │ -" in text and "training │ 1 │" in text and "│ 40 │" in text
+    assert "total (composed) │ 2 │" in text and "│ 50 │" in text

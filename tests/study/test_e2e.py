@@ -170,6 +170,17 @@ def test_secure_aggregate_clustering_through_the_study(
     assert egress["cluster federation membership"]["protection"].startswith("every site")
     html = (rundir / "report.html").read_text()
     assert "What left each site" in html and "No validation curve" in html
+    # One accountant: each site's spend per stage, its curve in privacy/epsilon.csv and a plot.
+    per_site = results["privacy"]["per_site"]
+    rows = (rundir / "privacy" / "epsilon.csv").read_text().splitlines()
+    assert rows[0] == "site,step,stage,release_id,epsilon"
+    for site in ("site-1", "site-2", "site-3"):
+        spent = read_ledger(rundir / "sites" / site / "ledger.jsonl").spent()
+        assert set(per_site[site]["per_stage"]) == {"clustering"}
+        mine = [r.split(",") for r in rows[1:] if r.startswith(site + ",")]
+        assert mine and all(r[2] == "clustering" for r in mine)
+        assert float(mine[-1][4]) == pytest.approx(spent, rel=1e-5)
+    assert "epsilon spent per charge" in html
     # Every party's audit log verifies: chain, a signed head per stage, spends = its ledger.
     for site in ("site-1", "site-2", "site-3"):
         folder = str(rundir / "sites" / site)
