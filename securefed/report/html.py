@@ -122,9 +122,13 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
         "curves_plot": _data_uri(plot_training_curves(curves, plots / "training_curves.png"))
         if curves
         else None,
-        "epsilon_plot": _data_uri(plot_epsilon_curves(privacy.get("epsilon_curves") or {},
-                                                      _number(privacy.get("total_epsilon")),
-                                                      plots / "epsilon.png")),
+        "epsilon_plot": _data_uri(
+            plot_epsilon_curves(
+                privacy.get("epsilon_curves") or {},
+                _number(privacy.get("total_epsilon")),
+                plots / "epsilon.png",
+            )
+        ),
         "privacy": bool(privacy),
         "privacy_notes": privacy.get("notes", []),
         "privacy_rows": [
