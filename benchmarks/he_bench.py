@@ -108,6 +108,7 @@ def run_bfv(work: Path, n: int, rounds: int) -> dict:
         (work / "sites" / str(p) / "he").mkdir(parents=True)
         (work / "sites" / str(p) / "he" / "bfv.key").write_bytes(key.to_bytes())
         sites.append(SiteSettings(partition_id=p, data_dir=str(work), protocol=str(proto),
+                                  assignments=str(work / "clusters.csv"),
                                   ledger_dir=str(work / "sites" / str(p))))  # fmt: skip
     cfg = phase_config(loaded, out_dir=work / "phase", sites=counts,
                        assignments=work / "clusters.csv", he_context=work / "aggregator.ctx",

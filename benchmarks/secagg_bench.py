@@ -122,7 +122,8 @@ def run_one(
     for p, k in counts.items():
         lines += [f"S{p}_{i},{p},train,0" for i in range(k)] + [f"S{p}_v,{p},val,0"]
     (work / "clusters.csv").write_text("\n".join(lines) + "\n")
-    sites = [SiteSettings(partition_id=p, data_dir=str(work), protocol=str(proto))
+    sites = [SiteSettings(partition_id=p, data_dir=str(work), protocol=str(proto),
+                          assignments=str(work / "clusters.csv"))
              for p in counts]  # fmt: skip
     cfg = phase_config(loaded, out_dir=work / "phase", sites=counts,
                        assignments=work / "clusters.csv")  # fmt: skip
