@@ -9,7 +9,8 @@ protection the protocol declares for it (:func:`declare`):
 - ``public-constant``: a value the protocol fixes (a FedAvg weight of 1, a validation count of 0):
   a logged value other than the constant is a finding;
 - ``dp``: a DP release, with its epsilon;
-- ``secure-aggregate``: SecAgg+ key exchange, encrypted shares and masked vectors;
+- ``secure-aggregate``: SecAgg+ key exchange, encrypted shares and masked vectors; BFV
+  ciphertexts and the decryptor's decoded average (``training.aggregation = "bfv"``);
 - ``clear``: leaves in clear and is derived from patient data (model updates without SecAgg+,
   train counts, losses, validation Dice, plain features); a finding under a protocol that claims
   a finite epsilon;
@@ -44,6 +45,7 @@ from securefed.trust.egress_log import EGRESS_FILE, read_egress_log
 __all__ = ["Declaration", "census", "declare", "run_egress_audit"]
 
 SECAGG_RECORD = "secaggplus_configs"  # Flower's RECORD_KEY_CONFIGS (checked in the tests)
+HE_MEAN = "securefed.he.mean"  # securefed.federation.he_round.HE_MEAN (checked in the tests)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,22 @@ def _envelope_field(name: str, loaded: LoadedProtocol) -> Declaration | None:
     return None
 
 
+def _model_field(name: str, p: Any) -> Declaration | None:
+    """A model in a train reply: a BFV ciphertext or the decryptor's decoded average under
+    bfv, else the update itself (DP under DP-SGD, clear otherwise)."""
+    if p.training.aggregation == "bfv":
+        if name.startswith(HE_MEAN + "."):
+            what = "the round's decoded average (decryptor only, MAC-verified sum of the sites)"
+            return Declaration("secure-aggregate", what)
+        return Declaration("secure-aggregate", "BFV-encrypted model update (the server adds "
+                           "ciphertexts it holds no key for)")  # fmt: skip
+    if name.startswith(HE_MEAN + "."):
+        return None
+    if p.training.dp_sgd.enabled:
+        return Declaration("dp", "DP-SGD model update", epsilon=p.training.dp_sgd.epsilon)
+    return Declaration("clear", "model update (plain FedAvg: the server sees it)")
+
+
 def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declaration | None:
     p = loaded.protocol
     egress = training_egress(p)
@@ -88,10 +106,8 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
         return Declaration("public", "partition id and protocol hash")
     if name.startswith("getparametersres.parameters."):
         return Declaration("public", "the seeded initial model (no data)")
-    if name.startswith("fitres.parameters."):
-        if p.training.dp_sgd.enabled:
-            return Declaration("dp", "DP-SGD model update", epsilon=p.training.dp_sgd.epsilon)
-        return Declaration("clear", "model update (plain FedAvg: the server sees it)")
+    if name.startswith(("fitres.parameters.", HE_MEAN + ".")):
+        return _model_field(name, p)
     if name == "fitres.num_examples.num_examples":
         if egress.weights == "uniform":
             return Declaration("public-constant", "FedAvg weight", expected=1)

@@ -312,3 +312,6 @@ def test_bfv_study_deals_the_key_and_reports_bytes(tiny_federation: Path, tmp_pa
     assert wire["bytes_per_client_per_round"] > wire["fp32_bytes"]
     decrypted = json.loads((rundir / "sites" / "site-1" / "he-decrypted.json").read_text())
     assert "global/1" in decrypted
+    # The egress census knows the ciphertexts and the decoded average: no finding.
+    res = CliRunner().invoke(app, ["audit", "egress", str(rundir)])
+    assert res.exit_code == 0, res.output

@@ -96,3 +96,45 @@ def test_the_secagg_record_name_is_flowers() -> None:
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
     assert SECAGG_RECORD == RECORD_KEY_CONFIGS
+
+
+def test_bfv_ciphertexts_and_the_decoded_average_are_declared(
+    dp_rundir: Path, tmp_path: Path
+) -> None:
+    """Under bfv the model leaves as a ciphertext and the decryptor sends the decoded average:
+    both secure-aggregate; the same ciphertext field under secagg+ would be a clear update."""
+    import tomllib
+
+    import tomli_w
+
+    from securefed.audit.egress import HE_MEAN
+    from securefed.federation import he_round
+
+    assert HE_MEAN == he_round.HE_MEAN
+    data = tomllib.loads((dp_rundir / "protocol.toml").read_text())
+    data["training"]["aggregation"] = "bfv"
+    path = tmp_path / "protocol.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    for extra in dp_rundir.glob("*.json"):
+        shutil.copy(extra, tmp_path / extra.name)  # pinned bounds travel with the protocol
+    fields = [
+        {"name": "group", "type": "str", "value": "1"},
+        {"name": "fitres.parameters.0", "type": "array[uint8]", "digest": "sha256:x"},
+        {"name": "fitres.num_examples.num_examples", "type": "int", "value": 1},
+    ]
+    mean = [{"name": "group", "type": "str", "value": "decrypt-1"},
+            {"name": f"{HE_MEAN}.0", "type": "array[float32]", "digest": "sha256:y"}]  # fmt: skip
+
+    def entries(loaded):  # noqa: ANN001, ANN202
+        return [{"kind": "flower-reply", "stage": "training/global/train", "fields": f,
+                 "protocol": loaded.sha256} for f in (fields, mean)]  # fmt: skip
+
+    loaded = load_protocol(path)
+    bfv = census({"site-1": entries(loaded)}, loaded)
+    assert bfv["findings"] == []
+    by = {r["field"]: r["protection"] for r in bfv["fields"]}
+    assert by["fitres.parameters.0"] == by[f"{HE_MEAN}.0"] == "secure-aggregate"
+    plain = load_protocol(dp_rundir / "protocol.toml")
+    secagg = census({"site-1": entries(plain)}, plain)
+    found = {f["field"]: f["finding"] for f in secagg["findings"]}
+    assert "in clear" in found["fitres.parameters.0"] and f"{HE_MEAN}.0" in found
