@@ -193,15 +193,13 @@ class BfvKey:
         return np.frombuffer(raw, dtype="<u8").astype(object) % BFV_T
 
     def _tags(self, scope: str, slots: np.ndarray, weight: int, site: int) -> list[int]:
-        out = []
-        for k in range(_TAGS):
-            s = self._prf(f"s/{k}/{scope}", slots.size + 1)
-            (r,) = self._prf(f"r/{k}/{scope}/{site}", 1)
-            acc = int(np.dot(s[:-1], slots.astype(object))) if slots.size else 0
-            out.append((acc + int(s[-1]) * weight + int(r)) % BFV_T)
-        return out
+        """One site's tags: the expected tags of a sum of that site alone."""
+        return self._expected_tags(scope, slots, weight, [site])
 
-    def _expected_tags(self, scope: str, slots: np.ndarray, weight: int, sites: Sequence[int]):
+    def _expected_tags(
+        self, scope: str, slots: np.ndarray, weight: int, sites: Sequence[int]
+    ) -> list[int]:
+        """``sum_l s_l v_l + s_w w + sum_{i in sites} r_i (mod t)`` for each tag."""
         out = []
         for k in range(_TAGS):
             s = self._prf(f"s/{k}/{scope}", slots.size + 1)

@@ -265,8 +265,11 @@ def _initial_weights(grid: Grid, cfg: PhaseConfig, strategy: PhaseStrategy) -> l
     return parameters_to_ndarrays(res.parameters)
 
 
-def _plain_fit(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> None:
-    """One FedAvg round (weights = train counts), bounded by ``cfg.timeout_s``."""
+def _send_fit(
+    grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int
+) -> tuple[list[tuple[ClientProxy, FitRes]], list[Any], Parameters]:
+    """Send the round's train messages; the sites' results, the failures (None for a site that
+    did not answer in ``cfg.timeout_s``) and the parameters sent."""
     strategy = context.strategy
     params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
     instructions = strategy.configure_fit(rnd, params, context.client_manager)
@@ -289,12 +292,27 @@ def _plain_fit(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -
         res = compat.recorddict_to_fitres(reply.content, False)
         results.append((proxies[reply.metadata.src_node_id], res))
     failures += [None] * (len(msgs) - len(results) - len(failures))
-    aggregated, metrics = strategy.aggregate_fit(rnd, results, failures)
+    return results, failures, params
+
+
+def _step(
+    context: LegacyContext,
+    rnd: int,
+    results: list[tuple[ClientProxy, FitRes]],
+    failures: list[Any],
+) -> None:
+    """The strategy's aggregate (FedAvgM) of the results becomes the current model."""
+    aggregated, metrics = context.strategy.aggregate_fit(rnd, results, failures)
     if aggregated is not None:
         context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
             aggregated, True
         )
         context.history.add_metrics_distributed_fit(server_round=rnd, metrics=metrics)
+
+
+def _plain_fit(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> None:
+    """One FedAvg round (weights = train counts), bounded by ``cfg.timeout_s``."""
+    _step(context, rnd, *_send_fit(grid, context, cfg, rnd)[:2])
 
 
 def _he_fit(
@@ -307,31 +325,12 @@ def _he_fit(
 
     strategy = context.strategy
     assert isinstance(strategy, PhaseStrategy)
-    params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
-    instructions = strategy.configure_fit(rnd, params, context.client_manager)
-    msgs = [
-        Message(
-            content=compat.fitins_to_recorddict(ins, True),
-            dst_node_id=proxy.node_id,
-            message_type=MessageType.TRAIN,
-            group_id=str(rnd),
-        )
-        for proxy, ins in instructions
-    ]
-    proxies = {proxy.node_id: proxy for proxy, _ in instructions}
-    results: list[tuple[ClientProxy, FitRes]] = []
-    failures: list[Any] = []
-    for reply in grid.send_and_receive(msgs, timeout=cfg.timeout_s):
-        if reply.has_error():
-            failures.append(Exception(reply.error))
-            continue
-        results.append((proxies[reply.metadata.src_node_id],
-                        compat.recorddict_to_fitres(reply.content, False)))  # fmt: skip
+    results, failures, params = _send_fit(grid, context, cfg, rnd)
     need = max(2, cfg.min_sites)
     if len(results) < need:
         raise TooFewParticipantsError(
-            f"{cfg.name} round {rnd}: {len(results)} of {len(msgs)} sites sent a contribution; a "
-            f"BFV aggregate needs at least {need}"
+            f"{cfg.name} round {rnd}: {len(results)} of {len(failures) + len(results)} sites "
+            f"sent a contribution; a BFV aggregate needs at least {need}"
         )
     try:
         total = sum_contributions(
@@ -359,12 +358,7 @@ def _he_fit(
     aggregate = ndarrays_to_parameters(mean)
     for _, res in results:  # as SecAgg+ does: every result carries the aggregate
         res.parameters = aggregate
-    aggregated, metrics = strategy.aggregate_fit(rnd, results, failures)
-    if aggregated is not None:
-        context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            aggregated, True
-        )
-        context.history.add_metrics_distributed_fit(server_round=rnd, metrics=metrics)
+    _step(context, rnd, results, failures)
 
 
 def _evaluate(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> list[dict]:
