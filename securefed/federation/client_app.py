@@ -253,7 +253,8 @@ class SiteClient(NumPyClient):
         patient_of = self._patients()
         if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
             extra["groups"] = [patient_of.get(s, s) for s in subjects]
-        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train))
+        patients = {patient_of.get(s, s) for s in all_train}
+        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train), len(patients))
         steps = int(config.get("local-steps", 0))
         if steps <= 0:
             epochs = int(config.get("local-epochs", 1))

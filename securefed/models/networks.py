@@ -98,14 +98,16 @@ def build_dp_unet() -> nn.Module:
 def build_model(spec: object, *, dp: bool | None = None) -> nn.Module:
     """The segmentation model a `TrainingSpec` asks for, initialised from ``spec.seed``.
 
-    ``dp`` selects the Opacus-capable variant; by default it follows ``spec.dp_sgd.enabled``.
+    ``dp`` selects the Opacus-capable variant; by default it follows ``spec.dp_sgd.enabled``;
+    ``spec.model = "dp-unet"`` selects it in any case.
     Initialisation is seeded without touching the global RNG state, so every party that builds
     the model from the same protocol gets the same starting weights.
     """
     name = getattr(spec, "model", "dynunet-small")
-    if name != "dynunet-small":
+    if name not in ("dynunet-small", "dp-unet"):
         raise ConfigError(
-            f"training.model: unknown model {name!r}; the known model is 'dynunet-small'"
+            f"training.model: unknown model {name!r}; the known models are 'dynunet-small' and "
+            "'dp-unet'"
         )
     if dp is None:
         dp_spec = getattr(spec, "dp_sgd", None)
@@ -113,7 +115,7 @@ def build_model(spec: object, *, dp: bool | None = None) -> nn.Module:
     seed = int(getattr(spec, "seed", 0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_dp_unet() if dp else build_dynunet_small()
+        return build_dp_unet() if dp or name == "dp-unet" else build_dynunet_small()
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

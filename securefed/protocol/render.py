@@ -65,9 +65,14 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
     )
     lines.append(f"clustering {c.algorithm}, {k}, PCA({c.pca_components}), scaling={c.scaling}")
     t = p.training
-    dp = f"DP-SGD epsilon={_eps(t.dp_sgd.epsilon)}" if t.dp_sgd.enabled else "no DP-SGD"
+    dps = t.dp_sgd
+    dp = (
+        f"DP-SGD epsilon={_eps(dps.epsilon)} (clip {dps.max_grad_norm:g}, amplification "
+        f"{dps.amplification})" if dps.enabled else "no DP-SGD"
+    )  # fmt: skip
+    model = "dp-unet" if dps.enabled else t.model
     lines.append(
-        f"training   {t.model}, aggregation={t.aggregation}, {t.global_rounds} global + "
+        f"training   {model}, aggregation={t.aggregation}, {t.global_rounds} global + "
         f"{t.finetune_rounds} finetune rounds, {t.optimizer} lr={t.lr:g}, crop {t.crop_size}, {dp}"
     )
     lines.append(

@@ -354,6 +354,16 @@ class DPSGDSpec(_Strict):
     """Delta of the training stage, per site."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Per-sample gradient clipping norm."""
+    amplification: Literal["sampling", "none"] = "sampling"
+    """Privacy amplification by the batch sampling. ``sampling``: under replace-one, fixed-size
+    batches of distinct patients drawn without replacement, accounted by dp-accounting's RDP for
+    sampling without replacement (Wang, Balle and Kasiviswanathan 2019; the site's train patients
+    of the global phase are the population, a cluster phase is charged for its own); under
+    add-remove-one, Poisson sampling at ``sampling_rate`` (batches may be empty: a noise-only
+    step). ``none``: every step charged as the full Gaussian mechanism (no amplification)."""
+    sampling_rate: float | None = Field(None, gt=0, le=1)
+    """Poisson sampling rate of each patient per step (add-remove-one with amplification
+    ``sampling`` only; a public constant, never computed from a site's count)."""
 
     @model_validator(mode="after")
     def _eps(self) -> DPSGDSpec:
@@ -369,8 +379,10 @@ BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 class TrainingSpec(_Strict):
     """Federated segmentation training: global FedAvg, then per-cluster finetuning (CFFL)."""
 
-    model: Literal["dynunet-small"] = "dynunet-small"
-    """Segmentation network (the paper's small DynUNet)."""
+    model: Literal["dynunet-small", "dp-unet"] = "dynunet-small"
+    """Segmentation network: the paper's small DynUNet, or the DP-SGD capable MONAI UNet (same
+    widths, instance norm; always used when dp_sgd is enabled, and selectable without DP-SGD to
+    compare the same model with and without it)."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     """Local optimiser (paper: SGD without momentum)."""
     lr: float = Field(0.05, gt=0)
@@ -524,6 +536,7 @@ class Protocol(_Strict):
         self._check_sites()
         self._check_budget()
         self._check_release()
+        self._check_dp_sgd()
         self._check_cluster_federations()
         return self
 
@@ -642,6 +655,25 @@ class Protocol(_Strict):
             raise ValueError(
                 "clustering.scaling: release.mode 'local-dp' needs clustering.scaling = "
                 "'declared-bounds' (scale with the protocol's bounds, not with noised data)"
+            )
+
+    def _check_dp_sgd(self) -> None:
+        """Poisson sampling (a declared rate) under add-remove-one; fixed-size batches under
+        replace-one, where the dataset size is public."""
+        dps = self.training.dp_sgd
+        if not dps.enabled:
+            return
+        add_remove = self.privacy.neighbouring == "add-remove-one"
+        if dps.amplification == "sampling" and add_remove and dps.sampling_rate is None:
+            raise ValueError(
+                "training.dp_sgd.sampling_rate: amplification 'sampling' under add-remove-one is "
+                "Poisson sampling at a declared rate; set sampling_rate (e.g. batch_size / the "
+                "smallest site's train patients) or amplification = 'none'"
+            )
+        if dps.sampling_rate is not None and not (add_remove and dps.amplification == "sampling"):
+            raise ValueError(
+                "training.dp_sgd.sampling_rate: Poisson sampling is used under add-remove-one with "
+                "amplification 'sampling' only (replace-one draws fixed-size batches); remove it"
             )
 
     # -- derived views -------------------------------------------------------------------------

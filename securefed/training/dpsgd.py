@@ -1,18 +1,28 @@
 """DP-SGD at a site (``training.dp_sgd``): calibration, batch sampling, Opacus and ledger charging.
 
-Privacy unit: one patient. Each step draws ``min(batch_size, n)`` DISTINCT patients uniformly
-without replacement (with a partition file's Patient_ID, one case of each drawn patient; else
-every case is its own patient) and one crop per drawn case, so a patient contributes at most one
-per-sample gradient per step; Opacus clips each to ``max_grad_norm`` (C) and adds N(0, (m C)^2) to
-their sum. Replacing one patient (or adding/removing one, under fixed-size batches) changes that sum
-by at most 2C, so each step is recorded as ``GaussianDpEvent(m / 2)`` (the ledger's convention:
-multiplier normalised by the sensitivity). No amplification by sampling is claimed (conservative):
-Poisson sampling yields empty batches that crash instance-norm models, and dp-accounting accounts
-sampling without replacement only under replace-one relations, not with the ledger's convention.
+Privacy unit: one patient (with a partition file's Patient_ID, one case of each drawn patient per
+step; else every case is its own patient), so a patient contributes at most one per-sample
+gradient per step. Per-sample gradients are computed one sample at a time (exact for any model,
+instance norm included; ``train_local(per_sample=True)``), Opacus's DPOptimizer clips each to
+``max_grad_norm`` (C), adds N(0, (m C)^2) to their sum (``secure_mode``) and divides by the batch
+size. Sampling and accounting (``dp_sgd.amplification``):
+
+- replace-one, ``sampling``: each step draws ``min(batch_size, n)`` distinct patients of the
+  ``n`` in the round's data uniformly without replacement. Replacing one patient changes the sum
+  by at most 2C: a step is ``SampledWithoutReplacementDpEvent(n, b, GaussianDpEvent(m / 2))``
+  (RDP of Wang, Balle and Kasiviswanathan 2019 in dp-accounting; the dataset size is public under
+  replace-one). The plan calibrates m for the global phase's population and charges every
+  finetuning round as unamplified (a cluster's population is not known before clustering), so a
+  charged round never exceeds its planned share.
+- add-remove-one, ``sampling``: each patient enters each step independently with probability
+  ``sampling_rate`` (a declared constant); empty batches are noise-only steps. A step is
+  ``PoissonSampledDpEvent(q, GaussianDpEvent(m))`` (sensitivity C); the noisy sum is divided by
+  ``batch_size`` (a public constant, never the site's count).
+- ``none``: fixed-size batches, each step charged as ``GaussianDpEvent(m / 2)`` (no amplification).
 
 Calibration: m is the smallest multiplier such that every planned step of the study (global rounds
 plus finetuning rounds for each cluster the site may join, clustering.k when fixed, else k_max),
-composed by the protocol's accountant, stays within ``dp_sgd.epsilon`` at ``dp_sgd.delta``.
+composed by the accountant, stays within ``dp_sgd.epsilon`` at ``dp_sgd.delta``.
 Each round is charged to the site ledger (stage ``training``) BEFORE Opacus draws any noise.
 
 Batches and crops: drawn from site-local secrets (64 bits of ``os.urandom`` each round), never from
@@ -25,13 +35,13 @@ torchcsprng is not installed). What leaves the site: the noised model weights (v
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dp_accounting
 
@@ -42,11 +52,14 @@ from securefed.privacy import (
     calibrate_noise_multiplier,
     make_accountant,
 )
+from securefed.privacy.accounting import grouped
 from securefed.protocol import LoadedProtocol, Protocol
 
 __all__ = [
     "STAGE",
     "DPSGDPlan",
+    "sampling_of",
+    "poisson_batches",
     "max_clusters",
     "planned_rounds",
     "planned_steps_per_round",
@@ -62,6 +75,9 @@ STAGE = "training"
 _PLAN_CACHE: dict[tuple[Any, ...], DPSGDPlan] = {}
 
 
+Sampling = Literal["without-replacement", "poisson", "none"]
+
+
 @dataclass(frozen=True)
 class DPSGDPlan:
     """The calibrated DP-SGD setting of one site for the whole study."""
@@ -74,21 +90,58 @@ class DPSGDPlan:
     epsilon: float
     delta: float
     accountant: str
+    sampling: Sampling = "none"
+    population: int = 0  # train patients of the global phase (without-replacement sampling)
+    sampling_rate: float = 1.0  # Poisson sampling only
+    global_rounds: int = 0
 
-    def step_event(self) -> dp_accounting.DpEvent:
-        """One step: Gaussian with L2 sensitivity 2C (one patient replaced in the batch)."""
-        return dp_accounting.GaussianDpEvent(self.noise_multiplier / 2.0)
+    def step_event(self, population: int | None = None) -> dp_accounting.DpEvent:
+        """One step over ``population`` patients (default: the plan's)."""
+        m = self.noise_multiplier
+        if self.sampling == "poisson":
+            return dp_accounting.PoissonSampledDpEvent(
+                self.sampling_rate, dp_accounting.GaussianDpEvent(m)
+            )
+        full = dp_accounting.GaussianDpEvent(m / 2.0)  # sensitivity 2C: one patient replaced
+        n = self.population if population is None else int(population)
+        if self.sampling == "without-replacement" and min(self.batch_size, n) < n:
+            steps = self.steps_per_round * self.rounds
+            if _sampling_helps(n, self.batch_size, m / 2.0, steps, self.delta):
+                return dp_accounting.SampledWithoutReplacementDpEvent(n, self.batch_size, full)
+        return full
 
-    def round_event(self, steps: int) -> dp_accounting.DpEvent:
-        return dp_accounting.SelfComposedDpEvent(self.step_event(), int(steps))
+    def round_event(self, steps: int, population: int | None = None) -> dp_accounting.DpEvent:
+        return dp_accounting.SelfComposedDpEvent(self.step_event(population), int(steps))
+
+    def planned_events(self) -> list[dp_accounting.DpEvent]:
+        """Every planned round: global rounds over the plan's population; finetuning rounds
+        unamplified under without-replacement sampling (see the module docstring)."""
+        steps = self.steps_per_round
+        glob = [self.round_event(steps)] * self.global_rounds
+        finetune = [self.round_event(steps, population=self.batch_size)] * (
+            self.rounds - self.global_rounds
+        )
+        return glob + finetune
 
     def planned_epsilon(self) -> float:
         """Composed epsilon of every planned round (<= ``epsilon`` by construction)."""
-        events = [self.round_event(self.steps_per_round)] * self.rounds
-        return accountant_epsilon(events, self.delta, self.accountant)
+        return accountant_epsilon(self.planned_events(), self.delta, self.accountant)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sampling_helps(n: int, b: int, sigma: float, steps: int, delta: float) -> bool:
+    """Whether the sampling-without-replacement bound beats the plain Gaussian over ``steps``
+    (it does not when b/n is large, e.g. 2 of 3). Both are valid bounds; the smaller is used."""
+    wor = dp_accounting.SampledWithoutReplacementDpEvent(n, b, dp_accounting.GaussianDpEvent(sigma))
+    plain = dp_accounting.GaussianDpEvent(sigma)
+    eps = [
+        accountant_epsilon([dp_accounting.SelfComposedDpEvent(e, steps)], delta, "rdp")
+        for e in (wor, plain)
+    ]
+    return eps[0] < eps[1]
 
 
 def max_clusters(protocol: Protocol) -> int:
@@ -128,23 +181,45 @@ def calibrate_step_multiplier(
     return calibrate_noise_multiplier(epsilon, delta, event, lambda: make_accountant(accountant))
 
 
-def plan_dpsgd(protocol: Protocol, n_train: int) -> DPSGDPlan:
-    """Calibrate the noise multiplier for this site (cached per protocol and ``n_train``)."""
+def sampling_of(protocol: Protocol) -> Sampling:
+    """The batch sampling the protocol's neighbouring relation and amplification imply."""
+    if protocol.training.dp_sgd.amplification == "none":
+        return "none"
+    return "poisson" if protocol.privacy.neighbouring == "add-remove-one" else "without-replacement"
+
+
+def plan_dpsgd(protocol: Protocol, n_train: int, n_patients: int | None = None) -> DPSGDPlan:
+    """Calibrate the noise multiplier for this site: ``n_train`` train cases of ``n_patients``
+    patients (default: one case each) in the global phase. Cached per protocol and counts."""
     dps = protocol.training.dp_sgd
     if not dps.enabled or dps.epsilon is None:
         raise ConfigError("training.dp_sgd is not enabled in this protocol; nothing to plan")
+    population = int(n_train if n_patients is None else n_patients)
+    if population < 1:
+        raise TrainingError("DP-SGD: the site has no train patients to plan for")
     steps = planned_steps_per_round(protocol.training, n_train)
     rounds = planned_rounds(protocol)
     kind = protocol.privacy.accountant
-    key = (protocol.model_dump_json(), steps, rounds)
+    key = (protocol.model_dump_json(), steps, rounds, population)
     if key in _PLAN_CACHE:
         return _PLAN_CACHE[key]
     eps, delta = float(dps.epsilon), float(dps.delta)
-    m = calibrate_step_multiplier(eps, delta, steps * rounds, kind)
-    plan = DPSGDPlan(
-        m, float(dps.max_grad_norm), int(protocol.training.batch_size), steps, rounds, eps, delta,
-        kind,
+    base = DPSGDPlan(
+        1.0, float(dps.max_grad_norm), int(protocol.training.batch_size), steps, rounds, eps,
+        delta, kind, sampling_of(protocol), population, float(dps.sampling_rate or 1.0),
+        int(protocol.training.global_rounds),
     )  # fmt: skip
+
+    def events(m: float) -> dp_accounting.DpEvent:
+        plan = DPSGDPlan(**{**base.to_json(), "noise_multiplier": m})
+        return dp_accounting.ComposedDpEvent(grouped(plan.planned_events()))
+
+    # A replace-one sampled plan is calibrated by the accountant its ledger will use once a
+    # sampled round is charged (make_accountant picks it from the events).
+    wor = dp_accounting.SampledWithoutReplacementDpEvent(2, 1, dp_accounting.GaussianDpEvent(1.0))
+    probe = [wor] if base.sampling == "without-replacement" else []
+    m = calibrate_noise_multiplier(eps, delta, events, lambda: make_accountant(kind, probe))
+    plan = DPSGDPlan(**{**base.to_json(), "noise_multiplier": m})
     # The ledger composes one event per round: check that exact composition, round m up if needed.
     for _ in range(50):
         if plan.planned_epsilon() <= eps:
@@ -170,17 +245,45 @@ def dp_batches(
     if groups is None:
         size = min(int(batch), int(n))
         return [torch.randperm(n, generator=gen)[:size].tolist() for _ in range(int(steps))]
-    if len(groups) != n:
-        raise TrainingError(f"DP-SGD: {len(groups)} patient ids for {n} cases")
-    members: dict[str, list[int]] = {}
-    for i, patient in enumerate(groups):
-        members.setdefault(str(patient), []).append(i)
+    members = _patients_of(n, groups)
     patients = sorted(members)
     size = min(int(batch), len(patients))
     out = []
     for _ in range(int(steps)):
         chosen = torch.randperm(len(patients), generator=gen)[:size].tolist()
         cases = [members[patients[c]] for c in chosen]
+        out.append([m[int(torch.randint(len(m), (1,), generator=gen))] for m in cases])
+    return out
+
+
+def _patients_of(n: int, groups: Sequence[str] | None) -> dict[str, list[int]]:
+    if groups is None:
+        return {str(i): [i] for i in range(int(n))}
+    if len(groups) != n:
+        raise TrainingError(f"DP-SGD: {len(groups)} patient ids for {n} cases")
+    members: dict[str, list[int]] = {}
+    for i, patient in enumerate(groups):
+        members.setdefault(str(patient), []).append(i)
+    return members
+
+
+def poisson_batches(
+    n: int, rate: float, steps: int, seed: int, groups: Sequence[str] | None = None
+) -> list[list[int]]:
+    """``steps`` Poisson-sampled batches: every patient (``groups``: the patient of each of the
+    ``n`` cases, else one patient per case) enters each step independently with probability
+    ``rate``, with one of its cases drawn uniformly. Batches may be empty."""
+    import torch
+
+    if not 0 < rate <= 1:
+        raise TrainingError(f"DP-SGD: sampling rate {rate} outside (0, 1]")
+    gen = torch.Generator().manual_seed(int(seed))
+    members = _patients_of(n, groups)
+    patients = sorted(members)
+    out = []
+    for _ in range(int(steps)):
+        keep = (torch.rand(len(patients), generator=gen) < rate).tolist()
+        cases = [members[p] for p, k in zip(patients, keep, strict=True) if k]
         out.append([m[int(torch.randint(len(m), (1,), generator=gen))] for m in cases])
     return out
 
@@ -235,16 +338,15 @@ def train_dp_round(
     noise_seed: int | None = None,
     groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One round of DP-SGD on ``model`` (the Opacus-capable variant) in place. ``groups``: the
-    patient of each case of ``data`` when a patient may have several (batches then sample
-    patients, :func:`dp_batches`). ``steps`` is
-    capped at ``plan.steps_per_round``. Charges ``plan.round_event(steps)`` to ``ledger`` before
-    any noise (raises BudgetExceededError past the budget, nothing trained). Batches, crops and
-    noise are drawn from site-local secrets; ``seed`` (the server's) is not used for any of them.
-    ``noise_seed``: simulation only (protocol ``unsafe_seeded_noise``), seeds all three.
-    Returns train_local's dict plus ``epsilon_spent`` (site total) and ``noise_multiplier``."""
+    """One round of DP-SGD on ``model`` in place. ``groups``: the patient of each case of
+    ``data`` when a patient may have several (batches then sample patients). ``steps`` is capped
+    at ``plan.steps_per_round``. Charges ``plan.round_event(steps, patients in data)`` to
+    ``ledger`` before any noise (raises BudgetExceededError past the budget, nothing trained).
+    Batches, crops and noise are drawn from site-local secrets; ``seed`` (the server's) is not
+    used for any of them. ``noise_seed``: simulation only (protocol ``unsafe_seeded_noise``),
+    seeds all three. Returns train_local's dict plus ``epsilon_spent`` (site total) and
+    ``noise_multiplier``."""
     import torch
-    from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     from securefed.training.local import make_optimizer, train_local
@@ -254,32 +356,38 @@ def train_dp_round(
     steps = min(int(steps), plan.steps_per_round)
     if steps < 1:
         raise TrainingError(f"DP-SGD: {steps} steps requested; expected >= 1")
+    population = len(_patients_of(len(data), groups))
     # Batches, crops and noise come from site-local secrets (64 bits of os.urandom each), never
     # from the server's seed: the server must not know which cases enter which step.
     batch_seed, crop_seed, gen_seed = _round_secrets(noise_seed)
-    batches = dp_batches(len(data), plan.batch_size, steps, batch_seed, groups)
-    with ledger.charge(STAGE, release_id, plan.round_event(steps)) as handle:
-        gsm = GradSampleModule(model)
+    if plan.sampling == "poisson":
+        batches = poisson_batches(len(data), plan.sampling_rate, steps, batch_seed, groups)
+        divisor = plan.batch_size  # a public constant, never the site's count
+    else:
+        batches = dp_batches(len(data), plan.batch_size, steps, batch_seed, groups)
+        divisor = len(batches[0])
+    with ledger.charge(STAGE, release_id, plan.round_event(steps, population)) as handle:
+        gen = torch.Generator()
+        gen.manual_seed(gen_seed)
+        opt = DPOptimizer(
+            make_optimizer(model, spec, float(lr)),
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            expected_batch_size=divisor,
+            loss_reduction="mean",
+            generator=gen,
+            secure_mode=True,
+        )
         try:
-            gen = torch.Generator()
-            gen.manual_seed(gen_seed)
-            opt = DPOptimizer(
-                make_optimizer(gsm, spec, float(lr)),
-                noise_multiplier=plan.noise_multiplier,
-                max_grad_norm=plan.max_grad_norm,
-                expected_batch_size=len(batches[0]),
-                loss_reduction="mean",
-                generator=gen,
-                secure_mode=True,
-            )
-            with warnings.catch_warnings():  # Opacus hooks: the input needs no gradient
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                out = train_local(
-                    gsm, data, spec, epochs=1, max_steps=None, lr=float(lr), device=device,
-                    seed=crop_seed, optimizer=opt, batches=batches,
-                )  # fmt: skip
+            out = train_local(
+                model, data, spec, epochs=1, max_steps=None, lr=float(lr), device=device,
+                seed=crop_seed, optimizer=opt, batches=batches, per_sample=True,
+            )  # fmt: skip
         finally:
-            gsm._close()
+            for p in model.parameters():  # Opacus's per-parameter state: nothing kept
+                for name in ("grad_sample", "summed_grad"):
+                    if hasattr(p, name):
+                        delattr(p, name)
     return {
         **out,
         "epsilon_spent": handle.spent_epsilon,

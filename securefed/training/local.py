@@ -125,6 +125,48 @@ def _batches(n: int, batch: int, epochs: int, gen: torch.Generator) -> list[list
     return out
 
 
+def _crops(
+    transform: Any, data: Sequence[dict[str, Any]], idx: Sequence[int]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One training crop (image, label) of each case ``idx`` of ``data``."""
+    images, labels = [], []
+    for i in idx:
+        sample = transform({k: v for k, v in data[i].items() if k in _SAMPLE_KEYS})
+        if isinstance(sample, list):
+            sample = sample[0]
+        images.append(torch.as_tensor(sample["image"]).as_subclass(torch.Tensor))
+        labels.append(torch.as_tensor(sample["label"]).as_subclass(torch.Tensor))
+    return images, labels
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"training diverged (loss {loss.item()}) at step {step}; lower the learning rate"
+        )
+
+
+def _per_sample_gradients(
+    model: nn.Module, params: list[nn.Parameter], loss_fn: nn.Module, x: torch.Tensor,
+    y: torch.Tensor, step: int,
+) -> torch.Tensor:  # fmt: skip
+    """Store each sample's gradient of its own loss as ``p.grad_sample`` (shape (B, *p.shape),
+    Opacus's layout for loss_reduction="mean"); return the mean loss. One backward pass per
+    sample: on CPU at DP-SGD's small batches as fast as Opacus's vectorised hooks, and exact for
+    every layer (tests/training/test_per_sample.py)."""
+    grads = [torch.empty((len(x), *p.shape), dtype=p.dtype, device=p.device) for p in params]
+    total = torch.zeros((), device=x.device)
+    for j in range(len(x)):
+        loss = loss_fn(model(x[j : j + 1]), y[j : j + 1])
+        _check_finite(loss, step)
+        for buf, g in zip(grads, torch.autograd.grad(loss, params), strict=True):
+            buf[j] = g
+        total = total + loss.detach()
+    for p, buf in zip(params, grads, strict=True):
+        p.grad_sample = buf  # type: ignore[attr-defined]  # Opacus reads it
+    return total / len(x)
+
+
 def train_local(
     model: nn.Module,
     data: Sequence[dict[str, Any]],
@@ -137,13 +179,16 @@ def train_local(
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     batches: Sequence[Sequence[int]] | None = None,
+    per_sample: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` in place on prepared ``data`` (see prepare_cases) with the loss of
     ``spec.loss`` (see make_loss): ``epochs`` passes, at most ``max_steps`` optimiser steps,
     batches of ``spec.batch_size`` crops, optimiser from ``spec`` (fresh each call unless
     ``optimizer`` is given, e.g. an Opacus one). Seeded by ``seed``. ``batches`` (DP-SGD)
     replaces the epoch plan with explicit case indices per step (then ``epochs`` is not used,
-    ``max_steps`` still caps).
+    ``max_steps`` still caps; a batch may be empty). ``per_sample`` (DP-SGD): each sample's
+    gradient is computed on its own and stored as ``p.grad_sample`` for an Opacus DPOptimizer
+    (exact for any model; an empty batch gives a noise-only step).
 
     Returns ``num_examples`` (cases), ``steps``, ``loss`` (mean over steps; NaN without data) and
     ``seconds``. With no cases, nothing is trained.
@@ -183,24 +228,25 @@ def train_local(
     loss_fn = make_loss(spec)
     losses: list[float] = []
     start = time.perf_counter()
-    for idx in plan:
-        images, labels = [], []
-        for i in idx:
-            sample = transform({k: v for k, v in data[i].items() if k in _SAMPLE_KEYS})
-            if isinstance(sample, list):
-                sample = sample[0]
-            images.append(torch.as_tensor(sample["image"]).as_subclass(torch.Tensor))
-            labels.append(torch.as_tensor(sample["label"]).as_subclass(torch.Tensor))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, idx in enumerate(plan, start=1):
+        images, labels = _crops(transform, data, idx)
+        opt.zero_grad(set_to_none=True)
+        if not images:
+            if not per_sample:
+                raise TrainingError(f"step {step}: empty batch outside DP-SGD")
+            for p in params:  # Poisson sampling drew nobody: the optimizer adds noise only
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
+            opt.step()
+            continue
         x = torch.stack(images).float().to(dev).contiguous(memory_format=memory_format)
         y = torch.stack(labels).float().to(dev)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"training diverged (loss {loss.item()}) at step {len(losses) + 1}; lower the "
-                "learning rate"
-            )
-        loss.backward()
+        if per_sample:
+            loss = _per_sample_gradients(model, params, loss_fn, x, y, step)
+        else:
+            loss = loss_fn(model(x), y)
+            _check_finite(loss, step)
+            loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     if fast:

@@ -43,8 +43,8 @@ def test_plan_fits_every_planned_round() -> None:
     assert plan.rounds == 30 + 2 * 10 and plan.steps_per_round == 1
     assert plan.planned_epsilon() <= 3.0
     # The calibration is tight: 2% less noise would overspend.
-    events = [dpsgd.DPSGDPlan(**{**plan.to_json(), "noise_multiplier": 0.98 * plan.noise_multiplier}
-                              ).round_event(1)] * plan.rounds  # fmt: skip
+    events = dpsgd.DPSGDPlan(**{**plan.to_json(), "noise_multiplier": 0.98 * plan.noise_multiplier}
+                             ).planned_events()  # fmt: skip
     assert accountant_epsilon(events, 1e-6, "rdp") > 3.0
     batches = dpsgd.dp_batches(5, 2, 20, seed=1)
     assert all(len(set(b)) == len(b) == 2 for b in batches)
@@ -80,8 +80,7 @@ def test_dp_rounds_train_and_charge_the_ledger(tmp_path: Path) -> None:
     plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
     assert plan.rounds == 2 + 2 * 1
     # Every planned round charged: composed epsilon stays within dp_sgd.epsilon.
-    full = [plan.round_event(plan.steps_per_round)] * plan.rounds
-    assert accountant_epsilon(full, 1e-6, "rdp") <= 3.0
+    assert accountant_epsilon(plan.planned_events(), 1e-6, "rdp") <= 3.0
     assert state.spent(delta=1e-6) <= 3.0
 
 
@@ -148,3 +147,56 @@ def test_dp_batches_come_from_site_secrets_not_the_servers_seed(
         steps=1, lr=0.05, seed=123, noise_seed=7,
     )  # fmt: skip
     assert seen[4] == seen[5]  # seeded simulation: reproducible, whatever the server's seed
+
+
+def test_plan_uses_the_tighter_bound() -> None:
+    """Replace-one: a population of 8 patients amplifies (the step is a sampled-without-
+    replacement event and less noise is needed than without amplification); 2 of 3 does not,
+    and the step stays the plain Gaussian. Finetuning rounds are planned unamplified."""
+    import dp_accounting as dpa
+
+    text = PROTOCOL.format(rounds=30, finetune=10, enabled="true")
+    loaded = load_protocol_text(text)
+    plan = dpsgd.plan_dpsgd(loaded.protocol, n_train=8)
+    none = dpsgd.plan_dpsgd(
+        load_protocol_text(text.replace("max_grad_norm = 1.0", 'max_grad_norm = 1.0\n'
+                                        'amplification = "none"')).protocol, n_train=8)  # fmt: skip
+    assert plan.sampling == "without-replacement" and none.sampling == "none"
+    assert plan.noise_multiplier < 0.8 * none.noise_multiplier
+    assert isinstance(plan.step_event(), dpa.SampledWithoutReplacementDpEvent)
+    assert isinstance(plan.step_event(population=3), dpa.GaussianDpEvent)
+    assert isinstance(plan.planned_events()[-1].event, dpa.GaussianDpEvent)  # finetuning
+    assert plan.planned_epsilon() <= 3.0
+
+
+def test_poisson_batches_are_independent_and_may_be_empty() -> None:
+    batches = dpsgd.poisson_batches(4, 0.25, 400, seed=3)
+    sizes = [len(b) for b in batches]
+    assert 0 in sizes and max(sizes) <= 4
+    assert abs(sum(sizes) / 400 - 1.0) < 0.25  # expected size q n = 1
+    groups = ["p1", "p1", "p2", "p3"]
+    for b in dpsgd.poisson_batches(4, 0.9, 50, seed=1, groups=groups):
+        assert len({groups[i] for i in b}) == len(b)  # at most one case per patient
+
+
+def test_poisson_round_with_empty_batches_still_adds_noise(tmp_path: Path) -> None:
+    """Add-remove-one: Poisson sampling; a round whose batches are all empty changes the model
+    (noise only) and is charged like any other round."""
+    text = (
+        PROTOCOL.format(rounds=2, finetune=0, enabled="true")
+        .replace("total_delta = 1e-5", 'total_delta = 1e-5\nneighbouring = "add-remove-one"')
+        .replace("max_grad_norm = 1.0", "max_grad_norm = 1.0\nsampling_rate = 0.001")
+    )
+    loaded = load_protocol_text(text)
+    plan = dpsgd.plan_dpsgd(loaded.protocol, n_train=3)
+    assert plan.sampling == "poisson"
+    spec = loaded.protocol.training
+    model = build_model(spec)
+    before = get_weights(model)
+    ledger = dpsgd.site_ledger(loaded, 1, tmp_path)
+    data = prepare_volumes([dp_case("a"), dp_case("b"), dp_case("c")], spec)
+    out = dpsgd.train_dp_round(model, data, spec, plan=plan, ledger=ledger, release_id="r1",
+                               steps=1, lr=0.05, seed=0)  # fmt: skip
+    assert out["steps"] == 0  # nobody sampled at q = 0.001 (probability 0.997)
+    assert any(not np.allclose(a, b) for a, b in zip(before, get_weights(model), strict=True))
+    assert list(read_ledger(tmp_path / "ledger.jsonl").committed) == ["r1"]

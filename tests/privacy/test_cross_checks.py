@@ -55,7 +55,7 @@ def test_dpsgd_plan_agrees_with_opacus_rdp_accountant() -> None:
         "training": {"batch_size": 2, "global_rounds": 20, "finetune_rounds": 5, "local_steps": 3,
                      "aggregation": "fedavg",
                      "dp_sgd": {"enabled": True, "epsilon": 4.0, "delta": 1e-6,
-                                "max_grad_norm": 1.0}},
+                                "max_grad_norm": 1.0, "amplification": "none"}},
     })  # fmt: skip
     plan = dpsgd.plan_dpsgd(proto, n_train=6)
     steps = plan.rounds * plan.steps_per_round
@@ -66,6 +66,34 @@ def test_dpsgd_plan_agrees_with_opacus_rdp_accountant() -> None:
     assert ours <= plan.epsilon + 1e-9
     assert theirs == pytest.approx(ours, rel=0.05)
     assert theirs <= plan.epsilon * 1.05
+
+
+def test_poisson_dpsgd_plan_agrees_with_opacus_rdp_accountant() -> None:
+    """Under add-remove-one with Poisson sampling at rate q, the plan (dp-accounting RDP over
+    PoissonSampledDpEvent(q, GaussianDpEvent(m))) against Opacus' RDPAccountant with sample rate
+    q and noise multiplier m (sensitivity C): they agree and the plan is within its budget."""
+    from opacus.accountants import RDPAccountant
+
+    from securefed.protocol import parse_protocol
+    from securefed.training import dpsgd
+
+    proto = parse_protocol({
+        "schema_version": 1,
+        "study": {"name": "t", "mode": "simulation"},
+        "privacy": {"total_epsilon": 8.0, "total_delta": 1e-5, "neighbouring": "add-remove-one"},
+        "clustering": {"k": 2, "k_selection": "fixed", "k_min": 2, "k_max": 2},
+        "training": {"batch_size": 2, "global_rounds": 20, "finetune_rounds": 5, "local_steps": 3,
+                     "aggregation": "fedavg", "baselines": ["fedavg"],
+                     "dp_sgd": {"enabled": True, "epsilon": 4.0, "delta": 1e-6,
+                                "max_grad_norm": 1.0, "sampling_rate": 0.25}},
+    })  # fmt: skip
+    plan = dpsgd.plan_dpsgd(proto, n_train=8)
+    assert plan.sampling == "poisson" and plan.sampling_rate == 0.25
+    opacus = RDPAccountant()
+    opacus.history = [(plan.noise_multiplier, 0.25, plan.rounds * plan.steps_per_round)]
+    theirs = opacus.get_epsilon(delta=plan.delta)
+    assert plan.planned_epsilon() <= plan.epsilon + 1e-9
+    assert theirs == pytest.approx(plan.planned_epsilon(), rel=0.05)
 
 
 def _plan(d: int, relation: str) -> SecurePlan:
