@@ -5,7 +5,8 @@ scale, through securefed's own DP-SGD step (Opacus ``GradSampleModule`` + ``DPOp
 ``m`` canaries, each a dataset slot of a linear model with ``m`` weights: slot i holds canary i
 (its per-sample gradient ``-C e_i``, included with probability 1/2) or its replacement (``+C e_i``:
 the replace-one neighbour at the sensitivity 2C the accountant assumes). Every step uses the whole
-dataset (no sampling: no amplification claimed, as securefed's plan claims none). After T steps
+dataset (no sampling: the unamplified step of ``dp_sgd.amplification = "none"``; the
+amplified accounting of sampled batches is not what this audit exercises). After T steps
 the score of canary i is how far weight i moved; the auditor guesses "in" for the k highest and
 "out" for the k lowest scores (k fixed in advance: m / 10), counts its correct guesses ``v`` of
 ``r = 2k`` and converts them with the paper's Theorem: under (epsilon, delta)-DP,
