@@ -249,7 +249,7 @@ class SiteClient(NumPyClient):
         all_train = site_subjects(self._assignments(config), pid, "train", None)
         subjects = site_subjects(self._assignments(config), pid, "train",
                                  None if cluster < 0 else cluster)  # fmt: skip
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"finetuning": cluster >= 0}
         patient_of = self._patients()
         if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
             extra["groups"] = [patient_of.get(s, s) for s in subjects]

@@ -358,7 +358,7 @@ class DPSGDSpec(_Strict):
     """Privacy amplification by the batch sampling. ``sampling``: under replace-one, fixed-size
     batches of distinct patients drawn without replacement, accounted by dp-accounting's RDP for
     sampling without replacement (Wang, Balle and Kasiviswanathan 2019; the site's train patients
-    of the global phase are the population, a cluster phase is charged for its own); under
+    of the global phase are the population; finetuning rounds are charged unamplified); under
     add-remove-one, Poisson sampling at ``sampling_rate`` (batches may be empty: a noise-only
     step). ``none``: every step charged as the full Gaussian mechanism (no amplification)."""
     sampling_rate: float | None = Field(None, gt=0, le=1)

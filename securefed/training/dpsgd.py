@@ -11,9 +11,10 @@ size. Sampling and accounting (``dp_sgd.amplification``):
   ``n`` in the round's data uniformly without replacement. Replacing one patient changes the sum
   by at most 2C: a step is ``SampledWithoutReplacementDpEvent(n, b, GaussianDpEvent(m / 2))``
   (RDP of Wang, Balle and Kasiviswanathan 2019 in dp-accounting; the dataset size is public under
-  replace-one). The plan calibrates m for the global phase's population and charges every
-  finetuning round as unamplified (a cluster's population is not known before clustering), so a
-  charged round never exceeds its planned share.
+  replace-one). The plan calibrates m for the global phase's population (the site's train
+  patients, fixed under replace-one). Finetuning rounds are planned and charged unamplified: a
+  cluster's size depends on its patients' features, so replacing one patient may change it (an
+  add/remove at the cluster level, where fixed-size batches still bound the change by 2C).
 - add-remove-one, ``sampling``: each patient enters each step independently with probability
   ``sampling_rate`` (a declared constant); empty batches are noise-only steps. A step is
   ``PoissonSampledDpEvent(q, GaussianDpEvent(m))`` (sensitivity C); the noisy sum is divided by
@@ -337,11 +338,15 @@ def train_dp_round(
     seed: int = 0,
     noise_seed: int | None = None,
     groups: Sequence[str] | None = None,
+    finetuning: bool = False,
 ) -> dict[str, Any]:
     """One round of DP-SGD on ``model`` in place. ``groups``: the patient of each case of
     ``data`` when a patient may have several (batches then sample patients). ``steps`` is capped
     at ``plan.steps_per_round``. Charges ``plan.round_event(steps, patients in data)`` to
-    ``ledger`` before any noise (raises BudgetExceededError past the budget, nothing trained).
+    ``ledger`` before any noise; a ``finetuning`` (cluster) round is charged unamplified: a
+    cluster's size depends on its patients' features, so replacing one patient may change it,
+    which sampling without replacement from a fixed population does not
+    cover. Raises BudgetExceededError past the budget, nothing trained.
     Batches, crops and noise are drawn from site-local secrets; ``seed`` (the server's) is not
     used for any of them. ``noise_seed``: simulation only (protocol ``unsafe_seeded_noise``),
     seeds all three. Returns train_local's dict plus ``epsilon_spent`` (site total) and
@@ -356,7 +361,7 @@ def train_dp_round(
     steps = min(int(steps), plan.steps_per_round)
     if steps < 1:
         raise TrainingError(f"DP-SGD: {steps} steps requested; expected >= 1")
-    population = len(_patients_of(len(data), groups))
+    population = plan.batch_size if finetuning else len(_patients_of(len(data), groups))
     # Batches, crops and noise come from site-local secrets (64 bits of os.urandom each), never
     # from the server's seed: the server must not know which cases enter which step.
     batch_seed, crop_seed, gen_seed = _round_secrets(noise_seed)

@@ -152,8 +152,8 @@ def _per_sample_gradients(
 ) -> torch.Tensor:  # fmt: skip
     """Store each sample's gradient of its own loss as ``p.grad_sample`` (shape (B, *p.shape),
     Opacus's layout for loss_reduction="mean"); return the mean loss. One backward pass per
-    sample: on CPU at DP-SGD's small batches as fast as Opacus's vectorised hooks, and exact for
-    every layer (tests/training/test_per_sample.py)."""
+    sample: no per-layer sampler needed, equal to Opacus's GradSampleModule on the DP model
+    (tests/training/test_per_sample.py)."""
     grads = [torch.empty((len(x), *p.shape), dtype=p.dtype, device=p.device) for p in params]
     total = torch.zeros((), device=x.device)
     for j in range(len(x)):

@@ -200,3 +200,20 @@ def test_poisson_round_with_empty_batches_still_adds_noise(tmp_path: Path) -> No
     assert out["steps"] == 0  # nobody sampled at q = 0.001 (probability 0.997)
     assert any(not np.allclose(a, b) for a, b in zip(before, get_weights(model), strict=True))
     assert list(read_ledger(tmp_path / "ledger.jsonl").committed) == ["r1"]
+
+
+def test_finetuning_rounds_are_charged_unamplified(tmp_path: Path) -> None:
+    """A cluster round's population can change when one patient is replaced (its cluster may
+    change): the client charges it as the plain Gaussian, a global round over 8 patients as the
+    sampled event."""
+    client, work = _site(tmp_path)
+    data = prepare_volumes([dp_case(s) for s in "abcdefgh"], client.spec)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=8)
+    ledger = dpsgd.site_ledger(client.loaded, 1, work)
+    for rid, finetuning in (("g", False), ("c", True)):
+        dpsgd.train_dp_round(build_model(client.spec), data, client.spec, plan=plan,
+                             ledger=ledger, release_id=rid, steps=1, lr=0.05,
+                             finetuning=finetuning)  # fmt: skip
+    charges = read_ledger(work / "ledger.jsonl").charges
+    assert type(charges["g"].event.event).__name__ == "SampledWithoutReplacementDpEvent"
+    assert type(charges["c"].event.event).__name__ == "GaussianDpEvent"
