@@ -10,6 +10,9 @@ is 1 and nothing else is sent (an evaluation request gets no metric). On request
 (``get_properties``) a site tells its partition id and the hash of its protocol copy. Nothing else
 (no images, no per-case values, no paths, no ledger values) is sent.
 
+With ``training.client_dp.enabled`` every update leaves as a clipped, rounded, noised integer
+vector (securefed.training.client_dp), charged to the same ledger before any noise is drawn.
+
 With ``training.dp_sgd.enabled`` every fit is a DP-SGD round (securefed.training.dpsgd) charged to
 the site's ledger (node config ``ledger-dir``, else the site's ``work-dir``) before any noise; past
 the budget the site refuses (BudgetExceededError) and the round goes on without it.
@@ -160,7 +163,8 @@ class SiteClient(NumPyClient):
             # Every site joins every cluster's federation; without cases of this one the site
             # returns the model it received (masked under SecAgg+ or encrypted under BFV like
             # any other update).
-            return self._out([np.asarray(p) for p in parameters], 0, config), self._weight(0), {}
+            same = [np.asarray(p) for p in parameters]
+            return self._out(same, 0, config, parameters), self._weight(0), {}
         if n_train == 0:
             raise TrainingError(
                 f"site {self.site.partition_id}: no train cases for cluster "
@@ -173,7 +177,7 @@ class SiteClient(NumPyClient):
         self._audit_round(config, rnd)
         if self.spec.dp_sgd.enabled:
             out = self._fit_dp(model, data, config, n_train, rnd, seed)
-            weights = self._out(self.task.get_weights(model), n_train, config)
+            weights = self._out(self.task.get_weights(model), n_train, config, parameters)
             return weights, self._weight(n_train), self._train_metrics(out)
         out = self.task.train(
             model,
@@ -185,12 +189,29 @@ class SiteClient(NumPyClient):
             device=self.site.device,
             seed=seed,
         )
-        weights = self._out(self.task.get_weights(model), n_train, config)
+        weights = self._out(self.task.get_weights(model), n_train, config, parameters)
         return weights, self._weight(n_train), self._train_metrics(out)
 
-    def _out(self, arrays: list[np.ndarray], n_train: int, config: dict[str, Any]):
+    def _out(
+        self,
+        arrays: list[np.ndarray],
+        n_train: int,
+        config: dict[str, Any],
+        received: Sequence[np.ndarray],
+    ):
         """The model as it leaves the site: in clear for fedavg and SecAgg+ (whose mod masks
-        it), one encrypted contribution under bfv (weighted by the declared FedAvg weight)."""
+        it), one encrypted contribution under bfv (weighted by the declared FedAvg weight); under
+        client-level DP one vector, the clipped update with the site's noise share
+        (securefed.training.client_dp; charged to the ledger first), masked by SecAgg+."""
+        if self.spec.client_dp.enabled:
+            from securefed.training.client_dp import encode_round
+
+            vector, _ = encode_round(
+                loaded=self.loaded, partition_id=self.site.partition_id,
+                ledger_dir=self.ledger_dir, received=[np.asarray(p) for p in received],
+                weights=arrays, config=config,
+            )  # fmt: skip
+            return vector
         if self.spec.aggregation != "bfv":
             return arrays
         weight = max(1, self._weight(n_train))
@@ -210,6 +231,7 @@ class SiteClient(NumPyClient):
         AuditLog(Path(self.ledger_dir), site_id, self.loaded.sha256).record(
             "training-round", phase="global" if cluster < 0 else f"cluster-{cluster}",
             round=rnd, aggregation=self.spec.aggregation, dp_sgd=self.spec.dp_sgd.enabled,
+            client_dp=self.spec.client_dp.enabled,
         )  # fmt: skip
 
     def _weight(self, n_train: int) -> int:

@@ -75,6 +75,7 @@ class PhaseConfig:
     he_context: str = ""  # bfv: the server's aggregator context (parameters only, no key)
     decryptor: int = -1  # bfv: partition id of the key holder that decrypts the verified sum
     he_fields: int = 2  # bfv: values per slot (securefed.crypto.bfv.encoding_for)
+    client_dp: str = ""  # client-level DP: the plan inputs (JSON, securefed.training.client_dp)
 
     def __post_init__(self) -> None:
         for name in ("out_dir", "sites", "protocol_hash"):
@@ -94,6 +95,15 @@ class PhaseConfig:
                 "run config: a bfv phase needs 'he-context' (the aggregator context made by the "
                 "key dealing) and 'decryptor' (the decrypting site's partition id)"
             )
+        if self.client_dp:
+            try:
+                inputs = json.loads(self.client_dp)
+            except ValueError as exc:
+                raise ConfigError(f"run config 'client-dp': not JSON ({exc})") from exc
+            if not isinstance(inputs, dict) or self.aggregation != "secagg+":
+                raise ConfigError(
+                    "run config 'client-dp': a JSON table of the plan inputs, under secagg+ only"
+                )
         if self.he_fields not in (1, 2):
             raise ConfigError(f"run config 'he-fields': 1 or 2, got {self.he_fields}")
         if self.rounds < 0:

@@ -112,7 +112,19 @@ def phase_config(
         he_context=str(he_context) if he_context else "",
         decryptor=int(decryptor),
         he_fields=fields,
+        client_dp=_client_dp_inputs(p),
     )
+
+
+def _client_dp_inputs(protocol: Any) -> str:
+    """The run config's ``client-dp``: the plan inputs the server decodes the sum with."""
+    if not protocol.training.client_dp.enabled:
+        return ""
+    import json
+
+    from securefed.training.client_dp import plan_inputs
+
+    return json.dumps(plan_inputs(protocol), sort_keys=True)
 
 
 # -- results -------------------------------------------------------------------------------------

@@ -101,7 +101,9 @@ class PhaseStrategy(FedAvgM):
 
     def round_config(self, server_round: int) -> dict[str, Any]:
         c = self.cfg
-        extra = {"he-fields": c.he_fields} if c.aggregation == "bfv" else {}
+        extra: dict[str, Any] = {"he-fields": c.he_fields} if c.aggregation == "bfv" else {}
+        if c.client_dp:  # sizes the modular head room of client-level DP (public)
+            extra["num-sites"] = len(c.site_ids)
         return {
             **extra,
             "server-round": server_round,
@@ -148,6 +150,8 @@ class PhaseStrategy(FedAvgM):
                 f"{len(self.proxies)} sites returned an update ({len(failures)} failed or timed "
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
+        if self.cfg.client_dp:
+            results = self._decode_client_dp(server_round, results)
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
         # The sum of the FedAvg weights: train case counts under a plain protocol, else the
         # number of sites (each sends weight 1, securefed.protocol.egress).
@@ -159,6 +163,30 @@ class PhaseStrategy(FedAvgM):
             total = sum(n for n, _ in losses) or 1
             metrics["train_loss"] = sum(n * v for n, v in losses) / total
         return aggregated, metrics
+
+    def _decode_client_dp(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """Client-level DP: the SecAgg+ aggregate is the mean of the sites' encoded vectors;
+        decode it into the round's new model (start + mean noised update) for every result, so
+        that FedAvgM steps from it as from any aggregate."""
+        import json
+
+        from securefed.training.client_dp import decode_round
+
+        if self.initial_parameters is None:  # pragma: no cover - set by configure_fit
+            raise TrainingError(f"{self.cfg.name} round {server_round}: no start model")
+        start = parameters_to_ndarrays(self.initial_parameters)
+        aggregate = parameters_to_ndarrays(results[0][1].parameters)
+        new = decode_round(
+            json.loads(self.cfg.client_dp), start, aggregate, n_sites=len(results),
+            n_phase_sites=len(self.cfg.site_ids), protocol_hash=self.cfg.protocol_hash,
+            cluster=self.cfg.cluster, server_round=server_round,
+        )  # fmt: skip
+        params = ndarrays_to_parameters(new)
+        for _, res in results:
+            res.parameters = params
+        return results
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -394,11 +422,14 @@ def _secagg_workflow(cfg: PhaseConfig) -> SecAggPlusWorkflow:
         )
     if cfg.num_shares < 3:
         raise ConfigError("secure_aggregation.num_shares: Flower's SecAgg+ needs at least 3")
+    # Client-level DP: the sites send integers in [-m/2, m/2); clipping range m/2 and weight 1
+    # make Flower's quantisation the identity on them, so the sum holds them exactly (mod m).
+    dp = bool(cfg.client_dp)
     return SecAggPlusWorkflow(
         num_shares=cfg.num_shares,
         reconstruction_threshold=cfg.reconstruction_threshold,
-        max_weight=cfg.max_weight,
-        clipping_range=cfg.clipping_range,
+        max_weight=1.0 if dp else cfg.max_weight,
+        clipping_range=cfg.quantization_range / 2 if dp else cfg.clipping_range,
         quantization_range=cfg.quantization_range,
         timeout=cfg.timeout_s,
     )

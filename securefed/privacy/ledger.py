@@ -105,7 +105,7 @@ class BudgetSpec:
 
 def stage_allocations(protocol: Protocol) -> dict[str, tuple[float, float]]:
     """(epsilon, delta) per stage as the protocol allocates them: ``features`` (local-dp
-    release), ``clustering`` (secure-aggregate) and ``training`` (DP-SGD)."""
+    release), ``clustering`` (secure-aggregate) and ``training`` (DP-SGD or client-level DP)."""
     out: dict[str, tuple[float, float]] = {}
     rel = protocol.release
     if rel.mode == "local-dp" and rel.epsilon is not None:
@@ -113,9 +113,8 @@ def stage_allocations(protocol: Protocol) -> dict[str, tuple[float, float]]:
     if rel.mode == "secure-aggregate":
         sec = protocol.clustering.secure
         out["clustering"] = (float(sec.epsilon), float(sec.delta))
-    dps = protocol.training.dp_sgd
-    if dps.enabled and dps.epsilon is not None:
-        out["training"] = (float(dps.epsilon), float(dps.delta))
+    if (training := protocol.training.dp_training_budget) is not None:
+        out["training"] = training
     return out
 
 

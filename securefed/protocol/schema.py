@@ -372,6 +372,38 @@ class DPSGDSpec(_Strict):
         return self
 
 
+class ClientDPSpec(_Strict):
+    """Optional client-level DP of the model updates under SecAgg+ (securefed.privacy.ddg): the
+    distributed discrete Gaussian of Kairouz, Liu and Steinke (2021). Each site clips its round
+    update, rotates, rounds and adds its share of discrete Gaussian noise before the SecAgg+
+    masking, so the sum the server opens is DP for every site's whole dataset."""
+
+    enabled: bool = False
+    """Add client-level DP noise to every model update a site sends (needs aggregation
+    ``secagg+``; not together with dp_sgd)."""
+    epsilon: PositiveEpsilon | None = None
+    """Epsilon of the training stage, per site, over every planned round (global rounds plus
+    finetuning rounds for every cluster a site may join)."""
+    delta: Delta = 1e-6
+    """Delta of the training stage, per site."""
+    clip_norm: float = Field(1.0, gt=0, le=1e6)
+    """L2 bound of a site's model update (new weights minus the round's start model) per round."""
+    max_colluding_sites: int = Field(0, ge=0, le=1000)
+    """Sites that may collude with the server and remove their own noise shares (t): each share
+    is sized so that the ``min(min_sites_per_aggregate, reconstruction_threshold) - t`` honest
+    sites of any accepted aggregate give it the full noise."""
+    rounding_beta: float = Field(0.6065306597126334, ge=0, lt=1)
+    """Conditional randomized rounding (Kairouz et al. 2021, Theorem 2): the rounding is drawn
+    again until the rounded norm is within the bound at this beta (default exp(-1/2)); 0: plain
+    rounding with the looser bound ``norm + sqrt(d)``."""
+
+    @model_validator(mode="after")
+    def _eps(self) -> ClientDPSpec:
+        if self.enabled and self.epsilon is None:
+            raise ValueError("training.client_dp.enabled needs training.client_dp.epsilon")
+        return self
+
+
 Baseline = Literal["local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized"]
 BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 
@@ -444,6 +476,22 @@ class TrainingSpec(_Strict):
     seed: Seed = 0
     """Seed of crop sampling and initialisation."""
     dp_sgd: DPSGDSpec = DPSGDSpec()
+    client_dp: ClientDPSpec = ClientDPSpec()
+
+    @property
+    def dp_training(self) -> Literal["dp-sgd", "client-dp"] | None:
+        """The DP mechanism of the training stage, if any."""
+        if self.dp_sgd.enabled:
+            return "dp-sgd"
+        return "client-dp" if self.client_dp.enabled else None
+
+    @property
+    def dp_training_budget(self) -> tuple[float, float] | None:
+        """(epsilon, delta) of the training stage's DP mechanism (None: no DP training)."""
+        spec = self.dp_sgd if self.dp_sgd.enabled else self.client_dp
+        if not spec.enabled or spec.epsilon is None:
+            return None
+        return float(spec.epsilon), float(spec.delta)
 
 
 class SecureAggregationSpec(_Strict):
@@ -537,6 +585,7 @@ class Protocol(_Strict):
         self._check_budget()
         self._check_release()
         self._check_dp_sgd()
+        self._check_client_dp()
         self._check_cluster_federations()
         return self
 
@@ -625,7 +674,8 @@ class Protocol(_Strict):
         if eps > self.privacy.total_epsilon + 1e-12:
             raise ValueError(
                 f"privacy.total_epsilon ({self.privacy.total_epsilon}) is below the sum of the "
-                f"stage allocations ({eps:g}: release + clustering.secure + training.dp_sgd)"
+                f"stage allocations ({eps:g}: release + clustering.secure + training.dp_sgd or "
+                "training.client_dp)"
             )
         if delta > self.privacy.total_delta + 1e-15:
             raise ValueError(
@@ -676,6 +726,41 @@ class Protocol(_Strict):
                 "amplification 'sampling' only (replace-one draws fixed-size batches); remove it"
             )
 
+    def _check_client_dp(self) -> None:
+        """Client-level DP runs inside SecAgg+, alone, on a modulus the masked sum keeps."""
+        cdp = self.training.client_dp
+        if not cdp.enabled:
+            return
+        if self.training.dp_sgd.enabled:
+            raise ValueError(
+                "training.client_dp: choose one DP training mechanism (dp_sgd or client_dp)"
+            )
+        if self.training.aggregation != "secagg+":
+            raise ValueError(
+                "training.client_dp needs training.aggregation = 'secagg+' (the noise shares "
+                "add up inside the masked sum; no party may see a site's update)"
+            )
+        m = self.secure_aggregation.quantization_range
+        if m < 2**16 or m & (m - 1):
+            raise ValueError(
+                f"secure_aggregation.quantization_range ({m}): client-level DP takes the sum "
+                "modulo it, so it must be a power of two >= 65536 (e.g. 4194304)"
+            )
+        if self.sites and len(self.sites) * m >= 2**32:
+            raise ValueError(
+                f"secure_aggregation.quantization_range ({m}): {len(self.sites)} sites of "
+                "client-level DP overflow Flower's 2^32 SecAgg+ modulus; lower it"
+            )
+        fewest = min(
+            self.training.min_sites_per_aggregate, self.secure_aggregation.reconstruction_threshold
+        )
+        if cdp.max_colluding_sites >= fewest:
+            raise ValueError(
+                f"training.client_dp.max_colluding_sites ({cdp.max_colluding_sites}) must be "
+                f"below min(min_sites_per_aggregate, reconstruction_threshold) ({fewest}): at "
+                "least one honest site's noise must remain in every aggregate"
+            )
+
     # -- derived views -------------------------------------------------------------------------
     def allocated_budget(self) -> tuple[float, float]:
         """(epsilon, delta) that the protocol's stages allocate out of the per-site total."""
@@ -687,16 +772,17 @@ class Protocol(_Strict):
         if self.release.mode == "secure-aggregate":
             eps += self.clustering.secure.epsilon
             delta += self.clustering.secure.delta
-        if self.training.dp_sgd.enabled and self.training.dp_sgd.epsilon is not None:
-            eps += self.training.dp_sgd.epsilon
-            delta += self.training.dp_sgd.delta
+        if (training := self.training.dp_training_budget) is not None:
+            eps += training[0]
+            delta += training[1]
         return eps, delta
 
     @property
     def claims_finite_epsilon(self) -> bool:
-        """A DP release somewhere (local-dp or secure-aggregate features, or DP-SGD): then no
-        patient-derived value may leave a site in clear (sites hold back their training loss)."""
-        return self.release.mode != "plain" or self.training.dp_sgd.enabled
+        """A DP release somewhere (local-dp or secure-aggregate features, DP-SGD or client-level
+        DP): then no patient-derived value may leave a site in clear (sites hold back their
+        training loss)."""
+        return self.release.mode != "plain" or self.training.dp_training is not None
 
     @property
     def is_simulation(self) -> bool:
