@@ -91,6 +91,9 @@ def _model_field(name: str, p: Any) -> Declaration | None:
         return None
     if p.training.dp_sgd.enabled:
         return Declaration("dp", "DP-SGD model update", epsilon=p.training.dp_sgd.epsilon)
+    if p.training.client_dp.enabled:
+        what = "client-level DP update (distributed discrete Gaussian share, under SecAgg+)"
+        return Declaration("dp", what, epsilon=p.training.client_dp.epsilon)
     return Declaration("clear", "model update (plain FedAvg: the server sees it)")
 
 

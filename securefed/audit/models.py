@@ -177,6 +177,7 @@ def run_model_attacks(
            "members": int(y.sum()), "non_members": int(len(y) - y.sum()),
            "references": references, "reference_steps": steps,
            "dp_sgd": loaded.protocol.training.dp_sgd.enabled,
+           "dp_training": loaded.protocol.training.dp_training,
            "attacks": attacks, "roc": curves,
            "not_yet": [{"attack": "update-membership", "why": "the attack on one site's "
                         "individual update (plain FedAvg vs the SecAgg+ aggregate) is open "

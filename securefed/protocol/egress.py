@@ -160,17 +160,21 @@ def _feature_rows(p: Protocol) -> list[EgressRow]:
 def _training_rows(p: Protocol) -> list[EgressRow]:
     t = p.training
     e = training_egress(p)
-    dp = t.dp_sgd.enabled
+    dp = t.dp_training is not None
+    dp_eps = t.dp_training_budget[0] if t.dp_training_budget is not None else None
+    mechanism = {
+        "dp-sgd": "; DP-SGD (Opacus Gaussian noise in floating point, secure_mode), charged to the "
+        "ledger",
+        "client-dp": "; client-level DP: clipped, rotated, rounded, plus each site's discrete "
+        "Gaussian share (OpenDP) sized for the honest sites of any aggregate, summed modulo "
+        "2^b inside SecAgg+, charged to the ledger",
+    }.get(str(t.dp_training), "; not DP (no DP training)")
     weights_protection = {
         "secagg+": "SecAgg+: masked and quantised, only the sum opens",
         "bfv": "BFV: clipped, fixed point, encrypted under the sites' shared key; the server "
         "adds ciphertexts and the decryptor site opens only the MAC-verified sum",
         "fedavg": "clear (fedavg: the server sees each update)",
-    }[t.aggregation] + (
-        "; DP-SGD (Opacus Gaussian noise in floating point, secure_mode), charged to the ledger"
-        if dp
-        else "; not DP (no DP-SGD)"
-    )
+    }[t.aggregation] + mechanism
     clear = e.weights == "train-counts"
     membership = {
         "raw": ("clear: the sites holding train cases of a cluster, assigned on raw vectors",
@@ -191,15 +195,20 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
         EgressRow("training", "decrypted aggregate (decryptor site only)", "server",
                   "the weighted average of the round's models, once per phase and round, after "
                   "the MAC shows it is the sum of the declared sites (at least "
-                  f"{t.min_sites_per_aggregate})", _g(t.dp_sgd.epsilon) if dp else "inf",
+                  f"{t.min_sites_per_aggregate})", _g(dp_eps) if dp else "inf",
                   "tests/federation/test_he_round.py::test_decryptor_refuses_a_second_decryption"),
     ] if t.aggregation == "bfv" else []  # fmt: skip
     weights_test = {
         "bfv": "tests/federation/test_he_round.py::test_bfv_phase_matches_fedavg",
     }.get(t.aggregation, "tests/federation/test_simulation.py::test_secagg_matches_fedavg")
+    if t.dp_training == "client-dp":
+        weights_test = (
+            "tests/federation/test_client_dp.py::"
+            "test_client_dp_phase_is_the_noised_mean_of_the_clipped_updates"
+        )
     return [
         EgressRow("training", "model weights", "server", weights_protection,
-                  _g(t.dp_sgd.epsilon) if dp else "inf", weights_test),
+                  _g(dp_eps) if dp else "inf", weights_test),
         *he_rows,
         EgressRow("training", "FedAvg weight", "server",
                   "the site's train case count, clear" if clear else "1 (uniform, public)",

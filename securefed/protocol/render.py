@@ -66,9 +66,13 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
     lines.append(f"clustering {c.algorithm}, {k}, PCA({c.pca_components}), scaling={c.scaling}")
     t = p.training
     dps = t.dp_sgd
+    cdp = t.client_dp
     dp = (
         f"DP-SGD epsilon={_eps(dps.epsilon)} (clip {dps.max_grad_norm:g}, amplification "
-        f"{dps.amplification})" if dps.enabled else "no DP-SGD"
+        f"{dps.amplification})" if dps.enabled else
+        f"client-level DP epsilon={_eps(cdp.epsilon)} (distributed discrete Gaussian under "
+        f"SecAgg+, update clip {cdp.clip_norm:g}, {cdp.max_colluding_sites} colluding site(s) "
+        "tolerated)" if cdp.enabled else "no DP training"
     )  # fmt: skip
     model = "dp-unet" if dps.enabled else t.model
     lines.append(

@@ -145,11 +145,14 @@ def _budget(loaded: LoadedProtocol) -> Section:
     else:
         rows.append(("clustering (secure-aggregate)", _g(p.clustering.secure.epsilon),
                      f"{p.clustering.secure.delta:g}", _secure(loaded)))  # fmt: skip
-    dps = p.training.dp_sgd
+    dps, cdp = p.training.dp_sgd, p.training.client_dp
     if dps.enabled:
         rows.append(("training (DP-SGD)", _g(dps.epsilon), f"{dps.delta:g}", _dpsgd(loaded)))
+    elif cdp.enabled:
+        rows.append(("training (client-level DP)", _g(cdp.epsilon), f"{cdp.delta:g}",
+                     _client_dp(loaded)))  # fmt: skip
     else:
-        rows.append(("training", "inf (no DP-SGD)", "-", "the aggregate model is not DP"))
+        rows.append(("training", "inf (no DP training)", "-", "the aggregate model is not DP"))
     notes.append(f"Allocated: epsilon {eps:g}, delta {delta:g} of the per-site total; every DP "
                  "release is charged to the site's ledger before any noise is drawn.")  # fmt: skip
     return Section("budget", "Budget and noise", ("stage", "epsilon", "delta", "noise"),
@@ -201,6 +204,23 @@ def _dpsgd(loaded: LoadedProtocol) -> str:
     )
 
 
+def _client_dp(loaded: LoadedProtocol) -> str:
+    from securefed.training.client_dp import model_values, site_plan
+
+    p = loaded.protocol
+    n = len(p.sites) or 3
+    try:
+        plan = site_plan(p, model_values(p.training), n)
+    except Exception as exc:  # noqa: BLE001 - a budget too small still renders
+        return f"calibration fails ({exc})"
+    return (
+        f"each site clips its update to {plan.clip:g}, rotates and rounds it and adds a discrete "
+        f"Gaussian share; the honest shares of any aggregate (>= {plan.honest} sites) give noise "
+        f"multiplier {plan.noise_multiplier:.4g} over {plan.rounds} rounds (for {n} sites, "
+        f"{plan.dim} values)"
+    )
+
+
 def _egress(loaded: LoadedProtocol) -> Section:
     rows = tuple((r.stage, r.value, r.to, r.protection, r.epsilon) for r in egress_table(
         loaded.protocol))  # fmt: skip
@@ -244,7 +264,9 @@ def _server_learns(loaded: LoadedProtocol) -> Section:
     notes = [
         f"Features: {lines[p.release.mode]}.",
         "Training: the aggregate of each round"
-        + (" (DP-SGD)" if p.training.dp_sgd.enabled else " (not DP)")
+        + {"dp-sgd": " (DP-SGD)", "client-dp": " (client-level DP)"}.get(
+            str(p.training.dp_training), " (not DP)"
+        )
         + ("; each site's update in clear" if p.training.aggregation == "fedavg" else "")
         + (
             "; under BFV each site's update is a ciphertext the server cannot open, but any site "

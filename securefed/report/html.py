@@ -157,9 +157,13 @@ def _wire_rows(wire: dict[str, Any]) -> list[list[Any]]:
         return []
     fp32 = wire.get("fp32_bytes") or 0
 
+    mode = str(wire.get("aggregation"))
+    if wire.get("training_privacy") == "client-dp":
+        mode += " + client-level DP"
+
     def row(name: str, size: Any) -> list[Any]:
         ratio = f"{size / fp32:.2f}x" if fp32 and size else "-"
-        return [name, wire.get("aggregation"), f"{size / 1e6:.3f} MB", ratio]
+        return [name, mode, f"{size / 1e6:.3f} MB", ratio]
 
     rows = [row(p, v) for p, v in (wire.get("per_phase") or {}).items()]
     rows.append(row("all phases", wire["bytes_per_client_per_round"]))

@@ -57,7 +57,7 @@ def _policy_for(loaded: LoadedProtocol, server_key: str) -> SitePolicy:
         forbidden_release_modes=(),
         required_aggregation=p.training.aggregation,
         min_sites_per_aggregate=min(sizes),
-        require_dp_training=p.training.dp_sgd.enabled,
+        require_dp_training=p.training.dp_training is not None,
         allowed_recipient_keys=(server_key,),
         allow_unsigned_simulation=False,
         require_version_pin=False,

@@ -22,8 +22,8 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
     proto = ctx.loaded.protocol
     p = proto.privacy
     plain = proto.release.mode == "plain"
-    # The trained model left every site too: without DP-SGD it is not DP (egress table).
-    unbounded = plain or not proto.training.dp_sgd.enabled
+    # The trained model left every site too: without DP training it is not DP (egress table).
+    unbounded = plain or proto.training.dp_training is None
     per_site: dict[str, Any] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     for site in ctx.sites:
@@ -47,10 +47,10 @@ def _privacy(ctx: StudyContext) -> dict[str, Any]:
             "Feature release 'plain' (the paper's behaviour): 372 raw values per case reached the "
             "server, sealed in transit only; their epsilon is infinite and is not in the ledgers."
         )
-    if not proto.training.dp_sgd.enabled:
+    if proto.training.dp_training is None:
         notes.append(
-            "Model updates were protected by secure aggregation only (no DP-SGD): the aggregate "
-            "model is not differentially private."
+            "Model updates were protected by secure aggregation only (no DP-SGD, no client-level "
+            "DP): the aggregate model is not differentially private."
         )
     _write_epsilon_csv(ctx, curves)
     return {"total_epsilon": p.total_epsilon, "total_delta": p.total_delta,
@@ -75,7 +75,11 @@ def _wire(ctx: StudyContext, phases: dict[str, Any]) -> dict[str, Any]:
 
     weights = load_weights(ctx.paths.root / phases["global"]["weights"])
     n_values = sum(int(w.size) for w in weights)
-    return wire_summary(ctx.paths.sites, ctx.loaded.protocol.training.aggregation, n_values)
+    out = wire_summary(ctx.paths.sites, ctx.loaded.protocol.training.aggregation, n_values)
+    # the DP mechanism of the updates: "dp-sgd", "client-dp" (its vector is padded and masked
+    # as int64) or None
+    out["training_privacy"] = ctx.loaded.protocol.training.dp_training
+    return out
 
 
 def _sites(ctx: StudyContext, clusters: list[Assignment]) -> list[dict[str, Any]]:

@@ -79,6 +79,13 @@ def estimate_upload(protocol: Any, *, measure: bool = True) -> dict[str, Any]:
     if t.aggregation == "fedavg":
         out["bytes_per_client_per_round"] = 4 * n
         return out
+    if t.aggregation == "secagg+" and t.client_dp.enabled:
+        from securefed.privacy.ddg import padded_dim
+
+        # one rotated vector, padded to its Walsh-Hadamard blocks, masked as int64
+        out["client_dp"] = True
+        out["bytes_per_client_per_round"] = 8 * padded_dim(n)
+        return out
     if t.aggregation == "secagg+":
         # Flower's SecAgg+ uploads the masked vector as int64 (its 2^32 modulus fits 32 bits)
         out["bytes_per_client_per_round"] = 8 * n

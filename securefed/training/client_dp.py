@@ -40,6 +40,7 @@ __all__ = [
     "plan_inputs",
     "plan_from_inputs",
     "site_plan",
+    "model_values",
     "phase_name",
     "encode_round",
     "decode_round",
@@ -81,6 +82,17 @@ def plan_from_inputs(inputs: dict[str, Any], dim: int, n_sites: int) -> ClientDP
 
 def site_plan(protocol: Protocol, dim: int, n_sites: int) -> ClientDPPlan:
     return plan_from_inputs(plan_inputs(protocol), dim, n_sites)
+
+
+def model_values(training: Any) -> int:
+    """Values of the protocol's model as a site sends it (each shared tensor once)."""
+    from securefed.models import build_model
+
+    model = build_model(training)
+    seen: dict[int, int] = {}
+    for tensor in model.state_dict(keep_vars=True).values():
+        seen.setdefault(id(tensor), int(tensor.numel()))
+    return sum(seen.values())
 
 
 def phase_name(cluster: int) -> str:

@@ -226,8 +226,10 @@ def policy_violations(loaded: LoadedProtocol, policy: SitePolicy) -> list[str]:
     for name, value in sizes:
         if value < policy.min_sites_per_aggregate:
             out.append(f"{name} {value} is below the policy's {policy.min_sites_per_aggregate}")
-    if policy.require_dp_training and not p.training.dp_sgd.enabled:
-        out.append("training.dp_sgd is off: the policy requires DP training")
+    if policy.require_dp_training and p.training.dp_training is None:
+        out.append(
+            "training.dp_sgd and training.client_dp are off: the policy requires DP training"
+        )
     server_key = p.server.encryption_key
     if server_key is not None and server_key not in policy.allowed_recipient_keys:
         out.append(f"server.encryption_key {server_key} is not among the policy's allowed keys")
