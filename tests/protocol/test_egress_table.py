@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "protocols" / "demo.toml"
 
 
-def _protocol(tmp: Path, mode: str, dp_sgd: bool = False, aggregation: str = "secagg+"):
+def _protocol(tmp: Path, mode: str, dp_sgd: bool | str = False, aggregation: str = "secagg+"):
+    """``dp_sgd``: True for DP-SGD, ``"client-dp"`` for client-level DP."""
     data = tomllib.loads(DEMO.read_text())
     data["training"]["aggregation"] = aggregation
     if mode != "plain":
@@ -32,7 +33,9 @@ def _protocol(tmp: Path, mode: str, dp_sgd: bool = False, aggregation: str = "se
         if mode == "local-dp":
             data["release"].update(mechanism="gaussian", epsilon=2.0, delta=1e-6)
         data["clustering"]["scaling"] = "declared-bounds"
-    if dp_sgd:
+    if dp_sgd == "client-dp":
+        data["training"]["client_dp"] = {"enabled": True, "epsilon": 2.0}
+    elif dp_sgd:
         data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 2.0}
         data["training"]["baselines"] = ["local", "fedavg"]
     tmp.mkdir(parents=True, exist_ok=True)
@@ -55,10 +58,11 @@ def _doc_rows() -> set[tuple[str, str]]:
     ("mode", "dp_sgd", "aggregation"),
     [("plain", False, "secagg+"), ("plain", True, "secagg+"), ("local-dp", False, "secagg+"),
      ("local-dp", True, "secagg+"), ("secure-aggregate", False, "secagg+"),
-     ("plain", False, "bfv"), ("local-dp", True, "bfv")],
+     ("plain", False, "bfv"), ("local-dp", True, "bfv"), ("local-dp", "client-dp", "secagg+"),
+     ("secure-aggregate", "client-dp", "secagg+")],
 )  # fmt: skip
 def test_every_row_names_an_existing_test_and_is_in_the_docs(
-    tmp_path: Path, mode: str, dp_sgd: bool, aggregation: str
+    tmp_path: Path, mode: str, dp_sgd: bool | str, aggregation: str
 ) -> None:
     rows = egress_table(_protocol(tmp_path, mode, dp_sgd, aggregation).protocol)
     documented = _doc_rows()
@@ -74,8 +78,11 @@ def test_every_row_names_an_existing_test_and_is_in_the_docs(
             assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), row.test
 
 
-def test_a_finite_epsilon_protocol_leaves_only_the_open_rows_unprotected(tmp_path: Path) -> None:
-    rows = egress_table(_protocol(tmp_path, "local-dp", dp_sgd=True).protocol)
+@pytest.mark.parametrize("training", [True, "client-dp"])
+def test_a_finite_epsilon_protocol_leaves_only_the_open_rows_unprotected(
+    tmp_path: Path, training: bool | str
+) -> None:
+    rows = egress_table(_protocol(tmp_path, "local-dp", dp_sgd=training).protocol)
     unprotected = [r.value for r in rows if r.epsilon.startswith("inf")]
     assert unprotected == ["reply timing"]
     plain = egress_table(_protocol(tmp_path / "p", "plain").protocol)
