@@ -106,7 +106,7 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
         what = "SecAgg+ messages: public keys, encrypted shares, masked vector"
         return Declaration("secure-aggregate", what)
     if name.startswith("getpropertiesres.properties."):
-        return Declaration("public", "partition id and protocol hash")
+        return Declaration("public", "partition id, protocol hash, budget status (public)")
     if name.startswith("getparametersres.parameters."):
         return Declaration("public", "the seeded initial model (no data)")
     if name.startswith(("fitres.parameters.", HE_MEAN + ".")):

@@ -148,7 +148,42 @@ class SiteClient(NumPyClient):
 
     # -- Flower API ----------------------------------------------------------------------------
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {"partition-id": self.site.partition_id, "protocol-hash": self.loaded.sha256}
+        """Partition id and protocol hash; asked ``budget-round`` (before a DP round), also
+        whether the site's ledger can pay that round (``budget-ok``): a function of the
+        protocol, the rounds already charged and counts the neighbouring relation makes public,
+        so it says nothing about the site's patients."""
+        props: dict[str, Any] = {
+            "partition-id": self.site.partition_id,
+            "protocol-hash": self.loaded.sha256,
+        }
+        if "budget-round" in config:
+            props["budget-ok"] = self._budget_ok(config)
+        return props
+
+    def _budget_ok(self, config: dict[str, Any]) -> bool:
+        if self.spec.dp_training is None or not self.ledger_dir:
+            return True
+        from securefed.training import dpsgd
+
+        rnd = int(config["budget-round"])
+        cluster = int(config.get("cluster", -1))
+        event = self._next_event({**config, "server-round": rnd})
+        ledger = dpsgd.site_ledger(self.loaded, self.site.partition_id, self.ledger_dir)
+        phase = "global" if cluster < 0 else f"cluster-{cluster}"
+        release_id = dpsgd.release_id_for(ledger, phase, rnd)
+        return ledger.affordable(dpsgd.STAGE, release_id, event)
+
+    def _next_event(self, config: dict[str, Any]) -> Any:
+        """The DP event the site's next fit under ``config`` will charge."""
+        if self.spec.client_dp.enabled:
+            from securefed.training.client_dp import site_plan
+
+            if not hasattr(self, "_dim"):
+                self._dim = sum(int(np.asarray(w).size) for w in self.get_parameters({}))
+            plan = site_plan(self.loaded.protocol, self._dim, int(config.get("num-sites", 0)))
+            return plan.round_event()
+        plan, steps, population, _ = self._dp_sgd_round(config)
+        return plan.round_event(min(steps, plan.steps_per_round), population)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """The seeded initial model (same on every site for the same protocol)."""
@@ -252,7 +287,6 @@ class SiteClient(NumPyClient):
     ) -> dict[str, Any]:
         """One DP-SGD round: calibrate (whole study, this site), charge the ledger, train."""
         import hashlib
-        import math
 
         from securefed.training import dpsgd
 
@@ -268,19 +302,7 @@ class SiteClient(NumPyClient):
                 f"site {pid}: DP-SGD needs the site's privacy ledger; set node config "
                 "'ledger-dir' (or 'work-dir')"
             )
-        all_train = site_subjects(self._assignments(config), pid, "train", None)
-        subjects = site_subjects(self._assignments(config), pid, "train",
-                                 None if cluster < 0 else cluster)  # fmt: skip
-        extra: dict[str, Any] = {"finetuning": cluster >= 0}
-        patient_of = self._patients()
-        if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
-            extra["groups"] = [patient_of.get(s, s) for s in subjects]
-        patients = {patient_of.get(s, s) for s in all_train}
-        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train), len(patients))
-        steps = int(config.get("local-steps", 0))
-        if steps <= 0:
-            epochs = int(config.get("local-epochs", 1))
-            steps = epochs * math.ceil(n_train / int(self.spec.batch_size))
+        plan, steps, _, extra = self._dp_sgd_round(config)
         ledger = dpsgd.site_ledger(self.loaded, pid, self.ledger_dir)
         phase = "global" if cluster < 0 else f"cluster-{cluster}"
         release_id = dpsgd.release_id_for(ledger, phase, rnd)
@@ -303,6 +325,34 @@ class SiteClient(NumPyClient):
             noise_seed=noise_seed,
             **extra,
         )
+
+    def _dp_sgd_round(self, config: dict[str, Any]) -> tuple[Any, int, int, dict[str, Any]]:
+        """(plan, requested steps, the population charged, train_dp extras) of the DP-SGD round
+        under ``config``: the plan over the site's train patients of the global phase, the
+        round's steps from the server's ``local-steps`` (capped by the plan), the round's
+        patients (a cluster round: unamplified, see securefed.training.dpsgd)."""
+        import math
+
+        from securefed.training import dpsgd
+
+        pid = self.site.partition_id
+        cluster = int(config.get("cluster", -1))
+        all_train = site_subjects(self._assignments(config), pid, "train", None)
+        subjects = site_subjects(self._assignments(config), pid, "train",
+                                 None if cluster < 0 else cluster)  # fmt: skip
+        extra: dict[str, Any] = {"finetuning": cluster >= 0}
+        patient_of = self._patients()
+        if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
+            extra["groups"] = [patient_of.get(s, s) for s in subjects]
+        patients = {patient_of.get(s, s) for s in all_train}
+        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train), len(patients))
+        steps = int(config.get("local-steps", 0))
+        if steps <= 0:
+            epochs = int(config.get("local-epochs", 1))
+            steps = epochs * math.ceil(len(subjects) / int(self.spec.batch_size))
+        round_patients = len({patient_of.get(s, s) for s in subjects})
+        population = plan.batch_size if cluster >= 0 else round_patients
+        return plan, steps, population, extra
 
     def _patients(self) -> dict[str, str]:
         """Subject id -> patient id from the site's partition file (node config

@@ -76,6 +76,7 @@ class PhaseConfig:
     decryptor: int = -1  # bfv: partition id of the key holder that decrypts the verified sum
     he_fields: int = 2  # bfv: values per slot (securefed.crypto.bfv.encoding_for)
     client_dp: str = ""  # client-level DP: the plan inputs (JSON, securefed.training.client_dp)
+    dp_training: str = ""  # "dp-sgd" | "client-dp": ask the sites' budgets before each round
 
     def __post_init__(self) -> None:
         for name in ("out_dir", "sites", "protocol_hash"):

@@ -204,7 +204,7 @@ def check_reply(
         return _check_evaluate(content, egress)
     if kind == MessageTypeLegacy.GET_PROPERTIES:
         props: Any = content.config_records.get("getpropertiesres.properties", {})
-        extra = set(props.keys()) - {"partition-id", "protocol-hash"}
+        extra = set(props.keys()) - {"partition-id", "protocol-hash", "budget-ok"}
         problems = [f"undeclared properties {sorted(extra)}"] if extra else []
         if _keys(content.config_records) != {"getpropertiesres.properties",
                                              "getpropertiesres.status"}:  # fmt: skip

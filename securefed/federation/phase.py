@@ -41,6 +41,7 @@ class PhaseResult:
     best_score: float | None
     history: list[dict[str, Any]]
     best_weights: list[np.ndarray]
+    stopped: str | None = None  # why the phase ended before its last round (privacy budgets)
 
     @property
     def best_weights_path(self) -> Path:
@@ -113,6 +114,7 @@ def phase_config(
         decryptor=int(decryptor),
         he_fields=fields,
         client_dp=_client_dp_inputs(p),
+        dp_training=t.dp_training or "",
     )
 
 
@@ -146,6 +148,7 @@ def _read_result(cfg: PhaseConfig) -> PhaseResult:
         best_score=state.best_score,
         history=state.history,
         best_weights=load_weights(best),
+        stopped=state.stopped,
     )
 
 

@@ -90,6 +90,7 @@ class PhaseStrategy(FedAvgM):
         self.grid = grid
         self.proxies: dict[int, ClientProxy] = {}  # node id -> proxy
         self.partition_of_node: dict[int, int] = {}
+        self.skip: set[int] = set()  # partition ids left out of this round (budget spent)
 
     def select(self, node_of_partition: dict[int, int]) -> None:
         run_id = self.grid.run.run_id
@@ -130,7 +131,8 @@ class PhaseStrategy(FedAvgM):
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.initial_parameters = parameters  # FedAvgM steps from the round's start model
         ins = FitIns(parameters, self.round_config(server_round))
-        return [(proxy, ins) for proxy in self.proxies.values()]
+        return [(proxy, ins) for nid, proxy in self.proxies.items()
+                if self.partition_of_node.get(nid) not in self.skip]  # fmt: skip
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -273,6 +275,27 @@ def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
             f"(start their SuperNodes, check --superlink and --node-config partition-id){why}"
         )
     return {pid: found[pid] for pid in sorted(wanted)}
+
+
+def _short_of_budget(grid: Grid, cfg: PhaseConfig, strategy: PhaseStrategy, rnd: int) -> list[int]:
+    """Partition ids of the phase's sites whose ledgers cannot pay round ``rnd`` (asked before
+    the round, so training stops cleanly at the last checkpoint instead of failing mid-round;
+    a site that does not answer counts as short)."""
+    config = {**strategy.round_config(rnd), "budget-round": rnd}
+    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config))
+    msgs = [
+        Message(content=content, dst_node_id=nid, message_type=MessageTypeLegacy.GET_PROPERTIES,
+                group_id=f"budget-{rnd}")
+        for nid in strategy.proxies
+    ]  # fmt: skip
+    ok: set[int] = set()
+    for reply in grid.send_and_receive(msgs, timeout=cfg.timeout_s):
+        if reply.has_error():
+            continue
+        props = compat.recorddict_to_getpropertiesres(reply.content).properties
+        if props.get("budget-ok") is True:
+            ok.add(reply.metadata.src_node_id)
+    return sorted(strategy.partition_of_node[n] for n in strategy.proxies if n not in ok)
 
 
 def _initial_weights(grid: Grid, cfg: PhaseConfig, strategy: PhaseStrategy) -> list[np.ndarray]:
@@ -499,6 +522,19 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
                 state.completed_round = 0
                 ckpt.save_round(state, weights, is_best=False)
         for rnd in range(state.completed_round + 1, cfg.rounds + 1):
+            short = _short_of_budget(grid, cfg, strategy, rnd) if cfg.dp_training else []
+            if len(cfg.site_ids) - len(short) < max(1, cfg.min_sites):
+                state.stopped = (
+                    f"{cfg.name}: stopped before round {rnd}: the privacy budget of site(s) "
+                    f"{short} cannot pay it ({cfg.dp_training}), leaving fewer than "
+                    f"{cfg.min_sites} sites; the phase keeps round {state.completed_round}, "
+                    f"checkpointed in {cfg.out_dir}"
+                )
+                log.warning("%s", state.stopped)
+                break
+            strategy.skip = set(short)
+            if short:
+                log.warning("%s round %s: without site(s) %s (budget spent)", cfg.name, rnd, short)
             t0 = time.monotonic()
             cfg_record[Key.CURRENT_ROUND] = rnd
             before = _params_record(legacy)

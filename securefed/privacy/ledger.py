@@ -332,6 +332,18 @@ class Ledger:
                     fh, state, {"kind": "commit", "stage": stage, "release_id": release_id}
                 )
 
+    def affordable(self, stage: str, release_id: str, event: dp_accounting.DpEvent) -> bool:
+        """Whether ``charge(stage, release_id, event)`` would pass the budget now (an intent of
+        that id already written counts as charged). Records nothing."""
+        state = self.verify()
+        if release_id in state.charges and release_id not in state.committed:
+            return True
+        try:
+            self._check_budget(state, Charge(stage, release_id, event, None))
+        except BudgetExceededError:
+            return False
+        return True
+
     def _audit(self) -> AuditLog:
         """The site's audit log beside the ledger (securefed.trust.audit_log)."""
         return AuditLog(self.folder, self.site_id, self.protocol_hash)

@@ -225,6 +225,13 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
                    "released": _T_NEIGHBOUR, "all-sites": test_all_sites}[e.membership]),
         EgressRow("training", "partition id and protocol hash", "server", "public", "-",
                   "tests/federation/test_simulation.py"),
+        *([EgressRow("training", "budget status before each DP round", "server",
+                     "yes or no: whether the site's ledger can pay the round; a function of the "
+                     "protocol, the rounds already charged and the counts the neighbouring "
+                     "relation makes public", "-",
+                     "tests/federation/test_client_dp.py::"
+                     "test_training_stops_cleanly_when_a_budget_runs_out")]
+          if t.dp_training else []),
         EgressRow("training", "reply timing", "server",
                   "not protected: local work is a fixed number of steps, but data loading "
                   "grows with the site's case count", "inf (open)", "-"),

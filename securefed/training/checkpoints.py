@@ -75,6 +75,7 @@ class PhaseState:
     history: list[dict[str, Any]] = field(default_factory=list)
     status: str = "running"  # running | completed | failed
     error: str | None = None
+    stopped: str | None = None  # why a completed phase ended before its last round (budgets)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -126,3 +126,35 @@ def test_a_site_without_cases_of_a_cluster_still_sends_noise(tmp_path: Path) -> 
     assert vector.shape == (plan.padded_dim,) and vector.dtype == np.float64
     assert np.all(vector == np.rint(vector))
     assert np.all((vector >= -plan.modulus // 2) & (vector < plan.modulus // 2))
+
+
+def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
+    """The server asks every site before each DP round whether its ledger can pay it; the phase
+    stops at the last completed round with a message (no failure, nothing drawn past it)."""
+    import dataclasses
+
+    text = PROTOCOL.format(rounds=3, finetune=0, aggregation="secagg+", min_sites=2, timeout=20)
+    text = text.replace("total_epsilon = 1.0", "total_epsilon = 4.0").replace(
+        "[secure_aggregation]",
+        "[training.client_dp]\nenabled = true\nepsilon = 4.0\n[secure_aggregation]",
+    )
+    proto = tmp_path / "protocol.toml"
+    proto.write_text(text)
+    sites, asg = _sites(tmp_path, proto)
+    loaded = load_protocol(proto)
+    cfg = phase_config(loaded, out_dir=tmp_path / "first", sites=dict.fromkeys(LAYOUT),
+                       assignments=asg)  # fmt: skip
+    assert cfg.dp_training == "client-dp" and cfg.rounds == 3
+    first = run_phase(dataclasses.replace(cfg, rounds=2), sites, task=make_task())
+    assert first.stopped is None and len(first.history) == 2
+    # A second global phase with the same ledgers: its round 1 is charged again (a rerun), its
+    # round 2 would be the 4th of 3 planned rounds.
+    again = run_phase(dataclasses.replace(cfg, out_dir=str(tmp_path / "again")), sites,
+                      task=make_task())  # fmt: skip
+    assert [h["round"] for h in again.history] == [1]
+    assert again.stopped is not None and "stopped before round 2" in again.stopped
+    assert "[1, 2, 3]" in again.stopped and "fewer than 2 sites" in again.stopped
+    for p in LAYOUT:
+        state = read_ledger(tmp_path / f"site{p}" / "ledger.jsonl")
+        assert len(state.charges) == 3 and state.committed == set(state.charges)
+        assert state.spent(1e-6) <= 4.0 + 1e-9
