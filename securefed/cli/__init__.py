@@ -18,6 +18,7 @@ from securefed.cli import protocol as _protocol
 from securefed.cli import radiomics as _radiomics
 from securefed.cli import site as _site
 from securefed.cli import study as _study
+from securefed.cli import sweep as _sweep
 from securefed.cli import synth as _synth
 from securefed.cli import trust as _trust
 from securefed.cli._common import console, state
@@ -27,7 +28,8 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     name="securefed",
     help="Privacy-hardened clustered federated personalization (CFFL) for brain-tumour "
-    "segmentation. Exit codes: 0 ok, 1 internal error, 2 user error, 3 security refusal.",
+    "segmentation. Exit codes: 0 ok, 1 internal error, 2 user error, 3 security refusal, 4 audit "
+    "finding, 5 a sweep point failed.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -62,6 +64,7 @@ for _module in (
     _privacy,
     _cluster,
     _study,
+    _sweep,
     _federation,
     _audit,
 ):

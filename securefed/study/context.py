@@ -37,6 +37,7 @@ class StudyContext:
     log: Log
     progress: Progress | None = None
     site_configs: dict[str, Path] = field(default_factory=dict)  # site id -> SITE.toml
+    radiomics_cache: Path | None = None  # shared feature cache (a sweep); default RUNDIR/cache
 
     @classmethod
     def build(

@@ -22,7 +22,7 @@ def run_features(ctx: StudyContext) -> None:
     extraction = extract_features(
         cases,
         proto.radiomics,
-        cache_dir=ctx.paths.root / "cache" / "radiomics",
+        cache_dir=ctx.radiomics_cache or ctx.paths.root / "cache" / "radiomics",
         partition_of=fed.partition_of,
         split_of=ctx.splits,
         workers=ctx.workers,

@@ -1,0 +1,130 @@
+"""`securefed sweep`: the grid expands to valid protocols (the schema's refusals become skipped
+points), a tiny federation sweep writes sweep.csv, sweep.json and report.html with every plot,
+shares the feature cache between points and resumes point by point."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from support.study import tiny_local_dp_protocol
+from typer.testing import CliRunner
+
+from securefed.cli import app
+from securefed.errors import ConfigError, ProtocolError
+from securefed.protocol import parse_protocol
+from securefed.sweep import DEFAULT_GRID, GridSpec, Point, expand, load_grid, point_protocol
+from securefed.sweep.collect import COLUMNS
+from securefed.sweep.report import pareto_front
+
+DEMO_LOCAL_DP = Path(__file__).resolve().parents[2] / "protocols" / "demo-local-dp.toml"
+
+
+def test_default_grid_and_point_protocols() -> None:
+    points = expand(DEFAULT_GRID)
+    assert [p.id for p in points] == [
+        "plain_none_secagg+", "plain_dp-sgd-e8_secagg+", "local-dp-e4_none_secagg+",
+        "local-dp-e4_dp-sgd-e8_secagg+",
+    ]  # fmt: skip
+    base = tomllib.loads(DEMO_LOCAL_DP.read_text())
+    data = point_protocol(base, points[3])
+    p = parse_protocol(data)
+    assert p.release.mode == "local-dp" and p.release.epsilon == 4.0
+    assert p.training.dp_sgd.enabled and p.training.dp_sgd.epsilon == 8.0
+    assert p.privacy.total_epsilon == pytest.approx(12.0)  # the sum of the allocations
+    plain = parse_protocol(point_protocol(base, points[0]))
+    assert plain.release.mode == "plain" and math.isinf(plain.privacy.total_epsilon)
+    # A combination the schema refuses names the schema's reason.
+    with pytest.raises(ProtocolError, match="secagg"):
+        point_protocol(base, Point("plain", None, "client-dp", 8.0, "fedavg"))
+    no_bounds = tomllib.loads((DEMO_LOCAL_DP.parent / "demo.toml").read_text())
+    with pytest.raises(ProtocolError, match="no release.bounds"):
+        point_protocol(no_bounds, points[2])
+
+
+def test_grid_file_errors_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text('[grid]\nrelease = ["plain"]\ntraining = ["dpsgd"]\n')
+    with pytest.raises(ConfigError, match=r"grid\.training"):
+        load_grid(path)
+    path.write_text('release = ["plain"]\n')
+    with pytest.raises(ConfigError, match=r"one \[grid\] table"):
+        load_grid(path)
+    path.write_text("[grid]\nfeature_epsilon = [0.0]\n")
+    with pytest.raises(ConfigError, match="feature_epsilon"):
+        load_grid(path)
+    assert load_grid(None) == DEFAULT_GRID
+
+
+def test_pareto_front() -> None:
+    rows = [
+        {"point": "a", "status": "done", "epsilon_total": 1.0, "dice_cffl": 0.2},
+        {"point": "b", "status": "done", "epsilon_total": 4.0, "dice_cffl": 0.5},
+        {"point": "c", "status": "done", "epsilon_total": 8.0, "dice_cffl": 0.4},
+        {"point": "d", "status": "done", "epsilon_total": "inf", "dice_cffl": 0.6},
+        {"point": "e", "status": "skipped"},
+    ]
+    assert pareto_front(rows) == ["a", "b", "d"]
+
+
+def test_sweep_of_a_tiny_federation_writes_and_resumes(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    base = tiny_local_dp_protocol(tmp_path)
+    data = tomllib.loads(base.read_text())
+    data["training"]["baselines"] = ["fedavg", "cffl"]
+    base.write_bytes(tomli_w.dumps(data).encode())
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[grid]\nrelease = ["plain", "local-dp"]\nfeature_epsilon = [2.0]\n'
+        'training = ["none", "client-dp"]\naggregation = ["fedavg"]\n'
+    )
+    out = tmp_path / "sweep"
+    args = ["sweep", str(base), "--data", str(tiny_federation), "--truth",
+            str(tiny_federation / "truth.csv"), "--out", str(out), "--grid", str(grid),
+            "--workers", "1"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["point"], r["status"]) for r in rows] == [
+        ("plain_none_fedavg", "done"), ("plain_client-dp-e8_fedavg", "skipped"),
+        ("local-dp-e2_none_fedavg", "done"), ("local-dp-e2_client-dp-e8_fedavg", "skipped"),
+    ]  # fmt: skip
+    assert "secagg" in rows[1]["reason"]  # client-level DP needs SecAgg+: the schema says so
+    plain, ldp = rows[0], rows[2]
+    for row in (plain, ldp):
+        assert 0.0 <= row["dice_fedavg"] <= 1.0 and 0.0 <= row["dice_cffl"] <= 1.0
+        assert row["dice_cffl_lo"] <= row["dice_cffl"] <= row["dice_cffl_hi"]
+        assert row["ari_scanner"] is not None and row["advantage_institution"] is not None
+        assert row["per_scanner"]["cffl"]
+    assert plain["epsilon_total"] == "inf" and plain["epsilon_features"] is None
+    assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9
+    with (out / "sweep.csv").open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == list(COLUMNS) and len(table) == 4
+    html = (out / "report.html").read_text()
+    for name in ("dice_vs_epsilon", "ari_vs_epsilon", "attack_vs_epsilon", "pareto"):
+        assert f"plots/{name}.png" in html and (out / "plots" / f"{name}.png").stat().st_size
+    # One feature cache for every point: the second point extracted nothing again.
+    assert any((out / "cache" / "radiomics").iterdir())
+    assert not (out / "points" / "plain_none_fedavg" / "run" / "cache").exists()
+    # Resume: finished points are not run again; the outputs stay the same.
+    before = (out / "sweep.csv").read_text()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("done earlier") == 2
+    assert (out / "sweep.csv").read_text() == before
+    # Another grid in the same folder is refused.
+    grid.write_text('[grid]\nrelease = ["plain"]\ntraining = ["none"]\n')
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "another protocol or grid" in res.output
+
+
+def test_grid_spec_is_strict() -> None:
+    with pytest.raises(ValueError):
+        GridSpec.model_validate({"release": []})
