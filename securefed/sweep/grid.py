@@ -126,7 +126,8 @@ def point_protocol(base: dict[str, Any], point: Point) -> dict[str, Any]:
     data = copy.deepcopy(base)
     study = data.setdefault("study", {})
     slug = re.sub(r"[^A-Za-z0-9_.-]", "p", point.id)  # secagg+ -> secaggp (study.name pattern)
-    study["name"] = f"{str(study.get('name', 'study'))[:63 - len(slug)]}-{slug}"[-64:].lstrip("-_.")
+    name = f"{str(study.get('name', 'study'))[: 63 - len(slug)]}-{slug}"
+    study["name"] = name[-64:].lstrip("-_.")
     release = dict(data.get("release", {}))
     bounds = release.get("bounds")
     if point.release != "plain" and bounds is None:
