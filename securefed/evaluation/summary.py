@@ -10,7 +10,7 @@ from typing import Any
 
 from securefed.evaluation.metrics import mean_metrics
 
-__all__ = ["METHOD_ORDER", "NON_PRIVATE", "summarize_methods", "summarize_rows"]
+__all__ = ["METHOD_ORDER", "NON_PRIVATE", "mean_ci", "summarize_methods", "summarize_rows"]
 
 REGION_KEYS = {"TC": "dice_tc", "WT": "dice_wt", "ET": "dice_et"}
 METHOD_ORDER = ("local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized")
@@ -24,6 +24,20 @@ def _defined(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
     for r in rows:
         out.append({k: float("nan") if r.get(k) is None else float(r[k]) for k in keys})
     return out
+
+
+def mean_ci(rows: Sequence[Mapping[str, Any]], *, boot: int = 2000) -> list[float] | None:
+    """95 % percentile bootstrap interval of the mean Dice (``dice_mean``) of ``rows`` (cases
+    resampled, fixed seed); None without a defined value."""
+    import numpy as np
+
+    values = np.array([float(r["dice_mean"]) for r in rows if r.get("dice_mean") is not None])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, values.size, size=(boot, values.size))].mean(axis=1)
+    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -70,7 +84,8 @@ def summarize_methods(
             for r in mrows:
                 scanners[scanner_of.get(str(r["subject_id"]), "?")].append(r)
             res["per_scanner"] = {
-                g: {**summarize_rows(v)["mean"], "n": len(v)} for g, v in sorted(scanners.items())
+                g: {**summarize_rows(v)["mean"], "n": len(v), "ci": mean_ci(v)}
+                for g, v in sorted(scanners.items())
             }
         out[method] = res
     return out

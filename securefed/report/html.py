@@ -147,8 +147,36 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
             for r in privacy.get("egress") or []
         ],
         "wire_rows": _wire_rows(results.get("wire") or {}),
+        "scanner_rows": _scanner_rows(methods),
+        "overlays": [
+            (
+                _data_uri(rundir / o["plot"]),
+                f"{o['subject_id']} ({o['site']}, cluster {o['cluster']})",
+            )
+            for o in seg.get("overlays") or []
+            if (rundir / str(o.get("plot", ""))).is_file()
+        ],  # fmt: skip
         "timings": [[k, v] for k, v in (results.get("timings") or {}).items()],
     }
+
+
+def _scanner_rows(methods: dict[str, Any]) -> dict[str, Any]:
+    """Mean test Dice per scanner group and method with its 95 % bootstrap interval."""
+    shown = [m for m in ("local", "fedavg", "cffl") if methods.get(m, {}).get("per_scanner")]
+    groups = sorted({g for m in shown for g in methods[m]["per_scanner"]})
+    rows = []
+    for g in groups:
+        cells = []
+        for m in shown:
+            e = methods[m]["per_scanner"].get(g)
+            if not e or e.get("mean") is None:
+                cells.append("-")
+                continue
+            ci = e.get("ci")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            cells.append(f"{e['mean']:.3f}{interval} (n={e.get('n')})")
+        rows.append([g, *cells])
+    return {"methods": shown, "rows": rows}
 
 
 def _wire_rows(wire: dict[str, Any]) -> list[list[Any]]:

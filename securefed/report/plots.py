@@ -12,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_dice_by_method", "plot_cffl_gain", "plot_training_curves", "REGIONS"]
+__all__ = [
+    "plot_dice_by_method", "plot_cffl_gain", "plot_training_curves", "plot_overlay", "REGIONS",
+]  # fmt: skip
 
 REGIONS = ("TC", "WT", "ET")
 
@@ -23,6 +25,32 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_overlay(
+    image: np.ndarray,
+    label: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    path: Path,
+    title: str,
+) -> Path:
+    """One test case: the axial slice with the largest whole-tumour area of the truth, FLAIR in
+    grey; the truth's WT (green) and TC (red) outlines, then each method's prediction the same
+    way (``image``: (4, X, Y, Z) with FLAIR last; masks (3, X, Y, Z) as TC, WT, ET)."""
+    z = int(np.argmax(label[1].sum(axis=(0, 1)))) if label[1].any() else image.shape[-1] // 2
+    flair = np.asarray(image[-1, :, :, z], dtype=float).T
+    panels = [("truth", label), *predictions.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (name, mask) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(flair, cmap="gray", origin="lower")
+        for channel, color in ((1, "lime"), (0, "red")):
+            sl = np.asarray(mask[channel, :, :, z], dtype=float).T
+            if sl.any():
+                ax.contour(sl, levels=[0.5], colors=color, linewidths=1.2)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
 
 
 def plot_dice_by_method(methods: dict[str, dict[str, Any]], path: Path) -> Path:

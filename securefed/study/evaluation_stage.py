@@ -14,7 +14,7 @@ import numpy as np
 
 from securefed.clustering.assignments import read_assignments
 from securefed.federation.task import default_task
-from securefed.fileio import atomic_write_bytes, read_json
+from securefed.fileio import atomic_write_bytes, read_json, write_json_atomic
 from securefed.models import build_model
 from securefed.study.context import StudyContext
 from securefed.training.checkpoints import load_weights
@@ -73,6 +73,8 @@ def run_evaluation(ctx: StudyContext) -> None:
                     for case in result["cases"]
                 ]  # fmt: skip
         ctx.log(f"  {site}: {len(mine)} case(s) scored" + (" (unseen)" if unseen else ""))
+    if ctx.truth is not None:  # a synthetic federation: a few slices for the report
+        _overlays(ctx, rows, weights_of, model, set_weights, cache)
     cluster_of = {r.subject_id: r.cluster for r in rows}
     part_of = {r.subject_id: r.partition_id for r in rows}
     for path in sorted(ctx.paths.baselines.glob("*.json")):
@@ -84,6 +86,54 @@ def run_evaluation(ctx: StudyContext) -> None:
                  "partition_id": part_of.get(sid), "group": "test"}
             )  # fmt: skip
     _write_rows(ctx.paths.per_case, out_rows)
+
+
+OVERLAYS = "evaluation/overlays.json"
+_N_OVERLAYS = 3
+
+
+def _overlays(
+    ctx: StudyContext,
+    rows: list[Any],
+    weights_of: dict[str, dict[str, str]],
+    model: Any,
+    set_weights: Any,
+    cache: dict[str, list[np.ndarray]],
+) -> None:
+    """For the first test cases (by subject id) with a tumour: the slice of largest tumour area
+    with the truth and the FedAvg and CFFL predictions (``plots/overlay-<i>.png``, listed in
+    ``evaluation/overlays.json``). Only for a synthetic federation (``--truth``): a report of
+    real data holds no image of a patient."""
+    from securefed.evaluation import predict_mask
+    from securefed.report.plots import plot_overlay
+    from securefed.training.local import resolve_device
+
+    proto = ctx.loaded.protocol
+    test = sorted((r for r in rows if r.split == "test" and r.partition_id not in ctx.held_out),
+                  key=lambda r: r.subject_id)  # fmt: skip
+    out: list[dict[str, Any]] = []
+    device = resolve_device(None)
+    for row in test:
+        if len(out) >= _N_OVERLAYS:
+            break
+        (case,) = ctx.prepared([row.subject_id])
+        label = np.asarray(case["label"])
+        if not label[1].any():
+            continue
+        preds = {}
+        for method, name in (("fedavg", "FedAvg"), ("cffl", "CFFL")):
+            weights = weights_of[method][str(row.cluster)]
+            if weights not in cache:
+                cache[weights] = load_weights(ctx.paths.root / weights)
+            set_weights(model, cache[weights])
+            preds[name] = predict_mask(model, case["image"], proto.evaluation, device)
+        rel = f"plots/overlay-{len(out) + 1}.png"
+        site = ctx.site_of(row.partition_id)
+        plot_overlay(np.asarray(case["image"]), label, preds, ctx.paths.root / rel,
+                     f"{row.subject_id} ({site}, cluster {row.cluster})")  # fmt: skip
+        out.append({"subject_id": row.subject_id, "site": site, "cluster": row.cluster,
+                    "plot": rel})  # fmt: skip
+    write_json_atomic(ctx.paths.root / OVERLAYS, out)
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

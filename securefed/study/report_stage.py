@@ -68,6 +68,14 @@ def _write_epsilon_csv(ctx: StudyContext, curves: dict[str, list[dict[str, Any]]
                        ("\n".join(lines) + "\n").encode(), mode=0o644)  # fmt: skip
 
 
+def _overlays(ctx: StudyContext) -> list[dict[str, Any]]:
+    """The evaluation stage's slices of a few test cases (synthetic federations only)."""
+    from securefed.study.evaluation_stage import OVERLAYS
+
+    path = ctx.paths.root / OVERLAYS
+    return list(read_json(path)) if path.is_file() else []
+
+
 def _wire(ctx: StudyContext, phases: dict[str, Any]) -> dict[str, Any]:
     """Bytes per site and round, measured from the sites' egress logs (securefed.study.wire)."""
     from securefed.study.wire import wire_summary
@@ -150,6 +158,7 @@ def build_results(ctx: StudyContext) -> dict[str, Any]:
             "unseen": summarize_methods(unseen, scanner_of) if unseen else {},
             "fallbacks": fallbacks,
             "global_best_round": phases["global"]["best_round"],
+            "overlays": _overlays(ctx),
         },
         "training_curves": curves,
         "privacy": _privacy(ctx),

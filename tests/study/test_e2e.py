@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from support.browser import HAVE_CHROMIUM, images, inked_rows, render
 from support.study import TINY, reference_bounds, tiny_protocol
 from typer.testing import CliRunner
 
@@ -51,6 +52,15 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
         assert all(0.0 <= res["mean"][r] <= 1.0 for r in ("TC", "WT", "ET"))
     assert results["clustering"]["k"] == 2
     assert "ari_scanner" in results["clustering"]["quality"]
+    if HAVE_CHROMIUM:  # the report as a person sees it: every plot loads, text all the way down
+        dom, shot = render(rundir / "report.html", tmp_path / "report.png", height=4000)
+        srcs = images(dom)
+        assert len(srcs) >= 3 and all(src.startswith("data:image/png;base64,") for src in srcs)
+        assert "<table" in dom and "Dice per scanner group" in dom
+        assert "Test cases: truth and predictions" in dom  # a synthetic run shows slices
+        overlays = results["segmentation"]["overlays"]
+        assert overlays and all((rundir / o["plot"]).is_file() for o in overlays)
+        assert inked_rows(shot).max() > 2000
     # The unseen institution: all 5 of its cases routed by radiomics and scored apart.
     unseen = results["segmentation"]["unseen"]
     assert unseen["fedavg"]["n_cases"] == 5 and unseen["cffl"]["n_cases"] == 5

@@ -7,14 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tomli_w
+from support.browser import HAVE_CHROMIUM, images, inked_rows, render
 from support.study import tiny_local_dp_protocol
 from typer.testing import CliRunner
 
@@ -113,7 +111,7 @@ def test_sweep_of_a_tiny_federation_writes_and_resumes(
     html = (out / "report.html").read_text()
     for name in ("dice_vs_epsilon", "ari_vs_epsilon", "attack_vs_epsilon", "pareto"):
         assert f"plots/{name}.png" in html and (out / "plots" / f"{name}.png").stat().st_size
-    if shutil.which("chromium"):  # Debian's chromium: the page renders with every plot
+    if HAVE_CHROMIUM:  # Debian's chromium: the page renders with every plot
         _check_in_browser(out / "report.html", tmp_path)
     # One feature cache for every point: the second point extracted nothing again.
     assert any((out / "cache" / "radiomics").iterdir())
@@ -131,17 +129,11 @@ def test_sweep_of_a_tiny_federation_writes_and_resumes(
 
 
 def _check_in_browser(page: Path, tmp: Path) -> None:
-    from PIL import Image
-
-    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu"]
-    shot = tmp / "sweep.png"
-    subprocess.run([*base, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], check=True, capture_output=True,
-                         text=True, timeout=120).stdout  # fmt: skip
-    assert dom.count("<img ") == 4 and "Pareto front" in dom and "<table>" in dom
-    image = np.asarray(Image.open(shot).convert("L"))
-    inked = np.flatnonzero((image < 200).any(axis=1))
+    dom, shot = render(page, tmp / "sweep.png")
+    srcs = images(dom)
+    assert len(srcs) == 4 and all((page.parent / src).is_file() for src in srcs), srcs
+    assert "Pareto front" in dom and "<table>" in dom
+    inked = inked_rows(shot)
     assert len(inked) > 600 and inked.max() > 900  # text, four plots and the table
 
 
