@@ -17,6 +17,7 @@ class SynthPreset(StrEnum):
     """`synth --preset`: the names of securefed.data.synth.PRESETS."""
 
     demo = "demo"
+    shifted = "shifted"
     fets_like = "fets-like"
     fets_1251 = "fets-1251"
 
@@ -30,14 +31,18 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (must be empty or absent).")],
     preset: Annotated[
         SynthPreset,
-        typer.Option("--preset", help="demo (45 cases), fets-like (267), fets-1251 (1251)."),
+        typer.Option(
+            "--preset",
+            help="demo (45 cases), shifted (48), fets-like (267), fets-1251 (1251).",
+        ),
     ] = SynthPreset.demo,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same data.")] = 0,
     spacing: Annotated[
         float | None,
         typer.Option(
             "--spacing",
-            help="Voxel size in mm (default: 3 for demo, 2 for fets-like, 4 for fets-1251).",
+            help="Voxel size in mm (default: 3 for demo and shifted, 2 for fets-like, 4 for "
+            "fets-1251).",
         ),
     ] = None,
     workers: Annotated[

@@ -81,7 +81,8 @@ def make_case(spec: CaseSpec, grid: Grid, *, keep_tissue: bool = False) -> Synth
             f"case {spec.subject_id}: could not draw a tumour with every label present at "
             f"spacing {grid.spacing} mm; use a finer --spacing"
         )
-    clean = render_contrasts(rng, gm, wm, csf, brain, masks, grid.spacing)
+    contrast = SCANNERS[spec.scanner].contrast
+    clean = render_contrasts(rng, gm, wm, csf, brain, masks, grid.spacing, contrast)
     profile = jitter(SCANNERS[spec.scanner], rng)
     images = acquire(clean, brain, profile, grid.spacing, rng)
     tissue = {"gm": gm, "wm": wm, "csf": csf, "brain": brain} if keep_tissue else None

@@ -32,11 +32,18 @@ def render_contrasts(
     brain: np.ndarray,
     tumour: TumourMasks,
     spacing: tuple[float, float, float],
+    contrast: tuple[tuple[str, str, float], ...] = (),
 ) -> dict[str, np.ndarray]:
     """Partial-volume mixture of tissue means with anatomical texture, then the tumour on top.
 
     The same texture fields are used for every modality (they are anatomy, not scanner).
+    ``contrast``: a scanner's (modality, tissue, mean) overrides of ``TISSUE_MEANS`` (an
+    acquisition whose tissue contrast differs: weak enhancement, unsuppressed FLAIR), which no
+    per-image intensity normalisation undoes.
     """
+    means = {m: dict(v) for m, v in TISSUE_MEANS.items()}
+    for modality, tissue, value in contrast:
+        means[modality][tissue] = float(value)
     total = gm + wm + csf
     norm = np.where(total > 1e-3, brain / np.maximum(total, 1e-3), 0).astype(np.float32)
     pgm, pwm, pcsf = gm * norm, wm * norm, csf * norm
@@ -49,7 +56,7 @@ def render_contrasts(
     s_ncr = tumour.soft_ncr
     out: dict[str, np.ndarray] = {}
     for m in MODALITIES:
-        mu = TISSUE_MEANS[m]
+        mu = means[m]
         k = per_case[m]
         healthy = (pcsf * mu["csf"] * k[0] + pgm * mu["gm"] * k[1] + pwm * mu["wm"] * k[2]) * (
             tissue_tex

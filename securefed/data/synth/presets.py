@@ -117,6 +117,21 @@ PRESETS: dict[str, Preset] = {
         ),
         spacing_mm=3.0,
     ),
+    "shifted": Preset(
+        name="shifted",
+        description="48 cases, 6 institutions, 3 mm: two on standard 3 T scanners, four on "
+        "acquisitions whose tissue contrast differs (weak T1ce enhancement, unsuppressed "
+        "FLAIR), which per-case z-scoring cannot undo",
+        institutions=(
+            Institution(1, 12, _one("siemens-3t")),
+            Institution(2, 10, (("siemens-3t", 0.6), ("philips-3t", 0.4))),
+            Institution(3, 8, _one("ge-1.5t-weak-enhancement")),
+            Institution(4, 7, _one("philips-3t-flair-unsuppressed")),
+            Institution(5, 6, _one("ge-1.5t-weak-enhancement")),
+            Institution(6, 5, _one("philips-3t-flair-unsuppressed")),
+        ),
+        spacing_mm=3.0,
+    ),
     "fets-like": Preset(
         name="fets-like",
         description="FeTS2022 partitioning_1 scaled to 1/5 (at least 3 per institution), 2 mm",

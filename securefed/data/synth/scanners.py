@@ -29,6 +29,8 @@ class ScannerProfile:
     gamma: float  # output = input ** gamma (intensity non-linearity)
     gibbs: float  # fraction of k-space kept along y (1 = no ringing)
     scale: float  # stored intensity of white matter-like signal
+    # (modality, tissue, mean) overrides of the tissue contrast (contrast.TISSUE_MEANS)
+    contrast: tuple[tuple[str, str, float], ...] = ()
 
 
 SCANNERS: dict[str, ScannerProfile] = {
@@ -45,6 +47,16 @@ SCANNERS: dict[str, ScannerProfile] = {
                        1.5, 6.0, 0.08, 1.15, 1.0, 700.0),
         ScannerProfile("legacy-1.5t", "old 1.5 T, very noisy, strong non-linearity", 0.13,
                        1.0, 4.0, 0.12, 0.60, 0.7, 400.0),
+        # Acquisitions whose TISSUE CONTRAST differs (the `shifted` preset): per-image z-scoring
+        # cannot undo them, so a segmentation model trained elsewhere sees other images.
+        ScannerProfile("ge-1.5t-weak-enhancement", "1.5 T, late or low-dose contrast agent: "
+                       "the enhancing rim barely brighter than white matter in T1ce, necrosis "
+                       "not darker than edema", 0.05, 0.8, 3.0, 0.10, 0.85, 1.0, 650.0,
+                       (("t1ce", "et", 1.05), ("t1ce", "ncr", 0.55), ("t2", "ncr", 1.30))),
+        ScannerProfile("philips-3t-flair-unsuppressed", "3 T, FLAIR without CSF suppression "
+                       "(T2-like: CSF as bright as edema), T2 edema dimmer than CSF", 0.025,
+                       0.5, 1.5, 0.08, 1.10, 0.8, 1100.0,
+                       (("flair", "csf", 1.55), ("flair", "gm", 0.95), ("t2", "ed", 1.05))),
     )
 }  # fmt: skip
 

@@ -114,3 +114,30 @@ def test_scanners_differ_in_texture_more_than_within() -> None:
         pooled = np.sqrt((stats[a].var(axis=0, ddof=1) + stats[b].var(axis=0, ddof=1)) / 2)
         gap = np.abs(stats[a].mean(axis=0) - stats[b].mean(axis=0)) / pooled
         assert gap.max() > 1.0, (a, b, gap)
+
+
+def test_contrast_shifted_scanners_change_what_z_scoring_keeps() -> None:
+    """The `shifted` preset's acquisitions change tissue CONTRAST, not only intensity: after
+    per-image z-scoring inside the brain, the enhancing rim is no brighter than white matter in
+    T1ce under weak enhancement, and CSF is bright in an unsuppressed FLAIR."""
+
+    def z(case: SynthCase, m: str) -> np.ndarray:
+        img = case.images[m].astype(float)
+        inside = case.tissue["brain"] > 0.5
+        return (img - img[inside].mean()) / img[inside].std()
+
+    def rim_over_wm(case: SynthCase) -> float:
+        wm = (case.tissue["wm"] > 0.9) & (case.seg == 0)
+        return _mean(z(case, "t1ce"), case.seg == 4) - _mean(z(case, "t1ce"), wm)
+
+    def csf_over_wm(case: SynthCase) -> float:
+        wm = (case.tissue["wm"] > 0.9) & (case.seg == 0)
+        csf = (case.tissue["csf"] > 0.9) & (case.seg == 0)
+        return _mean(z(case, "flair"), csf) - _mean(z(case, "flair"), wm)
+
+    standard, weak, unsuppressed = (
+        _case(7, s) for s in ("siemens-3t", "ge-1.5t-weak-enhancement",
+                              "philips-3t-flair-unsuppressed")
+    )  # fmt: skip
+    assert rim_over_wm(standard) > 1.0 and rim_over_wm(weak) < 0.5 * rim_over_wm(standard)
+    assert csf_over_wm(standard) < 0 < csf_over_wm(unsuppressed)

@@ -26,7 +26,16 @@ def test_demo_shape() -> None:
     demo = PRESETS["demo"]
     assert 40 <= demo.n_cases <= 50 and 5 <= len(demo.institutions) <= 6
     assert any(len(i.scanners) >= 2 for i in demo.institutions)
-    assert {n for i in demo.institutions for n, _ in i.scanners} == set(SCANNERS)
+    standard = {n for n, p in SCANNERS.items() if not p.contrast}
+    assert {n for i in demo.institutions for n, _ in i.scanners} == standard
+
+
+def test_shifted_preset_mixes_standard_and_contrast_shifted_acquisitions() -> None:
+    preset = PRESETS["shifted"]
+    names = {n for i in preset.institutions for n, _ in i.scanners}
+    shifted = {n for n in names if SCANNERS[n].contrast}
+    assert shifted == {"ge-1.5t-weak-enhancement", "philips-3t-flair-unsuppressed"}
+    assert names - shifted  # a majority on standard scanners to learn from
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
