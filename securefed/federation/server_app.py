@@ -523,7 +523,7 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
                 ckpt.save_round(state, weights, is_best=False)
         for rnd in range(state.completed_round + 1, cfg.rounds + 1):
             short = _short_of_budget(grid, cfg, strategy, rnd) if cfg.dp_training else []
-            if len(cfg.site_ids) - len(short) < max(1, cfg.min_sites):
+            if short and len(cfg.site_ids) - len(short) < max(1, cfg.min_sites):
                 state.stopped = (
                     f"{cfg.name}: stopped before round {rnd}: the privacy budget of site(s) "
                     f"{short} cannot pay it ({cfg.dp_training}), leaving fewer than "

@@ -228,7 +228,8 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
         *([EgressRow("training", "budget status before each DP round", "server",
                      "yes or no: whether the site's ledger can pay the round; a function of the "
                      "protocol, the rounds already charged and the counts the neighbouring "
-                     "relation makes public", "-",
+                     "relation makes public (DP-SGD under replace-one: the site's train patient "
+                     "count, which replace-one neighbours share)", "-",
                      "tests/federation/test_client_dp.py::"
                      "test_training_stops_cleanly_when_a_budget_runs_out")]
           if t.dp_training else []),

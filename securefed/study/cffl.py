@@ -114,7 +114,8 @@ def run_cffl_phases(
             result = run_phase(c_cfg, sites, engine=engine, task=task, deployment=deployment)
             study.clusters[cluster] = ClusterOutcome(
                 cluster=cluster, sites=members, status="finetuned",
-                reason=f"best round {result.best_round} of {c_cfg.rounds}",
+                reason=f"best round {result.best_round} of {c_cfg.rounds}"
+                + (f"; {result.stopped}" if result.stopped else ""),
                 weights_path=result.best_weights_path, result=result,
             )  # fmt: skip
         return study

@@ -133,6 +133,10 @@ def build_results(ctx: StudyContext) -> dict[str, Any]:
         if info["status"] != "finetuned":
             fallbacks.append({"cluster": c, "reason": f"{info['status']}: {info['reason']}"})
     warnings = []
+    if phases["global"].get("stopped"):
+        warnings.append(str(phases["global"]["stopped"]))
+    warnings += [str(info["reason"]) for info in phases["clusters"].values()
+                 if "stopped before round" in str(info.get("reason", ""))]  # fmt: skip
     if proto.release.mode == "plain":
         warnings.append(
             "Features were released in 'plain' mode: the server held every case's 372 raw "

@@ -95,6 +95,7 @@ def run_training(ctx: StudyContext) -> None:
         "global": {
             "best_round": g.best_round,
             "best_score": g.best_score,
+            "stopped": g.stopped,  # why it ended before its last round (privacy budgets)
             "weights": _relative(ctx, g.best_weights_path),
             "history": _curve(g.history),
         },
@@ -110,6 +111,8 @@ def run_training(ctx: StudyContext) -> None:
         }
     write_json_atomic(ctx.paths.phases, summary)
     ctx.log(f"  global: best round {g.best_round} (pooled val Dice {g.best_score})")
+    if g.stopped:
+        ctx.log(f"  {g.stopped}")
     for c, info in summary["clusters"].items():
         ctx.log(f"  cluster {c}: {info['status']} ({info['reason']})")
     run_baselines(ctx, _full_state(ctx, g.best_weights))
