@@ -111,6 +111,11 @@ def run_sweep(
             log(f"point {point.id}: failed ({exc})")
             rows.append({**point.to_json(), "status": "failed", "reason": f"[{exc.code}] {exc}"})
             continue
+        except Exception as exc:  # noqa: BLE001 - one point's bug must not lose the others
+            log(f"point {point.id}: failed with an internal error ({type(exc).__name__}: {exc})")
+            rows.append({**point.to_json(), "status": "failed",
+                         "reason": f"internal error {type(exc).__name__}: {exc}"})  # fmt: skip
+            continue
         row = row_for(point.to_json(), folder / "run", time.perf_counter() - start)
         write_json_atomic(done, row)
         rows.append(row)
