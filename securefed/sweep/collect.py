@@ -77,8 +77,19 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def row_for(point: dict[str, Any], rundir: Path, wall_s: float) -> dict[str, Any]:
-    """The row of a point whose run finished in ``rundir``."""
+def _study_seconds(rundir: Path) -> float:
+    """Seconds of the study's stages as its state records them (a resumed run counts every
+    stage once, whenever it ran)."""
+    path = rundir / "state.json"
+    if not path.is_file():
+        return 0.0
+    stages = read_json(path).get("completed", {})
+    return float(sum(float(s.get("seconds", 0.0)) for s in stages.values()))
+
+
+def row_for(point: dict[str, Any], rundir: Path, audit_s: float) -> dict[str, Any]:
+    """The row of a point whose run finished in ``rundir``; ``audit_s``: seconds of its
+    attacks."""
     results = read_json(rundir / "results.json")
     quality = results.get("clustering", {}).get("quality", {})
     methods = results.get("segmentation", {}).get("methods", {})
@@ -105,6 +116,6 @@ def row_for(point: dict[str, Any], rundir: Path, wall_s: float) -> dict[str, Any
     overall = [_number(s.get("overall_epsilon")) for s in per_site.values()]
     row["epsilon_total"] = max((v for v in overall if v is not None), default=math.inf)
     row["bytes_per_client_per_round"] = results.get("wire", {}).get("bytes_per_client_per_round")
-    row["wall_s"] = round(float(wall_s), 1)
+    row["wall_s"] = round(_study_seconds(rundir) + float(audit_s), 1)
     row["per_scanner"] = {m: methods.get(m, {}).get("per_scanner") for m in ("fedavg", "cffl")}
     return row

@@ -99,14 +99,16 @@ def run_sweep(
             rows.append({**point.to_json(), "status": "skipped", "reason": str(exc)})
             continue
         log(f"point {i + 1}/{len(points)}: {point.id}")
-        start = time.perf_counter()
+        audit_s = 0.0
         try:
             run_study(
                 path, data, folder / "run", truth=truth, workers=workers,
                 log=lambda m: log(f"  {m}"), radiomics_cache=out / "cache" / "radiomics",
             )  # fmt: skip
             if grid.attacks and point.release != "secure-aggregate":
+                start = time.perf_counter()
                 run_feature_attacks(folder / "run", truth, data=data)
+                audit_s = time.perf_counter() - start
         except SecurefedError as exc:
             log(f"point {point.id}: failed ({exc})")
             rows.append({**point.to_json(), "status": "failed", "reason": f"[{exc.code}] {exc}"})
@@ -116,7 +118,7 @@ def run_sweep(
             rows.append({**point.to_json(), "status": "failed",
                          "reason": f"internal error {type(exc).__name__}: {exc}"})  # fmt: skip
             continue
-        row = row_for(point.to_json(), folder / "run", time.perf_counter() - start)
+        row = row_for(point.to_json(), folder / "run", audit_s)
         write_json_atomic(done, row)
         rows.append(row)
     if progress is not None:
