@@ -103,7 +103,9 @@ def _texture(case: SynthCase) -> np.ndarray:
 
 @pytest.mark.slow
 def test_scanners_differ_in_texture_more_than_within() -> None:
-    stats = {s: np.array([_texture(_case(20 + i, s)) for i in range(3)]) for s in SCANNERS}
+    texture_only = [s for s, p in SCANNERS.items() if not p.contrast]  # the contrast-shifted
+    # acquisitions differ in tissue contrast instead (tested below)
+    stats = {s: np.array([_texture(_case(20 + i, s)) for i in range(3)]) for s in texture_only}
     means = np.array([v.mean(axis=0) for v in stats.values()])
     within = np.mean([v.var(axis=0, ddof=1) for v in stats.values()], axis=0)
     fisher = means.var(axis=0, ddof=1) / within
