@@ -62,7 +62,7 @@ def _x(values: list[float | None]) -> tuple[list[float], float]:
 def _axis(ax: Any, at_inf: float, xs: list[float], label: str) -> None:
     ticks = sorted(set(xs))
     ax.set_xticks(ticks)
-    ax.set_xticklabels(["inf" if t == at_inf else f"{t:g}" for t in ticks])
+    ax.set_xticklabels(["inf" if t == at_inf else f"{t:.3g}" for t in ticks])
     ax.set_xlabel(label)
     ax.grid(alpha=0.3)
 
@@ -88,9 +88,6 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
         hi = [max(0.0, (_num(r.get(f"dice_{method}_hi")) or y) - y) for r, y in pairs]
         ax.errorbar(total, ys, yerr=[lo, hi], fmt="o", color=color, capsize=3,
                     label=method.upper() if method == "cffl" else "FedAvg")  # fmt: skip
-    for x, r in zip(total, done, strict=True):
-        ax.annotate(r["point"], (x, _num(r.get("dice_cffl")) or 0.0), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
     _axis(ax, inf_t, total, "epsilon per site (all stages)")
     ax.set_ylabel("test Dice (mean of TC, WT, ET; 95% bootstrap CI)")
     ax.legend()
