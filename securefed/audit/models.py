@@ -15,9 +15,11 @@ protocol on the whole preprocessed volume, sliding-window logits):
 
 Per attack: ROC AUC (chance 0.5) and TPR at 1 % and 0.1 % FPR (chance = the FPR), each with a
 bootstrap interval; ``RUNDIR/audit/models.json`` and ``models.png`` (ROC curves). With a few test
-cases the TPR at small FPRs is coarse: the intervals say so. Not yet: the attack on one site's
-individual update (plain FedAvg against the SecAgg+ aggregate). Tests:
-``tests/study/test_model_attacks.py``.
+cases the TPR at small FPRs is coarse: the intervals say so.
+
+What the server sees of one site's update: ``update-membership`` and ``site-attribution``
+(securefed.audit.update_attack), plain FedAvg's individual update against the SecAgg+ aggregate.
+Tests: ``tests/study/test_e2e.py``, ``tests/audit/test_update_attack.py``.
 """
 
 from __future__ import annotations
@@ -27,49 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from securefed.audit.membership import membership_metrics
 from securefed.errors import ConfigError, DataError
 from securefed.fileio import read_json, write_json_atomic
 from securefed.protocol import load_protocol
 
 __all__ = ["membership_metrics", "run_model_attacks"]
-
-_BOOT = 1000
-CONFIDENCE = 0.95
-FPRS = (0.01, 0.001)
-
-
-def _tpr_at(y: np.ndarray, score: np.ndarray, fpr: float) -> float:
-    from sklearn.metrics import roc_curve
-
-    f, t, _ = roc_curve(y, score)
-    ok = f <= fpr
-    return float(t[ok].max()) if ok.any() else 0.0
-
-
-def membership_metrics(y: np.ndarray, score: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
-    """AUC and TPR at each of FPRS, with bootstrap intervals (resampling cases)."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    stats: dict[str, list[float]] = {"auc": []}
-    stats.update({f"tpr@{f:g}fpr": [] for f in FPRS})
-    for _ in range(_BOOT):
-        i = rng.integers(0, len(y), len(y))
-        if len(set(y[i])) < 2:
-            continue
-        stats["auc"].append(float(roc_auc_score(y[i], score[i])))
-        for f in FPRS:
-            stats[f"tpr@{f:g}fpr"].append(_tpr_at(y[i], score[i], f))
-    a = (1 - CONFIDENCE) / 2
-    point = {"auc": float(roc_auc_score(y, score))}
-    point.update({f"tpr@{f:g}fpr": _tpr_at(y, score, f) for f in FPRS})
-    chance = {"auc": 0.5, **{f"tpr@{f:g}fpr": f for f in FPRS}}
-    out = []
-    for metric, values in stats.items():
-        v = sorted(values)
-        out.append({"metric": metric, "value": point[metric], "chance": chance[metric],
-                    "ci": [v[int(a * len(v))], v[max(0, int((1 - a) * len(v)) - 1)]]})  # fmt: skip
-    return out
 
 
 def run_model_attacks(
@@ -80,8 +45,11 @@ def run_model_attacks(
     reference_steps: int | None = None,
     truth: Path | None = None,
     progress: Any = None,
+    update_crops: int = 4,
 ) -> dict[str, Any]:
-    """Run the membership attacks on RUNDIR's FedAvg and CFFL models; write models.json/png."""
+    """Run the membership attacks on RUNDIR's FedAvg and CFFL models and the attacks on one
+    site's update (``update_crops`` training crops per case gradient; 0 skips them); write
+    models.json/png."""
     import torch
     from sklearn.metrics import roc_curve
 
@@ -172,21 +140,38 @@ def run_model_attacks(
                                 **m, "n": int(len(y)), "members": int(y.sum())})  # fmt: skip
             f, t, _ = roc_curve(y, score)
             curves[f"{target} / {attack}"] = {"fpr": f.tolist(), "tpr": t.tolist()}
+    if update_crops > 0:
+        attacks += _update_attacks(model, cases, rows, spec, global_w, set_weights,
+                                   crops=update_crops, progress=progress)  # fmt: skip
     groups = _groups(truth, rows, y) if truth is not None else {}
     doc = {"kind": "model-attacks", "protocol": loaded.sha256, "by_scanner": groups,
            "members": int(y.sum()), "non_members": int(len(y) - y.sum()),
            "references": references, "reference_steps": steps,
            "dp_sgd": loaded.protocol.training.dp_sgd.enabled,
            "dp_training": loaded.protocol.training.dp_training,
-           "attacks": attacks, "roc": curves,
-           "not_yet": [{"attack": "update-membership", "why": "the attack on one site's "
-                        "individual update (plain FedAvg vs the SecAgg+ aggregate) is open "
-                        "work"}]}  # fmt: skip
+           "update_crops": update_crops, "attacks": attacks, "roc": curves,
+           "not_yet": []}  # fmt: skip
     out = rundir / "audit"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "models.json", doc)
     _plot(curves, out / "models.png")
     return doc
+
+
+def _update_attacks(
+    model: Any, cases: list[Any], rows: list[Any], spec: Any, global_w: list[np.ndarray],
+    set_weights: Any, *, crops: int, progress: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The attacks on one site's update, from the initial model and from the trained global one."""
+    from securefed.audit.update_attack import run_update_attacks
+    from securefed.models import build_model
+
+    initial = build_model(spec).state_dict()
+    starts = {"initial": lambda m: m.load_state_dict(initial),
+              "global": lambda m: set_weights(m, global_w)}  # fmt: skip
+    site_of = [int(r.partition_id) if r.split == "train" else None for r in rows]
+    return run_update_attacks(model, cases, site_of, spec, starts, crops=crops, seed=0,
+                              progress=progress)  # fmt: skip
 
 
 def _groups(truth: Path, rows: list[Any], y: np.ndarray) -> dict[str, dict[str, int]]:

@@ -259,19 +259,29 @@ def models(
             help="Steps per reference model (default: global_rounds x local_steps).",
         ),
     ] = None,
+    update_crops: Annotated[
+        int,
+        typer.Option(
+            "--update-crops",
+            min=0,
+            max=64,
+            help="Training crops per case gradient in the attack on one site's update (0: skip).",
+        ),
+    ] = 4,
 ) -> None:
-    """Membership inference on the FedAvg and CFFL models: a loss-threshold attack and a
-    reference-model attack (offline LiRA), AUC and TPR at 1 % and 0.1 % FPR with intervals."""
+    """Membership inference on the FedAvg and CFFL models (a loss-threshold attack and a
+    reference-model attack, offline LiRA) and on one site's update (plain FedAvg against the
+    SecAgg+ aggregate): AUC and TPR at 1 % and 0.1 % FPR with intervals."""
     from securefed.audit.models import run_model_attacks
     from securefed.errors import ConfigError
 
     if data is None:
         raise ConfigError("--data is required: the study's images (each case's loss)")
     doc = run_model_attacks(rundir, data, references=references, reference_steps=reference_steps,
-                            truth=truth, progress=info)  # fmt: skip
+                            truth=truth, progress=info, update_crops=update_crops)  # fmt: skip
     for a in doc["attacks"]:
         lo, hi = a["ci"]
-        console.print(f"membership {a['target']} / {a['model']}: {a['metric']} {a['value']:.3f} "
+        console.print(f"{a['attack']} {a['target']} / {a['model']}: {a['metric']} {a['value']:.3f} "
                       f"[{lo:.3f}, {hi:.3f}] (chance {a['chance']:g})", highlight=False,
                       markup=False)  # fmt: skip
     console.print(str(Path(rundir) / "audit" / "models.json"), highlight=False)

@@ -86,17 +86,23 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     assert any(s.startswith("training/cluster-") for s in stages)
     kinds = {r["protection"] for r in census["fields"]}
     assert "undeclared" not in kinds and "secure-aggregate" in kinds and "clear" in kinds
-    # Membership inference on the trained models (tiny: 2 reference models of 2 steps).
+    # Membership inference on the trained models (tiny: 2 reference models of 2 steps) and on
+    # one site's update (plain FedAvg vs the SecAgg+ aggregate).
     audit = runner.invoke(app, ["audit", "models", str(rundir), "--data", str(tiny_federation),
                                 "--truth", str(tiny_federation / "truth.csv"), "--references",
                                 "2", "--reference-steps", "2"])  # fmt: skip
     assert audit.exit_code == 0, audit.output
     models = json.loads((rundir / "audit" / "models.json").read_text())
-    assert {(a["target"], a["model"]) for a in models["attacks"]} == {
-        (t, m) for t in ("fedavg", "cffl") for m in ("loss-threshold", "reference")}  # fmt: skip
+    kinds = {(a["attack"], a["target"], a["model"]) for a in models["attacks"]}
+    assert kinds == {("membership", t, m) for t in ("fedavg", "cffl")
+                     for m in ("loss-threshold", "reference")} | {
+        (a, t, m) for m in ("initial", "global")
+        for a, t in (("update-membership", "plain-update"),
+                     ("update-membership", "secagg-aggregate"),
+                     ("site-attribution", "plain-update"))}  # fmt: skip
     for a in models["attacks"]:
-        assert a["attack"] == "membership" and a["ci"][0] <= a["ci"][1]
-        assert 0.0 <= a["value"] <= 1.0 and a["metric"] in ("auc", "tpr@0.01fpr", "tpr@0.001fpr")
+        assert a["ci"][0] <= a["ci"][1] and 0.0 <= a["value"] <= 1.0
+        assert a["metric"] in ("auc", "tpr@0.01fpr", "tpr@0.001fpr", "accuracy")
     assert models["members"] > 0 and models["non_members"] > 0 and models["by_scanner"]
     # Resume: every stage but the report is skipped, nothing is recomputed.
     before = (rundir / "training" / "phases.json").stat().st_mtime_ns
