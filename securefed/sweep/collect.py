@@ -87,10 +87,30 @@ def _study_seconds(rundir: Path) -> float:
     return float(sum(float(s.get("seconds", 0.0)) for s in stages.values()))
 
 
+def _clustering_only(rundir: Path) -> dict[str, Any]:
+    """A results-shaped mapping of a run stopped after clustering: the clustering quality
+    (server/clustering/clustering.json) and each site's ledger spend."""
+    from securefed.privacy.ledger import read_ledger
+    from securefed.protocol import load_protocol
+
+    report = rundir / "server" / "clustering" / "clustering.json"
+    quality = read_json(report).get("quality", {}) if report.is_file() else {}
+    # no training ran: a plain release is the only unbounded part of what left the sites
+    plain = load_protocol(rundir / "protocol.toml").protocol.release.mode == "plain"
+    per_site: dict[str, Any] = {}
+    for ledger in sorted((rundir / "sites").glob("*/ledger.jsonl")):
+        state = read_ledger(ledger)
+        overall = math.inf if plain else state.spent()
+        per_site[ledger.parent.name] = {"per_stage": state.spent_per_stage(),
+                                        "overall_epsilon": overall}  # fmt: skip
+    return {"clustering": {"quality": quality}, "privacy": {"per_site": per_site}}
+
+
 def row_for(point: dict[str, Any], rundir: Path, audit_s: float) -> dict[str, Any]:
-    """The row of a point whose run finished in ``rundir``; ``audit_s``: seconds of its
-    attacks."""
-    results = read_json(rundir / "results.json")
+    """The row of a point whose run finished in ``rundir`` (the whole study, or its features and
+    clustering stages: then no Dice); ``audit_s``: seconds of its attacks."""
+    path = rundir / "results.json"
+    results = read_json(path) if path.is_file() else _clustering_only(rundir)
     quality = results.get("clustering", {}).get("quality", {})
     methods = results.get("segmentation", {}).get("methods", {})
     cases = _cases(rundir)

@@ -10,6 +10,7 @@ training = ["none", "dp-sgd"]          # none | dp-sgd | client-dp
 training_epsilon = [8.0]               # training.dp_sgd / training.client_dp epsilon
 aggregation = ["secagg+"]              # training.aggregation (fedavg | secagg+ | bfv)
 attacks = true                         # run `securefed audit features` on every point
+stop_after = "clustering"              # optional: features and clustering only (no training)
 ```
 
 A point's privacy total is the sum of its stage allocations (infinite without DP). Points the
@@ -51,6 +52,9 @@ class GridSpec(BaseModel):
     training_epsilon: tuple[float, ...] = Field((8.0,), min_length=1, max_length=32)
     aggregation: tuple[Aggregation, ...] = Field(("secagg+",), min_length=1, max_length=3)
     attacks: bool = True
+    # "clustering": each point runs the features and clustering stages only (large federations:
+    # ARI and attack advantage against the feature epsilon, no training or Dice)
+    stop_after: Literal["clustering"] | None = None
 
 
 DEFAULT_GRID = GridSpec()

@@ -75,10 +75,18 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
+def _plots(out: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Draw the plots; returns those drawn (no Dice plots when no point trained a model)."""
     done = [r for r in rows if r.get("status") == "done"]
     total, inf_t = _x([_num(r.get("epsilon_total")) for r in done])
     feats, inf_f = _x([_num(r.get("feature_epsilon")) for r in done])
+    trained = any(_num(r.get("dice_cffl")) is not None for r in done) or not done
+    drawn = {k: v for k, v in PLOTS.items() if trained or k not in ("dice", "pareto")}
+    for name in set(PLOTS) - set(drawn):
+        (out / PLOTS[name]).unlink(missing_ok=True)
+    _feature_plots(out, done, feats, inf_f)
+    if not trained:
+        return drawn
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for method, color in (("fedavg", "tab:blue"), ("cffl", "tab:orange")):
@@ -93,6 +101,22 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
     ax.legend()
     _save(fig, out / PLOTS["dice"])
 
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    front = set(pareto_front(done))
+    dice = [_num(r.get("dice_cffl")) or 0.0 for r in done]
+    ax.plot(total, dice, "o", color="tab:grey", label="grid point")
+    fr = sorted((x, y) for x, y, r in zip(total, dice, done, strict=True) if r["point"] in front)
+    if fr:
+        ax.plot([p[0] for p in fr], [p[1] for p in fr], "-o", color="tab:red",
+                label="Pareto front")  # fmt: skip
+    _axis(ax, inf_t, total, "epsilon per site (all stages)")
+    ax.set_ylabel("CFFL test Dice")
+    ax.legend()
+    _save(fig, out / PLOTS["pareto"])
+    return drawn
+
+
+def _feature_plots(out: Path, done: list[dict[str, Any]], feats: list[float], inf_f: float) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(feats, [_num(r.get("ari_scanner")) or 0.0 for r in done], "o", label="vs scanner")
     ax.plot(feats, [_num(r.get("ari_institution")) or 0.0 for r in done], "s",
@@ -113,19 +137,6 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> None:
     ax.set_ylabel("attack accuracy minus chance")
     ax.legend()
     _save(fig, out / PLOTS["attacks"])
-
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    front = set(pareto_front(done))
-    dice = [_num(r.get("dice_cffl")) or 0.0 for r in done]
-    ax.plot(total, dice, "o", color="tab:grey", label="grid point")
-    fr = sorted((x, y) for x, y, r in zip(total, dice, done, strict=True) if r["point"] in front)
-    if fr:
-        ax.plot([p[0] for p in fr], [p[1] for p in fr], "-o", color="tab:red",
-                label="Pareto front")  # fmt: skip
-    _axis(ax, inf_t, total, "epsilon per site (all stages)")
-    ax.set_ylabel("CFFL test Dice")
-    ax.legend()
-    _save(fig, out / PLOTS["pareto"])
 
 
 def _cell(value: Any) -> str:
@@ -148,7 +159,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
                          for k in COLUMNS})  # fmt: skip
     atomic_write_bytes(out / "sweep.csv", buf.getvalue().encode())
     write_json_atomic(out / "sweep.json", {**meta, "columns": list(COLUMNS), "rows": rows})
-    _plots(out, rows)
+    drawn = _plots(out, rows)
     env = Environment(
         loader=PackageLoader("securefed.sweep", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
@@ -167,7 +178,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
             for r in rows
         ],  # fmt: skip
         reasons=[(r["point"], r.get("reason", "")) for r in rows if r.get("status") != "done"],
-        plots=PLOTS,
+        plots={k: drawn.get(k, "") for k in PLOTS},
         front=pareto_front(rows),
     )
     atomic_write_bytes(out / "report.html", html.encode())

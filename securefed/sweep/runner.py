@@ -104,6 +104,7 @@ def run_sweep(
             run_study(
                 path, data, folder / "run", truth=truth, workers=workers,
                 log=lambda m: log(f"  {m}"), radiomics_cache=out / "cache" / "radiomics",
+                stop_after=grid.stop_after,
             )  # fmt: skip
             if grid.attacks and point.release != "secure-aggregate":
                 start = time.perf_counter()

@@ -137,6 +137,33 @@ def _check_in_browser(page: Path, tmp: Path) -> None:
     assert len(inked) > 600 and inked.max() > 900  # text, four plots and the table
 
 
+def test_clustering_only_sweep_has_ari_and_advantage_and_no_dice(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    """``stop_after = "clustering"`` (large federations): features and clustering per point, the
+    epsilon the ledgers recorded, no training folder, no Dice plots."""
+    base = tiny_local_dp_protocol(tmp_path)
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[grid]\nrelease = ["plain", "local-dp"]\nfeature_epsilon = [2.0]\n'
+                    'training = ["none"]\nstop_after = "clustering"\n')  # fmt: skip
+    assert load_grid(grid).stop_after == "clustering"
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", str(base), "--data", str(tiny_federation), "--truth",
+                                   str(tiny_federation / "truth.csv"), "--out", str(out),
+                                   "--grid", str(grid), "--workers", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    plain, ldp = json.loads((out / "sweep.json").read_text())["rows"]
+    for row in (plain, ldp):
+        assert row["status"] == "done" and row["dice_cffl"] is None
+        assert row["ari_scanner"] is not None and row["advantage_institution"] is not None
+        assert not (out / "points" / row["point"] / "run" / "training").exists()
+    assert plain["epsilon_total"] == "inf"
+    assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9 and ldp["epsilon_total"] <= 2.0 + 1e-9
+    html = (out / "report.html").read_text()
+    assert "plots/ari_vs_epsilon.png" in html and "plots/dice_vs_epsilon.png" not in html
+    assert not (out / "plots" / "pareto.png").exists()
+
+
 def test_grid_spec_is_strict() -> None:
     with pytest.raises(ValueError):
         GridSpec.model_validate({"release": []})
