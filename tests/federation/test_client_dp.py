@@ -28,7 +28,7 @@ LAYOUT = {
 
 def _protocol(folder: Path, *, epsilon: float, clip: float, rounds: int = 1, dp: bool = True):
     text = PROTOCOL.format(rounds=rounds, finetune=1, aggregation="secagg+", min_sites=2,
-                           timeout=20)  # fmt: skip
+                           timeout=120)  # fmt: skip
     table = (f"[training.client_dp]\nenabled = true\nepsilon = {epsilon}\nclip_norm = {clip}\n"
              if dp else "")  # fmt: skip
     text = text.replace("total_epsilon = 1.0", f"total_epsilon = {epsilon}")
@@ -133,7 +133,7 @@ def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
     stops at the last completed round with a message (no failure, nothing drawn past it)."""
     import dataclasses
 
-    text = PROTOCOL.format(rounds=3, finetune=0, aggregation="secagg+", min_sites=2, timeout=20)
+    text = PROTOCOL.format(rounds=3, finetune=0, aggregation="secagg+", min_sites=2, timeout=120)
     text = text.replace("total_epsilon = 1.0", "total_epsilon = 4.0").replace(
         "[secure_aggregation]",
         "[training.client_dp]\nenabled = true\nepsilon = 4.0\n[secure_aggregation]",

@@ -1,0 +1,125 @@
+"""Write the base protocol of the 1251-case clustering sweep (benchmarks/fets1251_sweep.sh).
+
+From a REFERENCE federation's features (another seed, never the study's data): clipping bounds
+(1st-99th percentile, 10 % margin) and a fixed 2-dimensional projection (PCA of the unit-scaled
+reference), both pinned by SHA-256 in OUT/protocol.toml. The release and clustering settings are
+the ones the clustering benchmark found best at this scale (results/clustering.md: dp-histogram,
+8 bins per dimension, k = 5 declared; plain and local-dp choose k by silhouette).
+
+    python benchmarks/fets1251_protocol.py REFERENCE_FEATDIR OUT
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from securefed.clustering.fixed_projection import derive_projection
+from securefed.clustering.io import read_feature_table
+from securefed.clustering.scaling import scale_to_unit
+from securefed.privacy.bounds import derive_bounds, write_bounds
+from securefed.protocol import load_protocol
+
+PROTOCOL = """# Base protocol of the 1251-case clustering sweep (benchmarks/fets1251_sweep.sh):
+# features and clustering only (the grid's stop_after = "clustering"); the sweep sets
+# release.mode and the epsilon of each point.
+schema_version = 1
+
+[study]
+name = "fets1251-clustering"
+description = "The 1251-case fets-1251 federation: plain, local-dp and secure-aggregate clustering."
+mode = "simulation"
+
+[data]
+partitioning = "partitioning_1"
+split_seed = 0
+test_fraction = 0.15
+val_fraction = 0.20
+
+[privacy]
+unit = "patient"
+neighbouring = "replace-one"
+total_epsilon = 8.0
+total_delta = 1e-5
+accountant = "rdp"
+
+[radiomics]
+bin_width = 0.09
+binning = "per-image"
+mask = "brain"
+normalisation = "crop-box"
+
+[release]
+mode = "local-dp"
+mechanism = "gaussian"
+epsilon = 4.0
+delta = 1e-6
+projection = "file"
+projection_file = {{ file = "projection.json", sha256 = "{psha}" }}
+bounds = {{ file = "bounds.json", sha256 = "{bsha}" }}
+
+[clustering]
+algorithm = "gmm"
+k_selection = "silhouette"
+k = 5
+k_min = 2
+k_max = 12
+pca_components = 30
+covariance_type = "tied"
+n_init = 5
+seed = 6
+scaling = "declared-bounds"
+
+[clustering.secure]
+algorithm = "dp-histogram"
+epsilon = 1.0
+delta = 1e-6
+bins_per_dimension = 8
+min_sites_per_aggregate = 2
+
+[training]
+optimizer = "adam"
+lr = 0.003
+batch_size = 2
+crop_size = [24, 24, 24]
+crop_sampling = "tumour-centred"
+tumour_crop_fraction = 0.25
+spacing_mm = 4.0
+loss = "dice-bce"
+global_rounds = 1
+local_epochs = 1
+local_steps = 1
+finetune_rounds = 1
+baselines = ["fedavg", "cffl"]
+aggregation = "secagg+"
+min_sites_per_aggregate = 2
+seed = 0
+
+[secure_aggregation]
+num_shares = 3
+reconstruction_threshold = 2
+timeout_s = 600
+"""
+
+
+def main(reference: Path, out: Path) -> None:
+    table = read_feature_table(reference / "features.csv")
+    ref = np.asarray(table.values)
+    bounds = derive_bounds(ref, table.columns, source="fets1251 reference: demo preset seed 99, "
+                           "4 mm, NOT study data", low_pct=1, high_pct=99, margin=0.1)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    bsha = write_bounds(bounds, out / "bounds.json")
+    unit = scale_to_unit(ref, bounds.lower, bounds.upper)
+    source = "PCA of the unit-scaled reference (demo preset seed 99)"
+    proj = derive_projection(unit, table.columns, bounds.lower, bounds.upper, 2, source=source)
+    (out / "projection.json").write_bytes(proj.to_json_bytes())
+    psha = "sha256:" + hashlib.sha256(proj.to_json_bytes()).hexdigest()
+    (out / "protocol.toml").write_text(PROTOCOL.format(psha=psha, bsha=bsha))
+    print(load_protocol(out / "protocol.toml").sha256)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
