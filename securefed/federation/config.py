@@ -63,7 +63,7 @@ class PhaseConfig:
     quantization_range: int = 4_194_304
     max_weight: float = 1000.0
     timeout_s: float = 120.0
-    node_wait_s: float = 120.0
+    node_wait_s: float = 600.0  # a deadline: on a loaded machine Ray starts its actors slowly
     initial_weights: str = ""
     assignments: str = ""
     eval_round_zero: bool = False

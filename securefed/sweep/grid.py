@@ -57,6 +57,8 @@ class GridSpec(BaseModel):
     stop_after: Literal["clustering"] | None = None
 
 
+_PROJECTION_KEYS = ("projection", "subset", "dimension", "projection_seed", "projection_file")
+
 DEFAULT_GRID = GridSpec()
 """The CPU-sized default: plain and local-dp features (epsilon 4) x no DP training and DP-SGD
 (epsilon 8) under SecAgg+: four points (about 25 minutes on 2 cores on the demo federation)."""
@@ -149,8 +151,9 @@ def point_protocol(base: dict[str, Any], point: Point) -> dict[str, Any]:
         keep.setdefault("delta", 1e-6)
         data["release"] = {**keep, "mode": "local-dp", "epsilon": point.feature_epsilon}
         clustering["scaling"] = "declared-bounds"
-    else:
-        data["release"] = {"mode": "secure-aggregate", "bounds": bounds}
+    else:  # the base protocol's fixed projection (the secure clustering needs one)
+        keep = {k: v for k, v in release.items() if k in _PROJECTION_KEYS}
+        data["release"] = {**keep, "mode": "secure-aggregate", "bounds": bounds}
         secure = dict(clustering.get("secure", {}))
         secure["epsilon"] = point.feature_epsilon
         clustering["secure"] = secure

@@ -39,6 +39,9 @@ def _write_point_protocol(
     path = folder / "protocol.toml"
     text = tomli_w.dumps(data)
     if not path.is_file() or path.read_text() != text:
+        # A point without point.json whose protocol changed (a new securefed derives it
+        # differently): its partial run belongs to the old protocol, so it starts over.
+        shutil.rmtree(folder / "run", ignore_errors=True)
         path.write_text(text)
     release = data.get("release", {})
     for pinned in (release.get("bounds"), release.get("projection_file")):

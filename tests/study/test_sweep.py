@@ -46,6 +46,15 @@ def test_default_grid_and_point_protocols() -> None:
     no_bounds = tomllib.loads((DEMO_LOCAL_DP.parent / "demo.toml").read_text())
     with pytest.raises(ProtocolError, match="no release.bounds"):
         point_protocol(no_bounds, points[2])
+    # Secure-aggregate points keep the base protocol's fixed projection (the secure clustering
+    # needs one): the random projection of demo-local-dp, the subset of demo-secure-aggregate.
+    secure = Point("secure-aggregate", 0.5, "none", None, "secagg+")
+    sa = parse_protocol(point_protocol(base, secure))
+    assert sa.release.mode == "secure-aggregate" and sa.release.projection == "random"
+    assert sa.release.dimension == 8 and sa.clustering.secure.epsilon == 0.5
+    subset_base = tomllib.loads((DEMO_LOCAL_DP.parent / "demo-secure-aggregate.toml").read_text())
+    sub = parse_protocol(point_protocol(subset_base, secure))
+    assert sub.release.projection == "subset" and len(sub.release.subset) == 3
 
 
 def test_grid_file_errors_name_the_field(tmp_path: Path) -> None:
@@ -76,13 +85,16 @@ def test_pareto_front() -> None:
 def test_sweep_of_a_tiny_federation_writes_and_resumes(
     tiny_federation: Path, tmp_path: Path
 ) -> None:
+    """One trained point (the whole study) and one the schema refuses; the outputs, the report in
+    Chromium, the resume and the refusal of another grid. Plain rows and the shared feature cache:
+    the clustering-only test below."""
     base = tiny_local_dp_protocol(tmp_path)
     data = tomllib.loads(base.read_text())
     data["training"]["baselines"] = ["fedavg", "cffl"]
     base.write_bytes(tomli_w.dumps(data).encode())
     grid = tmp_path / "grid.toml"
     grid.write_text(
-        '[grid]\nrelease = ["plain", "local-dp"]\nfeature_epsilon = [2.0]\n'
+        '[grid]\nrelease = ["local-dp"]\nfeature_epsilon = [2.0]\n'
         'training = ["none", "client-dp"]\naggregation = ["fedavg"]\n'
     )
     out = tmp_path / "sweep"
@@ -93,34 +105,28 @@ def test_sweep_of_a_tiny_federation_writes_and_resumes(
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [(r["point"], r["status"]) for r in rows] == [
-        ("plain_none_fedavg", "done"), ("plain_client-dp-e8_fedavg", "skipped"),
         ("local-dp-e2_none_fedavg", "done"), ("local-dp-e2_client-dp-e8_fedavg", "skipped"),
     ]  # fmt: skip
     assert "secagg" in rows[1]["reason"]  # client-level DP needs SecAgg+: the schema says so
-    plain, ldp = rows[0], rows[2]
-    for row in (plain, ldp):
-        assert 0.0 <= row["dice_fedavg"] <= 1.0 and 0.0 <= row["dice_cffl"] <= 1.0
-        assert row["dice_cffl_lo"] <= row["dice_cffl"] <= row["dice_cffl_hi"]
-        assert row["ari_scanner"] is not None and row["advantage_institution"] is not None
-        assert row["per_scanner"]["cffl"]
-    assert plain["epsilon_total"] == "inf" and plain["epsilon_features"] is None
+    ldp = rows[0]
+    assert 0.0 <= ldp["dice_fedavg"] <= 1.0 and 0.0 <= ldp["dice_cffl"] <= 1.0
+    assert ldp["dice_cffl_lo"] <= ldp["dice_cffl"] <= ldp["dice_cffl_hi"]
+    assert ldp["ari_scanner"] is not None and ldp["advantage_institution"] is not None
+    assert ldp["per_scanner"]["cffl"]
     assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9
     with (out / "sweep.csv").open(newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == list(COLUMNS) and len(table) == 4
+    assert list(table[0]) == list(COLUMNS) and len(table) == 2
     html = (out / "report.html").read_text()
     for name in ("dice_vs_epsilon", "ari_vs_epsilon", "attack_vs_epsilon", "pareto"):
         assert f"plots/{name}.png" in html and (out / "plots" / f"{name}.png").stat().st_size
     if HAVE_CHROMIUM:  # Debian's chromium: the page renders with every plot
         _check_in_browser(out / "report.html", tmp_path)
-    # One feature cache for every point: the second point extracted nothing again.
-    assert any((out / "cache" / "radiomics").iterdir())
-    assert not (out / "points" / "plain_none_fedavg" / "run" / "cache").exists()
     # Resume: finished points are not run again; the outputs stay the same.
     before = (out / "sweep.csv").read_text()
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert res.output.count("done earlier") == 2
+    assert res.output.count("done earlier") == 1
     assert (out / "sweep.csv").read_text() == before
     # Another grid in the same folder is refused.
     grid.write_text('[grid]\nrelease = ["plain"]\ntraining = ["none"]\n')
@@ -157,8 +163,11 @@ def test_clustering_only_sweep_has_ari_and_advantage_and_no_dice(
         assert row["status"] == "done" and row["dice_cffl"] is None
         assert row["ari_scanner"] is not None and row["advantage_institution"] is not None
         assert not (out / "points" / row["point"] / "run" / "training").exists()
-    assert plain["epsilon_total"] == "inf"
+    assert plain["epsilon_total"] == "inf" and plain["epsilon_features"] is None
     assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9 and ldp["epsilon_total"] <= 2.0 + 1e-9
+    # One feature cache for every point: the second point extracted nothing again.
+    assert any((out / "cache" / "radiomics").iterdir())
+    assert not (out / "points" / "plain_none_secagg+" / "run" / "cache").exists()
     html = (out / "report.html").read_text()
     assert "plots/ari_vs_epsilon.png" in html and "plots/dice_vs_epsilon.png" not in html
     assert not (out / "plots" / "pareto.png").exists()
