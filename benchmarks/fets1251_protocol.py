@@ -2,7 +2,8 @@
 
 From a REFERENCE federation's features (another seed, never the study's data): clipping bounds
 (1st-99th percentile, 10 % margin) and a fixed 2-dimensional projection (PCA of the unit-scaled
-reference), both pinned by SHA-256 in OUT/protocol.toml. The release and clustering settings are
+reference), both pinned by SHA-256 in OUT/protocol.toml. The plain point releases all 372
+features (the paper); local-dp and secure-aggregate points release the 2-dim projection. The release and clustering settings are
 the ones the clustering benchmark found best at this scale (results/clustering.md: dp-histogram,
 8 bins per dimension, k = 5 declared; plain and local-dp choose k by silhouette).
 
@@ -53,9 +54,8 @@ mask = "brain"
 normalisation = "crop-box"
 
 [release]
-mode = "local-dp"
+mode = "plain"  # the sweep sets each point's mode (local-dp: Gaussian, delta 1e-6)
 mechanism = "gaussian"
-epsilon = 4.0
 delta = 1e-6
 projection = "file"
 projection_file = {{ file = "projection.json", sha256 = "{psha}" }}
@@ -71,7 +71,7 @@ pca_components = 30
 covariance_type = "tied"
 n_init = 5
 seed = 6
-scaling = "declared-bounds"
+# plain: the paper's percentile scaling; the sweep sets declared-bounds for DP points
 
 [clustering.secure]
 algorithm = "dp-histogram"
