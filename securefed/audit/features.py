@@ -117,7 +117,8 @@ def _linkage(released: np.ndarray, attacker: np.ndarray) -> list[dict[str, Any]]
     scale = released.std(axis=0)
     scale[scale == 0] = 1.0
     a, r = attacker / scale, released / scale
-    dist = ((a[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+    # squared distances without the (n, n, d) intermediate (1251 cases x 372 values: 4.6 GB)
+    dist = (a**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2.0 * (a @ r.T)
     rank = (dist < dist[np.arange(n), np.arange(n)][:, None]).sum(1)  # 0 = the right record
     out = []
     for k in (1, 5):
