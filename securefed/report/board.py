@@ -62,8 +62,9 @@ def _identity(loaded: LoadedProtocol) -> Section:
         ("governance key named in the protocol", _fp(p.governance.signing_key)),
     )
     notes = (
-        "Each site accepts this protocol only when the governance keys IT trusts signed this hash "
-        "(`securefed site verify`, docs/governance.md); a key written here proves nothing alone.",
+        "Each site accepts this protocol only when governance keys the site itself trusts signed "
+        "this hash (`securefed site verify`, docs/governance.md); a key written here proves "
+        "nothing alone.",
     )
     return Section("identity", "Identity", ("field", "value"), rows, notes)
 
