@@ -61,6 +61,9 @@ def _x(values: list[float | None]) -> tuple[list[float], float]:
 
 def _axis(ax: Any, at_inf: float, xs: list[float], label: str) -> None:
     ticks = sorted(set(xs))
+    if ticks and ticks[0] > 0 and ticks[-1] / ticks[0] > 20:  # epsilons spread over decades
+        ax.set_xscale("log")
+        ax.minorticks_off()
     ax.set_xticks(ticks)
     ax.set_xticklabels(["inf" if t == at_inf else f"{t:.3g}" for t in ticks])
     ax.set_xlabel(label)
