@@ -3,9 +3,10 @@
 From a REFERENCE federation's features (another seed, never the study's data): clipping bounds
 (1st-99th percentile, 10 % margin) and a fixed 2-dimensional projection (PCA of the unit-scaled
 reference), both pinned by SHA-256 in OUT/protocol.toml. The plain point releases all 372
-features (the paper); local-dp and secure-aggregate points release the 2-dim projection. The release and clustering settings are
-the ones the clustering benchmark found best at this scale (results/clustering.md: dp-histogram,
-8 bins per dimension, k = 5 declared; plain and local-dp choose k by silhouette).
+features (the paper); local-dp and secure-aggregate points release the 2-dim projection. The
+release and clustering settings are the ones the clustering benchmark found best at this scale
+(results/clustering.md: dp-histogram, 8 bins per dimension, k = 5 declared; plain and local-dp
+choose k by silhouette).
 
     python benchmarks/fets1251_protocol.py REFERENCE_FEATDIR OUT
 """
