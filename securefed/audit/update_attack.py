@@ -78,11 +78,11 @@ def alignment_attacks(
             for i in members[s]
         ]
         if hits:
-            out.append(_attribution(np.array(hits, dtype=float), len(sites), start, seed))
+            out.append(_attribution(np.array(hits, dtype=float), len(sites), start))
     return out
 
 
-def _attribution(hits: np.ndarray, n_sites: int, start: str, seed: int) -> dict[str, Any]:
+def _attribution(hits: np.ndarray, n_sites: int, start: str) -> dict[str, Any]:
     """Accuracy of assigning train cases to their site, with an exact (Clopper-Pearson) interval."""
     from securefed.audit.dp import clopper_pearson
 
@@ -90,7 +90,7 @@ def _attribution(hits: np.ndarray, n_sites: int, start: str, seed: int) -> dict[
     lo, hi = clopper_pearson(k, n, CONFIDENCE)
     return {"attack": "site-attribution", "target": "plain-update", "model": start,
             "metric": "accuracy", "value": k / n, "chance": 1.0 / n_sites, "ci": [lo, hi],
-            "n": n, "members": n, "seed": seed}  # fmt: skip
+            "n": n, "members": n}  # fmt: skip
 
 
 def _flat_params(model: Any) -> np.ndarray:
