@@ -1,7 +1,8 @@
 """DP-SGD step cost: one optimiser step of the DP model without privacy, with securefed's DP-SGD
-(per-sample gradients one sample at a time + Opacus's DPOptimizer, secure_mode) and with Opacus's
-own vectorised GradSampleModule + DPOptimizer; peak memory of each (max RSS growth of a fresh
-process per variant). The paper's DynUNet without DP for reference.
+(per-sample gradients one sample at a time + Opacus's DPOptimizer, secure_mode), the same with
+the lattice and OpenDP's exact discrete Gaussian (``dp_sgd.noise = "discrete-gaussian"``) and
+with Opacus's own vectorised GradSampleModule + DPOptimizer; peak memory of each (max RSS growth
+of a fresh process per variant). The paper's DynUNet without DP for reference.
 
 Usage: .venv/bin/python benchmarks/dpsgd_bench.py [--crop 24] [--batch 2] [--steps 20]
        [--threads 2] [--out benchmarks/results/dpsgd_steps.json]
@@ -23,7 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = ("dp-unet plain", "dp-unet securefed DP-SGD", "dp-unet Opacus hooks", "dynunet plain")
+VARIANTS = (
+    "dp-unet plain",
+    "dp-unet securefed DP-SGD",
+    "dp-unet securefed discrete DP-SGD",
+    "dp-unet Opacus hooks",
+    "dynunet plain",
+)
 
 
 def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
@@ -45,7 +52,18 @@ def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
     dp = "DP-SGD" in variant or "hooks" in variant
     net = GradSampleModule(model) if "hooks" in variant else model
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], 1e-3)
-    if dp:
+    if "discrete" in variant:
+        from securefed.privacy.noise import SecureNoise
+        from securefed.training.discrete_dpsgd import DiscreteGaussianDPOptimizer
+
+        opt = DiscreteGaussianDPOptimizer(
+            opt,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=batch,
+            noise=SecureNoise(),
+        )
+    elif dp:
         gen = torch.Generator().manual_seed(1)
         opt = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch,
                           generator=gen, secure_mode=True)  # fmt: skip
@@ -58,7 +76,7 @@ def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
             loss_fn(net(x), y).backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(1 if "discrete" in variant else 3):
         step()
     t = time.perf_counter()
     for _ in range(steps):
@@ -78,6 +96,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--discrete-steps",
+        type=int,
+        default=2,
+        help="steps of the discrete variant (OpenDP's exact sampler: tens of s each)",
+    )
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -90,7 +114,8 @@ def main() -> None:
     rows = {}
     for v in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", v, "--crop", str(args.crop),
-               "--batch", str(args.batch), "--steps", str(args.steps),
+               "--batch", str(args.batch),
+               "--steps", str(args.discrete_steps if "discrete" in v else args.steps),
                "--threads", str(args.threads)]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[v] = json.loads(out.strip().splitlines()[-1])

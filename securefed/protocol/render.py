@@ -69,7 +69,7 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
     cdp = t.client_dp
     dp = (
         f"DP-SGD epsilon={_eps(dps.epsilon)} (clip {dps.max_grad_norm:g}, amplification "
-        f"{dps.amplification})" if dps.enabled else
+        f"{dps.amplification}, noise {dps.noise})" if dps.enabled else
         f"client-level DP epsilon={_eps(cdp.epsilon)} (distributed discrete Gaussian under "
         f"SecAgg+, update clip {cdp.clip_norm:g}, {cdp.max_colluding_sites} colluding site(s) "
         "tolerated)" if cdp.enabled else "no DP training"

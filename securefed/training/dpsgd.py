@@ -29,9 +29,12 @@ Each round is charged to the site ledger (stage ``training``) BEFORE Opacus draw
 Batches and crops: drawn from site-local secrets (64 bits of ``os.urandom`` each round), never from
 the server's seed, so the server cannot tell which cases entered which step.
 
-Noise: Opacus's ``secure_mode`` (floating-point attack mitigation) from a torch generator seeded
-with 64 bits of ``os.urandom`` (torch's PRNG, weaker than the CSPRNG of the feature releases;
-torchcsprng is not installed). What leaves the site: the noised model weights (via the client).
+Noise (``dp_sgd.noise``): ``float``, Opacus's ``secure_mode`` (floating-point attack mitigation)
+from a torch generator seeded with 64 bits of ``os.urandom`` (torch's PRNG, weaker than the CSPRNG
+of the feature releases; torchcsprng is not installed); ``discrete-gaussian``, the clipped
+per-sample gradients on a lattice plus OpenDP's exact discrete Gaussian
+(securefed.training.discrete_dpsgd; unamplified plans only). What leaves the site: the noised
+model weights (via the client).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class DPSGDPlan:
     population: int = 0  # train patients of the global phase (without-replacement sampling)
     sampling_rate: float = 1.0  # Poisson sampling only
     global_rounds: int = 0
+    noise: Literal["float", "discrete-gaussian"] = "float"  # see securefed.training.discrete_dpsgd
 
     def step_event(self, population: int | None = None) -> dp_accounting.DpEvent:
         """One step over ``population`` patients (default: the plan's)."""
@@ -208,7 +212,7 @@ def plan_dpsgd(protocol: Protocol, n_train: int, n_patients: int | None = None) 
     base = DPSGDPlan(
         1.0, float(dps.max_grad_norm), int(protocol.training.batch_size), steps, rounds, eps,
         delta, kind, sampling_of(protocol), population, float(dps.sampling_rate or 1.0),
-        int(protocol.training.global_rounds),
+        int(protocol.training.global_rounds), dps.noise,
     )  # fmt: skip
 
     def events(m: float) -> dp_accounting.DpEvent:
@@ -354,6 +358,8 @@ def train_dp_round(
     import torch
     from opacus.optimizers import DPOptimizer
 
+    from securefed.privacy.noise import SecureNoise, UnsafeSeededNoise
+    from securefed.training.discrete_dpsgd import DiscreteGaussianDPOptimizer
     from securefed.training.local import make_optimizer, train_local
 
     if not data:
@@ -371,18 +377,35 @@ def train_dp_round(
     else:
         batches = dp_batches(len(data), plan.batch_size, steps, batch_seed, groups)
         divisor = len(batches[0])
-    with ledger.charge(STAGE, release_id, plan.round_event(steps, population)) as handle:
-        gen = torch.Generator()
-        gen.manual_seed(gen_seed)
-        opt = DPOptimizer(
-            make_optimizer(model, spec, float(lr)),
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=plan.max_grad_norm,
-            expected_batch_size=divisor,
-            loss_reduction="mean",
-            generator=gen,
-            secure_mode=True,
+    if plan.noise == "discrete-gaussian" and plan.sampling != "none":
+        raise TrainingError(
+            "DP-SGD: discrete Gaussian noise is accounted without amplification by sampling; "
+            "the protocol must declare training.dp_sgd.amplification = 'none'"
         )
+    with ledger.charge(STAGE, release_id, plan.round_event(steps, population)) as handle:
+        base = make_optimizer(model, spec, float(lr))
+        if plan.noise == "discrete-gaussian":
+            exact = noise_seed is None
+            opt = DiscreteGaussianDPOptimizer(
+                base,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=plan.max_grad_norm,
+                expected_batch_size=divisor,
+                noise=SecureNoise() if exact else UnsafeSeededNoise(gen_seed, "dp-sgd", release_id),
+                rounding_seed=None if exact else gen_seed + 1,
+            )
+        else:
+            gen = torch.Generator()
+            gen.manual_seed(gen_seed)
+            opt = DPOptimizer(
+                base,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=plan.max_grad_norm,
+                expected_batch_size=divisor,
+                loss_reduction="mean",
+                generator=gen,
+                secure_mode=True,
+            )
         try:
             out = train_local(
                 model, data, spec, epochs=1, max_steps=None, lr=float(lr), device=device,
@@ -397,4 +420,5 @@ def train_dp_round(
         **out,
         "epsilon_spent": handle.spent_epsilon,
         "noise_multiplier": plan.noise_multiplier,
+        "noise": plan.noise,
     }
