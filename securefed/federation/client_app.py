@@ -39,6 +39,7 @@ from securefed.federation.config import SiteSettings
 from securefed.federation.guard import GuardPolicy, make_egress_guard
 from securefed.federation.he_round import encrypt_update, make_decrypt_mod
 from securefed.federation.metrics import site_summary
+from securefed.federation.pacing import Pacing, make_pacing_mod
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
 
@@ -445,11 +446,33 @@ def make_client_app(
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
         return site, _load_site_protocol(site), ledger_dir or site.work_dir
 
-    # The guard is the outermost mod: it sees the reply exactly as it would leave the site.
+    def pacing(context: Context) -> Pacing:
+        site = site_of(context)
+        loaded = _load_site_protocol(site)
+        ledger_dir = (
+            site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
+        )
+        sites_ = loaded.protocol.resolve_sites([site.partition_id])
+        sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
+
+        def overrun(slots: int) -> None:
+            if ledger_dir:
+                from securefed.trust.audit_log import AuditLog
+
+                AuditLog(Path(ledger_dir), sid, loaded.sha256).record(
+                    "reply-slot-overrun", phase=_phase_name(context, phase), slots=slots,
+                    slot_s=loaded.protocol.training.reply_slot_s,
+                )  # fmt: skip
+
+        return Pacing(float(loaded.protocol.training.reply_slot_s), overrun)
+
+    # Pacing is outermost (it holds the finished reply until its slot); inside it the guard sees
+    # the reply exactly as it will leave the site.
     return ClientApp(
         client_fn=client_fn,
-        mods=[make_egress_guard(policy), make_decrypt_mod(he_site), conditional_secaggplus_mod],
-    )
+        mods=[make_pacing_mod(pacing), make_egress_guard(policy), make_decrypt_mod(he_site),
+              conditional_secaggplus_mod],
+    )  # fmt: skip
 
 
 app = make_client_app()

@@ -163,8 +163,12 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
     dp = t.dp_training is not None
     dp_eps = t.dp_training_budget[0] if t.dp_training_budget is not None else None
     mechanism = {
-        "dp-sgd": "; DP-SGD (Opacus Gaussian noise in floating point, secure_mode), charged to the "
-        "ledger",
+        "dp-sgd": (
+            "; DP-SGD (lattice sums with OpenDP's exact discrete Gaussian), charged to the ledger"
+            if t.dp_sgd.noise == "discrete-gaussian"
+            else "; DP-SGD (Opacus Gaussian noise in floating point, secure_mode), charged to "
+            "the ledger"
+        ),
         "client-dp": "; client-level DP: clipped, rotated, rounded, plus each site's discrete "
         "Gaussian share (OpenDP) sized for the honest sites of any aggregate, summed modulo "
         "2^b inside SecAgg+, charged to the ledger",
@@ -233,10 +237,22 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
                      "tests/federation/test_client_dp.py::"
                      "test_training_stops_cleanly_when_a_budget_runs_out")]
           if t.dp_training else []),
-        EgressRow("training", "reply timing", "server",
-                  "not protected: local work is a fixed number of steps, but data loading "
-                  "grows with the site's case count", "inf (open)", "-"),
+        _timing_row(t.reply_slot_s),
     ]  # fmt: skip
+
+
+def _timing_row(slot_s: float) -> EgressRow:
+    """When a site's training replies leave (securefed.federation.pacing)."""
+    if slot_s <= 0:
+        return EgressRow("training", "reply timing", "server",
+                         "not protected (training.reply_slot_s = 0): how long a round takes "
+                         "grows with the site's data (loading, crops)", "inf", "-")  # fmt: skip
+    return EgressRow("training", "reply timing", "server",
+                     f"paced: every local-training reply leaves a whole number of {slot_s:g} s "
+                     "slots after its request (one slot while the work fits); an overrun tells "
+                     "the slot count and is written to the site's audit log", "-",
+                     "tests/federation/test_pacing.py::"
+                     "test_replies_leave_at_the_slot_whatever_the_work_took")  # fmt: skip
 
 
 def egress_table(protocol: Protocol) -> list[EgressRow]:

@@ -85,6 +85,11 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
     )
     for i, line in enumerate(training_egress(p).describe()):
         lines.append(("egress     " if i == 0 else "           ") + line)
+    lines.append(
+        f"           reply timing: paced in {t.reply_slot_s:g} s slots"
+        if t.reply_slot_s > 0
+        else "           reply timing: not paced (training.reply_slot_s = 0; epsilon inf)"
+    )
     sa = p.secure_aggregation
     if t.aggregation == "bfv":
         lines.append(

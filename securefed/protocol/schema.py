@@ -366,7 +366,8 @@ class DPSGDSpec(_Strict):
     ``sampling`` only; a public constant, never computed from a site's count)."""
     noise: Literal["float", "discrete-gaussian"] = "float"
     """Noise of each step. ``float``: Opacus's Gaussian in floating point (``secure_mode``, a
-    mitigation of the floating-point attack of Mironov 2012, not a proof). ``discrete-gaussian``:
+    mitigation of the floating-point attack of Mironov 2012, not a proof; simulation only).
+    ``discrete-gaussian`` (required in a deployment protocol):
     the clipped per-sample gradients rounded onto a lattice and exact discrete Gaussian noise from
     OpenDP (securefed.training.discrete_dpsgd), with ``amplification = "none"`` only; OpenDP's
     exact sampler makes a step of the 1.19 M-parameter model tens of seconds slower."""
@@ -481,6 +482,13 @@ class TrainingSpec(_Strict):
     finetune on cases of another scanner group."""
     seed: Seed = 0
     """Seed of crop sampling and initialisation."""
+    reply_slot_s: float = Field(0.0, ge=0, le=3600)
+    """Reply pacing (securefed.federation.pacing): a site holds every reply that ran local
+    training until a whole number of these seconds after the request arrived, so the reply time
+    says nothing about its data while the work fits in one slot (overruns are written to the
+    site's audit log). 0: replies leave when ready and their timing is not protected. Required
+    (> 0) in a deployment protocol that claims a finite epsilon; below
+    secure_aggregation.timeout_s."""
     dp_sgd: DPSGDSpec = DPSGDSpec()
     client_dp: ClientDPSpec = ClientDPSpec()
 
@@ -593,7 +601,26 @@ class Protocol(_Strict):
         self._check_dp_sgd()
         self._check_client_dp()
         self._check_cluster_federations()
+        self._check_reply_pacing()
         return self
+
+    def _check_reply_pacing(self) -> None:
+        """Training replies paced within the server's round timeout; a deployment that claims a
+        finite epsilon paces them (their timing grows with a site's data)."""
+        slot = self.training.reply_slot_s
+        if slot >= self.secure_aggregation.timeout_s:
+            raise ValueError(
+                f"training.reply_slot_s: {slot:g} s is not below secure_aggregation.timeout_s "
+                f"({self.secure_aggregation.timeout_s:g} s): every paced reply would time out; "
+                "lower the slot or raise the timeout"
+            )
+        if not self.is_simulation and self.claims_finite_epsilon and slot <= 0:
+            raise ValueError(
+                "training.reply_slot_s: a 'deployment' protocol that claims a finite epsilon "
+                "must pace training replies (their timing grows with a site's data); set it "
+                "above the slowest site's round time, e.g. 2x the round time measured in a "
+                "simulation run"
+            )
 
     def _check_cluster_federations(self) -> None:
         """With secure-aggregate features no case vector is released, so every site joins every
@@ -725,6 +752,13 @@ class Protocol(_Strict):
                 "training.dp_sgd.sampling_rate: amplification 'sampling' under add-remove-one is "
                 "Poisson sampling at a declared rate; set sampling_rate (e.g. batch_size / the "
                 "smallest site's train patients) or amplification = 'none'"
+            )
+        if dps.noise == "float" and not self.is_simulation:
+            raise ValueError(
+                "training.dp_sgd.noise: a 'deployment' protocol's DP-SGD needs noise = "
+                "'discrete-gaussian' (with amplification = 'none'): floating-point Gaussian noise "
+                "is a mitigation of Mironov's attack, not a proof, so its epsilon is not claimed "
+                "outside simulation; or use training.client_dp (exact noise, fast)"
             )
         if dps.noise == "discrete-gaussian" and dps.amplification != "none":
             raise ValueError(

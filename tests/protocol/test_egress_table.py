@@ -21,10 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "protocols" / "demo.toml"
 
 
-def _protocol(tmp: Path, mode: str, dp_sgd: bool | str = False, aggregation: str = "secagg+"):
-    """``dp_sgd``: True for DP-SGD, ``"client-dp"`` for client-level DP."""
+def _protocol(
+    tmp: Path, mode: str, dp_sgd: bool | str = False, aggregation: str = "secagg+",
+    slot: float = 0.0,
+):  # fmt: skip
+    """``dp_sgd``: True for DP-SGD, ``"client-dp"`` for client-level DP; ``slot``: the reply
+    pacing slot (0: unpaced)."""
     data = tomllib.loads(DEMO.read_text())
     data["training"]["aggregation"] = aggregation
+    data["training"]["reply_slot_s"] = slot
     if mode != "plain":
         tmp.mkdir(parents=True, exist_ok=True)
         ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
@@ -61,10 +66,11 @@ def _doc_rows() -> set[tuple[str, str]]:
      ("plain", False, "bfv"), ("local-dp", True, "bfv"), ("local-dp", "client-dp", "secagg+"),
      ("secure-aggregate", "client-dp", "secagg+")],
 )  # fmt: skip
+@pytest.mark.parametrize("slot", [0.0, 20.0])
 def test_every_row_names_an_existing_test_and_is_in_the_docs(
-    tmp_path: Path, mode: str, dp_sgd: bool | str, aggregation: str
+    tmp_path: Path, mode: str, dp_sgd: bool | str, aggregation: str, slot: float
 ) -> None:
-    rows = egress_table(_protocol(tmp_path, mode, dp_sgd, aggregation).protocol)
+    rows = egress_table(_protocol(tmp_path, mode, dp_sgd, aggregation, slot).protocol)
     documented = _doc_rows()
     for row in rows:
         assert all([row.stage, row.value, row.to, row.protection, row.epsilon]), row
@@ -84,7 +90,10 @@ def test_a_finite_epsilon_protocol_leaves_only_the_open_rows_unprotected(
 ) -> None:
     rows = egress_table(_protocol(tmp_path, "local-dp", dp_sgd=training).protocol)
     unprotected = [r.value for r in rows if r.epsilon.startswith("inf")]
-    assert unprotected == ["reply timing"]
+    assert unprotected == ["reply timing"]  # unpaced (simulation)
+    paced = egress_table(_protocol(tmp_path / "s", "local-dp", dp_sgd=training, slot=30).protocol)
+    assert [r.value for r in paced if r.epsilon.startswith("inf")] == []
+    assert "30 s" in next(r.protection for r in paced if r.value == "reply timing")
     plain = egress_table(_protocol(tmp_path / "p", "plain").protocol)
     assert {"FedAvg weight", "mean train loss", "validation Dice and case count"} <= {
         r.value for r in plain if r.epsilon == "inf"

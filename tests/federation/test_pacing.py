@@ -1,0 +1,188 @@
+"""Reply pacing (securefed.federation.pacing): training replies leave on the protocol's time grid,
+whatever the work took; only local-training messages are paced; overruns are recorded; a
+deployment protocol that claims a finite epsilon must pace."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from securefed.errors import ProtocolError
+from securefed.federation.client_app import make_client_app
+from securefed.federation.pacing import Pacing, make_pacing_mod, runs_local_training, slots_for
+from securefed.protocol import parse_protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+FP = "sha256:" + "ab" * 32
+
+
+class FakeClock:
+    """A monotonic clock that only moves when work or sleep moves it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _message(kind: str, stage: str | None = None) -> Message:
+    content = RecordDict()
+    if stage is not None:
+        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({Key.STAGE: stage})
+    meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1,
+                    reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600.0,
+                    message_type=kind)  # fmt: skip
+    return Message(metadata=meta, content=content)
+
+
+def _work(clock: FakeClock, seconds: float) -> Callable[[Message, object], Message]:
+    def call_next(msg: Message, ctxt: object) -> Message:
+        clock.now += seconds
+        return Message(RecordDict(), reply_to=msg)
+
+    return call_next
+
+
+def _paced(clock: FakeClock, slot: float, overruns: list[int] | None = None):  # noqa: ANN202
+    pacing = Pacing(slot, overruns.append if overruns is not None else None)
+    return make_pacing_mod(lambda ctxt: pacing, clock=clock, sleep=clock.sleep)
+
+
+@pytest.mark.parametrize("work_s", [0.0, 0.1, 3.0, 9.99])
+def test_replies_leave_at_the_slot_whatever_the_work_took(work_s: float) -> None:
+    clock = FakeClock()
+    mod = _paced(clock, 10.0)
+    start = clock.now
+    reply = mod(_message(MessageType.TRAIN), None, _work(clock, work_s))  # type: ignore[arg-type]
+    assert not reply.has_error()
+    assert clock.now == pytest.approx(start + 10.0)  # the same for every site and every data set
+
+
+def test_overrun_waits_for_the_next_slot_and_is_recorded() -> None:
+    clock, overruns = FakeClock(), []
+    mod = _paced(clock, 10.0, overruns)
+    start = clock.now
+    msg = _message(MessageType.TRAIN, Stage.COLLECT_MASKED_VECTORS)
+    mod(msg, None, _work(clock, 12.0))  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + 20.0) and overruns == [2]
+    assert slots_for(0.0, 10.0) == 1 and slots_for(10.0, 10.0) == 1 and slots_for(30.5, 10.0) == 4
+
+
+def test_an_error_reply_is_paced_too() -> None:
+    clock = FakeClock()
+    mod = _paced(clock, 5.0)
+    start = clock.now
+
+    def failing(msg: Message, ctxt: object) -> Message:
+        clock.now += 1.0
+        raise RuntimeError("budget exceeded")
+
+    with pytest.raises(RuntimeError, match="budget exceeded"):
+        mod(_message(MessageType.TRAIN), None, failing)  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + 5.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stage", "paced"),
+    [(MessageType.TRAIN, None, True), (MessageType.TRAIN, Stage.COLLECT_MASKED_VECTORS, True),
+     (MessageType.TRAIN, Stage.SETUP, False), (MessageType.TRAIN, Stage.SHARE_KEYS, False),
+     (MessageType.TRAIN, Stage.UNMASK, False), (MessageType.EVALUATE, None, False),
+     (MessageType.QUERY, None, False)],
+)  # fmt: skip
+def test_only_messages_that_run_local_training_are_paced(
+    kind: str, stage: str | None, paced: bool
+) -> None:
+    msg = _message(kind, stage)
+    assert runs_local_training(msg) is paced
+    clock = FakeClock()
+    start = clock.now
+    _paced(clock, 10.0)(msg, None, _work(clock, 1.0))  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + (10.0 if paced else 1.0))
+    clock = FakeClock()  # slot 0: never paced
+    _paced(clock, 0.0)(msg, None, _work(clock, 1.0))  # type: ignore[arg-type]
+    assert clock.sleeps == []
+
+
+def test_the_site_app_paces_outermost_from_its_own_protocol_copy() -> None:
+    app = make_client_app()
+    mods = app._mods  # noqa: SLF001 - the order of the mods is the property under test
+    assert mods[0].__name__ == "pacing_mod"
+
+
+def _demo() -> dict:
+    return tomllib.loads((ROOT / "protocols" / "demo.toml").read_text())
+
+
+def _deployment(data: dict) -> dict:
+    data["study"]["mode"] = "deployment"
+    data["sites"] = [
+        {"id": f"h{i}", "partition_id": i, "signing_key": FP, "encryption_key": FP}
+        for i in range(1, 4)
+    ]
+    data["server"] = {"id": "server", "signing_key": FP, "encryption_key": FP}
+    data["governance"] = {"signing_key": FP}
+    return data
+
+
+def test_a_finite_epsilon_deployment_needs_exact_dpsgd_noise_and_paced_replies() -> None:
+    data = _deployment(_demo())
+    assert parse_protocol(data).training.reply_slot_s == 0  # plain: epsilon inf, not required
+    data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 2.0}
+    data["training"]["baselines"] = ["local", "fedavg"]
+    with pytest.raises(ProtocolError, match="needs noise = 'discrete-gaussian'"):
+        parse_protocol(data)  # float DP-SGD noise is not claimed outside simulation
+    data["training"]["dp_sgd"].update(noise="discrete-gaussian", amplification="none")
+    with pytest.raises(ProtocolError, match="must pace training replies"):
+        parse_protocol(data)
+    data["training"]["reply_slot_s"] = 30.0
+    assert parse_protocol(data).training.reply_slot_s == 30.0
+    data["secure_aggregation"]["timeout_s"] = 30.0
+    with pytest.raises(ProtocolError, match=r"reply_slot_s: 30 s is not below"):
+        parse_protocol(data)
+
+
+def test_a_real_secagg_round_paces_from_the_site_protocol_and_records_overruns(
+    tmp_path: Path,
+) -> None:
+    """Flower's simulation engine, SecAgg+: with a slot far below the work every site's reply
+    overruns, and each site's own audit log says so (the pacing reads the site's copy)."""
+    from support.flower import make_task, write_assignments, write_protocol
+
+    from securefed.federation.config import SiteSettings
+    from securefed.federation.phase import phase_config, run_phase
+    from securefed.protocol import load_protocol
+    from securefed.trust.audit_log import AUDIT_FILE
+
+    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, finetune=1)
+    text = proto.read_text().replace("[training]\n", "[training]\nreply_slot_s = 0.001\n")
+    proto.write_text(text)
+    layout = {p: [("train", 0)] * 2 + [("val", 0)] for p in (1, 2, 3)}
+    asg = write_assignments(tmp_path / "clusters.csv", layout)
+    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto),
+                          assignments=str(asg), work_dir=str(tmp_path / f"site-{p}"))
+             for p in layout]  # fmt: skip
+    loaded = load_protocol(proto)
+    assert loaded.protocol.training.reply_slot_s == 0.001
+    cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 2, 2: 2, 3: 2},
+                       assignments=asg)  # fmt: skip
+    result = run_phase(cfg, sites, task=make_task())
+    assert [h["round"] for h in result.history] == [1]
+    for p in layout:
+        lines = (tmp_path / f"site-{p}" / AUDIT_FILE).read_text().splitlines()
+        overruns = [line for line in lines if '"reply-slot-overrun"' in line]
+        assert len(overruns) == 1, lines  # the collect_masked_vectors reply only
+        assert '"phase":"global"' in overruns[0].replace(" ", "")
