@@ -65,8 +65,11 @@ def run_one_run_audit(
     noise_scale: float = 1.0,
     accountant: str = "rdp",
     seed: int | None = None,
+    noise: str = "float",
 ) -> dict[str, Any]:
-    """Train the canary model with securefed's DP-SGD step and audit it."""
+    """Train the canary model with securefed's DP-SGD step and audit it. ``noise``: the step's
+    noise source, as ``training.dp_sgd.noise`` (``float``: Opacus's ``DPOptimizer``;
+    ``discrete-gaussian``: securefed's lattice optimizer with OpenDP's exact sampler)."""
     import os
 
     import torch
@@ -86,9 +89,23 @@ def run_one_run_audit(
     torch.nn.init.zeros_(model.weight)
     gsm = GradSampleModule(model)
     gen = torch.Generator().manual_seed(secret + 1)
-    opt = DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=1.0), noise_multiplier=multiplier,
-                      max_grad_norm=clip, expected_batch_size=canaries, loss_reduction="sum",
-                      generator=gen, secure_mode=True)  # fmt: skip
+    base = torch.optim.SGD(gsm.parameters(), lr=1.0)
+    opt: DPOptimizer
+    if noise == "discrete-gaussian":
+        from securefed.privacy.noise import SecureNoise
+        from securefed.training.discrete_dpsgd import DiscreteGaussianDPOptimizer
+
+        # Mean reduction divides every weight's move by the same public batch size: the
+        # ranking of the canaries, all the audit reads, is unchanged.
+        opt = DiscreteGaussianDPOptimizer(base, noise_multiplier=multiplier, max_grad_norm=clip,
+                                          expected_batch_size=canaries, noise=SecureNoise(),
+                                          rounding_seed=secret + 2)  # fmt: skip
+    elif noise == "float":
+        opt = DPOptimizer(base, noise_multiplier=multiplier, max_grad_norm=clip,
+                          expected_batch_size=canaries, loss_reduction="sum", generator=gen,
+                          secure_mode=True)  # fmt: skip
+    else:
+        raise ValueError(f"noise {noise!r}: 'float' or 'discrete-gaussian'")
     try:
         for _ in range(steps):
             opt.zero_grad()
@@ -104,5 +121,5 @@ def run_one_run_audit(
     v = int(included[guess_in].sum() + (~included[guess_out]).sum())
     r = 2 * k
     bound = one_run_epsilon(canaries, r, v, delta)
-    return {"noise_multiplier": multiplier, "canaries": canaries, "steps": steps,
+    return {"noise_multiplier": multiplier, "canaries": canaries, "steps": steps, "noise": noise,
             "guesses": r, "correct": v, "lower_bound": bound}  # fmt: skip

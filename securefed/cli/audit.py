@@ -106,8 +106,9 @@ def dp(
         list[str] | None,
         typer.Option(
             "--mechanism",
-            help="feature-gaussian, feature-laplace, clustering-shares, dp-sgd (default: these "
-            "four) or float-laplace (a float sampler the audit must catch); repeatable.",
+            help="feature-gaussian, feature-laplace, clustering-shares, dp-sgd, "
+            "dp-sgd-discrete (default: these five) or float-laplace (a float sampler the "
+            "audit must catch); repeatable.",
         ),
     ] = None,
     trials: Annotated[

@@ -18,17 +18,20 @@ from securefed.cli import app
 from securefed.privacy.noise import SecureNoise
 
 SAMPLED = ("feature-gaussian", "feature-laplace", "clustering-shares")
-ALL = (*SAMPLED, "dp-sgd")
+ONE_RUN = ("dp-sgd", "dp-sgd-discrete")
+ALL = (*SAMPLED, *ONE_RUN)
 
 
 def test_shipped_mechanisms_pass_at_their_claim(tmp_path: Path) -> None:
     doc = run_dp_audit(tmp_path, mechanisms=ALL, trials=100_000)
     for row in doc["mechanisms"]:
         assert row["lower_bound"] <= row["claimed_epsilon"], row
-        if row["mechanism"] != "dp-sgd":  # Opacus's torch floats cannot be replayed
+        if row["mechanism"] not in ONE_RUN:  # no replayable sampler (torch floats, lattice)
             assert row["float_distinguisher"]["impossible_fraction"] == 0.0
     assert doc["findings"] == []
     assert [r["mechanism"] for r in doc["mechanisms"]] == list(ALL)
+    assert [r["one_run"]["noise"] for r in doc["mechanisms"][-2:]] == ["float", "discrete-gaussian"]
+    assert all("one-run" not in n["why"] for n in doc["not_audited"])  # no stale "open work"
     assert (tmp_path / "dp.png").stat().st_size > 1000
 
 
@@ -43,8 +46,8 @@ def test_under_noised_mechanisms_are_caught(tmp_path: Path) -> None:
     assert "under-noises" in doc["note"]
     # The one-run DP-SGD audit (2000 canaries, one training run) is looser: it catches a
     # quarter of the noise (at half, its bound stays below the claim; docs/auditing.md).
-    doc = run_dp_audit(tmp_path / "sgd", mechanisms=("dp-sgd",), noise_scale=0.25)
-    assert doc["findings"] == ["dp-sgd"], doc["mechanisms"][0]["one_run"]
+    doc = run_dp_audit(tmp_path / "sgd", mechanisms=ONE_RUN, noise_scale=0.25)
+    assert doc["findings"] == list(ONE_RUN), [r["one_run"] for r in doc["mechanisms"]]
 
 
 def test_float_laplace_is_caught_by_replaying_its_arithmetic() -> None:
