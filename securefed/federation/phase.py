@@ -26,7 +26,7 @@ from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import training_egress
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
 
-__all__ = ["Engine", "PhaseResult", "phase_config", "run_phase"]
+__all__ = ["Engine", "PhaseResult", "phase_config", "read_phase_result", "run_phase"]
 
 Engine = Literal["simulation", "deployment"]
 
@@ -130,7 +130,8 @@ def _client_dp_inputs(protocol: Any) -> str:
 
 
 # -- results -------------------------------------------------------------------------------------
-def _read_result(cfg: PhaseConfig) -> PhaseResult:
+def read_phase_result(cfg: PhaseConfig) -> PhaseResult:
+    """The result of a completed phase from its checkpoint folder (TrainingError otherwise)."""
     ckpt = PhaseCheckpoint(Path(cfg.out_dir))
     if not ckpt.state_path.is_file():
         raise TrainingError(f"{cfg.name}: the server wrote no state in {cfg.out_dir}")
@@ -174,4 +175,4 @@ def run_phase(
         deployment.submit(cfg)
     else:
         raise ConfigError(f"engine {engine!r}: expected simulation or deployment")
-    return _read_result(cfg)
+    return read_phase_result(cfg)

@@ -11,7 +11,13 @@ from typing import Any, Literal
 from securefed.clustering.assignments import cluster_ids, cluster_sites, read_assignments
 from securefed.federation.config import SiteSettings
 from securefed.federation.deployment import Deployment
-from securefed.federation.phase import Engine, PhaseResult, phase_config, run_phase
+from securefed.federation.phase import (
+    Engine,
+    PhaseResult,
+    phase_config,
+    read_phase_result,
+    run_phase,
+)
 from securefed.federation.task import FlowerTask
 from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import training_egress
@@ -53,6 +59,7 @@ class ClusterOutcome:
 class StudyPhases:
     global_result: PhaseResult
     clusters: dict[int, ClusterOutcome] = field(default_factory=dict)
+    global_reused: bool = False  # the global phase was copied from the shared cache
 
 
 def run_cffl_phases(
@@ -65,12 +72,14 @@ def run_cffl_phases(
     task: FlowerTask | None = None,
     deployment: Deployment | None = None,
     clusters: Sequence[int] | None = None,
+    global_cache: Path | None = None,
 ) -> StudyPhases:
     """CFFL's federated phases: global FedAvg over every site with train cases, then for each
     cluster a federation of the sites holding that cluster's train cases (every site, under the
     ``all-sites`` membership of securefed.protocol.egress), starting from the best global model.
     A cluster with fewer sites than ``training.min_sites_per_aggregate`` (or than 2 under
-    SecAgg+) keeps the global model, and the outcome says so."""
+    SecAgg+) keeps the global model, and the outcome says so. ``global_cache`` (simulation
+    only): a folder of global phases shared between studies (securefed.study.global_cache)."""
     t = loaded.protocol.training
     egress = training_egress(loaded.protocol)
     held_out = set(loaded.protocol.data.held_out_partitions)
@@ -89,8 +98,26 @@ def run_cffl_phases(
     try:
         if started_here and deployment is not None:
             deployment.start()
-        global_result = run_phase(g_cfg, sites, engine=engine, task=task, deployment=deployment)
-        study = StudyPhases(global_result=global_result)
+        key = None
+        if global_cache is not None and engine == "simulation" and sites:
+            from securefed.study.global_cache import global_phase_key
+
+            key = global_phase_key(loaded, g_cfg, assignments, sites[0].data_dir, task)
+        reused = False
+        if key is not None and global_cache is not None:
+            from securefed.study.global_cache import restore_global_phase
+
+            reused = restore_global_phase(global_cache, key, out_dir / "global")
+        if reused:
+            global_result = read_phase_result(g_cfg)
+        else:
+            global_result = run_phase(g_cfg, sites, engine=engine, task=task,
+                                      deployment=deployment)  # fmt: skip
+            if key is not None and global_cache is not None:
+                from securefed.study.global_cache import store_global_phase
+
+                store_global_phase(global_cache, key, out_dir / "global")
+        study = StudyPhases(global_result=global_result, global_reused=reused)
         floor = max(t.min_sites_per_aggregate, 2 if t.aggregation != "fedavg" else 1)
         ids = clusters if clusters is not None else cluster_ids(rows)
         for cluster in ids:

@@ -38,6 +38,7 @@ class StudyContext:
     progress: Progress | None = None
     site_configs: dict[str, Path] = field(default_factory=dict)  # site id -> SITE.toml
     radiomics_cache: Path | None = None  # shared feature cache (a sweep); default RUNDIR/cache
+    global_model_cache: Path | None = None  # shared global phases (a sweep); None: not shared
 
     @classmethod
     def build(

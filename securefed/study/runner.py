@@ -120,13 +120,16 @@ def run_study(
     progress: Progress | None = None,
     site_configs: Path | None = None,
     radiomics_cache: Path | None = None,
+    global_model_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns the results mapping (also in RUNDIR/results.json).
     ``progress(task, done, total)`` is called as long steps advance (for a progress bar).
     Before each stage every site accepts the protocol with its own trust and policy
     (securefed.study.governance; ``site_configs``: a folder of ``<site id>.toml``).
     ``radiomics_cache``: a feature cache shared between runs (keyed by file content and
-    settings; a sweep's points share it), default ``RUNDIR/cache/radiomics``."""
+    settings; a sweep's points share it), default ``RUNDIR/cache/radiomics``.
+    ``global_model_cache``: global FedAvg phases shared between runs whose global phase is the
+    same (securefed.study.global_cache; never with DP training); default: not shared."""
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after {stop_after!r}: use one of {', '.join(STAGES)}")
     loaded, state = _prepare_rundir(Path(protocol_path), Path(rundir))
@@ -135,6 +138,7 @@ def run_study(
         loaded, Path(data_root), paths, truth=truth, workers=workers, log=log, progress=progress
     )
     ctx.radiomics_cache = radiomics_cache
+    ctx.global_model_cache = global_model_cache
     configs = site_config_paths(ctx, site_configs)
     ctx.site_configs = configs
     for stage in STAGES:

@@ -89,10 +89,12 @@ def run_training(ctx: StudyContext) -> None:
         from securefed.study.he_keys import deal_he_keys
 
         deal_he_keys(ctx, settings)
-    phases = run_cffl_phases(ctx.loaded, settings, ctx.paths.clusters, out)
+    phases = run_cffl_phases(ctx.loaded, settings, ctx.paths.clusters, out,
+                             global_cache=ctx.global_model_cache)  # fmt: skip
     g = phases.global_result
     summary: dict[str, Any] = {
         "global": {
+            "reused": phases.global_reused,  # copied from a shared cache (a sweep)
             "best_round": g.best_round,
             "best_score": g.best_score,
             "stopped": g.stopped,  # why it ended before its last round (privacy budgets)
@@ -110,7 +112,8 @@ def run_training(ctx: StudyContext) -> None:
             "history": _curve(outcome.result.history) if outcome.result else [],
         }
     write_json_atomic(ctx.paths.phases, summary)
-    ctx.log(f"  global: best round {g.best_round} (pooled val Dice {g.best_score})")
+    reused = " (the same global phase as an earlier study: reused)" if phases.global_reused else ""
+    ctx.log(f"  global: best round {g.best_round} (pooled val Dice {g.best_score}){reused}")
     if g.stopped:
         ctx.log(f"  {g.stopped}")
     for c, info in summary["clusters"].items():

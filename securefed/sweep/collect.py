@@ -24,7 +24,7 @@ COLUMNS = (
     "dice_fedavg_hi", "dice_cffl", "dice_cffl_lo", "dice_cffl_hi", "cffl_minus_fedavg",
     "cffl_minus_fedavg_lo", "cffl_minus_fedavg_hi", "advantage_institution",
     "advantage_scanner", "epsilon_features", "epsilon_clustering", "epsilon_training",
-    "epsilon_total", "bytes_per_client_per_round", "wall_s", "reason",
+    "epsilon_total", "bytes_per_client_per_round", "wall_s", "global_reused", "reason",
 )  # fmt: skip
 _BOOT = 2000
 
@@ -137,5 +137,9 @@ def row_for(point: dict[str, Any], rundir: Path, audit_s: float) -> dict[str, An
     row["epsilon_total"] = max((v for v in overall if v is not None), default=math.inf)
     row["bytes_per_client_per_round"] = results.get("wire", {}).get("bytes_per_client_per_round")
     row["wall_s"] = round(_study_seconds(rundir) + float(audit_s), 1)
+    phases = rundir / "training" / "phases.json"
+    row["global_reused"] = (
+        bool(read_json(phases).get("global", {}).get("reused", False)) if phases.is_file() else None
+    )
     row["per_scanner"] = {m: methods.get(m, {}).get("per_scanner") for m in ("fedavg", "cffl")}
     return row

@@ -4,7 +4,8 @@ Layout of ``OUT``: ``grid.json`` (the grid and base protocol hash), ``points/<id
 (the derived protocol, with the files it pins), ``points/<id>/run/`` (its study run: resumable
 stage by stage), ``points/<id>/point.json`` (its row, written when the point is done: a rerun
 skips it), ``cache/radiomics`` (the feature cache every point shares: keyed by file content and
-radiomics settings), then ``sweep.csv``, ``sweep.json`` and ``report.html``.
+radiomics settings), ``cache/global`` (global FedAvg phases shared by points whose global phase is
+the same, securefed.study.global_cache), then ``sweep.csv``, ``sweep.json`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def run_sweep(
             run_study(
                 path, data, folder / "run", truth=truth, workers=workers,
                 log=lambda m: log(f"  {m}"), radiomics_cache=out / "cache" / "radiomics",
-                stop_after=grid.stop_after,
+                global_model_cache=out / "cache" / "global", stop_after=grid.stop_after,
             )  # fmt: skip
             if grid.attacks and point.release != "secure-aggregate":
                 start = time.perf_counter()
