@@ -114,6 +114,8 @@ def test_sweep_of_a_tiny_federation_writes_and_resumes(
     assert ldp["ari_scanner"] is not None and ldp["advantage_institution"] is not None
     assert ldp["per_scanner"]["cffl"]
     assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9
+    assert ldp["global_reused"] is False  # the first point with its global phase trains it
+    assert len(list((out / "cache" / "global").iterdir())) == 1  # and keeps it for the others
     with (out / "sweep.csv").open(newline="") as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == list(COLUMNS) and len(table) == 2
@@ -163,6 +165,7 @@ def test_clustering_only_sweep_has_ari_and_advantage_and_no_dice(
         assert row["status"] == "done" and row["dice_cffl"] is None
         assert row["ari_scanner"] is not None and row["advantage_institution"] is not None
         assert not (out / "points" / row["point"] / "run" / "training").exists()
+        assert row["global_reused"] is None
     assert plain["epsilon_total"] == "inf" and plain["epsilon_features"] is None
     assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9 and ldp["epsilon_total"] <= 2.0 + 1e-9
     # One feature cache for every point: the second point extracted nothing again.
