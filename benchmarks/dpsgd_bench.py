@@ -1,8 +1,9 @@
 """DP-SGD step cost: one optimiser step of the DP model without privacy, with securefed's DP-SGD
-(per-sample gradients one sample at a time + Opacus's DPOptimizer, secure_mode), the same with
-the lattice and OpenDP's exact discrete Gaussian (``dp_sgd.noise = "discrete-gaussian"``) and
-with Opacus's own vectorised GradSampleModule + DPOptimizer; peak memory of each (max RSS growth
-of a fresh process per variant). The paper's DynUNet without DP for reference.
+(per-sample gradients vectorised with torch.func.vmap + Opacus's DPOptimizer, secure_mode; and
+with its fallback, one backward per sample), the same with the lattice and OpenDP's exact
+discrete Gaussian (``dp_sgd.noise = "discrete-gaussian"``) and with Opacus's own vectorised
+GradSampleModule + DPOptimizer; peak memory of each (max RSS growth of a fresh process per
+variant). The paper's DynUNet without DP for reference.
 
 Usage: .venv/bin/python benchmarks/dpsgd_bench.py [--crop 24] [--batch 2] [--steps 20]
        [--threads 2] [--out benchmarks/results/dpsgd_steps.json]
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 VARIANTS = (
     "dp-unet plain",
     "dp-unet securefed DP-SGD",
+    "dp-unet securefed looped DP-SGD",
     "dp-unet securefed discrete DP-SGD",
     "dp-unet Opacus hooks",
     "dynunet plain",
@@ -39,7 +41,7 @@ def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
     from opacus.optimizers import DPOptimizer
 
     from securefed.models.networks import build_dp_unet, build_dynunet_small
-    from securefed.training.local import DiceBCELoss, _per_sample_gradients
+    from securefed.training.local import DiceBCELoss, _looped_gradients, _per_sample_gradients
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
@@ -70,7 +72,11 @@ def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        if "securefed" in variant:
+        if "looped" in variant:  # one backward per sample (the fallback)
+            grads, _ = _looped_gradients(model, params, loss_fn, x, y)
+            for p, g in zip(params, grads, strict=True):
+                p.grad_sample = g
+        elif "securefed" in variant:
             _per_sample_gradients(model, params, loss_fn, x, y, 1)
         else:
             loss_fn(net(x), y).backward()
@@ -121,10 +127,10 @@ def main() -> None:
         rows[v] = json.loads(out.strip().splitlines()[-1])
     plain = rows["dp-unet plain"]["seconds_per_step"]
     print(f"crop {args.crop}^3, batch {args.batch}, {args.threads} threads, {args.steps} steps")
-    print(f"{'variant':28s} {'s/step':>8s} {'x plain':>8s} {'RSS growth MB':>14s}")
+    print(f"{'variant':34s} {'s/step':>8s} {'x plain':>8s} {'RSS growth MB':>14s}")
     for v, r in rows.items():
         r["ratio_to_plain"] = r["seconds_per_step"] / plain
-        print(f"{v:28s} {r['seconds_per_step']:8.3f} {r['ratio_to_plain']:8.2f} "
+        print(f"{v:34s} {r['seconds_per_step']:8.3f} {r['ratio_to_plain']:8.2f} "
               f"{r['rss_growth_mb']:14.0f}")  # fmt: skip
     if args.out:
         meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "crop": args.crop,

@@ -2,8 +2,9 @@
 
 Privacy unit: one patient (with a partition file's Patient_ID, one case of each drawn patient per
 step; else every case is its own patient), so a patient contributes at most one per-sample
-gradient per step. Per-sample gradients are computed one sample at a time (exact for any model,
-instance norm included; ``train_local(per_sample=True)``), Opacus's DPOptimizer clips each to
+gradient per step. Per-sample gradients are each sample's own gradient, vectorised with
+``torch.func.vmap`` (one backward per sample where vmap cannot run; exact for any model, instance
+norm included; ``train_local(per_sample=True)``), Opacus's DPOptimizer clips each to
 ``max_grad_norm`` (C), adds N(0, (m C)^2) to their sum (``secure_mode``) and divides by the batch
 size. Sampling and accounting (``dp_sgd.amplification``):
 

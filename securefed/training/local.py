@@ -151,20 +151,57 @@ def _per_sample_gradients(
     y: torch.Tensor, step: int,
 ) -> torch.Tensor:  # fmt: skip
     """Store each sample's gradient of its own loss as ``p.grad_sample`` (shape (B, *p.shape),
-    Opacus's layout for loss_reduction="mean"); return the mean loss. One backward pass per
-    sample: no per-layer sampler needed, equal to Opacus's GradSampleModule on the DP model
+    Opacus's layout for loss_reduction="mean"); return the mean loss. Vectorised over the batch
+    with ``torch.func`` (``vmap`` of ``grad``: each sample through the model on its own, batched
+    by the vectorising map); a model ``vmap`` cannot run (in-place batch statistics) falls back to
+    one backward pass per sample. Either equals Opacus's GradSampleModule on the DP model
     (tests/training/test_per_sample.py)."""
-    grads = [torch.empty((len(x), *p.shape), dtype=p.dtype, device=p.device) for p in params]
-    total = torch.zeros((), device=x.device)
+    try:
+        grads, losses = _vmapped_gradients(model, params, loss_fn, x, y)
+    except (RuntimeError, NotImplementedError, ValueError):  # not vmappable: one at a time
+        grads, losses = _looped_gradients(model, params, loss_fn, x, y)
     for j in range(len(x)):
-        loss = loss_fn(model(x[j : j + 1]), y[j : j + 1])
-        _check_finite(loss, step)
-        for buf, g in zip(grads, torch.autograd.grad(loss, params), strict=True):
-            buf[j] = g
-        total = total + loss.detach()
+        _check_finite(losses[j], step)
     for p, buf in zip(params, grads, strict=True):
         p.grad_sample = buf  # type: ignore[attr-defined]  # Opacus reads it
-    return total / len(x)
+    return losses.detach().mean()
+
+
+def _vmapped_gradients(
+    model: nn.Module, params: list[nn.Parameter], loss_fn: nn.Module, x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
+    from torch.func import functional_call, grad_and_value, vmap
+
+    wanted = {id(p) for p in params}
+    names = [n for n, p in model.named_parameters() if id(p) in wanted]
+    if len(names) != len(params):
+        raise ValueError("parameters not all named in the model")
+    trained = {n: p.detach() for n, p in model.named_parameters() if id(p) in wanted}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if id(p) not in wanted}
+    fixed.update({n: b for n, b in model.named_buffers()})
+
+    def one(weights: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**fixed, **weights}, (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    per, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0), randomness="error")(trained, x, y)
+    order = {id(p): n for n, p in model.named_parameters()}
+    return [per[order[id(p)]] for p in params], losses
+
+
+def _looped_gradients(
+    model: nn.Module, params: list[nn.Parameter], loss_fn: nn.Module, x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
+    grads = [torch.empty((len(x), *p.shape), dtype=p.dtype, device=p.device) for p in params]
+    losses = torch.empty(len(x), device=x.device)
+    for j in range(len(x)):
+        loss = loss_fn(model(x[j : j + 1]), y[j : j + 1])
+        for buf, g in zip(grads, torch.autograd.grad(loss, params), strict=True):
+            buf[j] = g
+        losses[j] = loss.detach()
+    return grads, losses
 
 
 def train_local(
