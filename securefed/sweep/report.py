@@ -130,15 +130,21 @@ def _feature_plots(out: Path, done: list[dict[str, Any]], feats: list[float], in
     _save(fig, out / PLOTS["ari"])
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
+    drawn = False
     for key, marker in (("institution", "o"), ("scanner", "s")):
         adv = [_num(r.get(f"advantage_{key}")) for r in done]
         pts = [(x, float(y)) for x, y in zip(feats, adv, strict=True) if y is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=f"{key} inference")
+            drawn = True
     ax.axhline(0.0, color="grey", lw=1)
     _axis(ax, inf_f, feats, "feature epsilon per patient (inf: plain)")
     ax.set_ylabel("attack accuracy minus chance")
-    ax.legend()
+    if drawn:
+        ax.legend()
+    else:  # attacks = false, or only secure-aggregate points (no per-case vector to attack)
+        ax.text(0.5, 0.5, "no feature attack was run on these points", ha="center",
+                va="center", transform=ax.transAxes, color="grey")  # fmt: skip
     _save(fig, out / PLOTS["attacks"])
 
 
