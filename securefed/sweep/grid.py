@@ -61,7 +61,8 @@ _PROJECTION_KEYS = ("projection", "subset", "dimension", "projection_seed", "pro
 
 DEFAULT_GRID = GridSpec()
 """The CPU-sized default: plain and local-dp features (epsilon 4) x no DP training and DP-SGD
-(epsilon 8) under SecAgg+: four points (12 min 36 s on 2 cores on the demo federation, benchmarks/results/sweep.md)."""
+(epsilon 8) under SecAgg+: four points (12 min 36 s on 2 cores on the demo federation,
+benchmarks/results/sweep.md)."""
 
 
 def load_grid(path: Path | None) -> GridSpec:
