@@ -409,7 +409,8 @@ def make_client_app(
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
         return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
 
-    def policy(context: Context) -> GuardPolicy:
+    def identity(context: Context) -> tuple[Any, str, str]:
+        """The site's accepted protocol, its log folder and its site id."""
         site = site_of(context)
         loaded = _load_site_protocol(site)
         ledger_dir = (
@@ -417,6 +418,10 @@ def make_client_app(
         )
         sites_ = loaded.protocol.resolve_sites([site.partition_id])
         sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
+        return loaded, ledger_dir, sid
+
+    def policy(context: Context) -> GuardPolicy:
+        loaded, ledger_dir, sid = identity(context)
 
         def record(message_type: str) -> None:
             if ledger_dir:
@@ -447,13 +452,7 @@ def make_client_app(
         return site, _load_site_protocol(site), ledger_dir or site.work_dir
 
     def pacing(context: Context) -> Pacing:
-        site = site_of(context)
-        loaded = _load_site_protocol(site)
-        ledger_dir = (
-            site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
-        )
-        sites_ = loaded.protocol.resolve_sites([site.partition_id])
-        sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
+        loaded, ledger_dir, sid = identity(context)
 
         def overrun(slots: int) -> None:
             if ledger_dir:

@@ -6,8 +6,9 @@ Its key is a SHA-256 over everything the phase depends on: the protocol's traini
 aggregation, homomorphic and evaluation settings and data splits, what a site sends in training
 (securefed.protocol.egress: FedAvg weights, validation), the phase configuration without its
 paths and protocol hash, the (subject, partition, split) of every assigned case, the data folder
-and the securefed version. Phases with DP training are never shared: their noise and their
-ledger charges belong to each study (a reused phase would charge no site's ledger).
+(its path and every file's size and modification time), the site task and the securefed
+version. Phases with DP training are never shared: their noise and their ledger charges belong
+to each study (a reused phase would charge no site's ledger).
 
 A reused phase is a copy of the cached checkpoint folder (``state.json``, ``best.npz``,
 ``last.npz``); the study's ``phases.json`` says ``"reused": true`` and the sites' egress and
@@ -48,6 +49,17 @@ def _task_name(task: FlowerTask | None) -> str:
     )
 
 
+def _data_fingerprint(root: Path) -> str:
+    """Every file under the data folder by relative path, size and modification time: a folder
+    whose images were replaced at the same path gets another key (hashing the images' bytes at
+    every point would cost as much as reading them)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def global_phase_key(
     loaded: LoadedProtocol,
     cfg: PhaseConfig,
@@ -74,6 +86,7 @@ def global_phase_key(
         "phase": config,
         "cases": rows,
         "data_root": str(Path(data_root).resolve()),
+        "data_files": _data_fingerprint(Path(data_root)),
         "task": _task_name(task),
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()

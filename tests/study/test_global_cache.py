@@ -29,7 +29,9 @@ def _study(folder: Path, extra: str = "", layout: dict | None = None):  # noqa: 
     if extra:
         proto.write_text(proto.read_text() + extra)
     asg = write_assignments(folder / "clusters.csv", layout or LAYOUT)
-    sites = [SiteSettings(partition_id=p, data_dir=str(folder.parent), protocol=str(proto),
+    data = folder.parent / "data"  # the task makes its volumes from the subject ids
+    data.mkdir(exist_ok=True)
+    sites = [SiteSettings(partition_id=p, data_dir=str(data), protocol=str(proto),
                           assignments=str(asg))
              for p in (layout or LAYOUT)]  # fmt: skip
     return load_protocol(proto), asg, sites
@@ -48,7 +50,7 @@ def test_the_key_follows_what_the_global_phase_depends_on(tmp_path: Path) -> Non
     assert _key(tmp_path / "b", "[clustering]\nk = 3\n") == base
     moved = {p: [(split, 1 - c) for split, c in rows] for p, rows in LAYOUT.items()}
     assert _key(tmp_path / "c", layout=moved) == base
-    # The training recipe, the splits and what sites send in training do.
+    # The training recipe, the splits, the site task and the data files do.
     text = (tmp_path / "a" / "protocol.toml").read_text()
     (tmp_path / "d").mkdir()
     assert _key(tmp_path / "d", layout={1: [("train", 0)] * 3, 2: LAYOUT[2]}) != base
@@ -62,6 +64,8 @@ def test_the_key_follows_what_the_global_phase_depends_on(tmp_path: Path) -> Non
     assert global_phase_key(loaded, cfg, asg, sites[0].data_dir, None) != global_phase_key(
         loaded, cfg, asg, sites[0].data_dir, make_task()
     )  # another site task
+    (tmp_path / "data" / "case.nii.gz").write_bytes(b"another image")  # data replaced in place
+    assert _key(tmp_path / "b2", "[clustering]\nk = 3\n") != base
 
 
 def test_dp_training_is_never_shared(tmp_path: Path) -> None:
