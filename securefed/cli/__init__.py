@@ -13,6 +13,7 @@ from securefed.cli import cluster as _cluster
 from securefed.cli import data as _data
 from securefed.cli import federation as _federation
 from securefed.cli import keys as _keys
+from securefed.cli import pretrain as _pretrain
 from securefed.cli import privacy as _privacy
 from securefed.cli import protocol as _protocol
 from securefed.cli import radiomics as _radiomics
@@ -62,6 +63,7 @@ for _module in (
     _site,
     _trust,
     _privacy,
+    _pretrain,
     _cluster,
     _study,
     _sweep,

@@ -20,6 +20,7 @@ class SynthPreset(StrEnum):
     shifted = "shifted"
     fets_like = "fets-like"
     fets_1251 = "fets-1251"
+    public = "public"
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +34,8 @@ def synth(
         SynthPreset,
         typer.Option(
             "--preset",
-            help="demo (45 cases), shifted (48), fets-like (267), fets-1251 (1251).",
+            help="demo (45 cases), shifted (48), fets-like (267), fets-1251 (1251), "
+            "public (32, for `securefed pretrain`).",
         ),
     ] = SynthPreset.demo,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same data.")] = 0,

@@ -13,7 +13,9 @@ from securefed.evaluation.metrics import mean_metrics
 __all__ = ["METHOD_ORDER", "NON_PRIVATE", "mean_ci", "summarize_methods", "summarize_rows"]
 
 REGION_KEYS = {"TC": "dice_tc", "WT": "dice_wt", "ET": "dice_et"}
-METHOD_ORDER = ("local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized")
+METHOD_ORDER = (
+    "public-start", "local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized",
+)  # fmt: skip
 NON_PRIVATE = frozenset({"centralized", "cffl-ideal"})
 
 

@@ -145,6 +145,12 @@ class SiteClient(NumPyClient):
         model = self.task.build_model(self.spec)
         if parameters is not None:
             self.task.set_weights(model, [np.asarray(p) for p in parameters])
+        elif self.spec.initial_weights is not None:
+            # The protocol's public start: this site's own copy, hash checked before use.
+            from securefed.training.local import set_weights
+            from securefed.training.pretrained import initial_weights
+
+            set_weights(model, initial_weights(self.loaded) or [])
         return model
 
     # -- Flower API ----------------------------------------------------------------------------
@@ -187,7 +193,8 @@ class SiteClient(NumPyClient):
         return plan.round_event(min(steps, plan.steps_per_round), population)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
-        """The seeded initial model (same on every site for the same protocol)."""
+        """The initial model (same on every site for the same protocol): the protocol's pinned
+        public weights (training.initial_weights), else the seeded initialisation."""
         model = self._model(None, int(self.spec.seed))
         return self.task.get_weights(model)
 

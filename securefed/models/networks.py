@@ -22,6 +22,9 @@ __all__ = [
     "build_dynunet_small",
     "build_dp_unet",
     "count_parameters",
+    "freeze_untrained",
+    "is_trained",
+    "TRAINABLE_PREFIXES",
 ]
 
 IN_CHANNELS = 4
@@ -115,7 +118,49 @@ def build_model(spec: object, *, dp: bool | None = None) -> nn.Module:
     seed = int(getattr(spec, "seed", 0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_dp_unet() if dp or name == "dp-unet" else build_dynunet_small()
+        model = build_dp_unet() if dp or name == "dp-unet" else build_dynunet_small()
+    freeze_untrained(model, str(getattr(spec, "trainable", "all")))
+    return model
+
+
+# ``training.trainable``: the dp-unet's parameter-name prefixes each choice trains. MONAI's UNet
+# nests its levels: model.0 is the full-resolution encoder block, model.1 every deeper level,
+# model.2 the last decoder block (it produces the logits).
+TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
+    "outer-blocks": ("model.0.", "model.2."),
+    "output-block": ("model.2.",),
+}
+BIASES = "biases"  # every bias term of the model (bias-only finetuning, DP-BiTFiT)
+
+
+def is_trained(trainable: str, name: str) -> bool:
+    """Whether ``trainable`` (training.trainable) names the parameter ``name``."""
+    if trainable == "all":
+        return True
+    if trainable == BIASES:
+        return name.endswith(".bias")
+    prefixes = TRAINABLE_PREFIXES.get(trainable)
+    if prefixes is None:
+        raise ConfigError(
+            f"training.trainable: unknown choice {trainable!r}; the known ones are 'all', "
+            + ", ".join(repr(k) for k in (*TRAINABLE_PREFIXES, BIASES))
+        )
+    return name.startswith(prefixes)
+
+
+def freeze_untrained(model: nn.Module, trainable: str) -> None:
+    """Set ``requires_grad = False`` on every parameter ``trainable`` does not name (``all``:
+    none); local training and DP-SGD then update, clip and noise only the named ones."""
+    if trainable == "all":
+        return
+    names = [n for n, _ in model.named_parameters()]
+    if not names[0].startswith("model.0.") or not any(is_trained(trainable, n) for n in names):
+        raise ConfigError(
+            f"training.trainable = {trainable!r}: names parameters of the dp-unet model only "
+            f"(this model's first is {names[0]!r})"
+        )
+    for n, p in model.named_parameters():
+        p.requires_grad_(is_trained(trainable, n))
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

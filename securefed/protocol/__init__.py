@@ -7,7 +7,7 @@ from securefed.protocol.loader import (
     parse_protocol,
     protocol_hash,
 )
-from securefed.protocol.pinned import file_sha256, open_pinned
+from securefed.protocol.pinned import file_sha256, open_pinned, pinned_files
 from securefed.protocol.render import summary_lines
 from securefed.protocol.schema import FEATURE_CLASSES, MODALITIES, SCHEMA_VERSION, Protocol
 
@@ -21,6 +21,7 @@ __all__ = [
     "file_sha256",
     "load_protocol",
     "open_pinned",
+    "pinned_files",
     "parse_protocol",
     "protocol_hash",
     "summary_lines",

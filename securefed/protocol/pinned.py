@@ -7,9 +7,9 @@ from pathlib import Path
 
 from securefed.errors import ProtocolError
 from securefed.protocol.loader import LoadedProtocol
-from securefed.protocol.schema import PinnedFile
+from securefed.protocol.schema import PinnedFile, Protocol
 
-__all__ = ["check_pinned_files", "file_sha256", "open_pinned"]
+__all__ = ["check_pinned_files", "file_sha256", "open_pinned", "pinned_files"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -40,14 +40,21 @@ def open_pinned(loaded: LoadedProtocol, pinned: PinnedFile, field: str) -> bytes
     return data
 
 
+def pinned_files(protocol: Protocol) -> list[tuple[str, PinnedFile]]:
+    """(field, pinned file) for every file the protocol pins: the release bounds and projection,
+    the training's public initial weights."""
+    release = protocol.release
+    fields = (("release.bounds", release.bounds),
+              ("release.projection_file", release.projection_file),
+              ("training.initial_weights", protocol.training.initial_weights))  # fmt: skip
+    return [(field, pinned) for field, pinned in fields if pinned is not None]
+
+
 def check_pinned_files(loaded: LoadedProtocol) -> list[str]:
     """Open every file the protocol pins and check its hash (``protocol check`` does, so that a
     missing or changed file is found before a site relies on it); returns the fields checked."""
-    release = loaded.protocol.release
     checked = []
-    for field, pinned in (("release.bounds", release.bounds),
-                          ("release.projection_file", release.projection_file)):  # fmt: skip
-        if pinned is not None:
-            open_pinned(loaded, pinned, field)
-            checked.append(field)
+    for field, pinned in pinned_files(loaded.protocol):
+        open_pinned(loaded, pinned, field)
+        checked.append(field)
     return checked

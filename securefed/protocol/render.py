@@ -83,6 +83,12 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
         f"           >= {t.min_sites_per_aggregate} sites per aggregate; "
         f"baselines: {', '.join(t.baselines)}"
     )
+    start = (
+        f"public weights {t.initial_weights.file} ({t.initial_weights.sha256[:19]}...)"
+        if t.initial_weights is not None
+        else f"seeded initialisation (seed {t.seed})"
+    )
+    lines.append(f"           starts from {start}; trains {t.trainable} parameters")
     for i, line in enumerate(training_egress(p).describe()):
         lines.append(("egress     " if i == 0 else "           ") + line)
     lines.append(

@@ -489,8 +489,30 @@ class TrainingSpec(_Strict):
     site's audit log). 0: replies leave when ready and their timing is not protected. Required
     (> 0) in a deployment protocol that claims a finite epsilon; below
     secure_aggregation.timeout_s."""
+    initial_weights: PinnedFile | None = None
+    """Public pretrained weights every party starts from (a `.npz` written by `securefed
+    pretrain` from public data, shipped next to the protocol, pinned by SHA-256; each site checks
+    the hash against its own copy before it trains). Unset: the seeded random initialisation.
+    Made from public data only: nothing of a site's patients is in it."""
+    trainable: Literal["all", "outer-blocks", "output-block", "biases"] = "all"
+    """Which parameters local training updates (dp-unet only; the rest stays at the starting
+    weights, so a released model equals the public start there). ``outer-blocks``: the
+    full-resolution encoder and decoder blocks (13,257 of 1,190,345 values); ``output-block``:
+    the last decoder block (2,841); ``biases``: every bias term (822; bias-only finetuning as in
+    DP-BiTFiT, Bu et al. 2022). Fewer trained values carry DP noise on fewer coordinates: the
+    DP-SGD noise norm on an update falls with the square root of the trained count."""
     dp_sgd: DPSGDSpec = DPSGDSpec()
     client_dp: ClientDPSpec = ClientDPSpec()
+
+    @model_validator(mode="after")
+    def _trainable_model(self) -> TrainingSpec:
+        dp_model = self.model == "dp-unet" or self.dp_sgd.enabled
+        if self.trainable != "all" and not dp_model:
+            raise ValueError(
+                f"training.trainable = {self.trainable!r} names blocks of the dp-unet model; set "
+                'training.model = "dp-unet" or trainable = "all"'
+            )
+        return self
 
     @property
     def dp_training(self) -> Literal["dp-sgd", "client-dp"] | None:

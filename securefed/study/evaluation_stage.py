@@ -1,5 +1,6 @@
 """Study stage 4, evaluation: each site scores its test cases with the model of each method
-(FedAvg: the global model; CFFL: the model of the case's cluster, assigned locally); institutions
+(FedAvg: the global model; CFFL: the model of the case's cluster, assigned locally; public-start:
+the protocol's pinned public weights, when it pins them); institutions
 held out by the protocol are scored apart (all their cases, routed by their radiomics). Per-case
 rows stay in RUNDIR/evaluation/per_case.csv (simulation: one folder holds every site's rows)."""
 
@@ -19,8 +20,12 @@ from securefed.models import build_model
 from securefed.study.context import StudyContext
 from securefed.training.checkpoints import load_weights
 from securefed.training.local import evaluate_local
+from securefed.training.local import set_weights as set_full_state
+from securefed.training.pretrained import initial_weights
 
-__all__ = ["CASE_COLUMNS", "read_case_rows", "run_evaluation"]
+__all__ = ["CASE_COLUMNS", "PUBLIC_START", "read_case_rows", "run_evaluation"]
+
+PUBLIC_START = "public-start"  # method name of the protocol's pinned public weights, untrained
 
 CASE_COLUMNS = [
     "method", "subject_id", "site", "partition_id", "cluster", "group", "dice_tc", "dice_wt",
@@ -52,6 +57,11 @@ def run_evaluation(ctx: StudyContext) -> None:
     cache: dict[str, list[np.ndarray]] = {}
     model = build_model(proto.training)
     set_weights = default_task().set_weights  # checkpoints hold shared tensors once
+    public = initial_weights(ctx.loaded)
+    if public is not None:  # the pinned public start, untrained: what finetuning adds to it
+        set_full_state(model, public)
+        cache[PUBLIC_START] = default_task().get_weights(model)
+        weights_of[PUBLIC_START] = {c: PUBLIC_START for c in weights_of["fedavg"]}
     for pid in sorted({r.partition_id for r in rows}):
         unseen = pid in held
         mine = [r for r in rows if r.partition_id == pid and (unseen or r.split == "test")]

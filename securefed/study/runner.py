@@ -27,7 +27,7 @@ from securefed import __version__
 from securefed.crypto import signature_path
 from securefed.errors import ConfigError, ProtocolError
 from securefed.fileio import read_json, write_json_atomic
-from securefed.protocol import LoadedProtocol, load_protocol
+from securefed.protocol import LoadedProtocol, load_protocol, pinned_files
 from securefed.study.clustering_stage import run_clustering
 from securefed.study.context import Log, Progress, StudyContext
 from securefed.study.evaluation_stage import run_evaluation
@@ -77,12 +77,10 @@ def _prepare_rundir(protocol_path: Path, rundir: Path) -> tuple[LoadedProtocol, 
         shutil.copyfile(protocol_path, paths.protocol)
         if signature_path(protocol_path).is_file():
             shutil.copyfile(signature_path(protocol_path), signature_path(paths.protocol))
-        rel = original.protocol.release
-        for pinned in (rel.bounds, rel.projection_file):
-            if pinned is not None:
-                target = rundir / pinned.file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(original.resolve(pinned.file), target)
+        for _, pinned in pinned_files(original.protocol):
+            target = rundir / pinned.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(original.resolve(pinned.file), target)
         state = {
             "protocol": original.sha256,
             "created_at": _now(),

@@ -24,6 +24,7 @@ from securefed.study.cffl import run_cffl_phases
 from securefed.study.context import StudyContext
 from securefed.training import baselines as bl
 from securefed.training.local import get_weights
+from securefed.training.pretrained import initial_weights
 
 __all__ = ["run_training", "site_data"]
 
@@ -139,15 +140,18 @@ def run_baselines(ctx: StudyContext, global_weights: list[np.ndarray]) -> None:
     rows = read_assignments(ctx.paths.clusters)
     sites = site_data(ctx, rows)
     per_round = {s: _steps_per_round(ctx, len(d.train)) for s, d in sites.items()}
+    public = initial_weights(ctx.loaded)  # the protocol's public start, or None
     for method in wanted:
         ctx.log(f"  baseline {method} ...")
         if method == "local":
-            res = bl.local_baseline(sites, t, ev, seed=t.seed)
+            res = bl.local_baseline(sites, t, ev, seed=t.seed, init_weights=public)
         elif method == "local-finetune":
             res = bl.local_finetune_baseline(global_weights, sites, t, ev, seed=t.seed)
         elif method == "centralized":
             steps = t.global_rounds * sum(per_round.values())
-            res = bl.centralized_baseline(sites, t, ev, steps=steps, seed=t.seed)
+            res = bl.centralized_baseline(
+                sites, t, ev, steps=steps, seed=t.seed, init_weights=public
+            )
         else:  # cffl-ideal
             cluster_of = {r.subject_id: r.cluster for r in rows}
             n_clusters = max(1, len(set(cluster_of.values())))

@@ -45,7 +45,8 @@ def _write_point_protocol(
         shutil.rmtree(folder / "run", ignore_errors=True)
         path.write_text(text)
     release = data.get("release", {})
-    for pinned in (release.get("bounds"), release.get("projection_file")):
+    initial = data.get("training", {}).get("initial_weights")
+    for pinned in (release.get("bounds"), release.get("projection_file"), initial):
         if isinstance(pinned, dict) and "file" in pinned:
             source = base_path.parent / str(pinned["file"])
             target = folder / str(pinned["file"])

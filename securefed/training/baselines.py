@@ -156,11 +156,13 @@ def local_baseline(
     eval_every: int | None = None,
     device: Any = None,
     seed: int = 0,
+    init_weights: Sequence[np.ndarray] | None = None,
 ) -> BaselineResult:
-    """Each site trains its own model from scratch on its own cases (``spec.local_epochs_baseline``
-    epochs at ``spec.lr`` unless given) and is scored on its own test cases. Nothing is shared."""
-    return _per_site("local", sites, spec, eval_spec, None, epochs, max_steps, lr or spec.lr,
-                     eval_every, device, seed)  # fmt: skip
+    """Each site trains its own model from the protocol's start (``init_weights``: its public
+    initial weights; None: from scratch) on its own cases (``spec.local_epochs_baseline`` epochs
+    at ``spec.lr`` unless given) and is scored on its own test cases. Nothing is shared."""
+    return _per_site("local", sites, spec, eval_spec, init_weights, epochs, max_steps,
+                     lr or spec.lr, eval_every, device, seed)  # fmt: skip
 
 
 def local_finetune_baseline(

@@ -5,17 +5,19 @@ report.html checked against them."""
 from __future__ import annotations
 
 import csv
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 from support.study import tiny_protocol
 
 from securefed.clustering.assignments import Assignment, write_assignments
 from securefed.federation.task import default_task
 from securefed.fileio import jsonable, read_json, write_json_atomic
-from securefed.protocol import load_protocol
+from securefed.protocol import file_sha256, load_protocol
 from securefed.study.context import StudyContext
 from securefed.study.evaluation_stage import read_case_rows, run_evaluation
 from securefed.study.paths import StudyPaths
@@ -30,11 +32,24 @@ def _weights(loaded, seed: int) -> list[np.ndarray]:
     return task.get_weights(task.build_model(loaded.protocol.training))
 
 
-@pytest.fixture()
-def ctx(tiny_federation: Path, tmp_path: Path) -> StudyContext:
+def _pin_public_start(path: Path, weights: list[np.ndarray]) -> None:
+    """Pin ``weights`` as the protocol's training.initial_weights (public.npz beside it)."""
+    save_weights(path.parent / "public.npz", weights)
+    data = tomllib.loads(path.read_text())
+    data["training"]["initial_weights"] = {
+        "file": "public.npz", "sha256": file_sha256(path.parent / "public.npz")
+    }  # fmt: skip
+    path.write_bytes(tomli_w.dumps(data).encode())
+
+
+def _context(tiny_federation: Path, tmp_path: Path, *, public: bool) -> StudyContext:
     """A run folder whose clustering and training stages are 'done': cluster = partition % 2,
-    the global model and cluster 0's finetuned model saved, cluster 1 kept the global one."""
-    loaded = load_protocol(tiny_protocol(tmp_path, held_out=(3,), baselines=("fedavg", "cffl")))
+    the global model and cluster 0's finetuned model saved, cluster 1 kept the global one.
+    ``public``: the protocol pins cluster 0's weights as its public start."""
+    path = tiny_protocol(tmp_path, held_out=(3,), baselines=("fedavg", "cffl"))
+    if public:
+        _pin_public_start(path, _weights(load_protocol(path), 1))
+    loaded = load_protocol(path)
     paths = StudyPaths(tmp_path / "run")
     logs: list[str] = []
     context = StudyContext.build(
@@ -66,6 +81,27 @@ def ctx(tiny_federation: Path, tmp_path: Path) -> StudyContext:
         {"protocol": loaded.sha256, "created_at": "now", "completed": {"features": {"seconds": 2}}},
     )
     return context
+
+
+@pytest.fixture()
+def ctx(tiny_federation: Path, tmp_path: Path) -> StudyContext:
+    return _context(tiny_federation, tmp_path, public=False)
+
+
+def test_evaluation_scores_the_pinned_public_start(tiny_federation: Path, tmp_path: Path) -> None:
+    """A protocol pinning public weights gets a `public-start` row per test case: those weights,
+    untrained (here cluster 0's model, so its cases score as CFFL's do); first in the summary."""
+    context = _context(tiny_federation, tmp_path, public=True)
+    run_evaluation(context)
+    rows = read_case_rows(context.paths.per_case)
+    by = {(r["method"], r["subject_id"]): r for r in rows}
+    cffl = [r for r in rows if r["method"] == "cffl"]
+    public = [r for r in rows if r["method"] == "public-start"]
+    assert {r["subject_id"] for r in public} == {r["subject_id"] for r in cffl}
+    for r in (r for r in cffl if r["cluster"] == 0):
+        assert by[("public-start", r["subject_id"])]["dice_mean"] == r["dice_mean"]
+    results = run_report(context)
+    assert list(results["segmentation"]["methods"]) == ["public-start", "fedavg", "cffl"]
 
 
 def test_evaluation_scores_each_test_case_with_its_clusters_models(ctx: StudyContext) -> None:

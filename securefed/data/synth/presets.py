@@ -144,6 +144,19 @@ PRESETS: dict[str, Preset] = {
         institutions=_fets_institutions(FETS2022_SIZES),
         spacing_mm=4.0,
     ),
+    "public": Preset(
+        name="public",
+        description="32 cases, one institution, 3 mm, on the two acquisitions of the shifted "
+        "preset whose contrast differs (weak T1ce enhancement, unsuppressed FLAIR): a stand-in "
+        "for a public dataset from other scanners than the demo's, for pretraining a starting "
+        "model (`securefed pretrain`) that the sites then finetune",
+        institutions=(
+            Institution(
+                1, 32, (("ge-1.5t-weak-enhancement", 0.5), ("philips-3t-flair-unsuppressed", 0.5))
+            ),
+        ),
+        spacing_mm=3.0,
+    ),
 }
 
 
