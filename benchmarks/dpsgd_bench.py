@@ -6,7 +6,10 @@ GradSampleModule + DPOptimizer; peak memory of each (max RSS growth of a fresh p
 variant). The paper's DynUNet without DP for reference.
 
 Usage: .venv/bin/python benchmarks/dpsgd_bench.py [--crop 24] [--batch 2] [--steps 20]
-       [--threads 2] [--out benchmarks/results/dpsgd_steps.json]
+       [--threads 2] [--trainable all|outer-blocks|output-block|biases]
+       [--out benchmarks/results/dpsgd_steps.json]
+``--trainable``: the dp-unet variants train (clip, noise, update) only those parameters
+(``training.trainable``), as when finetuning a public start.
 Target (issue 14): the DP-SGD step <= 2.5x the non-private step of the same model.
 """
 
@@ -35,12 +38,14 @@ VARIANTS = (
 )
 
 
-def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
+def _one(
+    variant: str, crop: int, batch: int, steps: int, trainable: str = "all"
+) -> dict[str, float]:
     import torch
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from securefed.models.networks import build_dp_unet, build_dynunet_small
+    from securefed.models.networks import build_dp_unet, build_dynunet_small, freeze_untrained
     from securefed.training.local import DiceBCELoss, _looped_gradients, _per_sample_gradients
 
     warnings.filterwarnings("ignore")
@@ -49,6 +54,8 @@ def _one(variant: str, crop: int, batch: int, steps: int) -> dict[str, float]:
     y = (torch.rand(batch, 3, crop, crop, crop) > 0.8).float()
     loss_fn = DiceBCELoss()
     model = build_dynunet_small() if variant.startswith("dynunet") else build_dp_unet()
+    if not variant.startswith("dynunet"):
+        freeze_untrained(model, trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     dp = "DP-SGD" in variant or "hooks" in variant
@@ -108,6 +115,7 @@ def main() -> None:
         default=2,
         help="steps of the discrete variant (OpenDP's exact sampler: tens of s each)",
     )
+    ap.add_argument("--trainable", default="all", help="training.trainable of the dp-unet")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -115,18 +123,19 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(_one(args.variant, args.crop, args.batch, args.steps)))
+        print(json.dumps(_one(args.variant, args.crop, args.batch, args.steps, args.trainable)))
         return
     rows = {}
     for v in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", v, "--crop", str(args.crop),
                "--batch", str(args.batch),
                "--steps", str(args.discrete_steps if "discrete" in v else args.steps),
-               "--threads", str(args.threads)]  # fmt: skip
+               "--threads", str(args.threads), "--trainable", args.trainable]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[v] = json.loads(out.strip().splitlines()[-1])
     plain = rows["dp-unet plain"]["seconds_per_step"]
-    print(f"crop {args.crop}^3, batch {args.batch}, {args.threads} threads, {args.steps} steps")
+    print(f"crop {args.crop}^3, batch {args.batch}, {args.threads} threads, {args.steps} steps, "
+          f"trainable {args.trainable}")  # fmt: skip
     print(f"{'variant':34s} {'s/step':>8s} {'x plain':>8s} {'RSS growth MB':>14s}")
     for v, r in rows.items():
         r["ratio_to_plain"] = r["seconds_per_step"] / plain
@@ -135,6 +144,7 @@ def main() -> None:
     if args.out:
         meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "crop": args.crop,
                 "batch": args.batch, "threads": args.threads, "steps": args.steps,
+                "trainable": args.trainable,
                 "load": os.getloadavg()}  # fmt: skip
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 

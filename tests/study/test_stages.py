@@ -33,8 +33,14 @@ def _weights(loaded, seed: int) -> list[np.ndarray]:
 
 
 def _pin_public_start(path: Path, weights: list[np.ndarray]) -> None:
-    """Pin ``weights`` as the protocol's training.initial_weights (public.npz beside it)."""
-    save_weights(path.parent / "public.npz", weights)
+    """Pin ``weights`` (as sent: shared tensors once) as the protocol's training.initial_weights
+    (public.npz beside it, in state_dict order as `securefed pretrain` writes it)."""
+    from securefed.training.local import get_weights
+
+    task = default_task()
+    model = task.build_model(load_protocol(path).protocol.training)
+    task.set_weights(model, weights)
+    save_weights(path.parent / "public.npz", get_weights(model))
     data = tomllib.loads(path.read_text())
     data["training"]["initial_weights"] = {
         "file": "public.npz", "sha256": file_sha256(path.parent / "public.npz")

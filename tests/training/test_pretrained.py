@@ -161,3 +161,15 @@ def test_shipped_public_start_matches_its_protocol_and_provenance() -> None:
     meta = json.loads(loaded.resolve(pinned.file).with_suffix(".json").read_text())
     assert meta["sha256"] == pinned.sha256 and meta["weights"] == pinned.file
     assert meta["model"] == "dp-unet" and "no patient data" in meta["source"]
+
+
+def test_bias_only_finetuning_trains_every_bias_and_nothing_else() -> None:
+    base = PROTOCOL.format(rounds=1, finetune=0, enabled="true")
+    text = base.replace(
+        'aggregation = "fedavg"\n', 'aggregation = "fedavg"\ntrainable = "biases"\n'
+    )
+    model = build_model(parse_protocol(tomllib.loads(text)).training)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(n.endswith(".bias") for n in trained)
+    assert count_parameters(model) == 822
+    assert count_parameters(model, trainable_only=False) == 1_190_345
