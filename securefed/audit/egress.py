@@ -108,7 +108,9 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
     if name.startswith("getpropertiesres.properties."):
         return Declaration("public", "partition id, protocol hash, budget status (public)")
     if name.startswith("getparametersres.parameters."):
-        return Declaration("public", "the seeded initial model (no data)")
+        return Declaration(
+            "public", "the initial model (seeded, or the pinned public weights; no data)"
+        )
     if name.startswith(("fitres.parameters.", HE_MEAN + ".")):
         return _model_field(name, p)
     if name == "fitres.num_examples.num_examples":

@@ -45,6 +45,8 @@ def _wire_lines(loaded: LoadedProtocol) -> list[str]:
         f"upload     {est['aggregation']}: {size / 1e6:.2f} MB per site and round "
         f"({size / est['fp32_bytes']:.2f}x the fp32 model of {est['values']:,} values)"
     )
+    if est["sent_values"] != est["values"]:
+        line += f"; only the {est['sent_values']:,} trained values are sent"
     lines = [line]
     if "encrypt_seconds_per_round" in est:
         two, one = est["bytes_two_per_slot"], est["bytes_one_per_slot"]

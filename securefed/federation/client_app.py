@@ -91,6 +91,20 @@ def _load_site_protocol(site: SiteSettings) -> Any:
     return _PROTOCOLS[key]
 
 
+_SENT: dict[tuple[str, FlowerTask], tuple[int, ...] | None] = {}
+
+
+def sent_positions(task: FlowerTask, loaded: Any) -> tuple[int, ...] | None:
+    """Which model arrays the site sends back after training, from its own protocol
+    (securefed.federation.task.sent_indices; None: all); cached per protocol and task."""
+    from securefed.federation.task import sent_indices
+
+    key = (loaded.sha256, task)
+    if key not in _SENT:
+        _SENT[key] = sent_indices(task, loaded.protocol.training)
+    return _SENT[key]
+
+
 class SiteClient(NumPyClient):
     """One site in one run. ``task`` supplies model, data and loops; ``site`` its local settings."""
 
@@ -256,7 +270,9 @@ class SiteClient(NumPyClient):
             )  # fmt: skip
             return vector
         if self.spec.aggregation != "bfv":
-            return arrays
+            # training.trainable: only the trained arrays leave; the rest is the start model's
+            sent = sent_positions(self.task, self.loaded)
+            return arrays if sent is None else [arrays[i] for i in sent]
         weight = max(1, self._weight(n_train))
         return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=weight,
                               config=config)  # fmt: skip
@@ -451,7 +467,8 @@ def make_client_app(
 
         aggregation = loaded.protocol.training.aggregation
         return GuardPolicy(training_egress(loaded.protocol), aggregation == "secagg+", record,
-                           sent, he=aggregation == "bfv")  # fmt: skip
+                           sent, he=aggregation == "bfv",
+                           sent_arrays=sent_positions(task or resolve_task(), loaded))  # fmt: skip
 
     def he_site(context: Context) -> tuple[SiteSettings, Any, str]:
         site = site_of(context)

@@ -77,6 +77,7 @@ class PhaseConfig:
     he_fields: int = 2  # bfv: values per slot (securefed.crypto.bfv.encoding_for)
     client_dp: str = ""  # client-level DP: the plan inputs (JSON, securefed.training.client_dp)
     dp_training: str = ""  # "dp-sgd" | "client-dp": ask the sites' budgets before each round
+    sent_arrays: str = ""  # "i,j,...": the arrays sites send back (training.trainable); "": all
 
     def __post_init__(self) -> None:
         for name in ("out_dir", "sites", "protocol_hash"):
@@ -118,6 +119,7 @@ class PhaseConfig:
             raise ConfigError("run config 'timeout-s' must be > 0 (a round never waits forever)")
         parse_sites(self.sites)
         self.registered_nodes  # noqa: B018 - validates node_sites
+        self.sent_positions  # noqa: B018 - validates sent_arrays
 
     @property
     def registered_nodes(self) -> dict[int, int]:
@@ -132,6 +134,20 @@ class PhaseConfig:
                 raise ConfigError(f"run config 'node-sites': {item!r} repeats a node or site")
             out[int(nid)] = int(pid)
         return out
+
+    @property
+    def sent_positions(self) -> tuple[int, ...] | None:
+        """Positions of the model arrays the sites send back (None: every array)."""
+        items = [x.strip() for x in self.sent_arrays.split(",") if x.strip()]
+        if not items:
+            return None
+        if not all(x.isdigit() for x in items) or sorted(set(map(int, items))) != list(
+            map(int, items)
+        ):
+            raise ConfigError(
+                f"run config 'sent-arrays': {self.sent_arrays!r} is not increasing array positions"
+            )
+        return tuple(int(x) for x in items)
 
     @property
     def site_ids(self) -> tuple[int, ...]:

@@ -3,7 +3,8 @@ what the site's own protocol declares (securefed.protocol.egress) and refuses an
 
 Allowed replies, by message type:
 - train (fit): the model arrays, with the names, shapes and dtypes of the arrays the server sent
-  (under SecAgg+ they are cleared and Flower's SecAgg+ records carry the masked vector); the FedAvg
+  (only the trained ones when ``training.trainable`` names a subset; under SecAgg+ they are
+  cleared and Flower's SecAgg+ records carry the masked vector); the FedAvg
   weight (the train case count under a plain protocol, 1 otherwise); the metrics the policy allows
   (the mean train loss under a plain protocol, nothing otherwise); a success status;
 - SecAgg+ protocol messages (keys, encrypted shares, masked vectors, unmasking shares) only when
@@ -59,8 +60,11 @@ def _keys(records: Any) -> set[str]:
     return set(records.keys())
 
 
-def _arrays_like(reply: Any, request: Any, name: str) -> list[str]:
-    """The reply's arrays have the names, shapes and dtypes of the request's."""
+def _arrays_like(
+    reply: Any, request: Any, name: str, positions: tuple[int, ...] | None = None
+) -> list[str]:
+    """The reply's arrays have the names, shapes and dtypes of the request's (``positions``:
+    of those of the request's arrays only, in order)."""
     out = reply.array_records.get(name)
     sent = request.array_records.get("fitins.parameters")
     if out is None or sent is None:
@@ -70,6 +74,11 @@ def _arrays_like(reply: Any, request: Any, name: str) -> list[str]:
     try:
         shapes = [(k, *_signature(a)) for k, a in out.items()]
         expected = [(k, *_signature(a)) for k, a in sent.items()]
+        if positions is not None:
+            values = list(sent.values())
+            if positions and positions[-1] >= len(values):
+                return [f"{name}: the request holds fewer arrays than the trained blocks"]
+            expected = [(str(j), *_signature(values[i])) for j, i in enumerate(positions)]
     except ValueError:
         return [f"{name}: an array is not a plain numpy array"]
     return [] if shapes == expected else [f"{name}: arrays differ from the model sent"]
@@ -135,7 +144,12 @@ def _check_decrypt_reply(request: Any, content: Any, he: bool) -> list[str]:
 
 
 def _check_train(
-    request: Any, content: Any, egress: TrainingEgress, secagg: bool, he: bool = False
+    request: Any,
+    content: Any,
+    egress: TrainingEgress,
+    secagg: bool,
+    he: bool = False,
+    sent_arrays: tuple[int, ...] | None = None,
 ) -> list[str]:
     from securefed.federation.he_round import HE_RECORD
 
@@ -161,7 +175,7 @@ def _check_train(
     if he:
         problems += _ciphertext_like(content, request)
     else:
-        problems += _arrays_like(content, request, "fitres.parameters")
+        problems += _arrays_like(content, request, "fitres.parameters", sent_arrays)
     metrics = set(content.config_records.get("fitres.metrics", {}).keys())
     allowed = {"loss"} if egress.train_loss else set()
     if metrics - allowed:
@@ -193,13 +207,20 @@ def _check_evaluate(content: Any, egress: TrainingEgress) -> list[str]:
 
 
 def check_reply(
-    request: Message, reply: Message, egress: TrainingEgress, *, secagg: bool, he: bool = False
+    request: Message,
+    reply: Message,
+    egress: TrainingEgress,
+    *,
+    secagg: bool,
+    he: bool = False,
+    sent_arrays: tuple[int, ...] | None = None,
 ) -> list[str]:
-    """What in ``reply`` (to ``request``) the site's protocol does not declare (empty: none)."""
+    """What in ``reply`` (to ``request``) the site's protocol does not declare (empty: none).
+    ``sent_arrays``: a train reply holds only those of the request's arrays (the trained ones)."""
     kind = request.metadata.message_type
     content = reply.content
     if kind == MessageType.TRAIN:
-        return _check_train(request.content, content, egress, secagg, he)
+        return _check_train(request.content, content, egress, secagg, he, sent_arrays)
     if kind == MessageType.EVALUATE:
         return _check_evaluate(content, egress)
     if kind == MessageTypeLegacy.GET_PROPERTIES:
@@ -228,6 +249,7 @@ class GuardPolicy:
     on_refused: Callable[[str], None]
     on_sent: Callable[[Message, list[dict[str, Any]]], None] | None = None
     he: bool = False
+    sent_arrays: tuple[int, ...] | None = None  # the trained arrays only (training.trainable)
 
 
 def reply_fields(reply: Message) -> list[dict[str, Any]]:
@@ -255,7 +277,8 @@ def make_egress_guard(
         if reply.has_error():
             return reply
         policy = resolve(ctxt)
-        problems = check_reply(msg, reply, policy.egress, secagg=policy.secagg, he=policy.he)
+        problems = check_reply(msg, reply, policy.egress, secagg=policy.secagg, he=policy.he,
+                               sent_arrays=policy.sent_arrays)  # fmt: skip
         if not problems:
             if policy.on_sent is not None:
                 policy.on_sent(msg, reply_fields(reply))

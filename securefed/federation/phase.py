@@ -115,7 +115,17 @@ def phase_config(
         he_fields=fields,
         client_dp=_client_dp_inputs(p),
         dp_training=t.dp_training or "",
+        sent_arrays=_sent_arrays(t),
     )
+
+
+def _sent_arrays(spec: Any) -> str:
+    """The run config's ``sent-arrays``: which model arrays the sites send back (the trained
+    blocks of training.trainable), so that the server restores the rest from its start model."""
+    from securefed.federation.task import default_task, sent_indices
+
+    sent = sent_indices(default_task(), spec)
+    return ",".join(str(i) for i in sent) if sent is not None else ""
 
 
 def _client_dp_inputs(protocol: Any) -> str:

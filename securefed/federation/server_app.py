@@ -152,9 +152,17 @@ class PhaseStrategy(FedAvgM):
                 f"{len(self.proxies)} sites returned an update ({len(failures)} failed or timed "
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
+        start: list[np.ndarray] | None = None
+        if self.cfg.sent_positions is not None:
+            if self.initial_parameters is None:  # pragma: no cover - set by configure_fit
+                raise TrainingError(f"{self.cfg.name} round {server_round}: no start model")
+            start = parameters_to_ndarrays(self.initial_parameters)  # FedAvgM replaces it
+            results = self._restore_frozen(server_round, results, start)
         if self.cfg.client_dp:
             results = self._decode_client_dp(server_round, results)
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
+        if start is not None and aggregated is not None:
+            aggregated = self._keep_frozen(aggregated, start)
         # The sum of the FedAvg weights: train case counts under a plain protocol, else the
         # number of sites (each sends weight 1, securefed.protocol.egress).
         counts = [r.num_examples for _, r in results]
@@ -165,6 +173,43 @@ class PhaseStrategy(FedAvgM):
             total = sum(n for n, _ in losses) or 1
             metrics["train_loss"] = sum(n * v for n, v in losses) / total
         return aggregated, metrics
+
+    def _restore_frozen(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        start: list[np.ndarray],
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """The sites send only the trained arrays (run config ``sent-arrays``): each result (the
+        one SecAgg+ aggregate, or every site's model) gets the round's start model's values in
+        the arrays it left out, which every site kept unchanged."""
+        positions = self.cfg.sent_positions or ()
+        out = []
+        for proxy, res in results:
+            sent = parameters_to_ndarrays(res.parameters)
+            if len(sent) != len(positions) or any(
+                sent[j].shape != start[i].shape for j, i in enumerate(positions)
+            ):
+                raise TrainingError(
+                    f"{self.cfg.name} round {server_round}: a result holds {len(sent)} arrays, "
+                    f"not the {len(positions)} trained ones of the model (run config "
+                    "'sent-arrays' and the sites' protocol disagree)"
+                )
+            full = list(start)
+            for j, i in enumerate(positions):
+                full[i] = sent[j]
+            res.parameters = ndarrays_to_parameters(full)
+            out.append((proxy, res))
+        return out
+
+    def _keep_frozen(self, aggregated: Parameters, start: list[np.ndarray]) -> Parameters:
+        """The arrays no site trained are the start model's, bit for bit (FedAvg's weighted mean
+        of equal values may round them, and so may the FedAvgM step)."""
+        arrays = parameters_to_ndarrays(aggregated)
+        trained = set(self.cfg.sent_positions or ())
+        return ndarrays_to_parameters(
+            [a if i in trained else start[i] for i, a in enumerate(arrays)]
+        )
 
     def _decode_client_dp(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]

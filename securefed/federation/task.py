@@ -25,6 +25,7 @@ __all__ = [
     "resolve_task",
     "unique_weights",
     "expand_weights",
+    "sent_indices",
     "TASK_ENV",
 ]
 
@@ -115,6 +116,28 @@ def expand_weights(
         set_all(model, [weights[j] for j in where])
 
     return set_
+
+
+def sent_indices(task: FlowerTask, spec: Any) -> tuple[int, ...] | None:
+    """Positions, among the arrays ``task.get_weights`` returns, of those a site sends back after
+    training: the parameters ``training.trainable`` names, when it names a subset and the
+    aggregation adds plain arrays (``fedavg``, ``secagg+`` without client-level DP); None: all.
+    The rest equals the round's start model at every site (frozen at the public start), so the
+    server puts it back from the model it sent; the site derives this from its own protocol,
+    never from the server's config."""
+    if spec.trainable == "all" or spec.aggregation == "bfv" or spec.client_dp.enabled:
+        return None
+    model = task.build_model(spec)
+    inner = getattr(model, "_module", model)
+    unique, _ = _state_layout(model)
+    tensors = list(inner.state_dict(keep_vars=True).values())
+    picked = tuple(j for j, i in enumerate(unique) if getattr(tensors[i], "requires_grad", False))
+    if len(task.get_weights(model)) != len(unique) or not picked:
+        raise ConfigError(
+            f"training.trainable = {spec.trainable!r}: this site's task does not send one array "
+            "per distinct tensor or trains none of them; use the default task"
+        )
+    return picked
 
 
 def default_task() -> FlowerTask:

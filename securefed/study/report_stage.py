@@ -84,6 +84,11 @@ def _wire(ctx: StudyContext, phases: dict[str, Any]) -> dict[str, Any]:
     weights = load_weights(ctx.paths.root / phases["global"]["weights"])
     n_values = sum(int(w.size) for w in weights)
     out = wire_summary(ctx.paths.sites, ctx.loaded.protocol.training.aggregation, n_values)
+    # training.trainable: the sites send only the trained arrays (the rest is the start model)
+    from securefed.federation.task import default_task, sent_indices
+
+    sent = sent_indices(default_task(), ctx.loaded.protocol.training)
+    out["sent_values"] = n_values if sent is None else sum(int(weights[i].size) for i in sent)
     # the DP mechanism of the updates: "dp-sgd", "client-dp" (its vector is padded and masked
     # as int64) or None
     out["training_privacy"] = ctx.loaded.protocol.training.dp_training

@@ -70,14 +70,18 @@ def estimate_upload(protocol: Any, *, measure: bool = True) -> dict[str, Any]:
 
     import numpy as np
 
-    from securefed.federation.task import default_task
+    from securefed.federation.task import default_task, sent_indices
     from securefed.models import build_model
 
     t = protocol.training
-    n = sum(int(w.size) for w in default_task().get_weights(build_model(t)))
-    out: dict[str, Any] = {"aggregation": t.aggregation, "values": n, "fp32_bytes": 4 * n}
+    weights = default_task().get_weights(build_model(t))
+    n = sum(int(w.size) for w in weights)
+    sent = sent_indices(default_task(), t)  # training.trainable: the trained arrays only
+    n_sent = n if sent is None else sum(int(weights[i].size) for i in sent)
+    out: dict[str, Any] = {"aggregation": t.aggregation, "values": n, "fp32_bytes": 4 * n,
+                           "sent_values": n_sent}  # fmt: skip
     if t.aggregation == "fedavg":
-        out["bytes_per_client_per_round"] = 4 * n
+        out["bytes_per_client_per_round"] = 4 * n_sent
         return out
     if t.aggregation == "secagg+" and t.client_dp.enabled:
         from securefed.privacy.ddg import padded_dim
@@ -88,7 +92,7 @@ def estimate_upload(protocol: Any, *, measure: bool = True) -> dict[str, Any]:
         return out
     if t.aggregation == "secagg+":
         # Flower's SecAgg+ uploads the masked vector as int64 (its 2^32 modulus fits 32 bits)
-        out["bytes_per_client_per_round"] = 8 * n
+        out["bytes_per_client_per_round"] = 8 * n_sent
         return out
     from securefed.crypto.bfv import (
         BFV_N,

@@ -145,3 +145,15 @@ def test_bfv_replies_are_one_byte_vector_and_the_declared_average() -> None:
                        he=True)  # fmt: skip
     # a decrypt request under a protocol that does not aggregate with bfv gets no reply
     assert check_reply(*_decrypt(MODEL), DP, secagg=True, he=False)
+
+
+def test_a_reply_of_the_trained_arrays_only_passes_and_nothing_else_does() -> None:
+    """training.trainable: a train reply holds exactly the trained arrays (here the second),
+    with their shapes; the whole model, another array or another shape is refused."""
+    trained = (1,)
+    assert check_reply(*_fit(weights=[MODEL[1]]), DP, secagg=False, sent_arrays=trained) == []
+    for weights in (MODEL, [MODEL[0]], [np.ones(5, np.float32)]):
+        problems = check_reply(*_fit(weights=weights), DP, secagg=False, sent_arrays=trained)
+        assert problems == ["fitres.parameters: arrays differ from the model sent"], weights
+    out_of_range = check_reply(*_fit(weights=[MODEL[1]]), DP, secagg=False, sent_arrays=(5,))
+    assert out_of_range and "fewer arrays" in out_of_range[0]

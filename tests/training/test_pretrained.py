@@ -118,20 +118,29 @@ def test_a_changed_or_foreign_weights_file_is_refused_before_training(
 
 
 def test_dp_sgd_changes_only_the_trained_blocks(tmp_path: Path, public_weights) -> None:
-    """With trainable = "outer-blocks", a DP-SGD reply equals the public start, bit for bit,
-    outside the two outer blocks: noise and clipping touch only the 13,257 trained values."""
+    """With trainable = "outer-blocks", a DP-SGD reply holds only the two outer blocks' arrays
+    (13,257 values), each changed by the noised step; no other array leaves the site, and the
+    site's own model keeps the public start outside them, bit for bit."""
     weights = tmp_path / public_weights.name
     weights.write_bytes(public_weights.read_bytes())
     client = _site(tmp_path, _protocol(tmp_path, weights, trainable="outer-blocks"))
     model = build_model(client.spec)
     assert count_parameters(model) == 13_257
     start = client.get_parameters({})
-    reply, _, _ = client.fit(start, _config(client, 1))
     names = [n for n, _ in model.named_parameters()]
     assert len(names) == len(start)  # dp-unet: one array per parameter, no buffers
-    for name, a, b in zip(names, start, reply, strict=True):
-        trained = name.startswith(("model.0.", "model.2."))
-        assert np.array_equal(a, b) != trained, name
+    trained = [i for i, n in enumerate(names) if n.startswith(("model.0.", "model.2."))]
+    reply, _, _ = client.fit(start, _config(client, 1))
+    assert [a.shape for a in reply] == [start[i].shape for i in trained]
+    assert sum(int(a.size) for a in reply) == 13_257
+    assert all(not np.array_equal(a, start[i]) for a, i in zip(reply, trained, strict=True))
+    # What the site trained on: the frozen arrays never moved (only trained ones get noise).
+    trained_model = client._model(start, 0)
+    client._fit_dp(trained_model, client._data(_config(client, 2), "train")[0],
+                   _config(client, 2), 2, 2, 0)  # fmt: skip
+    after = client.task.get_weights(trained_model)
+    for i, (a, b) in enumerate(zip(start, after, strict=True)):
+        assert np.array_equal(a, b) != (i in trained), names[i]
 
 
 def test_trainable_blocks_need_the_dp_unet() -> None:
