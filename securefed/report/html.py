@@ -188,6 +188,9 @@ def _wire_rows(wire: dict[str, Any]) -> list[list[Any]]:
     mode = str(wire.get("aggregation"))
     if wire.get("training_privacy") == "client-dp":
         mode += " + client-level DP"
+    sent = wire.get("sent_values")
+    if sent and fp32 and 4 * int(sent) < fp32:  # training.trainable: the trained arrays only
+        mode += f", the {int(sent):,} trained values only"
 
     def row(name: str, size: Any) -> list[Any]:
         ratio = f"{size / fp32:.2f}x" if fp32 and size else "-"

@@ -50,3 +50,16 @@ def test_protocol_check_states_the_upload_per_round() -> None:
     assert "encryption about" in text
     plain = CliRunner().invoke(app, ["protocol", "check", str(ROOT / "protocols/demo.toml")])
     assert "upload secagg+: 11.22 MB per site and round (2.00x" in " ".join(plain.output.split())
+
+
+def test_report_says_when_only_the_trained_values_travel() -> None:
+    from securefed.report.html import _wire_rows
+
+    wire = {"aggregation": "secagg+", "bytes_per_client_per_round": 109_345,
+            "fp32_bytes": 4_761_380, "per_phase": {"global": 109_345},
+            "sent_values": 13_257}  # fmt: skip
+    rows = _wire_rows(wire)
+    assert rows[-1] == ["all phases", "secagg+, the 13,257 trained values only", "0.109 MB",
+                        "0.02x"]  # fmt: skip
+    whole = _wire_rows({**wire, "sent_values": 1_190_345})
+    assert whole[-1][1] == "secagg+"
