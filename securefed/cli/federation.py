@@ -45,6 +45,13 @@ def coordinate(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each phase.")
     ] = 1800.0,
+    he_context: Annotated[
+        Path | None,
+        typer.Option(
+            "--he-context",
+            help="bfv: the aggregator.ctx of the decrypting site's `site he-key deal` (no key).",
+        ),
+    ] = None,
 ) -> None:
     """Submit the global FedAvg phase, then one finetuning phase per cluster, to the SuperLink
     (each with `flwr run`), and wait for each; rerun to resume after the last completed round."""
@@ -54,7 +61,7 @@ def coordinate(
     loaded = load_protocol(protocol)
     phases = coordinate_deployment(
         loaded, assignments, out, superlink=superlink, ca_cert=ca_cert, insecure=insecure,
-        node_keys=node_keys, run_timeout_s=timeout,
+        node_keys=node_keys, run_timeout_s=timeout, he_context=he_context,
     )  # fmt: skip
     g = phases.global_result
     info(f"global: best round {g.best_round} (pooled val Dice {g.best_score})")

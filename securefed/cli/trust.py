@@ -1,4 +1,5 @@
-"""`securefed site init|verify|node-key|supernode`: the site's own trust, policy and SuperNode.
+"""`securefed site init|verify|node-key|supernode|he-key`: the site's own trust, policy, SuperNode
+and BFV key (deployment key dealing: `site he-key deal|open`).
 
 Contract (scripts outside the repository call these): ``site verify`` exits 0 printing the accepted
 ``sha256:<hex>``, or 3 naming the failed check; a malformed site configuration exits 2.
@@ -9,11 +10,15 @@ no approved app bundle, another node key pinned), 2 for missing TLS material or 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from securefed.cli._common import ProtocolFileArg, console, handle_errors, info, subgroup
+
+if TYPE_CHECKING:
+    from securefed.crypto import PrivateKeys
+    from securefed.protocol import LoadedProtocol
 
 __all__ = ["register"]
 
@@ -28,6 +33,94 @@ def register(app: typer.Typer) -> None:
     group.command("verify")(verify)
     group.command("node-key")(node_key)
     group.command("supernode")(supernode)
+    he = subgroup(group, "he-key", "Deployment under bfv: deal or open the study's BFV key.")
+    he.command("deal")(he_key_deal)
+    he.command("open")(he_key_open)
+
+
+KeyOption = Annotated[
+    Path, typer.Option("--key", help="This site's private key file (`securefed keys new`).")
+]
+StateOption = Annotated[
+    Path,
+    typer.Option(
+        "--state", help="This site's state folder (its SuperNode's --work-dir): gets he/bfv.key."
+    ),
+]
+PassphraseOption = Annotated[
+    Path | None, typer.Option("--passphrase-file", help="File holding the key passphrase.")
+]
+
+
+def _site_keys(
+    protocol: Path, site_config: Path, key: Path, passphrase_file: Path | None
+) -> tuple[LoadedProtocol, PrivateKeys]:
+    """The protocol accepted by this site's trust and policy, then its private keys."""
+    from securefed.cli.keys import _passphrase
+    from securefed.crypto import load_private_keys
+    from securefed.errors import SiteTrustError
+    from securefed.trust import load_site_config, verify_for_site
+
+    config = load_site_config(site_config)
+    loaded = verify_for_site(protocol, config).loaded  # before any key is touched
+    keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
+    if keys.party_id != config.site.id:
+        raise SiteTrustError(
+            f"--key {key} is {keys.party_id}'s key but --site-config is for {config.site.id}"
+        )
+    return loaded, keys
+
+
+@handle_errors
+def he_key_deal(
+    protocol: ProtocolFileArg,
+    site_config: SiteConfigOption,
+    key: KeyOption,
+    public_keys: Annotated[
+        Path,
+        typer.Option(
+            "--public-keys", help="Folder of the other training sites' <site-id>.pub.json."
+        ),
+    ],
+    state: StateOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="Outbox: one sealed copy per site, aggregator.ctx.")
+    ],
+    passphrase_file: PassphraseOption = None,
+) -> None:
+    """The decrypting site makes the study's BFV key: one copy sealed to each other training site
+    (to the keys the protocol pins), the aggregator context (no key) for the coordinator, its
+    own copy in STATE/he/bfv.key. Leaves the site: the OUT folder."""
+    from securefed.site.he_key import deal_key
+
+    loaded, keys = _site_keys(protocol, site_config, key, passphrase_file)
+    dealt = deal_key(loaded, keys, public_keys, state, out)
+    info(
+        f"{keys.party_id}: BFV key made; sealed to {len(dealt.envelopes)} site(s); "
+        f"send {dealt.aggregator.name} to the coordinator (`federation coordinate --he-context`)"
+    )
+    console.print(str(dealt.key), highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def he_key_open(
+    protocol: ProtocolFileArg,
+    envelope: Annotated[
+        Path, typer.Option("--envelope", help="This site's sealed copy from the decryptor.")
+    ],
+    site_config: SiteConfigOption,
+    key: KeyOption,
+    state: StateOption,
+    passphrase_file: PassphraseOption = None,
+) -> None:
+    """Open this site's copy of the study's BFV key (only from the dealer the protocol pins) into
+    STATE/he/bfv.key (0600). Sends nothing."""
+    from securefed.site.he_key import open_dealt
+
+    loaded, keys = _site_keys(protocol, site_config, key, passphrase_file)
+    path = open_dealt(loaded, envelope, keys, state)
+    info(f"{keys.party_id}: BFV key stored (mode 0600)")
+    console.print(str(path), highlight=False, soft_wrap=True)
 
 
 @handle_errors

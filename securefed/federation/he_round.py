@@ -84,8 +84,9 @@ def _site_key(path: Path) -> BfvKey:
     if str(path) not in _KEYS:
         if not path.is_file():
             raise ConfigError(
-                f"{path}: no BFV key; the key dealing (securefed.study.he_keys) gives each site "
-                "its copy before training"
+                f"{path}: no BFV key; the key dealing gives each site its copy before training "
+                "(deployment: `securefed site he-key deal|open`; simulation: securefed.study."
+                "he_keys)"
             )
         _KEYS[str(path)] = load_key(path.read_bytes(), str(path))
     return _KEYS[str(path)]

@@ -31,20 +31,27 @@ def coordinate_deployment(
     insecure: bool = False,
     node_keys: Path | None = None,
     run_timeout_s: float = 1800.0,
+    he_context: Path | None = None,
 ) -> StudyPhases:
     """Run the global phase, then one phase per cluster, on the SuperLink at ``superlink``
     (``host:port``). TLS is required (``ca_cert``: the study CA that signed the SuperLink's
     certificate); ``insecure`` is accepted for a loopback address and a simulation protocol only.
     ``node_keys``: a folder of the sites' ``<site-id>.pub`` node keys, each checked against the
-    protocol's pin and registered with the SuperLink (required for a deployment protocol)."""
+    protocol's pin and registered with the SuperLink (required for a deployment protocol).
+    ``he_context`` (bfv): the aggregator context from the decrypting site's key dealing
+    (`securefed site he-key deal`); it holds no key, and a file holding one is refused."""
     host, sep, port = superlink.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--superlink {superlink!r}: expected HOST:PORT")
-    if loaded.protocol.training.aggregation == "bfv":
+    bfv = loaded.protocol.training.aggregation == "bfv"
+    if bfv and he_context is None:
         raise ConfigError(
-            "training.aggregation 'bfv' runs in the simulation engine only (`securefed run`): "
-            "the deployment's key dealing between sites is not offered yet; use 'secagg+'"
+            "--he-context is required for a bfv protocol: the aggregator.ctx that the decrypting "
+            "site's `securefed site he-key deal` wrote (docs/deployment.md)"
         )
+    if not bfv and he_context is not None:
+        raise ConfigError("--he-context is for a bfv protocol only")
+    context = _read_he_context(Path(he_context)) if bfv and he_context is not None else b""
     if ca_cert is None and not insecure:
         raise ConfigError("--ca-cert is required (TLS to the SuperLink); see docs/deployment.md")
     if ca_cert is not None and insecure:
@@ -81,11 +88,40 @@ def coordinate_deployment(
         ca_cert=Path(ca_cert) if ca_cert is not None else None,
         run_timeout_s=run_timeout_s,
     )
+    if bfv:  # every check passed: now the context goes where each phase reads it
+        _install_he_context(context, Path(out_dir))
     for pid, pub in pubs.items():
         deployment.node_sites[deployment.register_node(pub)] = pid
     return run_cffl_phases(
         loaded, sites, Path(assignments), Path(out_dir), engine="deployment", deployment=deployment
     )
+
+
+def _read_he_context(path: Path) -> bytes:
+    """The dealer's aggregator context, checked: the scheme's parameters without secret or
+    public key (anything else is refused)."""
+    from securefed.crypto.bfv import load_aggregator_context
+
+    if not path.is_file():
+        raise ConfigError(f"--he-context {path}: file not found")
+    data = path.read_bytes()
+    load_aggregator_context(data, f"--he-context {path}")
+    return data
+
+
+def _install_he_context(context: bytes, out_dir: Path) -> None:
+    """Put the aggregator context where every bfv phase reads it; a resumed study must bring
+    the same one."""
+    from securefed.fileio import atomic_write_bytes
+    from securefed.study.cffl import he_context_path
+
+    target = he_context_path(out_dir)  # where run_cffl_phases gives it to every phase
+    if target.is_file() and target.read_bytes() != context:
+        raise ConfigError(
+            f"--he-context: differs from the context this study started with ({target}); the "
+            "sites' key would not match"
+        )
+    atomic_write_bytes(target, context, mode=0o644)
 
 
 def _site_node_keys(loaded: LoadedProtocol, folder: Path) -> dict[int, Path]:

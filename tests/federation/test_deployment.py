@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
-from support.deployment import make_tls, study
+from support.deployment import free_port, groups_alive, make_tls, study
 from support.flower import write_assignments
 
 from securefed.errors import SecurefedError
@@ -31,28 +29,6 @@ from securefed.federation.site_executor import app_hash
 from securefed.protocol import load_protocol
 
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _groups_alive(groups: list[int], wait_s: float = 10.0) -> list[int]:
-    """Process groups (of those stopped) that still hold a process after ``wait_s``."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        alive = []
-        for pgid in groups:
-            try:
-                os.killpg(pgid, 0)
-                alive.append(pgid)
-            except ProcessLookupError:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
@@ -89,7 +65,7 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     dep = Deployment(
-        work_dir=tmp_path / "deploy", port=_free_port(), ca_cert=ca, server_cert=cert,
+        work_dir=tmp_path / "deploy", port=free_port(), ca_cert=ca, server_cert=cert,
         server_key=key, supernode_env=env, run_timeout_s=300, local_sites=local,
     )  # fmt: skip
     sites_123 = {1: 2, 2: 2, 3: 2}
@@ -139,7 +115,7 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
     finally:
         stopped = dep.stop()
     assert len(started) == 6 and set(started) <= set(stopped)
-    assert not _groups_alive(stopped), "leftover processes"
+    assert not groups_alive(stopped), "leftover processes"
     for p in (1, 2, 3):
         audit = (tmp_path / f"site-{p}" / "audit.jsonl").read_text()
         assert '"event":"app-refused"' in audit and app_hash(rogue) in audit

@@ -10,9 +10,9 @@ from support.flower import write_protocol
 from typer.testing import CliRunner
 
 from securefed.cli import app
-from securefed.errors import ConfigError
+from securefed.errors import ConfigError, SecurefedError
 from securefed.protocol import load_protocol
-from securefed.study.coordinate import coordinate_deployment
+from securefed.study.coordinate import _install_he_context, coordinate_deployment
 
 
 @pytest.mark.parametrize(
@@ -46,8 +46,30 @@ def test_protocol_without_sites_is_a_user_error(tmp_path: Path) -> None:
     assert "[[sites]]" in res.output
 
 
-def test_bfv_is_refused_for_a_deployment_until_its_key_dealing_exists(tmp_path: Path) -> None:
+def test_bfv_needs_the_dealers_keyless_aggregator_context(tmp_path: Path) -> None:
+    """A bfv deployment runs with the context of `site he-key deal` (no key): without it, with a
+    file holding the key, or with another study's context it is refused."""
+    from securefed.crypto.bfv import make_key
+
     loaded = load_protocol(write_protocol(tmp_path, aggregation="bfv"))
-    with pytest.raises(ConfigError, match="simulation engine only"):
-        coordinate_deployment(loaded, tmp_path / "c.csv", tmp_path / "out",
-                              superlink="127.0.0.1:9093", ca_cert=None, insecure=True)  # fmt: skip
+    args = dict(superlink="127.0.0.1:9093", ca_cert=None, insecure=True)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="--he-context is required"):
+        coordinate_deployment(loaded, tmp_path / "c.csv", out, **args)
+    key = make_key()
+    secret = tmp_path / "bfv.key"
+    secret.write_bytes(key.to_bytes())
+    with pytest.raises(SecurefedError, match="aggregator context"):
+        coordinate_deployment(loaded, tmp_path / "c.csv", out, he_context=secret, **args)
+    ctx = tmp_path / "aggregator.ctx"
+    ctx.write_bytes(key.aggregator_bytes())
+    with pytest.raises(ConfigError, match=r"\[\[sites\]\]"):  # a later check fails ...
+        coordinate_deployment(loaded, tmp_path / "c.csv", out, he_context=ctx, **args)
+    assert not (out / "he").exists()  # ... and nothing was written
+    _install_he_context(ctx.read_bytes(), out)
+    assert (out / "he" / "aggregator.ctx").read_bytes() == ctx.read_bytes()
+    _install_he_context(ctx.read_bytes(), out)  # a resumed study brings the same context
+    other = tmp_path / "other.ctx"
+    other.write_bytes(make_key().aggregator_bytes())
+    with pytest.raises(ConfigError, match="differs from the context this study started with"):
+        _install_he_context(other.read_bytes(), out)

@@ -4,7 +4,10 @@ app bundle, with one site configuration per site."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -15,6 +18,28 @@ from securefed.crypto.node_key import new_node_key
 from securefed.federation.site_executor import app_hash
 from support.flower import write_protocol
 from support.trust import trusted_site_configs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def groups_alive(groups: list[int], wait_s: float = 10.0) -> list[int]:
+    """Process groups (of those stopped) that still hold a process after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = []
+        for pgid in groups:
+            try:
+                os.killpg(pgid, 0)
+                alive.append(pgid)
+            except ProcessLookupError:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
