@@ -79,21 +79,16 @@ def release(
 ) -> None:
     """Protect this site's features as PROTOCOL says (plain, local-dp or a lower-dimensional
     release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
-    from securefed.crypto import load_private_keys, load_public_keys
+    from securefed.cli.trust import accepted_site_keys
+    from securefed.crypto import load_public_keys
     from securefed.data import read_patients
-    from securefed.errors import SiteTrustError
     from securefed.site.release import release_site_features
-    from securefed.trust import check_recipient, load_site_config, verify_for_site
+    from securefed.trust import check_recipient
 
     protocol_path = resolve_protocol(protocol, protocol_option)
-    config = load_site_config(site_config)
-    loaded = verify_for_site(protocol_path, config).loaded  # before any data is read
-    site_keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
-    if site_keys.party_id != config.site.id:
-        raise SiteTrustError(
-            f"--key {key} is {site_keys.party_id}'s key but --site-config is for "
-            f"{config.site.id}; refusing"
-        )
+    # the protocol accepted before any data is read, then the site's own keys
+    config, loaded, site_keys = accepted_site_keys(protocol_path, site_config, key,
+                                                   passphrase_file)  # fmt: skip
     server = load_public_keys(server_key, role="server")
     check_recipient(config, server.encryption_fingerprint)
 

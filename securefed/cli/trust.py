@@ -19,6 +19,7 @@ from securefed.cli._common import ProtocolFileArg, console, handle_errors, info,
 if TYPE_CHECKING:
     from securefed.crypto import PrivateKeys
     from securefed.protocol import LoadedProtocol
+    from securefed.trust import SiteConfig
 
 __all__ = ["register"]
 
@@ -52,23 +53,25 @@ PassphraseOption = Annotated[
 ]
 
 
-def _site_keys(
+def accepted_site_keys(
     protocol: Path, site_config: Path, key: Path, passphrase_file: Path | None
-) -> tuple[LoadedProtocol, PrivateKeys]:
-    """The protocol accepted by this site's trust and policy, then its private keys."""
+) -> tuple[SiteConfig, LoadedProtocol, PrivateKeys]:
+    """The protocol accepted by this site's trust and policy (before any key or data is
+    touched), then the site's private keys, which must be the configured site's."""
     from securefed.cli.keys import _passphrase
     from securefed.crypto import load_private_keys
     from securefed.errors import SiteTrustError
     from securefed.trust import load_site_config, verify_for_site
 
     config = load_site_config(site_config)
-    loaded = verify_for_site(protocol, config).loaded  # before any key is touched
+    loaded = verify_for_site(protocol, config).loaded
     keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
     if keys.party_id != config.site.id:
         raise SiteTrustError(
-            f"--key {key} is {keys.party_id}'s key but --site-config is for {config.site.id}"
+            f"--key {key} is {keys.party_id}'s key but --site-config is for {config.site.id}; "
+            "refusing"
         )
-    return loaded, keys
+    return config, loaded, keys
 
 
 @handle_errors
@@ -93,7 +96,7 @@ def he_key_deal(
     own copy in STATE/he/bfv.key. Leaves the site: the OUT folder."""
     from securefed.site.he_key import deal_key
 
-    loaded, keys = _site_keys(protocol, site_config, key, passphrase_file)
+    _, loaded, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
     dealt = deal_key(loaded, keys, public_keys, state, out)
     info(
         f"{keys.party_id}: BFV key made; sealed to {len(dealt.envelopes)} site(s); "
@@ -117,7 +120,7 @@ def he_key_open(
     STATE/he/bfv.key (0600). Sends nothing."""
     from securefed.site.he_key import open_dealt
 
-    loaded, keys = _site_keys(protocol, site_config, key, passphrase_file)
+    _, loaded, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
     path = open_dealt(loaded, envelope, keys, state)
     info(f"{keys.party_id}: BFV key stored (mode 0600)")
     console.print(str(path), highlight=False, soft_wrap=True)

@@ -10,7 +10,6 @@ exits 3 before starting anything); every process started is stopped (no leftover
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,16 +18,14 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from support.deployment import free_port, groups_alive, make_tls, study
+from support.deployment import groups_alive, loopback_deployment, study
 from support.flower import write_assignments
 
 from securefed.errors import SecurefedError
-from securefed.federation.deployment import Deployment, LocalSite
+from securefed.federation.deployment import LocalSite
 from securefed.federation.phase import phase_config, run_phase
 from securefed.federation.site_executor import app_hash
 from securefed.protocol import load_protocol
-
-TESTS = Path(__file__).resolve().parents[1]
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
@@ -59,15 +56,7 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
             data_dir=tmp_path, work_dir=tmp_path / sid, assignments=asg, partition_id=p,
             register=p < 4,  # site-4's key is never registered: the SuperLink refuses it
         ))  # fmt: skip
-    ca, cert, key = make_tls(tmp_path / "tls")
-    env = {
-        "SECUREFED_FLOWER_TASK": "support.flower:make_task",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-    dep = Deployment(
-        work_dir=tmp_path / "deploy", port=free_port(), ca_cert=ca, server_cert=cert,
-        server_key=key, supernode_env=env, run_timeout_s=300, local_sites=local,
-    )  # fmt: skip
+    dep = loopback_deployment(tmp_path, local)
     sites_123 = {1: 2, 2: 2, 3: 2}
     plan = tmp_path / "site-1" / "clusters.csv"  # the coordinator's plan (same rows)
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites=sites_123, assignments=plan)

@@ -7,13 +7,12 @@ decryptor and equal to plain FedAvg up to the fixed-point step."""
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import tomli_w
-from support.deployment import free_port, groups_alive, make_tls
+from support.deployment import groups_alive, loopback_deployment
 from support.flower import make_task, write_assignments, write_protocol
 from support.trust import trusted_site_configs
 from typer.testing import CliRunner
@@ -23,13 +22,12 @@ from securefed.crypto import generate_keys, write_keys
 from securefed.crypto.bfv import load_aggregator_context
 from securefed.crypto.node_key import new_node_key
 from securefed.federation.config import SiteSettings
-from securefed.federation.deployment import Deployment, LocalSite
+from securefed.federation.deployment import LocalSite
 from securefed.federation.he_round import DECRYPTED_FILE
 from securefed.federation.phase import phase_config, run_phase
 from securefed.federation.site_executor import app_hash
 from securefed.protocol import load_protocol
 
-TESTS = Path(__file__).resolve().parents[1]
 SITES = (1, 2, 3)
 
 
@@ -104,15 +102,7 @@ def test_bfv_phase_runs_in_a_loopback_deployment_with_dealt_keys(tmp_path) -> No
     context = _deal_keys(tmp_path, proto, configs)
     server = load_aggregator_context(context.read_bytes())
     assert not server._ctx.has_secret_key() and not server._ctx.has_public_key()
-    ca, cert, key = make_tls(tmp_path / "tls")
-    env = {
-        "SECUREFED_FLOWER_TASK": "support.flower:make_task",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-    dep = Deployment(
-        work_dir=tmp_path / "deploy", port=free_port(), ca_cert=ca, server_cert=cert,
-        server_key=key, supernode_env=env, run_timeout_s=300, local_sites=local,
-    )  # fmt: skip
+    dep = loopback_deployment(tmp_path, local)
     plan = tmp_path / "site-1" / "clusters.csv"
     counts = {p: 2 for p in SITES}
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites=counts, assignments=plan,

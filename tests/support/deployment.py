@@ -15,6 +15,7 @@ import tomli_w
 
 from securefed.crypto import generate_keys, write_keys
 from securefed.crypto.node_key import new_node_key
+from securefed.federation.deployment import Deployment, LocalSite
 from securefed.federation.site_executor import app_hash
 from support.flower import write_protocol
 from support.trust import trusted_site_configs
@@ -40,6 +41,21 @@ def groups_alive(groups: list[int], wait_s: float = 10.0) -> list[int]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
+
+
+def loopback_deployment(tmp_path: Path, local_sites: list[LocalSite]) -> Deployment:
+    """A Deployment on loopback with TLS (fresh CA and server certificate) whose SuperNodes run
+    the tests' stand-in task (support.flower:make_task)."""
+    tests = Path(__file__).resolve().parents[1]
+    ca, cert, key = make_tls(tmp_path / "tls")
+    env = {
+        "SECUREFED_FLOWER_TASK": "support.flower:make_task",
+        "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+    }
+    return Deployment(
+        work_dir=tmp_path / "deploy", port=free_port(), ca_cert=ca, server_cert=cert,
+        server_key=key, supernode_env=env, run_timeout_s=300, local_sites=local_sites,
+    )  # fmt: skip
 
 
 def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
