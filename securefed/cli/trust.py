@@ -45,7 +45,9 @@ KeyOption = Annotated[
 StateOption = Annotated[
     Path,
     typer.Option(
-        "--state", help="This site's state folder (its SuperNode's --work-dir): gets he/bfv.key."
+        "--state",
+        help="This site's ledger folder (SITE.toml ledger_dir, else its SuperNode's "
+        "--work-dir): gets he/bfv.key.",
     ),
 ]
 PassphraseOption = Annotated[

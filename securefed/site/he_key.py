@@ -30,7 +30,8 @@ AGGREGATOR_FILE = "aggregator.ctx"
 
 def key_path(state: Path) -> Path:
     """Where a site keeps its BFV key: ``<state>/he/bfv.key``, the path its SuperNode reads
-    (``site supernode --work-dir`` = the state folder; securefed.federation.he_round)."""
+    when ``state`` is its ledger folder (the site configuration's ``ledger_dir``, else
+    ``site supernode --work-dir``; securefed.federation.he_round.site_key_path)."""
     return Path(state) / "he" / "bfv.key"
 
 
