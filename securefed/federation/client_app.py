@@ -91,15 +91,16 @@ def _load_site_protocol(site: SiteSettings) -> Any:
     return _PROTOCOLS[key]
 
 
-_SENT: dict[tuple[str, FlowerTask], tuple[int, ...] | None] = {}
+_SENT: dict[tuple[str, Any], tuple[int, ...] | None] = {}
 
 
 def sent_positions(task: FlowerTask, loaded: Any) -> tuple[int, ...] | None:
     """Which model arrays the site sends back after training, from its own protocol
-    (securefed.federation.task.sent_indices; None: all); cached per protocol and task."""
+    (securefed.federation.task.sent_indices; None: all); cached per protocol and model builder
+    (``resolve_task`` makes new weight closures on every call, its builder stays the same)."""
     from securefed.federation.task import sent_indices
 
-    key = (loaded.sha256, task)
+    key = (loaded.sha256, task.build_model)
     if key not in _SENT:
         _SENT[key] = sent_indices(task, loaded.protocol.training)
     return _SENT[key]
