@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.securefed-install-stamp
 HASH   := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install clean-venv bench
+.PHONY: demo test test-fast lint install clean-venv bench
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11 as '$(PYTHON)' (set PYTHON=...)"; exit 2; }
@@ -24,8 +24,15 @@ install: $(VENV)/bin/python
 demo: install
 	$(VENV)/bin/securefed demo $(DEMO_ARGS)
 
+# Every test (CI runs this).
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The developer's loop: no Flower/Ray, no whole studies, no slow tests (markers in pyproject.toml,
+# given by folder in tests/support/markers.py); <= 2 minutes on 2 cores
+# (benchmarks/results/tests.md).
+test-fast: install
+	$(PY) -m pytest -m "not slow and not flower and not study" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check securefed tests benchmarks

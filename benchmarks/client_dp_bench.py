@@ -50,7 +50,7 @@ def main() -> None:
 
     t = time.perf_counter()
     plan = plan_client_dp(epsilon=args.epsilon, delta=1e-6, rounds=args.rounds, clip=5.0,
-                          dim=DIM, modulus=2**22, n_max=args.sites, honest=2, replace_one=True,
+                          dim=DIM, modulus=2**22, n_max=args.sites, honest=2,
                           beta=math.exp(-0.5), accountant="rdp")  # fmt: skip
     calibrate_s = time.perf_counter() - t
     rng = np.random.default_rng(0)

@@ -1,15 +1,50 @@
-"""One exception tree for securefed.
+"""One exception tree for securefed, and the command line's exit codes.
 
 Every class has a stable ``code`` (shown to users and in logs) and an ``exit_code`` used by the CLI:
 2 for user errors (bad input, refused operations), 3 for security refusals (tampering, replay,
 unknown sender), 4 for audit findings (a protocol claim an audit found broken), 1 for internal
-failures. Messages name the file, case or field and say what to do.
+failures. Two exit codes belong to no exception: 5 when a sweep point failed (the others are
+written) and 130 when the user interrupted a command (Ctrl-C; rerun it to resume). The ``EXIT_*``
+constants below are the whole list (README.md and docs/architecture.md document it).
+Messages name the file, case or field and say what to do.
 Raise with ``raise ... from exc`` so the cause is kept.
 """
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+"""A bug or an unexpected failure inside securefed."""
+EXIT_USER = 2
+"""Bad input or a refused operation: the user can fix it."""
+EXIT_SECURITY = 3
+"""A security refusal: tampered, replayed, unknown sender, a protocol the site does not accept."""
+EXIT_AUDIT_FINDING = 4
+"""An audit found a protocol claim broken."""
+EXIT_SWEEP_POINT_FAILED = 5
+"""`securefed sweep`: a grid point failed (its row says why; the other points are written)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted by the user (Ctrl-C, 128 + SIGINT); the resumable commands continue on a rerun."""
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "ok",
+    EXIT_INTERNAL: "internal error",
+    EXIT_USER: "user error",
+    EXIT_SECURITY: "security refusal",
+    EXIT_AUDIT_FINDING: "audit finding",
+    EXIT_SWEEP_POINT_FAILED: "a sweep point failed",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
 __all__ = [
+    "EXIT_OK",
+    "EXIT_INTERNAL",
+    "EXIT_USER",
+    "EXIT_SECURITY",
+    "EXIT_AUDIT_FINDING",
+    "EXIT_SWEEP_POINT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_CODES",
     "SecurefedError",
     "UserError",
     "InternalError",
@@ -46,6 +81,7 @@ __all__ = [
     "AuditLogError",
     "AuditFindingError",
     "EgressRefusedError",
+    "InstructionRefusedError",
     "ClusteringError",
     "AggregationError",
     "TooFewParticipantsError",
@@ -58,21 +94,21 @@ class SecurefedError(Exception):
     """Base of every securefed error."""
 
     code = "SF000"
-    exit_code = 1
+    exit_code = EXIT_INTERNAL
 
 
 class UserError(SecurefedError):
     """The input or the request is wrong; the user can fix it."""
 
     code = "SF100"
-    exit_code = 2
+    exit_code = EXIT_USER
 
 
 class InternalError(SecurefedError):
     """A bug or an unexpected failure inside securefed."""
 
     code = "SF001"
-    exit_code = 1
+    exit_code = EXIT_INTERNAL
 
 
 class ConfigError(UserError):
@@ -88,7 +124,7 @@ class ProtocolError(UserError):
 
 class ProtocolSignatureError(ProtocolError):
     code = "SF111"
-    exit_code = 3
+    exit_code = EXIT_SECURITY
 
 
 class SiteTrustError(ProtocolError):
@@ -96,7 +132,7 @@ class SiteTrustError(ProtocolError):
     trusts, approved for another securefed version, or against the site's own policy."""
 
     code = "SF112"
-    exit_code = 3
+    exit_code = EXIT_SECURITY
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -146,7 +182,7 @@ class LedgerError(PrivacyError):
 
 class LedgerCorruptError(LedgerError):
     code = "SF133"
-    exit_code = 3
+    exit_code = EXIT_SECURITY
 
 
 class CalibrationError(PrivacyError):
@@ -158,7 +194,7 @@ class SecurityError(SecurefedError):
     """Something that must never be accepted (tampering, replay, unknown sender)."""
 
     code = "SF140"
-    exit_code = 3
+    exit_code = EXIT_SECURITY
 
 
 class CryptoError(SecurityError):
@@ -169,7 +205,7 @@ class KeyError_(CryptoError):  # noqa: N801 - avoid shadowing builtins.KeyError
     """A key file is missing, unreadable, of the wrong role, or the passphrase is wrong."""
 
     code = "SF142"
-    exit_code = 2
+    exit_code = EXIT_USER
 
 
 class EnvelopeError(SecurityError):
@@ -248,7 +284,7 @@ class AuditFindingError(SecurefedError):
     an empirical epsilon above the claim): exit code 4."""
 
     code = "SF145"
-    exit_code = 4
+    exit_code = EXIT_AUDIT_FINDING
 
 
 class EgressRefusedError(SecurityError):
@@ -256,6 +292,14 @@ class EgressRefusedError(SecurityError):
     (refused and logged before anything is written for sending)."""
 
     code = "SF144"
+
+
+class InstructionRefusedError(SecurityError):
+    """A coordinator's message asks a site for something its own accepted protocol does not
+    imply (another learning rate, step count, seed, SecAgg+ parameter, neighbour set or unmask
+    request): refused before any data is touched, logged at the site, answered with a code."""
+
+    code = "SF146"
 
 
 class ClusteringError(UserError):
@@ -268,7 +312,7 @@ class AggregationError(SecurefedError):
 
 class TooFewParticipantsError(AggregationError):
     code = "SF171"
-    exit_code = 2
+    exit_code = EXIT_USER
 
 
 class TrainingError(SecurefedError):

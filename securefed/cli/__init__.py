@@ -3,9 +3,12 @@ module (securefed/cli/<area>.py); no logic lives here."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from securefed import __version__
 from securefed.cli import audit as _audit
@@ -22,27 +25,77 @@ from securefed.cli import study as _study
 from securefed.cli import sweep as _sweep
 from securefed.cli import synth as _synth
 from securefed.cli import trust as _trust
-from securefed.cli._common import console, state
+from securefed.cli._common import console, interrupted, state
+from securefed.errors import EXIT_INTERRUPTED
 
-__all__ = ["app", "main"]
+__all__ = ["GLOBAL_FLAGS", "app", "main"]
+
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+"""The root options a user may also give after the subcommand (`securefed run ... --quiet`)."""
+
+
+def _global_flags_first(args: Sequence[str]) -> list[str]:
+    """``args`` with every GLOBAL_FLAGS token moved in front of the subcommand (none after a
+    ``--``), so that click parses them as the root's options wherever they were typed. No
+    subcommand declares these names (tests/cli/test_conventions.py checks)."""
+    args = list(args)
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
+class _RootGroup(TyperGroup):
+    """The `securefed` group: --quiet/--debug before or after the subcommand, and Ctrl-C in
+    any command is exit 130 with "interrupted; rerun to resume" (commands under handle_errors
+    say it themselves)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _global_flags_first(args))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            interrupted()
+            raise typer.Exit(EXIT_INTERRUPTED) from exc
+
 
 app = typer.Typer(
     name="securefed",
+    cls=_RootGroup,
     help="Privacy-hardened clustered federated personalization (CFFL) for brain-tumour "
     "segmentation. Exit codes: 0 ok, 1 internal error, 2 user error, 3 security refusal, 4 audit "
-    "finding, 5 a sweep point failed.",
+    "finding, 5 a sweep point failed, 130 interrupted (rerun to resume).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"securefed {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only print results and errors.")
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Only print results and errors (also after the subcommand)."
+        ),
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Print tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Print tracebacks on errors (also after the subcommand)."),
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     state.quiet = quiet
     state.debug = debug
@@ -50,8 +103,8 @@ def _root(
 
 @app.command()
 def version() -> None:
-    """Print the securefed version."""
-    console.print(f"securefed {__version__}")
+    """Print the securefed version (as `securefed --version`)."""
+    console.print(f"securefed {__version__}", highlight=False)
 
 
 for _module in (

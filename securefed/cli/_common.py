@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from securefed.errors import ConfigError, SecurefedError
+from securefed.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, SecurefedError
 
 __all__ = [
     "console",
@@ -32,6 +32,8 @@ __all__ = [
     "plain_text",
     "state",
     "handle_errors",
+    "interrupted",
+    "INTERRUPTED",
     "progress",
     "track",
     "info",
@@ -63,10 +65,11 @@ def info(message: str) -> None:
 
 
 def handle_errors(func: F) -> F:
-    """Map securefed errors to clear messages and stable exit codes.
+    """Map securefed errors to clear messages and stable exit codes (securefed.errors.EXIT_*).
 
     Exit codes: 0 ok; 2 user error (bad input, refused operation); 3 security refusal
-    (tampered, replayed or unauthenticated input); 1 internal failure (a bug: please report).
+    (tampered, replayed or unauthenticated input); 4 audit finding; 1 internal failure (a bug:
+    please report); 130 interrupted (Ctrl-C), with "interrupted; rerun to resume" on stderr.
     """
 
     @functools.wraps(func)
@@ -80,7 +83,10 @@ def handle_errors(func: F) -> F:
             if state.debug:
                 traceback.print_exc()
             raise typer.Exit(exc.exit_code) from exc
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt as exc:
+            interrupted()
+            raise typer.Exit(EXIT_INTERRUPTED) from exc
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - top-level boundary
             what = escape(_printable(f"{type(exc).__name__}: {exc}"))
@@ -91,9 +97,19 @@ def handle_errors(func: F) -> F:
             )
             if state.debug:
                 traceback.print_exc(file=sys.stderr)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(EXIT_INTERNAL) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+INTERRUPTED = "interrupted; rerun to resume"
+
+
+def interrupted() -> None:
+    """Say on stderr that the user interrupted the command (Ctrl-C): exit code 130 follows."""
+    err_console.print(f"[bold yellow]{INTERRUPTED}[/]", highlight=False)
+    if state.debug:
+        traceback.print_exc(file=sys.stderr)
 
 
 @contextmanager

@@ -1,8 +1,11 @@
 """`securefed audit verify|sign|dp`: audit logs and empirical privacy audits.
 
-Contract: ``audit verify LOGDIR`` exits 0 printing a summary, or 3 naming the first edited,
-removed, reordered or truncated entry, a bad head signature, or spends that do not match the
-ledger or exceed the protocol. ``audit egress RUNDIR`` writes ``RUNDIR/audit/egress.json`` and
+Contract: ``audit verify LOGDIR`` checks the heads against the signing key the protocol
+(``--protocol``) pins for the log's party, or ``--key``, and exits 2 with neither; it exits 0
+printing a summary, or 3 naming the first edited, removed, reordered or truncated entry, a bad
+head signature or a head signed by another key, or spends that do not match the ledger or exceed
+the protocol. ``audit sign LOGDIR --key K --protocol P`` exits 3 and writes nothing when the log
+is of another protocol or party. ``audit egress RUNDIR`` writes ``RUNDIR/audit/egress.json`` and
 ``egress.png`` and exits 0, or 4 when a field left a site undeclared, or in clear and
 patient-derived under a protocol that claims a finite epsilon. ``audit dp --out DIR`` writes
 ``DIR/dp.json`` (shapes in docs/auditing.md) and ``DIR/dp.png`` and exits 0, or 4 when a
@@ -15,12 +18,15 @@ a finding.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from securefed.cli._common import console, handle_errors, info, subgroup
 from securefed.cli.keys import _passphrase
+
+if TYPE_CHECKING:
+    from securefed.protocol.schema import Protocol
 
 __all__ = ["register"]
 
@@ -40,7 +46,12 @@ def register(app: typer.Typer) -> None:
 def verify(
     logdir: Annotated[Path, typer.Argument(help="Folder holding audit.jsonl.")],
     protocol: Annotated[
-        Path | None, typer.Option("--protocol", help="The study protocol the log must be of.")
+        Path | None,
+        typer.Option(
+            "--protocol",
+            help="The study protocol the log must be of; its pinned signing key of the log's "
+            "party (a listed site's signing_key, or the server's) must have signed every head.",
+        ),
     ] = None,
     ledger: Annotated[
         Path | None,
@@ -48,26 +59,32 @@ def verify(
     ] = None,
     key: Annotated[
         Path | None,
-        typer.Option("--key", help="The party's public key bundle: heads must be signed by it."),
+        typer.Option(
+            "--key",
+            help="The party's public key bundle: heads must be signed by it (needed when the "
+            "protocol pins no key for the party).",
+        ),
     ] = None,
 ) -> None:
-    """Verify LOGDIR/audit.jsonl: chain, order, signed heads, and spends against the ledger."""
-    from securefed.crypto import load_public_keys
+    """Verify LOGDIR/audit.jsonl: chain, order, heads signed by the party's key (the one the
+    protocol pins, or --key), and spends against the ledger. Exit 2 without a key to check
+    the heads against."""
     from securefed.trust.audit_log import verify_audit_log
 
     protocol_hash = total = None
+    loaded = None
     if protocol is not None:
         from securefed.protocol import load_protocol
 
         loaded = load_protocol(protocol)
         protocol_hash, total = loaded.sha256, loaded.protocol.privacy.total_epsilon
+    signer = _party_signer(logdir, loaded.protocol if loaded else None, key)
     spent = releases = None
     if ledger is not None:
         from securefed.privacy.ledger import LEDGER_FILE, read_ledger
 
         state = read_ledger(ledger / LEDGER_FILE if ledger.is_dir() else ledger)
         spent, releases = state.spent(), set(state.charges)
-    signer = load_public_keys(key).signing_fingerprint if key is not None else None
     summary = verify_audit_log(
         logdir, protocol_hash=protocol_hash, total_epsilon=total, ledger_spent=spent,
         ledger_releases=releases, signer=signer,
@@ -79,22 +96,70 @@ def verify(
     )  # fmt: skip
 
 
+def _party_signer(logdir: Path, protocol: Protocol | None, key: Path | None) -> str | None:
+    """The fingerprint every head of the log must be signed with: the signing key the protocol
+    pins for the log's party, or the --key bundle's (both: they must agree). A log re-chained
+    and re-signed by a fresh key under the same party name then fails (exit 3). None only when
+    the log names no party (verification then says what is wrong with it)."""
+    from securefed.crypto import load_public_keys
+    from securefed.errors import AuditLogError, ConfigError
+    from securefed.trust.audit_log import log_party, pinned_signer
+
+    party = log_party(logdir)
+    if party is None:
+        return None
+    pinned = pinned_signer(protocol, party) if protocol is not None else None
+    if key is None:
+        if pinned is None:
+            where = (
+                f"the protocol pins no signing key for {party}"
+                if protocol is not None
+                else "no key to check its heads against"
+            )
+            raise ConfigError(
+                f"{logdir}: the log of {party}, {where}: pass --key {party}.pub.json (the "
+                f"party's public key bundle) or --protocol with the study protocol that pins "
+                f"{party}'s signing_key; a log re-signed by any key would verify without one"
+            )
+        return pinned
+    given = load_public_keys(key)
+    if given.party_id != party:
+        raise AuditLogError(f"{logdir}: the log is {party}'s; --key {key} is {given.party_id}'s")
+    if pinned is not None and given.signing_fingerprint != pinned:
+        raise AuditLogError(
+            f"--key {key} ({given.signing_fingerprint}) is not the signing key the protocol "
+            f"pins for {party} ({pinned})"
+        )
+    return given.signing_fingerprint
+
+
 @handle_errors
 def sign(
     logdir: Annotated[Path, typer.Argument(help="Folder holding audit.jsonl.")],
     key: Annotated[Path, typer.Option("--key", help="The party's private key.")],
-    protocol: Annotated[Path, typer.Option("--protocol", help="The study protocol.")],
+    protocol: Annotated[
+        Path, typer.Option("--protocol", help="The study protocol the log was written under.")
+    ],
     passphrase_file: Annotated[
         Path | None, typer.Option("--passphrase-file", help="File holding the key passphrase.")
     ] = None,
 ) -> None:
-    """Close a stage: sign the log's head with the party's key (e.g. a site after training)."""
+    """Close a stage: sign the log's head with the party's key (e.g. a site after training).
+    Exit 3, nothing written, when the log is of another protocol or party, or the protocol pins
+    another signing key for the party."""
     from securefed.crypto import load_private_keys
+    from securefed.errors import AuditLogError
     from securefed.protocol import load_protocol
-    from securefed.trust.audit_log import AuditLog
+    from securefed.trust.audit_log import AuditLog, pinned_signer
 
     loaded = load_protocol(protocol)
     keys = load_private_keys(key, _passphrase(passphrase_file))
+    pinned = pinned_signer(loaded.protocol, keys.party_id)
+    if pinned is not None and pinned != keys.public.signing_fingerprint:
+        raise AuditLogError(
+            f"--key {key}: not the signing key the protocol pins for {keys.party_id} ({pinned}); "
+            "nothing written"
+        )
     head = AuditLog(logdir, keys.party_id, loaded.sha256).sign_head(keys)
     info(f"{keys.party_id}: head {head['head']} signed (entry {head['seq']})")
 

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from securefed.cli._common import console, err_console, handle_errors, info, subgroup
+from securefed.cli._common import (
+    console,
+    err_console,
+    handle_errors,
+    info,
+    plain_text,
+    subgroup,
+)
 from securefed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,17 +95,42 @@ def _ledger_path_or_none(folder: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+NO_DP_CHARGE = "no DP charge (plain release)"
+
+
+def _no_charge(folder: Path) -> bool:
+    """``folder`` exists and holds no ledger: a site's state folder after a plain release (which
+    charges nothing, so writes no ledger), or one before any release. A missing folder, or a
+    file that is not a ledger, is still "no ledger here" (exit 2)."""
+    from securefed.privacy.ledger import LEDGER_FILE
+
+    return folder.is_dir() and not (folder / LEDGER_FILE).exists()
+
+
+def _say_no_charge(folder: Path) -> None:
+    console.print(
+        f"{NO_DP_CHARGE}: {plain_text(folder)} holds no privacy ledger; nothing was charged "
+        "(a plain release is not differentially private: epsilon = inf)",
+        highlight=False,
+        markup=False,
+    )
+
+
 def _fmt_eps(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.4g}"
 
 
 @handle_errors
 def show(folder: _LedgerArg) -> None:
-    """Table of the ledger's entries and the site's spend against its budget."""
+    """Table of the ledger's entries and the site's spend against its budget; on a site's folder
+    without a ledger (after a plain release) "no DP charge (plain release)", exit 0."""
     from rich.table import Table
 
     from securefed.privacy.ledger import read_ledger
 
+    if _no_charge(folder):
+        _say_no_charge(folder)
+        return
     state = read_ledger(_ledger_path(folder))
     table = Table(title=f"privacy ledger of {state.site} ({state.protocol})")
     for col in ("seq", "time", "kind", "stage", "release id", "event", "epsilon"):
@@ -177,7 +209,9 @@ def verify(
     ] = None,
 ) -> None:
     """Check the hash chain and every entry; exit 3 naming the first bad line if tampered, or
-    if the ledger no longer extends the head the server saw (rolled back)."""
+    if the ledger no longer extends the head the server saw (rolled back). On a site's folder
+    without a ledger (after a plain release) "no DP charge (plain release)", exit 0, unless the
+    server saw a ledger there."""
     from securefed.errors import LedgerRollbackError
     from securefed.privacy.ledger import read_ledger
 
@@ -185,6 +219,9 @@ def verify(
         raise LedgerRollbackError(
             f"{folder}: no ledger, but the server saw {server_head} of it: it was deleted"
         )
+    if _no_charge(folder):
+        _say_no_charge(folder)
+        return
     path = _ledger_path(folder)
     state = read_ledger(path)
     if server_head is not None:

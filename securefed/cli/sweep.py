@@ -4,7 +4,8 @@ Contract: ``securefed sweep PROTOCOL --data DIR --truth TRUTH.csv --out DIR [--g
 runs every grid point (docs/sweep.md has the grid format and the columns) as a whole study and
 writes ``DIR/sweep.csv``, ``DIR/sweep.json`` and ``DIR/report.html``; rerun with the same
 ``--out`` to resume point by point. Exit 0 when every point ran or was skipped by the schema, 2
-on bad input, 5 when a point failed (its row says why; the others are written).
+on bad input, 5 (securefed.errors.EXIT_SWEEP_POINT_FAILED) when a point failed (its row says why;
+the others are written).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Annotated
 import typer
 
 from securefed.cli._common import console, handle_errors, info, progress
+from securefed.errors import EXIT_SWEEP_POINT_FAILED
 
-__all__ = ["register", "SWEEP_POINT_FAILED"]
-
-SWEEP_POINT_FAILED = 5
+__all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
@@ -57,4 +57,4 @@ def sweep(
     for row in failed:
         console.print(f"[red]failed[/red] {row['point']}: {row.get('reason', '')}", markup=True)
     if failed:
-        raise typer.Exit(SWEEP_POINT_FAILED)
+        raise typer.Exit(EXIT_SWEEP_POINT_FAILED)

@@ -4,7 +4,8 @@ and BFV key (deployment key dealing: `site he-key deal|open`).
 Contract (scripts outside the repository call these): ``site verify`` exits 0 printing the accepted
 ``sha256:<hex>``, or 3 naming the failed check; a malformed site configuration exits 2.
 ``site supernode`` exits 3 before starting anything when the site refuses the protocol (policy,
-no approved app bundle, another node key pinned), 2 for missing TLS material or node key.
+unsigned, study.mode 'simulation', no approved app bundle, another node key pinned), 2 for
+missing TLS material or node key.
 """
 
 from __future__ import annotations
@@ -240,9 +241,10 @@ def supernode(
         bool, typer.Option("--check-only", help="Run every check, start nothing.")
     ] = False,
 ) -> None:
-    """Run this site's SuperNode: accept PROTOCOL with the site's trust and policy, then connect
-    to the SuperLink over TLS with the site's node key and run only the app bundles the protocol
-    approves (docs/deployment.md). Stops on SIGTERM or Ctrl-C."""
+    """Run this site's SuperNode: accept PROTOCOL (signed, study.mode 'deployment') with the
+    site's trust and policy, then connect to the SuperLink over TLS with the site's node key
+    and run only the app bundles the protocol approves (docs/deployment.md). Stops on SIGTERM
+    or Ctrl-C."""
     from securefed.federation.supernode import prepare_site_node
 
     node = prepare_site_node(

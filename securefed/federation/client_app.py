@@ -20,48 +20,36 @@ the budget the site refuses (BudgetExceededError) and the round goes on without 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message
-from flwr.app.message_type import MessageType
 from flwr.client import NumPyClient
-from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
-from securefed.errors import ConfigError, SiteTrustError, TrainingError, WrongProtocolError
+from securefed.errors import ConfigError, InstructionRefusedError, SiteTrustError, TrainingError
 from securefed.federation.config import SiteSettings
 from securefed.federation.guard import GuardPolicy, make_egress_guard
 from securefed.federation.he_round import encrypt_update, make_decrypt_mod
 from securefed.federation.metrics import site_summary
 from securefed.federation.pacing import Pacing, make_pacing_mod
+from securefed.federation.site_rules import (
+    ReplyCode,
+    check_round_config,
+    make_error_code_mod,
+    make_secaggplus_site_mod,
+)
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
 
-__all__ = ["SiteClient", "conditional_secaggplus_mod", "make_client_app", "app"]
+__all__ = ["SiteClient", "make_client_app", "app"]
 
 # Prepared data per (site, subjects, protocol): reused across rounds within one process.
 _DATA_CACHE: dict[tuple[Any, ...], Any] = {}
 _PROTOCOLS: dict[tuple[str, str, int], Any] = {}
-
-
-def conditional_secaggplus_mod(
-    msg: Message, ctxt: Context, call_next: ClientAppCallable
-) -> Message:
-    """Run Flower's ``secaggplus_mod`` only for SecAgg+ messages, so plain FedAvg and SecAgg+
-    rounds share one ClientApp."""
-    if (
-        msg.metadata.message_type == MessageType.TRAIN
-        and msg.has_content()
-        and RECORD_KEY_CONFIGS in msg.content.config_records
-    ):
-        return secaggplus_mod(msg, ctxt, call_next)
-    return call_next(msg, ctxt)
 
 
 def _load_site_protocol(site: SiteSettings) -> Any:
@@ -118,13 +106,34 @@ class SiteClient(NumPyClient):
         self.egress = training_egress(self.loaded.protocol)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _check_protocol(self, config: dict[str, Any]) -> None:
-        expected = str(config.get("protocol-hash", ""))
-        if expected != self.loaded.sha256:
-            raise WrongProtocolError(
-                f"site {self.site.partition_id}: the server runs protocol {expected or '(none)'} "
-                f"but this site's copy ({self.site.protocol}) is {self.loaded.sha256}; refusing"
+    def _check_config(self, config: dict[str, Any]) -> int:
+        """The message's coordinates checked against the site's protocol (every other value it
+        carries must equal the protocol's: securefed.federation.site_rules); the cluster."""
+        return check_round_config(self.loaded.protocol, self.loaded.sha256, config)
+
+    def _check_frozen(self, parameters: Sequence[np.ndarray]) -> None:
+        """Under ``training.trainable`` the arrays the site does not train must be the protocol's
+        start (pinned weights or the seeded initialisation) bit for bit: a coordinator cannot
+        plant trap weights in the frozen blocks."""
+        sent = sent_positions(self.task, self.loaded)
+        if sent is None:
+            return
+        start = self.get_parameters({})
+        if len(parameters) != len(start):
+            raise InstructionRefusedError(
+                f"the coordinator sent {len(parameters)} arrays, the protocol's model has "
+                f"{len(start)}; refusing"
             )
+        trained = set(sent)
+        for i, (got, want) in enumerate(zip(parameters, start, strict=True)):
+            if i in trained:
+                continue
+            got = np.asarray(got)
+            if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(got, want):
+                raise InstructionRefusedError(
+                    f"the coordinator's frozen array {i} differs from the protocol's start "
+                    "weights (training.trainable); refusing"
+                )
 
     def _assignments(self, config: dict[str, Any]) -> list[Assignment]:
         path = self.site.assignments  # never a path from the server's config
@@ -183,6 +192,7 @@ class SiteClient(NumPyClient):
         return props
 
     def _budget_ok(self, config: dict[str, Any]) -> bool:
+        self._check_config(config)
         if self.spec.dp_training is None or not self.ledger_dir:
             return True
         from securefed.training import dpsgd
@@ -202,10 +212,10 @@ class SiteClient(NumPyClient):
 
             if not hasattr(self, "_dim"):
                 self._dim = sum(int(np.asarray(w).size) for w in self.get_parameters({}))
-            plan = site_plan(self.loaded.protocol, self._dim, int(config.get("num-sites", 0)))
+            plan = site_plan(self.loaded.protocol, self._dim)
             return plan.round_event()
-        plan, steps, population, _ = self._dp_sgd_round(config)
-        return plan.round_event(min(steps, plan.steps_per_round), population)
+        plan, population, _ = self._dp_sgd_round(config)
+        return plan.round_event(plan.steps_per_round, population)
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """The initial model (same on every site for the same protocol): the protocol's pinned
@@ -214,9 +224,13 @@ class SiteClient(NumPyClient):
         return self.task.get_weights(model)
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
-        self._check_protocol(config)
+        """One round of local training. The round's coordinates come from the message; the
+        work (steps, epochs, learning rate, seeds) from the site's own protocol only."""
+        cluster = self._check_config(config)
+        self._check_frozen(parameters)
+        rnd = int(config.get("server-round", 0))
+        self._audit_round(config, rnd)  # one entry per fit, whatever the site holds
         data, n_train = self._data(config, "train")
-        cluster = int(config.get("cluster", -1))
         if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites":
             # Every site joins every cluster's federation; without cases of this one the site
             # returns the model it received (masked under SecAgg+ or encrypted under BFV like
@@ -228,11 +242,11 @@ class SiteClient(NumPyClient):
                 f"site {self.site.partition_id}: no train cases for cluster "
                 f"{config.get('cluster')}; the server should not have selected this site"
             )
-        rnd = int(config.get("server-round", 0))
-        seed = int(config.get("seed", 0)) + 1000 * rnd + self.site.partition_id
+        # The protocol's seed (never the message's: checked equal) and the round, which the
+        # protocol bounds: the coordinator cannot shift one round's randomness onto another's.
+        seed = int(self.spec.seed) + 1000 * rnd + self.site.partition_id
         model = self._model(parameters, seed)
-        steps = int(config.get("local-steps", 0))
-        self._audit_round(config, rnd)
+        steps = int(self.spec.local_steps or 0)
         if self.spec.dp_sgd.enabled:
             out = self._fit_dp(model, data, config, n_train, rnd, seed)
             weights = self._out(self.task.get_weights(model), n_train, config, parameters)
@@ -241,9 +255,9 @@ class SiteClient(NumPyClient):
             model,
             data,
             self.spec,
-            epochs=int(config.get("local-epochs", 1)),
+            epochs=int(self.spec.local_epochs),
             max_steps=steps if steps > 0 else None,
-            lr=float(config["lr"]),
+            lr=self._lr(cluster),
             device=self.site.device,
             seed=seed,
         )
@@ -327,7 +341,7 @@ class SiteClient(NumPyClient):
                 f"site {pid}: DP-SGD needs the site's privacy ledger; set node config "
                 "'ledger-dir' (or 'work-dir')"
             )
-        plan, steps, _, extra = self._dp_sgd_round(config)
+        plan, _, extra = self._dp_sgd_round(config)
         ledger = dpsgd.site_ledger(self.loaded, pid, self.ledger_dir)
         phase = "global" if cluster < 0 else f"cluster-{cluster}"
         release_id = dpsgd.release_id_for(ledger, phase, rnd)
@@ -343,41 +357,36 @@ class SiteClient(NumPyClient):
             plan=plan,
             ledger=ledger,
             release_id=release_id,
-            steps=steps,
-            lr=float(config["lr"]),
+            lr=self._lr(cluster),
             device=self.site.device,
             seed=seed,
             noise_seed=noise_seed,
             **extra,
         )
 
-    def _dp_sgd_round(self, config: dict[str, Any]) -> tuple[Any, int, int, dict[str, Any]]:
-        """(plan, requested steps, the population charged, train_dp extras) of the DP-SGD round
-        under ``config``: the plan over the site's train patients of the global phase, the
-        round's steps from the server's ``local-steps`` (capped by the plan), the round's
-        patients (a cluster round: unamplified, see securefed.training.dpsgd)."""
-        import math
+    def _lr(self, cluster: int) -> float:
+        """The protocol's learning rate of the phase (global or finetuning)."""
+        return float(self.spec.lr if cluster < 0 else self.spec.finetune_lr)
 
+    def _dp_sgd_round(self, config: dict[str, Any]) -> tuple[Any, int, dict[str, Any]]:
+        """(plan, the population charged, train_dp extras) of the DP-SGD round under
+        ``config``: the plan from the protocol alone (securefed.training.dpsgd.plan_dpsgd:
+        steps, multiplier, divisor and population never follow the site's data); a cluster
+        round is charged unamplified."""
         from securefed.training import dpsgd
 
         pid = self.site.partition_id
         cluster = int(config.get("cluster", -1))
-        all_train = site_subjects(self._assignments(config), pid, "train", None)
-        subjects = site_subjects(self._assignments(config), pid, "train",
-                                 None if cluster < 0 else cluster)  # fmt: skip
         extra: dict[str, Any] = {"finetuning": cluster >= 0}
+        plan = dpsgd.plan_dpsgd(self.loaded.protocol)
         patient_of = self._patients()
-        if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
-            extra["groups"] = [patient_of.get(s, s) for s in subjects]
-        patients = {patient_of.get(s, s) for s in all_train}
-        plan = dpsgd.plan_dpsgd(self.loaded.protocol, len(all_train), len(patients))
-        steps = int(config.get("local-steps", 0))
-        if steps <= 0:
-            epochs = int(config.get("local-epochs", 1))
-            steps = epochs * math.ceil(len(subjects) / int(self.spec.batch_size))
-        round_patients = len({patient_of.get(s, s) for s in subjects})
-        population = plan.batch_size if cluster >= 0 else round_patients
-        return plan, steps, population, extra
+        if patient_of:
+            subjects = site_subjects(self._assignments(config), pid, "train",
+                                     None if cluster < 0 else cluster)  # fmt: skip
+            if any(patient_of.get(s, s) != s for s in subjects):  # several cases per patient
+                extra["groups"] = [patient_of.get(s, s) for s in subjects]
+        population = plan.batch_size if cluster >= 0 else plan.population
+        return plan, population, extra
 
     def _patients(self) -> dict[str, str]:
         """Subject id -> patient id from the site's partition file (node config
@@ -389,7 +398,7 @@ class SiteClient(NumPyClient):
         return read_patients(Path(self.site.partitions))
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
-        self._check_protocol(config)
+        self._check_config(config)
         if not self.egress.validation:  # the site's protocol keeps validation metrics here
             return 0.0, 0, {"partition-id": self.site.partition_id}
         data, n_val = self._data(config, "val")
@@ -410,6 +419,29 @@ def _phase_name(context: Context, phase: str | None) -> str:
         return phase
     c = int(str(context.run_config.get("cluster", -1)))
     return "global" if c < 0 else f"cluster-{c}"
+
+
+def _error_recorder(
+    identity: Callable[[Context], tuple[Any, str, str]],
+) -> Callable[[Context, Message, ReplyCode, str], None]:
+    """What the site records of a failure or refusal: its code and the kind of request in the
+    audit log, never the exception text (the site's exported logs are released too; the text
+    goes to the site's local Python log only)."""
+
+    def on_error(context: Context, request: Message, code: ReplyCode, detail: str) -> None:
+        try:
+            loaded, ledger_dir, sid = identity(context)
+        except Exception:  # noqa: BLE001 - the site's own protocol did not load: no log to use
+            return
+        if ledger_dir:
+            from securefed.trust.audit_log import AuditLog
+
+            AuditLog(Path(ledger_dir), sid, loaded.sha256).record(
+                "message-refused", message_type=str(request.metadata.message_type),
+                code=int(code), reason=code.reason,
+            )  # fmt: skip
+
+    return on_error
 
 
 def make_client_app(
@@ -490,12 +522,15 @@ def make_client_app(
 
         return Pacing(float(loaded.protocol.training.reply_slot_s), overrun)
 
-    # Pacing is outermost (it holds the finished reply until its slot); inside it the guard sees
-    # the reply exactly as it will leave the site.
+    # Pacing is outermost (it holds the finished reply until its slot, errors included); inside
+    # it every failure becomes a coded error; inside that the guard sees the reply exactly as it
+    # will leave the site; SecAgg+ runs behind the site's checks (securefed.federation.site_rules).
     return ClientApp(
         client_fn=client_fn,
-        mods=[make_pacing_mod(pacing), make_egress_guard(policy), make_decrypt_mod(he_site),
-              conditional_secaggplus_mod],
+        mods=[make_pacing_mod(pacing), make_error_code_mod(_error_recorder(identity)),
+              make_egress_guard(policy),
+              make_decrypt_mod(he_site),
+              make_secaggplus_site_mod(lambda ctx: identity(ctx)[0].protocol)],
     )  # fmt: skip
 
 

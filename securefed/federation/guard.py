@@ -41,7 +41,8 @@ __all__ = ["GUARD_ERROR_CODE", "GuardPolicy", "check_reply", "make_egress_guard"
 
 log = logging.getLogger("securefed.guard")
 
-GUARD_ERROR_CODE = 4730
+GUARD_ERROR_CODE = 4730  # securefed.federation.site_rules.ReplyCode.EGRESS_REFUSED
+GUARD_ERROR_REASON = "egress-refused"
 _SECAGG_KEYS = frozenset(v for k, v in vars(Key).items() if k.isupper())
 _PLAIN_EVAL_METRICS = frozenset(
     {"partition-id", "num_val", "dice_tc", "dice_wt", "dice_et", "dice_mean"}
@@ -157,6 +158,8 @@ def _check_train(
         return _check_decrypt_reply(request, content, he)
     problems: list[str] = []
     configs = _keys(content.config_records)
+    if secagg and RECORD_KEY_CONFIGS not in configs:
+        return ["a clear train reply under a secagg+ protocol (only SecAgg+ stages are answered)"]
     if RECORD_KEY_CONFIGS in configs:
         if not secagg:
             return ["a SecAgg+ message under a protocol whose aggregation is not secagg+"]
@@ -174,6 +177,9 @@ def _check_train(
         problems.append("undeclared metric records")
     if he:
         problems += _ciphertext_like(content, request)
+    elif secagg:
+        if any(len(a) for a in content.array_records.values()):
+            problems.append("model arrays beside the masked vector under secagg+")
     else:
         problems += _arrays_like(content, request, "fitres.parameters", sent_arrays)
     metrics = set(content.config_records.get("fitres.metrics", {}).keys())
@@ -284,11 +290,10 @@ def make_egress_guard(
                 policy.on_sent(msg, reply_fields(reply))
             return reply
         reason = "; ".join(problems)
+        # The detail (which may quote a count) stays in the site's local log; the reply carries
+        # the fixed code only.
         log.error("refused to send a %s reply: %s", msg.metadata.message_type, reason)
         policy.on_refused(str(msg.metadata.message_type))
-        return Message(
-            Error(GUARD_ERROR_CODE, f"the site's protocol does not declare this reply: {reason}"),
-            reply_to=msg,
-        )
+        return Message(Error(GUARD_ERROR_CODE, GUARD_ERROR_REASON), reply_to=msg)
 
     return egress_guard_mod

@@ -103,8 +103,6 @@ class PhaseStrategy(FedAvgM):
     def round_config(self, server_round: int) -> dict[str, Any]:
         c = self.cfg
         extra: dict[str, Any] = {"he-fields": c.he_fields} if c.aggregation == "bfv" else {}
-        if c.client_dp:  # sizes the modular head room of client-level DP (public)
-            extra["num-sites"] = len(c.site_ids)
         return {
             **extra,
             "server-round": server_round,
@@ -227,7 +225,7 @@ class PhaseStrategy(FedAvgM):
         aggregate = parameters_to_ndarrays(results[0][1].parameters)
         new = decode_round(
             json.loads(self.cfg.client_dp), start, aggregate, n_sites=len(results),
-            n_phase_sites=len(self.cfg.site_ids), protocol_hash=self.cfg.protocol_hash,
+            protocol_hash=self.cfg.protocol_hash,
             cluster=self.cfg.cluster, server_round=server_round,
         )  # fmt: skip
         params = ndarrays_to_parameters(new)

@@ -1,13 +1,15 @@
 """A hospital's SuperNode, started the way its governance approved (``securefed site supernode``).
 
 Before anything is started the site accepts the protocol with its own trust and policy, and
-refuses to run without: TLS to the SuperLink, verified against the study CA (there is no insecure
-option); its SuperNode authentication key (Flower node authentication), the one the protocol pins
-for this site (``[[sites]].node_key``); and at least one app bundle hash approved in the signed
-protocol (``governance.approved_apps``). Then it starts ``flower-supernode --isolation process``
-(Fleet API over TLS, node key, a random SuperExec secret shared with no one else) and serves the
-SuperNode's tasks with securefed's own executor (securefed.federation.site_executor), which
-refuses any unapproved bundle before installing it and keeps torch loaded between messages.
+refuses to run without: a signed protocol of study.mode 'deployment' (an unsigned or simulation
+protocol is refused, whatever the site's policy allows a simulation); TLS to the SuperLink,
+verified against the study CA (there is no insecure option); its SuperNode authentication key
+(Flower node authentication), the one the protocol pins for this site (``[[sites]].node_key``);
+and at least one app bundle hash approved in the signed protocol (``governance.approved_apps``).
+Then it starts ``flower-supernode --isolation process`` (Fleet API over TLS, node key, a random
+SuperExec secret shared with no one else) and serves the SuperNode's tasks with securefed's own
+executor (securefed.federation.site_executor), which refuses any unapproved bundle before
+installing it and keeps torch loaded between messages.
 
 Everything the site reads comes from its own command line and configuration; the server
 chooses no path. Tests: ``tests/federation/test_supernode.py`` (refusals),
@@ -178,8 +180,9 @@ def prepare_site_node(
 ) -> SiteNode:
     """Check everything a site must check before its SuperNode starts (nothing is started).
 
-    SiteTrustError (exit 3): the protocol is not accepted by the site's trust and policy, it
-    approves no app bundle, or pins another node key for this site (or none, in deployment).
+    SiteTrustError (exit 3): the protocol is not accepted by the site's trust and policy, is
+    unsigned (whatever policy.allow_unsigned_simulation says) or of study.mode 'simulation', it
+    approves no app bundle, or pins another node key for this site (or none).
     ConfigError (exit 2): no CA certificate (TLS is mandatory), an unreadable one, a bad address.
     KeyError_ (exit 2): the node key is missing, loose or not ECDSA P-384."""
     from securefed.crypto.node_key import check_node_private_key
@@ -190,6 +193,18 @@ def prepare_site_node(
     accepted = verify_for_site(protocol, config)
     p = accepted.loaded.protocol
     site_id = config.site.id
+    if accepted.unsigned or not accepted.signers:
+        raise SiteTrustError(
+            f"{protocol}: unsigned; a SuperNode runs only a protocol signed by the site's trusted "
+            "governance keys (policy.allow_unsigned_simulation does not apply to `site "
+            "supernode`: whoever hands over an unsigned file would choose the approved app "
+            "bundles); refusing"
+        )
+    if p.is_simulation:
+        raise SiteTrustError(
+            f"{protocol}: study.mode is 'simulation'; a SuperNode runs only a 'deployment' "
+            "protocol (every party pinned by key, no unsafe option); refusing"
+        )
     partition = p.partition_of_site(site_id)
     if partition is None:  # verify_for_site already refuses this; keep mypy and readers sure
         raise SiteTrustError(f"{protocol}: {site_id} is not a site of this protocol")
@@ -216,12 +231,12 @@ def prepare_site_node(
     fp = check_node_private_key(node_key)
     spec = next(s for s in p.sites if s.id == site_id) if p.sites else None
     pinned = spec.node_key if spec is not None else None
-    if pinned is None and not p.is_simulation:
+    if pinned is None:
         raise SiteTrustError(
             f"{protocol}: sites.{site_id}.node_key is not set: a deployment protocol pins each "
             "site's SuperNode key; refusing"
         )
-    if pinned is not None and pinned != fp:
+    if pinned != fp:
         raise SiteTrustError(
             f"{node_key}: this node key ({fp}) is not the one the protocol pins for {site_id} "
             f"({pinned}); refusing"

@@ -22,9 +22,11 @@ Privacy of one round, per site: Proposition 14 of Kairouz et al. (arXiv 2102.063
 Renyi divergence of the sum of n discrete Gaussians shifted by a vector of L2 norm D by
 ``alpha/2 (D / (sqrt(n) s) + sqrt(d) tau)^2``, tau = 10 sum_{k<n} exp(-2 pi^2 s^2 k / (k + 1)):
 the RDP of a Gaussian mechanism with noise multiplier ``1 / (D / (sqrt(n) s) + sqrt(d) tau)``,
-which is the event charged (:meth:`ClientDPPlan.round_event`). D is ``2 l2_bound`` under
-replace-one (one patient replaced may change the whole clipped update) and ``l2_bound`` under
-add-remove-one; the same bound protects the site's whole dataset (site-level DP).
+which is the event charged (:meth:`ClientDPPlan.round_event`). D is ``2 l2_bound`` under every
+patient-level neighbouring relation: replacing, adding or removing one patient may move the
+clipped update anywhere in the ball of radius ``l2_bound`` (from +C to -C), so the sum moves by
+up to twice the bound (``tests/privacy/test_ddg_sensitivity.py`` builds such a pair); the same
+bound protects the site's whole dataset (site-level DP).
 
 What leaves a site: ``((x + noise) mod m) - m/2`` for the integer vector x above, masked by
 SecAgg+; nothing else about the update.
@@ -156,7 +158,6 @@ def plan_client_dp(
     modulus: int,
     n_max: int,
     honest: int,
-    replace_one: bool,
     beta: float,
     accountant: str,
 ) -> ClientDPPlan:
@@ -177,7 +178,7 @@ def plan_client_dp(
     z = calibrate_noise_multiplier(epsilon, delta, event, lambda: make_accountant(accountant))
     d = padded_dim(dim)
     block = block_size(dim)
-    factor = 2.0 if replace_one else 1.0
+    factor = 2.0  # one patient added, removed or replaced may flip a clipped update: 2 l2_bound
     inflation = 1.0
     for _ in range(100):
         sigma_real = z * factor * clip * inflation / math.sqrt(honest)

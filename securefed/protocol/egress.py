@@ -22,12 +22,20 @@ Tests: ``tests/federation/test_egress.py``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from securefed.protocol.schema import Protocol
 
-__all__ = ["EgressRow", "TrainingEgress", "egress_table", "training_egress"]
+__all__ = [
+    "EgressRow",
+    "StageEpsilon",
+    "TrainingEgress",
+    "egress_table",
+    "stage_epsilons",
+    "training_egress",
+]
 
 Weights = Literal["train-counts", "uniform"]
 Membership = Literal["raw", "released", "all-sites"]
@@ -94,6 +102,15 @@ class EgressRow:
     epsilon: str
     test: str
 
+    @property
+    def epsilon_value(self) -> float:
+        """``epsilon`` as a number: 0 for ``"-"`` (nothing patient-derived), inf for no DP."""
+        if self.epsilon == "-":
+            return 0.0
+        if self.epsilon.startswith("inf"):
+            return math.inf
+        return float(self.epsilon)
+
     def to_json(self) -> dict[str, str]:
         return {
             "stage": self.stage,
@@ -110,7 +127,11 @@ _T_NEIGHBOUR = "tests/study/test_neighbouring.py"
 
 
 def _g(value: float | None) -> str:
-    return "inf" if value is None or value == float("inf") else f"{value:g}"
+    """Short, and exact: ``float(_g(x)) == x`` (the site's policy reads it back)."""
+    if value is None or value == float("inf"):
+        return "inf"
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def _feature_rows(p: Protocol) -> list[EgressRow]:
@@ -268,3 +289,35 @@ def egress_table(protocol: Protocol) -> list[EgressRow]:
                   "each site scores its own test cases; no evaluation message leaves it", "-",
                   "-"),
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StageEpsilon:
+    """What one stage of a protocol really releases (:func:`egress_table`): ``dp``, the largest
+    DP epsilon among its values (its allocation, which the ledger holds the site to; 0 when no
+    DP value leaves), and ``clear``, the values that leave without DP (plain features, model
+    updates without DP training, unpaced reply timing)."""
+
+    stage: str
+    dp: float
+    clear: tuple[str, ...]
+
+    @property
+    def epsilon(self) -> float:
+        """The stage's effective epsilon: inf when any value leaves without DP."""
+        return math.inf if self.clear else self.dp
+
+
+def stage_epsilons(protocol: Protocol) -> tuple[StageEpsilon, ...]:
+    """Per stage of ``protocol``, in the order of :func:`egress_table`, what a site really spends
+    (a site's policy bounds these, not the protocol's declared total: securefed.trust.policy)."""
+    dp: dict[str, float] = {}
+    clear: dict[str, list[str]] = {}
+    for row in egress_table(protocol):
+        value = row.epsilon_value
+        dp.setdefault(row.stage, 0.0)
+        if math.isinf(value):
+            clear.setdefault(row.stage, []).append(row.value)
+        else:
+            dp[row.stage] = max(dp[row.stage], value)
+    return tuple(StageEpsilon(stage, eps, tuple(clear.get(stage, ()))) for stage, eps in dp.items())

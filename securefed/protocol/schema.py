@@ -364,6 +364,13 @@ class DPSGDSpec(_Strict):
     sampling_rate: float | None = Field(None, gt=0, le=1)
     """Poisson sampling rate of each patient per step (add-remove-one with amplification
     ``sampling`` only; a public constant, never computed from a site's count)."""
+    population: int | None = Field(None, ge=2, le=1_000_000)
+    """Sampling without replacement (replace-one with amplification ``sampling``): the public
+    number of patient slots each step draws ``batch_size`` from. A site with fewer train patients
+    pads to it with empty slots (their draws add no gradient: a noise-only share of the step); a
+    site with more draws from all of its patients, a smaller sampling rate charged as this one
+    (the bound only grows with the rate). Never a site's own count, so the plan and the charged
+    events do not depend on the site's data."""
     noise: Literal["float", "discrete-gaussian"] = "float"
     """Noise of each step. ``float``: Opacus's Gaussian in floating point (``secure_mode``, a
     mitigation of the floating-point attack of Mironov 2012, not a proof; simulation only).
@@ -399,6 +406,10 @@ class ClientDPSpec(_Strict):
     """Sites that may collude with the server and remove their own noise shares (t): each share
     is sized so that the ``min(min_sites_per_aggregate, reconstruction_threshold) - t`` honest
     sites of any accepted aggregate give it the full noise."""
+    max_sites: int | None = Field(None, ge=2, le=10_000)
+    """The most sites of any aggregate (public): sizes the head room of the modular sum, so
+    every site and the server derive one plan from the protocol alone, never from a count in the
+    coordinator's message. Default: the protocol's listed sites; required when it lists none."""
     rounding_beta: float = Field(0.6065306597126334, ge=0, lt=1)
     """Conditional randomized rounding (Kairouz et al. 2021, Theorem 2): the rounding is drawn
     again until the rounded norm is within the bound at this beta (default exp(-1/2)); 0: plain
@@ -451,7 +462,9 @@ class TrainingSpec(_Strict):
     local_epochs: int = Field(1, ge=1, le=10_000)
     """Local epochs per round (paper: 1)."""
     local_steps: int | None = Field(None, ge=1, le=1_000_000)
-    """Cap on local optimiser steps per round (unset: full epochs)."""
+    """Local optimiser steps per round: a cap on the epochs without DP training (unset: full
+    epochs); required with DP-SGD, which runs exactly this many steps per round whatever the
+    site's case count (the plan comes from public values only)."""
     finetune_rounds: int = Field(50, ge=0, le=100_000)
     """FedAvg rounds per cluster in the CFFL phase (paper: 50)."""
     finetune_lr: float = Field(0.02, gt=0)
@@ -769,6 +782,30 @@ class Protocol(_Strict):
         if not dps.enabled:
             return
         add_remove = self.privacy.neighbouring == "add-remove-one"
+        if self.training.local_steps is None:
+            raise ValueError(
+                "training.local_steps: DP-SGD runs exactly local_steps steps per round (a step "
+                "count that follows the site's case count would reveal it); set it, e.g. 5"
+            )
+        wor = dps.amplification == "sampling" and not add_remove
+        if wor and dps.population is None:
+            raise ValueError(
+                "training.dp_sgd.population: sampling without replacement (replace-one) draws "
+                "each batch from a public number of patient slots, never the site's own count; "
+                "set population (e.g. the smallest site's train patients) or amplification = "
+                "'none'"
+            )
+        if dps.population is not None and not wor:
+            raise ValueError(
+                "training.dp_sgd.population: used by sampling without replacement (replace-one "
+                "with amplification 'sampling') only; remove it"
+            )
+        if wor and dps.population is not None and dps.population <= self.training.batch_size:
+            raise ValueError(
+                f"training.dp_sgd.population ({dps.population}) must exceed training.batch_size "
+                f"({self.training.batch_size}) for sampling to amplify; raise it or set "
+                "amplification = 'none'"
+            )
         if dps.amplification == "sampling" and add_remove and dps.sampling_rate is None:
             raise ValueError(
                 "training.dp_sgd.sampling_rate: amplification 'sampling' under add-remove-one is "
@@ -814,9 +851,15 @@ class Protocol(_Strict):
                 f"secure_aggregation.quantization_range ({m}): client-level DP takes the sum "
                 "modulo it, so it must be a power of two >= 65536 (e.g. 4194304)"
             )
-        if self.sites and len(self.sites) * m >= 2**32:
+        if not self.sites and cdp.max_sites is None:
             raise ValueError(
-                f"secure_aggregation.quantization_range ({m}): {len(self.sites)} sites of "
+                "training.client_dp.max_sites: a protocol that lists no sites must declare the "
+                "most sites of an aggregate (every party derives the plan from it)"
+            )
+        n_max = self.client_dp_max_sites()
+        if n_max * m >= 2**32:
+            raise ValueError(
+                f"secure_aggregation.quantization_range ({m}): {n_max} sites of "
                 "client-level DP overflow Flower's 2^32 SecAgg+ modulus; lower it"
             )
         fewest = min(
@@ -855,6 +898,12 @@ class Protocol(_Strict):
     @property
     def is_simulation(self) -> bool:
         return self.study.mode == "simulation"
+
+    def client_dp_max_sites(self) -> int:
+        """The most sites of a client-level DP aggregate: ``training.client_dp.max_sites``, else
+        the listed sites (a public value of the protocol; never the coordinator's count)."""
+        declared = self.training.client_dp.max_sites
+        return int(declared) if declared is not None else max(2, len(self.sites))
 
     def resolve_sites(self, partition_ids: list[int] | tuple[int, ...]) -> tuple[SiteSpec, ...]:
         """The study's sites: those listed, or (simulation without a list) one site per partition

@@ -193,15 +193,20 @@ def _dpsgd(loaded: LoadedProtocol) -> str:
     from securefed.training.dpsgd import plan_dpsgd
 
     p = loaded.protocol
-    n = 20
     try:
-        plan = plan_dpsgd(p, n)
+        plan = plan_dpsgd(p)
     except Exception as exc:  # noqa: BLE001 - a budget too small still renders
-        return f"calibration fails for {n} train cases ({exc})"
+        return f"calibration fails ({exc})"
+    sampling = {
+        "without-replacement": f"batches of {plan.batch_size} drawn from {plan.population} "
+        "patient slots",
+        "poisson": f"Poisson sampling at rate {plan.sampling_rate:g}",
+        "none": f"batches of {plan.batch_size}, no amplification",
+    }[plan.sampling]
     return (
         f"Opacus, clip {p.training.dp_sgd.max_grad_norm:g}, noise multiplier "
-        f"{plan.noise_multiplier:.4g} for a site with {n} train cases over {plan.rounds} rounds "
-        "(each site calibrates for its own count)"
+        f"{plan.noise_multiplier:.4g}, {plan.steps_per_round} steps in each of {plan.rounds} "
+        f"rounds, {sampling} (the same plan at every site, from the protocol alone)"
     )
 
 
@@ -209,15 +214,15 @@ def _client_dp(loaded: LoadedProtocol) -> str:
     from securefed.training.client_dp import model_values, site_plan
 
     p = loaded.protocol
-    n = len(p.sites) or 3
     try:
-        plan = site_plan(p, model_values(p.training), n)
+        plan = site_plan(p, model_values(p.training))
     except Exception as exc:  # noqa: BLE001 - a budget too small still renders
         return f"calibration fails ({exc})"
     return (
         f"each site clips its update to {plan.clip:g}, rotates and rounds it and adds a discrete "
         f"Gaussian share; the honest shares of any aggregate (>= {plan.honest} sites) give noise "
-        f"multiplier {plan.noise_multiplier:.4g} over {plan.rounds} rounds (for {n} sites, "
+        f"multiplier {plan.noise_multiplier:.4g} over {plan.rounds} rounds "
+        f"(head room for {plan.n_max} sites, "
         f"{plan.dim} values)"
     )
 

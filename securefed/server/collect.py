@@ -133,9 +133,14 @@ def collect_features(
     protocol = loaded.protocol
     senders = allowed_senders(protocol, "site", public_keys=site_public_keys)
     guard = ReplayGuard(state_dir / "replay")
+    if not Path(inbox).is_dir():
+        raise DataError(f"{inbox}: no such inbox folder")
     files = sorted(p for p in Path(inbox).glob("*.env") if p.is_file())
-    if not files:
-        raise EnvelopeError(f"{inbox}: no *.env envelope to collect")
+    if not files:  # nothing was refused: a user error (exit 2), not a security one
+        raise DataError(
+            f"{inbox}: no *.env envelope to collect (the sites' `securefed features release "
+            "--out` writes them)"
+        )
     problems: list[tuple[str, SecurefedError]] = []
     accepted: list[OpenedMessage] = []
     columns: list[str] | None = None

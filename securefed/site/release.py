@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from securefed.crypto import PrivateKeys, PublicKeys
-from securefed.errors import DataError, EgressRefusedError, KeyError_, ProtocolError
+from securefed.errors import (
+    DataError,
+    EgressRefusedError,
+    KeyError_,
+    ProtocolError,
+    SecurefedError,
+)
 from securefed.privacy.bounding import bounded_mask
 from securefed.privacy.ledger import Ledger
 from securefed.privacy.protection import (
@@ -193,10 +199,16 @@ def release_site_features(
         egress.record("envelope", FEATURES_STAGE, server_keys.party_id,
                       _envelope_fields(meta, values, envelope))  # fmt: skip
 
-    released = protect_features(
-        own, loaded, ledger, site_id, release_id=release_id, write=seal_and_write,
-        unsafe_seed=unsafe_seed,
-    )  # fmt: skip
+    try:
+        released = protect_features(
+            own, loaded, ledger, site_id, release_id=release_id, write=seal_and_write,
+            unsafe_seed=unsafe_seed,
+        )  # fmt: skip
+    except SecurefedError:
+        # A refusal (budget, egress guard) is in the log: close it with a signed head, so the
+        # site's log still verifies (`securefed audit verify`) after an honest refusal.
+        audit.sign_head(site_keys)
+        raise
     pending.clear(FEATURES_STAGE)
     audit.record("envelope-sealed", stage=FEATURES_STAGE, recipient=server_keys.party_id,
                  release_id=release_id, resent=False)  # fmt: skip

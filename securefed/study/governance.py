@@ -6,8 +6,9 @@ protocol's signatures travel with it (``PROTOCOL.sig``, copied to ``RUNDIR/proto
 Without, the runner plays the board: it makes a governance key (``RUNDIR/keys``), signs the run's
 copy of the protocol and writes each site a configuration (``RUNDIR/sites/<id>/site.toml``) that
 trusts only that key, allows the run's server key and sets the policy to exactly what the
-protocol asks, so the real checks (signature, threshold, site id, recipient, policy) run on every
-stage of the demo and of every simulated study.
+protocol asks (stages without DP allowed explicitly, ``allow_plain_stages``, when it has any),
+so the real checks (signature, threshold, site id, recipient, policy) run on every stage of the
+demo and of every simulated study.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from securefed.crypto import (
 )
 from securefed.errors import ConfigError, SiteTrustError
 from securefed.protocol import LoadedProtocol
+from securefed.protocol.egress import stage_epsilons
 from securefed.study.context import StudyContext
 from securefed.trust import (
     AcceptedProtocol,
@@ -41,19 +43,31 @@ from securefed.trust import (
 )
 from securefed.trust.audit_log import AuditLog
 
-__all__ = ["GOVERNANCE_ID", "accept_protocol", "sign_stage_heads", "site_config_paths"]
+__all__ = [
+    "GOVERNANCE_ID",
+    "accept_protocol",
+    "board_policy",
+    "sign_stage_heads",
+    "site_config_paths",
+]
 
 GOVERNANCE_ID = "study-governance"
 
 
-def _policy_for(loaded: LoadedProtocol, server_key: str) -> SitePolicy:
+def board_policy(loaded: LoadedProtocol, server_key: str) -> SitePolicy:
+    """The policy the run, playing the board, gives each simulated site: exactly what the
+    protocol asks, stages without DP allowed explicitly when it has any."""
     p = loaded.protocol
     sizes = [p.training.min_sites_per_aggregate]
     if p.release.mode == "secure-aggregate":
         sizes.append(p.clustering.secure.min_sites_per_aggregate)
     total = p.privacy.total_epsilon
+    # A stage without DP (plain features, non-DP training, unpaced reply timing) is accepted
+    # explicitly, never through the declared total (securefed.trust.policy.epsilon_violations).
+    plain = any(math.isinf(s.epsilon) for s in stage_epsilons(p))
     return SitePolicy(
         max_total_epsilon=total if math.isfinite(total) else math.inf,
+        allow_plain_stages=plain,
         forbidden_release_modes=(),
         required_aggregation=p.training.aggregation,
         min_sites_per_aggregate=min(sizes),
@@ -81,17 +95,27 @@ def _simulated(ctx: StudyContext) -> dict[str, Path]:
     out = {}
     for site in ctx.sites:
         path = ctx.paths.site(site.id) / "site.toml"
+        config = SiteConfig(
+            site=SiteIdentity(id=site.id),
+            trust=TrustSpec(governance_keys=(fp,)),
+            policy=board_policy(ctx.loaded, server_key),
+        )
+        # A run resumed from an older securefed may hold the board's config of its day (e.g.
+        # without allow_plain_stages): the board's config is a function of the run's protocol,
+        # keys and this securefed, so it is written again when it differs.
+        if path.exists() and _written_config(path) != config:
+            path.unlink()
         if not path.exists():
-            write_site_config(
-                SiteConfig(
-                    site=SiteIdentity(id=site.id),
-                    trust=TrustSpec(governance_keys=(fp,)),
-                    policy=_policy_for(ctx.loaded, server_key),
-                ),
-                path,
-            )
+            write_site_config(config, path)
         out[site.id] = path
     return out
+
+
+def _written_config(path: Path) -> SiteConfig | None:
+    try:
+        return load_site_config(path)
+    except ConfigError:
+        return None
 
 
 def site_config_paths(ctx: StudyContext, site_configs: Path | None) -> dict[str, Path]:
@@ -112,8 +136,11 @@ def site_config_paths(ctx: StudyContext, site_configs: Path | None) -> dict[str,
 
 def accept_protocol(ctx: StudyContext, configs: dict[str, Path]) -> dict[str, AcceptedProtocol]:
     """Every site verifies the run's protocol with its own configuration (raises SiteTrustError
-    naming the site and the failed check; the runner logs it and stops)."""
+    naming the site and the failed check; the runner logs it and stops). On a refusal every
+    site that wrote to its audit log here closes it with a signed head, so an honest site's
+    log still verifies (`securefed audit verify`)."""
     accepted = {}
+    logged: list[tuple[str, AuditLog]] = []
     for site_id, path in configs.items():
         config = load_site_config(path)
         if config.site.id != site_id:
@@ -123,9 +150,13 @@ def accept_protocol(ctx: StudyContext, configs: dict[str, Path]) -> dict[str, Ac
             accepted[site_id] = verify_for_site(ctx.paths.protocol, config)
         except SiteTrustError as exc:
             audit.record("protocol-refused", code=exc.code)
+            keys = ctx.keys()
+            for party, log in [*logged, (site_id, audit)]:
+                log.sign_head(keys.private[party])
             raise
         audit.record("protocol-accepted", signers=len(accepted[site_id].signers),
                      unsigned=accepted[site_id].unsigned)  # fmt: skip
+        logged.append((site_id, audit))
     return accepted
 
 

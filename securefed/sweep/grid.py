@@ -127,6 +127,11 @@ def expand(grid: GridSpec) -> list[Point]:
     return out
 
 
+SWEEP_MAX_SITES = 16
+"""training.client_dp.max_sites of a client-DP point whose base protocol lists no sites and
+declares none (it sizes the modular head room only; declare it in the base to change it)."""
+
+
 def point_protocol(base: dict[str, Any], point: Point) -> dict[str, Any]:
     """The base protocol (a parsed TOML mapping) changed to ``point``; raises ProtocolError with
     the schema's reason when the combination is not a valid protocol."""
@@ -165,10 +170,16 @@ def point_protocol(base: dict[str, Any], point: Point) -> dict[str, Any]:
     training["aggregation"] = point.aggregation
     if point.training == "dp-sgd":
         dp = dict(base.get("training", {}).get("dp_sgd", {}))
+        if not {"amplification", "population", "sampling_rate"} & set(dp):
+            # The plan comes from public values only: without a declared population (or rate)
+            # to sample from, the point's DP-SGD steps are charged unamplified.
+            dp["amplification"] = "none"
         training["dp_sgd"] = {**dp, "enabled": True, "epsilon": point.training_epsilon}
     elif point.training == "client-dp":
         cdp = dict(base.get("training", {}).get("client_dp", {}))
         cdp.setdefault("clip_norm", 5.0)
+        if not data.get("sites"):  # the most sites of an aggregate, public (sweep default)
+            cdp.setdefault("max_sites", SWEEP_MAX_SITES)
         training["client_dp"] = {**cdp, "enabled": True, "epsilon": point.training_epsilon}
     privacy = data.setdefault("privacy", {})
     privacy["total_epsilon"] = math.inf

@@ -1,11 +1,11 @@
 """Client-level DP rounds (``training.client_dp``): a site's noised update under SecAgg+ and the
 server's decoding of the sum (securefed.privacy.ddg has the mechanism and its accounting).
 
-The plan comes from the site's own protocol copy (budget, clip, planned rounds, collusion) plus
-two public values: the model's size and the number of sites of the phase (``num-sites`` in the
-round's config; it sizes only the modular head room, so a wrong value costs accuracy, never
-privacy: the noise is calibrated to the charged epsilon whatever it is). The server derives the
-same plan from the run config's ``client-dp`` (these inputs, JSON) to decode the sum.
+The plan comes from the site's own protocol copy alone (budget, clip, planned rounds, collusion,
+the most sites of an aggregate: ``Protocol.client_dp_max_sites``) and the model's size; nothing in
+the coordinator's message enters it (a per-site ``num-sites`` could give sites different
+granularities and shrink an honest partner's share of the noise). The server derives the same
+plan from the run config's ``client-dp`` (these inputs, JSON) to decode the sum.
 
 Each round is charged to the site ledger (stage ``training``, release ``training/<phase>/round-r``)
 BEFORE any noise is drawn; past the budget the site refuses (BudgetExceededError) and sends
@@ -63,25 +63,27 @@ def plan_inputs(protocol: Protocol) -> dict[str, Any]:
         "clip": float(cdp.clip_norm),
         "modulus": int(sa.quantization_range),
         "honest": int(fewest - cdp.max_colluding_sites),
-        "replace_one": protocol.privacy.neighbouring == "replace-one",
+        "n_max": protocol.client_dp_max_sites(),
         "beta": float(cdp.rounding_beta),
         "accountant": protocol.privacy.accountant,
     }
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(inputs_json: str, dim: int, n_max: int) -> ClientDPPlan:
+def _plan(inputs_json: str, dim: int) -> ClientDPPlan:
     inputs = json.loads(inputs_json)
-    return plan_client_dp(**inputs, dim=int(dim), n_max=max(int(n_max), int(inputs["honest"])))
+    inputs["n_max"] = max(int(inputs["n_max"]), int(inputs["honest"]))
+    return plan_client_dp(**inputs, dim=int(dim))
 
 
-def plan_from_inputs(inputs: dict[str, Any], dim: int, n_sites: int) -> ClientDPPlan:
-    """The plan for a model of ``dim`` values and a phase of ``n_sites`` sites (cached)."""
-    return _plan(json.dumps(inputs, sort_keys=True), int(dim), int(n_sites))
+def plan_from_inputs(inputs: dict[str, Any], dim: int) -> ClientDPPlan:
+    """The plan for a model of ``dim`` values (cached); every other input is the protocol's."""
+    return _plan(json.dumps(inputs, sort_keys=True), int(dim))
 
 
-def site_plan(protocol: Protocol, dim: int, n_sites: int) -> ClientDPPlan:
-    return plan_from_inputs(plan_inputs(protocol), dim, n_sites)
+def site_plan(protocol: Protocol, dim: int) -> ClientDPPlan:
+    """The site's plan: its own protocol copy and the model's size, nothing from the server."""
+    return plan_from_inputs(plan_inputs(protocol), dim)
 
 
 def model_values(training: Any) -> int:
@@ -117,7 +119,7 @@ def encode_round(
         )
     start = flatten(received)
     update = flatten(weights) - start
-    plan = site_plan(loaded.protocol, update.size, int(config.get("num-sites", 0)))
+    plan = site_plan(loaded.protocol, update.size)
     rnd = int(config.get("server-round", 0))
     phase = phase_name(int(config.get("cluster", -1)))
     ledger = site_ledger(loaded, partition_id, ledger_dir)
@@ -136,7 +138,6 @@ def decode_round(
     aggregate: list[np.ndarray],
     *,
     n_sites: int,
-    n_phase_sites: int,
     protocol_hash: str,
     cluster: int,
     server_round: int,
@@ -146,7 +147,7 @@ def decode_round(
     if len(aggregate) != 1:
         raise ConfigError(f"client-level DP: expected one aggregated vector, got {len(aggregate)}")
     flat = flatten(start)
-    plan = plan_from_inputs(inputs, flat.size, n_phase_sites)
+    plan = plan_from_inputs(inputs, flat.size)
     seed = rotation_seed(protocol_hash, phase_name(cluster), server_round)
     mean = decode_sum(np.asarray(aggregate[0]), int(n_sites), plan, seed)
     return unflatten(flat + mean, start)

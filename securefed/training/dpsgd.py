@@ -8,19 +8,25 @@ norm included; ``train_local(per_sample=True)``), Opacus's DPOptimizer clips eac
 ``max_grad_norm`` (C), adds N(0, (m C)^2) to their sum (``secure_mode``) and divides by the batch
 size. Sampling and accounting (``dp_sgd.amplification``):
 
-- replace-one, ``sampling``: each step draws ``min(batch_size, n)`` distinct patients of the
-  ``n`` in the round's data uniformly without replacement. Replacing one patient changes the sum
-  by at most 2C: a step is ``SampledWithoutReplacementDpEvent(n, b, GaussianDpEvent(m / 2))``
-  (RDP of Wang, Balle and Kasiviswanathan 2019 in dp-accounting; the dataset size is public under
-  replace-one). The plan calibrates m for the global phase's population (the site's train
-  patients, fixed under replace-one). Finetuning rounds are planned and charged unamplified: a
-  cluster's size depends on its patients' features, so replacing one patient may change it (an
+- replace-one, ``sampling``: each step draws ``batch_size`` of ``N = dp_sgd.population`` public
+  patient slots uniformly without replacement (a site with n < N patients pads with empty slots,
+  whose draws add nothing; a site with n > N draws from its n patients, a smaller rate charged
+  as N). Replacing one patient changes the sum by at most 2C: a step is
+  ``SampledWithoutReplacementDpEvent(N, b, GaussianDpEvent(m / 2))`` (RDP of Wang, Balle and
+  Kasiviswanathan 2019 in dp-accounting). Finetuning rounds are planned and charged unamplified:
+  a cluster's size depends on its patients' features, so replacing one patient may change it (an
   add/remove at the cluster level, where fixed-size batches still bound the change by 2C).
 - add-remove-one, ``sampling``: each patient enters each step independently with probability
   ``sampling_rate`` (a declared constant); empty batches are noise-only steps. A step is
   ``PoissonSampledDpEvent(q, GaussianDpEvent(m))`` (sensitivity C); the noisy sum is divided by
   ``batch_size`` (a public constant, never the site's count).
 - ``none``: fixed-size batches, each step charged as ``GaussianDpEvent(m / 2)`` (no amplification).
+
+The plan is a function of the protocol alone (``tests/privacy/test_plan_independence.py``): every
+round runs exactly ``training.local_steps`` steps, the noisy sum is always divided by the public
+``batch_size``, and the sampling population is the declared one, so a site's step count, noise
+multiplier, divisor and charged events are the same for n and n + 1 cases and for patients with
+one or several cases.
 
 Calibration: m is the smallest multiplier such that every planned step of the study (global rounds
 plus finetuning rounds for each cluster the site may join, clustering.k when fixed, else k_max),
@@ -41,7 +47,6 @@ model weights (via the client).
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -96,7 +101,7 @@ class DPSGDPlan:
     delta: float
     accountant: str
     sampling: Sampling = "none"
-    population: int = 0  # train patients of the global phase (without-replacement sampling)
+    population: int = 0  # declared patient slots (dp_sgd.population; without-replacement only)
     sampling_rate: float = 1.0  # Poisson sampling only
     global_rounds: int = 0
     noise: Literal["float", "discrete-gaussian"] = "float"  # see securefed.training.discrete_dpsgd
@@ -162,15 +167,14 @@ def planned_rounds(protocol: Protocol) -> int:
     return int(t.global_rounds) + max_clusters(protocol) * int(t.finetune_rounds)
 
 
-def planned_steps_per_round(training: Any, n_train: int) -> int:
-    """Steps per round: ``local_steps`` when set, capped by ``local_epochs * ceil(n / batch)``
-    with ``n`` the site's train cases over all clusters (a cluster phase has at most as many)."""
-    if n_train < 1:
-        raise TrainingError("DP-SGD: the site has no train cases to plan for")
-    per_epochs = int(training.local_epochs) * math.ceil(n_train / int(training.batch_size))
-    if training.local_steps is not None:
-        return max(1, min(int(training.local_steps), per_epochs))
-    return max(1, per_epochs)
+def planned_steps_per_round(training: Any) -> int:
+    """Steps of every DP-SGD round: exactly ``training.local_steps`` (required by the schema with
+    DP-SGD), never a function of the site's case count."""
+    if training.local_steps is None:
+        raise ConfigError(
+            "training.local_steps: DP-SGD runs exactly local_steps steps per round; set it"
+        )
+    return int(training.local_steps)
 
 
 def calibrate_step_multiplier(
@@ -194,16 +198,14 @@ def sampling_of(protocol: Protocol) -> Sampling:
     return "poisson" if protocol.privacy.neighbouring == "add-remove-one" else "without-replacement"
 
 
-def plan_dpsgd(protocol: Protocol, n_train: int, n_patients: int | None = None) -> DPSGDPlan:
-    """Calibrate the noise multiplier for this site: ``n_train`` train cases of ``n_patients``
-    patients (default: one case each) in the global phase. Cached per protocol and counts."""
+def plan_dpsgd(protocol: Protocol) -> DPSGDPlan:
+    """Calibrate the noise multiplier of every site of ``protocol`` from the protocol's values
+    alone (steps, rounds, batch size, declared population or rate). Cached per protocol."""
     dps = protocol.training.dp_sgd
     if not dps.enabled or dps.epsilon is None:
         raise ConfigError("training.dp_sgd is not enabled in this protocol; nothing to plan")
-    population = int(n_train if n_patients is None else n_patients)
-    if population < 1:
-        raise TrainingError("DP-SGD: the site has no train patients to plan for")
-    steps = planned_steps_per_round(protocol.training, n_train)
+    population = int(dps.population or 0)
+    steps = planned_steps_per_round(protocol.training)
     rounds = planned_rounds(protocol)
     kind = protocol.privacy.accountant
     key = (protocol.model_dump_json(), steps, rounds, population)
@@ -238,27 +240,33 @@ def plan_dpsgd(protocol: Protocol, n_train: int, n_patients: int | None = None) 
 
 
 def dp_batches(
-    n: int, batch: int, steps: int, seed: int, groups: Sequence[str] | None = None
+    n: int,
+    batch: int,
+    steps: int,
+    seed: int,
+    groups: Sequence[str] | None = None,
+    population: int = 0,
 ) -> list[list[int]]:
-    """``steps`` batches of ``min(batch, n)`` distinct case indices, each drawn uniformly without
-    replacement and independently of the other steps. With ``groups`` (the patient of each of
-    the ``n`` cases) a step draws distinct PATIENTS the same way and one of each drawn patient's
-    cases uniformly, so a patient gives at most one per-sample gradient per step whatever its
-    number of cases."""
+    """``steps`` batches, each ``batch`` distinct slots of ``max(patients, population)`` drawn
+    uniformly without replacement, independently of the other steps; a slot past the site's
+    patients is empty (padding to the public ``population``), so a batch may hold fewer cases
+    (or none: a noise-only step). With ``groups`` (the patient of each of the ``n`` cases) the
+    slots are PATIENTS and one of each drawn patient's cases is taken uniformly, so a patient
+    gives at most one per-sample gradient per step whatever its number of cases."""
     import torch
 
     gen = torch.Generator().manual_seed(int(seed))
-    if groups is None:
-        size = min(int(batch), int(n))
-        return [torch.randperm(n, generator=gen)[:size].tolist() for _ in range(int(steps))]
     members = _patients_of(n, groups)
-    patients = sorted(members)
-    size = min(int(batch), len(patients))
+    patients = sorted(members, key=lambda p: members[p][0])
+    slots = max(len(patients), int(population))
+    size = min(int(batch), slots)
     out = []
     for _ in range(int(steps)):
-        chosen = torch.randperm(len(patients), generator=gen)[:size].tolist()
+        chosen = [c for c in torch.randperm(slots, generator=gen)[:size].tolist()
+                  if c < len(patients)]  # fmt: skip
         cases = [members[patients[c]] for c in chosen]
-        out.append([m[int(torch.randint(len(m), (1,), generator=gen))] for m in cases])
+        out.append([m[int(torch.randint(len(m), (1,), generator=gen))] if len(m) > 1 else m[0]
+                    for m in cases])  # fmt: skip
     return out
 
 
@@ -337,7 +345,6 @@ def train_dp_round(
     plan: DPSGDPlan,
     ledger: Ledger,
     release_id: str,
-    steps: int,
     lr: float,
     device: Any = None,
     seed: int = 0,
@@ -346,9 +353,10 @@ def train_dp_round(
     finetuning: bool = False,
 ) -> dict[str, Any]:
     """One round of DP-SGD on ``model`` in place. ``groups``: the patient of each case of
-    ``data`` when a patient may have several (batches then sample patients). ``steps`` is capped
-    at ``plan.steps_per_round``. Charges ``plan.round_event(steps, patients in data)`` to
-    ``ledger`` before any noise; a ``finetuning`` (cluster) round is charged unamplified: a
+    ``data`` when a patient may have several (batches then sample patients). Runs exactly
+    ``plan.steps_per_round`` steps and charges ``plan.round_event`` over the plan's public
+    population to ``ledger`` before any noise; a ``finetuning`` (cluster) round is charged
+    unamplified: a
     cluster's size depends on its patients' features, so replacing one patient may change it,
     which sampling without replacement from a fixed population does not
     cover. Raises BudgetExceededError past the budget, nothing trained.
@@ -365,19 +373,17 @@ def train_dp_round(
 
     if not data:
         raise TrainingError("DP-SGD: no train cases in this round")
-    steps = min(int(steps), plan.steps_per_round)
-    if steps < 1:
-        raise TrainingError(f"DP-SGD: {steps} steps requested; expected >= 1")
-    population = plan.batch_size if finetuning else len(_patients_of(len(data), groups))
+    steps = plan.steps_per_round  # the protocol's, never the server's or the site's count
+    population = plan.batch_size if finetuning else plan.population
     # Batches, crops and noise come from site-local secrets (64 bits of os.urandom each), never
     # from the server's seed: the server must not know which cases enter which step.
     batch_seed, crop_seed, gen_seed = _round_secrets(noise_seed)
+    divisor = plan.batch_size  # a public constant, never the site's count
     if plan.sampling == "poisson":
         batches = poisson_batches(len(data), plan.sampling_rate, steps, batch_seed, groups)
-        divisor = plan.batch_size  # a public constant, never the site's count
     else:
-        batches = dp_batches(len(data), plan.batch_size, steps, batch_seed, groups)
-        divisor = len(batches[0])
+        pad = plan.population if plan.sampling == "without-replacement" and not finetuning else 0
+        batches = dp_batches(len(data), plan.batch_size, steps, batch_seed, groups, pad)
     if plan.noise == "discrete-gaussian" and plan.sampling != "none":
         raise TrainingError(
             "DP-SGD: discrete Gaussian noise is accounted without amplification by sampling; "

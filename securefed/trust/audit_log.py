@@ -31,6 +31,7 @@ from securefed.fileio import locked_append
 
 if TYPE_CHECKING:  # the ledger writes this log: importing privacy must not load cryptography
     from securefed.crypto import PrivateKeys
+    from securefed.protocol.schema import Protocol
 
 __all__ = [
     "AUDIT_FILE",
@@ -38,6 +39,8 @@ __all__ = [
     "AuditLog",
     "AuditLogError",
     "AuditSummary",
+    "log_party",
+    "pinned_signer",
     "verify_audit_log",
 ]
 
@@ -49,6 +52,7 @@ EVENTS = frozenset({
     "protocol-accepted", "protocol-refused", "features-released", "envelope-sealed",
     "envelope-opened", "training-round", "budget-spend", "budget-refused", "site-head", "head",
     "egress-refused", "app-refused", "he-decrypt", "he-decrypt-refused", "reply-slot-overrun",
+    "message-refused",
 })  # fmt: skip
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _TEXT = re.compile(r"^[A-Za-z0-9 ._:+=@,()'-]{0,240}$")  # no '/' or '\\': no paths
@@ -115,11 +119,16 @@ class AuditLog:
 
     def sign_head(self, keys: PrivateKeys) -> dict[str, Any]:
         """Close a stage: append a ``head`` entry signing the hash of the last entry with the
-        party's key. Returns what another party may record of it (``site-head``)."""
+        party's key. Returns what another party may record of it (``site-head``).
+
+        AuditLogError (exit 3), nothing written: the log holds another party's entries, or its
+        last entry is of another protocol (a head under the wrong protocol would break the log
+        for good: every later verification against either protocol fails)."""
         if keys.party_id != self.party:
             raise InternalError(f"audit log of {self.party}: signed with {keys.party_id}'s key")
         with self._locked() as fh:
             entries = _entries(self.path)
+            self._check_closable(entries)
             head = entries[-1]["hash"] if entries else _GENESIS
             seq = len(entries)
             signature = keys.sign(_head_message(self.party, seq, head))
@@ -130,6 +139,23 @@ class AuditLog:
             }
             self._write(fh, entries, "head", details)
         return {"party": self.party, "seq": seq, **details}
+
+    def _check_closable(self, entries: list[dict[str, Any]]) -> None:
+        if not all(isinstance(e, dict) for e in entries):
+            raise AuditLogError(f"{self.path}: not an audit log (edited); nothing written")
+        others = sorted({str(e.get("party")) for e in entries} - {self.party})
+        if others:
+            raise AuditLogError(
+                f"{self.path}: the log holds entries of {', '.join(others)}; {self.party} "
+                "cannot sign its head (nothing written)"
+            )
+        last = entries[-1].get("protocol") if entries else None
+        if last is not None and last != self.protocol_hash:
+            raise AuditLogError(
+                f"{self.path}: the log is of protocol {last}, not {self.protocol_hash}; refusing "
+                "to sign its head under another protocol (nothing written; pass the protocol "
+                "the log was written under)"
+            )
 
     def _append(self, event: str, details: dict[str, Any]) -> dict[str, Any]:
         with self._locked() as fh:
@@ -171,6 +197,22 @@ def _entries(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             break  # a torn last line: verification reports it
     return out
+
+
+def log_party(folder: str | Path) -> str | None:
+    """The party named by the first entry of ``folder/audit.jsonl`` (None: no readable entry;
+    :func:`verify_audit_log` then says why)."""
+    entries = _entries(Path(folder) / AUDIT_FILE)
+    party = entries[0].get("party") if entries and isinstance(entries[0], dict) else None
+    return party if isinstance(party, str) else None
+
+
+def pinned_signer(protocol: Protocol, party: str) -> str | None:
+    """The signing-key fingerprint ``protocol`` pins for ``party`` (a listed site's
+    ``signing_key``, or the server's), None when it pins none."""
+    if party == protocol.server.id:
+        return protocol.server.signing_key
+    return next((s.signing_key for s in protocol.sites if s.id == party), None)
 
 
 @dataclass(frozen=True)

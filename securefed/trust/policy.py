@@ -11,6 +11,7 @@ installed securefed version, and it satisfies the policy. Nothing here leaves th
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from securefed import __version__
 from securefed.errors import ConfigError, ProtocolSignatureError, SiteTrustError
 from securefed.fileio import write_exclusive
 from securefed.protocol import LoadedProtocol, load_protocol
-from securefed.protocol.schema import Fingerprint
+from securefed.protocol.egress import stage_epsilons
+from securefed.protocol.schema import Fingerprint, Protocol
 
 __all__ = [
     "AcceptedProtocol",
@@ -31,6 +33,7 @@ __all__ = [
     "load_site_config",
     "policy_violations",
     "check_recipient",
+    "epsilon_violations",
     "strictest_config",
     "verify_for_site",
     "write_site_config",
@@ -78,8 +81,15 @@ class SitePolicy(_Strict):
     """The site's own limits on what any protocol may ask of it."""
 
     max_total_epsilon: float = Field(1.0, gt=0, allow_inf_nan=True)
-    """Largest privacy.total_epsilon the site accepts (inf accepts a protocol without DP, the
-    paper's plain study)."""
+    """Largest effective epsilon the site accepts, summed over the protocol's stages: each stage
+    counts what it can really spend (its DP allocation, within privacy.total_epsilon), and a
+    stage without DP (plain features, training without DP, unpaced reply timing) counts as inf,
+    whatever total the protocol declares. inf accepts any protocol, the paper's plain study
+    included."""
+    allow_plain_stages: bool = False
+    """Accept stages without DP (effective epsilon inf) under a finite max_total_epsilon, which
+    then bounds the DP stages only; forbidden_release_modes and require_dp_training still
+    apply. Off: a stage without DP is refused unless max_total_epsilon is inf."""
     forbidden_release_modes: tuple[ReleaseMode, ...] = ("plain",)
     """Feature release modes the site refuses (plain: raw radiomics to the server)."""
     required_aggregation: Literal["secagg+", "bfv", "secure", "fedavg", "any"] = "secagg+"
@@ -205,12 +215,7 @@ def strictest_config(
 def policy_violations(loaded: LoadedProtocol, policy: SitePolicy) -> list[str]:
     """Every way the protocol asks more than the site's policy allows (empty: none)."""
     p = loaded.protocol
-    out = []
-    if not p.privacy.total_epsilon <= policy.max_total_epsilon:
-        out.append(
-            f"privacy.total_epsilon {p.privacy.total_epsilon:g} exceeds the policy's "
-            f"max_total_epsilon {policy.max_total_epsilon:g}"
-        )
+    out = epsilon_violations(p, policy)
     if p.release.mode in policy.forbidden_release_modes:
         out.append(f"release.mode {p.release.mode!r} is forbidden by the policy")
     wanted = policy.required_aggregation
@@ -235,6 +240,44 @@ def policy_violations(loaded: LoadedProtocol, policy: SitePolicy) -> list[str]:
         out.append(f"server.encryption_key {server_key} is not among the policy's allowed keys")
     if policy.require_version_pin and p.governance.securefed_version is None:
         out.append("governance.securefed_version is not set: the policy requires a version pin")
+    return out
+
+
+def epsilon_violations(protocol: Protocol, policy: SitePolicy) -> list[str]:
+    """How the protocol's effective epsilon breaks ``policy.max_total_epsilon`` (empty: it does
+    not), stage by stage (securefed.protocol.egress.stage_epsilons). A stage that releases a
+    value without DP has effective epsilon inf: refused unless ``policy.allow_plain_stages``.
+    The DP values of every stage spend at most the sum of their allocations (the ledger holds
+    each stage to its own), and never more than privacy.total_epsilon (the ledger's cap): that
+    spend must fit too. The protocol's declared total never makes a stage without DP
+    acceptable."""
+    cap = policy.max_total_epsilon
+    if math.isinf(cap):
+        return []
+    out = []
+    stages = stage_epsilons(protocol)
+    if not policy.allow_plain_stages:
+        for s in stages:
+            if s.clear:
+                out.append(
+                    f"stage {s.stage}: effective epsilon inf (released without DP: "
+                    f"{', '.join(s.clear)}) exceeds the policy's max_total_epsilon {cap:g}; a "
+                    "site that accepts stages without DP sets policy.allow_plain_stages = true"
+                )
+    dp = [s for s in stages if s.dp > 0]
+    allocated = sum(s.dp for s in dp)
+    spend = min(allocated, protocol.privacy.total_epsilon)
+    if spend > cap * (1 + 1e-12):
+        parts = " + ".join(f"{s.stage} {s.dp:g}" for s in dp)
+        capped = (
+            f", capped by privacy.total_epsilon {protocol.privacy.total_epsilon:g}"
+            if spend < allocated
+            else ""
+        )
+        out.append(
+            f"DP stage(s) {parts}: effective epsilon {spend:g}{capped} exceeds the policy's "
+            f"max_total_epsilon {cap:g}"
+        )
     return out
 
 

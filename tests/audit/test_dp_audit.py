@@ -10,11 +10,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
+from support.stats import seeded_bytes
 from typer.testing import CliRunner
 
 from securefed.audit.dp import clopper_pearson, run_dp_audit
 from securefed.audit.float_distinguisher import float_laplace_impossible, grid_impossible
 from securefed.cli import app
+from securefed.privacy import noise as noise_module
 from securefed.privacy.noise import SecureNoise
 
 SAMPLED = ("feature-gaussian", "feature-laplace", "clustering-shares")
@@ -22,8 +25,15 @@ ONE_RUN = ("dp-sgd", "dp-sgd-discrete")
 ALL = (*SAMPLED, *ONE_RUN)
 
 
+@pytest.mark.slow  # 100,000 trials per mechanism and two one-run audits (19 s)
 def test_shipped_mechanisms_pass_at_their_claim(tmp_path: Path) -> None:
-    doc = run_dp_audit(tmp_path, mechanisms=ALL, trials=100_000)
+    # The sampled mechanisms draw from CSPRNGs that cannot be seeded (OpenDP's): at confidence
+    # 1 - 1e-10 a mechanism that meets its claim is flagged with probability <= 1e-10 (the
+    # Clopper-Pearson bounds of the evaluation half; the threshold is chosen on the other half).
+    # The one-run DP-SGD rows keep the paper's 95 % level (securefed.audit.one_run): by its
+    # theorem they could exceed the claim by chance with probability <= 5 % each; the canary
+    # model's bounds sit far below the claim (docs/auditing.md).
+    doc = run_dp_audit(tmp_path, mechanisms=ALL, trials=100_000, confidence=1 - 1e-10)
     for row in doc["mechanisms"]:
         assert row["lower_bound"] <= row["claimed_epsilon"], row
         if row["mechanism"] not in ONE_RUN:  # no replayable sampler (torch floats, lattice)
@@ -35,6 +45,7 @@ def test_shipped_mechanisms_pass_at_their_claim(tmp_path: Path) -> None:
     assert (tmp_path / "dp.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # 300,000 trials per mechanism and two one-run audits (50 s)
 def test_under_noised_mechanisms_are_caught(tmp_path: Path) -> None:
     # 0.4 of the calibrated noise: the true epsilon is about 2.5 times the claim of 1. (At half
     # the noise the Gaussians' bounds sit at 1.0-1.2, within sampling error of the claim: one
@@ -50,7 +61,11 @@ def test_under_noised_mechanisms_are_caught(tmp_path: Path) -> None:
     assert doc["findings"] == list(ONE_RUN), [r["one_run"] for r in doc["mechanisms"]]
 
 
-def test_float_laplace_is_caught_by_replaying_its_arithmetic() -> None:
+def test_float_laplace_is_caught_by_replaying_its_arithmetic(monkeypatch) -> None:
+    # SecureNoise's float Laplace on seeded bytes in place of os.urandom: fixed outputs, so the
+    # fraction below is a fixed number (OpenDP's discrete Laplace cannot be seeded; the check on
+    # it holds for every draw).
+    monkeypatch.setattr(noise_module, "_random_bytes", seeded_bytes(7))
     noise = SecureNoise()
     at_0 = 0.0 + noise.laplace(1.0, (20_000,))
     at_1 = 1.0 + noise.laplace(1.0, (20_000,))

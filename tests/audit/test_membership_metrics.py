@@ -4,6 +4,7 @@ intervals, on scores whose answer is known."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from securefed.audit.models import membership_metrics
 
@@ -12,6 +13,7 @@ def _by(rows):  # noqa: ANN001, ANN202
     return {r["metric"]: r for r in rows}
 
 
+@pytest.mark.slow  # bootstrap intervals of every metric (10 s on the 2-core VM)
 def test_a_perfect_score_is_found_and_a_random_one_is_chance() -> None:
     y = np.array([1] * 200 + [0] * 200)
     rng = np.random.default_rng(0)

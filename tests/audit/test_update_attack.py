@@ -5,6 +5,7 @@ shape (securefed.audit.update_attack)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from securefed.audit.update_attack import alignment_attacks
 
@@ -32,6 +33,7 @@ def _value(results, attack: str, target: str, metric: str) -> dict:
     return hit
 
 
+@pytest.mark.slow  # 15 s on the 2-core VM
 def test_one_sites_update_gives_its_members_away_and_the_aggregate_much_less() -> None:
     results = alignment_attacks(*_federation(signal=True), start="initial")
     plain = _value(results, "update-membership", "plain-update", "auc")

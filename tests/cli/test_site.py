@@ -112,3 +112,46 @@ def test_local_dp_release_collect_and_ledger_by_cli(tmp_path: Path) -> None:
     env.write_bytes(good)
     out = _ok(collect)
     assert "collected 8 case(s) x 6 values from 2 site(s)" in " ".join(out.split())
+
+
+def test_plain_release_has_no_ledger_and_an_empty_inbox_is_a_user_error(tmp_path: Path) -> None:
+    """The quickstart's order: a plain release, then `ledger verify` on the site's folder (no DP
+    charge: exit 0, saying so), then `server collect` (an empty inbox: exit 2, not 3)."""
+    proto = tmp_path / "study.toml"
+    proto.write_bytes((ROOT / "protocols" / "demo.toml").read_bytes())
+    settings = load_protocol(proto).protocol.radiomics.model_dump(mode="json")
+    keys = tmp_path / "keys"
+    for role, pid in (("server", "server"), ("site", "site-1")):
+        _ok(["keys", "new", "--role", role, "--id", pid, "--out", str(keys)])
+    configs = trusted_site_configs(
+        tmp_path / "configs", proto, ["site-1"], keys / "server.pub.json",
+        max_total_epsilon=8.0, min_sites_per_aggregate=2, require_dp_training=False,
+        require_version_pin=False, forbidden_release_modes=(),
+    )  # fmt: skip
+    state = tmp_path / "site-1-state"
+    collect = ["server", "collect", str(proto), "--key", str(keys / "server.key"), "--out",
+               str(tmp_path / "collected"), "--state", str(tmp_path / "server-state"),
+               "--site-key", str(keys / "site-1.pub.json")]  # fmt: skip
+    for inbox in (tmp_path / "absent", tmp_path / "inbox"):
+        empty = runner.invoke(app, [*collect, "--inbox", str(inbox)])
+        assert empty.exit_code == 2, empty.output
+        said = " ".join(empty.output.split())
+        assert "no *.env envelope" in said or "no such inbox folder" in said, said
+        (tmp_path / "inbox").mkdir(exist_ok=True)
+    assert not (tmp_path / "collected").exists()
+    out = _ok(["features", "release", str(proto), "--features",
+               str(_featdir(tmp_path / "feat", 1, settings)), "--key", str(keys / "site-1.key"),
+               "--server-key", str(keys / "server.pub.json"), "--out", str(tmp_path / "inbox"),
+               "--state", str(state), "--site-config", str(configs["site-1"])])  # fmt: skip
+    assert "no DP: plain release" in " ".join(out.split())
+    assert state.is_dir() and not (state / "ledger.jsonl").exists()
+    for command in ("show", "verify"):
+        said = " ".join(_ok(["ledger", command, str(state)]).split())
+        assert said.startswith("no DP charge (plain release):"), said
+    # Not a site's folder at all, or a ledger the server saw and that is gone: still refused.
+    assert runner.invoke(app, ["ledger", "verify", str(tmp_path / "nowhere")]).exit_code == 2
+    assert runner.invoke(app, ["ledger", "show", str(state / "ledger.jsonl")]).exit_code == 2
+    gone = runner.invoke(app, ["ledger", "verify", str(state), "--server-head", "1:sha256:00"])
+    assert gone.exit_code == 3 and "deleted" in gone.output
+    out = _ok([*collect, "--inbox", str(tmp_path / "inbox")])
+    assert "collected 4 case(s)" in " ".join(out.split())

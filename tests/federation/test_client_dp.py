@@ -29,8 +29,8 @@ LAYOUT = {
 def _protocol(folder: Path, *, epsilon: float, clip: float, rounds: int = 1, dp: bool = True):
     text = PROTOCOL.format(rounds=rounds, finetune=1, aggregation="secagg+", min_sites=2,
                            timeout=120)  # fmt: skip
-    table = (f"[training.client_dp]\nenabled = true\nepsilon = {epsilon}\nclip_norm = {clip}\n"
-             if dp else "")  # fmt: skip
+    table = (f"[training.client_dp]\nenabled = true\nepsilon = {epsilon}\nmax_sites = 3\n"
+             f"clip_norm = {clip}\n" if dp else "")  # fmt: skip
     text = text.replace("total_epsilon = 1.0", f"total_epsilon = {epsilon}")
     text = text.replace("[secure_aggregation]", table + "[secure_aggregation]")
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def _sites(folder: Path, proto: Path) -> tuple[list[SiteSettings], Path]:
 
 def _config(loaded, rnd: int, **extra) -> dict:
     return {"protocol-hash": loaded.sha256, "server-round": rnd, "lr": 0.5, "local-steps": 3,
-            "cluster": -1, "seed": 0, "num-sites": 3, **extra}  # fmt: skip
+            "cluster": -1, "seed": 0, **extra}  # fmt: skip
 
 
 def test_client_dp_phase_is_the_noised_mean_of_the_clipped_updates(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_client_dp_phase_is_the_noised_mean_of_the_clipped_updates(tmp_path: Pat
         updates.append(u * (0.05 / np.linalg.norm(u)))
     expected = flatten(start) + np.mean(updates, axis=0)
     got = flatten(result.best_weights)
-    plan = site_plan(loaded.protocol, expected.size, 3)
+    plan = site_plan(loaded.protocol, expected.size)
     # Noise of the mean per value: sqrt(3) shares of sigma_units * gamma over 3 sites; rounding
     # adds at most gamma per site.
     std = plan.sigma_units * plan.gamma * np.sqrt(3) / 3
@@ -95,10 +95,11 @@ def test_a_site_past_its_budget_refuses_before_any_noise(tmp_path: Path, monkeyp
     sites, _ = _sites(tmp_path, proto)
     client = SiteClient(make_task(), sites[0])
     start = client.get_parameters({})
-    plan = site_plan(client.loaded.protocol, flatten(start).size, 3)
+    plan = site_plan(client.loaded.protocol, flatten(start).size)
     assert plan.rounds == 1 + 10  # global + clustering.k (10) clusters x 1 finetuning round
-    for rnd in range(1, plan.rounds + 1):  # every planned round fits
-        client.fit(start, _config(client.loaded, rnd))
+    client.fit(start, _config(client.loaded, 1))  # every planned round fits: the global one,
+    for _ in range(plan.rounds - 1):  # then the planned finetuning rounds (reruns: charged)
+        client.fit(start, _config(client.loaded, 1, cluster=0, lr=0.2))
     drawn: list[float] = []
 
     def record(self, sigma, shape):
@@ -107,7 +108,7 @@ def test_a_site_past_its_budget_refuses_before_any_noise(tmp_path: Path, monkeyp
 
     monkeypatch.setattr("securefed.privacy.noise.SecureNoise.discrete_gaussian", record)
     with pytest.raises(BudgetExceededError):
-        client.fit(start, _config(client.loaded, plan.rounds + 1))
+        client.fit(start, _config(client.loaded, 1, cluster=0, lr=0.2))  # a rerun: charged again
     assert drawn == []  # refused before the noise
     state = read_ledger(Path(sites[0].work_dir) / "ledger.jsonl")
     assert len(state.charges) == plan.rounds and state.spent(1e-6) <= 2.0 + 1e-9
@@ -122,7 +123,7 @@ def test_a_site_without_cases_of_a_cluster_still_sends_noise(tmp_path: Path) -> 
     start = client.get_parameters({})
     (vector,), n, metrics = client.fit(start, _config(client.loaded, 1))
     assert n == 1 and metrics == {}
-    plan = site_plan(client.loaded.protocol, flatten(start).size, 3)
+    plan = site_plan(client.loaded.protocol, flatten(start).size)
     assert vector.shape == (plan.padded_dim,) and vector.dtype == np.float64
     assert np.all(vector == np.rint(vector))
     assert np.all((vector >= -plan.modulus // 2) & (vector < plan.modulus // 2))
@@ -136,7 +137,7 @@ def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
     text = PROTOCOL.format(rounds=3, finetune=0, aggregation="secagg+", min_sites=2, timeout=120)
     text = text.replace("total_epsilon = 1.0", "total_epsilon = 4.0").replace(
         "[secure_aggregation]",
-        "[training.client_dp]\nenabled = true\nepsilon = 4.0\n[secure_aggregation]",
+        "[training.client_dp]\nenabled = true\nepsilon = 4.0\nmax_sites = 3\n[secure_aggregation]",
     )
     proto = tmp_path / "protocol.toml"
     proto.write_text(text)

@@ -44,6 +44,7 @@ def test_loopback_deployment_runs_and_refuses(tmp_path):
     # site-5's own policy allows less than the protocol spends: its launcher must refuse.
     strict = tomllib.loads(configs["site-5"].read_text())
     strict["policy"]["max_total_epsilon"] = 0.5
+    strict["policy"]["allow_plain_stages"] = False  # the study trains without DP: epsilon inf
     configs["site-5"].write_text(tomli_w.dumps(strict))
     layout = {p: [("train", 0)] * 2 + [("val", 0)] for p in (1, 2, 3)}
     local = []

@@ -45,13 +45,21 @@ def _bfv_study(tmp_path: Path) -> tuple[Path, dict[str, Path], dict[str, Path]]:
         sites.append({"id": sid, "partition_id": p, "node_key": fp,
                       "signing_key": keys.public.signing_fingerprint,
                       "encryption_key": keys.public.encryption_fingerprint})  # fmt: skip
+    # A SuperNode runs only a signed 'deployment' protocol: every party pinned by key.
+    server, board = generate_keys("server", "server"), generate_keys("governance", "board")
+    write_keys(server, tmp_path / "server")
+    data["study"]["mode"] = "deployment"
     data["sites"] = sites
-    data.setdefault("governance", {})["approved_apps"] = [app_hash()]
+    data["server"] = {"id": "server", "signing_key": server.public.signing_fingerprint,
+                      "encryption_key": server.public.encryption_fingerprint}  # fmt: skip
+    data["homomorphic"] = {**data.get("homomorphic", {}), "decryptor": "site-1"}
+    governance = data.setdefault("governance", {})
+    governance["approved_apps"] = [app_hash()]
+    governance["signing_key"] = board.public.signing_fingerprint
     proto.write_text(tomli_w.dumps(data))
-    write_keys(generate_keys("server", "server"), tmp_path / "server")
     configs = trusted_site_configs(
         tmp_path / "configs", proto, [f"site-{p}" for p in SITES],
-        tmp_path / "server" / "server.pub.json", max_total_epsilon=1.0,
+        tmp_path / "server" / "server.pub.json", board=board, max_total_epsilon=1.0,
         min_sites_per_aggregate=2, require_dp_training=False, require_version_pin=False,
         forbidden_release_modes=(), required_aggregation="secure",
     )  # fmt: skip

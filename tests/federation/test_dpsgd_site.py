@@ -33,13 +33,14 @@ def _site(tmp_path: Path, *, rounds=2, finetune=1, enabled=True) -> tuple[SiteCl
 
 
 def _config(client: SiteClient, rnd: int, cluster: int = -1) -> dict:
-    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "lr": 0.05,
+    lr = 0.05 if cluster < 0 else 0.02  # the protocol's lr and finetune_lr
+    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "lr": lr,
             "local-steps": 1, "cluster": cluster, "seed": 0}  # fmt: skip
 
 
 def test_plan_fits_every_planned_round() -> None:
     loaded = load_protocol_text(PROTOCOL.format(rounds=30, finetune=10, enabled="true"))
-    plan = dpsgd.plan_dpsgd(loaded.protocol, n_train=5)
+    plan = dpsgd.plan_dpsgd(loaded.protocol)
     assert plan.rounds == 30 + 2 * 10 and plan.steps_per_round == 1
     assert plan.planned_epsilon() <= 3.0
     # The calibration is tight: 2% less noise would overspend.
@@ -77,7 +78,7 @@ def test_dp_rounds_train_and_charge_the_ledger(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert state.committed == set(state.charges)
     assert all(c.stage == "training" for c in state.charges.values())
-    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol)
     assert plan.rounds == 2 + 2 * 1
     # Every planned round charged: composed epsilon stays within dp_sgd.epsilon.
     assert accountant_epsilon(plan.planned_events(), 1e-6, "rdp") <= 3.0
@@ -89,19 +90,19 @@ def test_past_budget_refuses_before_noise(tmp_path: Path) -> None:
     params = client.get_parameters({})
     client.fit(params, _config(client, 1))
     with pytest.raises(BudgetExceededError, match="refused before any noise"):
-        client.fit(params, _config(client, 2))
+        client.fit(params, _config(client, 1))  # a rerun of the round is charged again
     state = read_ledger(work / "ledger.jsonl")
     assert list(state.charges) == ["training/global/round-1"]
     # Directly: the refused round leaves the model untouched and never wraps it in Opacus.
     spec = client.spec
     model = build_model(spec)
     before = get_weights(model)
-    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol)
     ledger = dpsgd.site_ledger(client.loaded, 1, work)
     data = prepare_volumes([dp_case("a"), dp_case("b")], spec)
     with pytest.raises(BudgetExceededError):
         dpsgd.train_dp_round(model, data, spec, plan=plan, ledger=ledger, release_id="x",
-                             steps=1, lr=0.05, seed=0)  # fmt: skip
+                             lr=0.05, seed=0)  # fmt: skip
     assert all(np.array_equal(a, b) for a, b in zip(before, get_weights(model), strict=True))
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
 
@@ -123,13 +124,13 @@ def test_dp_batches_come_from_site_secrets_not_the_servers_seed(
     seed makes them reproducible (privacy-claims issue, finding 4)."""
     client, work = _site(tmp_path)
     spec = client.spec
-    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=3)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol)
     data = prepare_volumes([dp_case(s) for s in "abcdefgh"], spec)
     seen: list[list[list[int]]] = []
     real = dpsgd.dp_batches
 
-    def recording(n, batch, steps, seed, groups=None):  # noqa: ANN001, ANN202
-        out = real(n, batch, steps, seed, groups)
+    def recording(n, batch, steps, seed, groups=None, population=0):  # noqa: ANN001, ANN202
+        out = real(n, batch, steps, seed, groups, population)
         seen.append(out)
         return out
 
@@ -138,13 +139,13 @@ def test_dp_batches_come_from_site_secrets_not_the_servers_seed(
         ledger = dpsgd.site_ledger(client.loaded, 1, work / f"ledger-{i}")
         dpsgd.train_dp_round(
             build_model(spec), data, spec, plan=plan, ledger=ledger, release_id=f"r{i}",
-            steps=1, lr=0.05, seed=0, noise_seed=None if i < 4 else 7,
+            lr=0.05, seed=0, noise_seed=None if i < 4 else 7,
         )  # fmt: skip
     assert len({str(b) for b in seen[:4]}) > 1, "batches followed the server's seed"
     ledger = dpsgd.site_ledger(client.loaded, 1, work / "ledger-again")
     dpsgd.train_dp_round(
         build_model(spec), data, spec, plan=plan, ledger=ledger, release_id="again",
-        steps=1, lr=0.05, seed=123, noise_seed=7,
+        lr=0.05, seed=123, noise_seed=7,
     )  # fmt: skip
     assert seen[4] == seen[5]  # seeded simulation: reproducible, whatever the server's seed
 
@@ -157,10 +158,9 @@ def test_plan_uses_the_tighter_bound() -> None:
 
     text = PROTOCOL.format(rounds=30, finetune=10, enabled="true")
     loaded = load_protocol_text(text)
-    plan = dpsgd.plan_dpsgd(loaded.protocol, n_train=8)
+    plan = dpsgd.plan_dpsgd(loaded.protocol)
     none = dpsgd.plan_dpsgd(
-        load_protocol_text(text.replace("max_grad_norm = 1.0", 'max_grad_norm = 1.0\n'
-                                        'amplification = "none"')).protocol, n_train=8)  # fmt: skip
+        load_protocol_text(text.replace("population = 8", 'amplification = "none"')).protocol)
     assert plan.sampling == "without-replacement" and none.sampling == "none"
     assert plan.noise_multiplier < 0.8 * none.noise_multiplier
     assert isinstance(plan.step_event(), dpa.SampledWithoutReplacementDpEvent)
@@ -185,10 +185,10 @@ def test_poisson_round_with_empty_batches_still_adds_noise(tmp_path: Path) -> No
     text = (
         PROTOCOL.format(rounds=2, finetune=0, enabled="true")
         .replace("total_delta = 1e-5", 'total_delta = 1e-5\nneighbouring = "add-remove-one"')
-        .replace("max_grad_norm = 1.0", "max_grad_norm = 1.0\nsampling_rate = 0.001")
+        .replace("population = 8", "sampling_rate = 0.001")
     )
     loaded = load_protocol_text(text)
-    plan = dpsgd.plan_dpsgd(loaded.protocol, n_train=3)
+    plan = dpsgd.plan_dpsgd(loaded.protocol)
     assert plan.sampling == "poisson"
     spec = loaded.protocol.training
     model = build_model(spec)
@@ -196,7 +196,7 @@ def test_poisson_round_with_empty_batches_still_adds_noise(tmp_path: Path) -> No
     ledger = dpsgd.site_ledger(loaded, 1, tmp_path)
     data = prepare_volumes([dp_case("a"), dp_case("b"), dp_case("c")], spec)
     out = dpsgd.train_dp_round(model, data, spec, plan=plan, ledger=ledger, release_id="r1",
-                               steps=1, lr=0.05, seed=0)  # fmt: skip
+                               lr=0.05, seed=0)  # fmt: skip
     assert out["steps"] == 0  # nobody sampled at q = 0.001 (probability 0.997)
     assert any(not np.allclose(a, b) for a, b in zip(before, get_weights(model), strict=True))
     assert list(read_ledger(tmp_path / "ledger.jsonl").committed) == ["r1"]
@@ -208,11 +208,11 @@ def test_finetuning_rounds_are_charged_unamplified(tmp_path: Path) -> None:
     sampled event."""
     client, work = _site(tmp_path)
     data = prepare_volumes([dp_case(s) for s in "abcdefgh"], client.spec)
-    plan = dpsgd.plan_dpsgd(client.loaded.protocol, n_train=8)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol)
     ledger = dpsgd.site_ledger(client.loaded, 1, work)
     for rid, finetuning in (("g", False), ("c", True)):
         dpsgd.train_dp_round(build_model(client.spec), data, client.spec, plan=plan,
-                             ledger=ledger, release_id=rid, steps=1, lr=0.05,
+                             ledger=ledger, release_id=rid, lr=0.05,
                              finetuning=finetuning)  # fmt: skip
     charges = read_ledger(work / "ledger.jsonl").charges
     assert type(charges["g"].event.event).__name__ == "SampledWithoutReplacementDpEvent"

@@ -21,7 +21,7 @@ from flwr.common import (
     Status,
     ndarrays_to_parameters,
 )
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 
 from securefed.federation.guard import (
@@ -59,9 +59,22 @@ def _evaluate(n: int, metrics: dict) -> tuple[Message, Message]:
     return request, Message(compat.evaluateres_to_recorddict(res), reply_to=request)
 
 
+def _masked(pair: tuple[Message, Message]) -> tuple[Message, Message]:
+    """The reply as Flower's secaggplus_mod sends it at the masked-vector stage: the fit
+    records with their arrays cleared, plus the masked vector in the SecAgg+ record."""
+    from flwr.app import ConfigRecord
+
+    request, reply = pair
+    for arrays in reply.content.array_records.values():
+        arrays.clear()
+    reply.content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({Key.MASKED_PARAMETERS: [b"x"]})
+    return request, reply
+
+
 def test_declared_replies_pass() -> None:
-    assert check_reply(*_fit(n=3, metrics={"loss": 0.5}), PLAIN, secagg=True) == []
-    assert check_reply(*_fit(n=1), DP, secagg=True) == []
+    assert check_reply(*_fit(n=3, metrics={"loss": 0.5}), PLAIN, secagg=False) == []
+    assert check_reply(*_masked(_fit(n=3, metrics={"loss": 0.5})), PLAIN, secagg=True) == []
+    assert check_reply(*_masked(_fit(n=1)), DP, secagg=True) == []
     plain_eval = {"partition-id": 1, "num_val": 2.0, "dice_tc": 0.5, "dice_wt": 0.5,
                   "dice_et": 0.5, "dice_mean": 0.5}  # fmt: skip
     assert check_reply(*_evaluate(2, plain_eval), PLAIN, secagg=True) == []
@@ -87,8 +100,21 @@ def test_declared_replies_pass() -> None:
     ],
 )  # fmt: skip
 def test_undeclared_content_is_named(reply, egress, needle) -> None:  # noqa: ANN001
-    problems = check_reply(*reply, egress, secagg=True)
+    problems = check_reply(*reply, egress, secagg=False)
     assert any(needle in p for p in problems), problems
+
+
+def test_a_clear_train_reply_is_refused_under_secagg() -> None:
+    """Hostile coordinator, item 1 of the review: a plain train message under a secagg+
+    protocol used to return the site's weights in clear; now only SecAgg+ stages pass."""
+    problems = check_reply(*_fit(n=1), DP, secagg=True)
+    assert problems and "clear train reply" in problems[0]
+    request, reply = _masked(_fit(n=1))
+    reply.content.array_records["fitres.parameters"] = _fit(n=1)[1].content.array_records[
+        "fitres.parameters"
+    ]
+    assert any("beside the masked vector" in p for p in check_reply(request, reply, DP,
+                                                                    secagg=True))  # fmt: skip
 
 
 def test_secagg_messages_only_under_secagg_and_unknown_types_refused() -> None:
@@ -111,11 +137,12 @@ def test_secagg_messages_only_under_secagg_and_unknown_types_refused() -> None:
 
 def test_the_mod_replaces_a_refused_reply_by_an_error_and_records_it() -> None:
     refused: list[str] = []
-    guard = make_egress_guard(lambda ctxt: GuardPolicy(DP, True, refused.append))
+    guard = make_egress_guard(lambda ctxt: GuardPolicy(DP, False, refused.append))
     request, reply = _fit(n=5)
     out = guard(request, None, lambda m, c: reply)  # type: ignore[arg-type]
     assert out.has_error() and out.error.code == GUARD_ERROR_CODE
-    assert "FedAvg weight 5" in str(out.error.reason) and refused == [MessageType.TRAIN]
+    # The reply carries a fixed reason, never the detail (it would quote the count 5).
+    assert out.error.reason == "egress-refused" and refused == [MessageType.TRAIN]
     request, good = _fit(n=1)
     assert guard(request, None, lambda m, c: good) is good  # type: ignore[arg-type]
 

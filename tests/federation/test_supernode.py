@@ -99,6 +99,29 @@ def test_a_protocol_without_approved_apps_is_refused(tmp_path: Path) -> None:
     assert code == 3 and "approved_apps is empty" in out
 
 
+@needs_openssl
+def test_simulation_and_unsigned_protocols_are_refused_before_starting(tmp_path: Path) -> None:
+    """Issue 28, item 9: whoever hands a site an unsigned simulation-mode protocol chose the
+    approved app bundles. `site supernode` refuses it (exit 3, naming the field) even when the
+    site's policy allows unsigned simulations, and refuses a signed simulation-mode protocol
+    too; nothing is started or written."""
+    proto, configs, keys = study(tmp_path, n_sites=3, mode="simulation")
+    ca, _, _ = make_tls(tmp_path / "tls")
+    s = {"proto": proto, "config": configs["site-1"], "key": keys["site-1"], "ca": ca,
+         "tmp": tmp_path}  # fmt: skip
+    code, out = _run(*_supernode(s))  # signed by the trusted board, but a simulation
+    assert code == 3 and "study.mode is 'simulation'" in out, out
+    # Unsigned, and the site's policy allows unsigned simulations (as `site verify` accepts).
+    proto.with_name(proto.name + ".sig").unlink()
+    config = tomllib.loads(configs["site-1"].read_text())
+    config["policy"]["allow_unsigned_simulation"] = True
+    configs["site-1"].write_text(tomli_w.dumps(config))
+    assert _run("site", "verify", str(proto), "--site-config", str(configs["site-1"]))[0] == 0
+    code, out = _run(*_supernode(s))
+    assert code == 3 and "unsigned" in out and "allow_unsigned_simulation" in out, out
+    assert not (tmp_path / "w").exists()  # nothing started, nothing written
+
+
 def test_node_key_command_and_its_fingerprint(tmp_path: Path) -> None:
     code, out = _run("site", "node-key", "--out", str(tmp_path / "k"))
     assert code == 0, out

@@ -57,7 +57,7 @@ def test_dpsgd_plan_agrees_with_opacus_rdp_accountant() -> None:
                      "dp_sgd": {"enabled": True, "epsilon": 4.0, "delta": 1e-6,
                                 "max_grad_norm": 1.0, "amplification": "none"}},
     })  # fmt: skip
-    plan = dpsgd.plan_dpsgd(proto, n_train=6)
+    plan = dpsgd.plan_dpsgd(proto)
     steps = plan.rounds * plan.steps_per_round
     opacus = RDPAccountant()
     opacus.history = [(plan.noise_multiplier / 2.0, 1.0, steps)]
@@ -87,7 +87,7 @@ def test_poisson_dpsgd_plan_agrees_with_opacus_rdp_accountant() -> None:
                      "dp_sgd": {"enabled": True, "epsilon": 4.0, "delta": 1e-6,
                                 "max_grad_norm": 1.0, "sampling_rate": 0.25}},
     })  # fmt: skip
-    plan = dpsgd.plan_dpsgd(proto, n_train=8)
+    plan = dpsgd.plan_dpsgd(proto)
     assert plan.sampling == "poisson" and plan.sampling_rate == 0.25
     opacus = RDPAccountant()
     opacus.history = [(plan.noise_multiplier, 0.25, plan.rounds * plan.steps_per_round)]

@@ -18,7 +18,7 @@ DEMO = Path(__file__).resolve().parents[2] / "protocols" / "demo.toml"
 
 def _data(**client_dp) -> dict:
     data = tomllib.loads(DEMO.read_text())
-    data["training"]["client_dp"] = {"enabled": True, "epsilon": 4.0, **client_dp}
+    data["training"]["client_dp"] = {"enabled": True, "epsilon": 4.0, "max_sites": 6, **client_dp}
     return data
 
 
@@ -60,3 +60,14 @@ def test_client_dp_modulus_and_collusion_limits() -> None:
         parse_protocol(_data(max_colluding_sites=2))
     with pytest.raises(ProtocolError, match="clip_norm"):
         parse_protocol(_data(clip_norm=float("inf")))
+
+
+def test_the_most_sites_of_an_aggregate_comes_from_the_protocol() -> None:
+    """Hostile coordinator, item 10: ``num-sites`` used to come from the server's message, so
+    different values to different sites shrank an honest partner's noise share. Every party now
+    reads it from the protocol: declared, or the listed sites."""
+    data = _data()
+    del data["training"]["client_dp"]["max_sites"]
+    with pytest.raises(ProtocolError, match="client_dp.max_sites"):
+        parse_protocol(data)
+    assert parse_protocol(_data(max_sites=9)).client_dp_max_sites() == 9

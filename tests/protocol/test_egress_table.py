@@ -39,7 +39,7 @@ def _protocol(
             data["release"].update(mechanism="gaussian", epsilon=2.0, delta=1e-6)
         data["clustering"]["scaling"] = "declared-bounds"
     if dp_sgd == "client-dp":
-        data["training"]["client_dp"] = {"enabled": True, "epsilon": 2.0}
+        data["training"]["client_dp"] = {"enabled": True, "epsilon": 2.0, "max_sites": 6}
     elif dp_sgd:
         data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 2.0}
         data["training"]["baselines"] = ["local", "fedavg"]

@@ -4,14 +4,13 @@ on every page, and the HTML rendered in headless Chromium (Debian's chromium) wi
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tomli_w
+from support.browser import inked_rows, needs_chromium, render
 from support.site import COLUMNS
 from typer.testing import CliRunner
 
@@ -88,21 +87,14 @@ def test_cli_formats_and_out_file(tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
+@pytest.mark.slow  # headless Chromium twice for each of a dozen protocols (34 s)
+@needs_chromium
 def test_html_renders_in_chromium_for_every_protocol(protocols: list[Path], tmp_path: Path) -> None:
-    from PIL import Image
-
     for path in protocols:
         page = tmp_path / f"{path.stem}.html"
         page.write_text(render_board(load_protocol(path), "html"))
-        shot = tmp_path / f"{path.stem}.png"
-        base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu"]
-        subprocess.run([*base, "--window-size=1200,3200", f"--screenshot={shot}",
-                        page.as_uri()], check=True, capture_output=True, timeout=120)  # fmt: skip
-        dom = subprocess.run([*base, "--dump-dom", page.as_uri()], check=True,
-                             capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+        dom, image = render(page, tmp_path / f"{path.stem}.png", height=3200)
         for section in board_document(load_protocol(path)).sections:
             assert f'<section id="{section.id}">' in dom, (path.name, section.id)
-        image = np.asarray(Image.open(shot).convert("L"))
-        inked = np.flatnonzero((image < 200).any(axis=1))
+        inked = inked_rows(image)
         assert len(inked) > 500 and inked.max() > 1500, path.name  # text all the way down

@@ -3,6 +3,7 @@ refusal at collection (tampering, wrong protocol, replay, foreign partition)."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -145,6 +146,41 @@ def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
         )
     assert not list((tmp_path / "o2").glob("*.env"))
     assert len(read_ledger(tmp_path / "st" / "ledger.jsonl").entries) >= 1
+
+
+def test_a_budget_refused_release_leaves_a_signed_head(tmp_path: Path) -> None:
+    """Issue 28, item 8: a release refused past the budget left the site's audit log ending in
+    `budget-refused` without a signed head, so an honest site failed `audit verify`. The
+    refusal now closes the log with the site's signed head: it verifies against the site's key
+    and its ledger, and records the refusal."""
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+
+    demo = load_protocol(DEMO)
+    settings = demo.protocol.radiomics.model_dump(mode="json")
+    ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
+    sha = write_bounds(derive_bounds(ref, COLUMNS, source="test reference"), tmp_path / "b.json")
+    proto = make_protocol(
+        tmp_path, mode="local-dp", mechanism="laplace", epsilon=5.0, delta=0.0,
+        bounds={"file": "b.json", "sha256": sha}, projection="random", dimension=4,
+    )  # fmt: skip
+    keys = keys_for(tmp_path)
+    loaded = load_protocol(proto)
+    featdir = make_featdir(tmp_path, settings)
+    state = tmp_path / "st"
+    release_site_features(featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o1",
+                          state)  # fmt: skip
+    with pytest.raises(BudgetExceededError):  # 5 + 5 > 8: refused before any noise
+        release_site_features(featdir, loaded, keys["site-1"], keys["server_pub"],
+                              tmp_path / "o2", state)  # fmt: skip
+    log = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log[-2:]] == ["budget-refused", "head"]
+    res = CliRunner().invoke(app, ["audit", "verify", str(state), "--ledger", str(state),
+                                   "--protocol", str(proto), "--key",
+                                   str(tmp_path / "keys" / "site-1.pub.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "budget-refused 1" in res.output
 
 
 def test_tampered_envelope_refuses_collection_and_writes_nothing(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.browser import needs_chromium, render
 from typer.testing import CliRunner
 
 from securefed.cli import app
@@ -18,19 +18,11 @@ SECTIONS = ("egress", "features", "models", "dp", "findings")
 
 
 def _chromium(page: Path, tmp: Path) -> tuple[str, np.ndarray]:
-    from PIL import Image
-
-    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu"]
-    shot = tmp / "audit.png"
-    subprocess.run([*base, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], check=True, capture_output=True,
-                         text=True, timeout=120).stdout  # fmt: skip
-    return dom, np.asarray(Image.open(shot).convert("L"))
+    return render(page, tmp / "audit.png", height=3000)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
+@needs_chromium
 def test_report_gathers_every_audit_and_renders(plain_rundir: Path, tiny_federation: Path,
                                                 tmp_path: Path) -> None:  # fmt: skip
     run = CliRunner().invoke

@@ -69,7 +69,7 @@ def test_the_key_follows_what_the_global_phase_depends_on(tmp_path: Path) -> Non
 
 
 def test_dp_training_is_never_shared(tmp_path: Path) -> None:
-    dp = "[training.client_dp]\nenabled = true\nepsilon = 1.0\n"
+    dp = "[training.client_dp]\nenabled = true\nepsilon = 1.0\nmax_sites = 3\n"
     loaded, asg, sites = _study(tmp_path / "dp")
     text = (tmp_path / "dp" / "protocol.toml").read_text()
     (tmp_path / "dp" / "protocol.toml").write_text(

@@ -124,25 +124,41 @@ def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
 
 
 def study(
-    tmp_path: Path, n_sites: int = 4, approve_app: bool = True, rounds: int = 1
+    tmp_path: Path,
+    n_sites: int = 4,
+    approve_app: bool = True,
+    rounds: int = 1,
+    mode: str = "deployment",
 ) -> tuple[Path, dict[str, Path], dict[str, Path]]:
-    """A signed protocol listing ``n_sites`` sites with their node keys and the installed app's
-    hash approved; one site configuration per site trusting the board. Returns the protocol, the
-    site configs and the node keys."""
+    """A signed protocol (``mode``: a SuperNode runs only 'deployment') listing ``n_sites`` sites
+    with their keys (site and server keys in ``tmp_path/keys``) and node keys, the installed
+    app's hash approved; one site configuration per site trusting the board that signed it.
+    Returns the protocol, the site configs and the node keys."""
     proto = write_protocol(tmp_path, aggregation="secagg+", rounds=rounds, timeout=150)
     data = tomllib.loads(proto.read_text())
+    server, board = generate_keys("server", "server"), generate_keys("governance", "board")
+    write_keys(server, tmp_path / "keys")
     node_keys, sites = {}, []
     for p in range(1, n_sites + 1):
-        key, _, fp = new_node_key(tmp_path / "nodes" / f"site-{p}")
-        node_keys[f"site-{p}"] = key
-        sites.append({"id": f"site-{p}", "partition_id": p, "node_key": fp})
+        sid = f"site-{p}"
+        key, _, fp = new_node_key(tmp_path / "nodes" / sid)
+        node_keys[sid] = key
+        site = generate_keys("site", sid)
+        write_keys(site, tmp_path / "keys")
+        sites.append({"id": sid, "partition_id": p, "node_key": fp,
+                      "signing_key": site.public.signing_fingerprint,
+                      "encryption_key": site.public.encryption_fingerprint})  # fmt: skip
+    data["study"]["mode"] = mode
     data["sites"] = sites
-    data.setdefault("governance", {})["approved_apps"] = [app_hash()] if approve_app else []
+    data["server"] = {"id": "server", "signing_key": server.public.signing_fingerprint,
+                      "encryption_key": server.public.encryption_fingerprint}  # fmt: skip
+    governance = data.setdefault("governance", {})
+    governance["approved_apps"] = [app_hash()] if approve_app else []
+    governance["signing_key"] = board.public.signing_fingerprint
     proto.write_text(tomli_w.dumps(data))
-    write_keys(generate_keys("server", "server"), tmp_path / "keys")
     configs = trusted_site_configs(
         tmp_path / "configs", proto, list(node_keys), tmp_path / "keys" / "server.pub.json",
-        max_total_epsilon=1.0, min_sites_per_aggregate=2, require_dp_training=False,
+        board=board, max_total_epsilon=1.0, min_sites_per_aggregate=2, require_dp_training=False,
         require_version_pin=False, forbidden_release_modes=(),
     )  # fmt: skip
     return proto, configs, node_keys

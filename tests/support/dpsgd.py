@@ -37,6 +37,7 @@ enabled = {enabled}
 epsilon = 3.0
 delta = 1e-6
 max_grad_norm = 1.0
+population = 8
 [evaluation]
 roi_size = [16, 16, 16]
 """

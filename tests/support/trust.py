@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from securefed.crypto import (
+    PrivateKeys,
     add_signature,
     generate_keys,
     load_public_keys,
@@ -23,11 +24,19 @@ from securefed.trust import (
 
 
 def trusted_site_configs(
-    folder: Path, protocol: Path, site_ids: list[str], server_pub: Path, **policy: Any
+    folder: Path,
+    protocol: Path,
+    site_ids: list[str],
+    server_pub: Path,
+    board: PrivateKeys | None = None,
+    **policy: Any,
 ) -> dict[str, Path]:
-    """Sign ``protocol`` with a fresh governance key and write one config per site trusting it,
-    allowing the server key of ``server_pub`` and the ``policy`` overrides."""
-    board = generate_keys("governance", "board")
+    """Sign ``protocol`` with ``board`` (default: a fresh governance key) and write one config
+    per site trusting it, allowing the server key of ``server_pub`` and the ``policy``
+    overrides. The tests' small protocols train without DP and unpaced, so their sites allow
+    stages without DP (``allow_plain_stages``) unless a test says otherwise."""
+    board = board or generate_keys("governance", "board")
+    policy = {"allow_plain_stages": True} | policy
     add_signature(sign_protocol_hash(load_protocol(protocol).sha256, board),
                   signature_path(protocol))  # fmt: skip
     server = load_public_keys(server_pub)

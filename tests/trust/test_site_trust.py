@@ -41,7 +41,7 @@ SERVER = generate_keys("server", "server")
 def _protocol(tmp: Path, **changes: str) -> Path:
     values = {
         "mode": "simulation", "total_epsilon": "1.0", "aggregation": "secagg+",
-        "min_sites": "3", "dp": "true", "version": f'"{__version__}"',
+        "min_sites": "3", "dp": "true", "version": f'"{__version__}"', "dp_eps": "1.0",
     } | changes  # fmt: skip
     text = f"""schema_version = 1
 # the study protocol under review
@@ -62,9 +62,11 @@ mode = "plain"
 aggregation = "{values["aggregation"]}"
 min_sites_per_aggregate = {values["min_sites"]}
 baselines = ["local", "fedavg"]
+local_steps = 5
 [training.dp_sgd]
 enabled = {values["dp"]}
-epsilon = 1.0
+amplification = "none"
+epsilon = {values["dp_eps"]}
 [secure_aggregation]
 num_shares = 3
 reconstruction_threshold = 2
@@ -90,8 +92,11 @@ def _init(tmp: Path, *trusted: str, threshold: int = 1, policy: dict | None = No
         args += ["--trust", str(tmp / "keys" / f"{name}.pub.json")]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
+    # This site allows plain features and stages without DP (the protocols here release plain
+    # features and leave reply timing unpaced); its max_total_epsilon bounds the DP stages.
     text = out.read_text().replace('forbidden_release_modes = ["plain"]',
                                    "forbidden_release_modes = []")  # fmt: skip
+    text = text.replace("allow_plain_stages = false", "allow_plain_stages = true")
     for key, value in (policy or {}).items():
         lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
         text = "\n".join(lines).replace("[policy]", f"[policy]\n{key} = {value}") + "\n"
@@ -113,7 +118,8 @@ def test_init_writes_the_strictest_policy_and_it_parses(tmp_path: Path) -> None:
     policy = config.policy
     assert policy.forbidden_release_modes == ("plain",) and policy.require_dp_training
     assert policy.allowed_recipient_keys == () and not policy.allow_unsigned_simulation
-    assert "# Largest privacy.total_epsilon" in out.read_text()  # every field documented
+    assert not policy.allow_plain_stages
+    assert "# Largest effective epsilon" in out.read_text()  # every field documented
     again = runner.invoke(app, ["site", "init", "--site-id", "site-1", "--out", str(out),
                                 "--trust", str(tmp_path / "keys" / "board.pub.json")])  # fmt: skip
     assert again.exit_code == 2 and "refusing to overwrite" in _flat(again.output)
@@ -205,7 +211,7 @@ def test_version_pin_and_policy(tmp_path: Path) -> None:
     for changes, needle in [
         ({"version": '"0.0.1"'}, "approved for securefed 0.0.1"),
         ({"version": "none"}, "requires a version pin"),
-        ({"total_epsilon": "inf"}, "exceeds the policy's max_total_epsilon"),
+        ({"total_epsilon": "3.0", "dp_eps": "2.0"}, "DP stage(s) training 2: effective epsilon 2"),
         ({"aggregation": "fedavg", "min_sites": "3"}, "the policy requires 'secagg+'"),
         ({"min_sites": "2"}, "below the policy's 3"),
         ({"dp": "false"}, "requires DP training"),
@@ -291,3 +297,77 @@ def test_a_protocol_that_would_reset_the_budget_is_refused(tmp_path: Path) -> No
     amended = load_protocol(fresh)
     ledger = Ledger.for_protocol(state, amended, "site-1")
     assert ledger.spent() > 0 and budget_for(amended).total_epsilon == 1.0
+
+
+def test_the_policy_bounds_each_stages_effective_epsilon_not_the_declared_total(
+    tmp_path: Path,
+) -> None:
+    """Issue 28, item 11: a site with max_total_epsilon = 8 (plain not forbidden) accepted the
+    plain demo protocol because it declares 8, though its feature release and its training are
+    not DP (epsilon inf). The policy now bounds every stage's effective epsilon
+    (securefed.protocol.egress.stage_epsilons) and names the stage that breaks it; stages
+    without DP pass only when the policy allows them explicitly (allow_plain_stages)."""
+    from securefed.protocol.egress import stage_epsilons
+    from securefed.trust import SitePolicy, epsilon_violations
+
+    root = Path(__file__).resolve().parents[2] / "protocols"
+    demo = load_protocol(root / "demo.toml")
+    assert demo.protocol.privacy.total_epsilon == 8.0
+    lax = {"forbidden_release_modes": (), "require_dp_training": False,
+           "required_aggregation": "any", "min_sites_per_aggregate": 1,
+           "require_version_pin": False}  # fmt: skip
+    problems = policy_violations(demo, SitePolicy(max_total_epsilon=8.0, **lax))
+    assert any(p.startswith("stage features: effective epsilon inf") for p in problems)
+    assert any(p.startswith("stage training: effective epsilon inf") and "model weights" in p
+               for p in problems)  # fmt: skip
+    assert all("allow_plain_stages" in p for p in problems)
+    # Allowed explicitly, or by an unbounded policy: accepted.
+    allowed = SitePolicy(max_total_epsilon=8.0, allow_plain_stages=True, **lax)
+    assert epsilon_violations(demo.protocol, allowed) == []
+    assert epsilon_violations(demo.protocol, SitePolicy(max_total_epsilon=float("inf"))) == []
+    # DP features (local-dp, epsilon 4) but training without DP: the training stage breaks it.
+    local = load_protocol(root / "demo-local-dp.toml").protocol
+    by_stage = {s.stage: s for s in stage_epsilons(local)}
+    assert by_stage["features"].epsilon == 4.0 and by_stage["training"].epsilon == float("inf")
+    problems = epsilon_violations(local, SitePolicy(max_total_epsilon=8.0, **lax))
+    assert len(problems) == 1 and problems[0].startswith("stage training: effective epsilon inf")
+    # With stages without DP allowed, the DP stages still count: 4 > 3.
+    problems = epsilon_violations(local, SitePolicy(max_total_epsilon=3.0,
+                                                    allow_plain_stages=True, **lax))  # fmt: skip
+    assert problems == ["DP stage(s) features 4: effective epsilon 4 exceeds the policy's "
+                        "max_total_epsilon 3"]  # fmt: skip
+    # Through `site verify`: exit 3 naming the stage.
+    keys = _keys(tmp_path, "board")
+    config = _init(tmp_path, "board", policy={"allow_plain_stages": "false"})
+    protocol = _protocol(tmp_path)  # plain features, DP-SGD 1 (total 1): features break it
+    _sign(protocol, keys["board"])
+    res = _verify(protocol, config)
+    assert res.exit_code == 3 and "stage features: effective epsilon inf" in _flat(res.output)
+
+
+def test_the_demo_sites_accept_every_shipped_protocol_with_plain_stages_allowed_explicitly(
+    tmp_path: Path,
+) -> None:
+    """`securefed demo` and the study runner play the board: each simulated site gets the policy
+    of securefed.study.governance.board_policy. After issue 28 (item 11) that policy must still
+    accept every shipped protocol, through an explicit allow_plain_stages where a stage is not
+    DP (plain features, training without DP, unpaced replies), never through the declared
+    total: without it the plain demo is refused, naming both stages."""
+    from securefed.protocol.shipped import shipped_protocols
+    from securefed.study.governance import board_policy
+    from securefed.trust import SiteConfig, SiteIdentity, TrustSpec, write_site_config
+
+    key = SERVER.public.encryption_fingerprint
+    for name, path in shipped_protocols().items():
+        loaded = load_protocol(path)
+        config = SiteConfig(site=SiteIdentity(id="site-1"),
+                            trust=TrustSpec(governance_keys=("sha256:" + "0" * 64,)),
+                            policy=board_policy(loaded, key))  # fmt: skip
+        written = load_site_config(write_site_config(config, tmp_path / f"{name}.toml"))
+        assert written == config, name
+        assert policy_violations(loaded, written.policy) == [], name
+    demo = load_protocol(shipped_protocols()["demo"])
+    policy = board_policy(demo, key)
+    assert policy.allow_plain_stages and policy.max_total_epsilon == 8.0
+    refused = policy_violations(demo, policy.model_copy(update={"allow_plain_stages": False}))
+    assert [p.split(":")[0] for p in refused] == ["stage features", "stage training"]

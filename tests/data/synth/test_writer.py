@@ -96,6 +96,7 @@ def test_reader_loads_it_back(tiny_root: Path) -> None:
     assert float(truth["et_ml"]) == pytest.approx((vol.label == 4).sum() * voxel_ml, abs=1e-3)
 
 
+@pytest.mark.slow  # two worker processes (13 s on the 2-core VM)
 def test_refuses_non_empty_out_and_force_replaces(tmp_path: Path, tiny_root: Path) -> None:
     out = tmp_path / "fed"
     out.mkdir()
@@ -110,7 +111,7 @@ def test_refuses_non_empty_out_and_force_replaces(tmp_path: Path, tiny_root: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["fed"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: 13 s
 def test_interrupted_run_leaves_nothing(tmp_path: Path, workers: int) -> None:
     out = tmp_path / "fed"
     calls: list[str] = []

@@ -1,0 +1,273 @@
+"""The site's rules for the coordinator's messages: the site obeys its own accepted protocol, never
+a value in the coordinator's message.
+
+Three client mods and one check, each refusing before any data is touched:
+
+- :func:`check_round_config`: a train or evaluate message carries coordinates (protocol hash,
+  phase, cluster, round); every other value it carries (learning rate, local epochs and steps,
+  seed) must equal what the site's protocol implies for that phase, else the message is refused
+  (:class:`~securefed.errors.InstructionRefusedError`). The site then uses its own values.
+- :func:`make_secaggplus_site_mod`: under ``training.aggregation = "secagg+"`` a train message
+  must run Flower's SecAgg+ (a clear train request is refused before training, and the egress
+  guard refuses a clear train reply); the SecAgg+ setup must carry the protocol's shares,
+  threshold, clipping, quantisation and modulus ranges and at least ``min_sites_per_aggregate``
+  sampled sites; the neighbour set must hold the site itself and at least
+  ``min_sites_per_aggregate`` distinct keys; an unmask request must list the site as active,
+  keep its active and dead lists disjoint and within the neighbour set, and may come once. Under
+  any other aggregation a SecAgg+ message is refused.
+- :func:`make_error_code_mod`: whatever fails inside the site leaves as an error reply with a
+  code of the closed list :class:`ReplyCode` and a fixed reason (its name), never exception
+  text; the detail stays in the site's audit log.
+
+What leaves a site here: only the code of a refusal (one of six values).
+Tests: ``tests/adversary/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from typing import Any
+
+from flwr.app import Context, Error, Message
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import ConfigRecord
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from securefed.errors import (
+    BudgetExceededError,
+    InstructionRefusedError,
+    ProtocolSignatureError,
+    SiteTrustError,
+    WrongProtocolError,
+)
+from securefed.protocol import Protocol
+
+__all__ = [
+    "ReplyCode",
+    "code_for",
+    "check_round_config",
+    "secaggplus_expected",
+    "make_error_code_mod",
+    "make_secaggplus_site_mod",
+]
+
+log = logging.getLogger("securefed.site_rules")
+
+_MOD_RANGE = 2**32  # Flower's SecAgg+ modulus (SecAggPlusWorkflow's default, never changed here)
+_STATE = "securefed.secaggplus"
+
+
+class ReplyCode(IntEnum):
+    """The closed list of error codes a site answers with (reason: the lower-case name)."""
+
+    EGRESS_REFUSED = 4730  # the egress guard refused the reply (securefed.federation.guard)
+    WRONG_PROTOCOL = 4731  # the message names another protocol than the site accepted
+    INSTRUCTION_REFUSED = 4732  # a value in the message disagrees with the site's protocol
+    BUDGET_EXHAUSTED = 4733  # the site's ledger cannot pay this round
+    TRUST_REFUSED = 4734  # the site's trust or policy refuses its protocol copy
+    SITE_FAILURE = 4735  # anything else (the detail stays in the site's log)
+
+    @property
+    def reason(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+def code_for(exc: BaseException) -> ReplyCode:
+    """The reply code of an exception raised while answering a message."""
+    if isinstance(exc, WrongProtocolError):
+        return ReplyCode.WRONG_PROTOCOL
+    if isinstance(exc, InstructionRefusedError):
+        return ReplyCode.INSTRUCTION_REFUSED
+    if isinstance(exc, BudgetExceededError):
+        return ReplyCode.BUDGET_EXHAUSTED
+    if isinstance(exc, SiteTrustError | ProtocolSignatureError):
+        return ReplyCode.TRUST_REFUSED
+    return ReplyCode.SITE_FAILURE
+
+
+def coded_error(msg: Message, code: ReplyCode) -> Message:
+    """The error reply of ``code`` to ``msg``: a fixed reason, nothing about the cause."""
+    return Message(Error(int(code), code.reason), reply_to=msg)
+
+
+def make_error_code_mod(on_error: Callable[[Context, Message, ReplyCode, str], None]) -> Mod:
+    """A mod that turns every failure inside it into an error reply of the closed list.
+    ``on_error(context, request, code, detail)`` records the detail at the site (audit log)."""
+    known = {int(c): c for c in ReplyCode}
+
+    def error_code_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        try:
+            reply = call_next(msg, ctxt)
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a code
+            code = code_for(exc)
+            detail = f"{type(exc).__name__}: {exc}"
+            log.error("site refused or failed a %s message: %s", msg.metadata.message_type, detail)
+            on_error(ctxt, msg, code, detail)
+            return coded_error(msg, code)
+        if not reply.has_error():
+            return reply
+        got = known.get(int(reply.error.code))
+        if got is not None and reply.error.reason == got.reason:
+            return reply
+        detail = f"error {reply.error.code}: {reply.error.reason}"
+        on_error(ctxt, msg, ReplyCode.SITE_FAILURE, detail)
+        return coded_error(msg, ReplyCode.SITE_FAILURE)
+
+    return error_code_mod
+
+
+def _refuse(what: str) -> InstructionRefusedError:
+    return InstructionRefusedError(f"the coordinator's message: {what}; refusing")
+
+
+def _int(config: Mapping[str, Any], key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _refuse(f"{key} is {value!r}, not an integer")
+    return int(value)
+
+
+def check_round_config(protocol: Protocol, sha256: str, config: Mapping[str, Any]) -> int:
+    """Check a train/evaluate config against the site's protocol; returns the cluster (-1:
+    global). The coordinates (round, cluster) must lie in the protocol's plan; every other value
+    the message carries must equal the protocol's for that phase."""
+    from securefed.training.dpsgd import max_clusters
+
+    if str(config.get("protocol-hash", "")) != sha256:
+        raise WrongProtocolError(
+            f"the coordinator runs protocol {config.get('protocol-hash') or '(none)'}, this site "
+            f"accepted {sha256}; refusing"
+        )
+    t = protocol.training
+    cluster = _int(config, "cluster") if "cluster" in config else -1
+    if not (cluster == -1 or 0 <= cluster < max_clusters(protocol)):
+        raise _refuse(f"cluster {cluster} outside the protocol's clusters")
+    rounds = t.global_rounds if cluster < 0 else t.finetune_rounds
+    if "server-round" in config:
+        rnd = _int(config, "server-round")
+        if not 0 <= rnd <= rounds:
+            raise _refuse(f"round {rnd} outside the phase's {rounds} rounds")
+    expected: dict[str, Any] = {
+        "lr": float(t.lr if cluster < 0 else t.finetune_lr),
+        "local-epochs": int(t.local_epochs),
+        "local-steps": int(t.local_steps or 0),
+        "seed": int(t.seed),
+        "phase": "global" if cluster < 0 else "cluster",
+    }
+    for key, want in expected.items():
+        if key not in config:
+            continue
+        got = config[key]
+        same = (
+            isinstance(got, int | float) and not isinstance(got, bool)
+            and math.isclose(float(got), float(want), rel_tol=0.0, abs_tol=0.0)
+        ) if not isinstance(want, str) else got == want  # fmt: skip
+        if not same:
+            raise _refuse(f"{key} = {got!r} where the site's protocol implies {want!r}")
+    return cluster
+
+
+def secaggplus_expected(protocol: Protocol) -> dict[str, Any]:
+    """The SecAgg+ setup values the site's protocol implies (Flower's config keys)."""
+    sa, t = protocol.secure_aggregation, protocol.training
+    dp = t.client_dp.enabled
+    return {
+        Key.SHARE_NUMBER: int(sa.num_shares),
+        Key.THRESHOLD: int(sa.reconstruction_threshold),
+        Key.CLIPPING_RANGE: float(sa.quantization_range / 2 if dp else sa.clipping_range),
+        Key.TARGET_RANGE: int(sa.quantization_range),
+        Key.MOD_RANGE: _MOD_RANGE,
+    }
+
+
+def _check_setup(protocol: Protocol, configs: Mapping[str, Any]) -> None:
+    for key, want in secaggplus_expected(protocol).items():
+        got = configs.get(key)
+        if got is None or isinstance(got, bool) or float(got) != float(want):
+            raise _refuse(f"SecAgg+ {key} = {got!r} where the site's protocol implies {want!r}")
+    least = int(protocol.training.min_sites_per_aggregate)
+    sample = configs.get(Key.SAMPLE_NUMBER)
+    if not isinstance(sample, int) or sample < least:
+        raise _refuse(f"SecAgg+ over {sample!r} sites, fewer than min_sites_per_aggregate {least}")
+    weight = configs.get(Key.MAX_WEIGHT)
+    bound = float(protocol.secure_aggregation.max_weight)
+    if not isinstance(weight, int | float) or not 1.0 <= float(weight) <= max(1.0, bound):
+        raise _refuse(f"SecAgg+ max_weight {weight!r} outside [1, {bound:g}]")
+
+
+def _node_ids(keys: Any) -> list[int]:
+    try:
+        return [int(k) for k in keys]
+    except (TypeError, ValueError) as exc:
+        raise _refuse("a SecAgg+ neighbour id that is not a node id") from exc
+
+
+def _check_share_keys(
+    protocol: Protocol, configs: Mapping[str, Any], own: int, state: ConfigRecord
+) -> None:
+    neighbours = _node_ids(k for k in configs if k != Key.STAGE)
+    least = int(protocol.training.min_sites_per_aggregate)
+    if own not in neighbours:
+        raise _refuse("a SecAgg+ neighbour set without this site")
+    least = max(least, int(protocol.secure_aggregation.reconstruction_threshold))
+    if len(set(neighbours)) < least:
+        raise _refuse(f"a SecAgg+ neighbour set of {len(set(neighbours))} sites, under {least}")
+    state["neighbours"] = sorted(set(neighbours))
+
+
+def _check_unmask(configs: Mapping[str, Any], own: int, state: ConfigRecord) -> None:
+    if state.get("unmasked", False):
+        raise _refuse("a second SecAgg+ unmask request in one round")
+    active = _node_ids(configs.get(Key.ACTIVE_NODE_ID_LIST, []))
+    dead = _node_ids(configs.get(Key.DEAD_NODE_ID_LIST, []))
+    neighbours = set(_node_ids(state.get("neighbours", [])))
+    if set(active) & set(dead):
+        raise _refuse("a SecAgg+ unmask request listing a site as both active and dead")
+    if len(set(active)) != len(active) or len(set(dead)) != len(dead):
+        raise _refuse("a SecAgg+ unmask request listing a site twice")
+    if own not in active:
+        raise _refuse("a SecAgg+ unmask request that does not count this site as active")
+    if not set(active) | set(dead) <= neighbours:
+        raise _refuse("a SecAgg+ unmask request naming sites outside the neighbour set")
+    state["unmasked"] = True
+
+
+def make_secaggplus_site_mod(resolve: Callable[[Context], Protocol]) -> Mod:
+    """Flower's ``secaggplus_mod`` behind the site's checks (see the module docstring).
+    ``resolve(context)`` gives the site's accepted protocol."""
+
+    def secaggplus_site_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        is_train = msg.metadata.message_type == MessageType.TRAIN and msg.has_content()
+        if not is_train:
+            return call_next(msg, ctxt)
+        from securefed.federation.he_round import HE_RECORD
+
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        protocol = resolve(ctxt)
+        secagg = protocol.training.aggregation == "secagg+"
+        if configs is None:
+            if secagg and HE_RECORD not in msg.content.config_records:
+                raise _refuse("a clear train request under a secagg+ protocol")
+            return call_next(msg, ctxt)
+        if not secagg:
+            raise _refuse("a SecAgg+ message under a protocol whose aggregation is not secagg+")
+        stage = str(configs.get(Key.STAGE, ""))
+        if stage == Stage.SETUP:
+            ctxt.state.config_records[_STATE] = ConfigRecord({})
+            _check_setup(protocol, configs)
+        state = ctxt.state.config_records.get(_STATE)
+        if state is None:
+            raise _refuse(f"a SecAgg+ {stage or 'unknown'} stage before its setup")
+        own = int(msg.metadata.dst_node_id)
+        if stage == Stage.SHARE_KEYS:
+            _check_share_keys(protocol, configs, own, state)
+        elif stage == Stage.UNMASK:
+            _check_unmask(configs, own, state)
+        return secaggplus_mod(msg, ctxt, call_next)
+
+    return secaggplus_site_mod
