@@ -48,8 +48,9 @@ def _client(tmp_path: Path, mode: str) -> SiteClient:
 
 
 def _config(client: SiteClient, cluster: int = -1) -> dict:
-    return {"protocol-hash": client.loaded.sha256, "server-round": 1, "lr": 0.1,
-            "local-steps": 1, "cluster": cluster, "seed": 0}  # fmt: skip
+    # Coordinates only: the site takes lr and steps from its protocol.
+    return {"protocol-hash": client.loaded.sha256, "server-round": 1, "cluster": cluster,
+            "seed": 0}  # fmt: skip
 
 
 def test_policy_per_release_mode(tmp_path: Path) -> None:
@@ -119,9 +120,11 @@ def test_secure_aggregate_cffl_needs_secagg_and_no_dpsgd(tmp_path: Path) -> None
     with pytest.raises(ProtocolError, match="needs 'secagg\\+'"):
         parse_protocol(fedavg)
     dpsgd = {**data, "training": {**data["training"],
-                                  "dp_sgd": {"enabled": True, "epsilon": 1.0}}}  # fmt: skip
+                                  "dp_sgd": {"enabled": True, "epsilon": 1.0,
+                                             "amplification": "none"}}}  # fmt: skip
     with pytest.raises(ProtocolError, match="not offered with DP-SGD"):
         parse_protocol(dpsgd)
     no_cffl = {**data, "training": {**data["training"], "baselines": ["local", "fedavg"],
-                                    "dp_sgd": {"enabled": True, "epsilon": 1.0}}}  # fmt: skip
+                                    "dp_sgd": {"enabled": True, "epsilon": 1.0,
+                                             "amplification": "none"}}}  # fmt: skip
     parse_protocol(no_cffl)

@@ -52,8 +52,9 @@ def _site(folder: Path, proto: Path) -> SiteClient:
 
 
 def _config(client: SiteClient, rnd: int) -> dict:
-    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "lr": 0.05,
-            "local-steps": 1, "cluster": -1, "seed": 0}  # fmt: skip
+    t = client.spec  # the values the site's protocol implies (the site checks them)
+    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "lr": t.lr,
+            "local-steps": t.local_steps or 0, "cluster": -1, "seed": t.seed}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
