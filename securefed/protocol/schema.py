@@ -633,9 +633,9 @@ class Protocol(_Strict):
         self._check_sites()
         self._check_budget()
         self._check_release()
-        self._check_dp_sgd()
         self._check_client_dp()
         self._check_cluster_federations()
+        self._check_dp_sgd()
         self._check_reply_pacing()
         return self
 

@@ -41,7 +41,7 @@ def _protocol(
     if dp_sgd == "client-dp":
         data["training"]["client_dp"] = {"enabled": True, "epsilon": 2.0, "max_sites": 6}
     elif dp_sgd:
-        data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 2.0}
+        data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 2.0, "population": 6}
         data["training"]["baselines"] = ["local", "fedavg"]
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "protocol.toml"

@@ -36,7 +36,7 @@ def _variant(tmp: Path, mode: str, dp_sgd: bool) -> Path:
                                projection="random", dimension=8)  # fmt: skip
     data["clustering"]["scaling"] = "declared-bounds"
     if dp_sgd:
-        data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 4.0}
+        data["training"]["dp_sgd"] = {"enabled": True, "epsilon": 4.0, "population": 6}
         data["training"]["baselines"] = ["local", "fedavg"]
     path = tmp / f"{mode}-{dp_sgd}.toml"
     path.write_bytes(tomli_w.dumps(data).encode())
