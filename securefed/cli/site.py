@@ -42,12 +42,6 @@ def release(
         typer.Option("--server-key", help="The server's public key bundle (<id>.pub.json)."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Outbox folder for the sealed envelope.")],
-    state: Annotated[
-        Path,
-        typer.Option(
-            "--state", help="This site's state folder (privacy ledger, message counters)."
-        ),
-    ],
     site_config: Annotated[
         Path,
         typer.Option(
@@ -56,6 +50,14 @@ def release(
             "verified against it before any data is read.",
         ),
     ],
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="This site's state folder (privacy ledger, message counters); default and "
+            "only allowed value: SITE.toml's site.ledger_dir when it sets one.",
+        ),
+    ] = None,
     protocol: ProtocolArg = None,
     protocol_option: ProtocolOption = None,
     passphrase_file: Annotated[
@@ -83,12 +85,13 @@ def release(
     from securefed.crypto import load_public_keys
     from securefed.data import read_patients
     from securefed.site.release import release_site_features
-    from securefed.trust import check_recipient
+    from securefed.trust import check_recipient, site_state_folder
 
     protocol_path = resolve_protocol(protocol, protocol_option)
     # the protocol accepted before any data is read, then the site's own keys
     config, loaded, site_keys = accepted_site_keys(protocol_path, site_config, key,
                                                    passphrase_file)  # fmt: skip
+    state = site_state_folder(config, state)
     server = load_public_keys(server_key, role="server")
     check_recipient(config, server.encryption_fingerprint)
 

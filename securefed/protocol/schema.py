@@ -50,7 +50,7 @@ Fingerprint = Annotated[
 Sha256 = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 Version = Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+[a-z0-9.+-]{0,20}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-PositiveEpsilon = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveEpsilon = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 Delta = Annotated[float, Field(ge=0, lt=1)]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 PartitionId = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -181,7 +181,7 @@ class PrivacySpec(_Strict):
 class RadiomicsSpec(_Strict):
     """Whole-brain radiomics settings (the paper's defaults)."""
 
-    bin_width: float = Field(0.09, gt=0)
+    bin_width: float = Field(0.09, gt=0, le=1000, allow_inf_nan=False)
     """pyradiomics binWidth on z-scored intensities (paper: 0.09)."""
     binning: Literal["per-image", "shared"] = "per-image"
     """per-image (pyradiomics standard) or shared dataset-wide bin edges."""
@@ -352,7 +352,7 @@ class DPSGDSpec(_Strict):
     """Epsilon of the training stage, per site."""
     delta: Delta = 1e-6
     """Delta of the training stage, per site."""
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False)
     """Per-sample gradient clipping norm."""
     amplification: Literal["sampling", "none"] = "sampling"
     """Privacy amplification by the batch sampling. ``sampling``: under replace-one, fixed-size
@@ -435,11 +435,11 @@ class TrainingSpec(_Strict):
     compare the same model with and without it)."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     """Local optimiser (paper: SGD without momentum)."""
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, le=10, allow_inf_nan=False)
     """Learning rate of the global FedAvg phase (paper: 0.05)."""
     momentum: float = Field(0.0, ge=0, lt=1)
     """SGD momentum (paper: 0)."""
-    weight_decay: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(1e-5, ge=0, le=1)
     """Weight decay (paper: 1e-5)."""
     batch_size: int = Field(1, ge=1, le=1024)
     """Local batch size (paper: 1; use >= 2 on CPU)."""
@@ -449,7 +449,7 @@ class TrainingSpec(_Strict):
     """random crops (paper) or tumour-centred sampling."""
     tumour_crop_fraction: float = Field(0.67, ge=0, le=1)
     """Share of crops centred on tumour with tumour-centred sampling."""
-    spacing_mm: float | None = Field(None, gt=0)
+    spacing_mm: float | None = Field(None, gt=0, le=20, allow_inf_nan=False)
     """Resample volumes to this isotropic spacing before training; unset keeps 1 mm."""
     loss: Literal["dice", "dice-bce"] = Field("dice")
     """dice = MONAI DiceLoss on sigmoid outputs (paper); dice-bce adds a binary cross-entropy per
@@ -467,11 +467,11 @@ class TrainingSpec(_Strict):
     site's case count (the plan comes from public values only)."""
     finetune_rounds: int = Field(50, ge=0, le=100_000)
     """FedAvg rounds per cluster in the CFFL phase (paper: 50)."""
-    finetune_lr: float = Field(0.02, gt=0)
+    finetune_lr: float = Field(0.02, gt=0, le=10, allow_inf_nan=False)
     """Learning rate of the CFFL phase (paper: 0.02)."""
     local_epochs_baseline: int = Field(30, ge=1, le=10_000)
     """Epochs of the local and local-finetune baselines."""
-    local_finetune_lr: float = Field(0.005, gt=0)
+    local_finetune_lr: float = Field(0.005, gt=0, le=10, allow_inf_nan=False)
     """Learning rate of local finetuning (paper: 0.005)."""
     baselines: tuple[Baseline, ...] = ("local", "fedavg", "cffl")
     """Methods to run and report; cffl-ideal and centralized are simulation-only, non-private upper
@@ -551,13 +551,13 @@ class SecureAggregationSpec(_Strict):
     reconstruction_threshold: int = Field(2, ge=2, le=10_000)
     """Shares needed to reconstruct (< num_shares); the round survives dropouts while this many
     remain."""
-    clipping_range: float = Field(8.0, gt=0)
+    clipping_range: float = Field(8.0, gt=0, le=1e6, allow_inf_nan=False)
     """SecAgg+ clipping range of the quantised values."""
     quantization_range: int = Field(4_194_304, ge=2, le=2**31)
     """SecAgg+ quantisation range (integer levels)."""
-    max_weight: float = Field(1000.0, gt=0)
+    max_weight: float = Field(1000.0, gt=0, le=1e9, allow_inf_nan=False)
     """Largest sample-count weight (keep near the largest site)."""
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, le=86400, allow_inf_nan=False)
     """Seconds a SecAgg+ stage waits for clients before dropping them."""
 
     def secaggplus_problem(self) -> str | None:

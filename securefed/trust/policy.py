@@ -281,6 +281,27 @@ def epsilon_violations(protocol: Protocol, policy: SitePolicy) -> list[str]:
     return out
 
 
+def site_state_folder(config: SiteConfig, state: Path | None) -> Path:
+    """The one folder of the site's ledger: SITE.toml's ``site.ledger_dir`` when it sets one (a
+    ``state`` elsewhere is refused: a fresh folder would hold a fresh, unspent budget), else
+    ``state``."""
+    from securefed.errors import ConfigError
+
+    if config.site.ledger_dir is None:
+        if state is None:
+            raise ConfigError(
+                "--state: pass this site's state folder, or set site.ledger_dir in SITE.toml"
+            )
+        return Path(state)
+    pinned = Path(config.site.ledger_dir)
+    if state is not None and Path(state).resolve() != pinned.resolve():
+        raise SiteTrustError(
+            f"--state {state}: this site's SITE.toml pins its ledger to {pinned} (one ledger per "
+            "site; a fresh folder would refund the budget); drop --state or pass that folder"
+        )
+    return pinned
+
+
 def verify_for_site(protocol_path: str | Path, config: SiteConfig) -> AcceptedProtocol:
     """Accept the protocol at ``protocol_path`` for this site, or raise SiteTrustError (exit 3)
     naming the failed check: not this site's protocol, unsigned, a signature that does not verify

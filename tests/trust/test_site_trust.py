@@ -371,3 +371,23 @@ def test_the_demo_sites_accept_every_shipped_protocol_with_plain_stages_allowed_
     assert policy.allow_plain_stages and policy.max_total_epsilon == 8.0
     refused = policy_violations(demo, policy.model_copy(update={"allow_plain_stages": False}))
     assert [p.split(":")[0] for p in refused] == ["stage features", "stage training"]
+
+
+def test_the_ledger_folder_is_the_one_site_toml_pins(tmp_path: Path) -> None:
+    """Hostile-coordinator review, item 7: `features release --state DIR` ignored SITE.toml's
+    ledger_dir, so an amended protocol released at a fresh folder got a fresh budget (exit 0,
+    epsilon 4 again). The pinned folder is now the only one a release may charge."""
+    from securefed.errors import ConfigError
+    from securefed.trust import SiteConfig, SiteIdentity, TrustSpec, site_state_folder
+
+    trust = TrustSpec(governance_keys=("sha256:" + "a" * 64,))
+    pinned = SiteConfig(site=SiteIdentity(id="site-1", ledger_dir=str(tmp_path / "ledger")),
+                        trust=trust)  # fmt: skip
+    assert site_state_folder(pinned, None) == tmp_path / "ledger"
+    assert site_state_folder(pinned, tmp_path / "ledger" / ".") == tmp_path / "ledger"
+    with pytest.raises(SiteTrustError, match="pins its ledger"):
+        site_state_folder(pinned, tmp_path / "fresh")
+    free = SiteConfig(site=SiteIdentity(id="site-1"), trust=trust)
+    assert site_state_folder(free, tmp_path / "s") == tmp_path / "s"
+    with pytest.raises(ConfigError, match="--state"):
+        site_state_folder(free, None)
