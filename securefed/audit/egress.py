@@ -102,6 +102,10 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
     egress = training_egress(p)
     if name == "group" or name.endswith(".status.code") or name.endswith(".status.message"):
         return Declaration("public", "round id, reply status")
+    if name == "error.code":
+        # One code of a closed list (securefed.federation.site_rules.ReplyCode), never text;
+        # slot-overrun says one bit per round: whether the site's work fit the reply slot.
+        return Declaration("public", "the refusal or failure code of an error reply")
     if name.startswith(SECAGG_RECORD + "."):
         what = "SecAgg+ messages: public keys, encrypted shares, masked vector"
         return Declaration("secure-aggregate", what)

@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
 from securefed.errors import ConfigError, InstructionRefusedError, SiteTrustError, TrainingError
 from securefed.federation.config import SiteSettings
-from securefed.federation.guard import GuardPolicy, make_egress_guard
+from securefed.federation.guard import GuardPolicy, make_egress_guard, make_egress_record_mod
 from securefed.federation.he_round import encrypt_update, make_decrypt_mod
 from securefed.federation.metrics import site_summary
 from securefed.federation.pacing import Pacing, make_pacing_mod
@@ -421,6 +421,29 @@ def _phase_name(context: Context, phase: str | None) -> str:
     return "global" if c < 0 else f"cluster-{c}"
 
 
+def _egress_recorder(
+    identity: Callable[[Context], tuple[Any, str, str]], phase: str | None
+) -> Callable[[Context, Message, list[dict[str, Any]]], None]:
+    """Writes one reply that left to the site's egress log (after the pacing hold)."""
+
+    def sent(context: Context, request: Message, fields: list[dict[str, Any]]) -> None:
+        try:
+            loaded, ledger_dir, sid = identity(context)
+        except Exception:  # noqa: BLE001 - the site's own protocol did not load: no log to use
+            return
+        if not ledger_dir:
+            return
+        from securefed.trust.egress_log import EgressLog
+
+        name = _phase_name(context, phase)
+        EgressLog(Path(ledger_dir), sid, loaded.sha256).record(
+            "flower-reply", f"training/{name}/{request.metadata.message_type}", "server",
+            [{"name": "group", "type": "str", "value": str(request.metadata.group_id)}, *fields],
+        )  # fmt: skip
+
+    return sent
+
+
 def _error_recorder(
     identity: Callable[[Context], tuple[Any, str, str]],
 ) -> Callable[[Context, Message, ReplyCode, str], None]:
@@ -487,20 +510,9 @@ def make_client_app(
                     "egress-refused", message_type=message_type
                 )
 
-        def sent(request: Message, fields: list[dict[str, Any]]) -> None:
-            if ledger_dir:
-                from securefed.trust.egress_log import EgressLog
-
-                name = _phase_name(context, phase)
-                EgressLog(Path(ledger_dir), sid, loaded.sha256).record(
-                    "flower-reply", f"training/{name}/{request.metadata.message_type}", "server",
-                    [{"name": "group", "type": "str", "value": str(request.metadata.group_id)},
-                     *fields],
-                )  # fmt: skip
-
         aggregation = loaded.protocol.training.aggregation
         return GuardPolicy(training_egress(loaded.protocol), aggregation == "secagg+", record,
-                           sent, he=aggregation == "bfv",
+                           None, he=aggregation == "bfv",
                            sent_arrays=sent_positions(task or resolve_task(), loaded))  # fmt: skip
 
     def he_site(context: Context) -> tuple[SiteSettings, Any, str]:
@@ -511,23 +523,25 @@ def make_client_app(
     def pacing(context: Context) -> Pacing:
         loaded, ledger_dir, sid = identity(context)
 
-        def overrun(slots: int) -> None:
+        def overrun() -> None:
             if ledger_dir:
                 from securefed.trust.audit_log import AuditLog
 
                 AuditLog(Path(ledger_dir), sid, loaded.sha256).record(
-                    "reply-slot-overrun", phase=_phase_name(context, phase), slots=slots,
+                    "reply-slot-overrun", phase=_phase_name(context, phase),
                     slot_s=loaded.protocol.training.reply_slot_s,
                 )  # fmt: skip
 
         return Pacing(float(loaded.protocol.training.reply_slot_s), overrun)
 
-    # Pacing is outermost (it holds the finished reply until its slot, errors included); inside
+    # The egress log is written outermost, after the pacing hold, of what actually leaves;
+    # pacing holds every local-training reply to its slot (errors included) or drops it; inside
     # it every failure becomes a coded error; inside that the guard sees the reply exactly as it
     # will leave the site; SecAgg+ runs behind the site's checks (securefed.federation.site_rules).
     return ClientApp(
         client_fn=client_fn,
-        mods=[make_pacing_mod(pacing), make_error_code_mod(_error_recorder(identity)),
+        mods=[make_egress_record_mod(_egress_recorder(identity, phase)), make_pacing_mod(pacing),
+              make_error_code_mod(_error_recorder(identity)),
               make_egress_guard(policy),
               make_decrypt_mod(he_site),
               make_secaggplus_site_mod(lambda ctx: identity(ctx)[0].protocol)],

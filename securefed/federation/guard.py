@@ -37,7 +37,14 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from securefed.errors import SecurefedError
 from securefed.protocol.egress import TrainingEgress
 
-__all__ = ["GUARD_ERROR_CODE", "GuardPolicy", "check_reply", "make_egress_guard", "reply_fields"]
+__all__ = [
+    "GUARD_ERROR_CODE",
+    "GuardPolicy",
+    "check_reply",
+    "make_egress_guard",
+    "make_egress_record_mod",
+    "reply_fields",
+]
 
 log = logging.getLogger("securefed.guard")
 
@@ -271,6 +278,25 @@ def reply_fields(reply: Message) -> list[dict[str, Any]]:
     for cname, configs in sorted(content.config_records.items()):
         out += [describe_value(f"{cname}.{k}", v) for k, v in sorted(configs.items())]
     return out
+
+
+def make_egress_record_mod(
+    record: Callable[[Context, Message, list[dict[str, Any]]], None],
+) -> Callable[[Message, Context, ClientAppCallable], Message]:
+    """The outermost client mod: writes to the site's egress log what actually leaves, after
+    the pacing hold (an entry's time then says when the reply left, never when the work ended);
+    an error reply as its code only."""
+
+    def egress_record_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, ctxt)
+        if reply.has_error():
+            fields = [{"name": "error.code", "type": "int", "value": int(reply.error.code)}]
+        else:
+            fields = reply_fields(reply)
+        record(ctxt, msg, fields)
+        return reply
+
+    return egress_record_mod
 
 
 def make_egress_guard(

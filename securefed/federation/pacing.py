@@ -1,15 +1,18 @@
-"""Reply pacing: a site's training replies leave on a fixed time grid, not when its work ends.
+"""Reply pacing: a site's training replies leave at a fixed time, not when its work ends.
 
 How long a site takes to answer a training message grows with what it holds (data loading, the
 number of cases it crops from, a cluster's share of them), so a reply sent as soon as it is ready
 tells the server something about the site's patients. With ``training.reply_slot_s = P > 0`` in
 the site's own protocol copy, the reply to every message that runs local training (a plain or BFV
-``train`` message; SecAgg+'s ``collect_masked_vectors`` stage) leaves ``k * P`` seconds after the
-message arrived, for the smallest whole ``k >= 1`` the work allows. While the work fits in one slot
-every reply of every site leaves exactly ``P`` after its request: the timing is a function of the
-protocol alone. A reply that overruns leaves at the next slot boundary (the server learns the slot
-count, the logarithm of what a plain reply would tell) and the site records the overrun in its
-audit log, so the operator can raise ``P``.
+``train`` message; SecAgg+'s ``collect_masked_vectors`` stage) leaves exactly ``P`` seconds after
+the message arrived: the timing is a function of the protocol alone. The work runs in a worker
+thread; when it has not finished at ``P`` its reply is **dropped**: the site answers at ``P`` with
+the fixed ``slot-overrun`` code instead (securefed.federation.site_rules.ReplyCode), the late
+reply is discarded when the work ends, and the site records the overrun in its audit log without
+how long the work took, so the operator can raise ``P``. What the server learns is one bit per
+round (whether the site's work fit ``P``), at a time fixed by the protocol; the egress table says
+so. One site runs one piece of local training at a time: a message that arrives while a dropped
+reply's work still runs waits for it (inside its own slot).
 
 Messages that run no local training (SecAgg+'s setup, key-sharing and unmasking stages, the
 budget query, evaluation requests that a finite-epsilon protocol answers without a metric) do work
@@ -20,7 +23,7 @@ Tests: ``tests/federation/test_pacing.py``.
 
 from __future__ import annotations
 
-import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,16 +37,51 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     Stage,
 )
 
-__all__ = ["Pacing", "make_pacing_mod", "runs_local_training", "slots_for"]
+__all__ = ["Outcome", "Pacing", "make_pacing_mod", "run_with_deadline", "runs_local_training"]
 
 
 @dataclass(frozen=True)
 class Pacing:
     """A site's pacing for one context: the slot length (0: replies leave when ready) and what to
-    call when a reply overruns its first slot (with the number of slots it took)."""
+    call when a reply is dropped because its work overran the slot."""
 
     slot_s: float
-    on_overrun: Callable[[int], None] | None = None
+    on_overrun: Callable[[], None] | None = None
+
+
+@dataclass
+class Outcome:
+    """What the work gave by the deadline: its reply, its exception, or nothing yet."""
+
+    done: bool
+    reply: Message | None = None
+    error: BaseException | None = None
+
+
+Runner = Callable[[Callable[[], Message], float], Outcome]
+
+_ONE_AT_A_TIME = threading.Lock()  # one piece of local training per site process
+
+
+def run_with_deadline(work: Callable[[], Message], timeout_s: float) -> Outcome:
+    """Run ``work`` in a worker thread; wait at most ``timeout_s``. The worker holds the site's
+    training lock until it ends, so a later message's work starts after it."""
+    outcome = Outcome(done=False)
+    finished = threading.Event()
+
+    def target() -> None:
+        with _ONE_AT_A_TIME:
+            try:
+                outcome.reply = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                outcome.error = exc
+            finished.set()
+
+    threading.Thread(target=target, name="securefed-paced-work", daemon=True).start()
+    if finished.wait(timeout_s):
+        outcome.done = True
+        return outcome
+    return Outcome(done=False)  # the worker's late result is never read
 
 
 def runs_local_training(msg: Message) -> bool:
@@ -57,22 +95,18 @@ def runs_local_training(msg: Message) -> bool:
     return str(configs.get(Key.STAGE, "")) == Stage.COLLECT_MASKED_VECTORS
 
 
-def slots_for(elapsed_s: float, slot_s: float) -> int:
-    """The whole number of slots (at least 1) a reply whose work took ``elapsed_s`` waits for."""
-    if slot_s <= 0:
-        raise ValueError("slot_s must be > 0")
-    return max(1, math.ceil(elapsed_s / slot_s))
-
-
 def make_pacing_mod(
     pacing_of: Callable[[Context], Pacing],
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    run: Runner = run_with_deadline,
 ) -> Mod:
-    """A ClientApp mod (place it outermost) that holds each local-training reply until its slot
-    boundary; ``pacing_of`` reads the slot from the site's own protocol copy, never from the
-    server's message. A reply that carries an error is paced like any other."""
+    """A ClientApp mod that sends each local-training reply exactly one slot after its request,
+    or, when the work has not finished by then, the ``slot-overrun`` code in its place (the late
+    reply dropped); ``pacing_of`` reads the slot from the site's own protocol copy, never from
+    the server's message. A reply that carries an error is paced like any other."""
+    from securefed.federation.site_rules import ReplyCode, coded_error
 
     def pacing_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if not runs_local_training(msg):
@@ -81,14 +115,17 @@ def make_pacing_mod(
         if pacing.slot_s <= 0:
             return call_next(msg, ctxt)
         start = clock()
-        try:
-            return call_next(msg, ctxt)
-        finally:
-            slots = slots_for(clock() - start, pacing.slot_s)
-            if slots > 1 and pacing.on_overrun is not None:
-                pacing.on_overrun(slots)
-            remaining = start + slots * pacing.slot_s - clock()
-            if remaining > 0:
-                sleep(remaining)
+        outcome = run(lambda: call_next(msg, ctxt), pacing.slot_s)
+        if not outcome.done and pacing.on_overrun is not None:
+            pacing.on_overrun()
+        remaining = start + pacing.slot_s - clock()
+        if remaining > 0:
+            sleep(remaining)
+        if not outcome.done:
+            return coded_error(msg, ReplyCode.SLOT_OVERRUN)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.reply is not None
+        return outcome.reply
 
     return pacing_mod

@@ -19,7 +19,7 @@ Three client mods and one check, each refusing before any data is touched:
   code of the closed list :class:`ReplyCode` and a fixed reason (its name), never exception
   text; the detail stays in the site's audit log.
 
-What leaves a site here: only the code of a refusal (one of six values).
+What leaves a site here: only the code of a refusal (one of seven values).
 Tests: ``tests/adversary/``.
 """
 
@@ -50,6 +50,7 @@ from securefed.protocol import Protocol
 __all__ = [
     "ReplyCode",
     "code_for",
+    "coded_error",
     "check_round_config",
     "secaggplus_expected",
     "make_error_code_mod",
@@ -71,6 +72,7 @@ class ReplyCode(IntEnum):
     BUDGET_EXHAUSTED = 4733  # the site's ledger cannot pay this round
     TRUST_REFUSED = 4734  # the site's trust or policy refuses its protocol copy
     SITE_FAILURE = 4735  # anything else (the detail stays in the site's log)
+    SLOT_OVERRUN = 4736  # local training did not fit training.reply_slot_s: the reply dropped
 
     @property
     def reason(self) -> str:

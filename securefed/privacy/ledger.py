@@ -14,7 +14,9 @@ training steps). It never leaves the site. Each line is one JSON entry:
   the new budget, which is how an amendment can never reset a site's spend.
 
 Every entry carries ``seq``, ``prev`` (hash of the previous entry), ``protocol``, ``site``,
-``time`` and ``hash`` = sha256 of its canonical JSON without ``hash``.
+``time`` (the UTC date only: an intent and a commit timed to the second would bracket how long
+the site's work took, a function of its data, in a file the site hands to an auditor) and
+``hash`` = sha256 of its canonical JSON without ``hash``.
 
 Crash rules (kill -9 at any point):
 - an intent counts as spent whether or not it was committed (noise may have been drawn);
@@ -414,7 +416,7 @@ class Ledger:
             "prev": state.head,
             "protocol": self.protocol_hash,
             "site": self.site_id,
-            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "time": datetime.now(UTC).date().isoformat(),  # the date only (module docstring)
             **body,
         }
         entry["hash"] = _entry_hash(entry)

@@ -269,9 +269,10 @@ def _timing_row(slot_s: float) -> EgressRow:
                          "not protected (training.reply_slot_s = 0): how long a round takes "
                          "grows with the site's data (loading, crops)", "inf", "-")  # fmt: skip
     return EgressRow("training", "reply timing", "server",
-                     f"paced: every local-training reply leaves a whole number of {slot_s:g} s "
-                     "slots after its request (one slot while the work fits); an overrun tells "
-                     "the slot count and is written to the site's audit log", "-",
+                     f"paced: every local-training reply leaves {slot_s:g} s after its request; "
+                     "a reply whose work did not fit is dropped and the fixed slot-overrun code "
+                     "leaves at that time instead (one bit per round: whether the work fit, not "
+                     "covered by epsilon; recorded in the site's audit log)", "-",
                      "tests/federation/test_pacing.py::"
                      "test_replies_leave_at_the_slot_whatever_the_work_took")  # fmt: skip
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 import tomllib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from securefed.errors import ProtocolError
 from securefed.protocol.schema import Protocol
@@ -79,12 +81,54 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (not in schema v1; check the spelling in protocols/README.md)"
+            msg = _unknown_field(err["loc"])
         elif err["type"] == "missing":
             msg = "required field is missing"
         msg = msg.removeprefix("Value error, ")
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    """The message for an unknown key at ``loc``, with the closest field names of its table
+    ("did you mean `global_rounds`?") when some are close enough (difflib)."""
+    known = _table_fields(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.6) if known else []
+    if not close:
+        return "unknown field (not in schema v1; check the spelling in protocols/README.md)"
+    table = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+    array = any(isinstance(p, int) for p in loc[:-1])
+    where = (f"[[{table}]]" if array else f"[{table}]") if table else "the top level"
+    return (
+        f"unknown field; did you mean {' or '.join(f'`{c}`' for c in close)}? "
+        f"(protocols/README.md lists the fields of {where})"
+    )
+
+
+def _table_fields(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the protocol table at ``loc`` (``()``: the top level, ``("sites", 0)``:
+    an entry of ``[[sites]]``); empty when ``loc`` is not a table of the schema."""
+    model: type[BaseModel] = Protocol
+    for part in loc:
+        if isinstance(part, int):  # an entry of an array of tables
+            continue
+        field = model.model_fields.get(part)
+        found = _model_of(field.annotation) if field is not None else None
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The schema model inside a field's type (``X``, ``X | None``, ``tuple[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _tuples(value: Any) -> Any:

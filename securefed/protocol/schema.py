@@ -496,10 +496,11 @@ class TrainingSpec(_Strict):
     seed: Seed = 0
     """Seed of crop sampling and initialisation."""
     reply_slot_s: float = Field(0.0, ge=0, le=3600)
-    """Reply pacing (securefed.federation.pacing): a site holds every reply that ran local
-    training until a whole number of these seconds after the request arrived, so the reply time
-    says nothing about its data while the work fits in one slot (overruns are written to the
-    site's audit log). 0: replies leave when ready and their timing is not protected. Required
+    """Reply pacing (securefed.federation.pacing): a site sends every reply that ran local
+    training exactly this many seconds after the request arrived, so the reply time says nothing
+    about its data; a reply whose work did not fit is dropped and the slot-overrun code leaves at
+    that time instead (one bit per round; recorded in the site's audit log). 0: replies leave
+    when ready and their timing is not protected. Required
     (> 0) in a deployment protocol that claims a finite epsilon; below
     secure_aggregation.timeout_s."""
     initial_weights: PinnedFile | None = None
@@ -782,30 +783,6 @@ class Protocol(_Strict):
         if not dps.enabled:
             return
         add_remove = self.privacy.neighbouring == "add-remove-one"
-        if self.training.local_steps is None:
-            raise ValueError(
-                "training.local_steps: DP-SGD runs exactly local_steps steps per round (a step "
-                "count that follows the site's case count would reveal it); set it, e.g. 5"
-            )
-        wor = dps.amplification == "sampling" and not add_remove
-        if wor and dps.population is None:
-            raise ValueError(
-                "training.dp_sgd.population: sampling without replacement (replace-one) draws "
-                "each batch from a public number of patient slots, never the site's own count; "
-                "set population (e.g. the smallest site's train patients) or amplification = "
-                "'none'"
-            )
-        if dps.population is not None and not wor:
-            raise ValueError(
-                "training.dp_sgd.population: used by sampling without replacement (replace-one "
-                "with amplification 'sampling') only; remove it"
-            )
-        if wor and dps.population is not None and dps.population <= self.training.batch_size:
-            raise ValueError(
-                f"training.dp_sgd.population ({dps.population}) must exceed training.batch_size "
-                f"({self.training.batch_size}) for sampling to amplify; raise it or set "
-                "amplification = 'none'"
-            )
         if dps.amplification == "sampling" and add_remove and dps.sampling_rate is None:
             raise ValueError(
                 "training.dp_sgd.sampling_rate: amplification 'sampling' under add-remove-one is "
@@ -829,6 +806,30 @@ class Protocol(_Strict):
             raise ValueError(
                 "training.dp_sgd.sampling_rate: Poisson sampling is used under add-remove-one with "
                 "amplification 'sampling' only (replace-one draws fixed-size batches); remove it"
+            )
+        if self.training.local_steps is None:
+            raise ValueError(
+                "training.local_steps: DP-SGD runs exactly local_steps steps per round (a step "
+                "count that follows the site's case count would reveal it); set it, e.g. 5"
+            )
+        wor = dps.amplification == "sampling" and not add_remove
+        if wor and dps.population is None:
+            raise ValueError(
+                "training.dp_sgd.population: sampling without replacement (replace-one) draws "
+                "each batch from a public number of patient slots, never the site's own count; "
+                "set population (e.g. the smallest site's train patients) or amplification = "
+                "'none'"
+            )
+        if dps.population is not None and not wor:
+            raise ValueError(
+                "training.dp_sgd.population: used by sampling without replacement (replace-one "
+                "with amplification 'sampling') only; remove it"
+            )
+        if wor and dps.population is not None and dps.population <= self.training.batch_size:
+            raise ValueError(
+                f"training.dp_sgd.population ({dps.population}) must exceed training.batch_size "
+                f"({self.training.batch_size}) for sampling to amplify; raise it or set "
+                "amplification = 'none'"
             )
 
     def _check_client_dp(self) -> None:

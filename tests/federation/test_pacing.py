@@ -16,7 +16,14 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from securefed.errors import ProtocolError
 from securefed.federation.client_app import make_client_app
-from securefed.federation.pacing import Pacing, make_pacing_mod, runs_local_training, slots_for
+from securefed.federation.pacing import (
+    Outcome,
+    Pacing,
+    make_pacing_mod,
+    run_with_deadline,
+    runs_local_training,
+)
+from securefed.federation.site_rules import ReplyCode
 from securefed.protocol import parse_protocol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,9 +64,28 @@ def _work(clock: FakeClock, seconds: float) -> Callable[[Message, object], Messa
     return call_next
 
 
+def _fake_run(clock: FakeClock):  # noqa: ANN202
+    """The worker thread on the fake clock: the mod regains control at the deadline."""
+
+    def run(work: Callable[[], Message], timeout: float) -> Outcome:
+        start = clock.now
+        try:
+            reply, error = work(), None
+        except RuntimeError as exc:
+            reply, error = None, exc
+        if clock.now - start > timeout:
+            clock.now = start + timeout
+            return Outcome(done=False)
+        return Outcome(done=True, reply=reply, error=error)
+
+    return run
+
+
 def _paced(clock: FakeClock, slot: float, overruns: list[int] | None = None):  # noqa: ANN202
-    pacing = Pacing(slot, overruns.append if overruns is not None else None)
-    return make_pacing_mod(lambda ctxt: pacing, clock=clock, sleep=clock.sleep)
+    record = (lambda: overruns.append(1)) if overruns is not None else None
+    pacing = Pacing(slot, record)
+    return make_pacing_mod(lambda ctxt: pacing, clock=clock, sleep=clock.sleep,
+                           run=_fake_run(clock))  # fmt: skip
 
 
 @pytest.mark.parametrize("work_s", [0.0, 0.1, 3.0, 9.99])
@@ -72,14 +98,44 @@ def test_replies_leave_at_the_slot_whatever_the_work_took(work_s: float) -> None
     assert clock.now == pytest.approx(start + 10.0)  # the same for every site and every data set
 
 
-def test_overrun_waits_for_the_next_slot_and_is_recorded() -> None:
+@pytest.mark.parametrize("work_s", [10.5, 12.0, 95.0])
+def test_an_overrun_reply_is_dropped_at_the_slot_and_recorded(work_s: float) -> None:
+    """Every accepted epsilon, bug 4: an overrun used to leave at the next slot boundary, so its
+    slot count (a function of the data) reached the server. Now the reply leaves at the slot as
+    the fixed slot-overrun code whatever the work took, and the late reply is dropped."""
     clock, overruns = FakeClock(), []
     mod = _paced(clock, 10.0, overruns)
     start = clock.now
     msg = _message(MessageType.TRAIN, Stage.COLLECT_MASKED_VECTORS)
-    mod(msg, None, _work(clock, 12.0))  # type: ignore[arg-type]
-    assert clock.now == pytest.approx(start + 20.0) and overruns == [2]
-    assert slots_for(0.0, 10.0) == 1 and slots_for(10.0, 10.0) == 1 and slots_for(30.5, 10.0) == 4
+    reply = mod(msg, None, _work(clock, work_s))  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + 10.0) and overruns == [1]
+    assert reply.has_error() and reply.error.code == int(ReplyCode.SLOT_OVERRUN)
+    assert reply.error.reason == "slot-overrun"
+
+
+def test_the_worker_thread_drops_a_late_reply_and_trains_one_piece_at_a_time() -> None:
+    """The real runner: work still blocked at the deadline is dropped (the mod returns without
+    it); the next message's work starts only once the dropped one has ended."""
+    import threading
+
+    gate, order = threading.Event(), []
+
+    def blocked() -> Message:
+        gate.wait(30)
+        order.append("first")
+        return Message(RecordDict(), reply_to=_message(MessageType.TRAIN))
+
+    assert run_with_deadline(blocked, 0.01).done is False
+    second = threading.Thread(target=lambda: run_with_deadline(
+        lambda: order.append("second") or Message(RecordDict(), reply_to=_message(
+            MessageType.TRAIN)), 30))  # fmt: skip
+    second.start()
+    gate.set()
+    second.join(30)
+    assert order == ["first", "second"]
+    done = run_with_deadline(lambda: Message(RecordDict(), reply_to=_message(MessageType.TRAIN)),
+                             30)  # fmt: skip
+    assert done.done and done.reply is not None
 
 
 def test_an_error_reply_is_paced_too() -> None:
@@ -118,9 +174,10 @@ def test_only_messages_that_run_local_training_are_paced(
 
 
 def test_the_site_app_paces_outermost_from_its_own_protocol_copy() -> None:
+    """Outside pacing only the egress log's writer, so each entry is written after the hold."""
     app = make_client_app()
     mods = app._mods  # noqa: SLF001 - the order of the mods is the property under test
-    assert mods[0].__name__ == "pacing_mod"
+    assert [m.__name__ for m in mods[:2]] == ["egress_record_mod", "pacing_mod"]
 
 
 def _demo() -> dict:
@@ -158,8 +215,10 @@ def test_a_finite_epsilon_deployment_needs_exact_dpsgd_noise_and_paced_replies()
 def test_a_real_secagg_round_paces_from_the_site_protocol_and_records_overruns(
     tmp_path: Path,
 ) -> None:
-    """Flower's simulation engine, SecAgg+: with a slot far below the work every site's reply
-    overruns, and each site's own audit log says so (the pacing reads the site's copy)."""
+    """Flower's simulation engine, SecAgg+: with a slot far below the work every site's masked
+    vector overruns and is dropped (the slot-overrun code leaves in its place, at the slot), so
+    the round has no aggregate; each site's own audit log says so (the pacing reads the site's
+    copy) and its egress log shows the code, written after the hold."""
     from support.flower import make_task, write_assignments, write_protocol
 
     from securefed.federation.config import SiteSettings
@@ -167,7 +226,10 @@ def test_a_real_secagg_round_paces_from_the_site_protocol_and_records_overruns(
     from securefed.protocol import load_protocol
     from securefed.trust.audit_log import AUDIT_FILE
 
-    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, finetune=1)
+    from securefed.errors import TooFewParticipantsError
+    from securefed.trust.egress_log import EGRESS_FILE
+
+    proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, finetune=1, timeout=5)
     text = proto.read_text().replace("[training]\n", "[training]\nreply_slot_s = 0.001\n")
     proto.write_text(text)
     layout = {p: [("train", 0)] * 2 + [("val", 0)] for p in (1, 2, 3)}
@@ -179,10 +241,13 @@ def test_a_real_secagg_round_paces_from_the_site_protocol_and_records_overruns(
     assert loaded.protocol.training.reply_slot_s == 0.001
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 2, 2: 2, 3: 2},
                        assignments=asg)  # fmt: skip
-    result = run_phase(cfg, sites, task=make_task())
-    assert [h["round"] for h in result.history] == [1]
+    with pytest.raises(TooFewParticipantsError):
+        run_phase(cfg, sites, task=make_task())
     for p in layout:
         lines = (tmp_path / f"site-{p}" / AUDIT_FILE).read_text().splitlines()
         overruns = [line for line in lines if '"reply-slot-overrun"' in line]
         assert len(overruns) == 1, lines  # the collect_masked_vectors reply only
         assert '"phase":"global"' in overruns[0].replace(" ", "")
+        assert '"slots"' not in overruns[0]  # nothing of how long the work took
+        egress = (tmp_path / f"site-{p}" / EGRESS_FILE).read_text()
+        assert '"value": 4736' in egress or '"value":4736' in egress
