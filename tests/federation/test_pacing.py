@@ -221,12 +221,11 @@ def test_a_real_secagg_round_paces_from_the_site_protocol_and_records_overruns(
     copy) and its egress log shows the code, written after the hold."""
     from support.flower import make_task, write_assignments, write_protocol
 
+    from securefed.errors import TooFewParticipantsError
     from securefed.federation.config import SiteSettings
     from securefed.federation.phase import phase_config, run_phase
     from securefed.protocol import load_protocol
     from securefed.trust.audit_log import AUDIT_FILE
-
-    from securefed.errors import TooFewParticipantsError
     from securefed.trust.egress_log import EGRESS_FILE
 
     proto = write_protocol(tmp_path, aggregation="secagg+", rounds=1, finetune=1, timeout=5)
