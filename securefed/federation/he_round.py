@@ -39,7 +39,12 @@ from securefed.crypto.bfv import (
     load_aggregator_context,
     load_key,
 )
-from securefed.errors import ConfigError, CryptoError, SecurityError, WrongProtocolError
+from securefed.errors import (
+    ConfigError,
+    CryptoError,
+    InstructionRefusedError,
+    WrongProtocolError,
+)
 from securefed.federation.config import SiteSettings
 from securefed.fileio import read_json, write_json_atomic
 
@@ -63,6 +68,7 @@ HE_RECORD = "securefed.he"
 HE_AGGREGATE = "securefed.he.aggregate"
 HE_MEAN = "securefed.he.mean"
 DECRYPTED_FILE = "he-decrypted.json"
+TRAINED_FILE = "he-trained.json"  # the (phase, round)s this site contributed to
 _KEYS: dict[str, BfvKey] = {}
 _AGG: dict[str, AggregatorContext] = {}
 
@@ -125,6 +131,8 @@ def encrypt_update(
     key = _site_key(site_key_path(site, ledger_dir))
     flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
     cluster = int(config.get("cluster", -1))
+    phase = "global" if cluster < 0 else f"cluster-{cluster}"
+    _record_trained(Path(ledger_dir), phase, int(config.get("server-round", 0)))
     blob = encrypt_contribution(
         key, flat, weight=int(weight), site=site.partition_id,
         enc=site_encoding(loaded.protocol, int(config.get("he-fields", 2))),
@@ -179,6 +187,46 @@ def declared_shapes(content: Any) -> list[tuple[str, tuple[int, ...]]]:
         raise ConfigError("decrypt request: 'shapes' is not a list of [dtype, shape]") from exc
 
 
+def _record_trained(ledger_dir: Path, phase: str, rnd: int) -> None:
+    """The (phase, round)s this site encrypted a contribution for: as the decryptor it opens
+    only a sum of a round it trained in (securefed.federation.he_round.make_decrypt_mod)."""
+    path = ledger_dir / TRAINED_FILE
+    done: dict[str, Any] = read_json(path) if path.is_file() else {}
+    done[f"{phase}/{rnd}"] = True
+    write_json_atomic(path, done)
+
+
+def _check_trained(ledger_dir: Path, site: SiteSettings, phase: str, rnd: int,
+                   sites: list[int]) -> None:  # fmt: skip
+    """The decryptor opens a sum of a phase it holds train cases of only if it trained in that
+    (phase, round) and its own contribution is in the sum: a coordinator cannot have it open a
+    sum of other sites alone, nor of a round it never saw."""
+    if not _holds_phase(site, phase):
+        return
+    path = ledger_dir / TRAINED_FILE
+    done: dict[str, Any] = read_json(path) if path.is_file() else {}
+    if f"{phase}/{rnd}" not in done:
+        raise InstructionRefusedError(
+            f"{phase} round {rnd}: this site did not train in it; refusing to decrypt its sum"
+        )
+    if site.partition_id not in sites:
+        raise InstructionRefusedError(
+            f"{phase} round {rnd}: a sum without this site's own contribution; refusing"
+        )
+
+
+def _holds_phase(site: SiteSettings, phase: str) -> bool:
+    if phase == "global":
+        return True
+    if not site.assignments or not phase.startswith("cluster-"):
+        return False
+    from securefed.clustering.assignments import read_assignments, site_subjects
+
+    cluster = int(phase.removeprefix("cluster-"))
+    rows = read_assignments(Path(site.assignments))
+    return bool(site_subjects(rows, site.partition_id, "train", cluster))
+
+
 def _record_once(ledger_dir: Path, phase: str, rnd: int, sites: list[int]) -> None:
     """Refuse a second decryption of one phase and round (two sums of one round over different
     sites would give away the difference); record this one before anything is released."""
@@ -186,7 +234,7 @@ def _record_once(ledger_dir: Path, phase: str, rnd: int, sites: list[int]) -> No
     done: dict[str, Any] = read_json(path) if path.is_file() else {}
     slot = f"{phase}/{rnd}"
     if slot in done:
-        raise SecurityError(
+        raise InstructionRefusedError(
             f"{phase} round {rnd} was already decrypted (sites {done[slot]}); a round is "
             "decrypted once. A phase interrupted after its decryption cannot redo that round: "
             "start the phase again in a new run folder"
@@ -212,23 +260,26 @@ def make_decrypt_mod(
                 f"site {site.partition_id}: a decrypt request for another protocol; refusing"
             )
         if p.training.aggregation != "bfv":
-            raise SecurityError("a decrypt request under a protocol whose aggregation is not bfv")
+            raise InstructionRefusedError(
+                "a decrypt request under a protocol whose aggregation is not bfv"
+            )
         mine = p.decryptor_partition()
         if mine is None and not p.is_simulation:  # pragma: no cover - schema requires it
-            raise SecurityError("the protocol names no decryptor")
+            raise InstructionRefusedError("the protocol names no decryptor")
         if mine is not None and mine != site.partition_id:
-            raise SecurityError(
+            raise InstructionRefusedError(
                 f"site {site.partition_id} is not the protocol's decryptor (partition {mine}); "
                 "refusing to decrypt"
             )
         sites = [int(x) for x in str(cfg["sites"]).split(",") if x]
         need = max(2, p.training.min_sites_per_aggregate)
         if len(set(sites)) < need:
-            raise SecurityError(
+            raise InstructionRefusedError(
                 f"a decrypt request for {len(set(sites))} site(s); the protocol needs at least "
                 f"{need} per aggregate: refusing"
             )
         phase, rnd = str(cfg["phase"]), int(str(cfg["round"]))
+        _check_trained(Path(ledger_dir), site, phase, rnd, sites)  # before anything is opened
         shapes = declared_shapes(msg.content)
         enc = site_encoding(p, int(str(cfg["fields"])))
         key = _site_key(site_key_path(site, ledger_dir))
@@ -238,10 +289,10 @@ def make_decrypt_mod(
                                     protocol_hash=loaded.sha256, phase=phase, rnd=rnd)  # fmt: skip
         except CryptoError as exc:
             _audit(ledger_dir, site, loaded, "he-decrypt-refused", phase, rnd, sites)
-            raise SecurityError(f"site {site.partition_id}: {exc}") from exc
+            raise InstructionRefusedError(f"site {site.partition_id}: {exc}") from exc
         sizes = [int(np.prod(s)) for _, s in shapes]
         if sum(sizes) != out.mean.size:
-            raise SecurityError(
+            raise InstructionRefusedError(
                 f"decrypt request: the declared shapes hold {sum(sizes)} values, the aggregate "
                 f"{out.mean.size}; refusing"
             )

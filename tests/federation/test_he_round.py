@@ -82,7 +82,8 @@ def test_decryptor_refuses_a_second_decryption(tmp_path, key):
     cfg = _bfv_config(loaded, tmp_path / "first" / "global", asg, key, tmp_path)
     run_phase(cfg, sites, task=make_task())
     again = _bfv_config(loaded, tmp_path / "second" / "global", asg, key, tmp_path)
-    with pytest.raises(TrainingError, match="already decrypted"):
+    # The decryptor's reply carries the code only; its log holds the refusal.
+    with pytest.raises(TrainingError, match="instruction-refused"):
         run_phase(again, sites, task=make_task())
 
 
@@ -99,5 +100,27 @@ def test_a_site_that_is_not_the_decryptor_refuses(tmp_path, key):
     ctx_path.write_bytes(key.aggregator_bytes())
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 3, 2: 3, 3: 4},
                        assignments=asg, he_context=ctx_path, decryptor=2)  # fmt: skip
-    with pytest.raises(TrainingError, match="not the protocol's decryptor"):
+    with pytest.raises(TrainingError, match="instruction-refused"):
         run_phase(cfg, sites, task=make_task())
+
+
+def test_the_decryptor_opens_only_a_round_it_trained_in_with_its_own_contribution(tmp_path, key):
+    """Hostile coordinator, item 3: the decryptor decrypted any MAC-valid sum of >= 2 sites for
+    a (phase, round) of the server's choosing, so sums {1,2}, {2,3}, {1,3} separated a site.
+    Now, for a phase it holds cases of, it opens only a round it encrypted a contribution for,
+    and only a sum holding that contribution; refused before anything is decrypted."""
+    from securefed.errors import InstructionRefusedError
+    from securefed.federation.he_round import TRAINED_FILE, _check_trained
+
+    _, _, sites = _setup(tmp_path, "bfv", key)
+    site = sites[0]  # partition 1, the decryptor of the run
+    folder = tmp_path / "decryptor"
+    folder.mkdir()
+    with pytest.raises(InstructionRefusedError, match="did not train in it"):
+        _check_trained(folder, site, "global", 1, [1, 2])
+    (folder / TRAINED_FILE).write_text(json.dumps({"global/1": True}))
+    _check_trained(folder, site, "global", 1, [1, 2])  # its own round, its own contribution
+    with pytest.raises(InstructionRefusedError, match="without this site's own contribution"):
+        _check_trained(folder, site, "global", 1, [2, 3])
+    with pytest.raises(InstructionRefusedError, match="did not train in it"):
+        _check_trained(folder, site, "global", 2, [1, 2])
