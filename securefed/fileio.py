@@ -5,16 +5,19 @@ errors.py).
 file created with ``mode`` in the same folder, fsync, ``os.replace``, fsync of the folder).
 ``write_exclusive``: the same, but refuses to replace an existing file.
 ``write_json_atomic`` / ``read_json``: plain JSON (no NaN), read with a size cap.
+``canonical_json`` / ``canonical_sha256``: the sorted-key JSON bytes that are hashed, signed or
+bound, and their SHA-256.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,10 @@ from securefed.errors import DataError
 
 __all__ = [
     "MAX_JSON_BYTES",
+    "COMPACT",
     "atomic_write_bytes",
+    "canonical_json",
+    "canonical_sha256",
     "fsync_dir",
     "jsonable",
     "read_json",
@@ -31,6 +37,8 @@ __all__ = [
 ]
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
+COMPACT = (",", ":")
+"""The separators of canonical JSON (no spaces)."""
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -110,6 +118,48 @@ def write_json_atomic(path: str | Path, data: Any, *, sort_keys: bool = False) -
     """Write ``data`` as indented JSON, atomically and durably (NaN/inf made plain first)."""
     text = json.dumps(jsonable(data), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def canonical_json(
+    value: Any,
+    *,
+    separators: tuple[str, str] = COMPACT,
+    ensure_ascii: bool = True,
+    allow_nan: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> bytes:
+    """``value`` as canonical JSON: keys sorted, ``separators`` (compact by default), UTF-8.
+
+    Hashes of protocols, logs, envelope headers and cache keys are contracts: a caller keeps
+    the options its format has always used (``separators=(", ", ": ")`` is ``json.dumps``'
+    default spacing), so the bytes, and every hash of them, stay the same."""
+    text = json.dumps(
+        value,
+        sort_keys=True,
+        separators=separators,
+        ensure_ascii=ensure_ascii,
+        allow_nan=allow_nan,
+        default=default,
+    )
+    return text.encode("utf-8")
+
+
+def canonical_sha256(
+    value: Any,
+    *,
+    prefix: str = "sha256:",
+    separators: tuple[str, str] = COMPACT,
+    ensure_ascii: bool = True,
+    allow_nan: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """``prefix`` + the hex SHA-256 of :func:`canonical_json` of ``value`` (``prefix=""`` for the
+    bare hex digest)."""
+    data = canonical_json(
+        value, separators=separators, ensure_ascii=ensure_ascii, allow_nan=allow_nan,
+        default=default,
+    )  # fmt: skip
+    return prefix + hashlib.sha256(data).hexdigest()
 
 
 def read_json(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:

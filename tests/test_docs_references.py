@@ -15,11 +15,7 @@ _TOKEN = re.compile(r"`([^`]*(?:tests/|::test_)[^`]*)`")
 _SOURCE_REF = re.compile(r"(?<![\w/])(tests/[\w/]+\.py)(?:::(test_\w+))?")
 # Stale references in files this test's owner may not edit, with the fix; remove an entry once
 # its file is fixed.
-_PENDING = {
-    ("securefed/federation/site_executor.py", "tests/federation/test_site_executor.py"):
-        "no such file: the executor's tests are tests/federation/test_supernode.py "
-        "(app_hash) and tests/federation/test_deployment.py",
-}  # fmt: skip
+_PENDING: dict[tuple[str, str], str] = {}  # (module, test file) -> why, while fixed
 
 
 def _references() -> list[tuple[Path, str, str | None]]:

@@ -34,11 +34,11 @@ import numpy as np
 from securefed.errors import ConfigError, DataError
 from securefed.fileio import write_json_atomic
 from securefed.protocol import LoadedProtocol, load_protocol
+from securefed.stats import bootstrap_interval
 
 __all__ = ["run_feature_attacks"]
 
 CONFIDENCE = 0.95
-_BOOT = 1000
 
 
 def _cp(k: int, n: int) -> list[float]:
@@ -85,30 +85,23 @@ def _classify(x: np.ndarray, y: np.ndarray, target: str, attack: str) -> dict[st
             "chance": chance, "ci": _cp(k, len(y)), "n": len(y), "model": best[1]}  # fmt: skip
 
 
-def _bootstrap(fn: Any, n: int, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    vals = sorted(fn(rng.integers(0, n, n)) for _ in range(_BOOT))
-    a = (1 - CONFIDENCE) / 2
-    return [float(vals[int(a * _BOOT)]), float(vals[int((1 - a) * _BOOT) - 1])]
-
-
-def _r2(y: np.ndarray, pred: np.ndarray) -> float:
-    tot = float(np.sum((y - y.mean()) ** 2))
-    return 1.0 - float(np.sum((y - pred) ** 2)) / tot if tot > 0 else 0.0
-
-
 def _regress(x: np.ndarray, y: np.ndarray, target: str) -> dict[str, Any]:
     from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
     from sklearn.model_selection import cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
     pred = cross_val_predict(model, x, y, cv=_folds(None, len(y)))
+
+    def r2(truth: np.ndarray, predicted: np.ndarray) -> float:
+        return float(r2_score(truth, predicted))  # 0 for a constant truth (force_finite)
+
     return {"attack": "attribute-inference", "target": target, "metric": "r2",
-            "value": _r2(y, pred), "chance": 0.0,
-            "ci": _bootstrap(lambda i: _r2(y[i], pred[i]), len(y)), "n": len(y),
-            "model": "ridge"}  # fmt: skip
+            "value": r2(y, pred), "chance": 0.0,
+            "ci": bootstrap_interval(r2, [y, pred], paired=True, confidence=CONFIDENCE),
+            "n": len(y), "model": "ridge"}  # fmt: skip
 
 
 def _linkage(released: np.ndarray, attacker: np.ndarray) -> list[dict[str, Any]]:
@@ -191,7 +184,8 @@ def _reconstruction(data: Path, subject_ids: list[str], x: np.ndarray) -> list[d
         dec, base = per_case(metric, pred), per_case(metric, mean)
         out.append({"attack": "reconstruction", "target": f"flair {size}^3", "metric": name,
                     "value": float(dec.mean()), "chance": float(base.mean()),
-                    "ci": _bootstrap(lambda i, d=dec: float(d[i].mean()), len(dec)),
+                    "ci": bootstrap_interval(np.mean, [dec], vectorized=True,
+                                             confidence=CONFIDENCE),
                     "n": len(dec), "model": "ridge decoder vs mean image"})  # fmt: skip
     return out
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
 from securefed import __version__
 from securefed.errors import ConfigError
 from securefed.fileio import read_json
 from securefed.protocol import load_protocol
+from securefed.report.jinja import template_environment
 
 __all__ = ["audit_findings", "write_audit_report"]
 
@@ -81,11 +80,7 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
         "dp": dp,
         "findings": findings,
     }
-    env = Environment(
-        loader=PackageLoader("securefed.audit", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
-        undefined=StrictUndefined,
-    )
+    env = template_environment("securefed.audit")
     html = env.get_template("audit.html.j2").render(doc=_Attr.wrap(doc), version=__version__)
     out = folder / "audit.html"
     tmp = out.with_suffix(".html.tmp")

@@ -18,9 +18,10 @@ the number of sites); the SecAgg+ server holds one vector for all sites, so it c
 The updates are recomputed with the protocol's local recipe (optimiser, lr, local steps, batch and
 crops) from two starting models the server sends in a run: the initial model (round 1) and the
 trained global model (a late round). Pairs (site, case) share cases, so the bootstrap intervals
-(over pairs) are a little narrow. The recomputed updates carry no DP-SGD or client-level DP
-noise: under a DP-training protocol the attack measures the update before its noise (an upper
-bound on what the server sees). Tests: ``tests/audit/test_update_attack.py``.
+(over pairs, members and non-members resampled separately) are a little narrow. The recomputed
+updates carry no DP-SGD or client-level DP noise: under a DP-training protocol the attack measures
+the update before its noise (an upper bound on what the server sees). Tests:
+``tests/audit/test_update_attack.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The `securefed` command line: a thin typer app. Each area registers its commands from its own
-module (securefed/cli/<area>.py); no logic lives here."""
+"""The `securefed` command line: a thin typer app. Each command group lives in one module and
+registers itself (securefed/cli/<group>.py: data, protocol, keys, features in radiomics.py,
+server, site, ledger, federation, audit; the top-level commands in synth, pretrain, cluster,
+study, sweep); no logic lives here."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from securefed import __version__
@@ -16,15 +19,15 @@ from securefed.cli import cluster as _cluster
 from securefed.cli import data as _data
 from securefed.cli import federation as _federation
 from securefed.cli import keys as _keys
+from securefed.cli import ledger as _ledger
 from securefed.cli import pretrain as _pretrain
-from securefed.cli import privacy as _privacy
 from securefed.cli import protocol as _protocol
-from securefed.cli import radiomics as _radiomics
+from securefed.cli import radiomics as _features
+from securefed.cli import server as _server
 from securefed.cli import site as _site
 from securefed.cli import study as _study
 from securefed.cli import sweep as _sweep
 from securefed.cli import synth as _synth
-from securefed.cli import trust as _trust
 from securefed.cli._common import console, interrupted, state
 from securefed.errors import EXIT_INTERRUPTED
 
@@ -44,10 +47,32 @@ def _global_flags_first(args: Sequence[str]) -> list[str]:
     return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
 
 
+def _literal_help(command: click.Command) -> None:
+    """Make ``command``'s help texts (and those of its options, arguments and subcommands) print
+    as written. Typer renders help as rich markup, where a TOML table name such as ``[grid]`` or
+    ``[[sites]]`` reads as a style tag and vanishes; every such bracket is escaped here, once,
+    so that the help strings in the source stay plain text (tests/cli/test_help.py checks)."""
+    for attr in ("help", "short_help", "epilog"):
+        text = getattr(command, attr, None)
+        if text:
+            setattr(command, attr, escape(text))
+    for param in command.params:
+        text = getattr(param, "help", None)
+        if text:
+            param.help = escape(text)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _literal_help(sub)
+
+
 class _RootGroup(TyperGroup):
-    """The `securefed` group: --quiet/--debug before or after the subcommand, and Ctrl-C in
-    any command is exit 130 with "interrupted; rerun to resume" (commands under handle_errors
-    say it themselves)."""
+    """The `securefed` group: help texts print as written (no rich markup), --quiet/--debug
+    before or after the subcommand, and Ctrl-C in any command is exit 130 with "interrupted;
+    rerun to resume" (commands under handle_errors say it themselves)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _literal_help(self)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _global_flags_first(args))
@@ -112,10 +137,10 @@ for _module in (
     _data,
     _protocol,
     _keys,
-    _radiomics,
+    _features,
+    _server,
     _site,
-    _trust,
-    _privacy,
+    _ledger,
     _pretrain,
     _cluster,
     _study,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from securefed.cli._common import console, handle_errors, plain_text, progress, subgroup
+from securefed.errors import DataError
 
 __all__ = ["register"]
 
@@ -40,10 +41,18 @@ def check(
     workers: Annotated[
         int, typer.Option("--workers", "-j", min=1, help="Processes for --full.")
     ] = 1,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 2 when any case is excluded (default: only when no case loads).",
+        ),
+    ] = False,
 ) -> None:
     """Validate ROOT: list every excluded case (case, file, problem) and a summary line.
 
-    Exit 0 when at least one case loads, 2 when none does."""
+    Exit 0 when at least one case loads, 2 when none does; with --strict, 2 when any case is
+    excluded."""
     from rich.table import Table
 
     from securefed.data import load_federation
@@ -76,3 +85,9 @@ def check(
         plain_text(f"{len(parts)} partition{'s' if len(parts) != 1 else ''}; {fed.summary()}"),
         highlight=False,
     )
+    if strict and fed.problems:
+        excluded = sorted({p.subject_id for p in fed.problems})
+        raise DataError(
+            f"--strict: {len(excluded)} case(s) excluded: {', '.join(excluded)} (the table above "
+            "gives each file and problem)"
+        )

@@ -1,4 +1,5 @@
-"""`securefed keys new|show` and `securefed protocol sign|verify`."""
+"""`securefed keys new|show`: a party's signing and encryption keys, and the passphrase file that
+encrypts a private key (shared with the commands that load one)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from securefed.cli._common import ProtocolFileArg, console, handle_errors, info, subgroup
+from securefed.cli._common import console, handle_errors, info, subgroup
 from securefed.errors import KeyError_
 
 __all__ = ["KeyRole", "Kem", "register"]
@@ -36,9 +37,6 @@ def register(app: typer.Typer) -> None:
     keys = subgroup(app, "keys", "Create and inspect party keys (signing + encryption).")
     keys.command("new")(new)
     keys.command("show")(show)
-    protocol = subgroup(app, "protocol", "Check, render, sign and verify study protocols.")
-    protocol.command("sign")(sign)
-    protocol.command("verify")(verify)
 
 
 def _passphrase(path: Path | None) -> bytes | None:
@@ -106,73 +104,3 @@ def show(
     from securefed.crypto import load_public_keys
 
     _print_public(load_public_keys(path))
-
-
-@handle_errors
-def sign(
-    protocol: ProtocolFileArg,
-    key: Annotated[Path, typer.Option("--key", help="Governance private key (<id>.key).")],
-    passphrase_file: _PassphraseOption = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Signature file (default PROTOCOL.sig).")
-    ] = None,
-) -> None:
-    """Sign PROTOCOL's canonical hash with the governance key; add the signature to PROTOCOL.sig
-    (other signers' signatures of the same protocol are kept)."""
-    from securefed.crypto import (
-        add_signature,
-        load_private_keys,
-        sign_protocol_hash,
-        signature_path,
-        verify_protocol_hash,
-    )
-    from securefed.protocol import load_protocol
-
-    loaded = load_protocol(protocol)
-    keys = load_private_keys(key, _passphrase(passphrase_file), role="governance")
-    pinned = loaded.protocol.governance.signing_key
-    if pinned is not None and pinned != keys.public.signing_fingerprint:
-        info(
-            f"note: key {keys.public.signing_fingerprint} is not the protocol's "
-            f"governance.signing_key ({pinned}): signing as a co-signer; each site decides whom "
-            "it trusts (`securefed site verify`)"
-        )
-    doc = sign_protocol_hash(loaded.sha256, keys)
-    target = out if out is not None else signature_path(protocol)
-    if pinned == keys.public.signing_fingerprint:
-        verify_protocol_hash(doc, loaded.sha256, pinned, str(target))
-    count = add_signature(doc, target)
-    info(
-        f"signed {loaded.sha256} with {keys.public.signing_fingerprint} "
-        f"({count} signature(s) in {target.name})"
-    )
-    if pinned is None:
-        info(
-            "warning: this protocol has no governance.signing_key, so sites cannot verify the "
-            "signature; add the fingerprint above and sign again"
-        )
-    console.print(str(target), highlight=False, soft_wrap=True)
-
-
-@handle_errors
-def verify(
-    protocol: ProtocolFileArg,
-    sig: Annotated[
-        Path | None, typer.Option("--sig", help="Signature file (default PROTOCOL.sig).")
-    ] = None,
-) -> None:
-    """Check PROTOCOL.sig against the protocol's own governance.signing_key: a consistency check
-    for the board, NOT a trust decision (a key written in the protocol proves nothing about who
-    approved it); sites decide with `securefed site verify PROTOCOL --site-config SITE.toml`."""
-    from securefed.crypto import read_signature, signature_path, verify_protocol_hash
-    from securefed.protocol import load_protocol
-
-    loaded = load_protocol(protocol)
-    sig_path = sig if sig is not None else signature_path(protocol)
-    signer = verify_protocol_hash(
-        read_signature(sig_path),
-        loaded.sha256,
-        loaded.protocol.governance.signing_key,
-        str(sig_path),
-    )
-    console.print(f"OK {loaded.sha256} signed by {signer}", highlight=False, soft_wrap=True)

@@ -43,7 +43,8 @@ def pretrain(
 ) -> None:
     """Train the protocol's model on every labelled case under --data (public data only: the file
     is shipped with the protocol to every site) and print the sha256 to pin in
-    training.initial_weights. Writes OUT and OUT with .json (provenance)."""
+    training.initial_weights. Writes OUT (the weights, .npz) and their provenance next to it
+    (weights.npz -> weights.json)."""
     from securefed import __version__
     from securefed.data import load_federation
     from securefed.fileio import write_json_atomic

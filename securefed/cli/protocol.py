@@ -1,4 +1,5 @@
-"""`securefed protocol ...`: check, render and export the schema of study protocols."""
+"""`securefed protocol check|render|schema|app-hash|sign|verify`: check, render, export the schema
+of, and sign and verify study protocols."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from securefed.cli._common import ProtocolFileArg, console, handle_errors, subgroup
+from securefed.cli._common import ProtocolFileArg, console, handle_errors, info, subgroup
+from securefed.cli.keys import _passphrase, _PassphraseOption
 from securefed.protocol import LoadedProtocol
 
 __all__ = ["register"]
@@ -20,19 +22,74 @@ def register(app: typer.Typer) -> None:
     group.command("render")(render)
     group.command("schema")(schema)
     group.command("app-hash")(app_hash)
+    group.command("sign")(sign)
+    group.command("verify")(verify)
 
 
 @handle_errors
 def check(protocol: ProtocolFileArg) -> None:
     """Validate PROTOCOL; print its identity (sha256:<hex>) and a one-screen summary."""
-    from securefed.protocol import load_protocol, summary_lines
+    from securefed.protocol import load_protocol
     from securefed.protocol.pinned import check_pinned_files
 
     loaded = load_protocol(protocol)
     check_pinned_files(loaded)
     console.print(loaded.sha256, highlight=False)
-    for line in summary_lines(loaded)[2:] + _privacy_lines(loaded) + _wire_lines(loaded):
-        console.print(line, highlight=False, markup=False)
+    for line in _summary(loaded)[2:] + _privacy_lines(loaded) + _wire_lines(loaded):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _summary(loaded: LoadedProtocol) -> list[str]:
+    """The protocol's one-screen summary with its "budget" line (the declared total next to what
+    the stages allocate) replaced by the verdict on what is and is not private."""
+    from securefed.protocol import summary_lines
+
+    lines = summary_lines(loaded)
+    at = next((i for i, line in enumerate(lines) if line.startswith("budget ")), len(lines))
+    return [*lines[:at], _privacy_verdict(loaded), *lines[at + 1 :]]
+
+
+def _privacy_verdict(loaded: LoadedProtocol) -> str:
+    """One line on what a site releases with and without DP, stage by stage, from
+    securefed.protocol.egress.stage_epsilons (what a site's policy bounds): the effective
+    epsilon (inf when any value leaves without DP) and what the DP stages spend of the
+    protocol's declared total."""
+    from securefed.protocol.egress import stage_epsilons
+
+    p = loaded.protocol
+    parts = []
+    dp_total = 0.0
+    plain = False
+    for stage in stage_epsilons(p):
+        if stage.dp <= 0 and not stage.clear:
+            continue  # nothing patient-derived (headers, the local evaluation)
+        plain = plain or bool(stage.clear)
+        dp_total += stage.dp
+        if stage.dp <= 0:
+            if stage.stage == "features":  # the paper's plain release
+                parts.append("features plain (no DP, epsilon inf)")
+            else:
+                parts.append(f"{stage.stage} without DP (epsilon inf)")
+        elif stage.clear:
+            parts.append(
+                f"{stage.stage} DP (epsilon {stage.dp:g}) except {', '.join(stage.clear)} "
+                "(no DP, epsilon inf)"
+            )
+        else:
+            parts.append(f"{stage.stage} DP (epsilon {stage.dp:g})")
+    total = p.privacy.total_epsilon
+    spend = min(dp_total, total)
+    _, delta = p.allocated_budget()
+    if dp_total <= 0:
+        tail = f"the declared total epsilon {total:g} is spent by no DP stage"
+    else:
+        tail = (
+            f"DP stages spend epsilon {spend:g} of the declared total {total:g} "
+            f"(delta {delta:g} of {p.privacy.total_delta:g})"
+        )
+    effective = "inf" if plain else f"{spend:g}"
+    stages = "; ".join(parts) or "nothing patient-derived leaves"
+    return f"verdict    effective epsilon {effective}: {stages}; {tail}"
 
 
 def _wire_lines(loaded: LoadedProtocol) -> list[str]:
@@ -78,13 +135,13 @@ def render(
     the derived noise, aggregation and minimum sizes, what the server learns, who can decrypt
     what, key fingerprints, what each party keeps; the protocol hash on every page."""
     from securefed.fileio import atomic_write_bytes
-    from securefed.protocol import load_protocol, summary_lines
+    from securefed.protocol import load_protocol
     from securefed.report.board import render_board
 
     loaded = load_protocol(protocol)
     body = render_board(loaded, fmt.value)
     if fmt is BoardFormat.text:
-        body = "\n".join(summary_lines(loaded) + _privacy_lines(loaded)) + "\n\n" + body
+        body = "\n".join(_summary(loaded) + _privacy_lines(loaded)) + "\n\n" + body
     if out is not None:
         atomic_write_bytes(out, body.encode("utf-8"), mode=0o644)
         console.print(str(out), highlight=False, soft_wrap=True)
@@ -121,3 +178,73 @@ def app_hash() -> None:
     from securefed.federation.site_executor import app_hash as compute
 
     console.print(compute(), highlight=False)
+
+
+@handle_errors
+def sign(
+    protocol: ProtocolFileArg,
+    key: Annotated[Path, typer.Option("--key", help="Governance private key (<id>.key).")],
+    passphrase_file: _PassphraseOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Signature file (default PROTOCOL.sig).")
+    ] = None,
+) -> None:
+    """Sign PROTOCOL's canonical hash with the governance key; add the signature to PROTOCOL.sig
+    (other signers' signatures of the same protocol are kept)."""
+    from securefed.crypto import (
+        add_signature,
+        load_private_keys,
+        sign_protocol_hash,
+        signature_path,
+        verify_protocol_hash,
+    )
+    from securefed.protocol import load_protocol
+
+    loaded = load_protocol(protocol)
+    keys = load_private_keys(key, _passphrase(passphrase_file), role="governance")
+    pinned = loaded.protocol.governance.signing_key
+    if pinned is not None and pinned != keys.public.signing_fingerprint:
+        info(
+            f"note: key {keys.public.signing_fingerprint} is not the protocol's "
+            f"governance.signing_key ({pinned}): signing as a co-signer; each site decides whom "
+            "it trusts (`securefed site verify`)"
+        )
+    doc = sign_protocol_hash(loaded.sha256, keys)
+    target = out if out is not None else signature_path(protocol)
+    if pinned == keys.public.signing_fingerprint:
+        verify_protocol_hash(doc, loaded.sha256, pinned, str(target))
+    count = add_signature(doc, target)
+    info(
+        f"signed {loaded.sha256} with {keys.public.signing_fingerprint} "
+        f"({count} signature(s) in {target.name})"
+    )
+    if pinned is None:
+        info(
+            "warning: this protocol has no governance.signing_key, so sites cannot verify the "
+            "signature; add the fingerprint above and sign again"
+        )
+    console.print(str(target), highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def verify(
+    protocol: ProtocolFileArg,
+    sig: Annotated[
+        Path | None, typer.Option("--sig", help="Signature file (default PROTOCOL.sig).")
+    ] = None,
+) -> None:
+    """Check PROTOCOL.sig against the protocol's own governance.signing_key: a consistency check
+    for the board, NOT a trust decision (a key written in the protocol proves nothing about who
+    approved it); sites decide with `securefed site verify PROTOCOL --site-config SITE.toml`."""
+    from securefed.crypto import read_signature, signature_path, verify_protocol_hash
+    from securefed.protocol import load_protocol
+
+    loaded = load_protocol(protocol)
+    sig_path = sig if sig is not None else signature_path(protocol)
+    signer = verify_protocol_hash(
+        read_signature(sig_path),
+        loaded.sha256,
+        loaded.protocol.governance.signing_key,
+        str(sig_path),
+    )
+    console.print(f"OK {loaded.sha256} signed by {signer}", highlight=False, soft_wrap=True)

@@ -1,146 +1,284 @@
-"""`securefed features release` (site) and `securefed server collect` (server)."""
+"""`securefed site init|verify|node-key|supernode|he-key`: the site's own trust, policy, SuperNode
+and BFV key (deployment key dealing: `site he-key deal|open`).
+
+Contract (scripts outside the repository call these): ``site verify`` exits 0 printing the accepted
+``sha256:<hex>``, or 3 naming the failed check; a malformed site configuration exits 2.
+``site supernode`` exits 3 before starting anything when the site refuses the protocol (policy,
+unsigned, study.mode 'simulation', no approved app bundle, another node key pinned), 2 for
+missing TLS material or node key.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from securefed.cli._common import (
-    ProtocolArg,
-    ProtocolOption,
-    console,
-    handle_errors,
-    info,
-    resolve_protocol,
-    subgroup,
-)
-from securefed.cli.keys import _passphrase
+from securefed.cli._common import ProtocolFileArg, console, handle_errors, info, subgroup
+from securefed.cli.trust import accepted_site_keys
 
 __all__ = ["register"]
 
+SiteConfigOption = Annotated[
+    Path, typer.Option("--site-config", help="This site's configuration (SITE.toml).")
+]
+
 
 def register(app: typer.Typer) -> None:
-    features = subgroup(app, "features", "Extract, bound and release radiomic features.")
-    features.command("release")(release)
-    server = subgroup(app, "server", "Server-side stages: collect sealed releases.")
-    server.command("collect")(collect)
+    group = subgroup(app, "site", "A site's own trust and policy: init, verify a protocol.")
+    group.command("init")(init)
+    group.command("verify")(verify)
+    group.command("node-key")(node_key)
+    group.command("supernode")(supernode)
+    he = subgroup(group, "he-key", "Deployment under bfv: deal or open the study's BFV key.")
+    he.command("deal")(he_key_deal)
+    he.command("open")(he_key_open)
 
 
-_PASS_HELP = "File holding the key passphrase."
+KeyOption = Annotated[
+    Path, typer.Option("--key", help="This site's private key file (`securefed keys new`).")
+]
+StateOption = Annotated[
+    Path,
+    typer.Option(
+        "--state",
+        help="This site's ledger folder (SITE.toml ledger_dir, else its SuperNode's "
+        "--work-dir): gets he/bfv.key.",
+    ),
+]
+PassphraseOption = Annotated[
+    Path | None, typer.Option("--passphrase-file", help="File holding the key passphrase.")
+]
 
 
 @handle_errors
-def release(
-    features: Annotated[Path, typer.Option("--features", help="Site feature folder (FEATDIR).")],
-    key: Annotated[
-        Path, typer.Option("--key", help="This site's private key file (or its folder).")
-    ],
-    server_key: Annotated[
-        Path,
-        typer.Option("--server-key", help="The server's public key bundle (<id>.pub.json)."),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Outbox folder for the sealed envelope.")],
-    site_config: Annotated[
+def he_key_deal(
+    protocol: ProtocolFileArg,
+    site_config: SiteConfigOption,
+    key: KeyOption,
+    public_keys: Annotated[
         Path,
         typer.Option(
-            "--site-config",
-            help="This site's trust and policy (`securefed site init`); the protocol is "
-            "verified against it before any data is read.",
+            "--public-keys", help="Folder of the other training sites' <site-id>.pub.json."
         ),
     ],
-    state: Annotated[
+    state: StateOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="Outbox: one sealed copy per site, aggregator.ctx.")
+    ],
+    passphrase_file: PassphraseOption = None,
+) -> None:
+    """The decrypting site makes the study's BFV key: one copy sealed to each other training site
+    (to the keys the protocol pins), the aggregator context (no key) for the coordinator, its
+    own copy in STATE/he/bfv.key. Leaves the site: the OUT folder."""
+    from securefed.site.he_key import deal_key
+
+    _, loaded, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
+    dealt = deal_key(loaded, keys, public_keys, state, out)
+    info(
+        f"{keys.party_id}: BFV key made; sealed to {len(dealt.envelopes)} site(s); "
+        f"send {dealt.aggregator.name} to the coordinator (`federation coordinate --he-context`)"
+    )
+    console.print(str(dealt.key), highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def he_key_open(
+    protocol: ProtocolFileArg,
+    envelope: Annotated[
+        Path, typer.Option("--envelope", help="This site's sealed copy from the decryptor.")
+    ],
+    site_config: SiteConfigOption,
+    key: KeyOption,
+    state: StateOption,
+    passphrase_file: PassphraseOption = None,
+) -> None:
+    """Open this site's copy of the study's BFV key (only from the dealer the protocol pins) into
+    STATE/he/bfv.key (0600). Sends nothing."""
+    from securefed.site.he_key import open_dealt
+
+    _, loaded, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
+    path = open_dealt(loaded, envelope, keys, state)
+    info(f"{keys.party_id}: BFV key stored (mode 0600)")
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def init(
+    site_id: Annotated[str, typer.Option("--site-id", help="This site's id in the protocol.")],
+    trust: Annotated[
+        list[Path],
+        typer.Option("--trust", help="A governance public key the site trusts (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The site configuration to write.")],
+    threshold: Annotated[
+        int, typer.Option("--threshold", help="Trusted signatures a protocol needs.")
+    ] = 1,
+    ledger_dir: Annotated[
         Path | None,
         typer.Option(
-            "--state",
-            help="This site's state folder (privacy ledger, message counters); default and "
-            "only allowed value: SITE.toml's site.ledger_dir when it sets one.",
+            "--ledger-dir",
+            help="The site's state folder of this study: verify then refuses a protocol that "
+            "would start the site's budget afresh.",
         ),
     ] = None,
-    protocol: ProtocolArg = None,
-    protocol_option: ProtocolOption = None,
-    passphrase_file: Annotated[
-        Path | None, typer.Option("--passphrase-file", help=_PASS_HELP)
-    ] = None,
-    unsafe_seed: Annotated[
-        int | None,
+    allow_recipient: Annotated[
+        list[str] | None,
         typer.Option(
-            "--unsafe-seed",
-            help="Seeded noise (simulation protocols with unsafe_seeded_noise).",
+            "--allow-recipient",
+            help="A server the site may seal to (repeatable): its encryption-key fingerprint "
+            "(sha256:<64 hex>, as `securefed keys show` prints it) or its public key file "
+            "(<id>.pub.json), whose encryption fingerprint is taken.",
         ),
+    ] = None,
+) -> None:
+    """Write a site configuration with the strictest policy (edit it to what your governance
+    allows): trusted governance keys, signature threshold, policy."""
+    from securefed.crypto import load_public_keys
+    from securefed.errors import KeyError_
+    from securefed.trust import SitePolicy, strictest_config, write_site_config
+
+    keys = []
+    for path in trust:
+        public = load_public_keys(path)
+        if public.role != "governance":
+            raise KeyError_(f"{path}: a {public.role} key, not a governance key")
+        keys.append(public.signing_fingerprint)
+    config = strictest_config(
+        site_id, tuple(keys), threshold, str(ledger_dir) if ledger_dir is not None else None
+    )
+    if allow_recipient:
+        recipients = tuple(_recipient_fingerprint(value) for value in allow_recipient)
+        policy = SitePolicy.model_validate(
+            {**config.policy.model_dump(), "allowed_recipient_keys": recipients},
+            strict=False,
+        )
+        config = config.model_copy(update={"policy": policy})
+    path = write_site_config(config, out)
+    info(f"site {site_id}: trusts {len(set(keys))} governance key(s), threshold {threshold}")
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+_RECIPIENT_FORM = (
+    "a server encryption-key fingerprint (sha256: and 64 lowercase hex digits, as `securefed "
+    "keys show` prints it) or the server's public key file (<id>.pub.json)"
+)
+
+
+def _recipient_fingerprint(value: str) -> str:
+    """An --allow-recipient value as a fingerprint: given as one, or read from a server's key
+    file (said on the console, so that the user sees which key the policy now names). Anything
+    else is a ConfigError (exit 2) naming the option and the expected form."""
+    from securefed.crypto import load_public_keys
+    from securefed.errors import ConfigError, SecurefedError
+
+    if _FINGERPRINT.fullmatch(value):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        hint = ""
+        if value.lower().startswith("sha256:"):
+            digits = value[len("sha256:") :]
+            hint = f" (a mistyped fingerprint? it has {len(digits)} characters after sha256:"
+            hint += ", not all lowercase hex)" if len(digits) == 64 else ", not 64)"
+        raise ConfigError(
+            f"--allow-recipient {value!r}: neither a fingerprint nor a readable file{hint}; "
+            f"expected {_RECIPIENT_FORM}"
+        )
+    try:
+        public = load_public_keys(path, role="server")
+    except SecurefedError as exc:
+        raise ConfigError(
+            f"--allow-recipient {value}: not a server's public key file ({exc}); expected "
+            f"{_RECIPIENT_FORM}"
+        ) from exc
+    info(
+        escape(
+            f"--allow-recipient {value}: taking the encryption key of server "
+            f"{public.party_id!r}, {public.encryption_fingerprint}"
+        )
+    )
+    return public.encryption_fingerprint
+
+
+@handle_errors
+def verify(protocol: ProtocolFileArg, site_config: SiteConfigOption) -> None:
+    """Accept PROTOCOL for this site (signatures at PROTOCOL.sig by trusted keys, version, the
+    site's policy): exit 0 printing its sha256, or 3 naming the failed check."""
+    from securefed.trust import load_site_config, verify_for_site
+
+    config = load_site_config(site_config)
+    accepted = verify_for_site(protocol, config)
+    how = (
+        "unsigned simulation (allowed by policy)"
+        if accepted.unsigned
+        else (f"signed by {len(accepted.signers)} trusted key(s)")
+    )
+    info(f"{config.site.id}: accepted, {how}")
+    console.print(accepted.sha256, highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def node_key(
+    out: Annotated[Path, typer.Option("--out", help="Folder for node.key and node.pub.")],
+) -> None:
+    """Create this site's SuperNode authentication key (ECDSA P-384, OpenSSH): node.key stays at
+    the site (mode 0600), node.pub goes to the coordinator; prints the fingerprint for the
+    protocol's [[sites]].node_key."""
+    from securefed.crypto.node_key import new_node_key
+
+    _, pub, fp = new_node_key(out)
+    info(f"wrote {out}/node.key (private, 0600) and {pub} (send it to the coordinator)")
+    console.print(fp, highlight=False)
+
+
+@handle_errors
+def supernode(
+    protocol: ProtocolFileArg,
+    site_config: SiteConfigOption,
+    superlink: Annotated[str, typer.Option("--superlink", help="HOST:PORT of the SuperLink.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="This site's cases.")],
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="This site's working folder.")],
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="The study CA certificate (TLS, required).")
+    ] = None,
+    node_key_file: Annotated[
+        Path | None,
+        typer.Option("--node-key", help="This site's node.key (`securefed site node-key`)."),
+    ] = None,
+    assignments: Annotated[
+        Path | None, typer.Option("--assignments", help="This site's clusters.csv.")
     ] = None,
     partitions: Annotated[
-        Path | None,
-        typer.Option(
-            "--partitions",
-            help="The site's partition file; its Patient_ID column groups a patient's cases "
-            "(local-dp sends one row per patient). Without it every case is its own patient.",
-        ),
+        Path | None, typer.Option("--partitions", help="This site's partition file.")
     ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    runtime_port: Annotated[
+        int, typer.Option("--runtime-port", min=1, max=65535, help="Local Runtime API port.")
+    ] = 9094,
+    check_only: Annotated[
+        bool, typer.Option("--check-only", help="Run every check, start nothing.")
+    ] = False,
 ) -> None:
-    """Protect this site's features as PROTOCOL says (plain, local-dp or a lower-dimensional
-    release), charge the ledger, seal to the server. Leaves the site: one envelope in OUT."""
-    from securefed.cli.trust import accepted_site_keys
-    from securefed.crypto import load_public_keys
-    from securefed.data import read_patients
-    from securefed.site.release import release_site_features
-    from securefed.trust import check_recipient, site_state_folder
+    """Run this site's SuperNode: accept PROTOCOL (signed, study.mode 'deployment') with the
+    site's trust and policy, then connect to the SuperLink over TLS with the site's node key
+    and run only the app bundles the protocol approves (docs/deployment.md). Stops on SIGTERM
+    or Ctrl-C."""
+    from securefed.federation.supernode import prepare_site_node
 
-    protocol_path = resolve_protocol(protocol, protocol_option)
-    # the protocol accepted before any data is read, then the site's own keys
-    config, loaded, site_keys = accepted_site_keys(protocol_path, site_config, key,
-                                                   passphrase_file)  # fmt: skip
-    state = site_state_folder(config, state)
-    server = load_public_keys(server_key, role="server")
-    check_recipient(config, server.encryption_fingerprint)
-
-    patients = read_patients(partitions) if partitions is not None else None
-    result = release_site_features(
-        features, loaded, site_keys, server, out, state, unsafe_seed=unsafe_seed,
-        patients=patients,
+    node = prepare_site_node(
+        protocol, site_config, superlink=superlink, ca_cert=ca_cert, node_key=node_key_file,
+        data_dir=data_dir, work_dir=work_dir, assignments=assignments, partitions=partitions,
+        device=device, runtime_port=runtime_port,
     )  # fmt: skip
-    eps = "inf (no DP: plain release)" if result.epsilon == float("inf") else f"{result.epsilon:g}"
     info(
-        f"{result.site_id}: {result.cases} case(s) x {result.columns} values, epsilon {eps}, "
-        f"delta {result.delta:g}"
+        f"{node.site_id}: accepted {node.protocol_hash}; TLS to {superlink}; "
+        f"{len(node.approved)} approved app bundle(s)"
     )
-    console.print(str(result.envelope), highlight=False)
-
-
-@handle_errors
-def collect(
-    inbox: Annotated[Path, typer.Option("--inbox", help="Folder with the sites' *.env envelopes.")],
-    key: Annotated[
-        Path, typer.Option("--key", help="The server's private key file (or its folder).")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the collected feature table.")],
-    state: Annotated[Path, typer.Option("--state", help="Server state folder (replay guard).")],
-    protocol: ProtocolArg = None,
-    protocol_option: ProtocolOption = None,
-    site_keys: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--site-key",
-            help="Site public key bundles (simulation protocols without pinned site keys).",
-        ),
-    ] = None,
-    passphrase_file: Annotated[
-        Path | None, typer.Option("--passphrase-file", help=_PASS_HELP)
-    ] = None,
-) -> None:
-    """Verify (pinned sender, signature, protocol, stage, size, replay), decrypt and assemble
-    every site's release into OUT/features.csv. All or nothing: one bad envelope, nothing
-    collected."""
-    from securefed.crypto import load_private_keys, load_public_keys
-    from securefed.protocol import load_protocol
-    from securefed.server.collect import collect_features
-
-    loaded = load_protocol(resolve_protocol(protocol, protocol_option))
-    keys = load_private_keys(key, _passphrase(passphrase_file), role="server")
-    publics = tuple(load_public_keys(p, role="site") for p in site_keys or [])
-    table = collect_features(inbox, loaded, keys, out, state, site_public_keys=publics)
-    info(
-        f"collected {len(table.subject_ids)} case(s) x {len(table.columns)} values from "
-        f"{len(table.senders)} site(s) into {out / 'features.csv'}"
-    )
+    if check_only:
+        return
+    node.serve()

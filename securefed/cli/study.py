@@ -156,6 +156,7 @@ def demo(
     in OUT/run; another --protocol shares the data and gets its own run folder."""
     from securefed.study.demo import run_demo
 
+    _check_demo_protocol(protocol)  # before minutes of synthesis
     start = time.perf_counter()
     _quiet_flower()
     with progress(transient=True) as bar:
@@ -176,3 +177,30 @@ def demo(
              "--protocol demo-all-methods")  # fmt: skip
     if open_report:
         webbrowser.open(report.resolve().as_uri())
+
+
+def _check_demo_protocol(name_or_file: str) -> None:
+    """`demo --protocol`: resolve and parse the protocol before anything is synthesised. An
+    unknown name is a ConfigError listing the shipped ones; an invalid file, or one that is not
+    a simulation, a ProtocolError (both exit 2)."""
+    import difflib
+
+    from securefed.errors import ConfigError, ProtocolError
+    from securefed.protocol import load_protocol
+    from securefed.protocol.shipped import shipped_protocols
+    from securefed.study.demo import demo_protocol
+
+    path = demo_protocol(name_or_file)
+    if not path.is_file():
+        names = list(shipped_protocols())
+        close = difflib.get_close_matches(name_or_file, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"--protocol {name_or_file!r}: neither a protocol file nor the name of a shipped "
+            f"protocol{hint} (shipped: {', '.join(names)})"
+        )
+    if not load_protocol(path).protocol.is_simulation:
+        raise ProtocolError(
+            f"--protocol {name_or_file}: the demo runs a whole study on one machine and needs "
+            "study.mode = 'simulation'"
+        )

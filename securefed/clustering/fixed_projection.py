@@ -90,13 +90,19 @@ class FixedProjection:
         return (json.dumps(doc, allow_nan=False) + "\n").encode()
 
 
+def _file_parameters(data: bytes) -> tuple[np.ndarray, ...]:
+    """The center, matrix, lower and upper of a projection file the release layer has read
+    (so writing it back gives the same numbers)."""
+    doc = json.loads(data.decode("utf-8"))
+    return tuple(
+        np.asarray(doc[k], dtype=np.float64) for k in ("center", "matrix", "lower", "upper")
+    )
+
+
 def _from_file_bytes(data: bytes, name: str, bounds: Bounds) -> FixedProjection:
     """Parse and check a projection file with the release layer's reader, keeping its own
-    parameters (so writing it back gives the same numbers)."""
-    geometry = _geometry._from_file(data, name, bounds)
-    doc = json.loads(data.decode("utf-8"))
-    params = (np.asarray(doc[k], dtype=np.float64) for k in ("center", "matrix", "lower", "upper"))
-    return FixedProjection(geometry, *params)
+    parameters."""
+    return FixedProjection(_geometry._from_file(data, name, bounds), *_file_parameters(data))
 
 
 def derive_projection(
@@ -146,22 +152,18 @@ def projection_for(loaded: LoadedProtocol, columns: Sequence[str]) -> FixedProje
             "projection ('subset', 'random' or 'file'); 'none' would keep all features"
         )
     bounds = load_pinned_bounds(loaded)
-    if release.projection == "file":
-        from securefed.protocol import open_pinned
+    if release.projection != "file":
+        bounds.check_columns(columns, "release.bounds")
+    # The one projection loader (pinned file, format, release.dimension) is the release layer's.
+    geometry = _geometry.release_geometry(loaded, bounds)
+    if release.projection != "file":
+        return FixedProjection.from_geometry(geometry)
+    missing = [c for c in geometry.bounds.columns if c not in set(columns)]
+    if missing:
+        raise ProtocolError(f"release.projection_file: column {missing[0]!r} not in the table")
+    from securefed.protocol import open_pinned
 
-        pinned = release.projection_file
-        if pinned is None:
-            raise ProtocolError("release.projection 'file' needs release.projection_file")
-        data = open_pinned(loaded, pinned, "release.projection_file")
-        proj = _from_file_bytes(data, str(loaded.resolve(pinned.file)), bounds)
-        if release.dimension is not None and release.dimension != proj.dimension:
-            raise ProtocolError(
-                f"release.dimension ({release.dimension}) differs from the {proj.dimension} "
-                "rows of release.projection_file"
-            )
-        missing = [c for c in proj.columns if c not in set(columns)]
-        if missing:
-            raise ProtocolError(f"release.projection_file: column {missing[0]!r} not in the table")
-        return proj
-    bounds.check_columns(columns, "release.bounds")
-    return FixedProjection.from_geometry(_geometry.release_geometry(loaded, bounds))
+    pinned = release.projection_file
+    assert pinned is not None  # release_geometry refused a 'file' projection without one
+    data = open_pinned(loaded, pinned, "release.projection_file")
+    return FixedProjection(geometry, *_file_parameters(data))

@@ -15,7 +15,7 @@ Algorithms (``clustering.secure.algorithm``):
   (weighted k-means on the centres of the cells above a noise threshold) is post-processing. The
   remaining ``iterations - 1`` rounds refine the centroids with noised per-cluster counts and sums.
 - ``dp-kmeans``: a public seeded random start and ``iterations`` noised Lloyd rounds (the simple
-  baseline of PRIVACY-NOTES.md).
+  baseline; docs/clustering.md).
 
 Stats rounds release, per cluster, the count and the sum of the centred points (x - 1/2): L2
 sensitivity sqrt(1 + d/4) for add/remove-one, max(sqrt(d), sqrt(2 + d/2)) for replace-one.

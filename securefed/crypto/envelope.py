@@ -47,6 +47,7 @@ from securefed.errors import (
     WrongProtocolError,
     WrongStageError,
 )
+from securefed.fileio import canonical_json
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -112,7 +113,7 @@ def _suite(kem: str) -> hpke.Suite:
 
 
 def _canonical(header: Mapping[str, Any]) -> bytes:
-    return json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return canonical_json(header)  # sorted keys, compact, ASCII: the bytes the signature binds
 
 
 def _info(header_bytes: bytes) -> bytes:

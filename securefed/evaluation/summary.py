@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from securefed.evaluation.metrics import mean_metrics
+from securefed.stats import bootstrap_interval
 
 __all__ = ["METHOD_ORDER", "NON_PRIVATE", "mean_ci", "summarize_methods", "summarize_rows"]
 
@@ -30,16 +31,15 @@ def _defined(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
 
 def mean_ci(rows: Sequence[Mapping[str, Any]], *, boot: int = 2000) -> list[float] | None:
     """95 % percentile bootstrap interval of the mean Dice (``dice_mean``) of ``rows`` (cases
-    resampled, fixed seed); None without a defined value."""
+    resampled, fixed seed: :func:`securefed.stats.bootstrap_interval`); None without a defined
+    value."""
     import numpy as np
 
     values = np.array([float(r["dice_mean"]) for r in rows if r.get("dice_mean") is not None])
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None
-    rng = np.random.default_rng(0)
-    means = values[rng.integers(0, values.size, size=(boot, values.size))].mean(axis=1)
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+    return bootstrap_interval(np.mean, [values], vectorized=True, n_resamples=boot)
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

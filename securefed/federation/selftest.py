@@ -11,8 +11,6 @@ Tests: ``tests/study/test_selftest.py``.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common import FitIns, Metadata, ndarrays_to_parameters
+from flwr.common import FitIns, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
@@ -91,11 +89,9 @@ class HostileCoordinator:
                                                      config), True)  # fmt: skip
         if secagg is not None:
             content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(secagg)
-        meta = Metadata(run_id=1, message_id=uuid.uuid4().hex, src_node_id=0,
-                        dst_node_id=100 + pid, reply_to_message_id="", group_id="1",
-                        created_at=time.time(), ttl=600.0,
-                        message_type=MessageType.TRAIN)  # fmt: skip
-        return self.app(Message(metadata=meta, content=content), self.contexts[pid])
+        msg = Message(content, dst_node_id=100 + pid, message_type=MessageType.TRAIN,
+                      group_id="1")  # fmt: skip
+        return self.app(msg, self.contexts[pid])
 
     def setup(self, pid: int, **override: Any) -> Any:
         values = {Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: len(self.partitions),
@@ -164,13 +160,14 @@ def _active_and_dead(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
 
 def _instruction(**change: Any) -> AttackFn:
     def attack(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
-        return plain.fit(1, plain.config(**change)), plain, True
+        return plain.fit(1, {**plain.config(), **change}), plain, True
 
     return attack
 
 
 def _foreign_hash(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
-    return plain.fit(1, plain.config(**{"protocol-hash": "sha256:" + "1" * 64})), plain, True
+    config = {**plain.config(), "protocol-hash": "sha256:" + "1" * 64}
+    return plain.fit(1, config), plain, True
 
 
 def _error_text(secure: _H, plain: _H) -> tuple[Any, _H, bool]:

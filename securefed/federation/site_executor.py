@@ -14,7 +14,7 @@ SuperNode's local Runtime API and
 
 What leaves the site is unchanged: the ClientApp's reply (through securefed's egress guard) or
 the refusal naming the FAB hash (public: the coordinator chose it). Tests:
-``tests/federation/test_site_executor.py``, ``tests/federation/test_deployment.py``.
+``tests/federation/test_supernode.py``, ``tests/federation/test_deployment.py``.
 """
 
 from __future__ import annotations

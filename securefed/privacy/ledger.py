@@ -41,7 +41,12 @@ from typing import Any
 
 import dp_accounting
 
-from securefed.errors import BudgetExceededError, LedgerCorruptError, LedgerError
+from securefed.errors import (
+    BudgetExceededError,
+    LedgerCorruptError,
+    LedgerError,
+    LedgerRollbackError,
+)
 from securefed.fileio import locked_append
 from securefed.privacy.accounting import (
     Charge,
@@ -156,7 +161,9 @@ class LedgerState:
 
     def spent_per_stage(self) -> dict[str, float]:
         """Epsilon at the protocol's delta of each stage's charges alone (features, clustering,
-        training); their sum bounds the total, which :meth:`spent` composes jointly."""
+        training). Their sum bounds the total epsilon only at (number of stages x delta), basic
+        composition of (epsilon_i, delta) guarantees; :meth:`spent` composes every charge
+        jointly at delta itself, the ledger's figure."""
         if self.budget is None:
             return {}
         stages: dict[str, list[Charge]] = {}
@@ -304,6 +311,7 @@ class Ledger:
                 spent = state.spent()
                 reused = True
             else:
+                self._check_anchor(state)
                 new = Charge(stage, release_id, event, epsilon_delta)
                 try:
                     spent = self._check_budget(state, new)
@@ -345,6 +353,32 @@ class Ledger:
         except BudgetExceededError:
             return False
         return True
+
+    def _check_anchor(self, state: LedgerState) -> None:
+        """Refuse to charge unless the ledger extends every spend the site's audit log recorded
+        (``budget-spend``, written beside it at each charge): a ledger deleted, truncated or
+        replaced by an older copy would refund spent budget. Raises LedgerRollbackError."""
+        from securefed.trust.audit_log import AUDIT_FILE, read_entries
+
+        entries = read_entries(self.folder / AUDIT_FILE)
+        mine = [e for e in entries if e.get("party") == self.site_id]
+        recorded = [e.get("details", {}) for e in mine if e.get("event") == "budget-spend"]
+        if not recorded:
+            return
+        missing = [str(d.get("release_id")) for d in recorded if d.get("release_id") not in
+                   state.charges]  # fmt: skip
+        last = max(float(d.get("epsilon_spent", 0.0)) for d in recorded)
+        b = self.budget
+        charges = list(state.charges.values())
+        spent = composed_epsilon(charges, b.total_delta, b.accountant) if charges else 0.0
+        if missing or spent < last * (1 - 1e-9):
+            what = f"charges {missing[:3]} are missing" if missing else f"spends {spent:g}"
+            raise LedgerRollbackError(
+                f"{self.path}: the ledger does not extend what the site's audit log recorded "
+                f"({what}; the log recorded a spend of {last:g}): it was deleted, truncated or "
+                "replaced, which would refund spent budget; restore it from a backup. Refused "
+                "before any noise is drawn"
+            )
 
     def _audit(self) -> AuditLog:
         """The site's audit log beside the ledger (securefed.trust.audit_log)."""

@@ -90,17 +90,17 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 
 def _unknown_field(loc: tuple[int | str, ...]) -> str:
-    """The message for an unknown key at ``loc``, with the closest field names of its table
-    ("did you mean `global_rounds`?") when some are close enough (difflib)."""
+    """The message for an unknown key at ``loc``, with the closest field name of its table
+    ("did you mean `global_rounds`?") when one is close enough (difflib)."""
     known = _table_fields(loc[:-1])
-    close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.6) if known else []
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6) if known else []
     if not close:
         return "unknown field (not in schema v1; check the spelling in protocols/README.md)"
     table = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
     array = any(isinstance(p, int) for p in loc[:-1])
     where = (f"[[{table}]]" if array else f"[{table}]") if table else "the top level"
     return (
-        f"unknown field; did you mean {' or '.join(f'`{c}`' for c in close)}? "
+        f"unknown field; did you mean `{close[0]}`? "
         f"(protocols/README.md lists the fields of {where})"
     )
 

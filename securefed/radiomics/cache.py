@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from securefed.fileio import canonical_sha256
 from securefed.protocol.schema import MODALITIES, RadiomicsSpec
 from securefed.radiomics.storage import atomic_write_bytes
 
@@ -70,8 +71,7 @@ def _key(kind: str, content: str, settings: Mapping[str, Any]) -> str:
         "pyradiomics": pyradiomics_version(),
         "cache_version": CACHE_VERSION,
     }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return canonical_sha256(payload, prefix="")
 
 
 def features_key(

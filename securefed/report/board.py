@@ -10,11 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
 from securefed import __version__
 from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import egress_table, training_egress
+from securefed.report.jinja import template_environment
 
 __all__ = ["BoardDocument", "Section", "board_document", "render_board"]
 
@@ -343,11 +342,7 @@ def _markdown(doc: BoardDocument) -> str:
 
 
 def _html(doc: BoardDocument) -> str:
-    env = Environment(
-        loader=PackageLoader("securefed.report", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
-        undefined=StrictUndefined,
-    )
+    env = template_environment("securefed.report")
     return env.get_template("board.html.j2").render(doc=doc, version=__version__)
 
 

@@ -7,9 +7,10 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment
 
 from securefed.fileio import atomic_write_bytes, jsonable
+from securefed.report.jinja import template_environment
 from securefed.report.plots import (
     REGIONS,
     plot_cffl_gain,
@@ -47,16 +48,9 @@ def _method_rows(methods: dict[str, dict[str, Any]]) -> list[list[Any]]:
 
 
 def _environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("securefed.report", "templates"),
-        autoescape=select_autoescape(["html", "j2"], default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
+    return template_environment(
+        "securefed.report", trim_blocks=True, filters={"fmt": _fmt, "method_rows": _method_rows}
     )
-    env.filters["fmt"] = _fmt
-    env.filters["method_rows"] = _method_rows
-    return env
 
 
 def _number(value: Any) -> float:

@@ -10,7 +10,8 @@ training = ["none", "dp-sgd"]          # none | dp-sgd | client-dp
 training_epsilon = [8.0]               # training.dp_sgd / training.client_dp epsilon
 aggregation = ["secagg+"]              # training.aggregation (fedavg | secagg+ | bfv)
 attacks = true                         # run `securefed audit features` on every point
-stop_after = "clustering"              # optional: features and clustering only (no training)
+# stop_after = "clustering"            # optional: features and clustering only (no training,
+                                       # so no Dice and no Pareto front)
 ```
 
 A point's privacy total is the sum of its stage allocations (infinite without DP). Points the

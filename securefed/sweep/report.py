@@ -14,9 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape  # noqa: E402
 
 from securefed.fileio import atomic_write_bytes, jsonable, write_json_atomic  # noqa: E402
+from securefed.report.jinja import template_environment  # noqa: E402
 from securefed.sweep.collect import COLUMNS  # noqa: E402
 
 __all__ = ["write_outputs", "pareto_front"]
@@ -169,11 +169,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     atomic_write_bytes(out / "sweep.csv", buf.getvalue().encode())
     write_json_atomic(out / "sweep.json", {**meta, "columns": list(COLUMNS), "rows": rows})
     drawn = _plots(out, rows)
-    env = Environment(
-        loader=PackageLoader("securefed.sweep", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
-        undefined=StrictUndefined,
-    )
+    env = template_environment("securefed.sweep")
     shown = (
         "point", "status", "ari_scanner", "dice_fedavg", "dice_cffl", "cffl_minus_fedavg",
         "advantage_institution", "epsilon_features", "epsilon_clustering", "epsilon_training",

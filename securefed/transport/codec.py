@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from securefed.errors import CodecError, VersionError
+from securefed.fileio import canonical_json
 
 __all__ = [
     "CODEC_VERSION",
@@ -114,12 +115,7 @@ def encode_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | No
         )
         chunks.append(data)
         offset += len(data)
-    header = json.dumps(
-        {"v": CODEC_VERSION, "meta": meta_dict, "arrays": entries},
-        sort_keys=True,
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode("utf-8")
+    header = canonical_json({"v": CODEC_VERSION, "meta": meta_dict, "arrays": entries})
     if len(header) > MAX_HEADER_BYTES:
         raise CodecError(f"codec header is {len(header)} bytes (max {MAX_HEADER_BYTES})")
     return b"".join([_PREFIX.pack(MAGIC, CODEC_VERSION, len(header)), header, *chunks])

@@ -41,6 +41,7 @@ __all__ = [
     "AuditSummary",
     "log_party",
     "pinned_signer",
+    "read_entries",
     "verify_audit_log",
 ]
 
@@ -182,6 +183,11 @@ class AuditLog:
 
     def _locked(self) -> Any:
         return locked_append(self.path)
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries as written (no verification; a torn last line is left out)."""
+    return _entries(path)
 
 
 def _entries(path: Path) -> list[dict[str, Any]]:

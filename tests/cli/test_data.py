@@ -96,3 +96,20 @@ def test_links_out_of_the_root_are_refused_and_names_print_literally(tmp_path: P
         (case / f"{evil}_{m}.nii.gz").write_bytes(b"not nifti")
     res = _run(str(root), "--partitioning", "none")
     assert "\x1b" not in res.output and "\\x1b[2J[bold]Y" in res.output
+
+
+def test_strict_fails_when_any_case_is_excluded(tmp_path: Path) -> None:
+    """Without --strict a truncated .nii.gz is excluded and the check passes (exit 0); with it
+    the check exits 2, naming the case (the table above names the file)."""
+    make_federation(tmp_path, [2, 1])
+    assert _run(str(tmp_path), "--strict").exit_code == 0
+    t2 = tmp_path / "FeTS2022_00002" / "FeTS2022_00002_t2.nii.gz"
+    t2.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2])
+    lenient = _run(str(tmp_path))
+    assert lenient.exit_code == 0 and "2 cases loaded, 1 excluded" in lenient.output
+    for level in ("--full", "--header-only"):
+        res = _run(str(tmp_path), level, "--strict")
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 2, flat
+        assert "FeTS2022_00002_t2.nii.gz" in flat
+        assert "--strict: 1 case(s) excluded: FeTS2022_00002" in flat

@@ -9,7 +9,8 @@ import typer
 from support.privacy import COLUMNS, reference_matrix
 from typer.testing import CliRunner
 
-from securefed.cli import privacy as privacy_cli
+from securefed.cli import ledger as ledger_cli
+from securefed.cli import radiomics as features_cli
 from securefed.privacy.bounds import read_bounds
 from securefed.privacy.ledger import LEDGER_FILE, BudgetSpec, Ledger
 from securefed.protocol import file_sha256
@@ -21,7 +22,8 @@ runner = CliRunner()
 
 def app() -> typer.Typer:
     a = typer.Typer()
-    privacy_cli.register(a)
+    features_cli.register(a)
+    ledger_cli.register(a)
     return a
 
 

@@ -155,3 +155,42 @@ def test_plain_release_has_no_ledger_and_an_empty_inbox_is_a_user_error(tmp_path
     assert gone.exit_code == 3 and "deleted" in gone.output
     out = _ok([*collect, "--inbox", str(tmp_path / "inbox")])
     assert "collected 4 case(s)" in " ".join(out.split())
+
+
+def test_site_init_takes_a_server_key_file_or_a_fingerprint_and_names_a_bad_value(
+    tmp_path: Path,
+) -> None:
+    """--allow-recipient: a fingerprint as given; a server's key file gives its encryption
+    fingerprint (said on screen); a mistyped fingerprint, a missing file or another party's key
+    is a user error naming the option and the expected form (exit 2), not a traceback."""
+    from securefed.crypto import load_public_keys
+
+    keys = tmp_path / "keys"
+    for role, pid in (("governance", "board"), ("server", "server"), ("site", "site-1")):
+        _ok(["keys", "new", "--role", role, "--id", pid, "--out", str(keys)])
+    server = load_public_keys(keys / "server.pub.json").encryption_fingerprint
+    init = ["site", "init", "--site-id", "site-1", "--trust", str(keys / "board.pub.json")]
+
+    def allowed(out: Path) -> list[str]:
+        return list(tomllib.loads(out.read_text())["policy"]["allowed_recipient_keys"])
+
+    said = " ".join(_ok([*init, "--allow-recipient", str(keys / "server.pub.json"), "--out",
+                         str(tmp_path / "a.toml")]).split())  # fmt: skip
+    assert allowed(tmp_path / "a.toml") == [server]
+    assert f"taking the encryption key of server 'server', {server}" in said
+    _ok([*init, "--allow-recipient", server, "--out", str(tmp_path / "b.toml")])
+    assert allowed(tmp_path / "b.toml") == [server]
+    for bad, why in (
+        (server[:-1], "it has 63 characters after sha256:, not 64"),
+        (server.upper().replace("SHA256", "sha256"), "not all lowercase hex"),
+        (str(tmp_path / "nope.pub.json"), "neither a fingerprint nor a readable file"),
+        (str(keys / "site-1.pub.json"), "not a server's public key file"),
+    ):
+        out = tmp_path / "bad.toml"
+        res = runner.invoke(app, [*init, "--allow-recipient", bad, "--out", str(out)])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2, said
+        assert "--allow-recipient" in said and why in said, said
+        assert "sha256: and 64 lowercase hex digits" in said and "<id>.pub.json" in said
+        assert "Traceback" not in said and "internal error" not in said
+        assert not out.exists()

@@ -160,7 +160,8 @@ def test_plan_uses_the_tighter_bound() -> None:
     loaded = load_protocol_text(text)
     plan = dpsgd.plan_dpsgd(loaded.protocol)
     none = dpsgd.plan_dpsgd(
-        load_protocol_text(text.replace("population = 8", 'amplification = "none"')).protocol)
+        load_protocol_text(text.replace("population = 8", 'amplification = "none"')).protocol
+    )
     assert plan.sampling == "without-replacement" and none.sampling == "none"
     assert plan.noise_multiplier < 0.8 * none.noise_multiplier
     assert isinstance(plan.step_event(), dpa.SampledWithoutReplacementDpEvent)

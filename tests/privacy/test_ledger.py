@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import dp_accounting
 import pytest
@@ -256,3 +257,48 @@ def test_ledger_show_prints_each_stage_and_the_total(tmp_path):
     assert "per stage, at delta 1e-05" in text
     assert "features │ 1 │ 1 │ -" in text and "training │ 1 │" in text and "│ 40 │" in text
     assert "total (composed) │ 2 │" in text and "│ 50 │" in text
+
+
+def test_a_deleted_ledger_does_not_refund_the_budget(tmp_path: Path) -> None:
+    """Hostile-coordinator review, item 7: deleting ledger.jsonl refunded the training budget
+    unnoticed. The site's audit log records every spend beside the ledger; a ledger that does
+    not extend those spends is refused before any charge (and so before any noise)."""
+    import dp_accounting
+
+    from securefed.errors import LedgerRollbackError
+    from securefed.privacy import Ledger
+
+    loaded = _loaded_for_anchor(tmp_path)
+    ledger = Ledger.for_protocol(tmp_path / "site", loaded, "site-1")
+    event = dp_accounting.GaussianDpEvent(5.0)
+    for rid in ("r1", "r2"):
+        with ledger.charge("training", rid, event):
+            pass
+    backup = (tmp_path / "site" / "ledger.jsonl").read_text()
+    (tmp_path / "site" / "ledger.jsonl").unlink()
+    with (
+        pytest.raises(LedgerRollbackError, match="does not extend"),
+        ledger.charge("training", "r3", event),
+    ):
+        pytest.fail("charged on a deleted ledger")
+    (tmp_path / "site" / "ledger.jsonl").write_text(backup.splitlines(keepends=True)[0])
+    with (
+        pytest.raises(LedgerRollbackError, match="missing"),
+        ledger.charge(  # truncated
+            "training", "r3", event
+        ),
+    ):
+        pytest.fail("charged on a truncated ledger")
+    (tmp_path / "site" / "ledger.jsonl").write_text(backup)  # restored: charging goes on
+    with ledger.charge("training", "r3", event):
+        pass
+
+
+def _loaded_for_anchor(tmp_path: Path):  # noqa: ANN202
+    from support.dpsgd import PROTOCOL
+
+    from securefed.protocol import load_protocol
+
+    path = tmp_path / "protocol.toml"
+    path.write_text(PROTOCOL.format(rounds=2, finetune=1, enabled="true"))
+    return load_protocol(path)

@@ -61,6 +61,54 @@ def test_unknown_key_rejected_with_field_name() -> None:
         parse_protocol(data)
 
 
+@pytest.mark.parametrize(
+    ("table", "typo", "suggested", "where"),
+    [
+        (None, "trainig", "`training`", "the top level"),
+        ("training", "global_round", "`global_rounds`", "[training]"),
+        ("privacy", "total_epsilom", "`total_epsilon`", "[privacy]"),
+        ("release", "epsilonn", "`epsilon`", "[release]"),
+        ("training.dp_sgd", "max_grad_nrom", "`max_grad_norm`", "[training.dp_sgd]"),
+        ("sites", "nodekey", "`node_key`", "[[sites]]"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_gets_the_closest_field_names_of_its_table(
+    table: str | None, typo: str, suggested: str, where: str
+) -> None:
+    """A typo gets "did you mean `global_rounds`?" in every table (difflib over the fields of
+    the table the key sits in, arrays of tables included); a key like no field gets none."""
+    data = demo_dict()
+    if table == "sites":
+        data["sites"] = [{"id": "site-1", "partition_id": 1, typo: "x"}]
+        loc = f"sites.0.{typo}"
+    elif table is None:
+        data[typo] = {}
+        loc = typo
+    else:
+        node = data
+        for part in table.split("."):
+            node = node.setdefault(part, {})
+        node[typo] = 1
+        loc = f"{table}.{typo}"
+    with pytest.raises(ProtocolError) as caught:
+        parse_protocol(data)
+    line = next(x for x in str(caught.value).splitlines() if f"- {loc}:" in x)
+    assert f"unknown field; did you mean {suggested}?" in line, line
+    assert f"lists the fields of {where}" in line, line
+    data = demo_dict()
+    data["training"]["zzzzqq"] = 1
+    with pytest.raises(ProtocolError, match=r"training\.zzzzqq: unknown field \(not in schema"):
+        parse_protocol(data)
+
+
+def test_check_suggests_the_field_on_the_command_line(tmp_path: Path) -> None:
+    bad = tmp_path / "typo.toml"
+    bad.write_text(DEMO.read_text().replace("global_rounds", "global_round"))
+    result = CliRunner().invoke(app, ["protocol", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "did you mean `global_rounds`?" in " ".join(result.output.split())
+
+
 def test_closed_algorithm_lists() -> None:
     data = demo_dict()
     data["clustering"]["algorithm"] = "dbscan"

@@ -56,8 +56,13 @@ class Federation:
         self.loaded = load_protocol(self.protocol)
         asg = write_assignments(self.folder / "clusters.csv", LAYOUT)
         self.sites = [
-            SiteSettings(partition_id=p, data_dir=str(self.folder), protocol=str(self.protocol),
-                         assignments=str(asg), work_dir=str(self.folder / f"site{p}"))
+            SiteSettings(
+                partition_id=p,
+                data_dir=str(self.folder),
+                protocol=str(self.protocol),
+                assignments=str(asg),
+                work_dir=str(self.folder / f"site{p}"),
+            )
             for p in (0, *LAYOUT)
         ]  # fmt: skip  (index = partition id; partition 0 holds no cases)
         base = self.make()

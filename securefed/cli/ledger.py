@@ -1,5 +1,5 @@
-"""`securefed features bounds`, `securefed ledger show|verify`: clipping bounds and the site
-privacy ledger. Nothing here sends anything off the site."""
+"""`securefed ledger show|verify`: the site's privacy ledger. Nothing here sends anything off the
+site."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from securefed.cli._common import (
     console,
     err_console,
     handle_errors,
-    info,
     plain_text,
     subgroup,
 )
@@ -26,53 +25,9 @@ __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
-    features = subgroup(app, "features", "Extract, bound and release radiomic features.")
-    features.command("bounds")(bounds)
     ledger = subgroup(app, "ledger", "Inspect and verify a site's privacy ledger.")
     ledger.command("show")(show)
     ledger.command("verify")(verify)
-
-
-@handle_errors
-def bounds(
-    features: Annotated[
-        Path, typer.Option("--features", help="Reference feature folder (FEATDIR).")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Bounds JSON file to write.")],
-    source: Annotated[
-        str,
-        typer.Option(
-            "--source",
-            help='What the reference data is, e.g. "synthetic federation seed 0, NOT study data".',
-        ),
-    ],
-    low_pct: Annotated[
-        float, typer.Option("--low-pct", help="Lower percentile per feature.")
-    ] = 0.0,
-    high_pct: Annotated[
-        float, typer.Option("--high-pct", help="Upper percentile per feature.")
-    ] = 100.0,
-    margin: Annotated[
-        float, typer.Option("--margin", help="Widen each side by this x the width.")
-    ] = 0.0,
-) -> None:
-    """Derive per-feature clipping bounds from a REFERENCE feature folder (never the study's own
-    data) and print the sha256 to pin in the protocol's release.bounds."""
-    from securefed.privacy.bounds import derive_bounds, write_bounds
-    from securefed.radiomics.storage import load_table
-
-    table, _ = load_table(features)
-    derived = derive_bounds(
-        table.values,
-        table.columns,
-        source=source,
-        low_pct=low_pct,
-        high_pct=high_pct,
-        margin=margin,
-    )
-    digest = write_bounds(derived, out)
-    info(f"{len(derived.columns)} columns from {len(table.subject_ids)} reference cases -> {out}")
-    console.print(digest, highlight=False)
 
 
 _LedgerArg = Annotated[Path, typer.Argument(help="Ledger folder (or ledger.jsonl).")]
