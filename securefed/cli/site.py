@@ -3,6 +3,9 @@ and BFV key (deployment key dealing: `site he-key deal|open`).
 
 Contract (scripts outside the repository call these): ``site verify`` exits 0 printing the accepted
 ``sha256:<hex>``, or 3 naming the failed check; a malformed site configuration exits 2.
+``site selftest --site-config SITE.toml [--work DIR]`` prints one line per hostile-coordinator
+attack (``refused  <name>: ...`` or ``ACCEPTED <name>: ...``) and exits 0 only if every attack is
+refused (and the honest control answered), else 3; a missing or malformed SITE.toml exits 2.
 ``site supernode`` exits 3 before starting anything when the site refuses the protocol (policy,
 unsigned, study.mode 'simulation', no approved app bundle, another node key pinned), 2 for
 missing TLS material or node key.
@@ -33,6 +36,7 @@ def register(app: typer.Typer) -> None:
     group.command("verify")(verify)
     group.command("node-key")(node_key)
     group.command("supernode")(supernode)
+    group.command("selftest")(selftest)
     he = subgroup(group, "he-key", "Deployment under bfv: deal or open the study's BFV key.")
     he.command("deal")(he_key_deal)
     he.command("open")(he_key_open)
@@ -220,6 +224,48 @@ def verify(protocol: ProtocolFileArg, site_config: SiteConfigOption) -> None:
     )
     info(f"{config.site.id}: accepted, {how}")
     console.print(accepted.sha256, highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def selftest(
+    site_config: SiteConfigOption,
+    work: Annotated[
+        Path | None,
+        typer.Option(
+            "--work",
+            help="Folder for the throwaway study (synthetic cases, keys, logs); default: a "
+            "temporary folder, removed afterwards.",
+        ),
+    ] = None,
+) -> None:
+    """Run every hostile-coordinator attack against this installation under the site's policy:
+    a throwaway study (ephemeral governance key, synthetic NIfTI cases) driven through the real
+    ClientApp by a coordinator that deviates. One line per attack; exit 0 only if every attack
+    is refused, 3 otherwise. Nothing leaves this machine."""
+    import tempfile
+
+    from securefed.errors import EXIT_SECURITY
+    from securefed.study.selftest import run_selftest
+    from securefed.trust import load_site_config
+
+    load_site_config(site_config)  # a missing or malformed SITE.toml: exit 2 before any work
+
+    def show(o: object) -> None:
+        from securefed.federation.selftest import AttackOutcome
+
+        assert isinstance(o, AttackOutcome)
+        mark = "refused " if o.refused else "ACCEPTED"
+        console.print(escape(f"{mark} {o.name}: {o.what} -> {o.detail}"), highlight=False,
+                      soft_wrap=True)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="securefed-selftest-") as tmp:
+        report = run_selftest(site_config, work or Path(tmp), show)
+    info(report.policy_note)
+    failed = [o.name for o in report.outcomes if not o.refused]
+    if failed:
+        console.print(f"selftest FAILED: {', '.join(failed)}", highlight=False)
+        raise typer.Exit(EXIT_SECURITY)
+    console.print(f"selftest passed: {len(report.outcomes) - 1} attacks refused", highlight=False)
 
 
 @handle_errors

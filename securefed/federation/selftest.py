@@ -11,6 +11,8 @@ Tests: ``tests/study/test_selftest.py``.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
-from flwr.common import FitIns, ndarrays_to_parameters
+from flwr.common import FitIns, Metadata, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
@@ -89,8 +91,13 @@ class HostileCoordinator:
                                                      config), True)  # fmt: skip
         if secagg is not None:
             content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(secagg)
-        msg = Message(content, dst_node_id=100 + pid, message_type=MessageType.TRAIN,
-                      group_id="1")  # fmt: skip
+        # A message as a SuperLink delivers it (metadata set; the public constructor needs a
+        # ServerApp's run, which a selftest has not).
+        meta = Metadata(run_id=1, message_id=uuid.uuid4().hex, src_node_id=0,
+                        dst_node_id=100 + pid, reply_to_message_id="", group_id="1",
+                        created_at=time.time(), ttl=600.0,
+                        message_type=MessageType.TRAIN)  # fmt: skip
+        msg = Message(metadata=meta, content=content)  # type: ignore[call-overload]
         return self.app(msg, self.contexts[pid])
 
     def setup(self, pid: int, **override: Any) -> Any:

@@ -151,6 +151,7 @@ COMMAND_LINES = {
     "site he-key open": "PROTOCOL --envelope --site-config --key --state --passphrase-file",
     "site init": "--site-id --trust --out --threshold --ledger-dir --allow-recipient",
     "site node-key": "--out",
+    "site selftest": "--site-config --work",
     "site supernode": "PROTOCOL --site-config --superlink --data-dir --work-dir --ca-cert "
     "--node-key --assignments --partitions --device --runtime-port --check-only",
     "site verify": "PROTOCOL --site-config",
