@@ -30,7 +30,7 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
 from securefed.clustering.assignments import Assignment, read_assignments, site_subjects
-from securefed.errors import ConfigError, InstructionRefusedError, SiteTrustError, TrainingError
+from securefed.errors import ConfigError, InstructionRefusedError, TrainingError
 from securefed.federation.config import SiteSettings
 from securefed.federation.guard import GuardPolicy, make_egress_guard, make_egress_record_mod
 from securefed.federation.he_round import encrypt_update, make_decrypt_mod
@@ -42,66 +42,28 @@ from securefed.federation.site_rules import (
     make_error_code_mod,
     make_secaggplus_site_mod,
 )
+from securefed.federation.site_runtime import SiteRuntime
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
 
 __all__ = ["SiteClient", "make_client_app", "app"]
 
-# Prepared data per (site, subjects, protocol): reused across rounds within one process.
-_DATA_CACHE: dict[tuple[Any, ...], Any] = {}
-_PROTOCOLS: dict[tuple[str, str, int], Any] = {}
-
-
-def _load_site_protocol(site: SiteSettings) -> Any:
-    """The site's protocol, accepted by the site's own trust and policy (node config
-    ``site-config``; required for a deployment protocol) before any data is touched."""
-    key = (site.protocol, site.site_config, site.partition_id)
-    if key not in _PROTOCOLS:
-        from securefed.protocol import load_protocol
-        from securefed.trust import load_site_config, verify_for_site
-
-        if site.site_config:
-            config = load_site_config(Path(site.site_config))
-            loaded = verify_for_site(Path(site.protocol), config).loaded
-            if loaded.protocol.partition_of_site(config.site.id) != site.partition_id:
-                raise SiteTrustError(
-                    f"node config partition-id {site.partition_id} is not the partition of "
-                    f"{config.site.id} in the protocol; refusing"
-                )
-        else:
-            loaded = load_protocol(Path(site.protocol))
-            if not loaded.protocol.is_simulation:
-                raise SiteTrustError(
-                    f"site {site.partition_id}: a deployment protocol needs the site's own "
-                    "configuration (node config 'site-config', `securefed site init`)"
-                )
-        _PROTOCOLS[key] = loaded
-    return _PROTOCOLS[key]
-
-
-_SENT: dict[tuple[str, Any], tuple[int, ...] | None] = {}
-
-
-def sent_positions(task: FlowerTask, loaded: Any) -> tuple[int, ...] | None:
-    """Which model arrays the site sends back after training, from its own protocol
-    (securefed.federation.task.sent_indices; None: all); cached per protocol and model builder
-    (``resolve_task`` makes new weight closures on every call, its builder stays the same)."""
-    from securefed.federation.task import sent_indices
-
-    key = (loaded.sha256, task.build_model)
-    if key not in _SENT:
-        _SENT[key] = sent_indices(task, loaded.protocol.training)
-    return _SENT[key]
-
 
 class SiteClient(NumPyClient):
     """One site in one run. ``task`` supplies model, data and loops; ``site`` its local settings."""
 
-    def __init__(self, task: FlowerTask, site: SiteSettings, ledger_dir: str = "") -> None:
+    def __init__(
+        self,
+        task: FlowerTask,
+        site: SiteSettings,
+        ledger_dir: str = "",
+        runtime: SiteRuntime | None = None,
+    ) -> None:
         self.task = task
         self.site = site
         self.ledger_dir = ledger_dir or site.work_dir
-        self.loaded = _load_site_protocol(site)
+        self.runtime = runtime if runtime is not None else SiteRuntime()
+        self.loaded = self.runtime.accepted(site)
         self.spec = self.loaded.protocol.training
         self.egress = training_egress(self.loaded.protocol)
 
@@ -115,7 +77,7 @@ class SiteClient(NumPyClient):
         """Under ``training.trainable`` the arrays the site does not train must be the protocol's
         start (pinned weights or the seeded initialisation) bit for bit: a coordinator cannot
         plant trap weights in the frozen blocks."""
-        sent = sent_positions(self.task, self.loaded)
+        sent = self.runtime.sent_positions(self.task, self.loaded)
         if sent is None:
             return
         start = self.get_parameters({})
@@ -156,11 +118,9 @@ class SiteClient(NumPyClient):
         if not subjects:
             return None, 0
         key = (self.site.data_dir, self.site.partition_id, tuple(subjects), self.loaded.sha256)
-        if key not in _DATA_CACHE:
-            _DATA_CACHE[key] = self.task.load_data(
-                Path(self.site.data_dir), self.site.partition_id, subjects, self.spec
-            )
-        return _DATA_CACHE[key], len(subjects)
+        data = self.runtime.data(key, lambda: self.task.load_data(
+            Path(self.site.data_dir), self.site.partition_id, subjects, self.spec))  # fmt: skip
+        return data, len(subjects)
 
     def _model(self, parameters: Sequence[np.ndarray] | None, seed: int) -> Any:
         import torch
@@ -286,11 +246,11 @@ class SiteClient(NumPyClient):
             return vector
         if self.spec.aggregation != "bfv":
             # training.trainable: only the trained arrays leave; the rest is the start model's
-            sent = sent_positions(self.task, self.loaded)
+            sent = self.runtime.sent_positions(self.task, self.loaded)
             return arrays if sent is None else [arrays[i] for i in sent]
         weight = max(1, self._weight(n_train))
         return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=weight,
-                              config=config)  # fmt: skip
+                              config=config, key_of=self.runtime.he_key)  # fmt: skip
 
     def _audit_round(self, config: dict[str, Any], rnd: int) -> None:
         """The site's audit log (beside its ledger): this training round and its aggregation."""
@@ -477,6 +437,7 @@ def make_client_app(
     ``phase``: the phase name for the site's egress log (simulation; deployment reads it from
     the run config)."""
     sim_sites = list(sites) if sites is not None else None
+    runtime = SiteRuntime()  # this app's (node process's) state: never module-level
 
     def site_of(context: Context) -> SiteSettings:
         if sim_sites is not None and "data-dir" not in context.node_config:
@@ -486,12 +447,12 @@ def make_client_app(
     def client_fn(context: Context):
         site = site_of(context)
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
-        return SiteClient(task or resolve_task(), site, ledger_dir).to_client()
+        return SiteClient(task or resolve_task(), site, ledger_dir, runtime).to_client()
 
     def identity(context: Context) -> tuple[Any, str, str]:
         """The site's accepted protocol, its log folder and its site id."""
         site = site_of(context)
-        loaded = _load_site_protocol(site)
+        loaded = runtime.accepted(site)
         ledger_dir = (
             site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
         )
@@ -513,12 +474,13 @@ def make_client_app(
         aggregation = loaded.protocol.training.aggregation
         return GuardPolicy(training_egress(loaded.protocol), aggregation == "secagg+", record,
                            None, he=aggregation == "bfv",
-                           sent_arrays=sent_positions(task or resolve_task(), loaded))  # fmt: skip
+                           sent_arrays=runtime.sent_positions(task or resolve_task(),
+                                                              loaded))  # fmt: skip
 
     def he_site(context: Context) -> tuple[SiteSettings, Any, str]:
         site = site_of(context)
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
-        return site, _load_site_protocol(site), ledger_dir or site.work_dir
+        return site, runtime.accepted(site), ledger_dir or site.work_dir
 
     def pacing(context: Context) -> Pacing:
         loaded, ledger_dir, sid = identity(context)
@@ -543,7 +505,7 @@ def make_client_app(
         mods=[make_egress_record_mod(_egress_recorder(identity, phase)), make_pacing_mod(pacing),
               make_error_code_mod(_error_recorder(identity)),
               make_egress_guard(policy),
-              make_decrypt_mod(he_site),
+              make_decrypt_mod(he_site, runtime.he_key),
               make_secaggplus_site_mod(lambda ctx: identity(ctx)[0].protocol)],
     )  # fmt: skip
 

@@ -59,6 +59,7 @@ __all__ = [
     "decrypt_request",
     "make_decrypt_mod",
     "aggregator_context",
+    "load_site_key",
     "is_decrypt_request",
 ]
 
@@ -69,8 +70,6 @@ HE_AGGREGATE = "securefed.he.aggregate"
 HE_MEAN = "securefed.he.mean"
 DECRYPTED_FILE = "he-decrypted.json"
 TRAINED_FILE = "he-trained.json"  # the (phase, round)s this site contributed to
-_KEYS: dict[str, BfvKey] = {}
-_AGG: dict[str, AggregatorContext] = {}
 
 
 def site_key_path(site: SiteSettings, ledger_dir: str) -> Path:
@@ -86,26 +85,23 @@ def site_key_path(site: SiteSettings, ledger_dir: str) -> Path:
     return Path(base) / "he" / "bfv.key"
 
 
-def _site_key(path: Path) -> BfvKey:
-    if str(path) not in _KEYS:
-        if not path.is_file():
-            raise ConfigError(
-                f"{path}: no BFV key; the key dealing gives each site its copy before training "
-                "(deployment: `securefed site he-key deal|open`; simulation: securefed.study."
-                "he_keys)"
-            )
-        _KEYS[str(path)] = load_key(path.read_bytes(), str(path))
-    return _KEYS[str(path)]
+def load_site_key(path: Path) -> BfvKey:
+    """The site's BFV secret key (its SiteRuntime reads it once per process)."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no BFV key; the key dealing gives each site its copy before training "
+            "(deployment: `securefed site he-key deal|open`; simulation: securefed.study."
+            "he_keys)"
+        )
+    return load_key(path.read_bytes(), str(path))
 
 
 def aggregator_context(path: str) -> AggregatorContext:
-    """The server's context (cached per process)."""
-    if path not in _AGG:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no BFV aggregator context; run the key dealing first")
-        _AGG[path] = load_aggregator_context(p.read_bytes(), str(p))
-    return _AGG[path]
+    """The server's public-only context (no secret key), read from its file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no BFV aggregator context; run the key dealing first")
+    return load_aggregator_context(p.read_bytes(), str(p))
 
 
 def site_encoding(protocol: Any, fields: int) -> Encoding:
@@ -126,9 +122,11 @@ def encrypt_update(
     *,
     weight: int,
     config: dict[str, Any],
+    key_of: Callable[[Path], BfvKey] = load_site_key,
 ) -> list[np.ndarray]:
-    """The site's fit reply under bfv: one uint8 array (the encrypted contribution)."""
-    key = _site_key(site_key_path(site, ledger_dir))
+    """The site's fit reply under bfv: one uint8 array (the encrypted contribution).
+    ``key_of``: reads the site's BFV key (its SiteRuntime's, cached per process)."""
+    key = key_of(site_key_path(site, ledger_dir))
     flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
     cluster = int(config.get("cluster", -1))
     phase = "global" if cluster < 0 else f"cluster-{cluster}"
@@ -245,9 +243,11 @@ def _record_once(ledger_dir: Path, phase: str, rnd: int, sites: list[int]) -> No
 
 def make_decrypt_mod(
     resolve: Callable[[Context], tuple[SiteSettings, Any, str]],
+    key_of: Callable[[Path], BfvKey] = load_site_key,
 ) -> Callable[[Message, Context, ClientAppCallable], Message]:
     """A client mod answering decrypt requests (passes every other message on). ``resolve``
-    gives the site's settings, its accepted protocol and its ledger folder."""
+    gives the site's settings, its accepted protocol and its ledger folder; ``key_of`` reads
+    the site's BFV key."""
 
     def he_decrypt_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if not is_decrypt_request(msg):
@@ -282,7 +282,7 @@ def make_decrypt_mod(
         _check_trained(Path(ledger_dir), site, phase, rnd, sites)  # before anything is opened
         shapes = declared_shapes(msg.content)
         enc = site_encoding(p, int(str(cfg["fields"])))
-        key = _site_key(site_key_path(site, ledger_dir))
+        key = key_of(site_key_path(site, ledger_dir))
         total = bytes(msg.content.array_records[HE_AGGREGATE]["sum"].numpy().tobytes())
         try:
             out = decrypt_aggregate(key, total, sites=sites, enc=enc,

@@ -124,5 +124,6 @@ def test_secure_aggregate_cffl_needs_secagg_and_no_dpsgd(tmp_path: Path) -> None
     with pytest.raises(ProtocolError, match="not offered with DP-SGD"):
         parse_protocol(dpsgd)
     no_cffl = {**data, "training": {**data["training"], "baselines": ["local", "fedavg"],
-                                    "dp_sgd": {"enabled": True, "epsilon": 1.0}}}  # fmt: skip
+                                    "dp_sgd": {"enabled": True, "epsilon": 1.0,
+                                               "amplification": "none"}}}  # fmt: skip
     parse_protocol(no_cffl)

@@ -1,0 +1,88 @@
+"""What one site process keeps between the coordinator's messages: held by its ClientApp (one
+``SiteRuntime`` per ``make_client_app``, so per node process), never at module level.
+
+- the protocols it accepted, each verified by the site's own trust and policy (SITE.toml) before
+  any data is touched (a simulation protocol without a site configuration is loaded as is);
+- its prepared datasets (per subjects and protocol);
+- which model arrays it sends back (from its own protocol, ``training.trainable``);
+- its BFV secret keys (``training.aggregation = "bfv"``).
+
+Nothing here leaves the site. Tests: ``tests/federation/test_site_runtime.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securefed.errors import SiteTrustError
+from securefed.federation.config import SiteSettings
+from securefed.protocol import LoadedProtocol
+
+__all__ = ["SiteRuntime"]
+
+
+@dataclass
+class SiteRuntime:
+    """The per-process state of a site's ClientApp (see the module docstring)."""
+
+    _protocols: dict[tuple[str, str, int], LoadedProtocol] = field(default_factory=dict)
+    _data: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _sent: dict[tuple[str, Any], tuple[int, ...] | None] = field(default_factory=dict)
+    _he_keys: dict[str, Any] = field(default_factory=dict)
+
+    def accepted(self, site: SiteSettings) -> LoadedProtocol:
+        """The site's protocol, accepted by the site's own trust and policy (node config
+        ``site-config``; required for a deployment protocol) before any data is touched."""
+        key = (site.protocol, site.site_config, site.partition_id)
+        if key not in self._protocols:
+            self._protocols[key] = _accept(site)
+        return self._protocols[key]
+
+    def data(self, key: tuple[Any, ...], load: Callable[[], Any]) -> Any:
+        """A prepared dataset, loaded once per process."""
+        if key not in self._data:
+            self._data[key] = load()
+        return self._data[key]
+
+    def sent_positions(self, task: Any, loaded: LoadedProtocol) -> tuple[int, ...] | None:
+        """Which model arrays the site sends back after training, from its own protocol
+        (securefed.federation.task.sent_indices; None: all), per protocol and model builder."""
+        from securefed.federation.task import sent_indices
+
+        key = (loaded.sha256, task.build_model)
+        if key not in self._sent:
+            self._sent[key] = sent_indices(task, loaded.protocol.training)
+        return self._sent[key]
+
+    def he_key(self, path: Path) -> Any:
+        """The site's BFV secret key at ``path``, read once per process."""
+        from securefed.federation.he_round import load_site_key
+
+        if str(path) not in self._he_keys:
+            self._he_keys[str(path)] = load_site_key(path)
+        return self._he_keys[str(path)]
+
+
+def _accept(site: SiteSettings) -> LoadedProtocol:
+    from securefed.protocol import load_protocol
+    from securefed.trust import load_site_config, verify_for_site
+
+    if site.site_config:
+        config = load_site_config(Path(site.site_config))
+        loaded = verify_for_site(Path(site.protocol), config).loaded
+        if loaded.protocol.partition_of_site(config.site.id) != site.partition_id:
+            raise SiteTrustError(
+                f"node config partition-id {site.partition_id} is not the partition of "
+                f"{config.site.id} in the protocol; refusing"
+            )
+        return loaded
+    loaded = load_protocol(Path(site.protocol))
+    if not loaded.protocol.is_simulation:
+        raise SiteTrustError(
+            f"site {site.partition_id}: a deployment protocol needs the site's own "
+            "configuration (node config 'site-config', `securefed site init`)"
+        )
+    return loaded

@@ -1,0 +1,65 @@
+"""No module-level state holds a site's protocol, key or dataset (hostile-coordinator issue):
+a site's ClientApp keeps them in its own SiteRuntime, one per app (node process)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from support.flower import make_task, write_assignments, write_protocol
+
+from securefed.federation.client_app import SiteClient
+from securefed.federation.config import SiteSettings
+from securefed.federation.site_runtime import SiteRuntime
+
+PACKAGE = Path(__file__).resolve().parents[2] / "securefed"
+# Module-level caches of public values only, each with why it holds nothing of a site.
+ALLOWED = {
+    ("training/dpsgd.py", "_PLAN_CACHE"): "DP-SGD plans: functions of the protocol's public values",
+    ("data/synth/writer.py", "_GRID"): "a synthesis worker's output grid (synthetic data only)",
+}
+
+
+def _mutable_globals(path: Path) -> list[str]:
+    out = []
+    for node in ast.parse(path.read_text()).body:
+        targets: list[ast.expr] = []
+        value = None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        # an empty container at import time is filled later: state (constants have content)
+        mutable = (isinstance(value, ast.Dict) and not value.keys) or (
+            isinstance(value, ast.List | ast.Set) and not value.elts
+        ) or (isinstance(value, ast.Call) and getattr(value.func, "id", "") in ("dict", "list",
+                                                                            "set")
+              and not value.args)  # fmt: skip
+        if mutable:
+            out += [t.id for t in targets if isinstance(t, ast.Name)]
+    return out
+
+
+def test_no_module_level_container_outside_the_allowed_public_caches() -> None:
+    found = {
+        (str(path.relative_to(PACKAGE)), name)
+        for path in PACKAGE.rglob("*.py")
+        for name in _mutable_globals(path)
+        if name.lstrip("_").isupper()
+    }
+    assert found <= set(ALLOWED), sorted(found - set(ALLOWED))
+
+
+def test_each_runtime_keeps_its_own_accepted_protocol_and_data(tmp_path: Path) -> None:
+    proto = write_protocol(tmp_path, aggregation="fedavg")
+    asg = write_assignments(tmp_path / "clusters.csv", {1: [("train", 0)] * 2 + [("val", 0)]})
+    site = SiteSettings(1, str(tmp_path), str(proto), work_dir=str(tmp_path / "w"),
+                        assignments=str(asg))  # fmt: skip
+    first, second = SiteRuntime(), SiteRuntime()
+    a = SiteClient(make_task(), site, runtime=first)
+    SiteClient(make_task(), site, runtime=second)
+    assert first.accepted(site) is a.loaded  # kept by the runtime that accepted it
+    assert second.accepted(site) is not a.loaded  # never shared through a module
+    data, n = a._data({"cluster": -1}, "train")
+    assert n == 2 and first.data((site.data_dir, 1, ("S01_000", "S01_001"), a.loaded.sha256),
+                                 lambda: None) is data  # fmt: skip
