@@ -36,8 +36,12 @@ from scipy.stats import beta, binom, norm
 from securefed.audit.one_run import guesses_for, one_run_epsilon
 
 __all__ = [
+    "TARGET_POWER",
+    "VIOLATION_SCALE",
     "CanaryModel",
     "SizedTest",
+    "best_threshold",
+    "min_correct",
     "noise_sf",
     "one_run_power",
     "size_one_run",
@@ -219,6 +223,21 @@ class CanaryModel:
         return signal + rng.normal(0.0, scale * self.multiplier * math.sqrt(self.steps), m)
 
 
+def min_correct(canaries: int, epsilon: float, delta: float) -> int:
+    """The fewest correct guesses whose one-run bound exceeds ``epsilon`` (``r + 1``: none)."""
+    r = guesses_for(canaries)
+    if one_run_epsilon(canaries, r, r, delta) <= epsilon:
+        return r + 1
+    lo, hi = r // 2, r  # bound(lo) <= epsilon < bound(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if one_run_epsilon(canaries, r, mid, delta) > epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def one_run_power(
     model: CanaryModel,
     canaries: int,
@@ -226,26 +245,27 @@ def one_run_power(
     delta: float,
     *,
     scale: float = VIOLATION_SCALE,
-    reps: int = 200,
+    reps: int = 40,
     seed: int = 0,
 ) -> float:
     """P[the one-run bound exceeds ``epsilon``] for ``canaries`` canaries when the noise is
-    ``scale`` times the plan's, by simulating the score model ``reps`` times (the audit's
-    guesses: the top and bottom ``guesses_for(canaries) / 2`` scores)."""
-    rng = np.random.default_rng(seed)
+    ``scale`` times the plan's: the correct guesses (the top and bottom ``guesses_for(canaries)
+    / 2`` scores) of ``reps`` simulated runs of the score model, their normal approximation
+    against the fewest correct guesses that certify more than ``epsilon``."""
+    needed = min_correct(canaries, epsilon, delta)
     r = guesses_for(canaries)
+    if needed > r:
+        return 0.0
+    rng = np.random.default_rng(seed)
     k = r // 2
-    hits = 0
-    cache: dict[int, float] = {}
+    vs = []
     for _ in range(reps):
         included = rng.random(canaries) < 0.5
         score = model.scores(included, rng, scale)
         order = np.argpartition(score, (k, canaries - k))
-        v = int(included[order[canaries - k :]].sum() + (~included[order[:k]]).sum())
-        if v not in cache:
-            cache[v] = one_run_epsilon(canaries, r, v, delta)
-        hits += cache[v] > epsilon
-    return hits / reps
+        vs.append(int(included[order[canaries - k :]].sum() + (~included[order[:k]]).sum()))
+    mean, sd = float(np.mean(vs)), max(float(np.std(vs, ddof=1)), 0.5)
+    return float(norm.sf((needed - 0.5 - mean) / sd))
 
 
 def size_one_run(
@@ -256,20 +276,19 @@ def size_one_run(
     least: int = 2000,
     most: int = 200_000,
     target: float = TARGET_POWER,
-    reps: int = 100,
 ) -> tuple[int, float]:
     """Canaries for the one-run audit: the fewest on a ladder (``least`` .. ``most``) that catch
     the 2x violation with probability ``target``; else the fewest whose best case (every guess
     right) certifies above the claim, so the row is not inconclusive; else ``most``. Returns
-    (canaries, simulated power at that size)."""
+    (canaries, estimated power at that size)."""
     ladder = sorted({least, *(n for n in (5000, 10_000, 20_000, 50_000, 100_000, 200_000,
                                           500_000) if least < n < most), most})  # fmt: skip
-    powers: dict[int, float] = {}
-    for n in ladder:
-        powers[n] = one_run_power(model, n, epsilon, delta, reps=reps)
-        if powers[n] >= target:
-            return n, powers[n]
+    if one_run_power(model, most, epsilon, delta) >= target:
+        for n in ladder:
+            p = one_run_power(model, n, epsilon, delta)
+            if p >= target:
+                return n, p
     for n in ladder:
         if one_run_epsilon(n, guesses_for(n), guesses_for(n), delta) > epsilon:
-            return n, powers[n]
-    return most, powers[most]
+            return n, one_run_power(model, n, epsilon, delta)
+    return most, one_run_power(model, most, epsilon, delta)

@@ -40,6 +40,7 @@ from securefed.errors import ConfigError
 from securefed.fileio import write_json_atomic
 from securefed.protocol import LoadedProtocol, load_protocol
 from securefed.protocol.egress import training_egress
+from securefed.trust import accept_unsigned_simulation
 from securefed.trust.egress_log import EGRESS_FILE, read_egress_log
 
 __all__ = ["Declaration", "census", "declare", "run_egress_audit"]
@@ -250,7 +251,8 @@ def differential_features(rundir: Path, loaded: LoadedProtocol) -> dict[str, Any
                 featdir = Path(tmp) / f"feat-{j}"
                 save_table(t, featdir, manifest)
                 state = Path(tmp) / f"state-{j}"
-                release_site_features(featdir, loaded, site_keys, load_public_keys(server_pub),
+                release_site_features(featdir, accept_unsigned_simulation(loaded), site_keys,
+                                      load_public_keys(server_pub),
                                       Path(tmp) / f"out-{j}", state)  # fmt: skip
                 entries = read_egress_log(state / EGRESS_FILE)
                 runs.append({f["name"]: f.get("value", f.get("digest")) for f in

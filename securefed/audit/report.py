@@ -6,6 +6,7 @@ headless Chromium)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from securefed.fileio import read_json
 from securefed.protocol import load_protocol
 from securefed.report.jinja import template_environment
 
-__all__ = ["audit_findings", "write_audit_report"]
+__all__ = [
+    "audit_findings", "field_words", "leakage_summary", "metric_words", "write_audit_report",
+]  # fmt: skip
 
 
 def _load(folder: Path, name: str) -> dict[str, Any] | None:
@@ -37,6 +40,162 @@ def audit_findings(
                         "finding": f"empirical lower bound {m['lower_bound']} above the "
                         f"claimed epsilon {m['claimed_epsilon']}"})  # fmt: skip
     return out
+
+
+_REGION_WORDS = {"tc": "tumour core", "wt": "whole tumour", "et": "enhancing tumour",
+                 "mean": "mean of the three regions"}  # fmt: skip
+_METRIC_WORDS = {"loss": "loss", "train_loss": "mean training loss", "partition-id":
+                 "institution (partition) id", "n": "case count"}  # fmt: skip
+_EXACT_FIELDS = {
+    "kind": "message kind",
+    "site": "site name",
+    "partition_id": "institution (partition) id",
+    "columns": "feature names",
+    "audit_head": "signed head of the site's audit log",
+    "ledger": "privacy-ledger events",
+    "subject_ids": "pseudonymous case ids",
+    "splits": "case splits (train, validation, test)",
+    "envelope.bytes": "envelope size",
+    "values": "feature values of each case",
+    "envelope": "resent envelope",
+    "public_key": "masking public key",
+    "masked": "masked sum with its noise share",
+    "group": "round id",
+    "error.code": "error code",
+    "fitres.num_examples.num_examples": "training case count (FedAvg weight)",
+    "evaluateres.num_examples.num_examples": "validation case count",
+    "evaluateres.loss.loss": "validation loss",
+}
+_PREFIX_FIELDS = (  # (prefix, words): the rest of the name is an array index or a key
+    ("release.", "release setting"),
+    ("secaggplus_configs.", "SecAgg+ message"),
+    ("getpropertiesres.properties.", "site property"),
+    ("getparametersres.parameters.", "initial model weights"),
+    ("fitres.parameters.", "model update (weights)"),
+    ("securefed.he.mean.", "decoded average of the round (BFV decryptor)"),
+)
+
+
+def field_words(name: str) -> str:
+    """Human words for an egress-log field name (``evaluateres.metrics.dice_et`` ->
+    "validation Dice (enhancing tumour)"); an unknown name is returned as it is."""
+    if name in _EXACT_FIELDS:
+        return _EXACT_FIELDS[name]
+    if name.endswith(".status.code"):
+        return "reply status code"
+    if name.endswith(".status.message"):
+        return "reply status message"
+    for prefix, phase in (("evaluateres.metrics.", "validation"), ("fitres.metrics.", "training")):
+        if name.startswith(prefix):
+            key = name[len(prefix) :]
+            if key.startswith("dice_") and key[5:] in _REGION_WORDS:
+                return f"{phase} Dice ({_REGION_WORDS[key[5:]]})"
+            if key == "partition-id":
+                return _METRIC_WORDS[key]
+            return f"{phase} {_METRIC_WORDS.get(key, key.replace('_', ' '))}"
+    for prefix, words in _PREFIX_FIELDS:
+        if name.startswith(prefix):
+            rest = name[len(prefix) :]
+            if prefix == "release.":
+                return f"{words}: {rest.replace('_', ' ')}"
+            if prefix == "getpropertiesres.properties.":
+                return f"{words}: {rest.replace('_', ' ').replace('-', ' ')}"
+            return words
+    return name
+
+
+def _field_list(fields: list[str], limit: int = 8) -> tuple[str, str]:
+    """The fields of a census row in words (one entry per distinct wording, with how many raw
+    fields it covers), and the raw names (for the tooltip)."""
+    counts: dict[str, int] = {}
+    for f in sorted(fields):
+        words = field_words(f)
+        counts[words] = counts.get(words, 0) + 1
+    shown = [w if c == 1 else f"{w} ({c} arrays)" for w, c in counts.items()]
+    return ", ".join(_short(shown, limit, sort=False)), ", ".join(_short(fields, 40))
+
+
+_METRIC_NAMES = {"auc": "ROC AUC", "r2": "R\u00b2", "ssim": "SSIM", "psnr": "PSNR (dB)"}
+
+
+def _fpr_of(metric: str) -> float | None:
+    """0.001 for ``tpr@0.001fpr``; None for another metric."""
+    if metric.startswith("tpr@") and metric.endswith("fpr"):
+        try:
+            return float(metric[4:-3])
+        except ValueError:
+            return None
+    return None
+
+
+def metric_words(metric: str) -> str:
+    """``tpr@0.001fpr`` -> "TPR at 0.1% FPR", ``auc`` -> "ROC AUC"."""
+    fpr = _fpr_of(metric)
+    if fpr is not None:
+        return f"TPR at {100 * fpr:g}% FPR"
+    return _METRIC_NAMES.get(metric, metric)
+
+
+def _attack_row(a: dict[str, Any], *, non_members: int | None = None) -> dict[str, Any]:
+    """An attack result as the report shows it: readable names, formatted numbers, whether it
+    beat chance (its 95 % interval above chance) and, for a TPR at an FPR smaller than one
+    non-member in the sample, that it cannot be estimated there."""
+    metric = str(a.get("metric", ""))
+    fpr = _fpr_of(metric)
+    if non_members is None and a.get("n") is not None and a.get("members") is not None:
+        non_members = int(a["n"]) - int(a["members"])
+    row = {
+        "attack": str(a.get("attack", "")).replace("-", " "),
+        "target": str(a.get("target", "")),
+        "model": str(a.get("model", "")),
+        "metric": metric_words(metric),
+        "n": a.get("n", ""),
+        "estimable": True,
+        "beats_chance": False,
+    }
+    if fpr is not None and non_members is not None and non_members * fpr < 1:
+        smallest = f"{100 / non_members:.3g}%" if non_members else "undefined"
+        row |= {"estimable": False, "value": "-", "ci": "cannot be estimated", "chance": "-",
+                "why": f"cannot be estimated at {100 * fpr:g}% FPR: with {non_members} "
+                f"non-members the smallest FPR above 0 is {smallest} (needs at least "
+                f"{math.ceil(1 / fpr)})"}  # fmt: skip
+        return row
+    value, chance, ci = a.get("value"), a.get("chance"), a.get("ci") or [None, None]
+    row["value"] = _num(value)
+    row["chance"] = _num(chance, digits=3)
+    row["ci"] = f"{_num(ci[0])} \u2013 {_num(ci[1])}" if ci[0] is not None else "-"
+    row["why"] = ""
+    if isinstance(ci[0], int | float) and isinstance(chance, int | float):
+        row["beats_chance"] = float(ci[0]) > float(chance)
+    return row
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-" if value is None else str(value)
+    if value != 0 and abs(value) < 10 ** (-digits):
+        return f"{value:.{digits + 1}f}".rstrip("0")
+    return f"{value:.{digits}f}"
+
+
+def leakage_summary(
+    features: dict[str, Any] | None, models: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the attacks measured, apart from the claims: how many ran, which beat chance (95 %
+    interval above chance; the largest margins first) and whether any attack ran at all."""
+    rows = [_attack_row(a) for a in (features or {}).get("attacks", [])]
+    rows += [_attack_row(a) for a in (models or {}).get("attacks", [])]
+    measured = [r for r in rows if r["estimable"]]
+    beat = [r for r in measured if r["beats_chance"]]
+    return {
+        "ran": bool(features is not None or models is not None),
+        "features_run": features is not None,
+        "models_run": models is not None,
+        "attacks": len(measured),
+        "beat": [f"{r['attack']} ({r['target']}, {r['metric']}) {r['value']} against chance "
+                 f"{r['chance']}" for r in beat[:4]],  # fmt: skip
+        "beat_count": len(beat),
+    }
 
 
 def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
@@ -63,11 +222,12 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
         row["count"] += r["count"]
         row["finding"] |= (r["site"], r["stage"], r["field"]) in flagged
     for row in rows.values():
-        row["field"] = ", ".join(_short(row["fields"]))
+        row["field"], row["raw"] = _field_list(row["fields"])
     if dp is not None:
         for m in dp["mechanisms"]:
             lb = m["lower_bound"]
             m["lower_bound_text"] = lb if isinstance(lb, str) else f"{lb:.3f}"
+    non_members = (models or {}).get("non_members")
     doc = {
         "rundir": str(rundir),
         "protocol": loaded.sha256,
@@ -76,9 +236,15 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
         "egress": egress,
         "egress_rows": sorted(rows.values(), key=lambda r: (r["stage"], r["protection"])),
         "features": features,
+        "feature_rows": [_attack_row(a) for a in (features or {}).get("attacks", [])],
         "models": models,
+        "model_rows": [
+            _attack_row(a, non_members=None if a.get("members") is not None else non_members)
+            for a in (models or {}).get("attacks", [])
+        ],
         "dp": dp,
         "findings": findings,
+        "leakage": leakage_summary(features, models),
     }
     env = template_environment("securefed.audit")
     html = env.get_template("audit.html.j2").render(doc=_Attr.wrap(doc), version=__version__)
@@ -89,9 +255,9 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
     return out, findings
 
 
-def _short(fields: list[str], limit: int = 8) -> list[str]:
+def _short(fields: list[str], limit: int = 8, *, sort: bool = True) -> list[str]:
     """At most ``limit`` field names, then how many more."""
-    names = sorted(fields)
+    names = sorted(fields) if sort else list(fields)
     return names if len(names) <= limit else [*names[:limit], f"and {len(names) - limit} more"]
 
 

@@ -7,9 +7,10 @@ head signature or a head signed by another key, or spends that do not match the 
 the protocol. ``audit sign LOGDIR --key K --protocol P`` exits 3 and writes nothing when the log
 is of another protocol or party. ``audit egress RUNDIR`` writes ``RUNDIR/audit/egress.json`` and
 ``egress.png`` and exits 0, or 4 when a field left a site undeclared, or in clear and
-patient-derived under a protocol that claims a finite epsilon. ``audit dp --out DIR`` writes
-``DIR/dp.json`` (shapes in docs/auditing.md) and ``DIR/dp.png`` and exits 0, or 4 when a
-mechanism's empirical lower bound on epsilon is above its claim. ``audit features RUNDIR --truth
+patient-derived under a protocol that claims a finite epsilon. ``audit dp [RUNDIR] [--out DIR]``
+writes ``DIR/dp.json`` (default ``RUNDIR/audit``; shapes in docs/auditing.md) and ``DIR/dp.png``
+and exits 0, or 4 when a mechanism's empirical lower bound on epsilon, or the epsilon its
+measured noise implies, is above its claim. ``audit features RUNDIR --truth
 T`` writes ``RUNDIR/audit/features.json`` (exit 0: attacks measure, no claim bounds them).
 ``audit report RUNDIR`` writes ``RUNDIR/audit/audit.html`` and exits 4 when any audit there holds
 a finding.
@@ -166,26 +167,61 @@ def sign(
 
 @handle_errors
 def dp(
-    out: Annotated[Path, typer.Option("--out", help="Folder for dp.json and dp.png.")],
+    rundir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A run folder: audit the DP stages its protocol (RUNDIR/protocol.toml) enables, "
+            "at their claims; dp.json goes to RUNDIR/audit unless --out is given.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for dp.json and dp.png (required without RUNDIR)."),
+    ] = None,
     mechanism: Annotated[
         list[str] | None,
         typer.Option(
             "--mechanism",
             help="feature-gaussian, feature-laplace, clustering-shares, dp-sgd, "
-            "dp-sgd-discrete (default: these five) or float-laplace (a float sampler the "
-            "audit must catch); repeatable.",
+            "dp-sgd-discrete, client-dp (default: these six, or the protocol's with RUNDIR) or "
+            "float-laplace (a float sampler the audit must catch); repeatable.",
         ),
     ] = None,
     trials: Annotated[
-        int, typer.Option("--trials", min=2000, help="Outputs drawn at each neighbouring input.")
-    ] = 400_000,
+        int | None,
+        typer.Option(
+            "--trials",
+            min=2000,
+            help="Outputs drawn at each neighbouring input (default: enough to catch half the "
+            "noise with 95 % probability, within a cost cap).",
+        ),
+    ] = None,
+    canaries: Annotated[
+        int | None,
+        typer.Option(
+            "--canaries",
+            min=100,
+            help="Canaries of the one-run DP-SGD audits (default: sized like --trials).",
+        ),
+    ] = None,
     epsilon: Annotated[
-        float,
-        typer.Option("--epsilon", min=0.01, max=64.0, help="The claim each is calibrated to."),
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            "--epsilon",
+            min=0.01,
+            max=64.0,
+            help="The claim each is calibrated to, without RUNDIR (default 1).",
+        ),
+    ] = None,
     delta: Annotated[
-        float, typer.Option("--delta", min=0.0, max=0.01, help="Delta of the Gaussian claims.")
-    ] = 1e-5,
+        float | None,
+        typer.Option(
+            "--delta",
+            min=0.0,
+            max=0.01,
+            help="Delta of the Gaussian claims, without RUNDIR (default 1e-5).",
+        ),
+    ] = None,
     confidence: Annotated[
         float, typer.Option("--confidence", help="Clopper-Pearson confidence of each bound.")
     ] = 0.999,
@@ -197,24 +233,56 @@ def dp(
             "audit's power; never a statement about a release).",
         ),
     ] = 1.0,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="20,000 outputs / 2,000 canaries: a fast audit that certifies less (each row "
+            "shows its lower max_certifiable and power; a claim above it is inconclusive).",
+        ),
+    ] = False,
 ) -> None:
-    """Empirical DP audit of securefed's noise mechanisms: worst-case neighbouring inputs, TRIALS
-    outputs each, a Clopper-Pearson lower bound on epsilon from the best threshold test, and
-    Mironov's floating-point distinguisher. Exit 4 when a bound is above its claim."""
-    from securefed.audit.dp import DEFAULT_MECHANISMS, run_dp_audit
-    from securefed.errors import AuditFindingError
+    """Empirical DP audit of securefed's mechanisms through the code a site runs: worst-case
+    neighbouring inputs, a Clopper-Pearson lower bound on epsilon (threshold test, or the
+    one-run audit for DP-SGD), the largest epsilon the run could certify, its power against half
+    the noise, a noise check through the plan's accounting and Mironov's floating-point
+    distinguisher. Exit 4 on a finding; a claim the run cannot certify is inconclusive."""
+    from securefed.audit.dp import run_dp_audit
+    from securefed.errors import AuditFindingError, ConfigError
 
+    loaded = None
+    if rundir is not None:
+        from securefed.protocol import load_protocol
+
+        if epsilon is not None or delta is not None:
+            raise ConfigError(
+                "--epsilon/--delta: with RUNDIR the claims are the run's protocol's; drop them"
+            )
+        if not (rundir / "protocol.toml").is_file():
+            raise ConfigError(f"{rundir}: no protocol.toml (is it a securefed run folder?)")
+        loaded = load_protocol(rundir / "protocol.toml")
+        out = out if out is not None else rundir / "audit"
+    if out is None:
+        raise ConfigError("--out is required without RUNDIR (the folder for dp.json)")
     doc = run_dp_audit(
-        out, mechanisms=tuple(mechanism) if mechanism else DEFAULT_MECHANISMS, trials=trials,
-        epsilon=epsilon, delta=delta, noise_scale=unsafe_noise_scale, confidence=confidence,
-        progress=info,
+        out, mechanisms=tuple(mechanism) if mechanism else None, trials=trials,
+        canaries=canaries, epsilon=1.0 if epsilon is None else epsilon,
+        delta=1e-5 if delta is None else delta, noise_scale=unsafe_noise_scale,
+        confidence=confidence, quick=quick, protocol=loaded, progress=info,
     )  # fmt: skip
+    if not doc["mechanisms"]:
+        info("the protocol enables no DP stage: nothing to audit")
     for row in doc["mechanisms"]:
-        mark = "FINDING" if row["finding"] else "ok"
+        check = row["noise_check"]
+        size = "canaries" if "one_run" in row else "trials"
         console.print(
             f"{row['mechanism']}: claimed epsilon {row['claimed_epsilon']:g}, empirical lower "
-            f"bound {row['lower_bound']:.3g} ({row['trials']} trials, float distinguisher "
-            f"{_fraction(row['float_distinguisher']['impossible_fraction'])}) {mark}",
+            f"bound {row['lower_bound']:.3g}, certifiable up to {row['max_certifiable']:.3g}, "
+            f"power against half the noise {row['power_2x']:.0%}; noise check: epsilon "
+            f"{check['epsilon_implied']:.3g} for the measured noise ({row['trials']} {size}, "
+            f"float distinguisher "
+            f"{_fraction(row['float_distinguisher']['impossible_fraction'])}"
+            f"{', quick' if row['quick'] else ''}) {row['status'].upper()}",
             highlight=False, markup=False,
         )  # fmt: skip
     console.print(str(out / "dp.json"), highlight=False)

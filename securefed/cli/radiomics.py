@@ -234,15 +234,15 @@ def release(
 
     protocol_path = resolve_protocol(protocol, protocol_option)
     # the protocol accepted before any data is read, then the site's own keys
-    config, loaded, site_keys = accepted_site_keys(protocol_path, site_config, key,
-                                                   passphrase_file)  # fmt: skip
+    config, accepted, site_keys = accepted_site_keys(protocol_path, site_config, key,
+                                                     passphrase_file)  # fmt: skip
     state = site_state_folder(config, state)
     server = load_public_keys(server_key, role="server")
     check_recipient(config, server.encryption_fingerprint)
 
     patients = read_patients(partitions) if partitions is not None else None
     result = release_site_features(
-        features, loaded, site_keys, server, out, state, unsafe_seed=unsafe_seed,
+        features, accepted, site_keys, server, out, state, unsafe_seed=unsafe_seed,
         patients=patients,
     )  # fmt: skip
     eps = "inf (no DP: plain release)" if result.epsilon == float("inf") else f"{result.epsilon:g}"

@@ -80,7 +80,8 @@ def he_key_deal(
     own copy in STATE/he/bfv.key. Leaves the site: the OUT folder."""
     from securefed.site.he_key import deal_key
 
-    _, loaded, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
+    _, accepted, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
+    loaded = accepted.loaded
     dealt = deal_key(loaded, keys, public_keys, state, out)
     info(
         f"{keys.party_id}: BFV key made; sealed to {len(dealt.envelopes)} site(s); "
@@ -104,7 +105,8 @@ def he_key_open(
     STATE/he/bfv.key (0600). Sends nothing."""
     from securefed.site.he_key import open_dealt
 
-    _, loaded, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
+    _, accepted, keys = accepted_site_keys(protocol, site_config, key, passphrase_file)
+    loaded = accepted.loaded
     path = open_dealt(loaded, envelope, keys, state)
     info(f"{keys.party_id}: BFV key stored (mode 0600)")
     console.print(str(path), highlight=False, soft_wrap=True)

@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from securefed.crypto import PrivateKeys
-    from securefed.protocol import LoadedProtocol
-    from securefed.trust import SiteConfig
+    from securefed.trust import AcceptedProtocol, SiteConfig
 
 __all__ = ["accepted_site_keys"]
 
 
 def accepted_site_keys(
     protocol: Path, site_config: Path, key: Path, passphrase_file: Path | None
-) -> tuple[SiteConfig, LoadedProtocol, PrivateKeys]:
+) -> tuple[SiteConfig, AcceptedProtocol, PrivateKeys]:
     """The protocol accepted by this site's trust and policy (before any key or data is
     touched), then the site's private keys, which must be the configured site's."""
     from securefed.cli.keys import _passphrase
@@ -26,11 +25,11 @@ def accepted_site_keys(
     from securefed.trust import load_site_config, verify_for_site
 
     config = load_site_config(site_config)
-    loaded = verify_for_site(protocol, config).loaded
+    accepted = verify_for_site(protocol, config)
     keys = load_private_keys(key, _passphrase(passphrase_file), role="site")
     if keys.party_id != config.site.id:
         raise SiteTrustError(
             f"--key {key} is {keys.party_id}'s key but --site-config is for {config.site.id}; "
             "refusing"
         )
-    return config, loaded, keys
+    return config, accepted, keys

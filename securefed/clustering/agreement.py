@@ -46,7 +46,7 @@ def agreement_report(
         if name in groups:
             cl, gr, counts = contingency(labels, groups[name])
             file = f"cluster_x_{name}.png"
-            plot_table(counts, cl, gr, plot_dir / file, f"cluster x {name}")
+            plot_table(counts, cl, gr, plot_dir / file, f"cluster x {name}", group=name)
             out["plots"].append(plot_prefix + file)
     if embedding is not None and len(embedding) == len(labels):
         colours = {"cluster": labels, **groups}

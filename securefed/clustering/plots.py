@@ -45,28 +45,42 @@ def plot_embedding(
         idx = np.array([names.index(str(v)) for v in labels])
         ax.scatter(xy[:, 0], xy[:, 1], c=idx, cmap="tab20", s=10, vmin=0, vmax=max(19, len(names)))
         ax.set_title(f"{method.upper()} coloured by {name} ({len(names)})")
+        ax.set_xlabel(f"{method.upper()} component 1")
+        ax.set_ylabel(f"{method.upper()} component 2")
         ax.set_xticks([])
         ax.set_yticks([])
     _savefig(fig, path)
 
 
 def plot_table(
-    counts: np.ndarray, rows: list[int], cols: list[str], path: Path, title: str
+    counts: np.ndarray,
+    rows: list[int],
+    cols: list[str],
+    path: Path,
+    title: str,
+    *,
+    group: str = "group",
 ) -> None:
-    """Heatmap of a cluster x group count table with the counts written in the cells."""
+    """Heatmap of a cluster x ``group`` count table (e.g. scanner) with the counts written in the
+    cells, both axes named and a colour scale of the number of cases."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(cols) + 2), max(3, 0.4 * len(rows) + 1.5)))
-    ax.imshow(counts, cmap="Blues", aspect="auto")
+    image = ax.imshow(counts, cmap="Blues", aspect="auto", vmin=0)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+    bar.set_label("cases", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=7)
-    ax.set_xlabel("group")
-    ax.set_ylabel("cluster")
+    ax.set_xlabel(group)
+    ax.set_ylabel("cluster (fitted)")
     ax.set_title(title)
+    top = float(np.max(counts)) if np.size(counts) else 0.0
     for (i, j), v in np.ndenumerate(counts):
         if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > 0.6 * top else "black")  # fmt: skip
     _savefig(fig, path)

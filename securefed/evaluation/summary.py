@@ -11,13 +11,19 @@ from typing import Any
 from securefed.evaluation.metrics import mean_metrics
 from securefed.stats import bootstrap_interval
 
-__all__ = ["METHOD_ORDER", "NON_PRIVATE", "mean_ci", "summarize_methods", "summarize_rows"]
+__all__ = [
+    "METHOD_ORDER", "MIN_INTERVAL_CASES", "NON_PRIVATE", "dice_cis", "mean_ci",
+    "summarize_methods", "summarize_rows",
+]  # fmt: skip
 
 REGION_KEYS = {"TC": "dice_tc", "WT": "dice_wt", "ET": "dice_et"}
 METHOD_ORDER = (
     "public-start", "local", "local-finetune", "fedavg", "cffl", "cffl-ideal", "centralized",
 )  # fmt: skip
 NON_PRIVATE = frozenset({"centralized", "cffl-ideal"})
+MIN_INTERVAL_CASES = 3
+"""Fewer cases than this get no interval: a bootstrap of one case is the case itself and one of two
+cases is hardly wider (the report says "n too small" instead)."""
 
 
 def _defined(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
@@ -29,17 +35,28 @@ def _defined(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
-def mean_ci(rows: Sequence[Mapping[str, Any]], *, boot: int = 2000) -> list[float] | None:
-    """95 % percentile bootstrap interval of the mean Dice (``dice_mean``) of ``rows`` (cases
-    resampled, fixed seed: :func:`securefed.stats.bootstrap_interval`); None without a defined
-    value."""
+def mean_ci(
+    rows: Sequence[Mapping[str, Any]], *, key: str = "dice_mean", boot: int = 2000
+) -> list[float] | None:
+    """95 % percentile bootstrap interval of the mean of ``key`` (default the mean Dice) over
+    ``rows`` (cases resampled, fixed seed: :func:`securefed.stats.bootstrap_interval`); None with
+    fewer than ``MIN_INTERVAL_CASES`` cases where it is defined."""
     import numpy as np
 
-    values = np.array([float(r["dice_mean"]) for r in rows if r.get("dice_mean") is not None])
+    values = np.array([float(r[key]) for r in rows if r.get(key) is not None])
     values = values[np.isfinite(values)]
-    if values.size == 0:
+    if values.size < MIN_INTERVAL_CASES:
         return None
     return bootstrap_interval(np.mean, [values], vectorized=True, n_resamples=boot)
+
+
+def dice_cis(
+    rows: Sequence[Mapping[str, Any]], *, boot: int = 2000
+) -> dict[str, list[float] | None]:
+    """:func:`mean_ci` of the Dice of each region (``TC``, ``WT``, ``ET``) and of their mean
+    (``mean``): the intervals of the report's Dice table and bar chart."""
+    keys = {**REGION_KEYS, "mean": "dice_mean"}
+    return {name: mean_ci(rows, key=key, boot=boot) for name, key in keys.items()}
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -56,8 +73,9 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def summarize_methods(
     rows: Sequence[Mapping[str, Any]], scanner_of: Mapping[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per method: Dice means per region, HD95 means, and the Dice means per cluster, site and
-    (with ``scanner_of``) scanner."""
+    """Per method: Dice means per region with their 95 % bootstrap intervals over the cases
+    (``ci``), HD95 means, and the Dice means per cluster, site and (with ``scanner_of``) scanner
+    (the scanner's with an interval of the mean Dice)."""
     by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         by_method[str(row["method"])].append(row)
@@ -68,6 +86,7 @@ def summarize_methods(
         s = summarize_rows(mrows)
         res: dict[str, Any] = {
             "mean": s["mean"],
+            "ci": dice_cis(mrows),
             "hd95": s["hd95"],
             "hd95_undefined": s["hd95_undefined"],
             "n_cases": s["n"],

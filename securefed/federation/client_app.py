@@ -63,7 +63,8 @@ class SiteClient(NumPyClient):
         self.site = site
         self.ledger_dir = ledger_dir or site.work_dir
         self.runtime = runtime if runtime is not None else SiteRuntime()
-        self.loaded = self.runtime.accepted(site)
+        self.accepted = self.runtime.accepted(site)  # verified before use, by type
+        self.loaded = self.accepted.loaded
         self.spec = self.loaded.protocol.training
         self.egress = training_egress(self.loaded.protocol)
 
@@ -452,7 +453,7 @@ def make_client_app(
     def identity(context: Context) -> tuple[Any, str, str]:
         """The site's accepted protocol, its log folder and its site id."""
         site = site_of(context)
-        loaded = runtime.accepted(site)
+        loaded = runtime.accepted(site).loaded
         ledger_dir = (
             site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
         )
@@ -480,7 +481,7 @@ def make_client_app(
     def he_site(context: Context) -> tuple[SiteSettings, Any, str]:
         site = site_of(context)
         ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
-        return site, runtime.accepted(site), ledger_dir or site.work_dir
+        return site, runtime.accepted(site).loaded, ledger_dir or site.work_dir
 
     def pacing(context: Context) -> Pacing:
         loaded, ledger_dir, sid = identity(context)

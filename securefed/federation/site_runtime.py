@@ -20,6 +20,7 @@ from typing import Any
 from securefed.errors import SiteTrustError
 from securefed.federation.config import SiteSettings
 from securefed.protocol import LoadedProtocol
+from securefed.trust import AcceptedProtocol
 
 __all__ = ["SiteRuntime"]
 
@@ -28,12 +29,12 @@ __all__ = ["SiteRuntime"]
 class SiteRuntime:
     """The per-process state of a site's ClientApp (see the module docstring)."""
 
-    _protocols: dict[tuple[str, str, int], LoadedProtocol] = field(default_factory=dict)
+    _protocols: dict[tuple[str, str, int], AcceptedProtocol] = field(default_factory=dict)
     _data: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _sent: dict[tuple[str, Any], tuple[int, ...] | None] = field(default_factory=dict)
     _he_keys: dict[str, Any] = field(default_factory=dict)
 
-    def accepted(self, site: SiteSettings) -> LoadedProtocol:
+    def accepted(self, site: SiteSettings) -> AcceptedProtocol:
         """The site's protocol, accepted by the site's own trust and policy (node config
         ``site-config``; required for a deployment protocol) before any data is touched."""
         key = (site.protocol, site.site_config, site.partition_id)
@@ -66,23 +67,23 @@ class SiteRuntime:
         return self._he_keys[str(path)]
 
 
-def _accept(site: SiteSettings) -> LoadedProtocol:
+def _accept(site: SiteSettings) -> AcceptedProtocol:
     from securefed.protocol import load_protocol
-    from securefed.trust import load_site_config, verify_for_site
+    from securefed.trust import accept_unsigned_simulation, load_site_config, verify_for_site
 
     if site.site_config:
         config = load_site_config(Path(site.site_config))
-        loaded = verify_for_site(Path(site.protocol), config).loaded
-        if loaded.protocol.partition_of_site(config.site.id) != site.partition_id:
+        accepted = verify_for_site(Path(site.protocol), config)
+        if accepted.loaded.protocol.partition_of_site(config.site.id) != site.partition_id:
             raise SiteTrustError(
                 f"node config partition-id {site.partition_id} is not the partition of "
                 f"{config.site.id} in the protocol; refusing"
             )
-        return loaded
+        return accepted
     loaded = load_protocol(Path(site.protocol))
     if not loaded.protocol.is_simulation:
         raise SiteTrustError(
             f"site {site.partition_id}: a deployment protocol needs the site's own "
             "configuration (node config 'site-config', `securefed site init`)"
         )
-    return loaded
+    return accept_unsigned_simulation(loaded)

@@ -19,7 +19,11 @@ from securefed.report.plots import (
     plot_training_curves,
 )
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["MIN_INTERVAL_CASES", "render_report", "write_report"]
+
+MIN_INTERVAL_CASES = 3
+"""A mean over fewer cases is shown with "n too small" instead of an interval (the rule of
+``securefed.evaluation.summary.MIN_INTERVAL_CASES``, not imported: that module brings torch)."""
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -32,19 +36,75 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _method_rows(methods: dict[str, dict[str, Any]]) -> list[list[Any]]:
+def _interval(ci: Any, n: Any) -> str:
+    """The 95 % interval of a mean over ``n`` cases as text ("n too small" below
+    ``MIN_INTERVAL_CASES``; empty when the results hold none)."""
+    if isinstance(n, int) and n < MIN_INTERVAL_CASES:
+        return "n too small"
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _method_rows(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method: its name, number of test cases, Dice per region and overall (each
+    with its interval) and HD95 per region."""
     rows = []
     for name, res in methods.items():
         mean = res.get("mean") or {}
+        cis = res.get("ci") or {}
         hd = res.get("hd95") or {}
-        rows.append(
-            [name + ("" if res.get("private", True) else " (non-private)")]
-            + [mean.get(r) for r in REGIONS]
-            + [mean.get("mean")]
-            + [hd.get(r) for r in REGIONS]
-            + [res.get("n_cases")]
-        )
+        n = res.get("n_cases")
+        rows.append({
+            "name": name + ("" if res.get("private", True) else " (non-private)"),
+            "n": n,
+            "dice": [(mean.get(r), _interval(cis.get(r), n)) for r in (*REGIONS, "mean")],
+            "hd95": [hd.get(r) for r in REGIONS],
+        })  # fmt: skip
     return rows
+
+
+_CRITERIA = {
+    "bic": (
+        "BIC (lower is better)",
+        "Bayesian information criterion of the Gaussian mixture with k components fitted to the "
+        "train and validation cases' features (scaled, then reduced by PCA): lower is better, "
+        "and the k with the lowest BIC was chosen.",
+    ),
+    "silhouette": (
+        "silhouette (higher is better)",
+        "Mean silhouette coefficient (-1 to 1) of the k clusters of the train and validation "
+        "cases' features (scaled, then reduced by PCA): higher is better, and the k with the "
+        "highest was chosen.",
+    ),
+}
+
+
+def _k_selection(clu: dict[str, Any]) -> dict[str, Any]:
+    """The clustering line, the k table (criterion named, chosen k marked) and its note."""
+    criterion = str(clu.get("k_selection") or (clu.get("selection") or {}).get("criterion") or "")
+    scores = (clu.get("selection") or {}).get("scores") or {}
+    k = clu.get("k")
+    algorithm = str(clu.get("algorithm", "")).upper()
+    header, note = _CRITERIA.get(criterion, ("score", ""))
+    if criterion in _CRITERIA and scores:
+        ks = list(scores)
+        line = f"{algorithm} with k = {k}, chosen by {header.split()[0]} among k = {ks[0]} to {ks[-1]}."
+    elif criterion == "fixed":
+        line = f"{algorithm} with k = {k}, fixed by the protocol."
+    elif criterion == "secure":
+        line = f"{algorithm} with k = {k} (secure-aggregate clustering: k set by the protocol)."
+    else:
+        line = f"{algorithm} with k = {k} ({criterion})."
+    rows = [[kk, v, "chosen" if str(kk) == str(k) else ""] for kk, v in scores.items()]
+    return {"line": line, "header": ["k", header, ""], "rows": rows, "note": note}
+
+
+def _measure(name: str) -> str:
+    """ari_scanner -> "adjusted Rand index (ARI), clusters vs scanner"."""
+    words = {"ari": "adjusted Rand index (ARI)", "nmi": "normalized mutual information (NMI)"}
+    kind, _, group = name.partition("_")
+    return f"{words[kind]}, clusters vs {group}" if kind in words and group else name
 
 
 def _environment() -> Environment:
@@ -75,7 +135,6 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
     data = results.get("data") or {}
     clu = results.get("clustering") or {}
     privacy = results.get("privacy") or {}
-    scores = (clu.get("selection") or {}).get("scores") or {}
     sizes = clu.get("cluster_sizes") or {}
     gain = (
         plot_cffl_gain(methods, plots / "cffl_gain.png", fallback=[f["cluster"] for f in fallbacks])
@@ -97,10 +156,8 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
         ],
         "excluded": [[e["case"], e["problem"]] for e in data.get("excluded") or []],
         "clustering": bool(clu),
-        "clustering_line": f"{clu.get('algorithm', '')} with k = {clu.get('k')} "
-        f"({clu.get('k_selection', '')}).",
-        "k_scores": [[k, v] for k, v in scores.items()],
-        "quality": [[k, v] for k, v in (clu.get("quality") or {}).items()],
+        "k_selection": _k_selection(clu),
+        "quality": [[_measure(k), v] for k, v in (clu.get("quality") or {}).items()],
         "cluster_rows": [
             [c, sizes.get(c), ", ".join(map(str, s))]
             for c, s in (clu.get("cluster_sites") or {}).items()
@@ -151,6 +208,7 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
             if (rundir / str(o.get("plot", ""))).is_file()
         ],  # fmt: skip
         "timings": [[k, v] for k, v in (results.get("timings") or {}).items()],
+        "min_interval_cases": MIN_INTERVAL_CASES,
     }
 
 
@@ -166,9 +224,12 @@ def _scanner_rows(methods: dict[str, Any]) -> dict[str, Any]:
             if not e or e.get("mean") is None:
                 cells.append("-")
                 continue
-            ci = e.get("ci")
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-            cells.append(f"{e['mean']:.3f}{interval} (n={e.get('n')})")
+            n = e.get("n")
+            interval = _interval(e.get("ci"), n)
+            if interval == "n too small":
+                cells.append(f"{e['mean']:.3f} (n={n}: n too small for an interval)")
+            else:
+                cells.append(f"{e['mean']:.3f}{' ' + interval if interval else ''} (n={n})")
         rows.append([g, *cells])
     return {"methods": shown, "rows": rows}
 

@@ -54,19 +54,32 @@ def plot_overlay(
 
 
 def plot_dice_by_method(methods: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Grouped bars: mean Dice per region for each method (test cases of participating sites)."""
+    """Grouped bars: mean Dice per region for each method (test cases of participating sites),
+    with the 95 % bootstrap interval over the cases as error bars where the results hold one;
+    each method is labelled with its number of test cases."""
     names = [m for m, r in methods.items() if r.get("mean")]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.8))
     width = 0.8 / len(REGIONS)
     x = np.arange(len(names))
     for i, region in enumerate(REGIONS):
         values = [methods[m]["mean"].get(region) or 0.0 for m in names]
-        ax.bar(x + (i - 1) * width, values, width, label=region)
-    labels = [m + ("" if methods[m].get("private", True) else "\n(non-private)") for m in names]
+        errors = np.zeros((2, len(names)))
+        for j, m in enumerate(names):
+            ci = (methods[m].get("ci") or {}).get(region)
+            if ci and ci[0] is not None and ci[1] is not None:
+                errors[:, j] = max(0.0, values[j] - ci[0]), max(0.0, ci[1] - values[j])
+        ax.bar(x + (i - 1) * width, values, width, label=region, yerr=errors,
+               error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333"})  # fmt: skip
+    labels = [
+        m + ("" if methods[m].get("private", True) else "\n(non-private)")
+        + (f"\nn={methods[m]['n_cases']}" if methods[m].get("n_cases") is not None else "")
+        for m in names
+    ]  # fmt: skip
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice (mean over test cases)")
-    ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    ax.set_title("error bars: 95% bootstrap interval over the test cases", fontsize=8)
+    ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

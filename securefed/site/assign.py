@@ -18,10 +18,11 @@ import numpy as np
 
 from securefed.clustering.exchange import open_cluster_model
 from securefed.crypto import PrivateKeys, PublicKeys
+from securefed.errors import InternalError
 from securefed.privacy.protection import release_space
-from securefed.protocol import LoadedProtocol
 from securefed.radiomics.table import FeatureTable
 from securefed.site.released import released_rows
+from securefed.trust import AcceptedProtocol
 
 __all__ = ["SiteAssignment", "assign_own_cases"]
 
@@ -40,7 +41,7 @@ def assign_own_cases(
     table: FeatureTable,
     *,
     site_keys: PrivateKeys,
-    loaded: LoadedProtocol,
+    accepted: AcceptedProtocol,
     state_dir: Path,
     server_public: tuple[PublicKeys, ...] = (),
     on_release: bool = False,
@@ -49,7 +50,11 @@ def assign_own_cases(
     """Verify and open ``envelope`` (pinned server key, protocol, stage, replay guard under
     ``state_dir``), then assign every row of the site's own ``table``: on its raw vectors, or
     (``on_release``) on the vectors the site released under ``state_dir``, so that the clusters
-    it then trains in are a function of its release only."""
+    it then trains in are a function of its release only. ``accepted``: the protocol as this
+    site accepted it (securefed.trust)."""
+    if not isinstance(accepted, AcceptedProtocol):
+        raise InternalError("assign_own_cases: the protocol was not accepted by the site")
+    loaded = accepted.loaded
     model = open_cluster_model(
         envelope,
         site_keys=site_keys,

@@ -21,6 +21,7 @@ from securefed.crypto import PrivateKeys, PublicKeys
 from securefed.errors import (
     DataError,
     EgressRefusedError,
+    InternalError,
     KeyError_,
     ProtocolError,
     SecurefedError,
@@ -40,6 +41,7 @@ from securefed.site.egress_guard import check_feature_release
 from securefed.site.pending import PendingReleases
 from securefed.site.released import keep_released
 from securefed.transport import SendCounter, seal_message, write_message
+from securefed.trust import AcceptedProtocol
 from securefed.trust.audit_log import AuditLog
 from securefed.trust.egress_log import EgressLog, describe_value
 
@@ -100,7 +102,7 @@ def _own_rows(table: FeatureTable, partition_id: int, site_id: str) -> FeatureTa
 
 def release_site_features(
     featdir: Path,
-    loaded: LoadedProtocol,
+    accepted: AcceptedProtocol,
     site_keys: PrivateKeys,
     server_keys: PublicKeys,
     outbox: Path,
@@ -119,7 +121,13 @@ def release_site_features(
 
     Crash-safe: the sealed release is kept at the site (:mod:`securefed.site.pending`) before it
     is written for sending; a rerun after an interruption resends the same bytes and records the
-    commit, never drawing fresh noise under the one charge."""
+    commit, never drawing fresh noise under the one charge.
+
+    ``accepted``: the protocol as this site accepted it (securefed.trust.verify_for_site, or
+    accept_unsigned_simulation): a release cannot be asked for under an unverified protocol."""
+    if not isinstance(accepted, AcceptedProtocol):
+        raise InternalError("release_site_features: the protocol was not accepted by the site")
+    loaded = accepted.loaded
     if site_keys.role != "site":
         raise KeyError_(f"{site_keys.party_id}: a {site_keys.role} key cannot release features")
     check_server_key(loaded, server_keys)

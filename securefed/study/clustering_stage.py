@@ -78,7 +78,7 @@ def _paper_clustering(ctx: StudyContext) -> ClusteringOutcome:
             envelopes[site.id],
             table,
             site_keys=keys.private[site.id],
-            loaded=ctx.loaded,
+            accepted=ctx.accepted_by(site.id),
             state_dir=ctx.paths.site(site.id),
             server_public=(keys.public[server_id],),
             on_release=on_release and site.partition_id not in ctx.held_out,

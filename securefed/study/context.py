@@ -15,6 +15,7 @@ from securefed.protocol import LoadedProtocol
 from securefed.protocol.schema import SiteSpec
 from securefed.study.keys import StudyKeys, study_keys
 from securefed.study.paths import StudyPaths
+from securefed.trust import AcceptedProtocol, accept_unsigned_simulation
 
 __all__ = ["Log", "Progress", "StudyContext"]
 
@@ -37,6 +38,8 @@ class StudyContext:
     log: Log
     progress: Progress | None = None
     site_configs: dict[str, Path] = field(default_factory=dict)  # site id -> SITE.toml
+    # site id -> the protocol as that site accepted it (its own trust and policy, each stage)
+    accepted: dict[str, AcceptedProtocol] = field(default_factory=dict)
     radiomics_cache: Path | None = None  # shared feature cache (a sweep); default RUNDIR/cache
     global_model_cache: Path | None = None  # shared global phases (a sweep); None: not shared
 
@@ -87,6 +90,14 @@ class StudyContext:
             if site.partition_id == partition_id:
                 return site.id
         return f"partition-{partition_id}"
+
+    def accepted_by(self, site_id: str) -> AcceptedProtocol:
+        """The protocol as site ``site_id`` accepted it at the start of this stage; a study driven
+        without the runner's acceptance (a test of one stage) accepts its simulation protocol
+        unsigned, never a deployment one."""
+        if site_id in self.accepted:
+            return self.accepted[site_id]
+        return accept_unsigned_simulation(self.loaded)
 
     def unsafe_seed(self) -> int | None:
         p = self.loaded.protocol.privacy

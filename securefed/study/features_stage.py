@@ -56,7 +56,7 @@ def run_features(ctx: StudyContext) -> None:
             )
         release_site_features(
             featdir,
-            ctx.loaded,
+            ctx.accepted_by(site.id),
             keys.private[site.id],
             keys.public[server],
             inbox,

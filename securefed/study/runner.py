@@ -146,6 +146,7 @@ def run_study(
             log(f"{stage} ...")
             if stage != "report":  # every site-side stage starts with the site's own check
                 accepted = accept_protocol(ctx, configs)
+                ctx.accepted = accepted
                 signers = min(len(a.signers) for a in accepted.values())
                 log(f"  {len(accepted)} site(s) accepted {loaded.sha256[:19]}... "
                     f"(>= {signers} trusted signature(s) each)")  # fmt: skip

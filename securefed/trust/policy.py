@@ -281,6 +281,18 @@ def epsilon_violations(protocol: Protocol, policy: SitePolicy) -> list[str]:
     return out
 
 
+def accept_unsigned_simulation(loaded: LoadedProtocol) -> AcceptedProtocol:
+    """A simulation protocol run without site configurations (tests, the differential egress
+    audit, a study's sites played in one process): accepted as unsigned, never a deployment
+    protocol (those need the site's own SITE.toml and verify_for_site)."""
+    if not loaded.protocol.is_simulation:
+        raise SiteTrustError(
+            f"{loaded.sha256}: a deployment protocol is accepted only by the site's own trust "
+            "and policy (verify_for_site with its SITE.toml)"
+        )
+    return AcceptedProtocol(loaded=loaded, signers=(), unsigned=True)
+
+
 def site_state_folder(config: SiteConfig, state: Path | None) -> Path:
     """The one folder of the site's ledger: SITE.toml's ``site.ledger_dir`` when it sets one (a
     ``state`` elsewhere is refused: a fresh folder would hold a fresh, unspent budget), else

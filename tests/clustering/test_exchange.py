@@ -17,6 +17,7 @@ from securefed.server.cluster_model import fit_cluster_model, seal_for_sites
 from securefed.site.assign import assign_own_cases
 from securefed.transport import SendCounter
 from securefed.transport.messages import seal_message
+from securefed.trust import accept_unsigned_simulation as accepted
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def test_site_assigns_its_own_cases_from_the_sealed_model(fitted, keys, tmp_path
         loaded=loaded, counters=SendCounter(tmp_path / "server"),
     ).values()  # fmt: skip
     out = assign_own_cases(
-        envelope, own, site_keys=keys["site"], loaded=loaded, state_dir=tmp_path / "site",
+        envelope, own, site_keys=keys["site"], accepted=accepted(loaded),
+        state_dir=tmp_path / "site",
         server_public=(keys["server"].public,),
     )  # fmt: skip
     np.testing.assert_array_equal(out.labels, fit.model.assign(own.values))

@@ -58,8 +58,8 @@ def test_each_runtime_keeps_its_own_accepted_protocol_and_data(tmp_path: Path) -
     first, second = SiteRuntime(), SiteRuntime()
     a = SiteClient(make_task(), site, runtime=first)
     SiteClient(make_task(), site, runtime=second)
-    assert first.accepted(site) is a.loaded  # kept by the runtime that accepted it
-    assert second.accepted(site) is not a.loaded  # never shared through a module
+    assert first.accepted(site) is a.accepted  # kept by the runtime that accepted it
+    assert second.accepted(site) is not a.accepted  # never shared through a module
     data, n = a._data({"cluster": -1}, "train")
     assert n == 2 and first.data((site.data_dir, 1, ("S01_000", "S01_001"), a.loaded.sha256),
                                  lambda: None) is data  # fmt: skip

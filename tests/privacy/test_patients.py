@@ -23,6 +23,7 @@ from securefed.server.collect import collect_features
 from securefed.site.release import release_site_features
 from securefed.site.released import released_rows
 from securefed.training.dpsgd import dp_batches
+from securefed.trust import accept_unsigned_simulation as accepted
 
 
 def test_patient_column_is_read_and_checked(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_local_dp_release_sends_one_row_per_patient(tmp_path: Path) -> None:
     ids = [f"FeTS2022_01{i:03d}" for i in range(6)]
     patients = {ids[0]: "P", ids[1]: "P", ids[2]: "P"}  # one patient, three cases
     state = tmp_path / "state"
-    result = release_site_features(featdir, loaded, keys["site-1"], keys["server_pub"],
+    result = release_site_features(featdir, accepted(loaded), keys["site-1"], keys["server_pub"],
                                    tmp_path / "inbox", state, patients=patients)  # fmt: skip
     assert result.cases == 4  # P once, plus the three single-case patients
     table = collect_features(

@@ -18,6 +18,7 @@ from securefed.protocol import load_protocol
 from securefed.server.collect import CollectionRefused, collect_features
 from securefed.server.ledger_heads import HEADS_FILE
 from securefed.site.release import release_site_features
+from securefed.trust import accept_unsigned_simulation as accepted
 
 
 def _collect(loaded, keys, inbox: Path, tmp: Path, name: str):
@@ -49,10 +50,20 @@ def test_a_rolled_back_ledger_is_refused(tmp_path: Path, rollback: str) -> None:
         ledger.write_text(ledger.read_text().splitlines()[0] + "\n")
     bad = CliRunner().invoke(app, ["ledger", "verify", str(ledger.parent), "--server-head", seen])
     assert bad.exit_code == 3 and ("does not extend" in bad.output or "deleted" in bad.output)
+    # The site itself refuses to charge a ledger that does not extend its audit log's spends ...
+    with pytest.raises(LedgerRollbackError, match="does not extend what the site's audit log"):
+        release_site_features(featdir, accepted(loaded), keys["site-1"], keys["server_pub"],
+                              tmp_path / "inbox-x", tmp_path / "state-1")  # fmt: skip
+    # ... a site that deletes its audit log too releases ...
+    (tmp_path / "state-1" / "audit.jsonl").unlink()
     release_site_features(
-        featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "inbox-2",
+        featdir,
+        accepted(loaded),
+        keys["site-1"],
+        keys["server_pub"],
+        tmp_path / "inbox-2",
         tmp_path / "state-1",
-    )  # fmt: skip
+    )
     # ... but the server remembers: the new release is refused.
     with pytest.raises(CollectionRefused) as refused:
         _collect(loaded, keys, tmp_path / "inbox-2", tmp_path, "2")

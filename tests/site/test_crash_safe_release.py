@@ -16,6 +16,7 @@ from securefed.server.collect import collect_features
 from securefed.site import release as site_release
 from securefed.site.release import release_site_features
 from securefed.transport import messages
+from securefed.trust import accept_unsigned_simulation as accepted
 
 
 class Crash(RuntimeError):
@@ -31,9 +32,13 @@ def _setup(tmp_path: Path):
 
 def _release(loaded, featdir, keys, tmp_path):
     return release_site_features(
-        featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "outbox",
+        featdir,
+        accepted(loaded),
+        keys["site-1"],
+        keys["server_pub"],
+        tmp_path / "outbox",
         tmp_path / "state-1",
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("point", ["before-outbox-write", "after-outbox-write"])
@@ -60,7 +65,12 @@ def test_a_retry_resends_the_same_bytes_under_one_charge(tmp_path, monkeypatch, 
     ledger = read_ledger(tmp_path / "state-1" / "ledger.jsonl")
     assert len(ledger.charges) == 1 and ledger.committed == set(ledger.charges)
     once = release_site_features(
-        featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o2", tmp_path / "clean"
+        featdir,
+        accepted(loaded),
+        keys["site-1"],
+        keys["server_pub"],
+        tmp_path / "o2",
+        tmp_path / "clean",
     )
     assert once.epsilon == 4.0
     assert ledger.spent() == pytest.approx(read_ledger(tmp_path / "clean" / "ledger.jsonl").spent())
@@ -104,7 +114,12 @@ def test_release_ids_are_random_not_derived_from_the_data(tmp_path) -> None:
     for run in range(2):
         state = tmp_path / f"state-{run}"
         release_site_features(
-            featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / f"out-{run}", state
+            featdir,
+            accepted(loaded),
+            keys["site-1"],
+            keys["server_pub"],
+            tmp_path / f"out-{run}",
+            state,
         )
         (rid,) = read_ledger(state / "ledger.jsonl").charges
         ids.append(rid)

@@ -16,13 +16,14 @@ import securefed.site.release as release_module
 from securefed.errors import EgressRefusedError
 from securefed.protocol import load_protocol
 from securefed.site.release import release_site_features
+from securefed.trust import accept_unsigned_simulation as accepted
 
 
 def _release(tmp_path: Path, proto: Path) -> Any:
     loaded = load_protocol(proto)
     featdir = make_featdir(tmp_path, load_protocol(DEMO).protocol.radiomics.model_dump(mode="json"))
     keys = keys_for(tmp_path)
-    return release_site_features(featdir, loaded, keys["site-1"], keys["server_pub"],
+    return release_site_features(featdir, accepted(loaded), keys["site-1"], keys["server_pub"],
                                  tmp_path / "outbox", tmp_path / "state")  # fmt: skip
 
 

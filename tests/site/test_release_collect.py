@@ -23,6 +23,7 @@ from securefed.protocol import load_protocol
 from securefed.radiomics import FeatureTable, save_table
 from securefed.server.collect import CollectionRefused, collect_features, load_collected
 from securefed.site.release import release_site_features
+from securefed.trust import accept_unsigned_simulation as accepted
 
 
 def test_plain_round_trip(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ def test_local_dp_release_charges_ledger_and_refuses_past_budget(tmp_path: Path)
     with pytest.raises(PrivacyError):
         release_site_features(
             featdir,
-            loaded,
+            accepted(loaded),
             keys["site-1"],
             keys["server_pub"],
             tmp_path / "out2",
@@ -129,7 +130,12 @@ def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
     keys = keys_for(tmp_path)
     loaded = load_protocol(proto)
     release_site_features(
-        featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o1", tmp_path / "st"
+        featdir,
+        accepted(loaded),
+        keys["site-1"],
+        keys["server_pub"],
+        tmp_path / "o1",
+        tmp_path / "st",
     )
     # New data (a re-extraction), same site: 5 + 5 > 8 -> refused before noise, no envelope.
     featdir2 = make_featdir(tmp_path / "second", settings)
@@ -142,7 +148,12 @@ def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
     save_table(shifted, featdir2, {"settings": settings})
     with pytest.raises(BudgetExceededError):
         release_site_features(
-            featdir2, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o2", tmp_path / "st"
+            featdir2,
+            accepted(loaded),
+            keys["site-1"],
+            keys["server_pub"],
+            tmp_path / "o2",
+            tmp_path / "st",
         )
     assert not list((tmp_path / "o2").glob("*.env"))
     assert len(read_ledger(tmp_path / "st" / "ledger.jsonl").entries) >= 1
@@ -162,18 +173,26 @@ def test_a_budget_refused_release_leaves_a_signed_head(tmp_path: Path) -> None:
     ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
     sha = write_bounds(derive_bounds(ref, COLUMNS, source="test reference"), tmp_path / "b.json")
     proto = make_protocol(
-        tmp_path, mode="local-dp", mechanism="laplace", epsilon=5.0, delta=0.0,
-        bounds={"file": "b.json", "sha256": sha}, projection="random", dimension=4,
-    )  # fmt: skip
+        tmp_path,
+        mode="local-dp",
+        mechanism="laplace",
+        epsilon=5.0,
+        delta=0.0,
+        bounds={"file": "b.json", "sha256": sha},
+        projection="random",
+        dimension=4,
+    )
     keys = keys_for(tmp_path)
     loaded = load_protocol(proto)
     featdir = make_featdir(tmp_path, settings)
     state = tmp_path / "st"
-    release_site_features(featdir, loaded, keys["site-1"], keys["server_pub"], tmp_path / "o1",
-                          state)  # fmt: skip
+    release_site_features(
+        featdir, accepted(loaded), keys["site-1"], keys["server_pub"], tmp_path / "o1", state
+    )
     with pytest.raises(BudgetExceededError):  # 5 + 5 > 8: refused before any noise
-        release_site_features(featdir, loaded, keys["site-1"], keys["server_pub"],
-                              tmp_path / "o2", state)  # fmt: skip
+        release_site_features(
+            featdir, accepted(loaded), keys["site-1"], keys["server_pub"], tmp_path / "o2", state
+        )
     log = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log[-2:]] == ["budget-refused", "head"]
     res = CliRunner().invoke(app, ["audit", "verify", str(state), "--ledger", str(state),
@@ -241,7 +260,7 @@ def test_wrong_protocol_and_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="other radiomics settings"):
         release_site_features(
             featdir,
-            load_protocol(other_path),
+            accepted(load_protocol(other_path)),
             keys["site-1"],
             keys["server_pub"],
             tmp_path / "x",
@@ -257,7 +276,12 @@ def test_unknown_site_and_wrong_server_key(tmp_path: Path) -> None:
     intruder = generate_keys("site", "site-9")
     with pytest.raises(ProtocolError, match="not a site of this protocol"):
         release_site_features(
-            featdir, loaded, intruder, keys["server_pub"], tmp_path / "x", tmp_path / "s"
+            featdir,
+            accepted(loaded),
+            intruder,
+            keys["server_pub"],
+            tmp_path / "x",
+            tmp_path / "s",
         )
     release_all(tmp_path, proto, featdir, keys, tmp_path / "inbox")
     # A collector that only knows sites 1 and 2 refuses site-3's envelope as an unknown sender.

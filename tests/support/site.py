@@ -13,6 +13,7 @@ from securefed.privacy import derive_bounds, write_bounds
 from securefed.protocol import load_protocol
 from securefed.radiomics import FeatureTable, columns, save_table
 from securefed.site.release import release_site_features
+from securefed.trust import accept_unsigned_simulation as accepted
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "protocols" / "demo.toml"
@@ -59,7 +60,12 @@ def release_all(tmp: Path, proto: Path, featdir: Path, keys: dict, inbox: Path) 
     loaded = load_protocol(proto)
     return [
         release_site_features(
-            featdir, loaded, keys[f"site-{p}"], keys["server_pub"], inbox, tmp / f"state-{p}"
+            featdir,
+            accepted(loaded),
+            keys[f"site-{p}"],
+            keys["server_pub"],
+            inbox,
+            tmp / f"state-{p}",
         )
         for p in range(1, 4)
     ]
@@ -71,7 +77,13 @@ def local_dp_protocol(tmp: Path, epsilon: float = 4.0) -> Path:
     ref = np.random.default_rng(1).normal(size=(50, len(COLUMNS)))
     sha = write_bounds(derive_bounds(ref, COLUMNS, source="test reference"), tmp / "bounds.json")
     return make_protocol(
-        tmp, mode="local-dp", mechanism="gaussian", epsilon=epsilon, delta=1e-6,
-        bounds={"file": "bounds.json", "sha256": sha}, projection="random", dimension=8,
+        tmp,
+        mode="local-dp",
+        mechanism="gaussian",
+        epsilon=epsilon,
+        delta=1e-6,
+        bounds={"file": "bounds.json", "sha256": sha},
+        projection="random",
+        dimension=8,
         projection_seed=3,
-    )  # fmt: skip
+    )
