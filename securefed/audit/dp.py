@@ -740,7 +740,8 @@ def run_dp_audit(
     violation with 95 % probability, within a cost cap; ``quick``: 20,000 / 2,000, which
     certifies less and says so)."""
     enabled = protocol_mechanisms(protocol) if protocol is not None else None
-    names = tuple(mechanisms) if mechanisms else tuple(enabled or DEFAULT_MECHANISMS)
+    names = tuple(mechanisms) if mechanisms else tuple(DEFAULT_MECHANISMS if enabled is None
+                                                       else enabled)  # fmt: skip
     unknown = [m for m in names if m not in MECHANISMS]
     if unknown:
         raise ConfigError(f"--mechanism {unknown[0]!r}: choose from {', '.join(MECHANISMS)}")

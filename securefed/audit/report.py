@@ -32,7 +32,10 @@ def audit_findings(
     """Every finding of the audits (what ``audit report`` exits 4 on)."""
     out = []
     for f in (egress or {}).get("findings", []):
-        out.append({"audit": "egress", "where": f"{f['site']} {f['stage']} {f['field']}",
+        field = str(f["field"])
+        words = field_words(field)
+        named = field if words == field else f"{words} ({field})"
+        out.append({"audit": "egress", "where": f"{f['site']} {f['stage']} {named}",
                     "finding": str(f["finding"])})  # fmt: skip
     for m in (dp or {}).get("mechanisms", []):
         if m.get("finding"):
@@ -167,6 +170,10 @@ def _attack_row(a: dict[str, Any], *, non_members: int | None = None) -> dict[st
     row["why"] = ""
     if isinstance(ci[0], int | float) and isinstance(chance, int | float):
         row["beats_chance"] = float(ci[0]) > float(chance)
+        # how much of the way from chance to a perfect attack (metrics on a 0-1 scale; PSNR last)
+        top = 1.0 if metric != "psnr" and float(chance) < 1.0 else None
+        gain = float(value) - float(chance) if isinstance(value, int | float) else 0.0
+        row["margin"] = gain / (top - float(chance)) if top is not None else 0.0
     return row
 
 
@@ -186,14 +193,17 @@ def leakage_summary(
     rows = [_attack_row(a) for a in (features or {}).get("attacks", [])]
     rows += [_attack_row(a) for a in (models or {}).get("attacks", [])]
     measured = [r for r in rows if r["estimable"]]
-    beat = [r for r in measured if r["beats_chance"]]
+    beat = sorted((r for r in measured if r["beats_chance"]), key=lambda r: -r["margin"])
     return {
         "ran": bool(features is not None or models is not None),
         "features_run": features is not None,
         "models_run": models is not None,
         "attacks": len(measured),
-        "beat": [f"{r['attack']} ({r['target']}, {r['metric']}) {r['value']} against chance "
-                 f"{r['chance']}" for r in beat[:4]],  # fmt: skip
+        "beat": [
+            f"{r['attack']} ({r['target']}, {r['metric']}) {r['value']} against chance "
+            f"{r['chance']}"
+            for r in beat[:4]
+        ],
         "beat_count": len(beat),
     }
 

@@ -161,7 +161,9 @@ class PrivacySpec(_Strict):
     total_delta: Delta = 1e-5
     """Per-site delta over every release of the study."""
     accountant: Literal["rdp", "pld"] = "rdp"
-    """Composition accountant (dp-accounting): RDP or PLD."""
+    """Composition accountant (dp-accounting): RDP, or PLD where every DP mechanism is continuous
+    (plain features with floating-point DP-SGD only; the discrete mechanisms are accounted by
+    RDP bounds, which PLD cannot compose)."""
     max_cases_per_patient: int = Field(1, ge=1, le=64)
     """Contribution bound: the cases of one patient (partition-file column Patient_ID) that enter
     a secure-aggregate clustering at most; sensitivities scale with it. A local-dp release sends
@@ -637,6 +639,7 @@ class Protocol(_Strict):
         self._check_client_dp()
         self._check_cluster_federations()
         self._check_dp_sgd()
+        self._check_accountant()
         self._check_reply_pacing()
         return self
 
@@ -830,6 +833,31 @@ class Protocol(_Strict):
                 f"training.dp_sgd.population ({dps.population}) must exceed training.batch_size "
                 f"({self.training.batch_size}) for sampling to amplify; raise it or set "
                 "amplification = 'none'"
+            )
+
+    def _check_accountant(self) -> None:
+        """PLD composes privacy loss distributions of continuous mechanisms; securefed's discrete
+        ones (the local-dp release's grid samplers, the secure clustering's and client-level DP's
+        distributed discrete Gaussian, DP-SGD's lattice noise) are accounted by their RDP/zCDP
+        bounds, which say nothing about their loss distributions: only RDP composes them."""
+        if self.privacy.accountant != "pld":
+            return
+        discrete = [
+            name
+            for name, used in (
+                ("release.mode 'local-dp'", self.release.mode == "local-dp"),
+                ("release.mode 'secure-aggregate'", self.release.mode == "secure-aggregate"),
+                ("training.client_dp", self.training.client_dp.enabled),
+                ("training.dp_sgd.noise 'discrete-gaussian'",
+                 self.training.dp_sgd.enabled and self.training.dp_sgd.noise != "float"),
+            )
+            if used
+        ]  # fmt: skip
+        if discrete:
+            raise ValueError(
+                f"privacy.accountant: 'pld' would read {', '.join(discrete)} as continuous "
+                "mechanisms (their discrete noise is accounted by RDP bounds, not by a privacy "
+                "loss distribution); use accountant = 'rdp'"
             )
 
     def _check_client_dp(self) -> None:

@@ -12,6 +12,7 @@ from jinja2 import Environment
 from securefed.fileio import atomic_write_bytes, jsonable
 from securefed.report.jinja import template_environment
 from securefed.report.plots import (
+    MIN_INTERVAL_CASES,
     REGIONS,
     plot_cffl_gain,
     plot_dice_by_method,
@@ -20,10 +21,6 @@ from securefed.report.plots import (
 )
 
 __all__ = ["MIN_INTERVAL_CASES", "render_report", "write_report"]
-
-MIN_INTERVAL_CASES = 3
-"""A mean over fewer cases is shown with "n too small" instead of an interval (the rule of
-``securefed.evaluation.summary.MIN_INTERVAL_CASES``, not imported: that module brings torch)."""
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -89,7 +86,8 @@ def _k_selection(clu: dict[str, Any]) -> dict[str, Any]:
     header, note = _CRITERIA.get(criterion, ("score", ""))
     if criterion in _CRITERIA and scores:
         ks = list(scores)
-        line = f"{algorithm} with k = {k}, chosen by {header.split()[0]} among k = {ks[0]} to {ks[-1]}."
+        chosen_by = header.split()[0]
+        line = f"{algorithm} with k = {k}, chosen by {chosen_by} among k = {ks[0]} to {ks[-1]}."
     elif criterion == "fixed":
         line = f"{algorithm} with k = {k}, fixed by the protocol."
     elif criterion == "secure":

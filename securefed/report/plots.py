@@ -14,9 +14,13 @@ import numpy as np  # noqa: E402
 
 __all__ = [
     "plot_dice_by_method", "plot_cffl_gain", "plot_training_curves", "plot_overlay", "REGIONS",
+    "MIN_INTERVAL_CASES",
 ]  # fmt: skip
 
 REGIONS = ("TC", "WT", "ET")
+MIN_INTERVAL_CASES = 3
+"""A mean over fewer cases gets no interval in the report ("n too small") and no error bar (the
+rule of ``securefed.evaluation.summary.MIN_INTERVAL_CASES``, not imported: it brings torch)."""
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -55,8 +59,9 @@ def plot_overlay(
 
 def plot_dice_by_method(methods: dict[str, dict[str, Any]], path: Path) -> Path:
     """Grouped bars: mean Dice per region for each method (test cases of participating sites),
-    with the 95 % bootstrap interval over the cases as error bars where the results hold one;
-    each method is labelled with its number of test cases."""
+    with the 95 % bootstrap interval over the cases as error bars where the results hold one
+    (none under ``MIN_INTERVAL_CASES`` cases); each method is labelled with its number of test
+    cases."""
     names = [m for m, r in methods.items() if r.get("mean")]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.8))
     width = 0.8 / len(REGIONS)
@@ -66,6 +71,8 @@ def plot_dice_by_method(methods: dict[str, dict[str, Any]], path: Path) -> Path:
         errors = np.zeros((2, len(names)))
         for j, m in enumerate(names):
             ci = (methods[m].get("ci") or {}).get(region)
+            if (methods[m].get("n_cases") or 0) < MIN_INTERVAL_CASES:
+                continue  # n too small: no error bar
             if ci and ci[0] is not None and ci[1] is not None:
                 errors[:, j] = max(0.0, values[j] - ci[0]), max(0.0, ci[1] - values[j])
         ax.bar(x + (i - 1) * width, values, width, label=region, yerr=errors,

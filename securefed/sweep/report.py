@@ -19,7 +19,8 @@ from securefed.fileio import atomic_write_bytes, jsonable, write_json_atomic  # 
 from securefed.report.jinja import template_environment  # noqa: E402
 from securefed.sweep.collect import COLUMNS  # noqa: E402
 
-__all__ = ["write_outputs", "pareto_front"]
+__all__ = ["TABLE_HEADER", "dp_training", "pareto_front", "point_words", "table_header",
+           "table_rows", "write_outputs"]  # fmt: skip
 
 PLOTS = {
     "dice": "plots/dice_vs_epsilon.png",
@@ -92,22 +93,34 @@ def _plots(out: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
         return drawn
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
+    private = [dp_training(r) is not None for r in done]
     for method, color in (("fedavg", "tab:blue"), ("cffl", "tab:orange")):
         ys = [_num(r.get(f"dice_{method}")) or 0.0 for r in done]
         pairs = list(zip(done, ys, strict=True))
         lo = [max(0.0, y - (_num(r.get(f"dice_{method}_lo")) or y)) for r, y in pairs]
         hi = [max(0.0, (_num(r.get(f"dice_{method}_hi")) or y) - y) for r, y in pairs]
-        ax.errorbar(total, ys, yerr=[lo, hi], fmt="o", color=color, capsize=3,
-                    label=method.upper() if method == "cffl" else "FedAvg")  # fmt: skip
+        name = "CFFL" if method == "cffl" else "FedAvg"
+        for dp in (False, True):  # DP-trained points hollow
+            idx = [i for i, p in enumerate(private) if p == dp]
+            if idx:
+                ax.errorbar([total[i] for i in idx], [ys[i] for i in idx],
+                            yerr=[[lo[i] for i in idx], [hi[i] for i in idx]], fmt="o",
+                            color=color, mfc="white" if dp else color, capsize=3,
+                            label=f"{name}, DP training" if dp else name)  # fmt: skip
     _axis(ax, inf_t, total, "epsilon per site (all stages)")
     ax.set_ylabel("test Dice (mean of TC, WT, ET; 95% bootstrap CI)")
-    ax.legend()
+    ax.legend(fontsize=8)
     _save(fig, out / PLOTS["dice"])
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     front = set(pareto_front(done))
     dice = [_num(r.get("dice_cffl")) or 0.0 for r in done]
-    ax.plot(total, dice, "o", color="tab:grey", label="grid point")
+    for dp in (False, True):
+        idx = [i for i, p in enumerate(private) if p == dp]
+        if idx:
+            ax.plot([total[i] for i in idx], [dice[i] for i in idx], "o", color="tab:grey",
+                    mfc="white" if dp else "tab:grey",
+                    label="grid point, DP training" if dp else "grid point")  # fmt: skip
     fr = sorted((x, y) for x, y, r in zip(total, dice, done, strict=True) if r["point"] in front)
     if fr:
         ax.plot([p[0] for p in fr], [p[1] for p in fr], "-o", color="tab:red",
@@ -157,6 +170,141 @@ def _cell(value: Any) -> str:
     return f"{v:.4g}"
 
 
+_RELEASE_WORDS = {"plain": "plain (no DP)", "local-dp": "local DP",
+                  "secure-aggregate": "secure aggregate"}  # fmt: skip
+_TRAINING_WORDS = {"none": "no DP", "dp-sgd": "DP-SGD", "client-dp": "client-level DP"}
+_AGGREGATION_WORDS = {"fedavg": "FedAvg (plain sums)", "secagg+": "SecAgg+", "bfv": "BFV"}
+
+
+def _eps(value: Any) -> str:
+    """An epsilon as text: "-" when nothing was charged, "inf" without DP, else 2 decimals (a
+    whole number without them)."""
+    v = _num(value)
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:g}" if float(v).is_integer() else f"{v:.2f}"
+
+
+def dp_training(row: dict[str, Any]) -> str | None:
+    """The DP training of a point ("DP-SGD" or "client-level DP"); None without one."""
+    training = str(row.get("training") or "none")
+    return _TRAINING_WORDS.get(training, training) if training != "none" else None
+
+
+def point_words(row: dict[str, Any]) -> dict[str, str]:
+    """A point's id in words: its feature release, training privacy and aggregation (from the
+    row's grid columns), e.g. ``local-dp-e4_dp-sgd-e8_secagg+`` -> "local DP, epsilon 4",
+    "DP-SGD, epsilon 8", "SecAgg+"."""
+    release = str(row.get("release") or "")
+    features = _RELEASE_WORDS.get(release, release)
+    if release != "plain" and _num(row.get("feature_epsilon")) is not None:
+        features += f", \u03b5 = {_eps(row.get('feature_epsilon'))}"
+    training = dp_training(row) or "no DP"
+    if dp_training(row) and _num(row.get("training_epsilon")) is not None:
+        training += f", \u03b5 = {_eps(row.get('training_epsilon'))}"
+    aggregation = str(row.get("aggregation") or "")
+    return {"features": features, "training": training,
+            "aggregation": _AGGREGATION_WORDS.get(aggregation, aggregation)}  # fmt: skip
+
+
+def _fixed(value: Any, digits: int = 3, *, signed: bool = False) -> str:
+    """A number with ``digits`` decimals, never in scientific notation ("" when missing); a
+    signed value that rounds to zero is "0.000", without a sign."""
+    v = _num(value)
+    if v is None:
+        return ""
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    text = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0 else text
+
+
+def _with_interval(row: dict[str, Any], key: str, *, signed: bool = False) -> dict[str, str]:
+    lo, hi = _num(row.get(f"{key}_lo")), _num(row.get(f"{key}_hi"))
+    interval = (
+        f"[{_fixed(lo, signed=signed)}, {_fixed(hi, signed=signed)}]"
+        if lo is not None and hi is not None
+        else ""
+    )
+    return _c(_fixed(row.get(key), signed=signed), interval)
+
+
+def _c(value: str, interval: str = "", sub: str = "") -> dict[str, str]:
+    """A table cell: its value, an interval below it (unbroken) and a note below it (wraps)."""
+    return {"value": value, "interval": interval, "sub": sub}
+
+
+def _megabytes(value: Any) -> str:
+    v = _num(value)
+    return "" if v is None else f"{v / 1e6:.1f} MB"
+
+
+def _duration(value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return ""
+    return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+TABLE_HEADER = (
+    "features", "training", "aggregation", "ARI vs scanner", "Dice FedAvg", "Dice CFFL",
+    "CFFL - FedAvg", "institution inference", "scanner inference", "\u03b5 per site",
+    "upload (per site, round)", "time",
+)  # fmt: skip
+"""The columns of report.html's point table (sweep.csv keeps the raw columns); a status column
+follows the aggregation when a point was not run."""
+
+_STAGES = ("features", "clustering", "training")
+
+
+def _epsilon_cell(row: dict[str, Any]) -> dict[str, str]:
+    """The point's total epsilon per site, with what each stage charged below it."""
+    if row.get("status") != "done":
+        return _c("")
+    parts = [f"{stage} {_eps(row.get(f'epsilon_{stage}'))}" for stage in _STAGES
+             if _num(row.get(f"epsilon_{stage}")) is not None]  # fmt: skip
+    return _c(_eps(row.get("epsilon_total")), sub=", ".join(parts))
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """report.html's point table: each point in words and formatted numbers (no scientific
+    notation; Dice with its 95 % bootstrap interval), with ``dp`` naming its DP training."""
+    with_status = any(r.get("status") != "done" for r in rows)
+    out = []
+    for r in rows:
+        words = point_words(r)
+        cells: list[dict[str, str]] = [
+            _c(words["features"]),
+            _c(words["training"]),
+            _c(words["aggregation"]),
+        ]
+        if with_status:
+            cells.append(_c(str(r.get("status", ""))))
+        cells += [
+            _c(_fixed(r.get("ari_scanner"))),
+            _with_interval(r, "dice_fedavg"),
+            _with_interval(r, "dice_cffl"),
+            _with_interval(r, "cffl_minus_fedavg", signed=True),
+            _c(_fixed(r.get("advantage_institution"), signed=True)),
+            _c(_fixed(r.get("advantage_scanner"), signed=True)),
+            _epsilon_cell(r),
+            _c(_megabytes(r.get("bytes_per_client_per_round"))),
+            _c(_duration(r.get("wall_s"))),
+        ]
+        out.append({"point": str(r.get("point", "")), "dp": dp_training(r), "cells": cells})
+    return out
+
+
+def table_header(rows: list[dict[str, Any]]) -> list[str]:
+    """:data:`TABLE_HEADER`, with the status column when a point was not run."""
+    header = list(TABLE_HEADER)
+    if any(r.get("status") != "done" for r in rows):
+        header.insert(3, "status")
+    return header
+
+
 def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """sweep.csv, sweep.json, the plots and report.html in ``out``."""
     buf = io.StringIO()
@@ -169,21 +317,19 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     atomic_write_bytes(out / "sweep.csv", buf.getvalue().encode())
     write_json_atomic(out / "sweep.json", {**meta, "columns": list(COLUMNS), "rows": rows})
     drawn = _plots(out, rows)
+    by_id = {str(r.get("point")): r for r in rows}
     env = template_environment("securefed.sweep")
-    shown = (
-        "point", "status", "ari_scanner", "dice_fedavg", "dice_cffl", "cffl_minus_fedavg",
-        "advantage_institution", "epsilon_features", "epsilon_clustering", "epsilon_training",
-        "epsilon_total", "bytes_per_client_per_round", "wall_s",
-    )  # fmt: skip
     html = env.get_template("sweep.html.j2").render(
         meta=jsonable(meta),
-        columns=shown,
-        rows=[
-            [_cell(r.get(c)) if c not in ("point", "status") else r.get(c, "") for c in shown]
+        header=table_header(rows),
+        rows=table_rows(rows),
+        dp_points=sum(1 for r in rows if dp_training(r)),
+        reasons=[
+            (", ".join(point_words(r).values()), r["point"], r.get("reason", ""))
             for r in rows
-        ],  # fmt: skip
-        reasons=[(r["point"], r.get("reason", "")) for r in rows if r.get("status") != "done"],
+            if r.get("status") != "done"
+        ],
         plots={k: drawn.get(k, "") for k in PLOTS},
-        front=pareto_front(rows),
+        front=[", ".join(point_words(by_id[p]).values()) for p in pareto_front(rows)],
     )
     atomic_write_bytes(out / "report.html", html.encode())

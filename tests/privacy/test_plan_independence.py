@@ -58,11 +58,14 @@ def dp_protocols(draw: Any) -> dict[str, Any]:
     else:
         training["client_dp"] = {"enabled": True, "epsilon": epsilon, "max_sites": 3,
                                  "clip_norm": draw(st.floats(0.1, 5.0))}  # fmt: skip
+    continuous = mechanism == "dp-sgd" and training["dp_sgd"]["noise"] == "float"
+    # PLD composes continuous mechanisms only (the schema refuses it for the discrete ones)
+    accountant = draw(st.sampled_from(["rdp", "pld"])) if continuous else "rdp"
     return {
         "schema_version": 1,
         "study": {"name": "plan-independence", "mode": "simulation"},
         "privacy": {"neighbouring": relation, "total_epsilon": math.inf,
-                    "accountant": draw(st.sampled_from(["rdp", "pld"]))},
+                    "accountant": accountant},
         "clustering": {"k": 2, "k_selection": "fixed", "k_min": 2, "k_max": 2},
         "training": training,
         "secure_aggregation": {"num_shares": 3, "reconstruction_threshold": 2,

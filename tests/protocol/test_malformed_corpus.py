@@ -61,6 +61,7 @@ CORPUS: list[tuple[str, Any, str]] = [
     ("study.mode", "production", "mode"),
     ("schema_version", 2, "schema_version"),
     ("unknown_table", {"x": 1}, "unknown_table"),
+    ("training.client_dp", {"enabled": True, "epsilon": 2.0, "max_sites": 6}, "accountant"),
     ("training.dp_sgd", {"enabled": True, "epsilon": 1e308}, "epsilon"),
     ("training.dp_sgd", {"enabled": True, "epsilon": 2.0, "max_grad_norm": math.inf},
      "max_grad_norm"),
@@ -69,6 +70,8 @@ CORPUS: list[tuple[str, Any, str]] = [
 
 def _broken(path: str, value: Any) -> dict[str, Any]:
     data = copy.deepcopy(DEMO)
+    if path == "training.client_dp":  # client-level DP under the PLD accountant
+        data["privacy"]["accountant"] = "pld"
     *parents, leaf = path.split(".")
     node = data
     for key in parents:
