@@ -170,7 +170,9 @@ class AuditLog:
             "prev": entries[-1]["hash"] if entries else _GENESIS,
             "party": self.party,
             "protocol": self.protocol_hash,
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            # The date only: an entry written when a site's work ends (a refusal after loading,
+            # a decryption) would time that work, a function of its data, for the auditor.
+            "time": datetime.now(UTC).date().isoformat(),
             "event": event,
             "details": details,
         }

@@ -180,3 +180,59 @@ def test_clustering_only_sweep_has_ari_and_advantage_and_no_dice(
 def test_grid_spec_is_strict() -> None:
     with pytest.raises(ValueError):
         GridSpec.model_validate({"release": []})
+
+
+def _report_rows() -> list[dict]:
+    """Rows as the runner writes them: two trained points (one with DP-SGD), one skipped."""
+
+    def row(point: Point, **values: object) -> dict:
+        return {**point.to_json(), "status": "done", "reason": "", **values}
+
+    plain = Point("plain", None, "none", None, "secagg+")
+    dp = Point("local-dp", 4.0, "dp-sgd", 8.0, "secagg+")
+    skipped = Point("plain", None, "client-dp", 8.0, "fedavg")
+    return [
+        row(plain, ari_scanner=1.0, ari_institution=0.5927, dice_fedavg=0.8132,
+            dice_fedavg_lo=0.7902, dice_fedavg_hi=0.8344, dice_cffl=0.834, dice_cffl_lo=0.8017,
+            dice_cffl_hi=0.8644, cffl_minus_fedavg=0.02075, cffl_minus_fedavg_lo=0.008099,
+            cffl_minus_fedavg_hi=0.03339, advantage_institution=0.3778, advantage_scanner=0.7111,
+            epsilon_total="inf", bytes_per_client_per_round=1.122e7, wall_s=828.2),
+        row(dp, ari_scanner=-0.00756, dice_fedavg=0.01829, dice_fedavg_lo=0.01345,
+            dice_fedavg_hi=0.02424, dice_cffl=0.01829, dice_cffl_lo=0.01345,
+            dice_cffl_hi=0.02425, cffl_minus_fedavg=-1.447e-06, cffl_minus_fedavg_lo=-1.776e-05,
+            cffl_minus_fedavg_hi=1.678e-05, advantage_institution=0.0, advantage_scanner=-0.04444,
+            epsilon_features=3.608, epsilon_training=5.489, epsilon_total=6.904,
+            bytes_per_client_per_round=9.529e6, wall_s=1011.0),
+        {**skipped.to_json(), "status": "skipped", "reason": "client-level DP needs secagg+"},
+    ]  # fmt: skip
+
+
+def test_report_table_is_in_words_marks_dp_training_and_renders(tmp_path: Path) -> None:
+    """The point table names each point's release, training and aggregation in words, marks the
+    DP-SGD point, prints no number in scientific notation and gives Dice its interval."""
+    import re
+
+    from securefed.sweep.report import point_words, write_outputs
+
+    rows = _report_rows()
+    assert point_words(rows[1]) == {"features": "local DP, \u03b5 = 4",
+                                    "training": "DP-SGD, \u03b5 = 8",
+                                    "aggregation": "SecAgg+"}  # fmt: skip
+    write_outputs(tmp_path, rows, {"base_protocol": "sha256:" + "0" * 64})
+    html = (tmp_path / "report.html").read_text()
+    table = html[html.index("<h2>Grid points</h2>") :]
+    body = re.sub(r'title="[^"]*"', "", table)  # the raw ids only in the rows' tooltips
+    assert "local-dp-e4_dp-sgd-e8_secagg+" not in body and "dice_cffl" not in body
+    assert not re.search(r"\d[eE][+-]?\d", body), "scientific notation in the table"
+    assert "<th>Dice CFFL</th>" in table and "<th>status</th>" in table
+    assert '<tr class="dp" title="local-dp-e4_dp-sgd-e8_secagg+">' in table
+    # the legend, the DP-SGD row and the skipped client-DP row
+    assert table.count('<span class="badge">DP</span>') == 3
+    assert '0.834<span class="ci">[0.802, 0.864]</span>' in table
+    assert '+0.021<span class="ci">[+0.008, +0.033]</span>' in table
+    assert '0.000<span class="ci">[0.000, 0.000]</span>' in table  # -1.4e-06: no "-0.000"
+    assert ">11.2 MB<" in table and ">13.8 min<" in table and ">6.90<" in table
+    assert "features 3.61, training 5.49" in table
+    assert "plain (no DP), client-level DP, \u03b5 = 8, FedAvg (plain sums)" in table  # skipped
+    require_chromium()
+    _check_in_browser(tmp_path / "report.html", tmp_path)
