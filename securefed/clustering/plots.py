@@ -24,7 +24,7 @@ def plot_embedding(
     z: np.ndarray, colourings: dict[str, np.ndarray], path: Path, method: str = "pca", seed: int = 0
 ) -> None:
     """Scatter the first two PCA (or t-SNE, perplexity <= 35) coordinates of ``z``, one panel per
-    colouring (e.g. institution, cluster, scanner)."""
+    colouring (e.g. institution, cluster, scanner), its groups named in a legend (up to 12)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +43,15 @@ def plot_embedding(
     for ax, (name, labels) in zip(axes[0], colourings.items(), strict=True):
         names = sorted({str(v) for v in labels})
         idx = np.array([names.index(str(v)) for v in labels])
-        ax.scatter(xy[:, 0], xy[:, 1], c=idx, cmap="tab20", s=10, vmin=0, vmax=max(19, len(names)))
+        if len(names) <= 12:  # one colour per group, named in a legend
+            cmap = plt.get_cmap("tab20")
+            for i, group in enumerate(names):
+                at = idx == i
+                ax.scatter(xy[at, 0], xy[at, 1], color=cmap(i % 20), s=10, label=group)
+            ax.legend(title=name, fontsize=7, title_fontsize=7, loc="best", markerscale=1.5)
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], c=idx, cmap="tab20", s=10, vmin=0,
+                       vmax=max(19, len(names)))  # fmt: skip
         ax.set_title(f"{method.upper()} coloured by {name} ({len(names)})")
         ax.set_xlabel(f"{method.upper()} component 1")
         ax.set_ylabel(f"{method.upper()} component 2")
