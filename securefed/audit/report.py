@@ -48,7 +48,10 @@ def audit_findings(
 _REGION_WORDS = {"tc": "tumour core", "wt": "whole tumour", "et": "enhancing tumour",
                  "mean": "mean of the three regions"}  # fmt: skip
 _METRIC_WORDS = {"loss": "loss", "train_loss": "mean training loss", "partition-id":
-                 "institution (partition) id", "n": "case count"}  # fmt: skip
+                 "institution (partition) id", "num_val": "case count"}  # fmt: skip
+_SECAGG_WORDS = {"pk1": "public keys", "pk2": "public keys", "ctxts": "encrypted shares",
+                 "shares": "secret shares", "nids": "node ids", "dsts": "share destinations",
+                 "masked_params": "masked update"}  # fmt: skip
 _EXACT_FIELDS = {
     "kind": "message kind",
     "site": "site name",
@@ -70,9 +73,9 @@ _EXACT_FIELDS = {
     "evaluateres.loss.loss": "validation loss",
 }
 _PREFIX_FIELDS = (  # (prefix, words): the rest of the name is an array index or a key
-    ("release.", "release setting"),
-    ("secaggplus_configs.", "SecAgg+ message"),
-    ("getpropertiesres.properties.", "site property"),
+    ("release.", "release settings"),
+    ("secaggplus_configs.", "SecAgg+ messages"),
+    ("getpropertiesres.properties.", "site properties"),
     ("getparametersres.parameters.", "initial model weights"),
     ("fitres.parameters.", "model update (weights)"),
     ("securefed.he.mean.", "decoded average of the round (BFV decryptor)"),
@@ -101,6 +104,8 @@ def field_words(name: str) -> str:
             rest = name[len(prefix) :]
             if prefix == "release.":
                 return f"{words}: {rest.replace('_', ' ')}"
+            if prefix == "secaggplus_configs." and rest in _SECAGG_WORDS:
+                return f"{words}: {_SECAGG_WORDS[rest]}"
             if prefix == "getpropertiesres.properties.":
                 return f"{words}: {rest.replace('_', ' ').replace('-', ' ')}"
             return words
@@ -108,17 +113,32 @@ def field_words(name: str) -> str:
 
 
 def _field_list(fields: list[str], limit: int = 8) -> tuple[str, str]:
-    """The fields of a census row in words (one entry per distinct wording, with how many raw
-    fields it covers), and the raw names (for the tooltip)."""
+    """The fields of a census row in words, and their raw names (for the tooltip). One entry per
+    distinct wording, with how many raw fields it covers; wordings of one kind ("SecAgg+ message:
+    public keys", "SecAgg+ message: node ids") are listed once under their kind."""
     counts: dict[str, int] = {}
     for f in sorted(fields):
         words = field_words(f)
         counts[words] = counts.get(words, 0) + 1
-    shown = [w if c == 1 else f"{w} ({c} arrays)" for w, c in counts.items()]
-    return ", ".join(_short(shown, limit, sort=False)), ", ".join(_short(fields, 40))
+    kinds: dict[str, list[str]] = {}
+    for words, c in counts.items():
+        kind, sep, detail = words.partition(": ")
+        shown = detail if sep else words
+        if c > 1:
+            shown += f" ({c} {'arrays' if 'weights' in words else 'fields'})"
+        kinds.setdefault(kind if sep else "", []).append(shown)
+    parts = [f"{kind}: {', '.join(_short(items, limit, sort=False))}" for kind, items in
+             kinds.items() if kind]  # fmt: skip
+    plain = kinds.get("", [])
+    if plain:
+        parts.insert(0, ", ".join(_short(plain, limit, sort=False)))
+    return "; ".join(parts), ", ".join(_short(fields, 40))
 
 
 _METRIC_NAMES = {"auc": "ROC AUC", "r2": "R\u00b2", "ssim": "SSIM", "psnr": "PSNR (dB)"}
+_TARGET_WORDS = {"tc_ml": "tumour-core volume", "wt_ml": "whole-tumour volume",
+                 "et_ml": "enhancing-tumour volume",
+                 "flair 16^3": "FLAIR image at 16\u00b3"}  # fmt: skip
 
 
 def _fpr_of(metric: str) -> float | None:
@@ -149,7 +169,7 @@ def _attack_row(a: dict[str, Any], *, non_members: int | None = None) -> dict[st
         non_members = int(a["n"]) - int(a["members"])
     row = {
         "attack": str(a.get("attack", "")).replace("-", " "),
-        "target": str(a.get("target", "")),
+        "target": _TARGET_WORDS.get(str(a.get("target", "")), str(a.get("target", ""))),
         "model": str(a.get("model", "")),
         "metric": metric_words(metric),
         "n": a.get("n", ""),
@@ -159,9 +179,9 @@ def _attack_row(a: dict[str, Any], *, non_members: int | None = None) -> dict[st
     if fpr is not None and non_members is not None and non_members * fpr < 1:
         smallest = f"{100 / non_members:.3g}%" if non_members else "undefined"
         row |= {"estimable": False, "value": "-", "ci": "cannot be estimated", "chance": "-",
-                "why": f"cannot be estimated at {100 * fpr:g}% FPR: with {non_members} "
-                f"non-members the smallest FPR above 0 is {smallest} (needs at least "
-                f"{math.ceil(1 / fpr)})"}  # fmt: skip
+                "why": f"cannot be estimated at {100 * fpr:g}% FPR: {non_members} non-members, "
+                f"so the smallest FPR above 0 is {smallest}",
+                "needs": math.ceil(1 / fpr)}  # fmt: skip
         return row
     value, chance, ci = a.get("value"), a.get("chance"), a.get("ci") or [None, None]
     row["value"] = _num(value)

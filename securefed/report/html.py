@@ -211,24 +211,23 @@ def _context(rundir: Path, results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scanner_rows(methods: dict[str, Any]) -> dict[str, Any]:
-    """Mean test Dice per scanner group and method with its 95 % bootstrap interval."""
+    """Mean test Dice per scanner group and method, each cell ``(mean, below)`` with below its
+    95 % bootstrap interval and n ("n too small" under ``MIN_INTERVAL_CASES`` cases)."""
     shown = [m for m in ("local", "fedavg", "cffl") if methods.get(m, {}).get("per_scanner")]
     groups = sorted({g for m in shown for g in methods[m]["per_scanner"]})
     rows = []
     for g in groups:
-        cells = []
+        cells: list[tuple[str, str]] = []
         for m in shown:
             e = methods[m]["per_scanner"].get(g)
             if not e or e.get("mean") is None:
-                cells.append("-")
+                cells.append(("-", ""))
                 continue
             n = e.get("n")
             interval = _interval(e.get("ci"), n)
-            if interval == "n too small":
-                cells.append(f"{e['mean']:.3f} (n={n}: n too small for an interval)")
-            else:
-                cells.append(f"{e['mean']:.3f}{' ' + interval if interval else ''} (n={n})")
-        rows.append([g, *cells])
+            below = f"n={n} ({interval})" if interval == "n too small" else f"{interval} n={n}"
+            cells.append((f"{e['mean']:.3f}", below.strip()))
+        rows.append([g, cells])
     return {"methods": shown, "rows": rows}
 
 

@@ -19,8 +19,8 @@ from securefed.fileio import atomic_write_bytes, jsonable, write_json_atomic  # 
 from securefed.report.jinja import template_environment  # noqa: E402
 from securefed.sweep.collect import COLUMNS  # noqa: E402
 
-__all__ = ["TABLE_HEADER", "dp_training", "pareto_front", "point_words", "table_header",
-           "table_rows", "write_outputs"]  # fmt: skip
+__all__ = ["TABLE_HEADER", "dp_training", "pareto_front", "point_label", "point_words",
+           "table_header", "table_rows", "write_outputs"]  # fmt: skip
 
 PLOTS = {
     "dice": "plots/dice_vs_epsilon.png",
@@ -209,6 +209,11 @@ def point_words(row: dict[str, Any]) -> dict[str, str]:
             "aggregation": _AGGREGATION_WORDS.get(aggregation, aggregation)}  # fmt: skip
 
 
+def point_label(row: dict[str, Any]) -> str:
+    """:func:`point_words` on one line: "local DP, \u03b5 = 4 / DP-SGD, \u03b5 = 8 / SecAgg+"."""
+    return " / ".join(point_words(row).values())
+
+
 def _fixed(value: Any, digits: int = 3, *, signed: bool = False) -> str:
     """A number with ``digits`` decimals, never in scientific notation ("" when missing); a
     signed value that rounds to zero is "0.000", without a sign."""
@@ -325,11 +330,11 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         rows=table_rows(rows),
         dp_points=sum(1 for r in rows if dp_training(r)),
         reasons=[
-            (", ".join(point_words(r).values()), r["point"], r.get("reason", ""))
+            (point_label(r), r["point"], r.get("reason", ""))
             for r in rows
             if r.get("status") != "done"
         ],
         plots={k: drawn.get(k, "") for k in PLOTS},
-        front=[", ".join(point_words(by_id[p]).values()) for p in pareto_front(rows)],
+        front=[point_label(by_id[p]) for p in pareto_front(rows)],
     )
     atomic_write_bytes(out / "report.html", html.encode())

@@ -155,8 +155,8 @@ def test_dice_table_shows_intervals_and_n(tmp_path: Path) -> None:
         assert f'<span class="ci">{interval}</span>' in page, interval
     assert '<span class="ci">n too small</span>' in page  # cffl: n = 2
     assert "[0.400, 0.700]" not in page
-    assert "0.710 [0.650, 0.770] (n=8)" in page
-    assert "0.840 (n=1: n too small for an interval)" in page
+    assert '0.710<span class="ci">[0.650, 0.770] n=8</span>' in page
+    assert '0.840<span class="ci">n=1 (n too small)</span>' in page
     assert "[0.840, 0.840]" not in page
     assert "95% percentile bootstrap" in page
 

@@ -91,6 +91,11 @@ def _egress(findings: list[dict] | None = None) -> dict:
         {"site": "site-1", "stage": "training/global", "field": f"fitres.parameters.{i}",
          "protection": "secure-aggregate", "what": "SecAgg+ masked update", "count": 3}
         for i in range(12)
+    ] + [
+        {"site": "site-1", "stage": "features", "field": f, "protection": "public",
+         "what": "release metadata", "count": 1}
+        for f in ("release.epsilon", "release.mode", "secaggplus_configs.pk1",
+                  "secaggplus_configs.pk2", "secaggplus_configs.nids")
     ]  # fmt: skip
     return {"sites": ["site-1"], "fields": fields, "findings": findings or [], "warnings": []}
 
@@ -158,8 +163,9 @@ def test_fields_are_named_in_words(tmp_path: Path) -> None:
         "training case count (FedAvg weight)"
     )
     assert field_words("fitres.parameters.3") == "model update (weights)"
-    assert field_words("secaggplus_configs.masked_vector") == "SecAgg+ message"
-    assert field_words("release.epsilon") == "release setting: epsilon"
+    assert field_words("secaggplus_configs.masked_vector") == "SecAgg+ messages"
+    assert field_words("secaggplus_configs.pk1") == "SecAgg+ messages: public keys"
+    assert field_words("release.epsilon") == "release settings: epsilon"
     assert field_words("values") == "feature values of each case"
     assert field_words("something.new") == "something.new"  # unknown: as it is
     run = _run(tmp_path)
@@ -168,6 +174,9 @@ def test_fields_are_named_in_words(tmp_path: Path) -> None:
     assert (">validation Dice (enhancing tumour), validation Dice (tumour core), validation case "
             "count<") in html  # fmt: skip
     assert ">model update (weights) (12 arrays)<" in html
+    # one kind, listed once: never "release settings: epsilon, release settings: mode"
+    assert ">release settings: epsilon, mode; SecAgg+ messages: node ids, public keys (2 " \
+        "fields)<" in html  # fmt: skip
     assert ">evaluateres.metrics.dice_et<" not in html  # the raw name only in the tooltip
     assert 'title="evaluateres.metrics.dice_et, ' in html
 
@@ -180,9 +189,11 @@ def test_tpr_at_an_fpr_below_one_non_member_cannot_be_estimated(tmp_path: Path) 
     _write(run, "models", _models())
     html = write_audit_report(run)[0].read_text()
     assert "<td>TPR at 0.1% FPR</td>" in html and "<td>ROC AUC</td>" in html
-    assert ("cannot be estimated at 0.1% FPR: with 10 non-members the smallest FPR above 0 is "
-            "10% (needs at least 1000)") in html  # fmt: skip
-    assert "cannot be estimated at 1% FPR: with 10 non-members" in html
+    assert ("cannot be estimated at 0.1% FPR: 10 non-members, so the smallest FPR above 0 is "
+            "10%") in html  # fmt: skip
+    assert "cannot be estimated at 1% FPR: 10 non-members" in html
+    assert "TPR at 1% FPR needs at least 100 non-members, TPR at 0.1% FPR needs at least 1000" \
+        in html  # fmt: skip
     assert "tpr@0.001fpr" not in html
     assert "0.550" in html  # the AUC keeps its number
     assert "none of 1 attack results beat chance" in html  # only the AUC counts

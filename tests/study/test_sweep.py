@@ -233,6 +233,6 @@ def test_report_table_is_in_words_marks_dp_training_and_renders(tmp_path: Path) 
     assert '0.000<span class="ci">[0.000, 0.000]</span>' in table  # -1.4e-06: no "-0.000"
     assert ">11.2 MB<" in table and ">13.8 min<" in table and ">6.90<" in table
     assert "features 3.61, training 5.49" in table
-    assert "plain (no DP), client-level DP, \u03b5 = 8, FedAvg (plain sums)" in table  # skipped
+    assert "plain (no DP) / client-level DP, \u03b5 = 8 / FedAvg (plain sums)" in table  # skipped
     require_chromium()
     _check_in_browser(tmp_path / "report.html", tmp_path)
