@@ -354,7 +354,6 @@ def client_dp(
     else:
         comps = [_Component(float(s), sigma, honest, m, b)
                  for s, b in zip(shifts, bases, strict=True)]  # fmt: skip
-        combine = combine and all(c.draws == 1 for c in comps)
 
     def implied(mu: float) -> float:
         if mu <= 0:
@@ -367,7 +366,8 @@ def client_dp(
         f"client-level DP (distributed discrete Gaussian): {len(rounds)} round(s) of "
         f"encode_update at clip {plan.clip:g} on {values} values (padded {plan.padded_dim}), "
         f"the {honest} honest sites' shares of sigma {sigma:.0f} units, modulus {m}; the "
-        f"neighbouring updates +C u / -C u move the sum by {np.mean(shifts):.0f} units a round "
+        f"neighbouring updates +C u / -C u (10 C u clipped) move the sum by "
+        f"{np.mean(shifts):.0f} units a round "
         f"(sensitivity {plan.sensitivity:.0f}); noise multiplier {plan.noise_multiplier:.4g}",
         ("securefed.training.client_dp.site_plan", "securefed.privacy.ddg.encode_update"),
         combine=combine,
@@ -667,7 +667,8 @@ def _dp_sgd_row(
             canaries, _ = dp_power.size_one_run(model, plan.epsilon, plan.delta,
                                                 most=MAX_CANARIES[plan.noise])  # fmt: skip
     res = run_one_run_audit(plan, relation=relation, canaries=canaries, noise_scale=noise_scale,
-                            confidence=ONE_RUN_CONFIDENCE)  # fmt: skip
+                            confidence=ONE_RUN_CONFIDENCE,
+                            check_confidence=confidence)  # fmt: skip
     check = res["noise_check"]
     check["finding"] = check["epsilon_implied"] > plan.epsilon
     power = dp_power.one_run_power(model, res["canaries"], plan.epsilon, plan.delta)

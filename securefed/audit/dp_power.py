@@ -36,6 +36,7 @@ from scipy.stats import beta, binom, norm
 from securefed.audit.one_run import guesses_for, one_run_epsilon
 
 __all__ = [
+    "SIZING_POWER",
     "TARGET_POWER",
     "VIOLATION_SCALE",
     "CanaryModel",
@@ -53,6 +54,11 @@ __all__ = [
 
 Family = Literal["gaussian", "laplace"]
 TARGET_POWER = 0.95
+SIZING_POWER = 0.975
+"""The threshold tests are sized for this power in the model: a margin over TARGET_POWER for
+what the continuous model leaves out (OpenDP's discrete Gaussian showed a few per cent more
+mass than the continuous one 3.6-4 standard deviations out, where the tests' thresholds sit at
+half the noise; benchmarks/results/audit.md)."""
 VIOLATION_SCALE = 0.5  # the 2x violation: half the calibrated noise standard deviation
 
 
@@ -166,7 +172,7 @@ def size_threshold_test(
     *,
     least: int = 2000,
     most: int = 4_000_000,
-    target: float = TARGET_POWER,
+    target: float = SIZING_POWER,
     scale: float = VIOLATION_SCALE,
 ) -> SizedTest:
     """The fewest outputs per input (between ``least`` and ``most``, rounded up to a thousand)

@@ -6,17 +6,18 @@ alone), the site's batch samplers (``dp_batches`` / ``poisson_batches``), and th
 ``DiscreteGaussianDPOptimizer`` with OpenDP's exact sampler for ``"discrete-gaussian"``).
 
 ``m`` canaries, each a slot of a linear model with ``m`` weights: slot i holds canary i (its
-per-sample gradient ``-C e_i``, included with probability 1/2) or its neighbour: under
-replace-one the replacement ``+C e_i`` (the change of 2C the accountant assumes), under
-add-remove-one nothing. The canaries are grouped into simulated sites whose batches the site's own
-sampler draws: under replace-one with ``amplification = "sampling"``, ``batch_size`` of the
-plan's ``population`` patient slots per step (a site of exactly ``population`` canaries); under
-add-remove-one, Poisson at the plan's ``sampling_rate``; unamplified steps (``none``, and the
-finetuning rounds the plan charges unamplified) draw every canary at every step (a site of at most
-``batch_size`` patients, the case the unamplified charge covers). Every planned step of the study
-runs: ``global_rounds`` then the finetuning rounds of every cluster, each ``steps_per_round``. The
-canaries' weights are disjoint, so they run in chunks of ``CHUNK`` (one optimizer per chunk; each
-chunk is one DP-SGD run over its canaries, and the union is one run over all of them).
+per-sample gradient ``-10 C e_i``, which the step clips to ``-C e_i``; included with probability
+1/2) or its neighbour: under replace-one the replacement ``+10 C e_i`` (after clipping the change
+of 2C the accountant assumes), under add-remove-one nothing. The canaries are grouped into
+simulated sites whose batches the site's own sampler draws: under replace-one with ``amplification
+= "sampling"``, ``batch_size`` of the plan's ``population`` patient slots per step (a site of
+exactly ``population`` canaries); under add-remove-one, Poisson at the plan's ``sampling_rate``;
+unamplified steps (``none``, and the finetuning rounds the plan charges unamplified) draw every
+canary at every step (a site of at most ``batch_size`` patients, the case the unamplified charge
+covers). Every planned step of the study runs: ``global_rounds`` then the finetuning rounds of
+every cluster, each ``steps_per_round``. The canaries' weights are disjoint, so they run in chunks
+of ``CHUNK`` (one optimizer per chunk; each chunk is one DP-SGD run over its canaries, and the
+union is one run over all of them).
 
 After the run the score of canary i is how far weight i moved; the auditor guesses "in" for the k
 highest and "out" for the k lowest scores (k fixed in advance: m / 10), counts its correct guesses
@@ -26,10 +27,11 @@ largest epsilon that this p-value rejects at 95 %. The most the run can certify 
 every guess right (:func:`one_run_max_certifiable`).
 
 The noise check reads the same run through the plan's accounting: the weights move by ``c`` per
-drawn step (the canary's contribution, ``C`` for a correct clip) plus noise of ``sigma`` per step,
-so the measured multiplier is ``sigma / c`` (a regression of the scores on the known draw counts,
-with one-sided confidence bounds), and the plan's own events at that multiplier give the epsilon
-it implies (valid for Gaussian noise, which both noise sources are designed to add).
+drawn step (the canary's clipped contribution, ``C`` for a correct clip) plus noise of ``sigma``
+per step. A regression of the scores on the known draw counts measures both (one-sided
+confidence bounds); the plan's own events at the multiplier ``sigma / max(C, c)`` give the
+epsilon it implies: above the claim when the noise is below the plan's or the contribution above
+the clip (valid for Gaussian noise, which both noise sources are designed to add).
 """
 
 from __future__ import annotations
@@ -149,16 +151,13 @@ def run_one_run_audit(
     noise_scale: float = 1.0,
     seed: int | None = None,
     confidence: float = CONFIDENCE,
+    check_confidence: float = 0.999,
 ) -> dict[str, Any]:
     """Train ``canaries`` canaries through the plan's every step and audit them. ``relation``:
     the protocol's neighbouring relation (``replace-one`` or ``add-remove-one``);
-    ``noise_scale`` < 1 under-noises on purpose (the audit's power)."""
+    ``noise_scale`` < 1 under-noises on purpose (the audit's power); ``confidence``: of the
+    one-run bound (the paper's 95 %); ``check_confidence``: of the noise check."""
     import torch
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
-    from securefed.privacy.noise import SecureNoise
-    from securefed.training.discrete_dpsgd import DiscreteGaussianDPOptimizer
 
     if relation not in ("replace-one", "add-remove-one"):
         raise ValueError(f"neighbouring relation {relation!r}")
@@ -170,16 +169,65 @@ def run_one_run_audit(
     secret = seed if seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
     rng = np.random.default_rng(secret)
     included = rng.random(canaries) < 0.5
-    # In: x = C e_i (gradient -C e_i, the weight moves +C); out: -C e_i (replace-one) or 0.
+    # In: x = 10 C e_i (gradient -10 C e_i, clipped to C: the weight moves +C); out: -10 C e_i
+    # (replace-one) or 0. Ten times the clip: the step must clip, or the moves show it.
     out_sign = -1.0 if relation == "replace-one" else 0.0
     sign = np.where(included, 1.0, out_sign)
     draws = _draws(plan, canaries, rng)
     weights = np.zeros(canaries)
     drawn = np.zeros(canaries)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small dense steps: one thread is faster than two contending
+    try:
+        _train(plan, draws, sign, multiplier, secret, weights, drawn)
+    finally:
+        torch.set_num_threads(threads)
+    k = guesses_for(canaries) // 2
+    order = np.argsort(weights)
+    guess_in, guess_out = order[len(order) - k :], order[:k]
+    v = int(included[guess_in].sum() + (~included[guess_out]).sum())
+    r = 2 * k
+    bound = one_run_epsilon(canaries, r, v, plan.delta, confidence)
+    return {
+        "noise_multiplier": multiplier,
+        "canaries": canaries,
+        "steps": len(draws),
+        "noise": plan.noise,
+        "sampling": plan.sampling,
+        "relation": relation,
+        "guesses": r,
+        "correct": v,
+        "lower_bound": bound,
+        "max_certifiable": one_run_max_certifiable(canaries, plan.delta, confidence),
+        "noise_check": _noise_check(
+            plan, weights / clip, sign * drawn, len(draws), check_confidence
+        ),  # fmt: skip
+    }
+
+
+def _train(
+    plan: DPSGDPlan,
+    draws: list[np.ndarray],
+    sign: np.ndarray,
+    multiplier: float,
+    secret: int,
+    weights: np.ndarray,
+    drawn: np.ndarray,
+) -> None:
+    """Every planned step on the canaries, chunk by chunk (their weights are disjoint): the
+    final weights into ``weights``, the steps each canary was drawn in into ``drawn``."""
+    import torch
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from securefed.privacy.noise import SecureNoise
+    from securefed.training.discrete_dpsgd import DiscreteGaussianDPOptimizer
+
+    canaries, clip = len(sign), plan.max_grad_norm
     for start in range(0, canaries, CHUNK):
         stop = min(start + CHUNK, canaries)
         c = stop - start
-        x = torch.diag(torch.tensor(sign[start:stop] * clip, dtype=torch.float32))
+        x = torch.diag(torch.tensor(sign[start:stop] * 10.0 * clip, dtype=torch.float32))
         model = torch.nn.Linear(c, 1, bias=False)
         torch.nn.init.zeros_(model.weight)
         gsm = GradSampleModule(model)
@@ -198,7 +246,8 @@ def run_one_run_audit(
                               secure_mode=True)  # fmt: skip
         try:
             for batch in draws:
-                rows = batch[(batch >= start) & (batch < stop)] - start
+                lo, hi = np.searchsorted(batch, (start, stop))  # batches are sorted
+                rows = batch[lo:hi] - start
                 drawn[start + rows] += 1
                 opt.zero_grad()
                 loss = -gsm(x[torch.from_numpy(rows)]).sum()  # per-sample gradient -x_i
@@ -207,49 +256,33 @@ def run_one_run_audit(
         finally:
             gsm._close()
         weights[start:stop] = model.weight.detach().numpy().ravel().astype(np.float64)
-    k = guesses_for(canaries) // 2
-    order = np.argsort(weights)
-    guess_in, guess_out = order[len(order) - k :], order[:k]
-    v = int(included[guess_in].sum() + (~included[guess_out]).sum())
-    r = 2 * k
-    bound = one_run_epsilon(canaries, r, v, plan.delta, confidence)
-    return {
-        "noise_multiplier": multiplier,
-        "canaries": canaries,
-        "steps": len(draws),
-        "noise": plan.noise,
-        "sampling": plan.sampling,
-        "relation": relation,
-        "guesses": r,
-        "correct": v,
-        "lower_bound": bound,
-        "max_certifiable": one_run_max_certifiable(canaries, plan.delta, confidence),
-        "noise_check": _noise_check(plan, weights / clip, sign * drawn, len(draws), confidence),
-    }
 
 
 def _noise_check(
     plan: DPSGDPlan, score: np.ndarray, signal: np.ndarray, steps: int, confidence: float
 ) -> dict[str, Any]:
-    """The measured noise multiplier (scores in units of C regressed on the known signal, the
-    signed draw counts) and the epsilon the plan's own events give at its upper bound."""
+    """The noise and the contribution measured in the canaries' moves (units of C): the noise
+    per step (the residual standard deviation of the scores regressed on the known signal, the
+    signed draw counts, over the square root of the steps; its upper confidence bound by
+    chi-square) is the measured multiplier; the move per drawn step (the regression slope, at
+    most 1: the canaries' gradients are 10 C, clipping must bring them to C) checks the clip.
+    The epsilon implied is the plan's own events at the upper multiplier over the larger of 1
+    and the slope's lower bound: more than the claim when the noise is below the plan or the
+    contribution above the clip."""
     from securefed.training.dpsgd import DPSGDPlan
 
     a = (1.0 - confidence) / 2.0  # Bonferroni over the two estimates
     ss = float(np.dot(signal, signal))
-    slope = float(np.dot(signal, score) / ss)  # the move per drawn step, units of C
+    slope = float(np.dot(signal, score) / ss) if ss > 0 else 0.0
     resid = score - slope * signal
     dof = len(score) - 1
     sigma = float(np.sqrt(np.dot(resid, resid) / dof))  # noise over the whole run
     sigma_hi = sigma * math.sqrt(dof / float(chi2.ppf(a, dof)))
-    slope_lo = slope - float(norm.isf(a)) * sigma / math.sqrt(ss)
+    slope_lo = slope - float(norm.isf(a)) * sigma / math.sqrt(ss) if ss > 0 else 0.0
     per_step = sigma / math.sqrt(steps)
-    measured = per_step / slope if slope > 0 else 0.0
-    upper = sigma_hi / math.sqrt(steps) / slope_lo if slope_lo > 0 else math.inf
-    implied = 0.0  # no measured contribution: as if the noise were infinite
-    if math.isfinite(upper) and upper > 0:
-        at = DPSGDPlan(**{**plan.to_json(), "noise_multiplier": upper})
-        implied = float(at.planned_epsilon())
-    return {"statistic": "noise multiplier", "measured": measured, "upper": upper,
+    upper = sigma_hi / math.sqrt(steps) / max(1.0, slope_lo)
+    at = DPSGDPlan(**{**plan.to_json(), "noise_multiplier": upper})
+    return {"statistic": "noise multiplier", "measured": per_step, "upper": upper,
             "planned": plan.noise_multiplier, "move_per_step": slope,
-            "epsilon_implied": implied, "confidence": confidence}  # fmt: skip
+            "move_per_step_lower": slope_lo, "epsilon_implied": float(at.planned_epsilon()),
+            "confidence": confidence}  # fmt: skip

@@ -283,7 +283,7 @@ def dp(
             f"float distinguisher "
             f"{_fraction(row['float_distinguisher']['impossible_fraction'])}"
             f"{', quick' if row['quick'] else ''}) {row['status'].upper()}",
-            highlight=False, markup=False,
+            highlight=False, markup=False, soft_wrap=True,
         )  # fmt: skip
     console.print(str(out / "dp.json"), highlight=False)
     if doc["findings"]:
