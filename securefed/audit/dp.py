@@ -838,7 +838,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     top = max(claims, default=1.0) * 3
     bounds = [min(r["lower_bound"], top) for r in rows]
     certifiable = [min(r["max_certifiable"], top) for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.2))
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.6 * len(rows)), 3.2))
     xs = np.arange(len(rows))
     ax.bar(xs - 0.2, claims, 0.4, label="claimed epsilon", color="#4c72b0")
     ax.bar(xs + 0.2, bounds, 0.4, label="empirical lower bound",
@@ -848,6 +848,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     for x, r in zip(xs, rows, strict=True):
         if math.isinf(r["lower_bound"]):
             ax.text(x + 0.2, top, "inf", ha="center", va="bottom", fontsize=8)
+        if r["max_certifiable"] > top:  # off the scale: its value under the marker
+            best = r["max_certifiable"]
+            ax.text(x + 0.2, top * 0.96, "inf" if math.isinf(best) else f"{best:.3g}",
+                    ha="center", va="top", fontsize=7)  # fmt: skip
     ax.set_xticks(xs, names, fontsize=8)
     ax.set_ylabel("epsilon")
     ax.set_title("DP audit: claim vs empirical lower bound", fontsize=9, pad=24)

@@ -47,6 +47,7 @@ __all__ = ["Declaration", "census", "declare", "run_egress_audit"]
 
 SECAGG_RECORD = "secaggplus_configs"  # Flower's RECORD_KEY_CONFIGS (checked in the tests)
 HE_MEAN = "securefed.he.mean"  # securefed.federation.he_round.HE_MEAN (checked in the tests)
+KEYSIG_RECORD = "securefed.secagg-keysig"  # securefed.federation.secagg_relay (the tests check)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ def _model_field(name: str, p: Any) -> Declaration | None:
     return Declaration("clear", "model update (plain FedAvg: the server sees it)")
 
 
+_PUBLIC_REPLY_FIELDS = {
+    "getpropertiesres.properties.": "partition id, protocol hash, budget status (public)",
+    KEYSIG_RECORD + ".": "the site's signature over its fresh SecAgg+ public keys (its pinned key)",
+    "getparametersres.parameters.": "the initial model (seeded, or the pinned public weights; "
+    "no data)",
+}
+
+
 def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declaration | None:
     p = loaded.protocol
     egress = training_egress(p)
@@ -110,12 +119,9 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
     if name.startswith(SECAGG_RECORD + "."):
         what = "SecAgg+ messages: public keys, encrypted shares, masked vector"
         return Declaration("secure-aggregate", what)
-    if name.startswith("getpropertiesres.properties."):
-        return Declaration("public", "partition id, protocol hash, budget status (public)")
-    if name.startswith("getparametersres.parameters."):
-        return Declaration(
-            "public", "the initial model (seeded, or the pinned public weights; no data)"
-        )
+    for prefix, what in _PUBLIC_REPLY_FIELDS.items():
+        if name.startswith(prefix):
+            return Declaration("public", what)
     if name.startswith(("fitres.parameters.", HE_MEAN + ".")):
         return _model_field(name, p)
     if name == "fitres.num_examples.num_examples":

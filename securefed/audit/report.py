@@ -17,7 +17,8 @@ from securefed.protocol import load_protocol
 from securefed.report.jinja import template_environment
 
 __all__ = [
-    "audit_findings", "field_words", "leakage_summary", "metric_words", "write_audit_report",
+    "audit_findings", "dp_rows", "field_words", "leakage_summary", "metric_words",
+    "write_audit_report",
 ]  # fmt: skip
 
 
@@ -38,10 +39,151 @@ def audit_findings(
         out.append({"audit": "egress", "where": f"{f['site']} {f['stage']} {named}",
                     "finding": str(f["finding"])})  # fmt: skip
     for m in (dp or {}).get("mechanisms", []):
-        if m.get("finding"):
-            out.append({"audit": "dp", "where": m["mechanism"],
-                        "finding": f"empirical lower bound {m['lower_bound']} above the "
-                        f"claimed epsilon {m['claimed_epsilon']}"})  # fmt: skip
+        if m.get("finding") or m.get("status") == "finding":
+            out.append({"audit": "dp", "where": str(m["mechanism"]),
+                        "finding": _dp_finding_words(m)})  # fmt: skip
+    return out
+
+
+def _epsilon(value: Any) -> float | None:
+    """An epsilon of dp.json as a number (``"inf"`` is infinite); None when absent."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _eps_text(value: Any) -> str:
+    """An epsilon as the report writes it: 3 decimals, "infinite", or "not stated"."""
+    v = _epsilon(value)
+    if v is None:
+        return NOT_STATED
+    if math.isinf(v):
+        return "infinite"
+    return f"{v:.3f}"
+
+
+def _claim_text(value: Any) -> str:
+    v = _epsilon(value)
+    return NOT_STATED if v is None else f"{v:g}"
+
+
+def _power_text(value: Any) -> str:
+    """A probability in percent; "< 0.1 %" and "> 99.9 %" at the ends."""
+    v = _epsilon(value)
+    if v is None:
+        return NOT_STATED
+    if v < 0.001:
+        return "< 0.1\u00a0%"
+    if v > 0.999:
+        return "> 99.9\u00a0%"
+    return f"{100 * v:.1f}\u00a0%"
+
+
+NOT_STATED = "not stated"
+
+
+def _target_text(dp: dict[str, Any] | None) -> str:
+    """The power the audit is sized for (dp.json's ``power.target``), e.g. "95 %"."""
+    target = _epsilon(((dp or {}).get("power") or {}).get("target"))
+    return NOT_STATED if target is None else f"{100 * target:g} %"
+
+
+def _dp_finding_words(m: dict[str, Any]) -> str:
+    """Why a DP row is a finding: its lower bound, or the epsilon its measured noise implies,
+    above the claim."""
+    claim = _epsilon(m.get("claimed_epsilon"))
+    bound = _epsilon(m.get("lower_bound"))
+    words = []
+    if bound is not None and claim is not None and bound > claim:
+        words.append(f"empirical lower bound {_eps_text(bound)} above the claimed epsilon "
+                     f"{_claim_text(claim)}")  # fmt: skip
+    check = m.get("noise_check") or {}
+    implied = _epsilon(check.get("epsilon_implied"))
+    if check.get("finding") and implied is not None:
+        words.append(f"the measured noise implies epsilon {_eps_text(implied)}, above the "
+                     f"claimed epsilon {_claim_text(claim)}")  # fmt: skip
+    return "; ".join(words) or f"above the claimed epsilon {_claim_text(claim)}"
+
+
+def dp_rows(dp: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The DP audit's rows as the report shows them: the claim, the empirical lower bound, the
+    largest epsilon the run could certify, the power against half the noise, the noise check and
+    the status in words. A row of an older dp.json without ``status``, ``max_certifiable``,
+    ``power_2x`` or ``noise_check`` shows "not stated" there, and its status is never "ok": an
+    inconclusive row, or one whose power is unknown, says it certifies nothing."""
+    if dp is None:
+        return []
+    target = _epsilon((dp.get("power") or {}).get("target"))  # old files: none
+    out = []
+    for m in dp.get("mechanisms", []):
+        claim = _epsilon(m.get("claimed_epsilon"))
+        best = _epsilon(m.get("max_certifiable"))
+        power = _epsilon(m.get("power_2x"))
+        check = m.get("noise_check") or None
+        status = m.get("status")
+        finding = bool(m.get("finding")) or status == "finding"
+        if finding:
+            status = "finding"
+        elif status not in ("ok", "inconclusive"):
+            status = "unstated"
+        elif status == "ok" and claim is not None and best is not None and claim >= best:
+            status = "inconclusive"  # never shown as ok above what the run could certify
+        size = m.get("trials")
+        if status == "finding":
+            words = f"finding: {_dp_finding_words(m)}"
+        elif status == "inconclusive":
+            words = (f"inconclusive: this run could certify at most {_eps_text(best)}, below "
+                     f"the claim {_claim_text(claim)}; no violation found, but this is not a "
+                     "pass")  # fmt: skip
+        elif status == "ok":
+            words = (f"ok: no violation found; the run could certify up to {_eps_text(best)}, "
+                     f"above the claim {_claim_text(claim)}")  # fmt: skip
+        else:
+            words = ("not stated (an older dp.json): no violation found, but the run's power "
+                     "and the most it could certify are not recorded, so this is not a pass; "
+                     "rerun securefed audit dp")  # fmt: skip
+        fd = m.get("float_distinguisher") or {}
+        frac = fd.get("impossible_fraction")
+        if isinstance(frac, int | float):
+            float_text = f"{100 * frac:.1f} %"
+        else:
+            float_text = "n/a" if "impossible_fraction" in fd else NOT_STATED
+        if check is None:
+            check_text, check_title, check_bad = NOT_STATED, "", False
+        else:
+            implied = check.get("epsilon_implied")
+            check_bad = bool(check.get("finding"))
+            check_text = _eps_text(implied) + (" (above the claim)" if check_bad else "")
+            parts = [str(check.get("statistic", "noise"))]
+            for key in ("measured", "planned", "lower", "upper"):
+                if isinstance(check.get(key), int | float):
+                    parts.append(f"{key} {check[key]:.4g}")
+            if isinstance(check.get("confidence"), int | float):
+                parts.append(f"confidence {100 * check['confidence']:g} %")
+            check_title = ", ".join(parts)
+        out.append({
+            "mechanism": str(m.get("mechanism", "")),
+            "description": str(m.get("description", "")),
+            "epsilon": _claim_text(claim),
+            "delta": _claim_text(m.get("delta")),
+            "lower_bound": _eps_text(m.get("lower_bound")),
+            "max_certifiable": _eps_text(best),
+            "power": _power_text(power),
+            "power_low": power is not None and target is not None and power < target,
+            "noise_check": check_text,
+            "noise_check_title": check_title,
+            "noise_check_bad": check_bad,
+            "float_distinguisher": float_text,
+            "size": f"{size:,} {'canaries' if 'one_run' in m else 'outputs'}"
+            + (", quick" if m.get("quick") else "") if isinstance(size, int) else NOT_STATED,
+            "status": status,
+            "status_words": words,
+        })  # fmt: skip
     return out
 
 
@@ -253,10 +395,7 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
         row["finding"] |= (r["site"], r["stage"], r["field"]) in flagged
     for row in rows.values():
         row["field"], row["raw"] = _field_list(row["fields"])
-    if dp is not None:
-        for m in dp["mechanisms"]:
-            lb = m["lower_bound"]
-            m["lower_bound_text"] = lb if isinstance(lb, str) else f"{lb:.3f}"
+    rows_dp = dp_rows(dp)
     non_members = (models or {}).get("non_members")
     doc = {
         "rundir": str(rundir),
@@ -273,6 +412,11 @@ def write_audit_report(rundir: Path) -> tuple[Path, list[dict[str, str]]]:
             for a in (models or {}).get("attacks", [])
         ],
         "dp": dp,
+        "dp_rows": rows_dp,
+        "dp_target": _target_text(dp),
+        "dp_unproven": [
+            r["mechanism"] for r in rows_dp if r["status"] in ("inconclusive", "unstated")
+        ],
         "findings": findings,
         "leakage": leakage_summary(features, models),
     }

@@ -38,6 +38,7 @@ from securefed.federation.metrics import site_summary
 from securefed.federation.pacing import Pacing, make_pacing_mod
 from securefed.federation.site_rules import (
     ReplyCode,
+    SecAggSite,
     check_round_config,
     make_error_code_mod,
     make_secaggplus_site_mod,
@@ -497,6 +498,11 @@ def make_client_app(
 
         return Pacing(float(loaded.protocol.training.reply_slot_s), overrun)
 
+    def secagg_site(context: Context) -> SecAggSite:
+        loaded, _, sid = identity(context)
+        key = runtime.signing_key(site_of(context))
+        return SecAggSite(loaded.protocol, loaded.sha256, sid, key)
+
     # The egress log is written outermost, after the pacing hold, of what actually leaves;
     # pacing holds every local-training reply to its slot (errors included) or drops it; inside
     # it every failure becomes a coded error; inside that the guard sees the reply exactly as it
@@ -507,7 +513,7 @@ def make_client_app(
               make_error_code_mod(_error_recorder(identity)),
               make_egress_guard(policy),
               make_decrypt_mod(he_site, runtime.he_key),
-              make_secaggplus_site_mod(lambda ctx: identity(ctx)[0].protocol)],
+              make_secaggplus_site_mod(secagg_site)],
     )  # fmt: skip
 
 

@@ -8,7 +8,8 @@ Allowed replies, by message type:
   weight (the train case count under a plain protocol, 1 otherwise); the metrics the policy allows
   (the mean train loss under a plain protocol, nothing otherwise); a success status;
 - SecAgg+ protocol messages (keys, encrypted shares, masked vectors, unmasking shares) only when
-  the protocol's aggregation is ``secagg+``;
+  the protocol's aggregation is ``secagg+``, the setup reply with the site's signature over its
+  public keys (securefed.federation.secagg_relay);
 - under ``bfv`` the model travels as one uint8 array (the encrypted contribution, no larger than
   the model's encoding) and the decryptor's reply to a decrypt request is the decoded average
   only, with exactly the shapes and dtypes the request declares (securefed.federation.he_round);
@@ -35,6 +36,7 @@ from flwr.common import MessageTypeLegacy
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from securefed.errors import SecurefedError
+from securefed.federation.secagg_relay import KEYSIG_RECORD
 from securefed.protocol.egress import TrainingEgress
 
 __all__ = [
@@ -151,6 +153,19 @@ def _check_decrypt_reply(request: Any, content: Any, he: bool) -> list[str]:
     return [] if got == expected else ["a decrypt reply whose arrays are not the declared model"]
 
 
+def _without_key_signature(
+    content: Any, configs: set[str], problems: list[str]
+) -> tuple[set[str], list[str]]:
+    """A SecAgg+ setup reply may carry the site's signature over its fresh public keys."""
+    if KEYSIG_RECORD not in configs:
+        return configs, problems
+    if Key.PUBLIC_KEY_1 not in content.config_records[RECORD_KEY_CONFIGS]:
+        return configs, problems
+    if set(content.config_records[KEYSIG_RECORD].keys()) != {"signed"}:
+        problems = [*problems, "undeclared fields beside the SecAgg+ key signature"]
+    return configs - {KEYSIG_RECORD}, problems
+
+
 def _check_train(
     request: Any,
     content: Any,
@@ -174,6 +189,7 @@ def _check_train(
         if extra:
             problems.append(f"undeclared SecAgg+ fields {sorted(extra)}")
         configs -= {RECORD_KEY_CONFIGS}
+        configs, problems = _without_key_signature(content, configs, problems)
         if not configs and not content.array_records and not content.metric_records:
             return problems  # a SecAgg+ key-exchange or unmasking message
     if configs != {"fitres.metrics", "fitres.status"}:

@@ -57,6 +57,7 @@ from securefed.errors import (
 )
 from securefed.federation.config import PhaseConfig
 from securefed.federation.metrics import pooled_dice
+from securefed.federation.secagg_relay import SignedKeyRelay
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
 
 __all__ = ["PhaseStrategy", "run_server_phase", "make_server_app", "app"]
@@ -582,7 +583,7 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
             cfg_record[Key.CURRENT_ROUND] = rnd
             before = _params_record(legacy)
             if workflow is not None:
-                workflow(grid, legacy)
+                workflow(SignedKeyRelay(grid), legacy)  # relays the sites' key signatures
             elif cfg.aggregation == "bfv":
                 _he_fit(grid, legacy, cfg, rnd, found[cfg.decryptor])
             else:

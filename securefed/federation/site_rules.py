@@ -14,12 +14,16 @@ Three client mods and one check, each refusing before any data is touched:
   sampled sites; the neighbour set must hold the site itself and at least
   ``min_sites_per_aggregate`` distinct keys; an unmask request must list the site as active,
   keep its active and dead lists disjoint and within the neighbour set, and may come once. Under
-  any other aggregation a SecAgg+ message is refused.
+  any other aggregation a SecAgg+ message is refused. When the protocol pins the sites' signing
+  keys (every deployment protocol), the site signs its SecAgg+ public keys with its own pinned key
+  and accepts a neighbour set only when every neighbour's keys are signed by a distinct pinned
+  site of the protocol (securefed.crypto.secagg_keys): the coordinator cannot make up neighbours.
 - :func:`make_error_code_mod`: whatever fails inside the site leaves as an error reply with a
   code of the closed list :class:`ReplyCode` and a fixed reason (its name), never exception
   text; the detail stays in the site's audit log.
 
-What leaves a site here: only the code of a refusal (one of seven values).
+What leaves a site here: the code of a refusal (one of seven values) and, in a SecAgg+ setup
+reply, the site's signature over its fresh public keys.
 Tests: ``tests/adversary/``.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -38,6 +43,13 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import ConfigRecord
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
+from securefed.crypto import PrivateKeys
+from securefed.crypto.secagg_keys import (
+    KeySignatureError,
+    SignedKeys,
+    sign_secagg_keys,
+    verify_secagg_keys,
+)
 from securefed.errors import (
     BudgetExceededError,
     InstructionRefusedError,
@@ -45,10 +57,13 @@ from securefed.errors import (
     SiteTrustError,
     WrongProtocolError,
 )
+from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD
 from securefed.protocol import Protocol
+from securefed.trust.site_key import pinned_site_keys
 
 __all__ = [
     "ReplyCode",
+    "SecAggSite",
     "code_for",
     "coded_error",
     "check_round_config",
@@ -61,6 +76,17 @@ log = logging.getLogger("securefed.site_rules")
 
 _MOD_RANGE = 2**32  # Flower's SecAgg+ modulus (SecAggPlusWorkflow's default, never changed here)
 _STATE = "securefed.secaggplus"
+
+
+@dataclass(frozen=True)
+class SecAggSite:
+    """What the SecAgg+ checks need of the site: its accepted protocol (and hash), its site id
+    and its signing key (None where the protocol pins no site key)."""
+
+    protocol: Protocol
+    sha256: str
+    site_id: str
+    key: PrivateKeys | None
 
 
 class ReplyCode(IntEnum):
@@ -239,9 +265,34 @@ def _check_unmask(configs: Mapping[str, Any], own: int, state: ConfigRecord) -> 
     state["unmasked"] = True
 
 
-def make_secaggplus_site_mod(resolve: Callable[[Context], Protocol]) -> Mod:
+def _check_signatures(site: SecAggSite, configs: Mapping[str, Any], relayed: Any, own: int) -> None:
+    """Every neighbour's keys signed by a distinct pinned site; this node's by this site."""
+    neighbours = {int(k): (bytes(v[0]), bytes(v[1])) for k, v in configs.items()
+                  if k != Key.STAGE and isinstance(v, list) and len(v) == 2}  # fmt: skip
+    try:
+        signed = {int(k): SignedKeys.from_list(v) for k, v in (relayed or {}).items()}
+        sites = verify_secagg_keys(neighbours, signed, pinned_site_keys(site.protocol),
+                                   site.sha256)  # fmt: skip
+    except (KeySignatureError, ValueError) as exc:
+        raise _refuse(f"SecAgg+ neighbour keys not authenticated: {exc}") from exc
+    if sites.get(own) != site.site_id:
+        raise _refuse("a SecAgg+ neighbour set that does not carry this site's own signed keys")
+
+
+def _sign_setup_reply(site: SecAggSite, reply: Message, own: int) -> Message:
+    if reply.has_error() or site.key is None:
+        return reply
+    record = reply.content.config_records[RECORD_KEY_CONFIGS]
+    pk1, pk2 = bytes(record[Key.PUBLIC_KEY_1]), bytes(record[Key.PUBLIC_KEY_2])  # type: ignore[arg-type]
+    signed = sign_secagg_keys(site.key, site.sha256, own, pk1, pk2)
+    value: Any = signed.to_list()
+    reply.content.config_records[KEYSIG_RECORD] = ConfigRecord({"signed": value})
+    return reply
+
+
+def make_secaggplus_site_mod(resolve: Callable[[Context], SecAggSite]) -> Mod:
     """Flower's ``secaggplus_mod`` behind the site's checks (see the module docstring).
-    ``resolve(context)`` gives the site's accepted protocol."""
+    ``resolve(context)`` gives the site's accepted protocol, id and signing key."""
 
     def secaggplus_site_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         is_train = msg.metadata.message_type == MessageType.TRAIN and msg.has_content()
@@ -250,7 +301,8 @@ def make_secaggplus_site_mod(resolve: Callable[[Context], Protocol]) -> Mod:
         from securefed.federation.he_round import HE_RECORD
 
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
-        protocol = resolve(ctxt)
+        site = resolve(ctxt)
+        protocol = site.protocol
         secagg = protocol.training.aggregation == "secagg+"
         if configs is None:
             if secagg and HE_RECORD not in msg.content.config_records:
@@ -266,8 +318,19 @@ def make_secaggplus_site_mod(resolve: Callable[[Context], Protocol]) -> Mod:
         if state is None:
             raise _refuse(f"a SecAgg+ {stage or 'unknown'} stage before its setup")
         own = int(msg.metadata.dst_node_id)
+        authenticated = bool(pinned_site_keys(protocol))
+        if stage == Stage.SETUP and authenticated:
+            if site.key is None:
+                raise SiteTrustError(
+                    "the protocol pins the sites' signing keys, and this site has none to sign "
+                    "its SecAgg+ keys with (SITE.toml site.key)"
+                )
+            return _sign_setup_reply(site, secaggplus_mod(msg, ctxt, call_next), own)
         if stage == Stage.SHARE_KEYS:
             _check_share_keys(protocol, configs, own, state)
+            if authenticated:
+                relayed = msg.content.config_records.get(KEYSIGS_RECORD)
+                _check_signatures(site, configs, relayed, own)
         elif stage == Stage.UNMASK:
             _check_unmask(configs, own, state)
         return secaggplus_mod(msg, ctxt, call_next)

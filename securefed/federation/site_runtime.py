@@ -5,7 +5,9 @@
   any data is touched (a simulation protocol without a site configuration is loaded as is);
 - its prepared datasets (per subjects and protocol);
 - which model arrays it sends back (from its own protocol, ``training.trainable``);
-- its BFV secret keys (``training.aggregation = "bfv"``).
+- its BFV secret keys (``training.aggregation = "bfv"``);
+- its signing key (SITE.toml's ``site.key``), which signs its SecAgg+ keys when the protocol pins
+  the sites' signing keys.
 
 Nothing here leaves the site. Tests: ``tests/federation/test_site_runtime.py``.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from securefed.crypto import PrivateKeys
 from securefed.errors import SiteTrustError
 from securefed.federation.config import SiteSettings
 from securefed.protocol import LoadedProtocol
@@ -33,6 +36,7 @@ class SiteRuntime:
     _data: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _sent: dict[tuple[str, Any], tuple[int, ...] | None] = field(default_factory=dict)
     _he_keys: dict[str, Any] = field(default_factory=dict)
+    _signing: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def accepted(self, site: SiteSettings) -> AcceptedProtocol:
         """The site's protocol, accepted by the site's own trust and policy (node config
@@ -65,6 +69,23 @@ class SiteRuntime:
         if str(path) not in self._he_keys:
             self._he_keys[str(path)] = load_site_key(path)
         return self._he_keys[str(path)]
+
+    def signing_key(self, site: SiteSettings) -> PrivateKeys | None:
+        """The site's signing key from its SITE.toml, checked against the key the accepted
+        protocol pins for it; None when the protocol pins none (a simulation without keys)."""
+        accepted = self.accepted(site)
+        if not site.site_config:
+            return None
+        key = (site.site_config, accepted.sha256)
+        if key not in self._signing:
+            from securefed.trust import load_site_config
+            from securefed.trust.site_key import site_signing_key
+
+            config = load_site_config(Path(site.site_config))
+            self._signing[key] = site_signing_key(
+                config, site.site_config, accepted.loaded.protocol
+            )
+        return self._signing[key]
 
 
 def _accept(site: SiteSettings) -> AcceptedProtocol:

@@ -182,12 +182,14 @@ def prepare_site_node(
 
     SiteTrustError (exit 3): the protocol is not accepted by the site's trust and policy, is
     unsigned (whatever policy.allow_unsigned_simulation says) or of study.mode 'simulation', it
-    approves no app bundle, or pins another node key for this site (or none).
+    approves no app bundle, or pins another node key for this site (or none), or pins a signing
+    key for this site that SITE.toml's ``site.key`` does not hold.
     ConfigError (exit 2): no CA certificate (TLS is mandatory), an unreadable one, a bad address.
     KeyError_ (exit 2): the node key is missing, loose or not ECDSA P-384."""
     from securefed.crypto.node_key import check_node_private_key
     from securefed.crypto.tls import check_ca_certificate
     from securefed.trust import load_site_config, verify_for_site
+    from securefed.trust.site_key import site_signing_key
 
     config = load_site_config(site_config)
     accepted = verify_for_site(protocol, config)
@@ -241,6 +243,8 @@ def prepare_site_node(
             f"{node_key}: this node key ({fp}) is not the one the protocol pins for {site_id} "
             f"({pinned}); refusing"
         )
+    # the key that signs the site's SecAgg+ keys (the protocol pins it): checked before start
+    site_signing_key(config, site_config, p)
     site = SiteSettings(
         partition_id=partition,
         data_dir=str(data_dir),

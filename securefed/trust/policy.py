@@ -56,6 +56,11 @@ class SiteIdentity(_Strict):
     ledger_dir: str | None = Field(None, min_length=1, max_length=4096)
     """The site's state folder of this study (its privacy ledger); `site verify` then refuses a
     protocol under which the site's spend would start afresh."""
+    key: str | None = Field(None, min_length=1, max_length=4096)
+    """The site's private key file (`securefed keys new site ID`): its SuperNode signs its SecAgg+
+    keys with it when the protocol pins the sites' signing keys (every deployment protocol)."""
+    key_passphrase_file: str | None = Field(None, min_length=1, max_length=4096)
+    """A file holding that key's passphrase (an encrypted key on an unattended SuperNode)."""
 
 
 class TrustSpec(_Strict):

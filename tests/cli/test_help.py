@@ -116,7 +116,8 @@ def test_each_command_group_lives_in_one_module() -> None:
 
 # The command lines as scripts call them (a contract: a move between modules changes none).
 COMMAND_LINES = {
-    "audit dp": "--out --mechanism --trials --epsilon --delta --confidence --unsafe-noise-scale",
+    "audit dp": "RUNDIR --out --mechanism --trials --canaries --epsilon --delta --confidence "
+    "--unsafe-noise-scale --quick",
     "audit egress": "RUNDIR --differential",
     "audit features": "RUNDIR --truth --data",
     "audit models": "RUNDIR --truth --data --references --reference-steps --update-crops",

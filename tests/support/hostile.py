@@ -46,6 +46,7 @@ class Federation:
     aggregation: str = "secagg+"
     protocol_text: str | None = None
     make: Callable[[], Any] = make_task  # the sites' task (tiny model by default)
+    site_configs: dict[int, Path] = field(default_factory=dict)  # partition -> SITE.toml
     loads: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class Federation:
                 protocol=str(self.protocol),
                 assignments=str(asg),
                 work_dir=str(self.folder / f"site{p}"),
+                site_config=str(self.site_configs.get(p, "")),
             )
             for p in (0, *LAYOUT)
         ]  # fmt: skip  (index = partition id; partition 0 holds no cases)
@@ -91,11 +93,26 @@ class Federation:
     def start_weights(self) -> list[np.ndarray]:
         return SiteClient(self.task, self.sites[1]).get_parameters({})
 
-    def send(self, pid: int, message_type: str, content: RecordDict) -> Message:
+    def message(self, pid: int, message_type: str, content: RecordDict) -> Message:
+        """A message as a SuperLink delivers it to site ``pid`` (node id 100 + pid)."""
         meta = Metadata(run_id=1, message_id=uuid.uuid4().hex, src_node_id=0,
                         dst_node_id=100 + pid, reply_to_message_id="", group_id="1",
                         created_at=time.time(), ttl=600.0, message_type=message_type)  # fmt: skip
-        return self.app(Message(metadata=meta, content=content), self.contexts[pid])
+        return Message(metadata=meta, content=content)
+
+    def deliver(self, msg: Message) -> Message:
+        """Site ``dst_node_id - 100`` answers ``msg`` through its whole ClientApp chain."""
+        return self.app(msg, self.contexts[int(msg.metadata.dst_node_id) - 100])
+
+    def send(self, pid: int, message_type: str, content: RecordDict) -> Message:
+        return self.deliver(self.message(pid, message_type, content))
+
+    def train_content(self, config: dict[str, Any], secagg: dict[str, Any]) -> RecordDict:
+        """A train message's content: the start weights, ``config`` and SecAgg+ ``secagg``."""
+        ins = FitIns(ndarrays_to_parameters(self.start_weights()), config)
+        content = compat.fitins_to_recorddict(ins, True)
+        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(secagg)
+        return content
 
     def fit(self, pid: int, config: dict[str, Any], weights: list[np.ndarray] | None = None,
             secagg: dict[str, Any] | None = None) -> Message:  # fmt: skip

@@ -10,6 +10,7 @@ from securefed.crypto import (
     add_signature,
     generate_keys,
     load_public_keys,
+    private_key_path,
     sign_protocol_hash,
     signature_path,
 )
@@ -42,8 +43,11 @@ def trusted_site_configs(
     server = load_public_keys(server_pub)
     out = {}
     for sid in site_ids:
+        # the site's own key, where the study wrote one beside the server's (it signs the
+        # site's SecAgg+ keys when the protocol pins it)
+        key = private_key_path(Path(server_pub).parent, sid)
         config = SiteConfig(
-            site=SiteIdentity(id=sid),
+            site=SiteIdentity(id=sid, key=str(key.resolve()) if key.is_file() else None),
             trust=TrustSpec(governance_keys=(board.public.signing_fingerprint,)),
             policy=SitePolicy(allowed_recipient_keys=(server.encryption_fingerprint,), **policy),
         )

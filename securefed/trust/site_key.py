@@ -1,0 +1,57 @@
+"""The site's own signing key, as its SITE.toml names it (``site.key``), checked against the key
+the accepted protocol pins for the site before it is used.
+
+Nothing here leaves the site. Tests: ``tests/trust/test_site_key.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from securefed.crypto import PrivateKeys, load_private_keys
+from securefed.errors import KeyError_, SiteTrustError
+from securefed.protocol.schema import Protocol
+from securefed.trust.policy import SiteConfig
+
+__all__ = ["pinned_site_keys", "site_signing_key"]
+
+
+def pinned_site_keys(protocol: Protocol) -> dict[str, str]:
+    """Site id -> the signing-key fingerprint the protocol pins for it (sites without one are
+    left out)."""
+    return {s.id: s.signing_key for s in protocol.sites if s.signing_key is not None}
+
+
+def site_signing_key(
+    config: SiteConfig, config_path: str | Path, protocol: Protocol, key: Path | None = None
+) -> PrivateKeys | None:
+    """The site's private signing key: ``key`` or SITE.toml's ``site.key`` (a relative path is
+    read from SITE.toml's folder), with ``site.key_passphrase_file``. None when the protocol pins
+    no signing key for this site. SiteTrustError when it pins one and the site names no key or
+    another; KeyError_ for an unreadable key."""
+    pinned = pinned_site_keys(protocol).get(config.site.id)
+    if pinned is None:
+        return None
+    base = Path(config_path).parent
+    path = key if key is not None else (base / config.site.key if config.site.key else None)
+    if path is None:
+        raise SiteTrustError(
+            f"{config_path}: the protocol pins a signing key for {config.site.id} (it signs the "
+            "site's SecAgg+ keys), but site.key names no private key file; add "
+            '`key = "PATH"` under [site] (`securefed keys new site ID`)'
+        )
+    passphrase = None
+    if config.site.key_passphrase_file:
+        pfile = base / config.site.key_passphrase_file
+        try:
+            passphrase = pfile.read_bytes().split(b"\n", 1)[0].rstrip(b"\r")
+        except OSError as exc:
+            raise KeyError_(f"{pfile}: cannot read the key passphrase ({exc.strerror})") from exc
+    private = load_private_keys(path, passphrase, role="site")
+    got = private.public.signing_fingerprint
+    if private.party_id != config.site.id or got != pinned:
+        raise SiteTrustError(
+            f"{path}: the key of {private.party_id} ({got}) is not the signing key the protocol "
+            f"pins for {config.site.id} ({pinned}); refusing"
+        )
+    return private
