@@ -23,9 +23,11 @@ from flwr.app.message_type import MessageType
 from flwr.common import FitIns, Metadata, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
 
 from securefed.federation.client_app import SiteClient, make_client_app
 from securefed.federation.config import SiteSettings
+from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD
 from securefed.federation.site_rules import ReplyCode, secaggplus_expected
 from securefed.federation.task import FlowerTask
 from securefed.protocol import LoadedProtocol
@@ -86,11 +88,21 @@ class HostileCoordinator:
     def weights(self) -> list[Any]:
         return SiteClient(self.task, self.site).get_parameters({})
 
-    def fit(self, pid: int, config: dict[str, Any], secagg: dict[str, Any] | None = None) -> Any:
+    def fit(
+        self,
+        pid: int,
+        config: dict[str, Any],
+        secagg: dict[str, Any] | None = None,
+        relayed: dict[str, Any] | None = None,
+    ) -> Any:
+        """A train message to site ``pid``; ``secagg``: its SecAgg+ record, ``relayed``: the
+        neighbours' key signatures it relays (securefed.federation.secagg_relay)."""
         content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(self.weights()),
                                                      config), True)  # fmt: skip
         if secagg is not None:
             content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(secagg)
+        if relayed is not None:
+            content.config_records[KEYSIGS_RECORD] = ConfigRecord(relayed)
         # A message as a SuperLink delivers it (metadata set; the public constructor needs a
         # ServerApp's run, which a selftest has not).
         meta = Metadata(run_id=1, message_id=uuid.uuid4().hex, src_node_id=0,
@@ -108,6 +120,11 @@ class HostileCoordinator:
     def keys_of(self, reply: Any) -> list[bytes]:
         record = reply.content.config_records[RECORD_KEY_CONFIGS]
         return [bytes(record[Key.PUBLIC_KEY_1]), bytes(record[Key.PUBLIC_KEY_2])]
+
+    def signature_of(self, reply: Any) -> list[bytes] | None:
+        """The site's signature over its SecAgg+ keys in a setup reply (None: none)."""
+        record = reply.content.config_records.get(KEYSIG_RECORD)
+        return None if record is None else list(record["signed"])
 
     def refusals(self) -> list[dict[str, Any]]:
         """The ``message-refused`` entries of the site under test's audit log."""
@@ -157,9 +174,25 @@ def _lonely_neighbours(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
     return secure.fit(1, secure.config(), secagg=share), secure, True
 
 
+def _sybil_neighbours(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
+    """The site's own signed keys and two pairs of keys the coordinator made (made-up sites)."""
+    reply = secure.setup(1)
+    fake = {}
+    for nid in (901, 902):
+        (_, pk1), (_, pk2) = generate_key_pairs(), generate_key_pairs()
+        fake[str(nid)] = [public_key_to_bytes(pk1), public_key_to_bytes(pk2)]
+    share = {Key.STAGE: Stage.SHARE_KEYS, "101": secure.keys_of(reply), **fake}
+    own_sig = secure.signature_of(reply)
+    relayed = {"101": own_sig} if own_sig is not None else {}
+    return secure.fit(1, secure.config(), secagg=share, relayed=relayed), secure, True
+
+
 def _active_and_dead(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
-    keys = {str(100 + p): secure.keys_of(secure.setup(p)) for p in secure.partitions}
-    secure.fit(1, secure.config(), secagg={Key.STAGE: Stage.SHARE_KEYS, **keys})
+    replies = {str(100 + p): secure.setup(p) for p in secure.partitions}
+    keys = {n: secure.keys_of(r) for n, r in replies.items()}
+    sigs = {n: secure.signature_of(r) for n, r in replies.items()}
+    relayed = {n: s for n, s in sigs.items() if s is not None}
+    secure.fit(1, secure.config(), secagg={Key.STAGE: Stage.SHARE_KEYS, **keys}, relayed=relayed)
     unmask = {Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: [101, 102],
               Key.DEAD_NODE_ID_LIST: [101]}  # fmt: skip
     return secure.fit(1, secure.config(), secagg=unmask), secure, False
@@ -192,6 +225,8 @@ ATTACKS: list[tuple[str, str, AttackFn, ReplyCode]] = [
     ("secagg-clipping", "a SecAgg+ clipping range of its choice",
      _setup_with(clipping_range=1e9), _REFUSED),
     ("secagg-neighbours", "a neighbour set holding only the site", _lonely_neighbours, _REFUSED),
+    ("secagg-sybil", "made-up neighbours: SecAgg+ keys the coordinator generated",
+     _sybil_neighbours, _REFUSED),
     ("secagg-unmask", "an unmask request naming the site active and dead", _active_and_dead,
      _REFUSED),
     ("seed", "a shifted seed (another round's randomness)", _instruction(seed=2000), _REFUSED),

@@ -3,7 +3,8 @@ own installation before joining a study.
 
 It builds a throwaway study in a work folder: an ephemeral governance key that signs two small
 simulation protocols (one under ``secagg+``, one under ``fedavg`` so that a plain train message
-reaches the instruction checks), synthetic NIfTI cases of three sites (securefed's own generator,
+reaches the instruction checks) that pin each site's fresh signing key, synthetic NIfTI cases of
+three sites (securefed's own generator,
 nothing downloaded), and each site's SITE.toml trusting the ephemeral key with the operator's
 policy, or, when that policy refuses the throwaway protocol (a pinned server key, a required
 epsilon), the board's policy for it: the attacks exercise the site runtime's checks, which do not
@@ -27,7 +28,14 @@ from pathlib import Path
 
 import tomli_w
 
-from securefed.crypto import add_signature, generate_keys, sign_protocol_hash, signature_path
+from securefed.crypto import (
+    add_signature,
+    generate_keys,
+    private_key_path,
+    sign_protocol_hash,
+    signature_path,
+    write_keys,
+)
 from securefed.errors import SiteTrustError
 from securefed.federation.config import SiteSettings
 from securefed.federation.selftest import AttackOutcome, HostileCoordinator, run_attacks
@@ -70,7 +78,13 @@ def _protocol(folder: Path, aggregation: str, site_id: str) -> Path:
                             local_steps=1, min_sites_per_aggregate=2)  # fmt: skip
     data["secure_aggregation"]["timeout_s"] = 60
     ids = (site_id, "selftest-site-2", "selftest-site-3")
-    data["sites"] = [{"id": i, "partition_id": p} for i, p in zip(ids, _PARTITIONS, strict=True)]
+    data["sites"] = []
+    for sid, pid in zip(ids, _PARTITIONS, strict=True):
+        # each site's signing key, pinned as a deployment protocol pins it (SecAgg+ key signing)
+        key = generate_keys("site", sid)
+        write_keys(key, folder / "keys")
+        data["sites"].append({"id": sid, "partition_id": pid,
+                              "signing_key": key.public.signing_fingerprint})  # fmt: skip
     path = folder / "protocol.toml"
     path.write_text(tomli_w.dumps(data))
     return path
@@ -89,7 +103,9 @@ def _site_configs(
     out = {}
     for site in loaded.protocol.sites:
         path = folder / f"{site.id}.site.toml"
-        config = SiteConfig(site=SiteIdentity(id=site.id), trust=trust, policy=operator.policy)
+        key = str(private_key_path(folder / "keys", site.id).resolve())
+        config = SiteConfig(site=SiteIdentity(id=site.id, key=key), trust=trust,
+                            policy=operator.policy)  # fmt: skip
         write_site_config(config, path)
         try:
             verify_for_site(protocol, load_site_config(path))
