@@ -140,6 +140,14 @@ def init(
             "(<id>.pub.json), whose encryption fingerprint is taken.",
         ),
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="This site's private key file (`securefed keys new site ID`): its SuperNode "
+            "signs its SecAgg+ keys with it (a deployment protocol pins it).",
+        ),
+    ] = None,
 ) -> None:
     """Write a site configuration with the strictest policy (edit it to what your governance
     allows): trusted governance keys, signature threshold, policy."""
@@ -156,6 +164,11 @@ def init(
     config = strictest_config(
         site_id, tuple(keys), threshold, str(ledger_dir) if ledger_dir is not None else None
     )
+    if key is not None:
+        if not key.is_file():
+            raise KeyError_(f"--key {key}: no such file (`securefed keys new site {site_id}`)")
+        identity = config.site.model_copy(update={"key": str(key.resolve())})
+        config = config.model_copy(update={"site": identity})
     if allow_recipient:
         recipients = tuple(_recipient_fingerprint(value) for value in allow_recipient)
         policy = SitePolicy.model_validate(

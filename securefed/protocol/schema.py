@@ -552,8 +552,9 @@ class SecureAggregationSpec(_Strict):
     num_shares: int = Field(3, ge=2, le=10_000)
     """SecAgg+ shares per client secret (>= 3, <= number of sites)."""
     reconstruction_threshold: int = Field(2, ge=2, le=10_000)
-    """Shares needed to reconstruct (< num_shares); the round survives dropouts while this many
-    remain."""
+    """Shares needed to reconstruct: more than half of num_shares and fewer than it (under
+    secagg+). The round survives dropouts while this many remain; a deviating coordinator
+    colluding with fewer than 2 * threshold - num_shares sites cannot unmask a site."""
     clipping_range: float = Field(8.0, gt=0, le=1e6, allow_inf_nan=False)
     """SecAgg+ clipping range of the quantised values."""
     quantization_range: int = Field(4_194_304, ge=2, le=2**31)
@@ -571,6 +572,14 @@ class SecureAggregationSpec(_Strict):
             return (
                 f"secure_aggregation.reconstruction_threshold ({self.reconstruction_threshold}) "
                 f"must be < num_shares ({self.num_shares}) for SecAgg+"
+            )
+        if 2 * self.reconstruction_threshold <= self.num_shares:
+            return (
+                f"secure_aggregation.reconstruction_threshold ({self.reconstruction_threshold}) "
+                f"must be more than half of num_shares ({self.num_shares}): Flower's SecAgg+ has "
+                "no consistency round, so a coordinator could ask some neighbours for a site's "
+                "mask-seed shares and others for its key shares and unmask it alone "
+                "(docs/threat-model.md)"
             )
         return None
 

@@ -9,23 +9,17 @@ carry the signature of a distinct pinned site. Real ClientApp chain, in-process.
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 from flwr.app import ConfigRecord, Message
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
-from support.flower import write_protocol
-from support.hostile import LAYOUT, Federation
-from support.trust import trusted_site_configs
+from support.hostile import LAYOUT, Federation, InProcessGrid, pinned_federation
 
-from securefed.crypto import generate_keys, write_keys
+from securefed.crypto import generate_keys
 from securefed.crypto.secagg_keys import sign_secagg_keys
 from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD, SignedKeyRelay
 from securefed.federation.site_rules import ReplyCode
@@ -33,46 +27,9 @@ from securefed.federation.site_rules import ReplyCode
 SITES = tuple(LAYOUT)
 
 
-def _pinned(folder: Path, with_keys: bool = True) -> Federation:
-    """Three sites of a signed protocol that pins their signing keys; each SITE.toml names the
-    site's key (unless ``with_keys`` is off)."""
-    folder.mkdir(parents=True)
-    proto = write_protocol(folder, aggregation="secagg+")
-    data = tomllib.loads(proto.read_text())
-    keys = folder / "keys"
-    write_keys(generate_keys("server", "server"), keys)
-    data["sites"] = []
-    for p in SITES:
-        site = generate_keys("site", f"site-{p}")
-        if with_keys:
-            write_keys(site, keys)
-        data["sites"].append({"id": f"site-{p}", "partition_id": p,
-                              "signing_key": site.public.signing_fingerprint})  # fmt: skip
-    proto.write_text(tomli_w.dumps(data))
-    configs = trusted_site_configs(
-        folder / "configs", proto, [f"site-{p}" for p in SITES], keys / "server.pub.json",
-        min_sites_per_aggregate=2, require_dp_training=False, require_version_pin=False,
-        forbidden_release_modes=(),
-    )  # fmt: skip
-    return Federation(folder, protocol_text=proto.read_text(),
-                      site_configs={p: configs[f"site-{p}"] for p in SITES})  # fmt: skip
-
-
-class _InProcess(Grid):
-    """The coordinator's grid: delivers each message to the federation's site in-process."""
-
-    def __init__(self, fed: Federation) -> None:
-        self.fed = fed
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
-        return [self.fed.deliver(m) for m in messages]
-
-    run = set_run = create_message = get_node_ids = push_messages = pull_messages = None  # type: ignore[assignment]
-
-
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return _pinned(tmp_path_factory.mktemp("signed") / "fed")
+    return pinned_federation(tmp_path_factory.mktemp("signed") / "fed")
 
 
 def _setup(fed: Federation, relay: SignedKeyRelay) -> dict[int, list[bytes]]:
@@ -114,7 +71,7 @@ def _fresh_pair() -> list[bytes]:
 def test_an_honest_relay_authenticates_every_neighbour(fed: Federation) -> None:
     """The setup replies carry each site's signature (the egress guard lets it through); the
     relay attaches the neighbours' signatures to the share-keys requests; every site answers."""
-    relay = SignedKeyRelay(_InProcess(fed))
+    relay = SignedKeyRelay(InProcessGrid(fed))
     keys = _setup(fed, relay)
     msgs = [fed.message(p, MessageType.TRAIN, fed.train_content(
         fed.honest_config(), {Key.STAGE: Stage.SHARE_KEYS,
@@ -128,7 +85,7 @@ def test_an_honest_relay_authenticates_every_neighbour(fed: Federation) -> None:
 def test_made_up_neighbours_are_refused_before_any_data(fed: Federation) -> None:
     """The Sybil set: the site's own signed keys plus two pairs the coordinator generated,
     unsigned, then signed by a fresh key of the coordinator's that claims to be site-2."""
-    relay = SignedKeyRelay(_InProcess(fed))
+    relay = SignedKeyRelay(InProcessGrid(fed))
     keys = _setup(fed, relay)
     own = 101
     own_sig = relay._signed[own]
@@ -147,7 +104,7 @@ def test_made_up_neighbours_are_refused_before_any_data(fed: Federation) -> None
 def test_a_relay_that_drops_or_moves_signatures_is_refused(fed: Federation) -> None:
     """No signature record at all; site-2's signed keys shown under a second node id too (one
     site in two neighbour places); the site's own signature missing."""
-    relay = SignedKeyRelay(_InProcess(fed))
+    relay = SignedKeyRelay(InProcessGrid(fed))
     keys = _setup(fed, relay)
     sigs = {str(n): s for n, s in relay._signed.items()}
     _refused(fed, _share_keys(fed, 1, keys, None), 1, ReplyCode.INSTRUCTION_REFUSED)
@@ -161,7 +118,7 @@ def test_a_relay_that_drops_or_moves_signatures_is_refused(fed: Federation) -> N
 def test_a_site_without_its_key_refuses_the_setup(tmp_path: Path) -> None:
     """The protocol pins the site's signing key and SITE.toml names none: the site cannot sign
     its SecAgg+ keys, so it refuses the round before generating any (trust refusal)."""
-    fed = _pinned(tmp_path / "nokey", with_keys=False)
+    fed = pinned_federation(tmp_path / "nokey", with_keys=False)
     reply = fed.fit(1, fed.honest_config(), secagg=fed.honest_setup())
     _refused(fed, reply, 1, ReplyCode.TRUST_REFUSED)
 

@@ -150,7 +150,7 @@ COMMAND_LINES = {
     "site he-key deal": "PROTOCOL --site-config --key --public-keys --state --out "
     "--passphrase-file",
     "site he-key open": "PROTOCOL --envelope --site-config --key --state --passphrase-file",
-    "site init": "--site-id --trust --out --threshold --ledger-dir --allow-recipient",
+    "site init": "--site-id --trust --out --threshold --ledger-dir --allow-recipient --key",
     "site node-key": "--out",
     "site selftest": "--site-config --work",
     "site supernode": "PROTOCOL --site-config --superlink --data-dir --work-dir --ca-cert "

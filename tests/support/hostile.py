@@ -8,28 +8,40 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, Metadata, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
+from flwr.serverapp import Grid
 
+from securefed.crypto import generate_keys, write_keys
 from securefed.federation.client_app import SiteClient, make_client_app
 from securefed.federation.config import SiteSettings
+from securefed.federation.secagg_relay import SignedKeyRelay
 from securefed.federation.site_rules import secaggplus_expected
 from securefed.protocol import load_protocol
 from securefed.trust.audit_log import AUDIT_FILE
 
 from .flower import make_task, write_assignments, write_protocol
+from .trust import trusted_site_configs
 
-__all__ = ["Federation", "LAYOUT"]
+__all__ = [
+    "Federation",
+    "InProcessGrid",
+    "LAYOUT",
+    "pinned_federation",
+    "secagg_until_unmask",
+]
 
 LAYOUT = {
     1: [("train", 0)] * 3 + [("val", 0)],
@@ -137,3 +149,78 @@ class Federation:
 
     def refusals(self, pid: int) -> list[dict[str, Any]]:
         return [e["details"] for e in self.audit(pid) if e["event"] == "message-refused"]
+
+
+def pinned_federation(folder: Path, with_keys: bool = True) -> Federation:
+    """Three sites of a signed protocol that pins their signing keys (as a deployment protocol
+    does); each SITE.toml names the site's key (unless ``with_keys`` is off)."""
+    folder.mkdir(parents=True)
+    proto = write_protocol(folder, aggregation="secagg+")
+    data = tomllib.loads(proto.read_text())
+    keys = folder / "keys"
+    write_keys(generate_keys("server", "server"), keys)
+    data["sites"] = []
+    for p in LAYOUT:
+        site = generate_keys("site", f"site-{p}")
+        if with_keys:
+            write_keys(site, keys)
+        data["sites"].append({"id": f"site-{p}", "partition_id": p,
+                              "signing_key": site.public.signing_fingerprint})  # fmt: skip
+    proto.write_text(tomli_w.dumps(data))
+    configs = trusted_site_configs(
+        folder / "configs", proto, [f"site-{p}" for p in LAYOUT], keys / "server.pub.json",
+        min_sites_per_aggregate=2, require_dp_training=False, require_version_pin=False,
+        forbidden_release_modes=(),
+    )  # fmt: skip
+    return Federation(folder, protocol_text=proto.read_text(),
+                      site_configs={p: configs[f"site-{p}"] for p in LAYOUT})  # fmt: skip
+
+
+class InProcessGrid(Grid):
+    """The coordinator's grid: delivers each message to the federation's site in-process (only
+    ``send_and_receive``, what Flower's SecAgg+ workflow uses)."""
+
+    def __init__(self, fed: Federation) -> None:
+        self.fed = fed
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        return [self.fed.deliver(m) for m in messages]
+
+    def _unused(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    run = set_run = create_message = get_node_ids = push_messages = pull_messages = _unused  # type: ignore[assignment]
+
+
+def secagg_until_unmask(fed: Federation) -> SignedKeyRelay:
+    """An honest SecAgg+ round up to its unmask stage (setup, share keys, masked vectors: every
+    site trains), through the relay of the sites' key signatures. Returns the relay."""
+    relay = SignedKeyRelay(InProcessGrid(fed))
+    sites = tuple(LAYOUT)
+    setup = [fed.message(p, MessageType.TRAIN,
+                         fed.train_content(fed.honest_config(), fed.honest_setup()))
+             for p in sites]  # fmt: skip
+    keys = {}
+    for reply in relay.send_and_receive(setup):
+        assert not reply.has_error(), reply.error
+        rec = reply.content.config_records[RECORD_KEY_CONFIGS]
+        keys[str(reply.metadata.src_node_id)] = [rec[Key.PUBLIC_KEY_1], rec[Key.PUBLIC_KEY_2]]
+    share = [fed.message(p, MessageType.TRAIN, fed.train_content(
+        fed.honest_config(), {Key.STAGE: Stage.SHARE_KEYS, **keys})) for p in sites]  # fmt: skip
+    routed: dict[int, tuple[list[int], list[bytes]]] = {100 + p: ([], []) for p in sites}
+    for reply in relay.send_and_receive(share):
+        assert not reply.has_error(), reply.error
+        rec = reply.content.config_records[RECORD_KEY_CONFIGS]
+        for dst, ct in zip(rec[Key.DESTINATION_LIST], rec[Key.CIPHERTEXT_LIST], strict=True):
+            routed[int(dst)][0].append(int(reply.metadata.src_node_id))
+            routed[int(dst)][1].append(ct)
+    collect = [fed.message(p, MessageType.TRAIN, fed.train_content(
+        fed.honest_config(), {Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
+                              Key.SOURCE_LIST: routed[100 + p][0],
+                              Key.CIPHERTEXT_LIST: routed[100 + p][1]}))
+        for p in sites]  # fmt: skip
+    for reply in relay.send_and_receive(collect):
+        assert not reply.has_error(), reply.error
+    return relay
