@@ -1,7 +1,9 @@
 """Shared test configuration: no network, no telemetry, small thread counts; the markers that
-`make test-fast` deselects, given by folder (support/markers.py)."""
+`make test-fast` deselects, given by folder (support/markers.py); Flower's simulation engine
+without Ray (support/inprocess.py) unless a test asks for ``real_ray``."""
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from support.markers import markers_for_test
@@ -19,3 +21,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         for name in markers_for_test(item.path, item.nodeid):
             item.add_marker(getattr(pytest.mark, name))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flower_without_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The simulation engine runs the ClientApps in this process (support/inprocess.py) for the
+    whole session, session fixtures included; installed only when the session selected a test
+    marked ``flower`` or ``study`` (`make test-fast` imports no Flower for it)."""
+    if not any(
+        item.get_closest_marker("flower") or item.get_closest_marker("study")
+        for item in request.session.items
+    ):
+        yield
+        return
+    from support.inprocess import use_inprocess_backend
+
+    with use_inprocess_backend():
+        yield
+
+
+@pytest.fixture()
+def real_ray() -> Iterator[None]:
+    """Flower's own Ray backend for this test (the one real-Ray simulation the suite keeps)."""
+    from support.inprocess import real_ray_backend
+
+    with real_ray_backend():
+        yield

@@ -191,6 +191,8 @@ class SiteClient(NumPyClient):
         cluster = self._check_config(config)
         self._check_frozen(parameters)
         rnd = int(config.get("server-round", 0))
+        phase = "global" if cluster < 0 else f"cluster-{cluster}"
+        self.runtime.advance_round(self.site, self.ledger_dir, self.loaded.sha256, phase, rnd)
         self._audit_round(config, rnd)  # one entry per fit, whatever the site holds
         data, n_train = self._data(config, "train")
         if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites":

@@ -42,6 +42,7 @@ class PhaseResult:
     history: list[dict[str, Any]]
     best_weights: list[np.ndarray]
     stopped: str | None = None  # why the phase ended before its last round (privacy budgets)
+    lost_rounds: tuple[int, ...] = ()  # started, never completed, not rerun (a resumed phase)
 
     @property
     def best_weights_path(self) -> Path:
@@ -160,6 +161,7 @@ def read_phase_result(cfg: PhaseConfig) -> PhaseResult:
         history=state.history,
         best_weights=load_weights(best),
         stopped=state.stopped,
+        lost_rounds=tuple(state.lost_rounds),
     )
 
 

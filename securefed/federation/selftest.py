@@ -79,11 +79,8 @@ class HostileCoordinator:
         }  # fmt: skip
 
     def config(self, cluster: int = -1, **change: Any) -> dict[str, Any]:
-        t = self.loaded.protocol.training
         return {"server-round": 1, "phase": "global" if cluster < 0 else "cluster",
-                "cluster": cluster, "lr": float(t.lr if cluster < 0 else t.finetune_lr),
-                "local-epochs": int(t.local_epochs), "local-steps": int(t.local_steps or 0),
-                "seed": int(t.seed), "protocol-hash": self.loaded.sha256, **change}  # fmt: skip
+                "cluster": cluster, "protocol-hash": self.loaded.sha256, **change}  # fmt: skip
 
     def weights(self) -> list[Any]:
         return SiteClient(self.task, self.site).get_parameters({})

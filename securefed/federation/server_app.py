@@ -104,15 +104,13 @@ class PhaseStrategy(FedAvgM):
     def round_config(self, server_round: int) -> dict[str, Any]:
         c = self.cfg
         extra: dict[str, Any] = {"he-fields": c.he_fields} if c.aggregation == "bfv" else {}
+        # Coordinates only: the site derives its work (learning rate, epochs, steps, seeds) from
+        # its own accepted protocol (securefed.federation.site_rules.check_round_config).
         return {
             **extra,
             "server-round": server_round,
             "phase": c.phase,
             "cluster": c.cluster,
-            "lr": float(c.lr),
-            "local-epochs": c.local_epochs,
-            "local-steps": c.local_steps,
-            "seed": c.seed,
             "protocol-hash": c.protocol_hash,
         }
 
@@ -528,6 +526,21 @@ def _record_round(
     ckpt.save_round(state, weights, is_best=is_best, momentum=momentum)
 
 
+def _first_round(state: PhaseState, name: str) -> int:
+    """The round a (resumed) phase starts at: after the last one sent out. A round that was
+    started and never completed is lost (the sites train in each round number once)."""
+    start = max(state.completed_round, state.started_round) + 1
+    if state.started_round > state.completed_round:
+        if state.started_round not in state.lost_rounds:
+            state.lost_rounds.append(state.started_round)
+        log.warning(
+            "%s: round %s was started and never completed; the sites train in a round number "
+            "once, so the phase goes on at round %s (one round fewer)",
+            name, state.started_round, start,
+        )  # fmt: skip
+    return start
+
+
 def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseState:
     """Run (or resume) one phase on ``grid``; returns the final state (also in out_dir)."""
     if cfg.aggregation in ("secagg+", "bfv") and len(cfg.site_ids) < 2:
@@ -565,7 +578,7 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
             else:
                 state.completed_round = 0
                 ckpt.save_round(state, weights, is_best=False)
-        for rnd in range(state.completed_round + 1, cfg.rounds + 1):
+        for rnd in range(_first_round(state, cfg.name), cfg.rounds + 1):
             short = _short_of_budget(grid, cfg, strategy, rnd) if cfg.dp_training else []
             if short and len(cfg.site_ids) - len(short) < max(1, cfg.min_sites):
                 state.stopped = (
@@ -581,6 +594,8 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
                 log.warning("%s round %s: without site(s) %s (budget spent)", cfg.name, rnd, short)
             t0 = time.monotonic()
             cfg_record[Key.CURRENT_ROUND] = rnd
+            state.started_round = rnd
+            ckpt.save_state(state)  # a resume never sends this round number again
             before = _params_record(legacy)
             if workflow is not None:
                 workflow(SignedKeyRelay(grid), legacy)  # relays the sites' key signatures
@@ -594,7 +609,8 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
                     f"{len(cfg.site_ids)} sites answered within {cfg.timeout_s:g} s "
                     f"(SecAgg+ reconstruction threshold {cfg.reconstruction_threshold}, minimum "
                     f"{cfg.min_sites} sites). Rounds up to {rnd - 1} are checkpointed in "
-                    f"{cfg.out_dir}; rerun the phase to resume."
+                    f"{cfg.out_dir}; rerun the phase to resume (at round {rnd + 1}: the sites "
+                    "train in each round once)."
                 )
             fit = {
                 k: v[-1][1]

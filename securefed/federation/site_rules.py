@@ -3,10 +3,11 @@ a value in the coordinator's message.
 
 Three client mods and one check, each refusing before any data is touched:
 
-- :func:`check_round_config`: a train or evaluate message carries coordinates (protocol hash,
-  phase, cluster, round); every other value it carries (learning rate, local epochs and steps,
-  seed) must equal what the site's protocol implies for that phase, else the message is refused
-  (:class:`~securefed.errors.InstructionRefusedError`). The site then uses its own values.
+- :func:`check_round_config`: a train or evaluate message carries coordinates only (protocol
+  hash, phase, cluster, round: :data:`COORDINATES`), within the protocol's plan; any other value
+  (a learning rate, local epochs or steps, a seed) is refused
+  (:class:`~securefed.errors.InstructionRefusedError`). The site derives its work from its own
+  accepted protocol.
 - :func:`make_secaggplus_site_mod`: under ``training.aggregation = "secagg+"`` a train message
   must run Flower's SecAgg+ (a clear train request is refused before training, and the egress
   guard refuses a clear train reply); the SecAgg+ setup must carry the protocol's shares,
@@ -30,7 +31,6 @@ Tests: ``tests/adversary/``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -66,6 +66,7 @@ __all__ = [
     "SecAggSite",
     "code_for",
     "coded_error",
+    "COORDINATES",
     "check_round_config",
     "secaggplus_expected",
     "make_error_code_mod",
@@ -160,10 +161,17 @@ def _int(config: Mapping[str, Any], key: str) -> int:
     return int(value)
 
 
+COORDINATES = frozenset(
+    {"protocol-hash", "phase", "cluster", "server-round", "budget-round", "he-fields"}
+)
+"""What a train, evaluate or budget message may carry: where in the protocol's plan it is (and,
+under bfv, the packing of the encrypted update, which a wrong value only makes fail)."""
+
+
 def check_round_config(protocol: Protocol, sha256: str, config: Mapping[str, Any]) -> int:
     """Check a train/evaluate config against the site's protocol; returns the cluster (-1:
-    global). The coordinates (round, cluster) must lie in the protocol's plan; every other value
-    the message carries must equal the protocol's for that phase."""
+    global). The message carries coordinates only (:data:`COORDINATES`), and the round and
+    cluster must lie in the protocol's plan."""
     from securefed.training.dpsgd import max_clusters
 
     if str(config.get("protocol-hash", "")) != sha256:
@@ -180,23 +188,15 @@ def check_round_config(protocol: Protocol, sha256: str, config: Mapping[str, Any
         rnd = _int(config, "server-round")
         if not 0 <= rnd <= rounds:
             raise _refuse(f"round {rnd} outside the phase's {rounds} rounds")
-    expected: dict[str, Any] = {
-        "lr": float(t.lr if cluster < 0 else t.finetune_lr),
-        "local-epochs": int(t.local_epochs),
-        "local-steps": int(t.local_steps or 0),
-        "seed": int(t.seed),
-        "phase": "global" if cluster < 0 else "cluster",
-    }
-    for key, want in expected.items():
-        if key not in config:
-            continue
-        got = config[key]
-        same = (
-            isinstance(got, int | float) and not isinstance(got, bool)
-            and math.isclose(float(got), float(want), rel_tol=0.0, abs_tol=0.0)
-        ) if not isinstance(want, str) else got == want  # fmt: skip
-        if not same:
-            raise _refuse(f"{key} = {got!r} where the site's protocol implies {want!r}")
+    extra = sorted(set(config) - COORDINATES)
+    if extra:
+        raise _refuse(
+            f"{', '.join(extra)}: a message carries coordinates only "
+            f"({', '.join(sorted(COORDINATES))}); the site takes its work from its own protocol"
+        )
+    phase = "global" if cluster < 0 else "cluster"
+    if "phase" in config and config["phase"] != phase:
+        raise _refuse(f"phase = {config['phase']!r} where cluster {cluster} implies {phase!r}")
     return cluster
 
 

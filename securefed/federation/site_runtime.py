@@ -7,7 +7,10 @@
 - which model arrays it sends back (from its own protocol, ``training.trainable``);
 - its BFV secret keys (``training.aggregation = "bfv"``);
 - its signing key (SITE.toml's ``site.key``), which signs its SecAgg+ keys when the protocol pins
-  the sites' signing keys.
+  the sites' signing keys;
+- the last round it trained in, per protocol and phase (kept in its state folder, ``rounds.json``,
+  when it has one): a round is trained in once, rounds only move forward, so a coordinator cannot
+  replay a round to another set of sites and subtract the sums.
 
 Nothing here leaves the site. Tests: ``tests/federation/test_site_runtime.py``.
 """
@@ -20,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from securefed.crypto import PrivateKeys
-from securefed.errors import SiteTrustError
+from securefed.errors import InstructionRefusedError, SiteTrustError
 from securefed.federation.config import SiteSettings
+from securefed.fileio import read_json, write_json_atomic
 from securefed.protocol import LoadedProtocol
 from securefed.trust import AcceptedProtocol
 
-__all__ = ["SiteRuntime"]
+__all__ = ["ROUNDS_FILE", "SiteRuntime"]
+
+ROUNDS_FILE = "rounds.json"
 
 
 @dataclass
@@ -37,6 +43,7 @@ class SiteRuntime:
     _sent: dict[tuple[str, Any], tuple[int, ...] | None] = field(default_factory=dict)
     _he_keys: dict[str, Any] = field(default_factory=dict)
     _signing: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _rounds: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def accepted(self, site: SiteSettings) -> AcceptedProtocol:
         """The site's protocol, accepted by the site's own trust and policy (node config
@@ -86,6 +93,32 @@ class SiteRuntime:
                 config, site.site_config, accepted.loaded.protocol
             )
         return self._signing[key]
+
+    def advance_round(
+        self, site: SiteSettings, state_dir: str, sha256: str, phase: str, rnd: int
+    ) -> None:
+        """Record that ``site`` trains in round ``rnd`` of ``phase`` (e.g. ``global``,
+        ``cluster-2``) of the protocol; InstructionRefusedError (before any data is touched)
+        when it already trained in that round or a later one. One runtime may serve several
+        simulated sites: the counters are per site (partition) in memory, per state folder on
+        disk."""
+        key = f"{sha256}/{phase}"
+        path = Path(state_dir) / ROUNDS_FILE if state_dir else None
+        known = dict(self._rounds.get(site.partition_id, {}))
+        if path is not None and path.is_file():
+            for k, v in read_json(path).items():
+                known[k] = max(int(v), known.get(k, 0))
+        last = known.get(key)
+        if last is not None and rnd <= last:
+            raise InstructionRefusedError(
+                f"the coordinator's message: round {rnd} of {phase}, where this site already "
+                f"trained in round {last}: each round is answered once and rounds only move "
+                "forward; refusing"
+            )
+        known[key] = rnd
+        self._rounds[site.partition_id] = known
+        if path is not None:
+            write_json_atomic(path, {k: known[k] for k in sorted(known)})
 
 
 def _accept(site: SiteSettings) -> AcceptedProtocol:

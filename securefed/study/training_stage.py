@@ -99,6 +99,7 @@ def run_training(ctx: StudyContext) -> None:
             "best_round": g.best_round,
             "best_score": g.best_score,
             "stopped": g.stopped,  # why it ended before its last round (privacy budgets)
+            "lost_rounds": list(g.lost_rounds),  # interrupted rounds a resume did not rerun
             "weights": _relative(ctx, g.best_weights_path),
             "history": _curve(g.history),
         },
@@ -117,6 +118,9 @@ def run_training(ctx: StudyContext) -> None:
     ctx.log(f"  global: best round {g.best_round} (pooled val Dice {g.best_score}){reused}")
     if g.stopped:
         ctx.log(f"  {g.stopped}")
+    if g.lost_rounds:
+        ctx.log(f"  global: round(s) {list(g.lost_rounds)} interrupted and not rerun (the sites "
+                "train in each round once)")  # fmt: skip
     for c, info in summary["clusters"].items():
         ctx.log(f"  cluster {c}: {info['status']} ({info['reason']})")
     run_baselines(ctx, _full_state(ctx, g.best_weights))

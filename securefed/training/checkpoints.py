@@ -66,7 +66,9 @@ def load_weights(path: Path) -> list[np.ndarray]:
 @dataclass
 class PhaseState:
     """JSON state of one phase. ``completed_round`` is the last round whose aggregate was kept
-    (0 = only the initial weights were evaluated, -1 = nothing yet)."""
+    (0 = only the initial weights were evaluated, -1 = nothing yet). A site trains in each round
+    number of a phase once (securefed.federation.site_runtime), so a round that was started and
+    never completed is lost, not rerun: a resumed phase goes on at the next number."""
 
     config_digest: str
     completed_round: int = -1
@@ -76,6 +78,8 @@ class PhaseState:
     status: str = "running"  # running | completed | failed
     error: str | None = None
     stopped: str | None = None  # why a completed phase ended before its last round (budgets)
+    started_round: int = -1  # the last round number sent out (the sites answer each once)
+    lost_rounds: list[int] = field(default_factory=list)  # started, never completed, not rerun
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,11 +47,9 @@ def _exported(folder: Path, clusters: list[int]) -> dict[str, list[dict[str, Any
                         assignments=str(asg))  # fmt: skip
     client = SiteClient(make_task(), site)
     start = client.get_parameters({})
-    t = client.spec
     for cluster in (-1, 0, 1, 2, 3):
-        lr = t.lr if cluster < 0 else t.finetune_lr
         client.fit(start, {"protocol-hash": client.loaded.sha256, "server-round": 1,
-                           "cluster": cluster, "lr": lr, "seed": t.seed})  # fmt: skip
+                           "cluster": cluster})  # fmt: skip
     out = {}
     for name in (AUDIT_FILE, "ledger.jsonl"):
         lines = (folder / "site" / name).read_text().splitlines()

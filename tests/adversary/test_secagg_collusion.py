@@ -60,7 +60,7 @@ def split_round(tmp_path_factory: pytest.TempPathFactory):
     """One honest round to its unmask stage; then the coordinator's most favourable inconsistent
     requests: site 2 is told node 101 is active, site 3 that it dropped out."""
     fed = pinned_federation(tmp_path_factory.mktemp("collusion") / "fed")
-    secagg_until_unmask(fed)
+    assert not any(r.has_error() for r in secagg_until_unmask(fed))
     truth = _state(fed, 1)
     b_shares = [_unmask(fed, 1, [101, 102], [103])[TARGET],
                 _unmask(fed, 2, [101, 102], [103])[TARGET]]  # fmt: skip

@@ -47,8 +47,7 @@ def _sites(folder: Path, proto: Path) -> tuple[list[SiteSettings], Path]:
 
 
 def _config(loaded, rnd: int, **extra) -> dict:
-    return {"protocol-hash": loaded.sha256, "server-round": rnd, "lr": 0.5, "local-steps": 3,
-            "cluster": -1, "seed": 0, **extra}  # fmt: skip
+    return {"protocol-hash": loaded.sha256, "server-round": rnd, "cluster": -1, **extra}
 
 
 def test_client_dp_phase_is_the_noised_mean_of_the_clipped_updates(tmp_path: Path) -> None:
@@ -90,6 +89,16 @@ def test_client_dp_phase_is_the_noised_mean_of_the_clipped_updates(tmp_path: Pat
         assert charge.event == plan.round_event()
 
 
+def _spend_elsewhere(loaded, site, event, n: int) -> None:
+    """``n`` committed charges of ``event`` in the site's ledger (another stage's spends)."""
+    from securefed.training.dpsgd import site_ledger
+
+    ledger = site_ledger(loaded, site.partition_id, site.work_dir)
+    for i in range(n):
+        with ledger.charge("training", f"training/elsewhere/round-{i + 1}", event):
+            pass
+
+
 def test_a_site_past_its_budget_refuses_before_any_noise(tmp_path: Path, monkeypatch) -> None:
     proto = _protocol(tmp_path, epsilon=2.0, clip=1.0, rounds=1)
     sites, _ = _sites(tmp_path, proto)
@@ -97,9 +106,10 @@ def test_a_site_past_its_budget_refuses_before_any_noise(tmp_path: Path, monkeyp
     start = client.get_parameters({})
     plan = site_plan(client.loaded.protocol, flatten(start).size)
     assert plan.rounds == 1 + 10  # global + clustering.k (10) clusters x 1 finetuning round
-    client.fit(start, _config(client.loaded, 1))  # every planned round fits: the global one,
-    for _ in range(plan.rounds - 1):  # then the planned finetuning rounds (reruns: charged)
-        client.fit(start, _config(client.loaded, 1, cluster=0, lr=0.2))
+    client.fit(start, _config(client.loaded, 1))  # a planned round fits
+    # the rest of the plan spent elsewhere (each round number is trained in once, so a
+    # coordinator cannot make the site rerun a round to drain its budget)
+    _spend_elsewhere(client.loaded, sites[0], plan.round_event(), plan.rounds - 1)
     drawn: list[float] = []
 
     def record(self, sigma, shape):
@@ -108,7 +118,7 @@ def test_a_site_past_its_budget_refuses_before_any_noise(tmp_path: Path, monkeyp
 
     monkeypatch.setattr("securefed.privacy.noise.SecureNoise.discrete_gaussian", record)
     with pytest.raises(BudgetExceededError):
-        client.fit(start, _config(client.loaded, 1, cluster=0, lr=0.2))  # a rerun: charged again
+        client.fit(start, _config(client.loaded, 1, cluster=0))
     assert drawn == []  # refused before the noise
     state = read_ledger(Path(sites[0].work_dir) / "ledger.jsonl")
     assert len(state.charges) == plan.rounds and state.spent(1e-6) <= 2.0 + 1e-9
@@ -132,7 +142,6 @@ def test_a_site_without_cases_of_a_cluster_still_sends_noise(tmp_path: Path) -> 
 def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
     """The server asks every site before each DP round whether its ledger can pay it; the phase
     stops at the last completed round with a message (no failure, nothing drawn past it)."""
-    import dataclasses
 
     text = PROTOCOL.format(rounds=3, finetune=0, aggregation="secagg+", min_sites=2, timeout=120)
     text = text.replace("total_epsilon = 1.0", "total_epsilon = 4.0").replace(
@@ -146,14 +155,15 @@ def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
     cfg = phase_config(loaded, out_dir=tmp_path / "first", sites=dict.fromkeys(LAYOUT),
                        assignments=asg)  # fmt: skip
     assert cfg.dp_training == "client-dp" and cfg.rounds == 3
-    first = run_phase(dataclasses.replace(cfg, rounds=2), sites, task=make_task())
-    assert first.stopped is None and len(first.history) == 2
-    # A second global phase with the same ledgers: its round 1 is charged again (a rerun), its
-    # round 2 would be the 4th of 3 planned rounds.
-    again = run_phase(dataclasses.replace(cfg, out_dir=str(tmp_path / "again")), sites,
-                      task=make_task())  # fmt: skip
-    assert [h["round"] for h in again.history] == [1]
-    assert again.stopped is not None and "stopped before round 2" in again.stopped
+    # every site has already spent one round's worth elsewhere: rounds 1 and 2 fit its budget,
+    # round 3 would be the 4th of 3 planned rounds
+    client = SiteClient(make_task(), sites[0])
+    event = site_plan(loaded.protocol, flatten(client.get_parameters({})).size).round_event()
+    for site in sites:
+        _spend_elsewhere(loaded, site, event, 1)
+    again = run_phase(cfg, sites, task=make_task())
+    assert [h["round"] for h in again.history] == [1, 2]
+    assert again.stopped is not None and "stopped before round 3" in again.stopped
     assert "[1, 2, 3]" in again.stopped and "fewer than 2 sites" in again.stopped
     for p in LAYOUT:
         state = read_ledger(tmp_path / f"site{p}" / "ledger.jsonl")

@@ -11,7 +11,7 @@ import torch
 from support.dpsgd import LAYOUT, PROTOCOL, dp_case, dp_task
 from support.flower import write_assignments
 
-from securefed.errors import BudgetExceededError
+from securefed.errors import BudgetExceededError, InstructionRefusedError
 from securefed.federation.client_app import SiteClient
 from securefed.federation.config import SiteSettings
 from securefed.models import build_model
@@ -33,9 +33,8 @@ def _site(tmp_path: Path, *, rounds=2, finetune=1, enabled=True) -> tuple[SiteCl
 
 
 def _config(client: SiteClient, rnd: int, cluster: int = -1) -> dict:
-    lr = 0.05 if cluster < 0 else 0.02  # the protocol's lr and finetune_lr
-    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "lr": lr,
-            "local-steps": 1, "cluster": cluster, "seed": 0}  # fmt: skip
+    # coordinates only: the site takes lr, steps and seed from its protocol
+    return {"protocol-hash": client.loaded.sha256, "server-round": rnd, "cluster": cluster}
 
 
 def test_plan_fits_every_planned_round() -> None:
@@ -89,8 +88,8 @@ def test_past_budget_refuses_before_noise(tmp_path: Path) -> None:
     client, work = _site(tmp_path, rounds=1, finetune=0)
     params = client.get_parameters({})
     client.fit(params, _config(client, 1))
-    with pytest.raises(BudgetExceededError, match="refused before any noise"):
-        client.fit(params, _config(client, 1))  # a rerun of the round is charged again
+    with pytest.raises(InstructionRefusedError, match="answered once"):
+        client.fit(params, _config(client, 1))  # a rerun of the round: refused before noise
     state = read_ledger(work / "ledger.jsonl")
     assert list(state.charges) == ["training/global/round-1"]
     # Directly: the refused round leaves the model untouched and never wraps it in Opacus.

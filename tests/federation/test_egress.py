@@ -49,8 +49,7 @@ def _client(tmp_path: Path, mode: str) -> SiteClient:
 
 def _config(client: SiteClient, cluster: int = -1) -> dict:
     # Coordinates only: the site takes lr and steps from its protocol.
-    return {"protocol-hash": client.loaded.sha256, "server-round": 1, "cluster": cluster,
-            "seed": 0}  # fmt: skip
+    return {"protocol-hash": client.loaded.sha256, "server-round": 1, "cluster": cluster}
 
 
 def test_policy_per_release_mode(tmp_path: Path) -> None:

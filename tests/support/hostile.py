@@ -96,11 +96,8 @@ class Federation:
 
     # -- what a coordinator sends ------------------------------------------------------------
     def honest_config(self, rnd: int = 1, cluster: int = -1) -> dict[str, Any]:
-        t = self.loaded.protocol.training
         return {"server-round": rnd, "phase": "global" if cluster < 0 else "cluster",
-                "cluster": cluster, "lr": float(t.lr if cluster < 0 else t.finetune_lr),
-                "local-epochs": int(t.local_epochs), "local-steps": int(t.local_steps or 0),
-                "seed": int(t.seed), "protocol-hash": self.loaded.sha256}  # fmt: skip
+                "cluster": cluster, "protocol-hash": self.loaded.sha256}  # fmt: skip
 
     def start_weights(self) -> list[np.ndarray]:
         return SiteClient(self.task, self.sites[1]).get_parameters({})
@@ -194,13 +191,16 @@ class InProcessGrid(Grid):
     run = set_run = create_message = get_node_ids = push_messages = pull_messages = _unused  # type: ignore[assignment]
 
 
-def secagg_until_unmask(fed: Federation) -> SignedKeyRelay:
-    """An honest SecAgg+ round up to its unmask stage (setup, share keys, masked vectors: every
-    site trains), through the relay of the sites' key signatures. Returns the relay."""
+def secagg_until_unmask(fed: Federation, sites: tuple[int, ...] = tuple(LAYOUT)) -> list[Message]:
+    """A SecAgg+ round of ``sites`` up to its unmask stage (setup, share keys, masked vectors:
+    every site trains), through the relay of the sites' key signatures. Returns the replies of
+    the masked-vector stage."""
     relay = SignedKeyRelay(InProcessGrid(fed))
-    sites = tuple(LAYOUT)
+    for pid in sites:  # each site's SecAgg+ state starts afresh, as at a round's setup
+        fed.contexts[pid].state.config_records.clear()
+    setup_values = fed.honest_setup(**{Key.SAMPLE_NUMBER: len(sites)})
     setup = [fed.message(p, MessageType.TRAIN,
-                         fed.train_content(fed.honest_config(), fed.honest_setup()))
+                         fed.train_content(fed.honest_config(), setup_values))
              for p in sites]  # fmt: skip
     keys = {}
     for reply in relay.send_and_receive(setup):
@@ -221,6 +221,4 @@ def secagg_until_unmask(fed: Federation) -> SignedKeyRelay:
                               Key.SOURCE_LIST: routed[100 + p][0],
                               Key.CIPHERTEXT_LIST: routed[100 + p][1]}))
         for p in sites]  # fmt: skip
-    for reply in relay.send_and_receive(collect):
-        assert not reply.has_error(), reply.error
-    return relay
+    return list(relay.send_and_receive(collect))
