@@ -48,6 +48,7 @@ __all__ = ["Declaration", "census", "declare", "run_egress_audit"]
 SECAGG_RECORD = "secaggplus_configs"  # Flower's RECORD_KEY_CONFIGS (checked in the tests)
 HE_MEAN = "securefed.he.mean"  # securefed.federation.he_round.HE_MEAN (checked in the tests)
 KEYSIG_RECORD = "securefed.secagg-keysig"  # securefed.federation.secagg_relay (the tests check)
+LEDGER_HEAD = "securefed.ledger-head"  # securefed.federation.ledger_heads (the tests check)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def _model_field(name: str, p: Any) -> Declaration | None:
 _PUBLIC_REPLY_FIELDS = {
     "getpropertiesres.properties.": "partition id, protocol hash, budget status (public)",
     KEYSIG_RECORD + ".": "the site's signature over its fresh SecAgg+ public keys (its pinned key)",
+    LEDGER_HEAD + ".": "the site's ledger head: entry count and hash of charges that follow the "
+    "protocol's public plan, signed",
     "getparametersres.parameters.": "the initial model (seeded, or the pinned public weights; "
     "no data)",
 }

@@ -34,6 +34,7 @@ from securefed.errors import ConfigError, InstructionRefusedError, TrainingError
 from securefed.federation.config import SiteSettings
 from securefed.federation.guard import GuardPolicy, make_egress_guard, make_egress_record_mod
 from securefed.federation.he_round import encrypt_update, make_decrypt_mod
+from securefed.federation.ledger_heads import HeadSite, make_ledger_head_mod
 from securefed.federation.metrics import site_summary
 from securefed.federation.pacing import Pacing, make_pacing_mod
 from securefed.federation.site_rules import (
@@ -500,6 +501,11 @@ def make_client_app(
 
         return Pacing(float(loaded.protocol.training.reply_slot_s), overrun)
 
+    def head_site(context: Context) -> HeadSite:
+        loaded, ledger_dir, _ = identity(context)
+        dp = loaded.protocol.training.dp_training is not None
+        return HeadSite(loaded.sha256, dp, ledger_dir, runtime.signing_key(site_of(context)))
+
     def secagg_site(context: Context) -> SecAggSite:
         loaded, _, sid = identity(context)
         key = runtime.signing_key(site_of(context))
@@ -514,6 +520,7 @@ def make_client_app(
         mods=[make_egress_record_mod(_egress_recorder(identity, phase)), make_pacing_mod(pacing),
               make_error_code_mod(_error_recorder(identity)),
               make_egress_guard(policy),
+              make_ledger_head_mod(head_site),
               make_decrypt_mod(he_site, runtime.he_key),
               make_secaggplus_site_mod(secagg_site)],
     )  # fmt: skip

@@ -9,7 +9,8 @@ Allowed replies, by message type:
   (the mean train loss under a plain protocol, nothing otherwise); a success status;
 - SecAgg+ protocol messages (keys, encrypted shares, masked vectors, unmasking shares) only when
   the protocol's aggregation is ``secagg+``, the setup reply with the site's signature over its
-  public keys (securefed.federation.secagg_relay);
+  public keys (securefed.federation.secagg_relay); a training reply under DP may quote the site's
+  ledger head (securefed.federation.ledger_heads);
 - under ``bfv`` the model travels as one uint8 array (the encrypted contribution, no larger than
   the model's encoding) and the decryptor's reply to a decrypt request is the decoded average
   only, with exactly the shapes and dtypes the request declares (securefed.federation.he_round);
@@ -36,6 +37,7 @@ from flwr.common import MessageTypeLegacy
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from securefed.errors import SecurefedError
+from securefed.federation.ledger_heads import LEDGER_HEAD_RECORD
 from securefed.federation.secagg_relay import KEYSIG_RECORD
 from securefed.protocol.egress import TrainingEgress
 
@@ -166,6 +168,17 @@ def _without_key_signature(
     return configs - {KEYSIG_RECORD}, problems
 
 
+def _without_ledger_head(
+    content: Any, configs: set[str], problems: list[str]
+) -> tuple[set[str], list[str]]:
+    """A training reply under DP may quote the site's ledger head (entries, head, signature)."""
+    if LEDGER_HEAD_RECORD not in configs:
+        return configs, problems
+    if not set(content.config_records[LEDGER_HEAD_RECORD].keys()) <= {"entries", "head", "signed"}:
+        problems = [*problems, "undeclared fields beside the ledger head"]
+    return configs - {LEDGER_HEAD_RECORD}, problems
+
+
 def _check_train(
     request: Any,
     content: Any,
@@ -192,6 +205,7 @@ def _check_train(
         configs, problems = _without_key_signature(content, configs, problems)
         if not configs and not content.array_records and not content.metric_records:
             return problems  # a SecAgg+ key-exchange or unmasking message
+    configs, problems = _without_ledger_head(content, configs, problems)
     if configs != {"fitres.metrics", "fitres.status"}:
         problems.append(f"undeclared records {sorted(configs)}")
     if _keys(content.array_records) != {"fitres.parameters"}:

@@ -13,12 +13,11 @@ Tests: ``tests/adversary/test_signed_secagg_keys.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
+
+from securefed.federation.grid_wrapper import GridWrapper
 
 __all__ = ["KEYSIG_RECORD", "KEYSIGS_RECORD", "SignedKeyRelay"]
 
@@ -28,52 +27,14 @@ KEYSIGS_RECORD = "securefed.secagg-keysigs"
 """A share-keys request: ``{str(node id): [site id, public key, signature]}`` per neighbour."""
 
 
-class SignedKeyRelay(Grid):
+class SignedKeyRelay(GridWrapper):
     """``grid`` with the SecAgg+ key signatures relayed (see the module docstring)."""
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._signed: dict[int, list[bytes]] = {}
 
-    @property
-    def run(self) -> Any:
-        return self._grid.run
-
-    def set_run(self, run: Any) -> None:
-        self._grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages([self._attach(m) for m in messages])
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = list(self._grid.pull_messages(message_ids))
-        for reply in replies:
-            self._collect(reply)
-        return replies
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = list(self._grid.send_and_receive([self._attach(m) for m in messages],
-                                                   timeout=timeout))  # fmt: skip
-        for reply in replies:
-            self._collect(reply)
-        return replies
-
-    def _attach(self, msg: Message) -> Message:
+    def outgoing(self, msg: Message) -> Message:
         if not msg.has_content():
             return msg
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
@@ -87,9 +48,10 @@ class SignedKeyRelay(Grid):
             msg.content.config_records[KEYSIGS_RECORD] = ConfigRecord(relayed)  # type: ignore[arg-type]
         return msg
 
-    def _collect(self, reply: Message) -> None:
+    def incoming(self, reply: Message) -> bool:
         if reply.has_error() or not reply.has_content():
-            return
+            return True
         record = reply.content.config_records.get(KEYSIG_RECORD)
         if record is not None and isinstance(record.get("signed"), list):
             self._signed[int(reply.metadata.src_node_id)] = list(record["signed"])  # type: ignore[arg-type]
+        return True

@@ -56,6 +56,7 @@ from securefed.errors import (
     WrongProtocolError,
 )
 from securefed.federation.config import PhaseConfig
+from securefed.federation.ledger_heads import LedgerHeadCheck
 from securefed.federation.metrics import pooled_dice
 from securefed.federation.secagg_relay import SignedKeyRelay
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
@@ -597,12 +598,16 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
             state.started_round = rnd
             ckpt.save_state(state)  # a resume never sends this round number again
             before = _params_record(legacy)
+            # the training messages pass the ledger-head check (a site whose ledger went back
+            # is dropped) and, under SecAgg+, the relay of the sites' key signatures
+            fit_grid = LedgerHeadCheck(grid, strategy.partition_of_node.get,
+                                       Path(cfg.out_dir).parent)  # fmt: skip
             if workflow is not None:
-                workflow(SignedKeyRelay(grid), legacy)  # relays the sites' key signatures
+                workflow(SignedKeyRelay(fit_grid), legacy)
             elif cfg.aggregation == "bfv":
-                _he_fit(grid, legacy, cfg, rnd, found[cfg.decryptor])
+                _he_fit(fit_grid, legacy, cfg, rnd, found[cfg.decryptor])
             else:
-                _plain_fit(grid, legacy, cfg, rnd)
+                _plain_fit(fit_grid, legacy, cfg, rnd)
             if _params_record(legacy) is before:
                 raise TooFewParticipantsError(
                     f"{cfg.name} round {rnd}: no aggregate ({cfg.aggregation}); too few of the "

@@ -148,12 +148,17 @@ class Federation:
         return [e["details"] for e in self.audit(pid) if e["event"] == "message-refused"]
 
 
-def pinned_federation(folder: Path, with_keys: bool = True) -> Federation:
+def pinned_federation(
+    folder: Path, with_keys: bool = True, edit: Callable[[dict[str, Any]], None] | None = None
+) -> Federation:
     """Three sites of a signed protocol that pins their signing keys (as a deployment protocol
-    does); each SITE.toml names the site's key (unless ``with_keys`` is off)."""
+    does); each SITE.toml names the site's key (unless ``with_keys`` is off). ``edit`` changes
+    the protocol's TOML data before it is signed."""
     folder.mkdir(parents=True)
     proto = write_protocol(folder, aggregation="secagg+")
     data = tomllib.loads(proto.read_text())
+    if edit is not None:
+        edit(data)
     keys = folder / "keys"
     write_keys(generate_keys("server", "server"), keys)
     data["sites"] = []
@@ -167,7 +172,7 @@ def pinned_federation(folder: Path, with_keys: bool = True) -> Federation:
     configs = trusted_site_configs(
         folder / "configs", proto, [f"site-{p}" for p in LAYOUT], keys / "server.pub.json",
         min_sites_per_aggregate=2, require_dp_training=False, require_version_pin=False,
-        forbidden_release_modes=(),
+        forbidden_release_modes=(), max_total_epsilon=float("inf"),
     )  # fmt: skip
     return Federation(folder, protocol_text=proto.read_text(),
                       site_configs={p: configs[f"site-{p}"] for p in LAYOUT})  # fmt: skip
