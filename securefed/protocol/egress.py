@@ -250,6 +250,16 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
                    "released": _T_NEIGHBOUR, "all-sites": test_all_sites}[e.membership]),
         EgressRow("training", "partition id and protocol hash", "server", "public", "-",
                   "tests/federation/test_simulation.py"),
+        *([EgressRow("training", "signature over the site's SecAgg+ public keys", "server, "
+                     "other sites", "public: the site's pinned key signs its fresh keys, node id "
+                     "and the protocol hash", "-",
+                     "tests/adversary/test_signed_secagg_keys.py")]
+          if t.aggregation == "secagg+" else []),
+        *([EgressRow("training", "ledger head in each DP training reply", "server",
+                     "public: the entry count and hash of the site's ledger, whose charges "
+                     "follow the protocol's public plan; signed", "-",
+                     "tests/adversary/test_ledger_heads.py")]
+          if t.dp_training else []),
         *([EgressRow("training", "budget status before each DP round", "server",
                      "yes or no: whether the site's ledger can pay the round; a function of the "
                      "protocol, the rounds already charged and the counts the neighbouring "

@@ -6,8 +6,8 @@ process that calls the ClientApp directly.
 Why: starting Ray and its actors costs seconds of wall time per phase (a tiny study runs a dozen
 phases), far more than the phase's own work. What differs from Ray: the ClientApp runs in the test
 process (its module state and torch's global RNG are this process's), one message at a time. The
-message and the Context travel as a pickled copy, as they do to a Ray actor, so neither side
-aliases the other's objects.
+ClientApp, the message and the Context travel as a (cloud)pickled copy, as they do to a Ray actor,
+so neither side aliases the other's objects and the app's in-memory state lasts one message.
 
 tests/conftest.py installs it for the whole session (``use_inprocess_backend``); a test that must
 run real Ray asks for the ``real_ray`` fixture (tests/federation/test_simulation.py keeps one)."""
@@ -53,11 +53,17 @@ class InProcessBackend(_backend_base()):  # type: ignore[misc]
     def process_message(self, message: Any, context: Any) -> tuple[Any, Any]:
         from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
 
+        import cloudpickle
+
         if self.app_fn is None:
             raise ValueError("build() the backend before processing messages")
-        message, context = pickle.loads(pickle.dumps((message, context)))  # as to a Ray actor
+        # As to a Ray actor: the app, the message and the Context arrive as copies, so the app's
+        # in-memory state lives for one message (what persists is on disk, as under Ray).
+        app_fn, message, context = pickle.loads(
+            cloudpickle.dumps((self.app_fn, message, context))
+        )
         try:
-            app = self.app_fn()
+            app = app_fn()
             out = app(message=message, context=context)
         except LoadClientAppError:
             raise
