@@ -207,9 +207,9 @@ class SiteClient(NumPyClient):
                 f"site {self.site.partition_id}: no train cases for cluster "
                 f"{config.get('cluster')}; the server should not have selected this site"
             )
-        # The protocol's seed (never the message's: checked equal) and the round, which the
-        # protocol bounds: the coordinator cannot shift one round's randomness onto another's.
-        seed = int(self.spec.seed) + 1000 * rnd + self.site.partition_id
+        # The site's own seed for this round (never the message's: a message carries
+        # coordinates only): from its secret under a deployment protocol.
+        seed = self.runtime.round_seed(self.site, self.ledger_dir, self.loaded, phase, rnd)
         model = self._model(parameters, seed)
         steps = int(self.spec.local_steps or 0)
         if self.spec.dp_sgd.enabled:

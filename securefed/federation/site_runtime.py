@@ -8,6 +8,7 @@
 - its BFV secret keys (``training.aggregation = "bfv"``);
 - its signing key (SITE.toml's ``site.key``), which signs its SecAgg+ keys when the protocol pins
   the sites' signing keys;
+- its training seeds: from a secret of its own under a deployment protocol;
 - the last round it trained in, per protocol and phase (kept in its state folder, ``rounds.json``,
   when it has one): a round is trained in once, rounds only move forward, so a coordinator cannot
   replay a round to another set of sites and subtract the sums.
@@ -17,6 +18,9 @@ Nothing here leaves the site. Tests: ``tests/federation/test_site_runtime.py``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +33,10 @@ from securefed.fileio import read_json, write_json_atomic
 from securefed.protocol import LoadedProtocol
 from securefed.trust import AcceptedProtocol
 
-__all__ = ["ROUNDS_FILE", "SiteRuntime"]
+__all__ = ["ROUNDS_FILE", "SECRET_FILE", "SiteRuntime"]
 
 ROUNDS_FILE = "rounds.json"
+SECRET_FILE = "site-secret.bin"
 
 
 @dataclass
@@ -119,6 +124,41 @@ class SiteRuntime:
         self._rounds[site.partition_id] = known
         if path is not None:
             write_json_atomic(path, {k: known[k] for k in sorted(known)})
+
+    def round_seed(
+        self, site: SiteSettings, state_dir: str, loaded: LoadedProtocol, phase: str, rnd: int
+    ) -> int:
+        """The seed of the site's training randomness in round ``rnd`` of ``phase``. Under a
+        deployment protocol: from a secret of the site's own (``site-secret.bin`` in its state
+        folder, 32 bytes of the OS CSPRNG, created once), so the coordinator neither knows nor
+        chooses it. Under a simulation protocol (one operator, reproducible studies): from the
+        protocol's seed, the round and the partition."""
+        t = loaded.protocol.training
+        if loaded.protocol.is_simulation or not state_dir:
+            return int(t.seed) + 1000 * int(rnd) + int(site.partition_id)
+        secret = _site_secret(Path(state_dir))
+        tag = f"{loaded.sha256}/{phase}/{int(rnd)}".encode()
+        return int.from_bytes(hmac.new(secret, tag, hashlib.sha256).digest()[:7], "big")
+
+
+def _site_secret(folder: Path) -> bytes:
+    """The site's training-seed secret (created once, mode 0600; never leaves the site)."""
+    path = folder / SECRET_FILE
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+    secret = path.read_bytes()
+    if len(secret) != 32:
+        raise SiteTrustError(f"{path}: not a 32-byte site secret; delete it only if no study ran")
+    return secret
 
 
 def _accept(site: SiteSettings) -> AcceptedProtocol:

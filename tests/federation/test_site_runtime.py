@@ -63,3 +63,29 @@ def test_each_runtime_keeps_its_own_accepted_protocol_and_data(tmp_path: Path) -
     data, n = a._data({"cluster": -1}, "train")
     assert n == 2 and first.data((site.data_dir, 1, ("S01_000", "S01_001"), a.loaded.sha256),
                                  lambda: None) is data  # fmt: skip
+
+
+def test_training_seeds_come_from_the_sites_secret_under_a_deployment(tmp_path: Path) -> None:
+    """Under a deployment protocol the coordinator neither knows nor chooses a site's training
+    randomness: the seed is an HMAC of the site's own secret (created once, 0600); a simulation
+    keeps the protocol's reproducible seed."""
+    import os
+
+    from securefed.federation.site_runtime import SECRET_FILE
+    from securefed.protocol import load_protocol
+
+    proto = write_protocol(tmp_path)
+    sim = load_protocol(proto)
+    runtime = SiteRuntime()
+    site = SiteSettings(partition_id=2, data_dir="", protocol=str(proto))
+    assert runtime.round_seed(site, str(tmp_path / "a"), sim, "global", 3) == (
+        int(sim.protocol.training.seed) + 3000 + 2
+    )
+    # the same protocol as a deployment would declare it (mode only; no keys are needed here)
+    dep = type(sim)(**{**sim.__dict__, "protocol": sim.protocol.model_copy(
+        update={"study": sim.protocol.study.model_copy(update={"mode": "deployment"})})})  # fmt: skip
+    a = runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 3)
+    assert a == runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 3)  # stable
+    assert a != runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 4)
+    assert a != runtime.round_seed(site, str(tmp_path / "b"), dep, "global", 3)  # another secret
+    assert os.stat(tmp_path / "a" / SECRET_FILE).st_mode & 0o777 == 0o600
