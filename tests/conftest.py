@@ -27,8 +27,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _flower_without_ray(request: pytest.FixtureRequest) -> Iterator[None]:
     """The simulation engine runs the ClientApps in this process (support/inprocess.py) for the
     whole session, session fixtures included; installed only when the session selected a test
-    marked ``flower`` or ``study`` (`make test-fast` imports no Flower for it)."""
-    if not any(
+    marked ``flower`` or ``study`` (`make test-fast` imports no Flower for it). With
+    SECUREFED_TEST_RAY=1 every simulation runs on Ray, as outside the tests."""
+    if os.environ.get("SECUREFED_TEST_RAY") == "1" or not any(
         item.get_closest_marker("flower") or item.get_closest_marker("study")
         for item in request.session.items
     ):

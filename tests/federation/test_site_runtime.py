@@ -83,7 +83,8 @@ def test_training_seeds_come_from_the_sites_secret_under_a_deployment(tmp_path: 
     )
     # the same protocol as a deployment would declare it (mode only; no keys are needed here)
     study = sim.protocol.study.model_copy(update={"mode": "deployment"})
-    dep = type(sim)(**{**sim.__dict__, "protocol": sim.protocol.model_copy(update={"study": study})})
+    changed = sim.protocol.model_copy(update={"study": study})
+    dep = type(sim)(**{**sim.__dict__, "protocol": changed})
     a = runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 3)
     assert a == runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 3)  # stable
     assert a != runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 4)
