@@ -29,6 +29,7 @@ from securefed.federation.client_app import SiteClient, make_client_app
 from securefed.federation.config import SiteSettings
 from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD
 from securefed.federation.site_rules import ReplyCode, secaggplus_expected
+from securefed.federation.site_runtime import ROUNDS_FILE
 from securefed.federation.task import FlowerTask
 from securefed.protocol import LoadedProtocol
 from securefed.trust.audit_log import AUDIT_FILE
@@ -64,14 +65,19 @@ class HostileCoordinator:
 
         self.task = type(task)(**{**task.__dict__, "load_data": counting_load})
         self.site = sites[1]
-        ordered = [sites[1], *(sites[p] for p in range(1, max(sites) + 1))]
-        self.app = make_client_app(task=self.task, sites=ordered, phase="global")
+        self.ordered = [sites[1], *(sites[p] for p in range(1, max(sites) + 1))]
+        self.app = make_client_app(task=self.task, sites=self.ordered, phase="global")
         self.contexts: dict[int, Context] = {}
         self.reset()
 
     def reset(self) -> None:
-        """Fresh Flower contexts (each site's SecAgg+ state) and data-load count."""
+        """Fresh sites for the next attack: a new ClientApp (its runtime), Flower contexts (each
+        site's SecAgg+ state), round counters and data-load count; the logs are kept."""
         self.loads.clear()
+        self.app = make_client_app(task=self.task, sites=self.ordered, phase="global")
+        for site in self.ordered:
+            if site.ledger_dir or site.work_dir:
+                (Path(site.ledger_dir or site.work_dir) / ROUNDS_FILE).unlink(missing_ok=True)
         self.contexts = {
             p: Context(run_id=1, node_id=100 + p, node_config={"partition-id": p},
                        state=RecordDict(), run_config={})
@@ -202,6 +208,15 @@ def _instruction(**change: Any) -> AttackFn:
     return attack
 
 
+def _replayed_round(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
+    """A round answered once, then asked again (to another set of sites, the sums subtract)."""
+    first = plain.fit(1, plain.config(cluster=0))
+    if first.has_error():  # the honest round itself failed: the attack proves nothing
+        raise RuntimeError(f"the honest round was refused: {first.error.reason}")
+    plain.loads.clear()
+    return plain.fit(1, plain.config(cluster=0)), plain, True
+
+
 def _foreign_hash(secure: _H, plain: _H) -> tuple[Any, _H, bool]:
     config = {**plain.config(), "protocol-hash": "sha256:" + "1" * 64}
     return plain.fit(1, config), plain, True
@@ -231,6 +246,7 @@ ATTACKS: list[tuple[str, str, AttackFn, ReplyCode]] = [
     ("lr", "its own learning rate", _instruction(lr=5.0), _REFUSED),
     ("local-steps", "local-steps 0 (steps following the case count)",
      _instruction(**{"local-steps": 0}), _REFUSED),
+    ("replayed-round", "a round the site answered, asked again", _replayed_round, _REFUSED),
     ("wrong-protocol", "another protocol's hash", _foreign_hash, ReplyCode.WRONG_PROTOCOL),
     ("error-text", "a failure answered with its exception text", _error_text,
      ReplyCode.SITE_FAILURE),
@@ -254,7 +270,7 @@ def run_attacks(
             reply, study, data_first = attack(secure, plain)
             refused, detail = _check(study, reply, int(code), before[id(study)], data_first)
         except Exception as exc:  # noqa: BLE001 - an attack that crashes the site is not refused
-            refused, detail = False, f"the site raised {type(exc).__name__}"
+            refused, detail = False, f"the attack did not run: {type(exc).__name__}: {exc}"[:200]
         out.append(AttackOutcome(name, what, refused, detail))
         if progress is not None:
             progress(out[-1])
