@@ -449,18 +449,21 @@ def make_client_app(
             return sim_sites[int(context.node_config["partition-id"])]
         return SiteSettings.from_node_config(dict(context.node_config))
 
+    def state_dir(context: Context) -> str:
+        """The site's one state folder (its ledger, logs, round counters, secret): the site's
+        ``ledger-dir``, else the node config's, else its ``work-dir``."""
+        site = site_of(context)
+        return site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
+
     def client_fn(context: Context):
         site = site_of(context)
-        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
-        return SiteClient(task or resolve_task(), site, ledger_dir, runtime).to_client()
+        return SiteClient(task or resolve_task(), site, state_dir(context), runtime).to_client()
 
     def identity(context: Context) -> tuple[Any, str, str]:
         """The site's accepted protocol, its log folder and its site id."""
         site = site_of(context)
         loaded = runtime.accepted(site).loaded
-        ledger_dir = (
-            site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
-        )
+        ledger_dir = state_dir(context)
         sites_ = loaded.protocol.resolve_sites([site.partition_id])
         sid = next((s.id for s in sites_ if s.partition_id == site.partition_id), "?")
         return loaded, ledger_dir, sid
@@ -484,8 +487,7 @@ def make_client_app(
 
     def he_site(context: Context) -> tuple[SiteSettings, Any, str]:
         site = site_of(context)
-        ledger_dir = site.ledger_dir or str(context.node_config.get("ledger-dir", ""))
-        return site, runtime.accepted(site).loaded, ledger_dir or site.work_dir
+        return site, runtime.accepted(site).loaded, state_dir(context)
 
     def pacing(context: Context) -> Pacing:
         loaded, ledger_dir, sid = identity(context)
