@@ -4,6 +4,7 @@ quantisation bound, the server's files hold no key, and the decryptor opens a ro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,14 +78,24 @@ def test_bfv_phase_matches_fedavg(tmp_path, key):
 
 def test_decryptor_refuses_a_second_decryption(tmp_path, key):
     """The server loses its checkpoint and runs round 1 again: two sums of one round could
-    differ by one site's model, so the decryptor refuses and the phase fails."""
+    differ by one site's model. Every site refuses to train in round 1 again (rounds only move
+    forward); with the sites' round counters lost as well, the decryptor still refuses to open a
+    second sum of the round, and the phase fails."""
+    from securefed.errors import TooFewParticipantsError
+    from securefed.federation.site_runtime import ROUNDS_FILE
+
     loaded, asg, sites = _setup(tmp_path, "bfv", key)
     cfg = _bfv_config(loaded, tmp_path / "first" / "global", asg, key, tmp_path)
     run_phase(cfg, sites, task=make_task())
     again = _bfv_config(loaded, tmp_path / "second" / "global", asg, key, tmp_path)
+    with pytest.raises(TooFewParticipantsError, match="0 of 3 sites sent a contribution"):
+        run_phase(again, sites, task=make_task())
+    for site in sites:
+        (Path(site.ledger_dir) / ROUNDS_FILE).unlink()
+    third = _bfv_config(loaded, tmp_path / "third" / "global", asg, key, tmp_path)
     # The decryptor's reply carries the code only; its log holds the refusal.
     with pytest.raises(TrainingError, match="instruction-refused"):
-        run_phase(again, sites, task=make_task())
+        run_phase(third, sites, task=make_task())
 
 
 def test_a_site_that_is_not_the_decryptor_refuses(tmp_path, key):
