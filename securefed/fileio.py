@@ -6,7 +6,8 @@ file created with ``mode`` in the same folder, fsync, ``os.replace``, fsync of t
 ``write_exclusive``: the same, but refuses to replace an existing file.
 ``write_json_atomic`` / ``read_json``: plain JSON (no NaN), read with a size cap.
 ``canonical_json`` / ``canonical_sha256``: the sorted-key JSON bytes that are hashed, signed or
-bound, and their SHA-256.
+bound, and their SHA-256; ``entry_hash``: the hash of an entry of a hash-chained JSONL log (the
+privacy ledger, the audit log).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ from securefed.errors import DataError
 __all__ = [
     "MAX_JSON_BYTES",
     "COMPACT",
+    "SPACED",
     "atomic_write_bytes",
     "canonical_json",
     "canonical_sha256",
+    "entry_hash",
     "fsync_dir",
     "jsonable",
     "read_json",
@@ -39,6 +42,8 @@ __all__ = [
 MAX_JSON_BYTES = 64 * 1024 * 1024
 COMPACT = (",", ":")
 """The separators of canonical JSON (no spaces)."""
+SPACED = (", ", ": ")
+"""``json.dumps``' default separators (for the formats that have always hashed them)."""
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -160,6 +165,13 @@ def canonical_sha256(
         default=default,
     )  # fmt: skip
     return prefix + hashlib.sha256(data).hexdigest()
+
+
+def entry_hash(entry: Mapping[str, Any], *, field: str = "hash") -> str:
+    """The hash of one entry of a hash-chained JSONL log: ``sha256:`` + the SHA-256 of the
+    canonical JSON (compact, ASCII, no NaN) of the entry without its own ``field``. The privacy
+    ledger and the audit log chain their entries with it (each entry names the previous hash)."""
+    return canonical_sha256({k: v for k, v in entry.items() if k != field})
 
 
 def read_json(path: str | Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:

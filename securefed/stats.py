@@ -1,9 +1,13 @@
-"""Statistics shared by the evaluation summaries and the audits: one bootstrap interval.
+"""Statistics shared by the evaluation summaries and the audits: one bootstrap interval and one
+exact binomial interval.
 
 :func:`bootstrap_interval` is ``scipy.stats.bootstrap`` with the percentile method and a fixed
 seed, so every interval securefed reports (per-scanner Dice, attribute-inference R^2,
 reconstruction SSIM/PSNR, membership AUC and TPR) follows the same rule: resample the cases, take
 the 2.5th and 97.5th percentiles of the statistic (linear interpolation, ``numpy.percentile``).
+
+:func:`clopper_pearson` is ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``: the
+interval of a rate of ``k`` in ``n`` (site attribution, the DP audit's threshold test).
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONFIDENCE", "N_RESAMPLES", "bootstrap_interval", "bootstrap_intervals"]
+__all__ = [
+    "CONFIDENCE",
+    "N_RESAMPLES",
+    "bootstrap_interval",
+    "bootstrap_intervals",
+    "clopper_pearson",
+]
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
@@ -94,3 +104,16 @@ def _bootstrap(
     )
     ci = res.confidence_interval
     return np.asarray(ci.low, dtype=np.float64), np.asarray(ci.high, dtype=np.float64)
+
+
+def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval ``(low, high)`` for a rate of ``k`` in ``n``:
+    ``low`` is 0 at ``k = 0`` and ``high`` is 1 at ``k = n``.
+
+    scipy solves the binomial tail equations to an absolute tolerance of about 1e-12, so the
+    limits agree with the beta-quantile form (``beta.ppf(a/2, k, n-k+1)``,
+    ``beta.ppf(1-a/2, k+1, n-k)``) to within that."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)

@@ -39,3 +39,21 @@ def test_a_sample_of_one_is_held_fixed_and_several_values_share_the_resamples() 
     (lo0, hi0), (lo1, hi1) = cis
     assert np.isclose(lo0, lo1 - 1.0) and np.isclose(hi0, hi1 - 1.0)
     assert lo1 < many.mean() < hi1
+
+
+def test_clopper_pearson_is_the_beta_quantile_interval() -> None:
+    """scipy's exact binomtest interval gives the limits the hand-written beta-quantile form gave
+    (to scipy's root-finding tolerance), including the open ends at k = 0 and k = n."""
+    from scipy.stats import beta
+
+    from securefed.stats import clopper_pearson
+
+    cases = [(30, 100, 0.95), (0, 100, 0.95), (100, 100, 0.95), (7, 10, 0.95), (1, 1, 0.95),
+             (3, 20_000, 0.999), (19_990, 20_000, 0.999), (0, 4_000_000, 0.999)]  # fmt: skip
+    for k, n, confidence in cases:
+        a = 1.0 - confidence
+        old_lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+        old_hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+        lo, hi = clopper_pearson(k, n, confidence)
+        assert abs(lo - old_lo) < 1e-11 and abs(hi - old_hi) < 1e-11, (k, n, lo, hi)
+        assert (lo == 0.0) == (k == 0) and (hi == 1.0) == (k == n)

@@ -69,7 +69,7 @@ from typing import Any
 
 import dp_accounting
 import numpy as np
-from scipy.stats import beta, norm
+from scipy.stats import norm
 
 from securefed.audit import dp_power
 from securefed.audit.float_distinguisher import float_laplace_impossible, grid_impossible
@@ -77,6 +77,7 @@ from securefed.errors import ConfigError
 from securefed.fileio import write_json_atomic
 from securefed.privacy.noise import SecureNoise, noise_source_for
 from securefed.protocol import LoadedProtocol, parse_protocol, protocol_hash
+from securefed.stats import clopper_pearson
 
 __all__ = [
     "CONFIDENCE",
@@ -515,14 +516,6 @@ NOT_AUDITED: list[dict[str, str]] = [
 
 
 # -- the tests -------------------------------------------------------------------------------------
-def clopper_pearson(k: int, n: int, confidence: float) -> tuple[float, float]:
-    """Exact two-sided interval for a binomial rate."""
-    a = 1.0 - confidence
-    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return lo, hi
-
-
 def epsilon_lower_bound(
     y0: np.ndarray, y1: np.ndarray, threshold: float, delta: float, confidence: float
 ) -> dict[str, float]:

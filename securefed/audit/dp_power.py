@@ -9,7 +9,9 @@ neighbouring input shifted by ``shift`` (the mechanism's sensitivity over its cl
 Gaussian, mu of mu-GDP). A mechanism with ``scale`` times the claimed noise gives the test
 ``output >= t`` the rates ``FPR = sf(t / scale)`` and ``TPR = sf((t - shift) / scale)``. With
 ``n`` outputs at each input the reported bound is ``log((CP_lo(k1) - delta) / CP_hi(k0))``
-(Clopper-Pearson, each side at ``(1 - confidence) / 2``), and:
+(Clopper-Pearson, each side at ``(1 - confidence) / 2``; the run computes it with
+:func:`securefed.stats.clopper_pearson`, scipy's ``binomtest``; the sizing here uses the same
+limits in their beta-quantile form, ``beta.ppf``, which takes every count ``k`` at once), and:
 
 - :func:`threshold_max_certifiable`: the largest bound the run can produce (``k1 = n``, ``k0 = 0``);
 - :func:`threshold_power`: the exact probability, over ``k0 ~ Bin(n, FPR)`` and

@@ -34,7 +34,7 @@ import numpy as np
 from securefed.errors import ConfigError, DataError
 from securefed.fileio import write_json_atomic
 from securefed.protocol import LoadedProtocol, load_protocol
-from securefed.stats import bootstrap_interval
+from securefed.stats import bootstrap_interval, clopper_pearson
 
 __all__ = ["run_feature_attacks"]
 
@@ -42,8 +42,6 @@ CONFIDENCE = 0.95
 
 
 def _cp(k: int, n: int) -> list[float]:
-    from securefed.audit.dp import clopper_pearson
-
     lo, hi = clopper_pearson(k, n, CONFIDENCE)
     return [lo, hi]
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from securefed.audit.membership import CONFIDENCE, membership_metrics
+from securefed.stats import clopper_pearson
 
 __all__ = ["alignment_attacks", "case_gradient", "run_update_attacks"]
 
@@ -85,8 +86,6 @@ def alignment_attacks(
 
 def _attribution(hits: np.ndarray, n_sites: int, start: str) -> dict[str, Any]:
     """Accuracy of assigning train cases to their site, with an exact (Clopper-Pearson) interval."""
-    from securefed.audit.dp import clopper_pearson
-
     k, n = int(hits.sum()), len(hits)
     lo, hi = clopper_pearson(k, n, CONFIDENCE)
     return {"attack": "site-attribution", "target": "plain-update", "model": start,

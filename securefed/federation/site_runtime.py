@@ -84,7 +84,8 @@ class SiteRuntime:
 
     def signing_key(self, site: SiteSettings) -> PrivateKeys | None:
         """The site's signing key from its SITE.toml, checked against the key the accepted
-        protocol pins for it; None when the protocol pins none (a simulation without keys)."""
+        protocol pins for it; None when the protocol pins none (a simulation without keys) or
+        SITE.toml names none (the SecAgg+ checks then refuse: they need it)."""
         accepted = self.accepted(site)
         if not site.site_config:
             return None
@@ -95,7 +96,7 @@ class SiteRuntime:
 
             config = load_site_config(Path(site.site_config))
             self._signing[key] = site_signing_key(
-                config, site.site_config, accepted.loaded.protocol
+                config, site.site_config, accepted.loaded.protocol, required=False
             )
         return self._signing[key]
 

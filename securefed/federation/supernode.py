@@ -183,7 +183,7 @@ def prepare_site_node(
     SiteTrustError (exit 3): the protocol is not accepted by the site's trust and policy, is
     unsigned (whatever policy.allow_unsigned_simulation says) or of study.mode 'simulation', it
     approves no app bundle, or pins another node key for this site (or none), or pins a signing
-    key for this site that SITE.toml's ``site.key`` does not hold.
+    key for this site that SITE.toml's ``site.key`` does not hold (none: refused under secagg+).
     ConfigError (exit 2): no CA certificate (TLS is mandatory), an unreadable one, a bad address.
     KeyError_ (exit 2): the node key is missing, loose or not ECDSA P-384."""
     from securefed.crypto.node_key import check_node_private_key
@@ -243,8 +243,9 @@ def prepare_site_node(
             f"{node_key}: this node key ({fp}) is not the one the protocol pins for {site_id} "
             f"({pinned}); refusing"
         )
-    # the key that signs the site's SecAgg+ keys (the protocol pins it): checked before start
-    site_signing_key(config, site_config, p)
+    # the key that signs the site's SecAgg+ keys and ledger heads (the protocol pins it):
+    # checked before start; SecAgg+ cannot run without it
+    site_signing_key(config, site_config, p, required=p.training.aggregation == "secagg+")
     site = SiteSettings(
         partition_id=partition,
         data_dir=str(data_dir),

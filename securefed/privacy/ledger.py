@@ -28,7 +28,6 @@ Crash rules (kill -9 at any point):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from securefed.errors import (
     LedgerError,
     LedgerRollbackError,
 )
-from securefed.fileio import locked_append
+from securefed.fileio import canonical_json, entry_hash, locked_append
 from securefed.privacy.accounting import (
     Charge,
     composed_epsilon,
@@ -198,9 +197,7 @@ class ChargeHandle:
 
 
 def _entry_hash(entry: dict[str, Any]) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return "sha256:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    return entry_hash(entry)
 
 
 class Ledger:
@@ -454,9 +451,8 @@ class Ledger:
             **body,
         }
         entry["hash"] = _entry_hash(entry)
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
         fh.seek(0, os.SEEK_END)
-        fh.write(line.encode("utf-8"))
+        fh.write(canonical_json(entry) + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
         state.entries.append(entry)

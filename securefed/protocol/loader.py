@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import math
 import tomllib
 import typing
@@ -15,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from securefed.errors import ProtocolError
+from securefed.fileio import canonical_json
 from securefed.protocol.schema import Protocol
 
 __all__ = [
@@ -54,9 +54,7 @@ def canonical_bytes(protocol: Protocol) -> bytes:
     fields added later with defaults keep old protocols' hashes."""
     data = _finite(protocol.model_dump(mode="json", exclude_defaults=True))
     data["schema_version"] = protocol.schema_version
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return canonical_json(data, ensure_ascii=False)  # compact, UTF-8 (not ASCII-escaped)
 
 
 def _finite(value: Any) -> Any:

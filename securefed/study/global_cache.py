@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from securefed import __version__
 from securefed.clustering.assignments import read_assignments
 from securefed.federation.config import PhaseConfig
 from securefed.federation.task import FlowerTask
+from securefed.fileio import canonical_sha256
 from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import training_egress
 
@@ -89,8 +89,7 @@ def global_phase_key(
         "data_files": _data_fingerprint(Path(data_root)),
         "task": _task_name(task),
     }
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return canonical_sha256(doc, prefix="", allow_nan=True, default=str)
 
 
 def restore_global_phase(cache: Path, key: str, out_dir: Path) -> bool:

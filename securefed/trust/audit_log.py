@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefed.errors import AuditLogError, InternalError
-from securefed.fileio import locked_append
+from securefed.fileio import canonical_json, entry_hash, locked_append
 
 if TYPE_CHECKING:  # the ledger writes this log: importing privacy must not load cryptography
     from securefed.crypto import PrivateKeys
@@ -94,9 +93,7 @@ def _safe(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hash(entry: dict[str, Any]) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+    return entry_hash(entry)
 
 
 def _head_message(party: str, seq: int, head: str) -> bytes:
@@ -178,7 +175,7 @@ class AuditLog:
         }
         entry["hash"] = _hash(entry)
         fh.seek(0, os.SEEK_END)
-        fh.write((json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode())
+        fh.write(canonical_json(entry) + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
         return entry

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.fileio import locked_append
+from securefed.fileio import SPACED, canonical_json, canonical_sha256, locked_append
 
 __all__ = ["EGRESS_FILE", "EgressLog", "describe_value", "read_egress_log"]
 
@@ -67,10 +67,9 @@ def _describe(name: str, value: Any) -> dict[str, Any]:
     if isinstance(value, bytes | bytearray):
         return {"name": name, "type": "bytes", "size": len(value), "digest": _digest(bytes(value))}
     if isinstance(value, list | tuple):
-        blob = json.dumps(_plain(list(value)), sort_keys=True, default=repr).encode()
-        return {"name": name, "type": "list", "size": len(value), "digest": _digest(blob)}
-    blob = json.dumps(_plain(value), sort_keys=True, default=repr).encode()
-    return {"name": name, "type": type(value).__name__, "digest": _digest(blob)}
+        digest = _json_digest(_plain(list(value)))
+        return {"name": name, "type": "list", "size": len(value), "digest": digest}
+    return {"name": name, "type": type(value).__name__, "digest": _json_digest(_plain(value))}
 
 
 def _plain(value: Any) -> Any:
@@ -87,6 +86,11 @@ def _plain(value: Any) -> Any:
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _json_digest(value: Any) -> str:
+    # json.dumps' default spacing, NaN allowed, repr for the rest: the digests logs already hold
+    return canonical_sha256(value, separators=SPACED, allow_nan=True, default=repr)
 
 
 class EgressLog:
@@ -109,7 +113,7 @@ class EgressLog:
         }
         with locked_append(self.path) as fh:
             fh.seek(0, 2)
-            fh.write((json.dumps(entry, sort_keys=True) + "\n").encode())
+            fh.write(canonical_json(entry, separators=SPACED, allow_nan=True) + b"\n")
             fh.flush()
 
 

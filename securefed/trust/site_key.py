@@ -23,17 +23,25 @@ def pinned_site_keys(protocol: Protocol) -> dict[str, str]:
 
 
 def site_signing_key(
-    config: SiteConfig, config_path: str | Path, protocol: Protocol, key: Path | None = None
+    config: SiteConfig,
+    config_path: str | Path,
+    protocol: Protocol,
+    key: Path | None = None,
+    *,
+    required: bool = True,
 ) -> PrivateKeys | None:
     """The site's private signing key: ``key`` or SITE.toml's ``site.key`` (a relative path is
     read from SITE.toml's folder), with ``site.key_passphrase_file``. None when the protocol pins
-    no signing key for this site. SiteTrustError when it pins one and the site names no key or
-    another; KeyError_ for an unreadable key."""
+    no signing key for this site, or (``required`` off) when the site names none. SiteTrustError
+    when the protocol pins one and the site names another, or none while ``required``; KeyError_
+    for an unreadable key."""
     pinned = pinned_site_keys(protocol).get(config.site.id)
     if pinned is None:
         return None
     base = Path(config_path).parent
     path = key if key is not None else (base / config.site.key if config.site.key else None)
+    if path is None and not required:
+        return None
     if path is None:
         raise SiteTrustError(
             f"{config_path}: the protocol pins a signing key for {config.site.id} (it signs the "

@@ -59,3 +59,16 @@ def test_a_missing_or_other_key_is_refused(tmp_path: Path) -> None:
     config, path = _config(tmp_path, key="keys/absent.key")
     with pytest.raises(KeyError_):
         site_signing_key(config, path, protocol)
+
+
+def test_an_unnamed_key_is_none_where_it_is_not_required(tmp_path: Path) -> None:
+    """BFV without DP signs nothing: a SuperNode may start without site.key; SecAgg+ may not."""
+    pinned = generate_keys("site", "site-1")
+    protocol = _protocol(pinned.public.signing_fingerprint, tmp_path)
+    config, path = _config(tmp_path)
+    assert site_signing_key(config, path, protocol, required=False) is None
+    other = generate_keys("site", "site-1")
+    write_keys(other, tmp_path / "keys")
+    config, path = _config(tmp_path, key="keys/site-1.key")
+    with pytest.raises(SiteTrustError, match="is not the signing key"):
+        site_signing_key(config, path, protocol, required=False)  # a wrong key never passes
