@@ -1,7 +1,8 @@
 """The fixed projection of the secure-aggregate clustering: a thin view of the release geometry.
 
 The map itself (box-normalise with the declared bounds, affine map, clip to [0, 1]^d), the
-``securefed-projection`` v1 file format and the seeded random construction all live in
+``securefed-projection`` v1 file format (:class:`~securefed.privacy.geometry.ProjectionFile`, its
+one reader and writer) and the seeded random construction all live in
 :mod:`securefed.privacy.geometry` (the lower layer), so the local-dp release and the secure
 clustering read a protocol's projection the same way. This module adds what the clustering needs
 on top: refusing ``none`` (the secure mode needs a low dimension), checking the table's columns,
@@ -12,16 +13,19 @@ computed from the projected points is fixed in advance.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from securefed.errors import ProtocolError
-from securefed.privacy import geometry as _geometry
 from securefed.privacy.bounds import Bounds
-from securefed.privacy.geometry import PROJECTION_FORMAT, ReleaseGeometry
+from securefed.privacy.geometry import (
+    PROJECTION_FORMAT,
+    ProjectionFile,
+    ReleaseGeometry,
+    release_geometry,
+)
 from securefed.protocol import LoadedProtocol
 
 __all__ = ["PROJECTION_FORMAT", "FixedProjection", "derive_projection", "projection_for"]
@@ -40,8 +44,11 @@ class FixedProjection:
 
     @classmethod
     def from_geometry(cls, geometry: ReleaseGeometry) -> FixedProjection:
-        """File parameters of ``geometry``'s affine map ``clip(A u + b, 0, 1)``: center 0,
-        matrix A, bounds [-b, 1 - b]."""
+        """File parameters of ``geometry``: a pinned file's own, otherwise those of its affine map
+        ``clip(A u + b, 0, 1)``: center 0, matrix A, bounds [-b, 1 - b]."""
+        if geometry.file is not None:
+            f = geometry.file
+            return cls(geometry, f.center, f.matrix, f.lower, f.upper)
         offset = np.asarray(geometry.offset, dtype=np.float64)
         return cls(
             geometry,
@@ -77,32 +84,10 @@ class FixedProjection:
         return self.geometry.to_release_space(x)
 
     def to_json_bytes(self) -> bytes:
-        doc = {
-            "format": PROJECTION_FORMAT,
-            "version": 1,
-            "source": self.source,
-            "columns": list(self.columns),
-            "center": self.center.tolist(),
-            "matrix": self.matrix.tolist(),
-            "lower": self.lower.tolist(),
-            "upper": self.upper.tolist(),
-        }
-        return (json.dumps(doc, allow_nan=False) + "\n").encode()
-
-
-def _file_parameters(data: bytes) -> tuple[np.ndarray, ...]:
-    """The center, matrix, lower and upper of a projection file the release layer has read
-    (so writing it back gives the same numbers)."""
-    doc = json.loads(data.decode("utf-8"))
-    return tuple(
-        np.asarray(doc[k], dtype=np.float64) for k in ("center", "matrix", "lower", "upper")
-    )
-
-
-def _from_file_bytes(data: bytes, name: str, bounds: Bounds) -> FixedProjection:
-    """Parse and check a projection file with the release layer's reader, keeping its own
-    parameters."""
-    return FixedProjection(_geometry._from_file(data, name, bounds), *_file_parameters(data))
+        """The ``securefed-projection`` file of this projection (the release layer's writer)."""
+        return ProjectionFile(
+            self.source, self.columns, self.center, self.matrix, self.lower, self.upper
+        ).to_json_bytes()
 
 
 def derive_projection(
@@ -125,18 +110,13 @@ def derive_projection(
     y = (reference_unit - pca.mean_) @ pca.components_.T
     lo, hi = y.min(0), y.max(0)
     pad = margin * (hi - lo)
-    doc = {
-        "format": PROJECTION_FORMAT,
-        "version": 1,
-        "source": source,
-        "columns": list(columns),
-        "center": pca.mean_.tolist(),
-        "matrix": pca.components_.tolist(),
-        "lower": (lo - pad).tolist(),
-        "upper": (hi + pad).tolist(),
-    }
+    name = f"derived projection ({source})"
+    derived = ProjectionFile(
+        source, tuple(columns), pca.mean_, pca.components_, lo - pad, hi + pad
+    ).to_json_bytes()
     bounds = Bounds(tuple(columns), feature_lower, feature_upper, source)
-    return _from_file_bytes(json.dumps(doc).encode(), f"derived projection ({source})", bounds)
+    geometry = ProjectionFile.parse(derived, name).geometry(bounds, name)
+    return FixedProjection.from_geometry(geometry)
 
 
 def projection_for(loaded: LoadedProtocol, columns: Sequence[str]) -> FixedProjection:
@@ -155,15 +135,9 @@ def projection_for(loaded: LoadedProtocol, columns: Sequence[str]) -> FixedProje
     if release.projection != "file":
         bounds.check_columns(columns, "release.bounds")
     # The one projection loader (pinned file, format, release.dimension) is the release layer's.
-    geometry = _geometry.release_geometry(loaded, bounds)
-    if release.projection != "file":
-        return FixedProjection.from_geometry(geometry)
-    missing = [c for c in geometry.bounds.columns if c not in set(columns)]
-    if missing:
-        raise ProtocolError(f"release.projection_file: column {missing[0]!r} not in the table")
-    from securefed.protocol import open_pinned
-
-    pinned = release.projection_file
-    assert pinned is not None  # release_geometry refused a 'file' projection without one
-    data = open_pinned(loaded, pinned, "release.projection_file")
-    return FixedProjection(geometry, *_file_parameters(data))
+    geometry = release_geometry(loaded, bounds)
+    if release.projection == "file":
+        missing = [c for c in geometry.bounds.columns if c not in set(columns)]
+        if missing:
+            raise ProtocolError(f"release.projection_file: column {missing[0]!r} not in the table")
+    return FixedProjection.from_geometry(geometry)

@@ -72,8 +72,8 @@ class SiteClient(NumPyClient):
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_config(self, config: dict[str, Any]) -> int:
-        """The message's coordinates checked against the site's protocol (every other value it
-        carries must equal the protocol's: securefed.federation.site_rules); the cluster."""
+        """The message's coordinates checked against the site's protocol (a message carries
+        coordinates only: securefed.federation.site_rules); the cluster."""
         return check_round_config(self.loaded.protocol, self.loaded.sha256, config)
 
     def _check_frozen(self, parameters: Sequence[np.ndarray]) -> None:

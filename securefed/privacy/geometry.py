@@ -31,6 +31,7 @@ from securefed.protocol import LoadedProtocol
 
 __all__ = [
     "PROJECTION_FORMAT",
+    "ProjectionFile",
     "ReleaseGeometry",
     "release_geometry",
     "identity_geometry",
@@ -51,6 +52,7 @@ class ReleaseGeometry:
     columns: tuple[str, ...]  # released column names
     selected: tuple[int, ...] | None  # input column indices when the map is a selection
     source: str
+    file: ProjectionFile | None = None  # the pinned file's own parameters (``file`` only)
 
     @property
     def dimension(self) -> int:
@@ -86,6 +88,7 @@ def _affine_geometry(
     lo: np.ndarray,
     hi: np.ndarray,
     source: str,
+    file: ProjectionFile | None = None,
 ) -> ReleaseGeometry:
     if np.any(hi <= lo):
         raise ProtocolError(f"release.projection ({kind}): projected bounds need lower < upper")
@@ -94,7 +97,71 @@ def _affine_geometry(
     offset = -(w @ center + lo) * scale
     d = w.shape[0]
     columns = tuple(f"proj_{i:03d}" for i in range(d))
-    return ReleaseGeometry(kind, bounds, linear, offset, columns, None, source)
+    return ReleaseGeometry(kind, bounds, linear, offset, columns, None, source, file)
+
+
+@dataclass(frozen=True)
+class ProjectionFile:
+    """A ``securefed-projection`` v1 file: the map
+    ``clip((matrix (u - center) - lower) / (upper - lower), 0, 1)`` of the box-normalised
+    features ``u`` (columns ``columns``). The one reader and writer of the format: the release
+    and the secure clustering (:mod:`securefed.clustering.fixed_projection`) both use it."""
+
+    source: str
+    columns: tuple[str, ...]
+    center: np.ndarray  # (D,)
+    matrix: np.ndarray  # (d, D)
+    lower: np.ndarray  # (d,) declared bounds of the projected coordinates
+    upper: np.ndarray
+
+    @classmethod
+    def parse(cls, data: bytes, name: str) -> ProjectionFile:
+        """Read and check a projection file (format, shapes, finite values); ``name`` for the
+        errors."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if doc.get("format") != PROJECTION_FORMAT or doc.get("version") != 1:
+                raise ValueError(f"format must be {PROJECTION_FORMAT!r} version 1")
+            columns = tuple(str(c) for c in doc["columns"])
+            center = np.asarray(doc["center"], dtype=np.float64)
+            w = np.asarray(doc["matrix"], dtype=np.float64)
+            lo = np.asarray(doc["lower"], dtype=np.float64)
+            hi = np.asarray(doc["upper"], dtype=np.float64)
+            source = str(doc["source"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProtocolError(f"{name}: not a {PROJECTION_FORMAT} v1 file ({exc})") from exc
+        big_d = len(columns)
+        if w.ndim != 2 or w.shape[1] != big_d or center.shape != (big_d,):
+            raise ProtocolError(
+                f"{name}: matrix {w.shape} / center {center.shape} do not fit {big_d} columns"
+            )
+        if lo.shape != (w.shape[0],) or hi.shape != lo.shape:
+            raise ProtocolError(f"{name}: lower/upper need {w.shape[0]} values")
+        if not all(np.isfinite(a).all() for a in (center, w, lo, hi)):
+            raise ProtocolError(f"{name}: non-finite values")
+        return cls(source, columns, center, w, lo, hi)
+
+    def to_json_bytes(self) -> bytes:
+        """The file's bytes (the keys in the format's order, one line)."""
+        doc = {
+            "format": PROJECTION_FORMAT,
+            "version": 1,
+            "source": self.source,
+            "columns": list(self.columns),
+            "center": self.center.tolist(),
+            "matrix": self.matrix.tolist(),
+            "lower": self.lower.tolist(),
+            "upper": self.upper.tolist(),
+        }
+        return (json.dumps(doc, allow_nan=False) + "\n").encode()
+
+    def geometry(self, bounds: Bounds, name: str) -> ReleaseGeometry:
+        """The release map of this file over the declared feature ``bounds`` (same columns)."""
+        if self.columns != bounds.columns:
+            raise ProtocolError(f"{name}: its columns differ from the bounds file's columns")
+        return _affine_geometry(
+            "file", bounds, self.center, self.matrix, self.lower, self.upper, self.source, self
+        )
 
 
 def identity_geometry(bounds: Bounds, names: Sequence[str] | None = None) -> ReleaseGeometry:
@@ -111,33 +178,6 @@ def identity_geometry(bounds: Bounds, names: Sequence[str] | None = None) -> Rel
     return ReleaseGeometry(
         kind, bounds, linear, np.zeros(len(idx)), tuple(names), idx, f"{len(idx)} declared features"
     )
-
-
-def _from_file(data: bytes, name: str, bounds: Bounds) -> ReleaseGeometry:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-        if doc.get("format") != PROJECTION_FORMAT or doc.get("version") != 1:
-            raise ValueError(f"format must be {PROJECTION_FORMAT!r} version 1")
-        columns = tuple(str(c) for c in doc["columns"])
-        center = np.asarray(doc["center"], dtype=np.float64)
-        w = np.asarray(doc["matrix"], dtype=np.float64)
-        lo = np.asarray(doc["lower"], dtype=np.float64)
-        hi = np.asarray(doc["upper"], dtype=np.float64)
-        source = str(doc["source"])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ProtocolError(f"{name}: not a {PROJECTION_FORMAT} v1 file ({exc})") from exc
-    if columns != bounds.columns:
-        raise ProtocolError(f"{name}: its columns differ from the bounds file's columns")
-    big_d = len(columns)
-    if w.ndim != 2 or w.shape[1] != big_d or center.shape != (big_d,):
-        raise ProtocolError(
-            f"{name}: matrix {w.shape} / center {center.shape} do not fit {big_d} columns"
-        )
-    if lo.shape != (w.shape[0],) or hi.shape != lo.shape:
-        raise ProtocolError(f"{name}: lower/upper need {w.shape[0]} values")
-    if not all(np.isfinite(a).all() for a in (center, w, lo, hi)):
-        raise ProtocolError(f"{name}: non-finite values")
-    return _affine_geometry("file", bounds, center, w, lo, hi, source)
 
 
 def random_geometry(bounds: Bounds, dimension: int, seed: int) -> ReleaseGeometry:
@@ -177,7 +217,8 @@ def release_geometry(loaded: LoadedProtocol, bounds: Bounds) -> ReleaseGeometry:
         if pinned is None:
             raise ProtocolError("release.projection 'file' needs release.projection_file")
         data = open_pinned(loaded, pinned, "release.projection_file")
-        geo = _from_file(data, str(loaded.resolve(pinned.file)), bounds)
+        name = str(loaded.resolve(pinned.file))
+        geo = ProjectionFile.parse(data, name).geometry(bounds, name)
     if release.dimension is not None and release.dimension != geo.dimension:
         raise ProtocolError(
             f"release.dimension ({release.dimension}) differs from the "
