@@ -98,9 +98,56 @@ def _print_public(public: object) -> None:
 
 @handle_errors
 def show(
-    path: Annotated[Path, typer.Argument(help="A .pub.json bundle or a .key file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Any key file securefed writes: a .pub.json bundle or a party .key, a SuperNode "
+            "node.pub or node.key, a BFV key (he/bfv.key) or aggregator context "
+            "(aggregator.ctx)."
+        ),
+    ],
 ) -> None:
-    """Print the role, id and public fingerprints of a key file (no passphrase needed)."""
+    """Print what a key file is and its public fingerprints (no passphrase needed; nothing
+    secret is printed)."""
     from securefed.crypto import load_public_keys
 
-    _print_public(load_public_keys(path))
+    kind = _other_kind(path)
+    if kind is None:
+        _print_public(load_public_keys(path))
+        return
+    for line in kind:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _other_kind(path: Path) -> list[str] | None:
+    """The description of a node key or BFV file (None: a party key bundle or .key)."""
+    from securefed.errors import CryptoError
+
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"ecdsa-sha2-nistp384 "):
+        from securefed.crypto.node_key import node_key_fingerprint
+
+        return ["kind = SuperNode node key, public (ECDSA P-384, OpenSSH)",
+                f'node_key = "{node_key_fingerprint(path)}"']  # fmt: skip
+    if head.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+        from securefed.crypto.node_key import check_node_private_key
+
+        return ["kind = SuperNode node key, private (ECDSA P-384, OpenSSH; keep it at the site)",
+                f'node_key = "{check_node_private_key(path)}"']  # fmt: skip
+    if path.suffix in (".ctx",) or path.name.endswith("bfv.key"):
+        from securefed.crypto.bfv import load_aggregator_context, load_key
+
+        data = path.read_bytes()
+        try:
+            key_id = load_key(data, str(path)).key_id
+            return ["kind = BFV secret key (the sites' shared key; never leaves a site)",
+                    f"key_id = {key_id.hex()}"]  # fmt: skip
+        except CryptoError:
+            pass
+        key_id = load_aggregator_context(data, str(path)).key_id
+        return ["kind = BFV aggregator context (public: adds ciphertexts, holds no key)",
+                f"key_id = {key_id.hex()}"]  # fmt: skip
+    return None

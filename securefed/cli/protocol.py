@@ -40,56 +40,11 @@ def check(protocol: ProtocolFileArg) -> None:
 
 
 def _summary(loaded: LoadedProtocol) -> list[str]:
-    """The protocol's one-screen summary with its "budget" line (the declared total next to what
-    the stages allocate) replaced by the verdict on what is and is not private."""
+    """The protocol's one-screen summary; its last line is the verdict on what is and is not
+    private (securefed.protocol.render.privacy_verdict)."""
     from securefed.protocol import summary_lines
 
-    lines = summary_lines(loaded)
-    at = next((i for i, line in enumerate(lines) if line.startswith("budget ")), len(lines))
-    return [*lines[:at], _privacy_verdict(loaded), *lines[at + 1 :]]
-
-
-def _privacy_verdict(loaded: LoadedProtocol) -> str:
-    """One line on what a site releases with and without DP, stage by stage, from
-    securefed.protocol.egress.stage_epsilons (what a site's policy bounds): the effective
-    epsilon (inf when any value leaves without DP) and what the DP stages spend of the
-    protocol's declared total."""
-    from securefed.protocol.egress import stage_epsilons
-
-    p = loaded.protocol
-    parts = []
-    dp_total = 0.0
-    plain = False
-    for stage in stage_epsilons(p):
-        if stage.dp <= 0 and not stage.clear:
-            continue  # nothing patient-derived (headers, the local evaluation)
-        plain = plain or bool(stage.clear)
-        dp_total += stage.dp
-        if stage.dp <= 0:
-            if stage.stage == "features":  # the paper's plain release
-                parts.append("features plain (no DP, epsilon inf)")
-            else:
-                parts.append(f"{stage.stage} without DP (epsilon inf)")
-        elif stage.clear:
-            parts.append(
-                f"{stage.stage} DP (epsilon {stage.dp:g}) except {', '.join(stage.clear)} "
-                "(no DP, epsilon inf)"
-            )
-        else:
-            parts.append(f"{stage.stage} DP (epsilon {stage.dp:g})")
-    total = p.privacy.total_epsilon
-    spend = min(dp_total, total)
-    _, delta = p.allocated_budget()
-    if dp_total <= 0:
-        tail = f"the declared total epsilon {total:g} is spent by no DP stage"
-    else:
-        tail = (
-            f"DP stages spend epsilon {spend:g} of the declared total {total:g} "
-            f"(delta {delta:g} of {p.privacy.total_delta:g})"
-        )
-    effective = "inf" if plain else f"{spend:g}"
-    stages = "; ".join(parts) or "nothing patient-derived leaves"
-    return f"verdict    effective epsilon {effective}: {stages}; {tail}"
+    return summary_lines(loaded)
 
 
 def _wire_lines(loaded: LoadedProtocol) -> list[str]:

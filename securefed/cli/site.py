@@ -20,7 +20,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from securefed.cli._common import ProtocolFileArg, console, handle_errors, info, subgroup
+from securefed.cli._common import (
+    ProtocolFileArg,
+    console,
+    handle_errors,
+    info,
+    interrupted,
+    subgroup,
+)
 from securefed.cli.trust import accepted_site_keys
 
 __all__ = ["register"]
@@ -342,4 +349,12 @@ def supernode(
     )
     if check_only:
         return
-    node.serve()
+    import signal
+
+    from securefed.errors import EXIT_INTERRUPTED
+
+    stopped_by = node.serve(say=lambda line: info(f"supernode: {line}"))
+    if stopped_by == signal.SIGINT:
+        # Ctrl-C: said, and exit 130 (a service manager's SIGTERM is a clean stop: exit 0)
+        interrupted()
+        raise typer.Exit(EXIT_INTERRUPTED)

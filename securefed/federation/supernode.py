@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +69,16 @@ class SiteNode:
         write_exclusive(path, secret, mode=0o600)
         return path, secret
 
-    def serve(self, stop: threading.Event | None = None, log_path: Path | None = None) -> None:
+    def serve(
+        self,
+        stop: threading.Event | None = None,
+        log_path: Path | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> int | None:
         """Start the SuperNode and serve its tasks until ``stop`` is set, SIGTERM/SIGINT arrives
-        or the SuperNode exits (then TrainingError naming its exit code)."""
+        or the SuperNode exits (then TrainingError naming its exit code). ``say`` receives the
+        SuperNode's connection state as it changes (its log lines about connecting, retries and
+        refusals, without colour codes). Returns the signal that stopped it (None: ``stop``)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         os.environ.update({k: v for k, v in self.env().items() if k.startswith("FLWR_")})
         secret_path, secret = self._secret()
@@ -88,8 +97,10 @@ class SiteNode:
         node = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
                                 start_new_session=True)  # fmt: skip
         stop = stop or threading.Event()
+        received: list[int] = []
 
-        def _stop(*_: object) -> None:
+        def _stop(signum: int, *_: object) -> None:
+            received.append(signum)
             stop.set()
 
         if threading.current_thread() is threading.main_thread():
@@ -99,6 +110,8 @@ class SiteNode:
             f"127.0.0.1:{self.runtime_port}", self.approved, secret, on_refused=self._audit_refusal
         )
         worker = threading.Thread(target=_serve_until, args=(executor, stop, node), daemon=True)
+        if say is not None:
+            threading.Thread(target=_follow, args=(Path(log.name), stop, say), daemon=True).start()
         try:
             _wait_runtime_api(self.runtime_port, node)
             worker.start()
@@ -117,6 +130,7 @@ class SiteNode:
             worker.join(timeout=5)
             log.close()
             secret_path.unlink(missing_ok=True)
+        return received[0] if received else None
 
     def _audit_refusal(self, fab: str, run_id: int) -> None:
         from securefed.trust.audit_log import AuditLog
@@ -125,6 +139,25 @@ class SiteNode:
         AuditLog(Path(folder), self.site_id, self.protocol_hash).record(
             "app-refused", app=fab, run=run_id
         )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_STATE = re.compile(r"connect|retry|retrying|refus|registered|activat|error|unavailable|superlink",
+                    re.IGNORECASE)  # fmt: skip
+
+
+def _follow(log: Path, stop: threading.Event, say: Callable[[str], None]) -> None:
+    """Pass the SuperNode log's connection-state lines to ``say`` as they are written."""
+    with contextlib.suppress(OSError), log.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        while not stop.is_set():
+            line = fh.readline()
+            if not line:
+                time.sleep(0.5)
+                continue
+            text = _ANSI.sub("", line.decode("utf-8", "replace")).strip()
+            if text and _STATE.search(text):
+                say(text)
 
 
 def _exit_reason(site_id: str, returncode: int, log: Path) -> str:
@@ -225,6 +258,8 @@ def prepare_site_node(
             "against the study CA (docs/deployment.md)"
         )
     check_ca_certificate(ca_cert)
+    if not Path(data_dir).is_dir():
+        raise ConfigError(f"--data-dir {data_dir}: no such folder (this site's cases)")
     if node_key is None:
         raise ConfigError(
             "--node-key is required: the SuperNode authenticates to the SuperLink with the key "

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from securefed.protocol.egress import training_egress
+from securefed.protocol.egress import stage_epsilons, training_egress
 from securefed.protocol.loader import LoadedProtocol
+from securefed.protocol.schema import Protocol
 
-__all__ = ["summary_lines"]
+__all__ = ["privacy_verdict", "summary_lines"]
 
 
 def _eps(value: float | None) -> str:
@@ -16,8 +17,61 @@ def _eps(value: float | None) -> str:
     return f"{value:g}"
 
 
+def privacy_verdict(protocol: Protocol) -> str:
+    """One line on what is and is not private, stage by stage, from
+    :func:`securefed.protocol.egress.stage_epsilons` (what a site's policy bounds): the effective
+    epsilon (inf when any patient-derived value leaves without DP), the DP stages with their
+    epsilon and what they spend of the declared budget, and what leaves without DP.
+
+    The declared total is only ever named as the budget of the DP stages, never next to a plain
+    release as if it bounded it."""
+    dp_parts: list[str] = []
+    plain_parts: list[str] = []
+    dp_total = 0.0
+    for stage in stage_epsilons(protocol):
+        if stage.dp <= 0 and not stage.clear:
+            continue  # nothing patient-derived (headers, the local evaluation)
+        dp_total += stage.dp
+        if stage.dp > 0:
+            dp_parts.append(f"{stage.stage} (epsilon {stage.dp:g})")
+            if stage.clear:
+                plain_parts.append(f"{stage.stage}: {', '.join(stage.clear)}")
+        elif stage.stage == "features":  # the paper's plain release
+            plain_parts.append("features (plain)")
+        elif stage.stage == "training":
+            plain_parts.append("training (no DP training)")
+        else:
+            plain_parts.append(f"{stage.stage} (no DP)")
+    total = protocol.privacy.total_epsilon
+    _, delta = protocol.allocated_budget()
+    if math.isinf(total):
+        budget = "no budget declared (epsilon inf)"
+    else:
+        budget = (
+            f"declared budget epsilon {total:g}, delta {protocol.privacy.total_delta:g} per site"
+        )
+    if dp_parts:
+        spend = min(dp_total, total)
+        dp = (
+            f"DP: {', '.join(dp_parts)}, spending epsilon {spend:g} of the "
+            + (budget if math.isinf(total) else f"declared budget {total:g}")
+            + f" (delta {delta:g} of {protocol.privacy.total_delta:g})"
+        )
+    else:
+        spend = 0.0
+        dp = f"DP: none ({budget}: no stage uses it)"
+    not_private = (
+        f"not private (epsilon inf): {', '.join(plain_parts)}"
+        if plain_parts
+        else "not private: nothing patient-derived"
+    )
+    effective = "inf" if plain_parts else f"{spend:g}"
+    return f"effective epsilon {effective}; {dp}; {not_private}"
+
+
 def summary_lines(loaded: LoadedProtocol) -> list[str]:
-    """One screen: what leaves each site, under what protection, and the budgets."""
+    """One screen: what leaves each site, under what protection, and a last line (the verdict)
+    on what is and is not private."""
     p = loaded.protocol
     rel = p.release
     lines = [
@@ -32,8 +86,7 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
         lines.append(f"unseen     institutions {list(p.data.held_out_partitions)} held out")
     lines.append(
         f"privacy    unit={p.privacy.unit}, neighbours={p.privacy.neighbouring}, "
-        f"total epsilon={_eps(p.privacy.total_epsilon)}, delta={p.privacy.total_delta:g}, "
-        f"accountant={p.privacy.accountant}"
+        f"accountant={p.privacy.accountant} (the budget: see the verdict below)"
     )
     if p.privacy.unsafe_seeded_noise:
         lines.append("           UNSAFE: noise from a seeded PRNG (simulation only, not private)")
@@ -109,9 +162,5 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
             f"secagg+    shares={sa.num_shares}, threshold={sa.reconstruction_threshold}, "
             f"timeout={sa.timeout_s:g}s"
         )
-    eps, delta = p.allocated_budget()
-    lines.append(
-        f"budget     allocated epsilon={eps:g} of {_eps(p.privacy.total_epsilon)}, "
-        f"delta={delta:g} of {p.privacy.total_delta:g}"
-    )
+    lines.append(f"verdict    {privacy_verdict(p)}")
     return lines

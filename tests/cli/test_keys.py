@@ -166,3 +166,25 @@ def test_tampered_signature_bytes(app, tmp_path):
     sig.write_text(json.dumps(doc))
     res = runner.invoke(app, ["protocol", "verify", str(proto)])
     assert res.exit_code == 3 and "does not verify" in _flat(res.output)
+
+
+def test_keys_show_reads_node_keys_and_bfv_files(app, tmp_path):
+    """Every key file securefed writes: node.pub (it used to fail with "invalid JSON"),
+    node.key, a BFV key and its aggregator context; nothing secret is printed."""
+    from securefed.crypto.bfv import make_key
+    from securefed.crypto.node_key import new_node_key
+
+    runner = CliRunner()
+    key, pub, fp = new_node_key(tmp_path / "node")
+    for path in (pub, key):
+        shown = runner.invoke(app, ["keys", "show", str(path)])
+        assert shown.exit_code == 0, shown.output
+        assert fp in _flat(shown.output) and "SuperNode node key" in shown.output
+    bfv = make_key()
+    (tmp_path / "bfv.key").write_bytes(bfv.to_bytes())
+    (tmp_path / "aggregator.ctx").write_bytes(bfv.aggregator_bytes())
+    shown = runner.invoke(app, ["keys", "show", str(tmp_path / "bfv.key")])
+    assert shown.exit_code == 0 and "BFV secret key" in shown.output
+    assert bfv.key_id.hex() in shown.output
+    shown = runner.invoke(app, ["keys", "show", str(tmp_path / "aggregator.ctx")])
+    assert shown.exit_code == 0 and "aggregator context" in shown.output

@@ -57,6 +57,36 @@ def test_accepted_site_passes_every_check(site) -> None:
 
 
 @needs_openssl
+def test_a_missing_data_dir_fails_the_checks(site) -> None:
+    args = _supernode(site)
+    args[args.index("--data-dir") + 1] = str(site["tmp"] / "nope")
+    code, out = _run(*args)
+    assert code == 2 and "--data-dir" in out and "no such folder" in out
+
+
+@needs_openssl
+def test_secagg_needs_the_sites_signing_key(site) -> None:
+    """The protocol pins the site's signing key (it signs the site's SecAgg+ keys): a SITE.toml
+    naming none is refused before anything starts, and so is another key."""
+    import tomllib
+
+    import tomli_w
+
+    data = tomllib.loads(site["config"].read_text())
+    data["site"].pop("key")
+    site["config"].write_text(tomli_w.dumps(data))
+    code, out = _run(*_supernode(site))
+    assert code == 3 and "site.key names no private key" in out
+    from securefed.crypto import generate_keys, write_keys
+
+    write_keys(generate_keys("site", "site-1"), site["tmp"] / "other")
+    data["site"]["key"] = str(site["tmp"] / "other" / "site-1.key")
+    site["config"].write_text(tomli_w.dumps(data))
+    code, out = _run(*_supernode(site))
+    assert code == 3 and "is not the signing key the protocol pins" in out
+
+
+@needs_openssl
 def test_tls_is_mandatory(site) -> None:
     code, out = _run(*_supernode(site, ca=False))
     assert code == 2 and "--ca-cert is required" in out
