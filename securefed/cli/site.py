@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
     group.command("node-key")(node_key)
     group.command("supernode")(supernode)
     group.command("selftest")(selftest)
+    group.command("status")(status)
     he = subgroup(group, "he-key", "Deployment under bfv: deal or open the study's BFV key.")
     he.command("deal")(he_key_deal)
     he.command("open")(he_key_open)
@@ -358,3 +359,25 @@ def supernode(
         # Ctrl-C: said, and exit 130 (a service manager's SIGTERM is a clean stop: exit 0)
         interrupted()
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@handle_errors
+def status(
+    protocol: ProtocolFileArg,
+    site_config: SiteConfigOption,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option("--work-dir", help="This site's SuperNode working folder (its log)."),
+    ] = None,
+) -> None:
+    """This site at a glance, from its own files: whether its trust and policy accept PROTOCOL,
+    the ledger's spend and head, the last round trained per phase, the audit log's last entry,
+    the SuperNode's last connection state. Exit 0 when the protocol is accepted, 3 when not."""
+    from securefed.errors import EXIT_SECURITY
+    from securefed.federation.site_status import site_status
+
+    report = site_status(protocol, site_config, work_dir)
+    for line in report.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    if not report.accepted:
+        raise typer.Exit(EXIT_SECURITY)

@@ -35,7 +35,7 @@ def privacy_verdict(protocol: Protocol) -> str:
         if stage.dp > 0:
             dp_parts.append(f"{stage.stage} (epsilon {stage.dp:g})")
             if stage.clear:
-                plain_parts.append(f"{stage.stage}: {', '.join(stage.clear)}")
+                plain_parts.append(f"{stage.stage} ({', '.join(stage.clear)})")
         elif stage.stage == "features":  # the paper's plain release
             plain_parts.append("features (plain)")
         elif stage.stage == "training":
@@ -44,22 +44,21 @@ def privacy_verdict(protocol: Protocol) -> str:
             plain_parts.append(f"{stage.stage} (no DP)")
     total = protocol.privacy.total_epsilon
     _, delta = protocol.allocated_budget()
-    if math.isinf(total):
-        budget = "no budget declared (epsilon inf)"
+    declared = (
+        "no budget declared"
+        if math.isinf(total)
+        else f"declared budget epsilon {total:g}, delta {protocol.privacy.total_delta:g} per site"
+    )
+    spend = min(dp_total, total)
+    if not dp_parts:
+        dp = f"DP: none ({declared}; no stage uses it)"
+    elif math.isinf(total):
+        dp = f"DP: {', '.join(dp_parts)}, epsilon {spend:g} in all ({declared})"
     else:
-        budget = (
-            f"declared budget epsilon {total:g}, delta {protocol.privacy.total_delta:g} per site"
-        )
-    if dp_parts:
-        spend = min(dp_total, total)
         dp = (
-            f"DP: {', '.join(dp_parts)}, spending epsilon {spend:g} of the "
-            + (budget if math.isinf(total) else f"declared budget {total:g}")
-            + f" (delta {delta:g} of {protocol.privacy.total_delta:g})"
+            f"DP: {', '.join(dp_parts)}, spending epsilon {spend:g} of the declared budget "
+            f"{total:g} (delta {delta:g} of {protocol.privacy.total_delta:g})"
         )
-    else:
-        spend = 0.0
-        dp = f"DP: none ({budget}: no stage uses it)"
     not_private = (
         f"not private (epsilon inf): {', '.join(plain_parts)}"
         if plain_parts

@@ -153,6 +153,7 @@ COMMAND_LINES = {
     "site init": "--site-id --trust --out --threshold --ledger-dir --allow-recipient --key",
     "site node-key": "--out",
     "site selftest": "--site-config --work",
+    "site status": "PROTOCOL --site-config --work-dir",
     "site supernode": "PROTOCOL --site-config --superlink --data-dir --work-dir --ca-cert "
     "--node-key --assignments --partitions --device --runtime-port --check-only",
     "site verify": "PROTOCOL --site-config",
