@@ -13,6 +13,7 @@ from typing import Any
 from securefed import __version__
 from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import egress_table, training_egress
+from securefed.protocol.render import privacy_verdict
 from securefed.report.jinja import template_environment
 
 __all__ = ["BoardDocument", "Section", "board_document", "render_board"]
@@ -130,13 +131,13 @@ def _decryption(loaded: LoadedProtocol) -> Section:
 
 def _budget(loaded: LoadedProtocol) -> Section:
     p = loaded.protocol
-    eps, delta = p.allocated_budget()
     rows: list[tuple[str, ...]] = [
-        ("total per site", _g(p.privacy.total_epsilon), f"{p.privacy.total_delta:g}",
+        ("declared budget per site (for the DP stages)", _g(p.privacy.total_epsilon),
+         f"{p.privacy.total_delta:g}",
          f"unit {p.privacy.unit}, neighbours {p.privacy.neighbouring}, accountant "
          f"{p.privacy.accountant}"),
     ]  # fmt: skip
-    notes: list[str] = []
+    notes: list[str] = [f"Verdict: {privacy_verdict(p)}."]
     rel = p.release
     if rel.mode == "plain":
         rows.append(("features (plain)", "inf (no DP)", "-", "raw values, sealed in transit only"))
@@ -153,8 +154,7 @@ def _budget(loaded: LoadedProtocol) -> Section:
                      _client_dp(loaded)))  # fmt: skip
     else:
         rows.append(("training", "inf (no DP training)", "-", "the aggregate model is not DP"))
-    notes.append(f"Allocated: epsilon {eps:g}, delta {delta:g} of the per-site total; every DP "
-                 "release is charged to the site's ledger before any noise is drawn.")  # fmt: skip
+    notes.append("Every DP release is charged to the site's ledger before any noise is drawn.")
     return Section("budget", "Budget and noise", ("stage", "epsilon", "delta", "noise"),
                    tuple(rows), tuple(notes))  # fmt: skip
 

@@ -27,11 +27,23 @@ def test_the_plain_demo_says_in_one_line_that_nothing_is_dp() -> None:
     lines = _check(ROOT / "protocols" / "demo.toml")
     verdicts = [line for line in lines if line.startswith("verdict ")]
     assert verdicts == [
-        "verdict    effective epsilon inf: features plain (no DP, epsilon inf); training without "
-        "DP (epsilon inf); the declared total epsilon 8 is spent by no DP stage"
+        "verdict    effective epsilon inf; DP: none (declared budget epsilon 8, delta 1e-05 per "
+        "site; no stage uses it); not private (epsilon inf): features (plain), training (no DP "
+        "training)"
     ]
-    # the old "budget" line, which set an allocation of 0 against the declared 8, is gone
-    assert not any("allocated epsilon=0 of 8" in line for line in lines)
+    # the declared total is named only as the DP stages' budget: no bare "total epsilon=8" next
+    # to "NO DP", no allocation of 0 against it
+    assert not any("total epsilon" in line or "allocated epsilon" in line for line in lines)
+
+
+def test_render_names_the_declared_budget_only_as_the_dp_stages_budget() -> None:
+    res = runner.invoke(app, ["protocol", "render", str(ROOT / "protocols" / "demo.toml")],
+                        terminal_width=400)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "total epsilon" not in res.output and "total per site" not in res.output
+    assert "Allocated: epsilon 0" not in res.output
+    assert "declared budget per site (for the DP stages) | 8 |" in res.output
+    assert "  Verdict: effective epsilon inf; DP: none (declared budget epsilon 8" in res.output
 
 
 @pytest.mark.parametrize(
@@ -43,15 +55,18 @@ def test_the_verdict_matches_the_stage_epsilons_the_policy_checks(name: str) -> 
     stages = stage_epsilons(protocol)
     (verdict,) = [line for line in _check(path) if line.startswith("verdict ")]
     effective = math.inf if any(s.clear for s in stages) else sum(s.dp for s in stages)
-    assert verdict.startswith(f"verdict    effective epsilon {effective:g}:"), verdict
+    assert verdict.startswith(f"verdict    effective epsilon {effective:g}; DP: "), verdict
+    dp_part, _, plain_part = verdict.partition("; not private")
     for stage in stages:
         if stage.dp > 0:
-            assert f"{stage.stage} DP (epsilon {stage.dp:g})" in verdict, verdict
+            assert f"{stage.stage} (epsilon {stage.dp:g})" in dp_part, verdict
         elif stage.clear:
-            assert f"{stage.stage} plain (no DP, epsilon inf)" in verdict or (
-                f"{stage.stage} without DP (epsilon inf)" in verdict
+            assert f"{stage.stage} (plain)" in plain_part or (
+                f"{stage.stage} (no DP training)" in plain_part
             ), verdict
         else:
-            assert f"{stage.stage} " not in verdict.split(":", 1)[1], verdict
+            assert f"{stage.stage} " not in verdict.split(";", 1)[1], verdict
         if stage.dp > 0 and stage.clear:
-            assert f"except {', '.join(stage.clear)} (no DP, epsilon inf)" in verdict
+            assert f"{stage.stage} ({', '.join(stage.clear)})" in plain_part, verdict
+    if not any(s.clear for s in stages):
+        assert verdict.endswith("; not private: nothing patient-derived"), verdict
