@@ -692,22 +692,30 @@ class Protocol(_Strict):
             )
 
     def _check_deployment(self) -> None:
-        """A deployment names every party by key and allows no unsafe option."""
+        """A deployment names every party by key and allows no unsafe option; every missing
+        requirement is reported at once."""
+        problems = []
         if not self.sites:
-            raise ValueError("sites: a 'deployment' protocol must list its sites")
+            problems.append("sites: a 'deployment' protocol must list its sites")
         for site in self.sites:
-            if site.signing_key is None or site.encryption_key is None:
-                raise ValueError(
-                    f"sites.{site.id}: a 'deployment' protocol needs signing_key and "
-                    "encryption_key fingerprints for every site"
-                )
+            missing = [k for k in ("signing_key", "encryption_key") if getattr(site, k) is None]
+            if missing:
+                problems.append(f"sites.{site.id}: needs {' and '.join(missing)} "
+                                "(`securefed keys show SITE.pub.json`)")  # fmt: skip
         if self.server.signing_key is None or self.server.encryption_key is None:
-            raise ValueError("server: a 'deployment' protocol needs the server's fingerprints")
+            problems.append("server: needs the server's signing_key and encryption_key")
         if self.governance.signing_key is None:
-            raise ValueError("governance.signing_key: a 'deployment' protocol must be signed")
+            problems.append("governance.signing_key: a 'deployment' protocol must be signed")
         if self.privacy.unsafe_seeded_noise:
-            raise ValueError(
+            problems.append(
                 "privacy.unsafe_seeded_noise is only allowed in a 'simulation' protocol"
+            )
+        if len(problems) == 1:
+            raise ValueError(problems[0])
+        if problems:
+            raise ValueError(
+                f"a 'deployment' protocol lacks {len(problems)} requirement(s): "
+                + "; ".join(problems)
             )
 
     def _check_sites(self) -> None:

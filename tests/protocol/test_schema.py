@@ -411,3 +411,26 @@ def test_check_opens_pinned_files_and_bounds_integers(tmp_path: Path) -> None:
     deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     nested = runner.invoke(app, ["protocol", "check", str(deep)])
     assert nested.exit_code == 2 and "nested too deeply" in nested.output
+
+
+def test_a_deployment_protocol_reports_every_missing_requirement_at_once(tmp_path) -> None:
+    """Onboarding: one `protocol check` names every missing key, not one per edit-check round."""
+    import tomllib
+
+    import tomli_w
+    from support.flower import write_protocol
+
+    from securefed.errors import ProtocolError
+    from securefed.protocol import load_protocol
+
+    proto = write_protocol(tmp_path)
+    data = tomllib.loads(proto.read_text())
+    data["study"]["mode"] = "deployment"
+    data["sites"] = [{"id": f"site-{p}", "partition_id": p} for p in (1, 2, 3)]
+    proto.write_text(tomli_w.dumps(data))
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(proto)
+    text = " ".join(str(err.value).split())
+    for part in ("sites.site-1: needs signing_key and encryption_key", "sites.site-3",
+                 "server: needs", "governance.signing_key"):  # fmt: skip
+        assert part in text, text
