@@ -1,6 +1,7 @@
 """Every test a document names (``tests/<file>.py`` or ``tests/<file>.py::test_name``, also the
 ``::test_name`` shorthand after a named file) exists: a claim in the docs points at a real test.
-The same holds for the docstrings and comments of securefed's own modules."""
+The same holds for the docstrings and comments of securefed's own modules and of the benchmark
+scripts."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ def _references() -> list[tuple[Path, str, str | None]]:
 
 def _source_references() -> list[tuple[Path, str, str | None]]:
     """``tests/<file>.py[::test_name]`` in the comments and string literals (docstrings
-    included) of every module of securefed."""
+    included) of every module of securefed and every benchmark script."""
     out = []
-    for module in sorted((ROOT / "securefed").rglob("*.py")):
+    modules = [*(ROOT / "securefed").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    for module in sorted(modules):
         tokens = tokenize.generate_tokens(io.StringIO(module.read_text()).readline)
         for tok in tokens:
             if tok.type in (tokenize.COMMENT, tokenize.STRING):
