@@ -35,7 +35,10 @@ def check(protocol: ProtocolFileArg) -> None:
     loaded = load_protocol(protocol)
     check_pinned_files(loaded)
     console.print(loaded.sha256, highlight=False)
-    for line in _summary(loaded)[2:] + _privacy_lines(loaded) + _wire_lines(loaded):
+    from securefed.protocol.render import supernode_readiness
+
+    lines = _summary(loaded)[2:] + _privacy_lines(loaded) + _wire_lines(loaded)
+    for line in lines + supernode_readiness(loaded.protocol):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

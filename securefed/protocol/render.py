@@ -163,3 +163,17 @@ def summary_lines(loaded: LoadedProtocol) -> list[str]:
         )
     lines.append(f"verdict    {privacy_verdict(p)}")
     return lines
+
+
+def supernode_readiness(protocol: Protocol) -> list[str]:
+    """What a deployment still lacks before the sites' SuperNodes can run it (empty: nothing;
+    a simulation protocol needs no SuperNode). `site supernode` refuses each of these."""
+    if protocol.is_simulation:
+        return []
+    missing = [f"sites.{s.id}.node_key" for s in protocol.sites if s.node_key is None]
+    if not protocol.governance.approved_apps:
+        missing.append("governance.approved_apps (`securefed protocol app-hash`)")
+    if not missing:
+        return [f"supernode  ready: {len(protocol.sites)} node keys pinned, "
+                f"{len(protocol.governance.approved_apps)} approved app bundle(s)"]  # fmt: skip
+    return [f"supernode  NOT READY: missing {', '.join(missing)} (`site supernode` refuses)"]

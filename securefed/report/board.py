@@ -60,6 +60,10 @@ def _identity(loaded: LoadedProtocol) -> Section:
         ("schema version", str(p.schema_version)),
         ("approved for securefed", p.governance.securefed_version or "(no version pin)"),
         ("governance key named in the protocol", _fp(p.governance.signing_key)),
+        (
+            "approved app bundles (FAB sha256)",
+            ", ".join(p.governance.approved_apps) or "(none: every SuperNode refuses to run)",
+        ),
     )
     notes = (
         "Each site accepts this protocol only when governance keys the site itself trusts signed "
@@ -73,10 +77,11 @@ def _parties(loaded: LoadedProtocol) -> Section:
     p = loaded.protocol
     rows: list[tuple[str, ...]] = [
         (p.server.id, "server (coordinator)", "-", _fp(p.server.signing_key),
-         _fp(p.server.encryption_key)),
+         _fp(p.server.encryption_key), "-"),
     ]  # fmt: skip
     for s in p.sites:
-        rows.append((s.id, "site", str(s.partition_id), _fp(s.signing_key), _fp(s.encryption_key)))
+        rows.append((s.id, "site", str(s.partition_id), _fp(s.signing_key), _fp(s.encryption_key),
+                     _fp(s.node_key)))  # fmt: skip
     notes: tuple[str, ...] = ()
     if not p.sites:
         notes = (
@@ -87,7 +92,8 @@ def _parties(loaded: LoadedProtocol) -> Section:
     if held:
         notes += (f"Institutions {list(held)} are held out: they train nothing and send nothing.",)
     return Section("parties", "Parties and keys",
-                   ("party", "role", "partition", "signing key", "encryption key"),
+                   ("party", "role", "partition", "signing key", "encryption key",
+                    "SuperNode key"),
                    tuple(rows), notes)  # fmt: skip
 
 

@@ -70,3 +70,26 @@ def test_the_verdict_matches_the_stage_epsilons_the_policy_checks(name: str) -> 
             assert f"{stage.stage} ({', '.join(stage.clear)})" in plain_part, verdict
     if not any(s.clear for s in stages):
         assert verdict.endswith("; not private: nothing patient-derived"), verdict
+
+
+def test_check_and_render_show_supernode_keys_and_approved_apps(tmp_path: Path) -> None:
+    """Onboarding: `protocol check` says whether the sites' SuperNodes can run the protocol (node
+    keys and approved apps), `protocol render` shows the node-key fingerprints and app hashes."""
+    from support.deployment import study
+
+    (tmp_path / "ready").mkdir()
+    (tmp_path / "bare").mkdir()
+    proto, _, _ = study(tmp_path / "ready", n_sites=3)
+    out = " ".join(CliRunner().invoke(app, ["protocol", "check", str(proto)]).output.split())
+    assert "supernode ready: 3 node keys pinned, 1 approved app bundle(s)" in out
+    loaded = load_protocol(proto)
+    board = CliRunner().invoke(app, ["protocol", "render", str(proto), "--format", "md"]).output
+    for site in loaded.protocol.sites:
+        assert str(site.node_key) in board
+    assert loaded.protocol.governance.approved_apps[0] in board
+    bare, _, _ = study(tmp_path / "bare", n_sites=3, approve_app=False)
+    out = " ".join(CliRunner().invoke(app, ["protocol", "check", str(bare)]).output.split())
+    assert "supernode NOT READY: missing governance.approved_apps" in out
+    demo = Path(__file__).resolve().parents[2] / "protocols" / "demo.toml"
+    out = CliRunner().invoke(app, ["protocol", "check", str(demo)]).output
+    assert "supernode" not in out  # a simulation needs no SuperNode
