@@ -1,5 +1,5 @@
-"""`securefed protocol check|render|schema|app-hash|sign|verify`: check, render, export the schema
-of, and sign and verify study protocols."""
+"""`securefed protocol check|new|render|schema|app-hash|sign|verify`: check, start, render, export
+the schema of, and sign and verify study protocols."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     group = subgroup(app, "protocol", "Check, render, sign and verify study protocols.")
     group.command("check")(check)
+    group.command("new")(new)
     group.command("render")(render)
     group.command("schema")(schema)
     group.command("app-hash")(app_hash)
@@ -206,3 +207,89 @@ def verify(
         str(sig_path),
     )
     console.print(f"OK {loaded.sha256} signed by {signer}", highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def new(
+    out: Annotated[Path, typer.Option("--out", help="The protocol file to write.")],
+    sites: Annotated[
+        str, typer.Option("--sites", help="The sites' ids, comma-separated (partitions 1..N).")
+    ],
+    deployment: Annotated[
+        bool,
+        typer.Option("--deployment", help="A deployment protocol (the only kind written here)."),
+    ] = False,
+    base: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="A shipped protocol (demo, demo-secure-aggregate, ...) or a "
+            "file: the study settings to start from.",
+        ),
+    ] = "demo",
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="A folder of public keys to fill in: <id>.pub.json bundles "
+            "(sites, server, governance) and <site-id>.node.pub or <site-id>/node.pub.",
+        ),
+    ] = None,
+    server_id: Annotated[str, typer.Option("--server-id", help="The server's party id.")] = (
+        "server"
+    ),
+    reply_slot_s: Annotated[
+        float,
+        typer.Option("--reply-slot-s", min=0.0, help="training.reply_slot_s (reply pacing)."),
+    ] = 600.0,
+) -> None:
+    """Write a deployment protocol skeleton: every field a deployment needs, filled from --keys
+    where given and left as TODO lines otherwise (`protocol check` then names what is missing)."""
+    import tomllib
+
+    from securefed import __version__
+    from securefed.errors import ConfigError
+    from securefed.federation.site_executor import app_hash as compute
+    from securefed.fileio import write_exclusive
+    from securefed.protocol.shipped import shipped_protocol
+    from securefed.protocol.skeleton import deployment_skeleton
+
+    if not deployment:
+        raise ConfigError("protocol new: pass --deployment (simulation protocols: copy a shipped "
+                          "one from protocols/)")  # fmt: skip
+    ids = [s.strip() for s in sites.split(",") if s.strip()]
+    if len(ids) < 2 or len(set(ids)) != len(ids):
+        raise ConfigError(f"--sites {sites!r}: at least two distinct site ids, comma-separated")
+    path = Path(base) if Path(base).is_file() else shipped_protocol(base)
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    known, governance = _known_keys(keys, [*ids, server_id]) if keys else ({}, None)
+    text = deployment_skeleton(data, ids, known, server_id=server_id, governance=governance,
+                               app_hash=compute(), version=__version__,
+                               reply_slot_s=reply_slot_s)  # fmt: skip
+    write_exclusive(out, text.encode("utf-8"), mode=0o644)
+    todo = text.count("# TODO ")
+    info(f"{out}: deployment protocol from {path.name} for {len(ids)} sites; {todo} key(s) "
+         f"still to fill (TODO lines); then `securefed protocol check {out}`")  # fmt: skip
+
+
+def _known_keys(folder: Path, parties: list[str]) -> tuple[dict, str | None]:
+    """Fingerprints found in ``folder`` by party id, and the governance key's (if one)."""
+    from securefed.crypto import load_public_keys
+    from securefed.crypto.node_key import node_key_fingerprint
+    from securefed.protocol.skeleton import PartyKeys
+
+    found: dict[str, PartyKeys] = {}
+    governance = None
+    for bundle in sorted(folder.glob("*.pub.json")):
+        pub = load_public_keys(bundle)
+        if pub.role == "governance":
+            governance = pub.signing_fingerprint
+        elif pub.party_id in parties:
+            found[pub.party_id] = PartyKeys(pub.signing_fingerprint, pub.encryption_fingerprint)
+    for party in parties:
+        for node in (folder / f"{party}.node.pub", folder / party / "node.pub"):
+            if node.is_file():
+                prev = found.get(party, PartyKeys())
+                found[party] = PartyKeys(prev.signing_key, prev.encryption_key,
+                                         node_key_fingerprint(node))  # fmt: skip
+    return found, governance

@@ -140,6 +140,7 @@ COMMAND_LINES = {
     "pretrain": "PROTOCOL --data --out --source --steps --lr --seed --force",
     "protocol app-hash": "",
     "protocol check": "PROTOCOL",
+    "protocol new": "--out --sites --deployment --from --keys --server-id --reply-slot-s",
     "protocol render": "PROTOCOL --format --out",
     "protocol schema": "",
     "protocol sign": "PROTOCOL --key --passphrase-file --out",

@@ -1,5 +1,6 @@
 """A tiny federation in Flower's simulation engine: SecAgg+ matches plain FedAvg, and a round
-really moves the weights."""
+really moves the weights. The suite's one simulation on real Ray (``real_ray``): every other test
+runs the engine with its ClientApps in the test process (tests/support/inprocess.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _setup(tmp_path, aggregation, rounds=1):
     return load_protocol(proto), asg, sites
 
 
-def test_secagg_matches_fedavg(tmp_path):
+def test_secagg_matches_fedavg(tmp_path, real_ray):
     results = {}
     for agg in ("secagg+", "fedavg"):
         loaded, asg, sites = _setup(tmp_path / agg, agg)

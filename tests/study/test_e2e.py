@@ -1,6 +1,8 @@
 """End to end on CPU: a tiny synthetic federation through every stage of `securefed run`
 (extraction, sealed release, collection, clustering with the sealed model exchange, Flower
-FedAvg + CFFL under SecAgg+, evaluation, report), then a resume that redoes nothing."""
+FedAvg + CFFL under SecAgg+, evaluation, report), then a resume that redoes nothing. The whole
+study is run once per session (tests/study/conftest.py, ``whole_study``); the tests here read it,
+and the audits and the resume work on copies of its run folder."""
 
 from __future__ import annotations
 
@@ -11,22 +13,15 @@ from pathlib import Path
 import pytest
 import tomli_w
 from support.browser import images, inked_rows, render, require_chromium
-from support.study import TINY, reference_bounds, tiny_protocol
+from support.study import TINY, FinishedStudy, copy_run, reference_bounds, tiny_protocol
 from typer.testing import CliRunner
 
 from securefed.cli import app
 
 
-@pytest.mark.slow
-def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> None:
+def test_the_whole_study_writes_every_output(whole_study: FinishedStudy) -> None:
     """Institution 3 is held out: it trains nothing and is scored apart as unseen."""
-    protocol = tiny_protocol(tmp_path, held_out=(3,))
-    rundir = tmp_path / "run"
-    runner = CliRunner()
-    args = ["run", str(protocol), "--data", str(tiny_federation), "--out", str(rundir),
-            "--truth", str(tiny_federation / "truth.csv"), "--workers", "1"]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    rundir = whole_study.rundir
     for name in ("protocol.toml", "clusters.csv", "results.json", "report.html",
                  "evaluation/per_case.csv", "training/phases.json"):  # fmt: skip
         assert (rundir / name).is_file(), name
@@ -34,7 +29,7 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     # before every site-side stage.
     assert (rundir / "protocol.toml.sig").is_file()
     assert (rundir / "sites" / "site-1" / "site.toml").is_file()
-    assert "3 site(s) accepted sha256:" in " ".join(result.output.split())
+    assert "3 site(s) accepted sha256:" in " ".join(whole_study.output.split())
     results = json.loads((rundir / "results.json").read_text())
     methods = results["segmentation"]["methods"]
     assert set(methods) == {
@@ -54,6 +49,14 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     assert "ari_scanner" in results["clustering"]["quality"]
     overlays = results["segmentation"]["overlays"]
     assert overlays and all((rundir / o["plot"]).is_file() for o in overlays)
+
+
+def test_the_held_out_institution_is_scored_apart_and_sends_nothing(
+    whole_study: FinishedStudy,
+) -> None:
+    rundir = whole_study.rundir
+    results = json.loads((rundir / "results.json").read_text())
+    methods = results["segmentation"]["methods"]
     # The unseen institution: all 5 of its cases routed by radiomics and scored apart.
     unseen = results["segmentation"]["unseen"]
     assert unseen["fedavg"]["n_cases"] == 5 and unseen["cffl"]["n_cases"] == 5
@@ -69,9 +72,13 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     assert len(collected) == 1 + 10
     clusters = (rundir / "clusters.csv").read_text().splitlines()
     assert clusters[0] == "subject_id,partition_id,split,cluster" and len(clusters) == 16
-    # The egress census: every field every site sent (features envelope, each Flower reply) has
-    # a declaration; a plain protocol claims no finite epsilon, so its clear values are allowed.
-    audit = runner.invoke(app, ["audit", "egress", str(rundir)])
+
+
+def test_the_egress_census_of_the_whole_study(whole_study: FinishedStudy, tmp_path: Path) -> None:
+    """Every field every site sent (features envelope, each Flower reply) has a declaration; a
+    plain protocol claims no finite epsilon, so its clear values are allowed."""
+    rundir = copy_run(whole_study.rundir, tmp_path)  # the audit writes RUNDIR/audit
+    audit = CliRunner().invoke(app, ["audit", "egress", str(rundir)])
     assert audit.exit_code == 0, audit.output
     census = json.loads((rundir / "audit" / "egress.json").read_text())
     stages = {r["stage"] for r in census["fields"]}
@@ -79,11 +86,16 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
     assert any(s.startswith("training/cluster-") for s in stages)
     kinds = {r["protection"] for r in census["fields"]}
     assert "undeclared" not in kinds and "secure-aggregate" in kinds and "clear" in kinds
-    # Membership inference on the trained models (tiny: 2 reference models of 2 steps) and on
-    # one site's update (plain FedAvg vs the SecAgg+ aggregate).
-    audit = runner.invoke(app, ["audit", "models", str(rundir), "--data", str(tiny_federation),
-                                "--truth", str(tiny_federation / "truth.csv"), "--references",
-                                "2", "--reference-steps", "2"])  # fmt: skip
+
+
+def test_membership_audits_of_the_whole_study(whole_study: FinishedStudy, tmp_path: Path) -> None:
+    """Membership inference on the trained models (tiny: 2 reference models of 2 steps) and on
+    one site's update (plain FedAvg vs the SecAgg+ aggregate)."""
+    rundir = copy_run(whole_study.rundir, tmp_path)  # the audit writes RUNDIR/audit
+    data = whole_study.data
+    audit = CliRunner().invoke(app, ["audit", "models", str(rundir), "--data", str(data),
+                                     "--truth", str(data / "truth.csv"), "--references",
+                                     "2", "--reference-steps", "2"])  # fmt: skip
     assert audit.exit_code == 0, audit.output
     models = json.loads((rundir / "audit" / "models.json").read_text())
     kinds = {(a["attack"], a["target"], a["model"]) for a in models["attacks"]}
@@ -97,16 +109,28 @@ def test_run_whole_study_and_resume(tiny_federation: Path, tmp_path: Path) -> No
         assert a["ci"][0] <= a["ci"][1] and 0.0 <= a["value"] <= 1.0
         assert a["metric"] in ("auc", "tpr@0.01fpr", "tpr@0.001fpr", "accuracy")
     assert models["members"] > 0 and models["non_members"] > 0 and models["by_scanner"]
-    # Resume: every stage but the report is skipped, nothing is recomputed.
+
+
+def test_a_resumed_whole_study_recomputes_nothing(
+    whole_study: FinishedStudy, tmp_path: Path
+) -> None:
+    """Resume (in a copy of the run folder): every stage but the report is skipped."""
+    rundir = copy_run(whole_study.rundir, tmp_path)
     before = (rundir / "training" / "phases.json").stat().st_mtime_ns
-    again = runner.invoke(app, args)
+    kept = (whole_study.rundir / "training" / "phases.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, whole_study.args(rundir))
     assert again.exit_code == 0, again.output
     assert "skipped" in again.output
     assert (rundir / "training" / "phases.json").stat().st_mtime_ns == before
-    # Last, the report as a person sees it (a visible skip without Debian's chromium): every plot
-    # loads, text all the way down.
+    # The copy is a run of its own: the session's run folder was not touched.
+    assert (whole_study.rundir / "training" / "phases.json").stat().st_mtime_ns == kept
+
+
+def test_the_whole_study_report_renders(whole_study: FinishedStudy, tmp_path: Path) -> None:
+    """The report as a person sees it (a visible skip without Debian's chromium): every plot
+    loads, text all the way down."""
     require_chromium()
-    dom, shot = render(rundir / "report.html", tmp_path / "report.png", height=4000)
+    dom, shot = render(whole_study.rundir / "report.html", tmp_path / "report.png", height=4000)
     srcs = images(dom)
     assert len(srcs) >= 3 and all(src.startswith("data:image/png;base64,") for src in srcs)
     assert "<table" in dom and "Dice per scanner group" in dom

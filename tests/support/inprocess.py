@@ -51,17 +51,14 @@ class InProcessBackend(_backend_base()):  # type: ignore[misc]
         self.app_fn = None
 
     def process_message(self, message: Any, context: Any) -> tuple[Any, Any]:
-        from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
-
         import cloudpickle
+        from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
 
         if self.app_fn is None:
             raise ValueError("build() the backend before processing messages")
         # As to a Ray actor: the app, the message and the Context arrive as copies, so the app's
         # in-memory state lives for one message (what persists is on disk, as under Ray).
-        app_fn, message, context = pickle.loads(
-            cloudpickle.dumps((self.app_fn, message, context))
-        )
+        app_fn, message, context = pickle.loads(cloudpickle.dumps((self.app_fn, message, context)))
         try:
             app = app_fn()
             out = app(message=message, context=context)

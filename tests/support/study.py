@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
@@ -101,3 +103,26 @@ def tiny_local_dp_protocol(tmp: Path, *, seeded: bool = False) -> Path:
     data["clustering"]["scaling"] = "declared-bounds"
     path.write_bytes(tomli_w.dumps(data).encode())
     return path
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A whole study of the tiny federation (every stage, institution 3 held out), with the
+    arguments that ran it (``args(out)`` for another run folder) and what it printed."""
+
+    rundir: Path
+    protocol: Path
+    data: Path
+    output: str
+
+    def args(self, out: Path | None = None) -> list[str]:
+        return ["run", str(self.protocol), "--data", str(self.data), "--out",
+                str(out or self.rundir), "--truth", str(self.data / "truth.csv"),
+                "--workers", "1"]  # fmt: skip
+
+
+def copy_run(rundir: Path, tmp: Path) -> Path:
+    """A copy of a session's run folder for a test that writes into it."""
+    copy = tmp / rundir.name
+    shutil.copytree(rundir, copy)
+    return copy
