@@ -22,6 +22,7 @@ _STARTS_FLOWER_OR_STUDY = re.compile(
 _STARTS_NOTHING = {
     "tests/cli/test_conventions.py": "`run ... --stop-after bogus`: refused by click, no stage",
     "tests/test_suite_conventions.py": "this file (the pattern itself)",
+    "tests/test_deploy_files.py": "`flower-superlink --help` only (no SuperLink starts)",
 }
 
 

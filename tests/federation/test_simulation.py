@@ -51,3 +51,20 @@ def test_secagg_matches_fedavg(tmp_path, real_ray):
     assert len(initial) == len(avg.best_weights)
     moved = [float(np.abs(a - b).max()) for a, b in zip(avg.best_weights, initial, strict=True)]
     assert max(moved) > 1e-4, moved
+
+
+def test_the_suite_runs_the_engine_without_ray_unless_a_test_asks(real_ray) -> None:
+    """tests/conftest.py swaps Flower's Ray backend for support.inprocess's for the session;
+    ``real_ray`` (this test) puts Ray's back, only for its test."""
+    import os
+
+    import pytest
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+    from support.inprocess import InProcessBackend, use_inprocess_backend
+
+    if os.environ.get("SECUREFED_TEST_RAY") == "1":
+        pytest.skip("SECUREFED_TEST_RAY=1: every simulation runs on Ray")
+    assert raybackend.RayBackend is not InProcessBackend  # real_ray
+    with use_inprocess_backend():
+        assert raybackend.RayBackend is InProcessBackend
+    assert raybackend.RayBackend is not InProcessBackend

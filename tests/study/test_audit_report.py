@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.browser import needs_chromium, render
+from support.study import copy_run
 from typer.testing import CliRunner
 
 from securefed.audit.report import field_words, metric_words, write_audit_report
@@ -26,6 +27,7 @@ def _chromium(page: Path, tmp: Path) -> tuple[str, np.ndarray]:
 @needs_chromium
 def test_report_gathers_every_audit_and_renders(plain_rundir: Path, tiny_federation: Path,
                                                 tmp_path: Path) -> None:  # fmt: skip
+    plain_rundir = copy_run(plain_rundir, tmp_path)  # the audits write RUNDIR/audit
     run = CliRunner().invoke
     out = str(plain_rundir / "audit")
     assert run(app, ["audit", "egress", str(plain_rundir)]).exit_code == 0

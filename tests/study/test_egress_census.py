@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.study import copy_run
 from typer.testing import CliRunner
 
 import securefed.site.release as release_module
@@ -21,7 +22,10 @@ from securefed.trust.egress_log import EgressLog, read_egress_log
 
 
 @pytest.mark.slow
-def test_local_dp_study_passes_the_census_and_the_differential_check(dp_rundir: Path) -> None:
+def test_local_dp_study_passes_the_census_and_the_differential_check(
+    dp_rundir: Path, tmp_path: Path
+) -> None:
+    dp_rundir = copy_run(dp_rundir, tmp_path)  # the audit writes RUNDIR/audit
     res = CliRunner().invoke(app, ["audit", "egress", str(dp_rundir), "--differential"])
     assert res.exit_code == 0, res.output
     doc = json.loads((dp_rundir / "audit" / "egress.json").read_text())
@@ -36,8 +40,9 @@ def test_local_dp_study_passes_the_census_and_the_differential_check(dp_rundir: 
 
 
 @pytest.mark.slow
-def test_a_data_derived_release_id_is_a_finding(dp_rundir: Path, monkeypatch) -> None:
+def test_a_data_derived_release_id_is_a_finding(dp_rundir: Path, tmp_path: Path, monkeypatch):
     """The release id of earlier versions: SHA-256 over the site's unclipped feature matrix."""
+    dp_rundir = copy_run(dp_rundir, tmp_path)  # the audit writes RUNDIR/audit
     seen = {}
     own_rows = release_module._own_rows
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from support.study import copy_run
 from typer.testing import CliRunner
 
 from securefed.audit.features import run_feature_attacks
@@ -20,7 +21,10 @@ SHAPE = {"attack", "target", "metric", "value", "chance", "ci"}
 
 
 @pytest.mark.slow
-def test_attacks_on_a_plain_release(plain_rundir: Path, tiny_federation: Path) -> None:
+def test_attacks_on_a_plain_release(
+    plain_rundir: Path, tiny_federation: Path, tmp_path: Path
+) -> None:
+    plain_rundir = copy_run(plain_rundir, tmp_path)  # the audit writes RUNDIR/audit
     res = CliRunner().invoke(app, ["audit", "features", str(plain_rundir), "--truth",
                                    str(tiny_federation / "truth.csv"), "--data",
                                    str(tiny_federation)])  # fmt: skip
@@ -37,7 +41,8 @@ def test_attacks_on_a_plain_release(plain_rundir: Path, tiny_federation: Path) -
 
 
 @pytest.mark.slow
-def test_local_dp_lowers_linkage(dp_rundir: Path, plain_rundir: Path, tiny_federation: Path):
+def test_local_dp_lowers_linkage(dp_rundir: Path, tiny_federation: Path, tmp_path: Path):
+    dp_rundir = copy_run(dp_rundir, tmp_path)  # the audit writes RUNDIR/audit
     truth = tiny_federation / "truth.csv"
     dp = run_feature_attacks(dp_rundir, truth)
     top1 = next(a for a in dp["attacks"] if a["target"] == "top-1")
