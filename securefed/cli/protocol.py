@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -272,7 +272,7 @@ def new(
          f"still to fill (TODO lines); then `securefed protocol check {out}`")  # fmt: skip
 
 
-def _known_keys(folder: Path, parties: list[str]) -> tuple[dict, str | None]:
+def _known_keys(folder: Path, parties: list[str]) -> tuple[dict[str, Any], str | None]:
     """Fingerprints found in ``folder`` by party id, and the governance key's (if one)."""
     from securefed.crypto import load_public_keys
     from securefed.crypto.node_key import node_key_fingerprint

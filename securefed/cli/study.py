@@ -7,7 +7,7 @@ import time
 import webbrowser
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 class _Bars:
     """A rich progress bar per task name (silent under --quiet)."""
 
-    def __init__(self, bar) -> None:  # noqa: ANN001
+    def __init__(self, bar: Any) -> None:
         self.bar = bar
         self.tasks: dict[str, object] = {}
 
@@ -59,7 +59,7 @@ def _quiet_flower() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\.")
 
 
-def _summary(results: dict) -> None:
+def _summary(results: dict[str, Any]) -> None:
     methods = (results.get("segmentation") or {}).get("methods") or {}
     if not methods:
         return

@@ -186,7 +186,9 @@ class SiteClient(NumPyClient):
         model = self._model(None, int(self.spec.seed))
         return self.task.get_weights(model)
 
-    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[Any, int, dict[str, Any]]:
         """One round of local training. The round's coordinates come from the message; the
         work (steps, epochs, learning rate, seeds) from the site's own protocol only."""
         cluster = self._check_config(config)
@@ -235,7 +237,7 @@ class SiteClient(NumPyClient):
         n_train: int,
         config: dict[str, Any],
         received: Sequence[np.ndarray],
-    ):
+    ) -> Any:
         """The model as it leaves the site: in clear for fedavg and SecAgg+ (whose mod masks
         it), one encrypted contribution under bfv (weighted by the declared FedAvg weight); under
         client-level DP one vector, the clipped update with the site's noise share
@@ -362,7 +364,9 @@ class SiteClient(NumPyClient):
 
         return read_patients(Path(self.site.partitions))
 
-    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
         self._check_config(config)
         if not self.egress.validation:  # the site's protocol keeps validation metrics here
             return 0.0, 0, {"partition-id": self.site.partition_id}
@@ -455,7 +459,7 @@ def make_client_app(
         site = site_of(context)
         return site.ledger_dir or str(context.node_config.get("ledger-dir", "")) or site.work_dir
 
-    def client_fn(context: Context):
+    def client_fn(context: Context) -> Any:
         site = site_of(context)
         return SiteClient(task or resolve_task(), site, state_dir(context), runtime).to_client()
 

@@ -235,7 +235,7 @@ class PhaseStrategy(FedAvgM):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _params_record(context: Context):
+def _params_record(context: Context) -> Any:
     return context.state.array_records[MAIN_PARAMS_RECORD]
 
 
@@ -455,7 +455,9 @@ def _he_fit(
     _step(context, rnd, results, failures)
 
 
-def _evaluate(grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int) -> list[dict]:
+def _evaluate(
+    grid: Grid, context: LegacyContext, cfg: PhaseConfig, rnd: int
+) -> list[dict[str, Any]]:
     """Per-site validation metrics of the current weights (sites that answered in time)."""
     strategy = context.strategy
     params = compat.arrayrecord_to_parameters(_params_record(context), keep_input=True)
@@ -506,7 +508,7 @@ def _record_round(
     state: PhaseState,
     rnd: int,
     weights: list[np.ndarray],
-    sites: list[dict],
+    sites: list[dict[str, Any]],
     fit_metrics: dict[str, Any],
     seconds: float,
     momentum: list[np.ndarray] | None = None,

@@ -49,7 +49,9 @@ class FlowerTask:
     train_dp: Callable[..., dict[str, Any]] | None = None
 
 
-def _securefed_load_data(data_dir: Path, partition_id: int, subject_ids: Sequence[str], spec: Any):
+def _securefed_load_data(
+    data_dir: Path, partition_id: int, subject_ids: Sequence[str], spec: Any
+) -> Any:
     """Load the site's own cases by subject id and preprocess them (cached by local.py)."""
     from securefed.data import load_federation
     from securefed.errors import DataError
