@@ -21,13 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from securefed.privacy.ddg import (  # noqa: E402
+from securefed.privacy.ddg import (
     decode_sum,
     encode_update,
     plan_client_dp,
     rotation_seed,
 )
-from securefed.privacy.noise import SecureNoise  # noqa: E402
+from securefed.privacy.noise import SecureNoise
 
 DIM = 1_190_345  # values of the dp-unet as a site sends them
 

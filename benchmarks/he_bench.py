@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from secagg_bench import PROTOCOL, bench_task, run_one  # noqa: E402
+from secagg_bench import PROTOCOL, bench_task, run_one
 
-from securefed.crypto.bfv import (  # noqa: E402
+from securefed.crypto.bfv import (
     decrypt_aggregate,
     encoding_for,
     encrypt_contribution,
@@ -34,9 +34,9 @@ from securefed.crypto.bfv import (  # noqa: E402
     make_key,
     sum_contributions,
 )
-from securefed.federation.config import SiteSettings  # noqa: E402
-from securefed.federation.phase import phase_config, run_phase  # noqa: E402
-from securefed.protocol import load_protocol  # noqa: E402
+from securefed.federation.config import SiteSettings
+from securefed.federation.phase import phase_config, run_phase
+from securefed.protocol import load_protocol
 
 PH = "sha256:" + "0" * 64
 

@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from securefed.data import load_federation  # noqa: E402
-from securefed.models import build_model  # noqa: E402
-from securefed.protocol import load_protocol  # noqa: E402
-from securefed.training.local import (  # noqa: E402
+from securefed.data import load_federation
+from securefed.models import build_model
+from securefed.protocol import load_protocol
+from securefed.training.local import (
     evaluate_local,
     get_weights,
     prepare_cases,

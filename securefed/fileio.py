@@ -25,8 +25,8 @@ from typing import Any
 from securefed.errors import DataError
 
 __all__ = [
-    "MAX_JSON_BYTES",
     "COMPACT",
+    "MAX_JSON_BYTES",
     "SPACED",
     "atomic_write_bytes",
     "canonical_json",

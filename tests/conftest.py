@@ -41,7 +41,7 @@ def _flower_without_ray(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
-@pytest.fixture()
+@pytest.fixture
 def real_ray() -> Iterator[None]:
     """Flower's own Ray backend for this test (the one real-Ray simulation the suite keeps)."""
     from support.inprocess import real_ray_backend

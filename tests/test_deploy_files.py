@@ -48,7 +48,8 @@ def test_the_site_unit_runs_the_supernode_with_its_checks_first() -> None:
         flags = {a for a in args if a.startswith("--")}
         assert flags <= known, flags - known
         assert {"--site-config", "--ca-cert", "--node-key", "--data-dir"} <= flags
-    assert "--check-only" in service["ExecStartPre"] and "--check-only" not in service["ExecStart"]
+    assert "--check-only" in service["ExecStartPre"]
+    assert "--check-only" not in service["ExecStart"]
     env = (DEPLOY / "systemd" / "site.env.example").read_text()
     used = set(re.findall(r"\$\{(\w+)\}", service["ExecStart"]))
     assert used <= set(re.findall(r"^(\w+)=", env, re.M))
@@ -63,7 +64,8 @@ def test_the_superlink_unit_uses_flags_flower_knows() -> None:
                                text=True, check=True, timeout=120).stdout  # fmt: skip
     for flag in (t for t in tokens[1:] if t.startswith("--")):
         assert flag in help_text, flag
-    assert "--enable-supernode-auth" in tokens and "--ssl-ca-certfile" in tokens
+    assert "--enable-supernode-auth" in tokens
+    assert "--ssl-ca-certfile" in tokens
 
 
 def test_the_dockerfile_copies_what_exists_and_its_example_is_a_real_command() -> None:

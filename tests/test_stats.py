@@ -15,7 +15,8 @@ def test_interval_of_a_mean_is_seeded_and_brackets_it() -> None:
     assert values.min() < ci[0] < values.mean() < ci[1] < values.max()
     # a higher confidence takes wider percentiles of the same resamples
     wider = bootstrap_interval(np.mean, [values], vectorized=True, confidence=0.99)
-    assert wider[0] < ci[0] and wider[1] > ci[1]
+    assert wider[0] < ci[0]
+    assert wider[1] > ci[1]
 
 
 def test_a_single_value_gives_that_value() -> None:
@@ -37,7 +38,8 @@ def test_a_sample_of_one_is_held_fixed_and_several_values_share_the_resamples() 
     cis = bootstrap_intervals(lambda a, b: np.array([a.mean() - b[0], a.mean()]), [many, [1.0]])
     assert len(cis) == 2
     (lo0, hi0), (lo1, hi1) = cis
-    assert np.isclose(lo0, lo1 - 1.0) and np.isclose(hi0, hi1 - 1.0)
+    assert np.isclose(lo0, lo1 - 1.0)
+    assert np.isclose(hi0, hi1 - 1.0)
     assert lo1 < many.mean() < hi1
 
 
@@ -56,4 +58,5 @@ def test_clopper_pearson_is_the_beta_quantile_interval() -> None:
         old_hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
         lo, hi = clopper_pearson(k, n, confidence)
         assert abs(lo - old_lo) < 1e-11 and abs(hi - old_hi) < 1e-11, (k, n, lo, hi)
-        assert (lo == 0.0) == (k == 0) and (hi == 1.0) == (k == n)
+        assert (lo == 0.0) == (k == 0)
+        assert (hi == 1.0) == (k == n)

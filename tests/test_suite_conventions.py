@@ -50,9 +50,11 @@ def test_markers_are_registered_and_make_test_fast_deselects_them() -> None:
     assert "--strict-markers" in config["ini_options"]["addopts"]
     makefile = (ROOT / "Makefile").read_text()
     fast = re.search(r"^test-fast:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert fast is not None and f'-m "{FAST_MARKERS}"' in fast.group(1)
+    assert fast is not None
+    assert f'-m "{FAST_MARKERS}"' in fast.group(1)
     full = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert full is not None and ' -m "' not in full.group(1)  # `make test` runs everything
+    assert full is not None
+    assert ' -m "' not in full.group(1)
 
 
 def test_every_file_that_starts_flower_or_a_study_is_marked() -> None:
@@ -85,4 +87,5 @@ def test_a_missing_browser_is_a_visible_skip() -> None:
 
     assert CHROMIUM_MISSING == "chromium not installed: apt-get install chromium"
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "command -v chromium" in ci and "apt-get install -y chromium" in ci
+    assert "command -v chromium" in ci
+    assert "apt-get install -y chromium" in ci

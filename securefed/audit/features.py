@@ -78,7 +78,7 @@ def _classify(x: np.ndarray, y: np.ndarray, target: str, attack: str) -> dict[st
         pred = cross_val_predict(model, x, y, cv=_folds(y, len(y)))
         acc = float(np.mean(pred == y))
         best = max(best, (acc, name))
-    k = int(round(best[0] * len(y)))
+    k = round(best[0] * len(y))
     return {"attack": attack, "target": target, "metric": "accuracy", "value": best[0],
             "chance": chance, "ci": _cp(k, len(y)), "n": len(y), "model": best[1]}  # fmt: skip
 

@@ -137,7 +137,7 @@ def run_model_attacks(
         for attack, score in (("loss-threshold", -loss), ("reference", (out_mean - loss) / sigma)):
             for m in membership_metrics(y, score):
                 attacks.append({"attack": "membership", "target": target, "model": attack,
-                                **m, "n": int(len(y)), "members": int(y.sum())})  # fmt: skip
+                                **m, "n": len(y), "members": int(y.sum())})  # fmt: skip
             f, t, _ = roc_curve(y, score)
             curves[f"{target} / {attack}"] = {"fpr": f.tolist(), "tpr": t.tolist()}
     if update_crops > 0:

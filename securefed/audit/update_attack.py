@@ -72,7 +72,7 @@ def alignment_attacks(
             continue
         for m in membership_metrics(ya, sa, seed=seed):
             out.append({"attack": "update-membership", "target": target, "model": start,
-                        **m, "n": int(len(ya)), "members": int(ya.sum())})  # fmt: skip
+                        **m, "n": len(ya), "members": int(ya.sum())})  # fmt: skip
     if len(sites) >= 2:
         hits = [
             max(sites, key=lambda t: _cos(deltas[t], -grads[i])) == s

@@ -27,21 +27,21 @@ from rich.progress import (
 from securefed.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, SecurefedError
 
 __all__ = [
-    "console",
-    "err_console",
-    "plain_text",
-    "state",
-    "handle_errors",
-    "interrupted",
     "INTERRUPTED",
-    "progress",
-    "track",
-    "info",
-    "subgroup",
     "ProtocolArg",
     "ProtocolFileArg",
     "ProtocolOption",
+    "console",
+    "err_console",
+    "handle_errors",
+    "info",
+    "interrupted",
+    "plain_text",
+    "progress",
     "resolve_protocol",
+    "state",
+    "subgroup",
+    "track",
 ]
 
 console = Console()

@@ -12,7 +12,7 @@ import typer
 from securefed.cli._common import console, handle_errors, info, subgroup
 from securefed.errors import KeyError_
 
-__all__ = ["KeyRole", "Kem", "register"]
+__all__ = ["Kem", "KeyRole", "register"]
 
 
 class KeyRole(StrEnum):

@@ -24,7 +24,7 @@ from securefed.transport import (
     seal_message,
 )
 
-__all__ = ["MODEL_STAGE", "seal_cluster_model", "open_cluster_model"]
+__all__ = ["MODEL_STAGE", "open_cluster_model", "seal_cluster_model"]
 
 MODEL_STAGE = "cluster-model"
 

@@ -18,7 +18,7 @@ from securefed.clustering.scaling import scale_to_unit
 from securefed.errors import ClusteringError
 from securefed.fileio import atomic_write_bytes
 
-__all__ = ["ClusterModel", "MODEL_FORMAT"]
+__all__ = ["MODEL_FORMAT", "ClusterModel"]
 
 MODEL_FORMAT = "securefed-cluster-model-v1"
 Rule = Literal["gmm", "nearest-mean"]

@@ -52,24 +52,24 @@ from securefed.crypto.keys import PrivateKeys, PublicKeys
 from securefed.errors import CryptoError
 
 __all__ = [
-    "BFV_N",
     "BFV_COEFF_BITS",
+    "BFV_N",
     "BFV_T",
-    "BfvKey",
+    "KEY_STAGE",
     "AggregatorContext",
-    "Encoding",
+    "BfvKey",
     "DecodedAggregate",
+    "Encoding",
+    "contribution_bytes",
+    "decrypt_aggregate",
     "encoding_for",
     "encrypt_contribution",
-    "sum_contributions",
-    "decrypt_aggregate",
-    "contribution_bytes",
-    "make_key",
-    "load_key",
     "load_aggregator_context",
-    "seal_key",
+    "load_key",
+    "make_key",
     "open_key",
-    "KEY_STAGE",
+    "seal_key",
+    "sum_contributions",
 ]
 
 BFV_N = 4096

@@ -31,14 +31,14 @@ import tenseal as ts
 from securefed.errors import CryptoError
 
 __all__ = [
-    "CkksParams",
     "PRESETS",
-    "CkksSecretContext",
+    "CkksParams",
     "CkksPublicContext",
+    "CkksSecretContext",
     "EncryptedVector",
-    "make_context",
     "load_public_context",
     "load_secret_context",
+    "make_context",
     "sum_encrypted",
 ]
 

@@ -53,11 +53,11 @@ __all__ = [
     "ENVELOPE_VERSION",
     "MAX_ENVELOPE_BYTES",
     "MAX_HEADER_BYTES",
+    "EnvelopeHeader",
     "TruncatedError",
     "WrongKeyError",
-    "EnvelopeHeader",
-    "seal_envelope",
     "open_envelope",
+    "seal_envelope",
 ]
 
 ENVELOPE_VERSION = 1

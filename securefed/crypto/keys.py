@@ -37,22 +37,22 @@ from securefed.errors import KeyError_
 from securefed.fileio import write_exclusive
 
 __all__ = [
-    "Role",
-    "KemName",
-    "ROLES",
     "KEMS",
-    "KeyPermissionWarning",
-    "PublicKeys",
-    "PrivateKeys",
+    "ROLES",
+    "KemName",
     "KeyPaths",
+    "KeyPermissionWarning",
+    "PrivateKeys",
+    "PublicKeys",
+    "Role",
     "fingerprint",
-    "verify_ed25519",
     "generate_keys",
-    "write_keys",
     "load_private_keys",
     "load_public_keys",
     "private_key_path",
     "public_key_path",
+    "verify_ed25519",
+    "write_keys",
 ]
 
 Role = Literal["site", "server", "governance"]

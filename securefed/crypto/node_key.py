@@ -26,7 +26,7 @@ from securefed.crypto.keys import fingerprint
 from securefed.errors import KeyError_
 from securefed.fileio import write_exclusive
 
-__all__ = ["NODE_KEY", "NODE_PUB", "new_node_key", "node_key_fingerprint", "check_node_private_key"]
+__all__ = ["NODE_KEY", "NODE_PUB", "check_node_private_key", "new_node_key", "node_key_fingerprint"]
 
 NODE_KEY = "node.key"
 NODE_PUB = "node.pub"

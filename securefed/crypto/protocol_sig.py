@@ -24,15 +24,15 @@ from securefed.protocol import LoadedProtocol, load_protocol
 
 __all__ = [
     "SIGNATURE_FORMAT",
-    "signature_path",
-    "sign_protocol_hash",
-    "verify_protocol_hash",
-    "write_signature",
+    "add_signature",
     "read_signature",
     "read_signatures",
-    "add_signature",
+    "sign_protocol_hash",
+    "signature_path",
     "trusted_signers",
     "verify_protocol_file",
+    "verify_protocol_hash",
+    "write_signature",
 ]
 
 SIGNATURE_FORMAT = "securefed-protocol-signature"

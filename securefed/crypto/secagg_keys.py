@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from securefed.crypto.keys import PrivateKeys, fingerprint, verify_ed25519
 
-__all__ = ["SignedKeys", "KeySignatureError", "sign_secagg_keys", "verify_secagg_keys"]
+__all__ = ["KeySignatureError", "SignedKeys", "sign_secagg_keys", "verify_secagg_keys"]
 
 _DOMAIN = b"securefed-secaggplus-keys-v1\x00"
 

@@ -15,8 +15,8 @@ from securefed.errors import CaseError, NoCasesError
 from securefed.protocol.schema import MODALITIES  # channel order of every image array
 
 __all__ = [
-    "MODALITIES",
     "LABELS",
+    "MODALITIES",
     "REGIONS",
     "CaseFiles",
     "CaseProblem",

@@ -16,7 +16,7 @@ import numpy as np
 
 from securefed.errors import CaseError
 
-__all__ = ["AFFINE_ATOL", "MAX_VOXELS", "Header", "read_header", "read_voxels", "check_voxels"]
+__all__ = ["AFFINE_ATOL", "MAX_VOXELS", "Header", "check_voxels", "read_header", "read_voxels"]
 
 AFFINE_ATOL = 1e-3
 """Largest difference (mm) tolerated between the affines of one case's files."""

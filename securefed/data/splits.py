@@ -21,7 +21,7 @@ import numpy as np
 
 from securefed.errors import DataError
 
-__all__ = ["SPLITS", "Split", "split_sizes", "split_cases"]
+__all__ = ["SPLITS", "Split", "split_cases", "split_sizes"]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")

@@ -14,12 +14,12 @@ from securefed.evaluation.tables import METRIC_COLUMNS, case_table, summarize
 __all__ = [
     "METRIC_COLUMNS",
     "REGIONS",
-    "case_table",
-    "summarize",
     "case_metrics",
+    "case_table",
     "dice_per_region",
     "hd95_per_region",
     "mean_metrics",
     "predict_logits",
     "predict_mask",
+    "summarize",
 ]

@@ -20,7 +20,7 @@ import torch
 from securefed.errors import EvaluationError
 from securefed.models.networks import REGIONS
 
-__all__ = ["REGIONS", "dice_per_region", "hd95_per_region", "case_metrics", "mean_metrics"]
+__all__ = ["REGIONS", "case_metrics", "dice_per_region", "hd95_per_region", "mean_metrics"]
 
 
 def _as_batch(mask: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

@@ -48,7 +48,7 @@ from securefed.federation.site_runtime import SiteRuntime
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
 
-__all__ = ["SiteClient", "make_client_app", "app"]
+__all__ = ["SiteClient", "app", "make_client_app"]
 
 
 class SiteClient(NumPyClient):

@@ -49,18 +49,18 @@ from securefed.federation.config import SiteSettings
 from securefed.fileio import read_json, write_json_atomic
 
 __all__ = [
-    "HE_RECORD",
+    "DECRYPTED_FILE",
     "HE_AGGREGATE",
     "HE_MEAN",
-    "DECRYPTED_FILE",
-    "site_key_path",
-    "site_encoding",
-    "encrypt_update",
-    "decrypt_request",
-    "make_decrypt_mod",
+    "HE_RECORD",
     "aggregator_context",
-    "load_site_key",
+    "decrypt_request",
+    "encrypt_update",
     "is_decrypt_request",
+    "load_site_key",
+    "make_decrypt_mod",
+    "site_encoding",
+    "site_key_path",
 ]
 
 log = logging.getLogger("securefed.he")

@@ -12,7 +12,7 @@ from typing import Any
 
 from securefed.errors import EvaluationError
 
-__all__ = ["REGIONS", "site_summary", "pooled_dice"]
+__all__ = ["REGIONS", "pooled_dice", "site_summary"]
 
 REGIONS = ("tc", "wt", "et")
 

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 
 from securefed.federation.grid_wrapper import GridWrapper
 
-__all__ = ["KEYSIG_RECORD", "KEYSIGS_RECORD", "SignedKeyRelay"]
+__all__ = ["KEYSIGS_RECORD", "KEYSIG_RECORD", "SignedKeyRelay"]
 
 KEYSIG_RECORD = "securefed.secagg-keysig"
 """A site's setup reply: ``{"signed": [site id, Ed25519 public key, signature]}``."""

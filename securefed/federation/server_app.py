@@ -61,7 +61,7 @@ from securefed.federation.metrics import pooled_dice
 from securefed.federation.secagg_relay import SignedKeyRelay
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
 
-__all__ = ["PhaseStrategy", "run_server_phase", "make_server_app", "app"]
+__all__ = ["PhaseStrategy", "app", "make_server_app", "run_server_phase"]
 
 log = logging.getLogger("securefed.flower")
 

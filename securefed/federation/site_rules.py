@@ -62,15 +62,15 @@ from securefed.protocol import Protocol
 from securefed.trust.site_key import pinned_site_keys
 
 __all__ = [
+    "COORDINATES",
     "ReplyCode",
     "SecAggSite",
+    "check_round_config",
     "code_for",
     "coded_error",
-    "COORDINATES",
-    "check_round_config",
-    "secaggplus_expected",
     "make_error_code_mod",
     "make_secaggplus_site_mod",
+    "secaggplus_expected",
 ]
 
 log = logging.getLogger("securefed.site_rules")

@@ -20,13 +20,13 @@ import numpy as np
 from securefed.errors import ConfigError
 
 __all__ = [
+    "TASK_ENV",
     "FlowerTask",
     "default_task",
-    "resolve_task",
-    "unique_weights",
     "expand_weights",
+    "resolve_task",
     "sent_indices",
-    "TASK_ENV",
+    "unique_weights",
 ]
 
 TASK_ENV = "SECUREFED_FLOWER_TASK"

@@ -14,17 +14,17 @@ from torch import nn
 from securefed.errors import ConfigError
 
 __all__ = [
+    "FILTERS",
     "IN_CHANNELS",
     "OUT_CHANNELS",
     "REGIONS",
-    "FILTERS",
-    "build_model",
-    "build_dynunet_small",
+    "TRAINABLE_PREFIXES",
     "build_dp_unet",
+    "build_dynunet_small",
+    "build_model",
     "count_parameters",
     "freeze_untrained",
     "is_trained",
-    "TRAINABLE_PREFIXES",
 ]
 
 IN_CHANNELS = 4

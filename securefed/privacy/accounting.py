@@ -35,14 +35,14 @@ from securefed.privacy.calibration import gaussian_log_delta
 
 __all__ = [
     "EVENT_TYPES",
-    "event_to_json",
-    "event_from_json",
-    "make_accountant",
-    "grouped",
-    "accountant_epsilon",
-    "verify_claim",
     "Charge",
+    "accountant_epsilon",
     "composed_epsilon",
+    "event_from_json",
+    "event_to_json",
+    "grouped",
+    "make_accountant",
+    "verify_claim",
 ]
 
 EVENT_TYPES: dict[str, type] = {

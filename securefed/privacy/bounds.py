@@ -27,11 +27,11 @@ __all__ = [
     "BOUNDS_FORMAT",
     "BOUNDS_VERSION",
     "Bounds",
-    "derive_bounds",
     "bounds_from_bytes",
+    "derive_bounds",
+    "load_pinned_bounds",
     "read_bounds",
     "write_bounds",
-    "load_pinned_bounds",
 ]
 
 BOUNDS_FORMAT = "securefed-bounds"

@@ -20,14 +20,14 @@ from scipy.special import log_ndtr
 from securefed.errors import CalibrationError
 
 __all__ = [
+    "calibrate_noise_multiplier",
     "discrete_gaussian_sigma",
-    "gaussian_log_delta",
     "gaussian_delta",
     "gaussian_epsilon",
+    "gaussian_log_delta",
     "gaussian_sigma",
-    "laplace_scale",
     "laplace_epsilon",
-    "calibrate_noise_multiplier",
+    "laplace_scale",
 ]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from securefed.privacy.bounds import Bounds
 
-__all__ = ["clip_to_bounds", "to_unit_box", "from_unit_box"]
+__all__ = ["clip_to_bounds", "from_unit_box", "to_unit_box"]
 
 
 def clip_to_bounds(matrix: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:

@@ -50,20 +50,20 @@ from securefed.privacy.calibration import calibrate_noise_multiplier
 from securefed.privacy.noise import NoiseSource, distributed_discrete_tau
 
 __all__ = [
-    "ClientDPPlan",
     "MAX_BLOCK",
+    "ClientDPPlan",
     "block_size",
-    "padded_dim",
-    "rounded_l2_bound",
-    "plan_client_dp",
-    "rotation_seed",
-    "rotate",
-    "unrotate",
     "conditional_round",
-    "encode_update",
     "decode_sum",
+    "encode_update",
     "flatten",
+    "padded_dim",
+    "plan_client_dp",
+    "rotate",
+    "rotation_seed",
+    "rounded_l2_bound",
     "unflatten",
+    "unrotate",
 ]
 
 MAX_BLOCK = 2**16

@@ -33,9 +33,9 @@ __all__ = [
     "PROJECTION_FORMAT",
     "ProjectionFile",
     "ReleaseGeometry",
-    "release_geometry",
     "identity_geometry",
     "random_geometry",
+    "release_geometry",
 ]
 
 PROJECTION_FORMAT = "securefed-projection"

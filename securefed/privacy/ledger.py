@@ -58,16 +58,16 @@ from securefed.protocol import LoadedProtocol, Protocol
 from securefed.trust.audit_log import AuditLog
 
 __all__ = [
+    "GENESIS",
     "LEDGER_FILE",
     "LEDGER_VERSION",
-    "GENESIS",
     "BudgetSpec",
+    "ChargeHandle",
     "Ledger",
     "LedgerState",
-    "ChargeHandle",
     "budget_for",
-    "stage_allocations",
     "read_ledger",
+    "stage_allocations",
     "verify_entries",
 ]
 

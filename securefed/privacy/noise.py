@@ -25,13 +25,13 @@ from securefed.errors import PrivacyError
 from securefed.protocol.schema import Protocol as StudyProtocol
 
 __all__ = [
+    "SHARE_GRID",
     "NoiseSource",
     "SecureNoise",
     "UnsafeSeededNoise",
-    "noise_source_for",
-    "SHARE_GRID",
     "distributed_discrete_gaussian_share",
     "distributed_discrete_tau",
+    "noise_source_for",
 ]
 
 _TWO_POW_53 = float(2**53)

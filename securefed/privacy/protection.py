@@ -38,12 +38,12 @@ from securefed.privacy.sensitivity import local_sensitivity
 from securefed.protocol import LoadedProtocol
 
 __all__ = [
+    "FEATURES_STAGE",
     "ReleasedFeatures",
     "new_release_id",
     "protect_features",
     "release_space",
     "released_bounds",
-    "FEATURES_STAGE",
 ]
 
 FEATURES_STAGE = "features"

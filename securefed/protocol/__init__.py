@@ -21,8 +21,8 @@ __all__ = [
     "file_sha256",
     "load_protocol",
     "open_pinned",
-    "pinned_files",
     "parse_protocol",
+    "pinned_files",
     "protocol_hash",
     "summary_lines",
 ]

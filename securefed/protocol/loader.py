@@ -18,13 +18,13 @@ from securefed.fileio import canonical_json
 from securefed.protocol.schema import Protocol
 
 __all__ = [
+    "MAX_PROTOCOL_BYTES",
     "LoadedProtocol",
+    "canonical_bytes",
+    "format_validation_error",
     "load_protocol",
     "parse_protocol",
-    "canonical_bytes",
     "protocol_hash",
-    "format_validation_error",
-    "MAX_PROTOCOL_BYTES",
 ]
 
 MAX_PROTOCOL_BYTES = 1_000_000

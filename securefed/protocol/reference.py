@@ -16,13 +16,13 @@ from pydantic import BaseModel
 from securefed.protocol.schema import Protocol
 
 __all__ = [
-    "reference_markdown",
-    "describe",
-    "all_field_paths",
     "BEGIN_MARK",
     "END_MARK",
     "JSON_SCHEMA_FILE",
+    "all_field_paths",
+    "describe",
     "json_schema",
+    "reference_markdown",
 ]
 
 JSON_SCHEMA_FILE = "protocols/schema.json"

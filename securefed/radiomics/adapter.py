@@ -24,11 +24,11 @@ from securefed.radiomics.names import class_feature_names
 from securefed.radiomics.preprocess import Preprocessed
 
 __all__ = [
+    "extract_modality",
+    "extract_preprocessed",
     "extractor_settings",
     "make_extractor",
     "to_sitk",
-    "extract_modality",
-    "extract_preprocessed",
 ]
 
 

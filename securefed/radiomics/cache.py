@@ -24,13 +24,13 @@ from securefed.radiomics.storage import atomic_write_bytes
 __all__ = [
     "CACHE_DIR",
     "CACHE_VERSION",
-    "file_sha256",
     "content_key",
     "features_key",
+    "file_sha256",
     "ranges_key",
     "read_features",
-    "write_features",
     "read_ranges",
+    "write_features",
     "write_ranges",
 ]
 

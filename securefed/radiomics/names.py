@@ -13,7 +13,7 @@ from functools import cache
 
 from securefed.protocol.schema import FEATURE_CLASSES, MODALITIES
 
-__all__ = ["MODALITIES", "FEATURE_CLASSES", "class_feature_names", "modality_columns", "columns"]
+__all__ = ["FEATURE_CLASSES", "MODALITIES", "class_feature_names", "columns", "modality_columns"]
 
 
 @cache

@@ -25,12 +25,12 @@ from securefed.radiomics.table import FeatureTable
 
 __all__ = [
     "FEATURES_FILE",
-    "MANIFEST_FILE",
     "FORMAT",
+    "MANIFEST_FILE",
     "atomic_write_bytes",
-    "save_table",
     "load_table",
     "read_manifest",
+    "save_table",
 ]
 
 FEATURES_FILE = "features.csv"

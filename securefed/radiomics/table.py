@@ -17,7 +17,7 @@ import numpy as np
 
 from securefed.errors import FeatureError
 
-__all__ = ["FeatureTable", "SPLITS"]
+__all__ = ["SPLITS", "FeatureTable"]
 
 SPLITS = ("train", "val", "test")
 
@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 class FeatureTable:
     """Raw per-case radiomic features of one site (never leaves the site as such)."""
 
-    __slots__ = ("_subject_ids", "_partition_ids", "_splits", "_columns", "_values")
+    __slots__ = ("_columns", "_partition_ids", "_splits", "_subject_ids", "_values")
 
     def __init__(
         self,

@@ -9,12 +9,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 __all__ = [
-    "plot_dice_by_method", "plot_cffl_gain", "plot_training_curves", "plot_overlay", "REGIONS",
     "MIN_INTERVAL_CASES",
+    "REGIONS",
+    "plot_cffl_gain",
+    "plot_dice_by_method",
+    "plot_overlay",
+    "plot_training_curves",
 ]  # fmt: skip
 
 REGIONS = ("TC", "WT", "ET")

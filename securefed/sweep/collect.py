@@ -16,7 +16,7 @@ import numpy as np
 
 from securefed.fileio import read_json
 
-__all__ = ["COLUMNS", "row_for", "bootstrap_ci"]
+__all__ = ["COLUMNS", "bootstrap_ci", "row_for"]
 
 COLUMNS = (
     "point", "status", "release", "feature_epsilon", "training", "training_epsilon",

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securefed.errors import ConfigError, ProtocolError
 from securefed.protocol import parse_protocol
 
-__all__ = ["GridSpec", "Point", "DEFAULT_GRID", "load_grid", "expand", "point_protocol"]
+__all__ = ["DEFAULT_GRID", "GridSpec", "Point", "expand", "load_grid", "point_protocol"]
 
 Release = Literal["plain", "local-dp", "secure-aggregate"]
 TrainingPrivacy = Literal["none", "dp-sgd", "client-dp"]

@@ -13,11 +13,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from securefed.fileio import atomic_write_bytes, jsonable, write_json_atomic  # noqa: E402
-from securefed.report.jinja import template_environment  # noqa: E402
-from securefed.sweep.collect import COLUMNS  # noqa: E402
+from securefed.fileio import atomic_write_bytes, jsonable, write_json_atomic
+from securefed.report.jinja import template_environment
+from securefed.sweep.collect import COLUMNS
 
 __all__ = ["TABLE_HEADER", "dp_training", "pareto_front", "point_label", "point_words",
            "table_header", "table_rows", "write_outputs"]  # fmt: skip

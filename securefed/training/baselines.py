@@ -25,13 +25,13 @@ if TYPE_CHECKING:
     from securefed.protocol.schema import EvaluationSpec, TrainingSpec
 
 __all__ = [
-    "SiteData",
     "BaselineResult",
-    "train_pooled",
-    "local_baseline",
-    "local_finetune_baseline",
+    "SiteData",
     "centralized_baseline",
     "cffl_ideal_baseline",
+    "local_baseline",
+    "local_finetune_baseline",
+    "train_pooled",
 ]
 
 Case = dict[str, Any]

@@ -24,10 +24,10 @@ from securefed.errors import ConfigError, DataError, TrainingError
 from securefed.fileio import atomic_write_bytes, read_json, write_json_atomic
 
 __all__ = [
-    "PhaseState",
-    "save_weights",
-    "load_weights",
     "PhaseCheckpoint",
+    "PhaseState",
+    "load_weights",
+    "save_weights",
 ]
 
 STATE_FILE = "state.json"

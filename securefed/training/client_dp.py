@@ -37,13 +37,13 @@ from securefed.training.dpsgd import planned_rounds, release_id_for, site_ledger
 
 __all__ = [
     "STAGE",
-    "plan_inputs",
-    "plan_from_inputs",
-    "site_plan",
+    "decode_round",
+    "encode_round",
     "model_values",
     "phase_name",
-    "encode_round",
-    "decode_round",
+    "plan_from_inputs",
+    "plan_inputs",
+    "site_plan",
 ]
 
 STAGE = "training"

@@ -27,11 +27,11 @@ if TYPE_CHECKING:
     from securefed.protocol.schema import TrainingSpec
 
 __all__ = [
-    "prepare_volumes",
-    "prepare_cases",
-    "train_transform",
-    "clear_cache",
     "CACHE_ENV",
+    "clear_cache",
+    "prepare_cases",
+    "prepare_volumes",
+    "train_transform",
 ]
 
 CACHE_ENV = "SECUREFED_CASE_CACHE_MB"

@@ -44,7 +44,7 @@ from securefed.errors import PrivacyError
 from securefed.privacy.ddg import conditional_round, rounded_l2_bound
 from securefed.privacy.noise import NoiseSource
 
-__all__ = ["GRID_BITS", "BETA", "LatticeStep", "lattice_step", "DiscreteGaussianDPOptimizer"]
+__all__ = ["BETA", "GRID_BITS", "DiscreteGaussianDPOptimizer", "LatticeStep", "lattice_step"]
 
 GRID_BITS = 14
 """C is 2^14 grid units: the rounding inflates the sensitivity by under 0.1 % at 1.2 M values."""

@@ -68,16 +68,16 @@ from securefed.protocol import LoadedProtocol, Protocol
 __all__ = [
     "STAGE",
     "DPSGDPlan",
-    "sampling_of",
-    "poisson_batches",
-    "max_clusters",
-    "planned_rounds",
-    "planned_steps_per_round",
-    "plan_dpsgd",
     "calibrate_step_multiplier",
     "dp_batches",
-    "site_ledger",
+    "max_clusters",
+    "plan_dpsgd",
+    "planned_rounds",
+    "planned_steps_per_round",
+    "poisson_batches",
     "release_id_for",
+    "sampling_of",
+    "site_ledger",
     "train_dp_round",
 ]
 

@@ -26,16 +26,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "THREADS_ENV",
+    "configure_threads",
+    "evaluate_local",
+    "get_weights",
+    "make_loss",
+    "make_optimizer",
     "prepare_cases",
     "prepare_volumes",
     "resolve_device",
-    "configure_threads",
-    "make_optimizer",
-    "make_loss",
-    "train_local",
-    "evaluate_local",
-    "get_weights",
     "set_weights",
+    "train_local",
 ]
 
 THREADS_ENV = "SECUREFED_TORCH_THREADS"

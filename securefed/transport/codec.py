@@ -27,12 +27,12 @@ from securefed.errors import CodecError, VersionError
 from securefed.fileio import canonical_json
 
 __all__ = [
-    "CODEC_VERSION",
     "ALLOWED_DTYPES",
+    "CODEC_VERSION",
     "CodecError",
     "Decoded",
-    "encode_arrays",
     "decode_arrays",
+    "encode_arrays",
 ]
 
 CODEC_VERSION = 1

@@ -34,10 +34,10 @@ from securefed.transport.replay import ReplayGuard, SendCounter
 __all__ = [
     "OpenedMessage",
     "allowed_senders",
-    "seal_message",
     "open_message",
-    "write_message",
     "read_message",
+    "seal_message",
+    "write_message",
 ]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from securefed.errors import CounterStateError, ReplayError
 from securefed.fileio import atomic_write_bytes as write_atomic
 
-__all__ = ["ReplayGuard", "SendCounter", "CounterStateError"]
+__all__ = ["CounterStateError", "ReplayGuard", "SendCounter"]
 
 _MAX_STATE = 1024 * 1024
 _MAX_COUNTER = 2**63 - 1

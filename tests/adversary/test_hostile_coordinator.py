@@ -26,7 +26,8 @@ def fed(tmp_path: Path) -> Federation:
 def _refused(reply: Message, code: ReplyCode) -> None:
     """A coded refusal: the fixed reason, no content (nothing derived from data)."""
     assert reply.has_error(), "the site answered"
-    assert reply.error.code == int(code) and reply.error.reason == code.reason
+    assert reply.error.code == int(code)
+    assert reply.error.reason == code.reason
     assert not reply.has_content()
 
 

@@ -38,7 +38,8 @@ def test_a_dp_training_reply_quotes_the_signed_ledger_head(tmp_path: Path) -> No
         assert not reply.has_error(), reply.error  # the egress guard let the record through
         record = reply.content.config_records[LEDGER_HEAD_RECORD]
         state = read_ledger(Path(fed.sites[pid].work_dir) / "ledger.jsonl")
-        assert record["entries"] == len(state.entries) and record["head"] == state.head
+        assert record["entries"] == len(state.entries)
+        assert record["head"] == state.head
         site, public, sig = record["signed"]
         assert site == f"site-{pid}".encode()
         message = head_message(fed.loaded.sha256, f"site-{pid}", len(state.entries), state.head)

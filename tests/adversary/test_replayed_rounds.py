@@ -17,7 +17,9 @@ from securefed.training.checkpoints import PhaseState
 
 def _refused(fed: Federation, reply, pid: int) -> None:
     code = ReplyCode.INSTRUCTION_REFUSED
-    assert reply.has_error() and reply.error.code == int(code) and not reply.has_content()
+    assert reply.has_error()
+    assert reply.error.code == int(code)
+    assert not reply.has_content()
     assert int(code) in [int(r["code"]) for r in fed.refusals(pid)]
 
 
@@ -65,6 +67,7 @@ def test_a_resumed_phase_never_sends_a_started_round_again(completed, started, f
     from securefed.federation.server_app import _first_round
 
     state = PhaseState(config_digest="x", completed_round=completed, started_round=started)
-    assert _first_round(state, "global") == first and state.lost_rounds == lost
+    assert _first_round(state, "global") == first
+    assert state.lost_rounds == lost
     _first_round(state, "global")  # resumed twice: the lost round is listed once
     assert state.lost_rounds == lost

@@ -97,6 +97,7 @@ def test_the_protocol_requires_a_threshold_above_half_the_shares(tmp_path: Path)
     assert SecureAggregationSpec(num_shares=5, reconstruction_threshold=3).secaggplus_problem() \
         is None  # fmt: skip
     problem = SecureAggregationSpec(num_shares=5, reconstruction_threshold=2).secaggplus_problem()
-    assert problem is not None and "more than half" in problem
+    assert problem is not None
+    assert "more than half" in problem
     problem = SecureAggregationSpec(num_shares=4, reconstruction_threshold=2).secaggplus_problem()
     assert problem is not None

@@ -58,8 +58,10 @@ def _share_keys(fed: Federation, pid: int, neighbours: dict[int, Any],
 
 
 def _refused(fed: Federation, reply: Message, pid: int, code: ReplyCode) -> None:
-    assert reply.has_error() and not reply.has_content()
-    assert reply.error.code == int(code) and reply.error.reason == code.reason
+    assert reply.has_error()
+    assert not reply.has_content()
+    assert reply.error.code == int(code)
+    assert reply.error.reason == code.reason
     assert int(code) in [int(r["code"]) for r in fed.refusals(pid)]
 
 

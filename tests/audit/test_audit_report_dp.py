@@ -79,7 +79,8 @@ def test_an_inconclusive_row_never_reads_as_a_pass(tmp_path: Path) -> None:
     assert not _reads_as_pass(shown["dp-sgd"]), shown["dp-sgd"]
     assert ("inconclusive: this run could certify at most 4.885, below the claim 8; no violation "
             "found, but this is not a pass") in shown["dp-sgd"]  # fmt: skip
-    assert "20,000 outputs, quick" in shown["dp-sgd"] and "--quick" in html
+    assert "20,000 outputs, quick" in shown["dp-sgd"]
+    assert "--quick" in html
     # every field of the row: claim, bound, certifiable, power, noise check
     for cell in (">8, 1e-06<", ">1.900<", ">4.885<", ">&lt; 0.1\u00a0%<", ">7.810<"):
         assert cell in shown["dp-sgd"], cell
@@ -87,7 +88,8 @@ def test_an_inconclusive_row_never_reads_as_a_pass(tmp_path: Path) -> None:
     assert "ok: no violation found; the run could certify up to 9.880" in shown["feature-gaussian"]
     # The headline: no claim broken, but not "every audited claim held".
     claims = html[html.index('id="claims"') : html.index('id="leakage"')]
-    assert 'class="verdict unproven"' in html and "every audited claim" not in claims
+    assert 'class="verdict unproven"' in html
+    assert "every audited claim" not in claims
     assert "could not certify 1 claim(s)</span> (dp-sgd): inconclusive, not a pass" in claims
 
 
@@ -112,7 +114,8 @@ def test_an_older_dp_json_renders_with_not_stated(tmp_path: Path) -> None:
     row = _dp_rows_html(html)["feature-laplace"]
     assert row.count("not stated") >= 3  # certifiable, power, noise check
     assert not _reads_as_pass(row), row
-    assert "not stated (an older dp.json)" in row and "rerun securefed audit dp" in row
+    assert "not stated (an older dp.json)" in row
+    assert "rerun securefed audit dp" in row
     assert 'class="verdict unproven"' in html
 
 
@@ -124,7 +127,8 @@ def test_a_noise_check_finding_says_why(tmp_path: Path) -> None:
     html = write_audit_report(_run(tmp_path, _doc([row])))[0].read_text()
     shown = _dp_rows_html(html)["client-dp"]
     assert "finding: the measured noise implies epsilon 18.440" in shown
-    assert ">18.440 (above the claim)<" in shown and not _reads_as_pass(shown)
+    assert ">18.440 (above the claim)<" in shown
+    assert not _reads_as_pass(shown)
     assert 'class="verdict fail"' in html
     inf = _row("float-laplace", 1.0, "finding", best=7.9, power=1.0, implied=0.9, bound=1.0)
     inf["lower_bound"] = "inf"  # as dp.json writes an infinite bound
@@ -144,7 +148,8 @@ def test_the_dp_section_renders_in_chromium(tmp_path: Path) -> None:
     shown = _dp_rows_html(dom)
     assert not _reads_as_pass(shown["client-dp"])
     assert "inconclusive: this run could certify at most 7.875, below the claim 8" in dom
-    assert "largest certifiable epsilon" in dom and "power against half the noise" in dom
+    assert "largest certifiable epsilon" in dom
+    assert "power against half the noise" in dom
     assert len(inked_rows(image)) > 400  # the page and its tables are drawn
 
 
@@ -154,4 +159,5 @@ def test_a_protocol_without_dp_stages_says_nothing_was_audited(tmp_path: Path) -
     html = write_audit_report(_run(tmp_path, _doc([])))[0].read_text()
     section = html[html.index('<section id="dp">') : html.index('<section id="findings">')]
     assert "No mechanism audited: the audited protocol enables no DP stage" in section
-    assert "<table" not in section and "securefed audit dp --out" in section
+    assert "<table" not in section
+    assert "securefed audit dp --out" in section

@@ -102,7 +102,8 @@ def test_half_the_noise_is_a_finding_for_every_sampled_mechanism(name: str) -> N
         mech = dp_module._build(name, loaded, 1.0, 0.5)
     row = audit_mechanism(mech, 20_000)
     assert row["status"] == "finding" and row["finding"], row
-    assert row["noise_check"]["finding"] and row["noise_check"]["lower"] > 1.5 * mech.shift
+    assert row["noise_check"]["finding"]
+    assert row["noise_check"]["lower"] > 1.5 * mech.shift
     # The same mechanism at its claim: no finding (the bound and the check at 99.9 %).
     calm = audit_mechanism(dp_module._build(name, loaded, 1.0, 1.0) if name != "client-dp"
                            else dp_module.client_dp(loaded, dim=SMALL_DIM), 20_000,
@@ -126,7 +127,8 @@ def test_the_threshold_bound_catches_half_the_noise_at_a_size_that_cannot_miss()
                              2.0, 0.5)  # fmt: skip
     sized = dp_power.size_threshold_test("gaussian", gauss.shift, 2.0, 1e-5, 0.999,
                                          target=1 - 1e-9)  # fmt: skip
-    assert sized.target_reached and sized.trials <= 150_000
+    assert sized.target_reached
+    assert sized.trials <= 150_000
     row = audit_mechanism(gauss, sized.trials, threshold=sized.threshold)
     assert row["lower_bound"] > 2.0 and row["power_2x"] > 0.95, row
 
@@ -213,8 +215,10 @@ def test_summed_shares_drawn_at_once_have_the_law_of_the_shares_drawn_one_by_one
         mech = dp_module.clustering_shares(loaded, combine=combine)
         assert mech.draws_per_trial == (2 if combine else 6)
         base, neighbour = mech.sample(0, 5000).statistic, mech.sample(1, 5000).statistic
-        assert scale_is(base, 1.0) and mean_is_zero(base, 1.0)
-        assert scale_is(neighbour - mech.shift, 1.0) and mean_is_zero(neighbour - mech.shift, 1.0)
+        assert scale_is(base, 1.0)
+        assert mean_is_zero(base, 1.0)
+        assert scale_is(neighbour - mech.shift, 1.0)
+        assert mean_is_zero(neighbour - mech.shift, 1.0)
 
 
 def test_a_claim_above_what_the_run_can_certify_is_inconclusive(tmp_path: Path) -> None:
@@ -223,15 +227,20 @@ def test_a_claim_above_what_the_run_can_certify_is_inconclusive(tmp_path: Path) 
     doc = run_dp_audit(tmp_path, mechanisms=("feature-laplace",), trials=2000, epsilon=8.0)
     row = doc["mechanisms"][0]
     assert row["max_certifiable"] == pytest.approx(math.log(2000 / 7.6), abs=0.01)
-    assert row["status"] == "inconclusive" and not row["finding"] and doc["findings"] == []
+    assert row["status"] == "inconclusive"
+    assert not row["finding"]
+    assert doc["findings"] == []
     # The same run at a claim it can certify above: ok.
     doc = run_dp_audit(tmp_path, mechanisms=("feature-laplace",), trials=2000, epsilon=2.0)
     assert _status(doc) == {"feature-laplace": "ok"}
     # Quick mode says it certifies less: 20,000 outputs reach 7.88, below a claim of 8.
     doc = run_dp_audit(tmp_path, mechanisms=("feature-laplace",), quick=True, epsilon=8.0)
     row = doc["mechanisms"][0]
-    assert row["quick"] and row["trials"] == 20_000 and "quick" in doc["note"]
-    assert row["status"] == "inconclusive" and 7.8 < row["max_certifiable"] < 8.0
+    assert row["quick"]
+    assert row["trials"] == 20_000
+    assert "quick" in doc["note"]
+    assert row["status"] == "inconclusive"
+    assert 7.8 < row["max_certifiable"] < 8.0
 
 
 def test_rundir_mode_audits_the_protocols_mechanisms_at_its_claims(tmp_path: Path) -> None:
@@ -249,9 +258,8 @@ def test_rundir_mode_audits_the_protocols_mechanisms_at_its_claims(tmp_path: Pat
     res = runner.invoke(app, ["audit", "dp", str(run), "--quick"])
     assert res.exit_code == 0, res.output
     doc = json.loads((run / "audit" / "dp.json").read_text())
-    assert (
-        doc["mode"] == "protocol" and doc["protocol"] == load_protocol(run / "protocol.toml").sha256
-    )
+    assert doc["mode"] == "protocol"
+    assert doc["protocol"] == load_protocol(run / "protocol.toml").sha256
     (row,) = doc["mechanisms"]
     assert (row["mechanism"], row["claimed_epsilon"], row["delta"]) == ("clustering-shares", 1.0,
                                                                         1e-6)  # fmt: skip
@@ -260,13 +268,15 @@ def test_rundir_mode_audits_the_protocols_mechanisms_at_its_claims(tmp_path: Pat
     # A plain run enables no DP stage: nothing to audit, exit 0.
     plain = _rundir(tmp_path, "demo")
     res = runner.invoke(app, ["audit", "dp", str(plain), "--out", str(tmp_path / "plain")])
-    assert res.exit_code == 0 and json.loads((tmp_path / "plain" / "dp.json").read_text())[
-        "mechanisms"] == []  # fmt: skip
+    assert res.exit_code == 0
+    assert json.loads((tmp_path / "plain" / "dp.json").read_text())["mechanisms"] == []
     # The claims are the protocol's: --epsilon is refused, so is a mechanism it does not enable.
     res = runner.invoke(app, ["audit", "dp", str(run), "--epsilon", "2"])
-    assert res.exit_code == 2 and "protocol" in res.output
+    assert res.exit_code == 2
+    assert "protocol" in res.output
     res = runner.invoke(app, ["audit", "dp", str(run), "--mechanism", "dp-sgd", "--quick"])
-    assert res.exit_code == 2 and "does not enable" in res.output
+    assert res.exit_code == 2
+    assert "does not enable" in res.output
 
 
 def test_float_laplace_is_caught_by_replaying_its_arithmetic(monkeypatch) -> None:
@@ -286,7 +296,8 @@ def test_float_laplace_is_caught_by_replaying_its_arithmetic(monkeypatch) -> Non
 def test_clopper_pearson_brackets_the_rate() -> None:
     lo, hi = clopper_pearson(30, 100, 0.95)
     assert 0.21 < lo < 0.3 < hi < 0.4
-    assert clopper_pearson(0, 100, 0.95)[0] == 0.0 and clopper_pearson(100, 100, 0.95)[1] == 1.0
+    assert clopper_pearson(0, 100, 0.95)[0] == 0.0
+    assert clopper_pearson(100, 100, 0.95)[1] == 1.0
 
 
 def test_cli_writes_dp_json_and_exits_4_on_a_finding(tmp_path: Path) -> None:
@@ -300,18 +311,22 @@ def test_cli_writes_dp_json_and_exits_4_on_a_finding(tmp_path: Path) -> None:
                         "threshold_test", "float_distinguisher", "confidence", "seconds",
                         "finding", "status", "max_certifiable", "power_2x",
                         "noise_check"}  # fmt: skip
-    assert "certifiable up to" in res.output and "power against half the noise" in res.output
+    assert "certifiable up to" in res.output
+    assert "power against half the noise" in res.output
     res = runner.invoke(app, ["audit", "dp", "--out", str(tmp_path / "b"), "--mechanism",
                               "float-laplace", "--trials", "20000"])  # fmt: skip
     assert res.exit_code == 4, res.output
     doc = json.loads((tmp_path / "b" / "dp.json").read_text())
-    assert doc["mechanisms"][0]["lower_bound"] == "inf" and doc["findings"] == ["float-laplace"]
+    assert doc["mechanisms"][0]["lower_bound"] == "inf"
+    assert doc["findings"] == ["float-laplace"]
     assert doc["mechanisms"][0]["status"] == "finding"
     assert math.isinf(float(doc["mechanisms"][0]["lower_bound"]))
     res = runner.invoke(app, ["audit", "dp", "--out", str(tmp_path / "c"), "--mechanism", "x"])
-    assert res.exit_code == 2 and "choose from" in res.output
+    assert res.exit_code == 2
+    assert "choose from" in res.output
     res = runner.invoke(app, ["audit", "dp", "--mechanism", "feature-laplace"])
-    assert res.exit_code == 2 and "--out" in res.output
+    assert res.exit_code == 2
+    assert "--out" in res.output
 
 
 def test_one_run_bound_follows_the_papers_theorem() -> None:

@@ -18,8 +18,10 @@ def test_a_perfect_score_is_found_and_a_random_one_is_chance() -> None:
     y = np.array([1] * 200 + [0] * 200)
     rng = np.random.default_rng(0)
     perfect = _by(membership_metrics(y, 10.0 * y + rng.normal(size=400)))
-    assert perfect["auc"]["value"] == 1.0 and perfect["tpr@0.01fpr"]["value"] == 1.0
+    assert perfect["auc"]["value"] == 1.0
+    assert perfect["tpr@0.01fpr"]["value"] == 1.0
     noise = _by(membership_metrics(y, rng.normal(size=400)))
     lo, hi = noise["auc"]["ci"]
-    assert lo < 0.5 < hi and noise["auc"]["chance"] == 0.5
+    assert lo < 0.5 < hi
+    assert noise["auc"]["chance"] == 0.5
     assert noise["tpr@0.001fpr"]["chance"] == 0.001

@@ -56,7 +56,7 @@ def _callbacks(typer_app: typer.Typer) -> Iterator[Callable[..., Any]]:
 # --- the protocol: PROTOCOL, or the hidden --protocol alias, exactly one -------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def cluster_inputs(tmp_path: Path) -> tuple[Path, Path]:
     features, _ = write_tables(tmp_path / "feat", make_features(0))
     proto = write_protocol(tmp_path, 'mode = "plain"', 'k = 3\nk_selection = "fixed"')
@@ -129,7 +129,8 @@ def test_protocol_is_positional_everywhere_and_the_alias_hidden() -> None:
     ]
     helped = runner.invoke(app, ["cluster", "--help"], terminal_width=200)
     assert helped.exit_code == 0
-    assert "PROTOCOL" in helped.output and "--protocol" not in helped.output
+    assert "PROTOCOL" in helped.output
+    assert "--protocol" not in helped.output
 
 
 # --- choices are Enums: listed in --help, refused by click (exit 2) -----------------------------

@@ -40,17 +40,20 @@ def test_bad_cases_are_tabled_and_exit_zero(tmp_path: Path) -> None:
     lab[1, 1, 1] = 3
     rewrite(tmp_path / "FeTS2022_00002" / "FeTS2022_00002_seg.nii.gz", lab)
     header = _run(str(tmp_path), "--header-only")
-    assert header.exit_code == 0 and "3 cases loaded, 0 excluded" in header.output
+    assert header.exit_code == 0
+    assert "3 cases loaded, 0 excluded" in header.output
     res = _run(str(tmp_path), "--full", "--workers", "2")
     assert res.exit_code == 0, res.output
-    assert "FeTS2022_00002_seg.nii.gz" in res.output and "outside" in res.output
+    assert "FeTS2022_00002_seg.nii.gz" in res.output
+    assert "outside" in res.output
     assert "2 cases loaded, 1 excluded: FeTS2022_00002" in res.output
 
 
 def test_no_usable_case_exits_two(tmp_path: Path) -> None:
     res = _run(str(tmp_path))
     assert res.exit_code == 2
-    assert "SF122" in res.output and "nocasefolders" in "".join(res.output.split())
+    assert "SF122" in res.output
+    assert "nocasefolders" in "".join(res.output.split())
     make_federation(tmp_path, [1])
     flair = tmp_path / "FeTS2022_00001" / "FeTS2022_00001_flair.nii.gz"
     flair.write_bytes(flair.read_bytes()[:60])
@@ -63,7 +66,8 @@ def test_partitioning_option(tmp_path: Path) -> None:
     make_federation(tmp_path, [2])
     assert _run(str(tmp_path), "-p", "partitioning_2").exit_code == 2
     res = _run(str(tmp_path), "--partitioning", "none")
-    assert res.exit_code == 0 and "1 partition; 2 cases loaded" in res.output
+    assert res.exit_code == 0
+    assert "1 partition; 2 cases loaded" in res.output
 
 
 def test_values_are_checked_by_default(tmp_path: Path) -> None:
@@ -73,7 +77,8 @@ def test_values_are_checked_by_default(tmp_path: Path) -> None:
     lab[1, 1, 1] = 3
     rewrite(tmp_path / "FeTS2022_00001" / "FeTS2022_00001_seg.nii.gz", lab)
     res = _run(str(tmp_path))
-    assert res.exit_code == 0 and "1 case loaded, 1 excluded" in " ".join(res.output.split())
+    assert res.exit_code == 0
+    assert "1 case loaded, 1 excluded" in " ".join(res.output.split())
 
 
 def test_links_out_of_the_root_are_refused_and_names_print_literally(tmp_path: Path) -> None:
@@ -95,7 +100,8 @@ def test_links_out_of_the_root_are_refused_and_names_print_literally(tmp_path: P
     for m in ("flair", "t1", "t1ce", "t2"):
         (case / f"{evil}_{m}.nii.gz").write_bytes(b"not nifti")
     res = _run(str(root), "--partitioning", "none")
-    assert "\x1b" not in res.output and "\\x1b[2J[bold]Y" in res.output
+    assert "\x1b" not in res.output
+    assert "\\x1b[2J[bold]Y" in res.output
 
 
 def test_strict_fails_when_any_case_is_excluded(tmp_path: Path) -> None:
@@ -106,7 +112,8 @@ def test_strict_fails_when_any_case_is_excluded(tmp_path: Path) -> None:
     t2 = tmp_path / "FeTS2022_00002" / "FeTS2022_00002_t2.nii.gz"
     t2.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2])
     lenient = _run(str(tmp_path))
-    assert lenient.exit_code == 0 and "2 cases loaded, 1 excluded" in lenient.output
+    assert lenient.exit_code == 0
+    assert "2 cases loaded, 1 excluded" in lenient.output
     for level in ("--full", "--header-only"):
         res = _run(str(tmp_path), level, "--strict")
         flat = " ".join(res.output.split())

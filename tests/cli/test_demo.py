@@ -14,7 +14,7 @@ from securefed.protocol.shipped import shipped_protocols
 runner = CliRunner()
 
 
-@pytest.fixture()
+@pytest.fixture
 def no_synthesis(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("synthesised before the protocol was checked")

@@ -46,7 +46,8 @@ def test_strict_extract_fails_on_a_truncated_case_naming_case_and_file(tmp_path:
     strict, said = extract("strict", "--strict")
     assert strict.exit_code == 2, said
     assert "--strict: 1 case(s) excluded or unreadable: FeTS2022_00002" in said
-    assert "FeTS2022_00002_t2.nii.gz" in said and "nothing was extracted" in said
+    assert "FeTS2022_00002_t2.nii.gz" in said
+    assert "nothing was extracted" in said
     assert not (tmp_path / "strict" / "features.csv").exists()
     # Only the chosen partitions count: partition 1 is whole.
     whole, said = extract("part1", "--strict", "--partition", "1")
@@ -54,5 +55,6 @@ def test_strict_extract_fails_on_a_truncated_case_naming_case_and_file(tmp_path:
     # Without --strict the case is excluded, listed, and the command succeeds (as before).
     lenient, said = extract("lenient")
     assert lenient.exit_code == 0, said
-    assert "excluded 1 case(s)" in said and "FeTS2022_00002_t2.nii.gz" in said
+    assert "excluded 1 case(s)" in said
+    assert "FeTS2022_00002_t2.nii.gz" in said
     assert (tmp_path / "lenient" / "features.csv").is_file()

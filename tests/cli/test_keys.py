@@ -33,7 +33,7 @@ total_epsilon = 1.0
 """
 
 
-@pytest.fixture()
+@pytest.fixture
 def app():
     app = typer.Typer()
     protocol_cli.register(app)
@@ -65,12 +65,14 @@ def test_keys_new_and_show(app, tmp_path):
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert load_private_keys(key, b"s3cret").public.signing_fingerprint == fp
     shown = runner.invoke(app, ["keys", "show", str(tmp_path / "site-1" / "site-1.pub.json")])
-    assert shown.exit_code == 0 and fp in _flat(shown.output)
+    assert shown.exit_code == 0
+    assert fp in _flat(shown.output)
     assert "encryption_key" in _flat(shown.output)
     again = runner.invoke(
         app, ["keys", "new", "--role", "site", "--id", "site-1", "--out", str(tmp_path / "site-1")]
     )
-    assert again.exit_code == 2 and "already exists" in _flat(again.output)
+    assert again.exit_code == 2
+    assert "already exists" in _flat(again.output)
 
 
 def test_keys_new_bad_role(app, tmp_path):
@@ -94,13 +96,15 @@ def test_sign_and_verify(app, tmp_path):
     sig = tmp_path / "study.toml.sig"
     assert json.loads(sig.read_text())["signer_fingerprint"] == fp
     ok = runner.invoke(app, ["protocol", "verify", str(proto)])
-    assert ok.exit_code == 0 and "OK sha256:" in _flat(ok.output)
+    assert ok.exit_code == 0
+    assert "OK sha256:" in _flat(ok.output)
     assert verify_protocol_file(proto).sha256.startswith("sha256:")
 
     # a meaningful change to the protocol breaks the signature (exit 3)
     proto.write_text(proto.read_text().replace("total_epsilon = 1.0", "total_epsilon = 9.0"))
     bad = runner.invoke(app, ["protocol", "verify", str(proto)])
-    assert bad.exit_code == 3 and "changed after signing" in _flat(bad.output)
+    assert bad.exit_code == 3
+    assert "changed after signing" in _flat(bad.output)
     with pytest.raises(ProtocolSignatureError):
         verify_protocol_file(proto)
 
@@ -116,13 +120,16 @@ def test_sign_with_wrong_key_and_missing_fingerprint(app, tmp_path):
     )
     # Another governance key may co-sign (the sites decide whom they trust), but the board's
     # consistency check against the pinned key then fails.
-    assert wrong.exit_code == 0 and "co-signer" in _flat(wrong.output)
+    assert wrong.exit_code == 0
+    assert "co-signer" in _flat(wrong.output)
     pinned = runner.invoke(app, ["protocol", "verify", str(proto)])
-    assert pinned.exit_code == 3 and "signed by key" in _flat(pinned.output)
+    assert pinned.exit_code == 3
+    assert "signed by key" in _flat(pinned.output)
     site = runner.invoke(
         app, ["protocol", "sign", str(proto), "--key", str(tmp_path / "site-1" / "site-1.key")]
     )
-    assert site.exit_code == 2 and "governance keys are needed" in _flat(site.output)
+    assert site.exit_code == 2
+    assert "governance keys are needed" in _flat(site.output)
 
     # a signature made by another governance key is refused at verification
     unpinned = tmp_path / "unpinned.toml"
@@ -141,11 +148,13 @@ def test_sign_with_wrong_key_and_missing_fingerprint(app, tmp_path):
     )
     assert signed.exit_code == 0
     res = runner.invoke(app, ["protocol", "verify", str(unpinned)])
-    assert res.exit_code == 3 and "not found" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "not found" in _flat(res.output)
     res = runner.invoke(
         app, ["protocol", "verify", str(unpinned), "--sig", str(tmp_path / "study.toml.sig")]
     )
-    assert res.exit_code == 3 and "governance.signing_key is not set" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "governance.signing_key is not set" in _flat(res.output)
     res = runner.invoke(app, ["protocol", "verify", str(proto)])
     assert res.exit_code == 3  # signs another protocol's hash
 
@@ -165,7 +174,8 @@ def test_tampered_signature_bytes(app, tmp_path):
     doc["signature"] = base64.b64encode(bytes(raw)).decode()
     sig.write_text(json.dumps(doc))
     res = runner.invoke(app, ["protocol", "verify", str(proto)])
-    assert res.exit_code == 3 and "does not verify" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "does not verify" in _flat(res.output)
 
 
 def test_keys_show_reads_node_keys_and_bfv_files(app, tmp_path):
@@ -179,12 +189,15 @@ def test_keys_show_reads_node_keys_and_bfv_files(app, tmp_path):
     for path in (pub, key):
         shown = runner.invoke(app, ["keys", "show", str(path)])
         assert shown.exit_code == 0, shown.output
-        assert fp in _flat(shown.output) and "SuperNode node key" in shown.output
+        assert fp in _flat(shown.output)
+        assert "SuperNode node key" in shown.output
     bfv = make_key()
     (tmp_path / "bfv.key").write_bytes(bfv.to_bytes())
     (tmp_path / "aggregator.ctx").write_bytes(bfv.aggregator_bytes())
     shown = runner.invoke(app, ["keys", "show", str(tmp_path / "bfv.key")])
-    assert shown.exit_code == 0 and "BFV secret key" in shown.output
+    assert shown.exit_code == 0
+    assert "BFV secret key" in shown.output
     assert bfv.key_id.hex() in shown.output
     shown = runner.invoke(app, ["keys", "show", str(tmp_path / "aggregator.ctx")])
-    assert shown.exit_code == 0 and "aggregator context" in shown.output
+    assert shown.exit_code == 0
+    assert "aggregator context" in shown.output

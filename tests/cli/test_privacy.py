@@ -48,8 +48,10 @@ def test_features_bounds_writes_a_pinnable_file(tmp_path):
     assert res.exit_code == 0, res.output
     assert file_sha256(out) in res.output
     bounds = read_bounds(out)
-    assert bounds.columns == COLUMNS and "NOT study data" in bounds.source
-    assert (bounds.lower <= x.min(0)).all() and (bounds.upper >= x.max(0)).all()
+    assert bounds.columns == COLUMNS
+    assert "NOT study data" in bounds.source
+    assert (bounds.lower <= x.min(0)).all()
+    assert (bounds.upper >= x.max(0)).all()
 
 
 def test_ledger_show_and_verify(tmp_path):
@@ -60,15 +62,18 @@ def test_ledger_show_and_verify(tmp_path):
         pass
     res = runner.invoke(app(), ["ledger", "show", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "round-0" in res.output and "of 4" in res.output
+    assert "round-0" in res.output
+    assert "of 4" in res.output
     res = runner.invoke(app(), ["ledger", "verify", str(tmp_path)])
-    assert res.exit_code == 0 and "chain intact" in res.output
+    assert res.exit_code == 0
+    assert "chain intact" in res.output
     path = tmp_path / LEDGER_FILE
     lines = path.read_text().splitlines(keepends=True)
     entry = json.loads(lines[1])
     entry["stage"] = "features"
     path.write_text(lines[0] + json.dumps(entry) + "\n" + "".join(lines[2:]))
     res = runner.invoke(app(), ["ledger", "verify", str(tmp_path)])
-    assert res.exit_code == 3 and "line 2" in res.output
+    assert res.exit_code == 3
+    assert "line 2" in res.output
     res = runner.invoke(app(), ["ledger", "verify", str(tmp_path / "missing")])
     assert res.exit_code == 2

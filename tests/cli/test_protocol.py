@@ -40,7 +40,8 @@ def test_render_names_the_declared_budget_only_as_the_dp_stages_budget() -> None
     res = runner.invoke(app, ["protocol", "render", str(ROOT / "protocols" / "demo.toml")],
                         terminal_width=400)  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "total epsilon" not in res.output and "total per site" not in res.output
+    assert "total epsilon" not in res.output
+    assert "total per site" not in res.output
     assert "Allocated: epsilon 0" not in res.output
     assert "declared budget per site (for the DP stages) | 8 |" in res.output
     assert "  Verdict: effective epsilon inf; DP: none (declared budget epsilon 8" in res.output

@@ -52,4 +52,5 @@ def test_a_bare_skeleton_names_every_missing_key_at_once(tmp_path: Path) -> None
                  "governance.signing_key"):  # fmt: skip
         assert part in check, check
     bad = runner.invoke(app, ["protocol", "new", "--sites", "a,b", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "--deployment" in _flat(bad.output)
+    assert bad.exit_code == 2
+    assert "--deployment" in _flat(bad.output)

@@ -48,7 +48,8 @@ def _bounds_args(tmp_path: Path) -> list[str]:
 def test_quiet_before_or_after_the_subcommand(tmp_path: Path) -> None:
     args = _bounds_args(tmp_path)
     loud = runner.invoke(app, args)
-    assert loud.exit_code == 0 and "reference cases" in loud.stdout
+    assert loud.exit_code == 0
+    assert "reference cases" in loud.stdout
     digest = loud.stdout.split()[-1]
     assert digest.startswith("sha256:")
     for quiet in (["--quiet", *args], [*args, "--quiet"], [*args[:2], "-q", *args[2:]]):
@@ -60,10 +61,12 @@ def test_quiet_before_or_after_the_subcommand(tmp_path: Path) -> None:
 def test_debug_after_the_subcommand_prints_the_traceback(tmp_path: Path) -> None:
     missing = ["ledger", "show", str(tmp_path / "missing" / "ledger.jsonl")]
     plain = runner.invoke(app, missing)
-    assert plain.exit_code == 2 and "Traceback" not in plain.output
+    assert plain.exit_code == 2
+    assert "Traceback" not in plain.output
     for args in (["--debug", *missing], [*missing, "--debug"]):
         res = runner.invoke(app, args)
-        assert res.exit_code == 2 and "no ledger here" in _flat(res.output)
+        assert res.exit_code == 2
+        assert "no ledger here" in _flat(res.output)
         assert "Traceback" in res.stderr, args
 
 
@@ -100,7 +103,8 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path: Path, monkeypatch) ->
     res = runner.invoke(app, ["synth", "--out", str(tmp_path / "fed"), "--preset", "demo"])
     assert res.exit_code == errors.EXIT_INTERRUPTED == 130
     assert res.stderr.splitlines()[-1] == INTERRUPTED == "interrupted; rerun to resume"
-    assert res.stdout == "" and "Traceback" not in res.stderr  # above it: the progress bar
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
 
 
 def test_ctrl_c_outside_a_wrapped_command_exits_130(monkeypatch) -> None:
@@ -109,7 +113,8 @@ def test_ctrl_c_outside_a_wrapped_command_exits_130(monkeypatch) -> None:
     monkeypatch.setattr(securefed.cli, "__version__", None)
     monkeypatch.setattr(securefed.cli.console, "print", _interrupt)
     res = runner.invoke(app, ["version"])  # `version` has no handle_errors: the root's guard
-    assert res.exit_code == 130 and INTERRUPTED in res.stderr
+    assert res.exit_code == 130
+    assert INTERRUPTED in res.stderr
 
 
 def test_sigint_in_a_real_process_exits_130(tmp_path: Path) -> None:
@@ -132,7 +137,8 @@ def test_sigint_in_a_real_process_exits_130(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "fed")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 130, proc.stderr
-    assert INTERRUPTED in proc.stderr and "Traceback" not in proc.stderr
+    assert INTERRUPTED in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_exit_codes_are_defined_once_and_documented() -> None:

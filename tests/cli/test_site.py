@@ -80,7 +80,8 @@ def test_local_dp_release_collect_and_ledger_by_cli(tmp_path: Path) -> None:
     wrong = runner.invoke(app, [*release, "--key", str(keys / "site-1.key"), "--state",
                                 str(tmp_path / "site-1"), "--site-config",
                                 str(configs["site-2"])])  # fmt: skip
-    assert wrong.exit_code == 3 and not (tmp_path / "inbox").exists()
+    assert wrong.exit_code == 3
+    assert not (tmp_path / "inbox").exists()
     for site in ("site-1", "site-2"):
         _ok([*release, "--key", str(keys / f"{site}.key"), "--state", str(tmp_path / site),
              "--site-config", str(configs[site])])  # fmt: skip
@@ -144,7 +145,8 @@ def test_plain_release_has_no_ledger_and_an_empty_inbox_is_a_user_error(tmp_path
                "--server-key", str(keys / "server.pub.json"), "--out", str(tmp_path / "inbox"),
                "--state", str(state), "--site-config", str(configs["site-1"])])  # fmt: skip
     assert "no DP: plain release" in " ".join(out.split())
-    assert state.is_dir() and not (state / "ledger.jsonl").exists()
+    assert state.is_dir()
+    assert not (state / "ledger.jsonl").exists()
     for command in ("show", "verify"):
         said = " ".join(_ok(["ledger", command, str(state)]).split())
         assert said.startswith("no DP charge (plain release):"), said
@@ -152,7 +154,8 @@ def test_plain_release_has_no_ledger_and_an_empty_inbox_is_a_user_error(tmp_path
     assert runner.invoke(app, ["ledger", "verify", str(tmp_path / "nowhere")]).exit_code == 2
     assert runner.invoke(app, ["ledger", "show", str(state / "ledger.jsonl")]).exit_code == 2
     gone = runner.invoke(app, ["ledger", "verify", str(state), "--server-head", "1:sha256:00"])
-    assert gone.exit_code == 3 and "deleted" in gone.output
+    assert gone.exit_code == 3
+    assert "deleted" in gone.output
     out = _ok([*collect, "--inbox", str(tmp_path / "inbox")])
     assert "collected 4 case(s)" in " ".join(out.split())
 
@@ -191,6 +194,8 @@ def test_site_init_takes_a_server_key_file_or_a_fingerprint_and_names_a_bad_valu
         said = " ".join(res.output.split())
         assert res.exit_code == 2, said
         assert "--allow-recipient" in said and why in said, said
-        assert "sha256: and 64 lowercase hex digits" in said and "<id>.pub.json" in said
-        assert "Traceback" not in said and "internal error" not in said
+        assert "sha256: and 64 lowercase hex digits" in said
+        assert "<id>.pub.json" in said
+        assert "Traceback" not in said
+        assert "internal error" not in said
         assert not out.exists()

@@ -49,4 +49,5 @@ def test_status_says_no_and_exits_3_when_the_policy_refuses(tmp_path: Path) -> N
                                    require_version_pin=False)  # fmt: skip
     res = CliRunner().invoke(app, ["site", "status", str(fed.protocol), "--site-config",
                                    str(configs["site-1"])])  # fmt: skip
-    assert res.exit_code == 3 and "accepted: NO:" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "accepted: NO:" in _flat(res.output)

@@ -33,7 +33,7 @@ def fitted(tmp_path_factory):
     return loaded, table, fit_cluster_model(table, loaded)
 
 
-@pytest.fixture()
+@pytest.fixture
 def keys():
     return {"server": generate_keys("server", "server"), "site": generate_keys("site", "site-1")}
 
@@ -55,11 +55,12 @@ def _open(fitted, keys, tmp_path, envelope, **kw):
 
 
 def test_model_round_trips_and_assigns_like_the_server(fitted, keys, tmp_path):
-    loaded, table, fit = fitted
+    _loaded, table, fit = fitted
     opened = _open(fitted, keys, tmp_path, _seal(fitted, keys, tmp_path))
     for name in ("scale_low", "scale_high", "pca_mean", "pca_components", "means", "weights"):
         np.testing.assert_array_equal(getattr(opened, name), getattr(fit.model, name))
-    assert opened.columns == list(table.columns) and opened.rule == fit.model.rule
+    assert opened.columns == list(table.columns)
+    assert opened.rule == fit.model.rule
     np.testing.assert_array_equal(opened.assign(table.values), fit.model.assign(table.values))
 
 

@@ -51,10 +51,12 @@ def test_projection_is_the_release_geometry(tmp_path: Path, release: str) -> Non
     geo = release_geometry(loaded, load_pinned_bounds(loaded))
     x = _study()
     y = proj(x)
-    assert proj.columns == tuple(columns()) and proj.dimension == geo.dimension
+    assert proj.columns == tuple(columns())
+    assert proj.dimension == geo.dimension
     np.testing.assert_array_equal(y, geo.to_release_space(x))
     np.testing.assert_allclose(y, _formula(proj, x), atol=1e-12)
-    assert y.min() >= 0.0 and y.max() <= 1.0
+    assert y.min() >= 0.0
+    assert y.max() <= 1.0
 
 
 def test_file_round_trip_keeps_the_parameters(tmp_path: Path) -> None:
@@ -62,7 +64,8 @@ def test_file_round_trip_keeps_the_parameters(tmp_path: Path) -> None:
     proj = projection_for(loaded, columns())
     pinned = json.loads((tmp_path / "projection.json").read_bytes())
     assert json.loads(proj.to_json_bytes()) == pinned
-    assert pinned["source"] == "test ref" and np.shape(pinned["matrix"]) == (3, len(columns()))
+    assert pinned["source"] == "test ref"
+    assert np.shape(pinned["matrix"]) == (3, len(columns()))
 
 
 def test_derive_projection_is_pca_of_the_reference(tmp_path: Path) -> None:
@@ -73,7 +76,8 @@ def test_derive_projection_is_pca_of_the_reference(tmp_path: Path) -> None:
     y = proj(ref)
     assert y.shape == (len(ref), 2)
     # reference points land inside the 10%-widened box: [1/12, 11/12] per coordinate
-    assert y.min() >= 1 / 12 - 1e-9 and y.max() <= 11 / 12 + 1e-9
+    assert y.min() >= 1 / 12 - 1e-9
+    assert y.max() <= 11 / 12 + 1e-9
     np.testing.assert_allclose(y, _formula(proj, ref), atol=1e-12)
 
 

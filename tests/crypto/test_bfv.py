@@ -51,7 +51,9 @@ def _contribs(key, vectors, weights, enc, **scope):
 
 
 def test_plaintext_modulus_is_a_batching_prime():
-    assert isprime(BFV_T) and BFV_T % (2 * BFV_N) == 1 and BFV_T.bit_length() == 60
+    assert isprime(BFV_T)
+    assert BFV_T % (2 * BFV_N) == 1
+    assert BFV_T.bit_length() == 60
 
 
 @pytest.mark.parametrize("fields", [1, 2])
@@ -64,7 +66,8 @@ def test_weighted_average_within_the_quantisation_bound(key, agg, fields):
     total = sum_contributions(agg, _contribs(key, vectors, weights, enc))
     out = decrypt_aggregate(key, total, sites=[0, 1, 2, 3], enc=enc, **SCOPE)
     truth = np.average(np.stack(vectors), axis=0, weights=weights)
-    assert out.weight_sum == 13 and out.mean.shape == (n,)
+    assert out.weight_sum == 13
+    assert out.mean.shape == (n,)
     # each value is off by at most half a step; so is the weighted average: <= 1e-6 x clip
     assert np.max(np.abs(out.mean - truth)) <= 8.0 / enc.levels + 1e-12
     assert np.max(np.abs(out.mean - truth)) / 8.0 < 1e-6
@@ -90,7 +93,8 @@ def test_aggregator_holds_no_key_and_cannot_decrypt_or_encrypt(key, agg):
     enc = Encoding(clip=1.0)
     blob = _contribs(key, [np.zeros(10)], [1], enc)[0]
     ctx = agg._ctx
-    assert not ctx.has_secret_key() and not ctx.has_public_key()
+    assert not ctx.has_secret_key()
+    assert not ctx.has_public_key()
     assert b"secret" not in repr(agg).lower().encode()
     from securefed.crypto.bfv import _parse
 
@@ -169,7 +173,8 @@ def test_weight_overflow_is_refused(key):
     assert enc.max_weight_sum == 1024
     with pytest.raises(CryptoError, match="weight"):
         encrypt_contribution(key, np.ones(4), weight=1025, site=0, enc=enc, **SCOPE)
-    assert encoding_for(1.0, 1024).fields == 2 and encoding_for(1.0, 1025).fields == 1
+    assert encoding_for(1.0, 1024).fields == 2
+    assert encoding_for(1.0, 1025).fields == 1
 
 
 def test_key_round_trip_and_sealed_dealing(key):

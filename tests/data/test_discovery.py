@@ -23,7 +23,8 @@ def test_fets_and_brats_names_in_channel_order(tmp_path: Path) -> None:
     case = found.cases["BraTS2021_00000"]
     assert tuple(case.images) == MODALITIES
     assert case.images["t1ce"].name == "BraTS2021_00000_t1ce.nii"
-    assert case.seg is not None and case.seg.name == "BraTS2021_00000_seg.nii"
+    assert case.seg is not None
+    assert case.seg.name == "BraTS2021_00000_seg.nii"
     assert found.cases["FeTS2022_00001"].seg is None
 
 

@@ -35,16 +35,20 @@ def _expect(case, match: str, file: str, *, header: bool) -> None:
             continue
         with pytest.raises(CaseError, match=match) as info:
             check_case(case, full=full)
-        assert info.value.case == S and Path(str(info.value.path)).name == file
-        assert S in str(info.value) and file in str(info.value)
+        assert info.value.case == S
+        assert Path(str(info.value.path)).name == file
+        assert S in str(info.value)
+        assert file in str(info.value)
     with pytest.raises(CaseError, match=match):
         load_case(case)
 
 
 def test_load_case_types_and_values(tmp_path: Path) -> None:
     vol = load_case(_case(tmp_path))
-    assert vol.image.shape == (4, *SHAPE) and vol.image.dtype == np.float32
-    assert vol.label is not None and vol.label.dtype == np.uint8
+    assert vol.image.shape == (4, *SHAPE)
+    assert vol.image.dtype == np.float32
+    assert vol.label is not None
+    assert vol.label.dtype == np.uint8
     assert set(np.unique(vol.label)) == {0, 1, 2, 4}
     np.testing.assert_allclose(vol.affine, affine())
     assert vol.spacing == (1.0, 1.0, 1.0)
@@ -65,7 +69,8 @@ def test_unlabelled_case_has_no_label(tmp_path: Path) -> None:
 
 def test_raw_volumes_do_not_print_or_serialise(tmp_path: Path) -> None:
     vol = load_case(_case(tmp_path))
-    assert "float32(4, 12, 12, 10)" in repr(vol) and "[" not in repr(vol)
+    assert "float32(4, 12, 12, 10)" in repr(vol)
+    assert "[" not in repr(vol)
     with pytest.raises(DataError, match="must not be serialised"):
         pickle.dumps(vol)
     with pytest.raises(DataError):
@@ -134,7 +139,9 @@ def test_float_seg_with_valid_labels_loads_as_uint8(tmp_path: Path) -> None:
     lab[1, 1, 1] = 4.0
     rewrite(_file(tmp_path, "seg"), lab)
     vol = load_case(case)
-    assert vol.label is not None and vol.label.dtype == np.uint8 and vol.label.max() == 4
+    assert vol.label is not None
+    assert vol.label.dtype == np.uint8
+    assert vol.label.max() == 4
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -57,15 +57,19 @@ def test_case_and_mean_metrics_skip_undefined_hd95() -> None:
     truth[1, 2:5, 2:5, 2:5] = 1
     pred[1, 2:5, 2:5, 2:5] = 1
     a = case_metrics(pred, truth, spacing=(1, 1, 1))
-    assert a["dice_tc"] == 1.0 and a["dice_wt"] == 1.0 and a["dice_et"] == 1.0
-    assert a["hd95_wt"] == 0.0 and math.isnan(a["hd95_tc"])
+    assert a["dice_tc"] == 1.0
+    assert a["dice_wt"] == 1.0
+    assert a["dice_et"] == 1.0
+    assert a["hd95_wt"] == 0.0
+    assert math.isnan(a["hd95_tc"])
     pred2 = pred.copy()
     pred2[1, 5:8, 2:5, 2:5] = 1  # 27 extra voxels: dice 2*27/81
     b = case_metrics(pred2, truth)
     means = mean_metrics([a, b])
     assert means["num_cases"] == 2
     assert means["dice_wt"] == pytest.approx((1 + 2 * 27 / 81) / 2)
-    assert means["hd95_tc_undefined"] == 2 and math.isnan(means["hd95_tc"])
+    assert means["hd95_tc_undefined"] == 2
+    assert math.isnan(means["hd95_tc"])
     assert means["hd95_wt_undefined"] == 0
     assert "hd95_wt" not in case_metrics(pred, truth, hd95=False)
 

@@ -33,4 +33,5 @@ def test_largest_component_removes_distant_false_positives() -> None:
     kept = predict_mask(_Blobs(), image, _spec("largest-component"), torch.device("cpu"))
     assert plain.sum(axis=(1, 2, 3)).tolist() == [64, 72, 65]
     assert kept.sum(axis=(1, 2, 3)).tolist() == [64, 64, 64]
-    assert kept.dtype == np.uint8 and kept.shape == plain.shape
+    assert kept.dtype == np.uint8
+    assert kept.shape == plain.shape

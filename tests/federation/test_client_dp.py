@@ -58,7 +58,8 @@ def test_client_dp_phase_is_the_noised_mean_of_the_clipped_updates(tmp_path: Pat
                        assignments=asg)  # fmt: skip
     result = run_phase(cfg, sites, task=make_task())
     assert [h["round"] for h in result.history] == [1]
-    assert result.history[0]["num_sites"] == 3 and result.history[0]["weight_sum"] == 3
+    assert result.history[0]["num_sites"] == 3
+    assert result.history[0]["weight_sum"] == 3
 
     # The reference: each site's own round (same seeds, same data) in clear, clipped to 0.05
     # and averaged with uniform weights.
@@ -121,7 +122,8 @@ def test_a_site_past_its_budget_refuses_before_any_noise(tmp_path: Path, monkeyp
         client.fit(start, _config(client.loaded, 1, cluster=0))
     assert drawn == []  # refused before the noise
     state = read_ledger(Path(sites[0].work_dir) / "ledger.jsonl")
-    assert len(state.charges) == plan.rounds and state.spent(1e-6) <= 2.0 + 1e-9
+    assert len(state.charges) == plan.rounds
+    assert state.spent(1e-6) <= 2.0 + 1e-9
 
 
 def test_a_site_without_cases_of_a_cluster_still_sends_noise(tmp_path: Path) -> None:
@@ -132,9 +134,11 @@ def test_a_site_without_cases_of_a_cluster_still_sends_noise(tmp_path: Path) -> 
     client = SiteClient(make_task(), sites[0])
     start = client.get_parameters({})
     (vector,), n, metrics = client.fit(start, _config(client.loaded, 1))
-    assert n == 1 and metrics == {}
+    assert n == 1
+    assert metrics == {}
     plan = site_plan(client.loaded.protocol, flatten(start).size)
-    assert vector.shape == (plan.padded_dim,) and vector.dtype == np.float64
+    assert vector.shape == (plan.padded_dim,)
+    assert vector.dtype == np.float64
     assert np.all(vector == np.rint(vector))
     assert np.all((vector >= -plan.modulus // 2) & (vector < plan.modulus // 2))
 
@@ -154,7 +158,8 @@ def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
     loaded = load_protocol(proto)
     cfg = phase_config(loaded, out_dir=tmp_path / "first", sites=dict.fromkeys(LAYOUT),
                        assignments=asg)  # fmt: skip
-    assert cfg.dp_training == "client-dp" and cfg.rounds == 3
+    assert cfg.dp_training == "client-dp"
+    assert cfg.rounds == 3
     # every site has already spent one round's worth elsewhere: rounds 1 and 2 fit its budget,
     # round 3 would be the 4th of 3 planned rounds
     client = SiteClient(make_task(), sites[0])
@@ -163,9 +168,12 @@ def test_training_stops_cleanly_when_a_budget_runs_out(tmp_path: Path) -> None:
         _spend_elsewhere(loaded, site, event, 1)
     again = run_phase(cfg, sites, task=make_task())
     assert [h["round"] for h in again.history] == [1, 2]
-    assert again.stopped is not None and "stopped before round 3" in again.stopped
-    assert "[1, 2, 3]" in again.stopped and "fewer than 2 sites" in again.stopped
+    assert again.stopped is not None
+    assert "stopped before round 3" in again.stopped
+    assert "[1, 2, 3]" in again.stopped
+    assert "fewer than 2 sites" in again.stopped
     for p in LAYOUT:
         state = read_ledger(tmp_path / f"site{p}" / "ledger.jsonl")
-        assert len(state.charges) == 3 and state.committed == set(state.charges)
+        assert len(state.charges) == 3
+        assert state.committed == set(state.charges)
         assert state.spent(1e-6) <= 4.0 + 1e-9

@@ -109,7 +109,8 @@ def test_bfv_phase_runs_in_a_loopback_deployment_with_dealt_keys(tmp_path) -> No
         ))  # fmt: skip
     context = _deal_keys(tmp_path, proto, configs)
     server = load_aggregator_context(context.read_bytes())
-    assert not server._ctx.has_secret_key() and not server._ctx.has_public_key()
+    assert not server._ctx.has_secret_key()
+    assert not server._ctx.has_public_key()
     dep = loopback_deployment(tmp_path, local)
     plan = tmp_path / "site-1" / "clusters.csv"
     counts = {p: 2 for p in SITES}
@@ -121,7 +122,8 @@ def test_bfv_phase_runs_in_a_loopback_deployment_with_dealt_keys(tmp_path) -> No
     finally:
         stopped = dep.stop()
     assert not groups_alive(stopped), "leftover processes"
-    assert he.best_round == 1 and he.history[0]["num_sites"] == 3
+    assert he.best_round == 1
+    assert he.history[0]["num_sites"] == 3
     # The decryptor decrypted the one sum of the round; no other site decrypted anything.
     decrypted = json.loads((tmp_path / "site-1" / DECRYPTED_FILE).read_text())
     assert decrypted == {"global/1": [1, 2, 3]}

@@ -40,8 +40,10 @@ def test_simulation_dp_round_with_a_site_past_its_budget(tmp_path: Path) -> None
     assert [h["round"] for h in result.history] == [1]
     # Under a DP protocol the site sends weight 1 and no validation metric: the server keeps the
     # last round (securefed.protocol.egress).
-    assert result.history[0]["num_sites"] == 1 and result.history[0]["weight_sum"] == 1
-    assert result.history[0]["sites"] == [] and result.history[0]["val"]["num_val"] == 0
+    assert result.history[0]["num_sites"] == 1
+    assert result.history[0]["weight_sum"] == 1
+    assert result.history[0]["sites"] == []
+    assert result.history[0]["val"]["num_val"] == 0
     assert result.best_round == 1
     one = read_ledger(tmp_path / "site1" / "ledger.jsonl")
     assert list(one.committed) == ["training/global/round-1"]

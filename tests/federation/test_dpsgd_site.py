@@ -40,7 +40,8 @@ def _config(client: SiteClient, rnd: int, cluster: int = -1) -> dict:
 def test_plan_fits_every_planned_round() -> None:
     loaded = load_protocol_text(PROTOCOL.format(rounds=30, finetune=10, enabled="true"))
     plan = dpsgd.plan_dpsgd(loaded.protocol)
-    assert plan.rounds == 30 + 2 * 10 and plan.steps_per_round == 1
+    assert plan.rounds == 30 + 2 * 10
+    assert plan.steps_per_round == 1
     assert plan.planned_epsilon() <= 3.0
     # The calibration is tight: 2% less noise would overspend.
     events = dpsgd.DPSGDPlan(**{**plan.to_json(), "noise_multiplier": 0.98 * plan.noise_multiplier}
@@ -66,7 +67,8 @@ def test_dp_rounds_train_and_charge_the_ledger(tmp_path: Path) -> None:
     weights, n, metrics = client.fit(params, _config(client, 1))
     # A DP protocol: the site keeps its train count and mean train loss (exact functions of its
     # cases) and sends the uniform FedAvg weight 1.
-    assert n == 1 and metrics == {}
+    assert n == 1
+    assert metrics == {}
     assert any(not np.allclose(a, b) for a, b in zip(params, weights, strict=True))
     client.fit(weights, _config(client, 2))
     weights, n, _ = client.fit(weights, _config(client, 1, cluster=0))
@@ -110,8 +112,9 @@ def test_dp_off_leaves_the_ledger_untouched(tmp_path: Path) -> None:
     client, work = _site(tmp_path, enabled=False)
     torch.manual_seed(0)
     params = client.get_parameters({})
-    weights, n, metrics = client.fit(params, _config(client, 1))
-    assert n == 3 and not (work / "ledger.jsonl").exists()
+    _weights, n, metrics = client.fit(params, _config(client, 1))
+    assert n == 3
+    assert not (work / "ledger.jsonl").exists()
     assert metrics["loss"] >= 0  # a plain protocol may send its loss (the report says so)
 
 
@@ -161,7 +164,8 @@ def test_plan_uses_the_tighter_bound() -> None:
     none = dpsgd.plan_dpsgd(
         load_protocol_text(text.replace("population = 8", 'amplification = "none"')).protocol
     )
-    assert plan.sampling == "without-replacement" and none.sampling == "none"
+    assert plan.sampling == "without-replacement"
+    assert none.sampling == "none"
     assert plan.noise_multiplier < 0.8 * none.noise_multiplier
     assert isinstance(plan.step_event(), dpa.SampledWithoutReplacementDpEvent)
     assert isinstance(plan.step_event(population=3), dpa.GaussianDpEvent)
@@ -172,7 +176,8 @@ def test_plan_uses_the_tighter_bound() -> None:
 def test_poisson_batches_are_independent_and_may_be_empty() -> None:
     batches = dpsgd.poisson_batches(4, 0.25, 400, seed=3)
     sizes = [len(b) for b in batches]
-    assert 0 in sizes and max(sizes) <= 4
+    assert 0 in sizes
+    assert max(sizes) <= 4
     assert abs(sum(sizes) / 400 - 1.0) < 0.25  # expected size q n = 1
     groups = ["p1", "p1", "p2", "p3"]
     for b in dpsgd.poisson_batches(4, 0.9, 50, seed=1, groups=groups):

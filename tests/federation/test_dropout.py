@@ -48,7 +48,8 @@ def test_dropout_completes_then_fails_then_resumes(tmp_path, monkeypatch):
     with pytest.raises(TooFewParticipantsError, match="round 2"):
         run_phase(cfg, sites3, task=make_task())
     state = json.loads((tmp_path / "b" / "state.json").read_text())
-    assert state["status"] == "failed" and state["completed_round"] == 1
+    assert state["status"] == "failed"
+    assert state["completed_round"] == 1
     assert state["started_round"] == 2
     assert "rerun the phase to resume (at round 3" in state["error"]
 

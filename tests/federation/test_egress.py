@@ -62,7 +62,8 @@ def test_policy_per_release_mode(tmp_path: Path) -> None:
         "uniform", False, False, "released"
     )  # fmt: skip
     secure = _client(tmp_path / "c", "secure-aggregate").egress
-    assert secure.membership == "all-sites" and secure.weights == "uniform"
+    assert secure.membership == "all-sites"
+    assert secure.weights == "uniform"
     assert any("uniform" in line for line in dp.describe())
 
 
@@ -70,9 +71,12 @@ def test_plain_protocol_sends_counts_loss_and_dice(tmp_path: Path) -> None:
     client = _client(tmp_path, "plain")
     params = client.get_parameters({})
     _, n, metrics = client.fit(params, _config(client))
-    assert n == 3 and "loss" in metrics
+    assert n == 3
+    assert "loss" in metrics
     _, n_val, ev = client.evaluate(params, _config(client))
-    assert n_val == 2 and ev["num_val"] == 2 and "dice_mean" in ev
+    assert n_val == 2
+    assert ev["num_val"] == 2
+    assert "dice_mean" in ev
 
 
 @pytest.mark.parametrize("mode", ["local-dp", "secure-aggregate"])
@@ -81,7 +85,8 @@ def test_dp_protocol_sends_no_patient_derived_training_value(tmp_path: Path, mod
     params = client.get_parameters({})
     for cluster in (-1, 0, 1):
         weights, n, metrics = client.fit(params, _config(client, cluster))
-        assert n == 1 and metrics == {}  # same reply shape whatever the site's cases
+        assert n == 1
+        assert metrics == {}
         assert any(not np.allclose(a, b) for a, b in zip(params, weights, strict=True))
     loss, n_val, ev = client.evaluate(params, _config(client))
     assert (loss, n_val, ev) == (0.0, 0, {"partition-id": 1})
@@ -91,7 +96,8 @@ def test_all_sites_membership_returns_the_model_for_an_empty_cluster(tmp_path: P
     secure = _client(tmp_path / "s", "secure-aggregate")
     params = secure.get_parameters({})
     weights, n, metrics = secure.fit(params, _config(secure, cluster=2))  # no case of cluster 2
-    assert n == 1 and metrics == {}
+    assert n == 1
+    assert metrics == {}
     assert all(np.array_equal(a, b) for a, b in zip(params, weights, strict=True))
     plain = _client(tmp_path / "p", "plain")
     with pytest.raises(TrainingError, match="no train cases"):
@@ -103,11 +109,15 @@ def test_phase_config_follows_the_policy(tmp_path: Path) -> None:
     plain = load_protocol(_client(tmp_path / "a", "plain").site.protocol)
     cfg = phase_config(plain, out_dir=tmp_path / "o", sites={1: 3, 2: 5}, assignments=asg,
                        cluster=0)  # fmt: skip
-    assert cfg.validate and cfg.eval_round_zero and cfg.max_weight == 5
+    assert cfg.validate
+    assert cfg.eval_round_zero
+    assert cfg.max_weight == 5
     dp = load_protocol(_client(tmp_path / "b", "local-dp").site.protocol)
     cfg = phase_config(dp, out_dir=tmp_path / "o", sites={1: None, 2: None}, assignments=asg,
                        cluster=0)  # fmt: skip
-    assert not cfg.validate and not cfg.eval_round_zero and cfg.max_weight == 1
+    assert not cfg.validate
+    assert not cfg.eval_round_zero
+    assert cfg.max_weight == 1
 
 
 def test_secure_aggregate_cffl_needs_secagg_and_no_dpsgd(tmp_path: Path) -> None:

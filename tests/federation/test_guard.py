@@ -108,7 +108,8 @@ def test_a_clear_train_reply_is_refused_under_secagg() -> None:
     """Hostile coordinator, item 1 of the review: a plain train message under a secagg+
     protocol used to return the site's weights in clear; now only SecAgg+ stages pass."""
     problems = check_reply(*_fit(n=1), DP, secagg=True)
-    assert problems and "clear train reply" in problems[0]
+    assert problems
+    assert "clear train reply" in problems[0]
     request, reply = _masked(_fit(n=1))
     reply.content.array_records["fitres.parameters"] = _fit(n=1)[1].content.array_records[
         "fitres.parameters"
@@ -140,9 +141,11 @@ def test_the_mod_replaces_a_refused_reply_by_an_error_and_records_it() -> None:
     guard = make_egress_guard(lambda ctxt: GuardPolicy(DP, False, refused.append))
     request, reply = _fit(n=5)
     out = guard(request, None, lambda m, c: reply)  # type: ignore[arg-type]
-    assert out.has_error() and out.error.code == GUARD_ERROR_CODE
+    assert out.has_error()
+    assert out.error.code == GUARD_ERROR_CODE
     # The reply carries a fixed reason, never the detail (it would quote the count 5).
-    assert out.error.reason == "egress-refused" and refused == [MessageType.TRAIN]
+    assert out.error.reason == "egress-refused"
+    assert refused == [MessageType.TRAIN]
     request, good = _fit(n=1)
     assert guard(request, None, lambda m, c: good) is good  # type: ignore[arg-type]
 
@@ -183,4 +186,5 @@ def test_a_reply_of_the_trained_arrays_only_passes_and_nothing_else_does() -> No
         problems = check_reply(*_fit(weights=weights), DP, secagg=False, sent_arrays=trained)
         assert problems == ["fitres.parameters: arrays differ from the model sent"], weights
     out_of_range = check_reply(*_fit(weights=[MODEL[1]]), DP, secagg=False, sent_arrays=(5,))
-    assert out_of_range and "fewer arrays" in out_of_range[0]
+    assert out_of_range
+    assert "fewer arrays" in out_of_range[0]

@@ -63,13 +63,15 @@ def test_bfv_phase_matches_fedavg(tmp_path, key):
     assert cfg.he_fields == 2  # weight sum 3 x 4 fits two values per slot
     he = run_phase(cfg, sites, task=make_task())
     assert he.best_round == avg.best_round == 1
-    assert he.history[0]["num_sites"] == 3 and he.history[0]["weight_sum"] == 10
+    assert he.history[0]["num_sites"] == 3
+    assert he.history[0]["weight_sum"] == 10
     bound = loaded.protocol.secure_aggregation.clipping_range / (2**20 - 1)
     for a, b in zip(he.best_weights, avg.best_weights, strict=True):
         np.testing.assert_allclose(a, b, atol=bound + 1e-6)  # quantisation and float32 only
     # the server's context holds no key; the decryptor recorded the one decryption
     server = load_aggregator_context((tmp_path / "bfv" / "server" / "aggregator.ctx").read_bytes())
-    assert not server._ctx.has_secret_key() and not server._ctx.has_public_key()
+    assert not server._ctx.has_secret_key()
+    assert not server._ctx.has_public_key()
     decrypted = json.loads((tmp_path / "bfv" / "sites" / "1" / DECRYPTED_FILE).read_text())
     assert decrypted == {"global/1": [1, 2, 3]}
     for p in (2, 3):

@@ -108,8 +108,10 @@ def test_an_overrun_reply_is_dropped_at_the_slot_and_recorded(work_s: float) -> 
     start = clock.now
     msg = _message(MessageType.TRAIN, Stage.COLLECT_MASKED_VECTORS)
     reply = mod(msg, None, _work(clock, work_s))  # type: ignore[arg-type]
-    assert clock.now == pytest.approx(start + 10.0) and overruns == [1]
-    assert reply.has_error() and reply.error.code == int(ReplyCode.SLOT_OVERRUN)
+    assert clock.now == pytest.approx(start + 10.0)
+    assert overruns == [1]
+    assert reply.has_error()
+    assert reply.error.code == int(ReplyCode.SLOT_OVERRUN)
     assert reply.error.reason == "slot-overrun"
 
 
@@ -135,7 +137,8 @@ def test_the_worker_thread_drops_a_late_reply_and_trains_one_piece_at_a_time() -
     assert order == ["first", "second"]
     done = run_with_deadline(lambda: Message(RecordDict(), reply_to=_message(MessageType.TRAIN)),
                              30)  # fmt: skip
-    assert done.done and done.reply is not None
+    assert done.done
+    assert done.reply is not None
 
 
 def test_an_error_reply_is_paced_too() -> None:

@@ -64,7 +64,8 @@ def test_real_task_one_secagg_round(tmp_path):
     cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 2, 2: 2, 3: 2},
                        assignments=asg)  # fmt: skip
     result = run_phase(cfg, sites)  # default task: securefed's DynUNet
-    assert result.best_round == 1 and result.history[0]["num_sites"] == 3
+    assert result.best_round == 1
+    assert result.history[0]["num_sites"] == 3
     assert result.history[0]["val"]["num_val"] == 3
     assert sum(w.size for w in result.best_weights) == 1_401_891
     assert all(np.isfinite(w).all() for w in result.best_weights)

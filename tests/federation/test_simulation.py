@@ -39,7 +39,8 @@ def test_secagg_matches_fedavg(tmp_path, real_ray):
     sec, avg = results["secagg+"], results["fedavg"]
     assert sec.best_round == avg.best_round == 1
     assert [h["round"] for h in sec.history] == [1]
-    assert sec.history[0]["num_sites"] == 3 and sec.history[0]["weight_sum"] == 10
+    assert sec.history[0]["num_sites"] == 3
+    assert sec.history[0]["weight_sum"] == 10
     assert [s["partition-id"] for s in sec.history[0]["sites"]] == [1, 2, 3]
     assert sec.history[0]["val"]["num_val"] == 5
     for a, b in zip(sec.best_weights, avg.best_weights, strict=True):

@@ -61,8 +61,11 @@ def test_each_runtime_keeps_its_own_accepted_protocol_and_data(tmp_path: Path) -
     assert first.accepted(site) is a.accepted  # kept by the runtime that accepted it
     assert second.accepted(site) is not a.accepted  # never shared through a module
     data, n = a._data({"cluster": -1}, "train")
-    assert n == 2 and first.data((site.data_dir, 1, ("S01_000", "S01_001"), a.loaded.sha256),
-                                 lambda: None) is data  # fmt: skip
+    assert n == 2
+    assert (
+        first.data((site.data_dir, 1, ("S01_000", "S01_001"), a.loaded.sha256), lambda: None)
+        is data
+    )
 
 
 def test_training_seeds_come_from_the_sites_secret_under_a_deployment(tmp_path: Path) -> None:

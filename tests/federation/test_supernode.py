@@ -53,7 +53,8 @@ def _supernode(s: dict[str, Path], *extra: str, ca: bool = True, key: bool = Tru
 def test_accepted_site_passes_every_check(site) -> None:
     code, out = _run(*_supernode(site))
     assert code == 0, out
-    assert "site-1: accepted sha256:" in out and "1 approved app bundle(s)" in out
+    assert "site-1: accepted sha256:" in out
+    assert "1 approved app bundle(s)" in out
 
 
 @needs_openssl
@@ -61,7 +62,9 @@ def test_a_missing_data_dir_fails_the_checks(site) -> None:
     args = _supernode(site)
     args[args.index("--data-dir") + 1] = str(site["tmp"] / "nope")
     code, out = _run(*args)
-    assert code == 2 and "--data-dir" in out and "no such folder" in out
+    assert code == 2
+    assert "--data-dir" in out
+    assert "no such folder" in out
 
 
 @needs_openssl
@@ -76,23 +79,27 @@ def test_secagg_needs_the_sites_signing_key(site) -> None:
     data["site"].pop("key")
     site["config"].write_text(tomli_w.dumps(data))
     code, out = _run(*_supernode(site))
-    assert code == 3 and "site.key names no private key" in out
+    assert code == 3
+    assert "site.key names no private key" in out
     from securefed.crypto import generate_keys, write_keys
 
     write_keys(generate_keys("site", "site-1"), site["tmp"] / "other")
     data["site"]["key"] = str(site["tmp"] / "other" / "site-1.key")
     site["config"].write_text(tomli_w.dumps(data))
     code, out = _run(*_supernode(site))
-    assert code == 3 and "is not the signing key the protocol pins" in out
+    assert code == 3
+    assert "is not the signing key the protocol pins" in out
 
 
 @needs_openssl
 def test_tls_is_mandatory(site) -> None:
     code, out = _run(*_supernode(site, ca=False))
-    assert code == 2 and "--ca-cert is required" in out
+    assert code == 2
+    assert "--ca-cert is required" in out
     (site["tmp"] / "bad.pem").write_text("not a certificate")
     code, out = _run(*_supernode(site, ca=False), "--ca-cert", str(site["tmp"] / "bad.pem"))
-    assert code == 2 and "not a PEM certificate" in out
+    assert code == 2
+    assert "not a PEM certificate" in out
     code, out = _run(*_supernode(site), "--insecure")
     assert code == 2  # no such option: a site cannot opt out of TLS
 
@@ -100,13 +107,16 @@ def test_tls_is_mandatory(site) -> None:
 @needs_openssl
 def test_node_key_missing_loose_or_not_the_pinned_one(site) -> None:
     code, out = _run(*_supernode(site, key=False))
-    assert code == 2 and "--node-key is required" in out
+    assert code == 2
+    assert "--node-key is required" in out
     os.chmod(site["key"], 0o644)
     code, out = _run(*_supernode(site))
-    assert code == 2 and "mode 0644" in out
+    assert code == 2
+    assert "mode 0644" in out
     os.chmod(site["key"], 0o600)
     code, out = _run(*_supernode(site, key=False), "--node-key", str(site["other_key"]))
-    assert code == 3 and "not the one the protocol pins for site-1" in out
+    assert code == 3
+    assert "not the one the protocol pins for site-1" in out
 
 
 @needs_openssl
@@ -115,7 +125,8 @@ def test_protocol_not_accepted_by_the_site_is_refused_before_starting(site) -> N
     text = site["proto"].read_text().replace("global_rounds = 1", "global_rounds = 2")
     site["proto"].write_text(text)
     code, out = _run(*_supernode(site))
-    assert code == 3 and "signature" in out
+    assert code == 3
+    assert "signature" in out
     assert not (site["tmp"] / "w").exists()  # nothing started, nothing written
 
 
@@ -126,7 +137,8 @@ def test_a_protocol_without_approved_apps_is_refused(tmp_path: Path) -> None:
     s = {"proto": proto, "config": configs["site-1"], "key": keys["site-1"], "ca": ca,
          "tmp": tmp_path}  # fmt: skip
     code, out = _run(*_supernode(s))
-    assert code == 3 and "approved_apps is empty" in out
+    assert code == 3
+    assert "approved_apps is empty" in out
 
 
 @needs_openssl
@@ -159,12 +171,14 @@ def test_node_key_command_and_its_fingerprint(tmp_path: Path) -> None:
     assert fp == node_key_fingerprint(tmp_path / "k" / "node.pub")
     assert oct((tmp_path / "k" / "node.key").stat().st_mode & 0o777) == "0o600"
     code, out = _run("site", "node-key", "--out", str(tmp_path / "k"))
-    assert code == 2 and "never overwritten" in out
+    assert code == 2
+    assert "never overwritten" in out
 
 
 def test_app_hash_is_the_installed_bundle_and_changes_with_it(tmp_path: Path) -> None:
     code, out = _run("protocol", "app-hash")
-    assert code == 0 and out.strip() == app_hash()
+    assert code == 0
+    assert out.strip() == app_hash()
     from securefed.federation.app import app_dir
 
     copy = tmp_path / "app"
@@ -184,7 +198,8 @@ def test_protocol_refuses_two_sites_with_one_node_key(tmp_path: Path) -> None:
     data["sites"][1]["node_key"] = data["sites"][0]["node_key"]
     proto.write_text(tomli_w.dumps(data))
     code, out = _run("protocol", "check", str(proto))
-    assert code == 2 and "node keys must be unique" in out
+    assert code == 2
+    assert "node keys must be unique" in out
 
 
 def _deployment_protocol(tmp_path: Path) -> Path:

@@ -43,7 +43,8 @@ def test_only_the_trained_blocks_travel_and_the_rest_stays_at_the_start(tmp_path
                        assignments=asg)  # fmt: skip
     task = dp_task()
     trained = sent_indices(task, spec)
-    assert trained is not None and cfg.sent_positions == trained
+    assert trained is not None
+    assert cfg.sent_positions == trained
     result = run_phase(cfg, sites, task=task)
 
     torch.manual_seed(spec.seed)  # the seeded start every site builds (no public weights here)

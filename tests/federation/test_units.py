@@ -61,7 +61,8 @@ def test_phase_config_run_config_round_trip_and_digest():
     # The digest ignores where results go and how long to wait, not what is trained.
     assert _cfg(out_dir="/elsewhere", timeout_s=5).digest() == _cfg().digest()
     assert _cfg(lr=0.2).digest() != _cfg().digest()
-    assert cfg.site_ids == (1, 2, 3) and cfg.name == "cluster-2"
+    assert cfg.site_ids == (1, 2, 3)
+    assert cfg.name == "cluster-2"
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,8 @@ def test_phase_config_rejects(kw):
 def test_site_settings_node_config():
     site = SiteSettings(partition_id=4, data_dir="/data/fets 1", protocol="/p/protocol.toml")
     text = site.to_node_config()
-    assert text.startswith("partition-id=4 ") and '"/data/fets 1"' in text
+    assert text.startswith("partition-id=4 ")
+    assert '"/data/fets 1"' in text
     from flwr.common.config import parse_config_args
 
     parsed = parse_config_args([text])
@@ -89,7 +91,8 @@ def test_site_settings_node_config():
 def test_site_summary_and_pooled_dice():
     s1 = site_summary({"cases": [{"dice_tc": 1.0, "dice_wt": 0.5, "dice_et": 0.0}] * 3})
     s2 = site_summary({"dice_tc": [0.0], "dice_wt": [0.0], "dice_et": [0.0]})
-    assert s1["num_val"] == 3 and s1["dice_mean"] == pytest.approx(0.5)
+    assert s1["num_val"] == 3
+    assert s1["dice_mean"] == pytest.approx(0.5)
     pooled = pooled_dice([s1, s2, {"num_val": 0, "dice_mean": 0.9}])
     assert pooled["num_val"] == 4
     assert pooled["dice_mean"] == pytest.approx(0.5 * 3 / 4)
@@ -101,12 +104,18 @@ def test_site_summary_and_pooled_dice():
 def test_phase_config_from_protocol(tmp_path):
     loaded = load_protocol(write_protocol(tmp_path, rounds=4, finetune=2))
     g = phase_config(loaded, out_dir=tmp_path / "g", sites={3: 40, 1: 7}, assignments=tmp_path)
-    assert g.sites == "1,3" and g.rounds == 4 and not g.eval_round_zero
+    assert g.sites == "1,3"
+    assert g.rounds == 4
+    assert not g.eval_round_zero
     assert g.max_weight == 40.0  # tightened to the largest site count (quantisation precision)
-    assert g.protocol_hash == loaded.sha256 and g.aggregation == "secagg+"
+    assert g.protocol_hash == loaded.sha256
+    assert g.aggregation == "secagg+"
     c = phase_config(loaded, out_dir=tmp_path / "c", sites={1: 2, 3: 2}, assignments=tmp_path,
                      cluster=1, initial_weights=tmp_path / "best.npz")  # fmt: skip
-    assert c.rounds == 2 and c.lr == 0.2 and c.eval_round_zero and c.cluster == 1
+    assert c.rounds == 2
+    assert c.lr == 0.2
+    assert c.eval_round_zero
+    assert c.cluster == 1
 
 
 def test_secagg_threshold_must_be_below_shares(tmp_path):
@@ -141,7 +150,8 @@ def test_server_momentum_is_fedavgm_on_the_aggregate_and_survives_resume(tmp_pat
 
     cfg = _cfg(out_dir=str(tmp_path), server_lr=1.0, server_momentum=0.5, min_sites=1)
     strategy = PhaseStrategy(cfg, grid=None)
-    assert strategy.server_opt and not PhaseStrategy(_cfg(), None).server_opt
+    assert strategy.server_opt
+    assert not PhaseStrategy(_cfg(), None).server_opt
 
     def one_round(rnd, start, site_models, strategy=strategy):
         strategy.configure_fit(rnd, ndarrays_to_parameters([start]), None)

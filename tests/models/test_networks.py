@@ -17,11 +17,14 @@ def test_dynunet_parameter_count_and_bias() -> None:
     # 1,401,075 weights (MONAI DynUNet) + 816 biases added to every convolution.
     assert count_parameters(model) == 1_401_891
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)]
-    assert convs and all(c.bias is not None for c in convs)
+    assert convs
+    assert all(c.bias is not None for c in convs)
     norms = [m for m in model.modules() if isinstance(m, nn.InstanceNorm3d)]
-    assert norms and all(not n.affine for n in norms)
+    assert norms
+    assert all(not n.affine for n in norms)
     acts = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
-    assert acts and all(a.negative_slope == pytest.approx(0.01) for a in acts)
+    assert acts
+    assert all(a.negative_slope == pytest.approx(0.01) for a in acts)
 
 
 def test_forward_shapes() -> None:

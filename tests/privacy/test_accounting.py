@@ -41,7 +41,8 @@ def test_sampling_without_replacement_amplifies_and_is_composed_by_replace_one_r
     assert eps == sorted(eps, reverse=True)  # a larger population amplifies more
     # At 2 of 3 the bound is looser than no amplification (the plan then charges the plain
     # Gaussian: tests/federation/test_dpsgd_site.py::test_plan_uses_the_tighter_bound).
-    assert eps[0] > eps_full and all(e < eps_full for e in eps[1:])
+    assert eps[0] > eps_full
+    assert all(e < eps_full for e in eps[1:])
     # PLD has no such event: the ledger uses RDP with REPLACE_ONE whatever privacy.accountant says.
     assert accountant_epsilon([_wor(6, 2, 4.0, 40)], 1e-5, "pld") == pytest.approx(eps[1])
     acc = make_accountant("pld", [_wor(6, 2, 4.0, 1)])

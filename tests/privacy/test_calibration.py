@@ -88,7 +88,8 @@ def test_pld_calibration_fits_the_stage():
     assert accountant_epsilon([make(m)], 1e-6, "pld") <= 1.0
     # PLD is close to exact: 3 Gaussians of multiplier m are one of m / sqrt(3).
     exact = gaussian_sigma(1.0, 1e-6, 1.0) * math.sqrt(3)
-    assert exact <= m * (1 + 1e-3) and m <= exact * 1.02
+    assert exact <= m * (1 + 1e-3)
+    assert m <= exact * 1.02
 
 
 def test_calibration_rejects_bad_targets():
@@ -108,7 +109,8 @@ def test_calibration_rejects_bad_targets():
 def test_clipping_always_within_bounds(x, lower, width):
     upper = lower + width
     c = clip_to_bounds(x, lower, upper)
-    assert np.all(c >= lower) and np.all(c <= upper)
+    assert np.all(c >= lower)
+    assert np.all(c <= upper)
     inside = (x >= lower) & (x <= upper)
     assert np.array_equal(c[inside], x[inside])
 

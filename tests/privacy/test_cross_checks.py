@@ -88,7 +88,8 @@ def test_poisson_dpsgd_plan_agrees_with_opacus_rdp_accountant() -> None:
                                 "max_grad_norm": 1.0, "sampling_rate": 0.25}},
     })  # fmt: skip
     plan = dpsgd.plan_dpsgd(proto)
-    assert plan.sampling == "poisson" and plan.sampling_rate == 0.25
+    assert plan.sampling == "poisson"
+    assert plan.sampling_rate == 0.25
     opacus = RDPAccountant()
     opacus.history = [(plan.noise_multiplier, 0.25, plan.rounds * plan.steps_per_round)]
     theirs = opacus.get_epsilon(delta=plan.delta)

@@ -79,7 +79,8 @@ def test_conditional_rounding_keeps_the_norm_bound(dim, norm, seed):
     for beta in (0.0, BETA):
         bound = rounded_l2_bound(norm, dim, beta)
         r = conditional_round(x, bound, rng)
-        assert r.dtype == np.int64 and np.all(np.abs(r - x) < 1)
+        assert r.dtype == np.int64
+        assert np.all(np.abs(r - x) < 1)
         assert np.linalg.norm(r) <= bound
 
 
@@ -163,7 +164,8 @@ def test_round_event_is_proposition_14():
     for order, rdp in zip([2.0, 8.0, 32.0], acc._rdp, strict=True):
         assert rdp == pytest.approx(term3(order), rel=1e-9)
     coarse, tau = _multiplier(10.0, 0.4, 3, 4096)
-    assert tau == pytest.approx(distributed_discrete_tau(0.4, 3)) and tau > 1e-3
+    assert tau == pytest.approx(distributed_discrete_tau(0.4, 3))
+    assert tau > 1e-3
     assert coarse < _multiplier(10.0, 0.4, 1, 4096)[0] * math.sqrt(3)  # tau costs privacy
 
 
@@ -197,7 +199,8 @@ def test_the_honest_shares_add_up_to_the_planned_noise():
     # OpenDP's CSPRNG cannot be seeded: each check fails a correct sampler with probability
     # 1e-10 (support.stats), and the scale check rejects a total 10 % off.
     planned = math.sqrt(plan.honest) * sigma
-    assert scale_is(total, planned) and mean_is_zero(total, planned)
+    assert scale_is(total, planned)
+    assert mean_is_zero(total, planned)
     assert not scale_is(total, 1.1 * planned)
 
 

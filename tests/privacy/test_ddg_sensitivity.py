@@ -66,5 +66,6 @@ def test_both_relations_charge_the_same_plan() -> None:
     """The noise and the charged round event are the same under both relations (factor 2)."""
     a, b = _plan("replace-one"), _plan("add-remove-one")
     assert a.round_event() == b.round_event()
-    assert a.sigma_units == b.sigma_units and a.sensitivity == b.sensitivity
+    assert a.sigma_units == b.sigma_units
+    assert a.sensitivity == b.sensitivity
     assert math.isclose(a.planned_epsilon(), 8.0, rel_tol=1e-3) or a.planned_epsilon() <= 8.0

@@ -155,7 +155,8 @@ def test_kill_9_never_loses_nor_double_counts_a_spend(tmp_path, point):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     state = read_ledger(tmp_path / LEDGER_FILE)  # a torn tail is not corruption
     charges, committed = POINTS[point]
-    assert len(state.charges) == charges and len(state.committed) == committed
+    assert len(state.charges) == charges
+    assert len(state.committed) == committed
     assert state.spent() == pytest.approx(float(charges))
     led = ledger(tmp_path)
     if committed:
@@ -169,7 +170,8 @@ def test_kill_9_never_loses_nor_double_counts_a_spend(tmp_path, point):
             assert h.reused == bool(charges)
     final = led.verify()
     assert not final.torn_tail
-    assert len(final.charges) == 1 and final.committed == {"r1"}
+    assert len(final.charges) == 1
+    assert final.committed == {"r1"}
     assert final.spent() == pytest.approx(1.0)
     with pytest.raises(BudgetExceededError), led.charge("features", "r2", event(), (1.0, 1e-5)):
         pass
@@ -196,7 +198,8 @@ def test_an_amendment_carries_the_spend_over_and_never_resets_it(tmp_path):
     state = new.verify()
     assert [e["kind"] for e in state.entries] == [
         "open", "intent", "commit", "amend", "intent", "commit"]  # fmt: skip
-    assert state.protocol == amended and state.budget == bigger
+    assert state.protocol == amended
+    assert state.budget == bigger
     # Another protocol that does not name the ledger's cannot use it (a fresh budget is refused).
     other = Ledger(tmp_path, site_id="site-1", protocol_hash="sha256:" + "ef" * 32,
                    budget=BUDGET, supersedes=PROTO)  # fmt: skip
@@ -235,7 +238,8 @@ def test_per_stage_spend_and_the_epsilon_curve(tmp_path):
     assert [r["step"] for r in curve] == [1, 2, 3, 4]
     assert [r["stage"] for r in curve] == ["features", "training", "training", "training"]
     eps = [r["epsilon"] for r in curve]
-    assert eps == sorted(eps) and eps[0] == pytest.approx(1.0)
+    assert eps == sorted(eps)
+    assert eps[0] == pytest.approx(1.0)
     assert eps[-1] == pytest.approx(state.spent())
     assert state.spent() <= sum(stages.values()) + 1e-9
 
@@ -255,8 +259,11 @@ def test_ledger_show_prints_each_stage_and_the_total(tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "per stage, at delta 1e-05" in text
-    assert "features │ 1 │ 1 │ -" in text and "training │ 1 │" in text and "│ 40 │" in text
-    assert "total (composed) │ 2 │" in text and "│ 50 │" in text
+    assert "features │ 1 │ 1 │ -" in text
+    assert "training │ 1 │" in text
+    assert "│ 40 │" in text
+    assert "total (composed) │ 2 │" in text
+    assert "│ 50 │" in text
 
 
 def test_a_deleted_ledger_does_not_refund_the_budget(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def test_secure_noise_is_finite_and_fresh():
     u = src.uniform((1000,))
     assert np.all((u > 0) & (u < 1))
     a, b = src.gaussian(1.0, (50,)), src.gaussian(1.0, (50,))
-    assert np.isfinite(a).all() and not np.array_equal(a, b)
+    assert np.isfinite(a).all()
+    assert not np.array_equal(a, b)
     assert np.isfinite(src.laplace(2.0, (3, 4))).all()
 
 
@@ -63,7 +64,8 @@ def test_distributed_shares_are_exact_discrete_gaussians_on_the_grid():
     share = distributed_discrete_gaussian_share(SecureNoise(), 2.0, 3, (20000,))
     units = share / SHARE_GRID
     assert np.array_equal(units, np.round(units))  # every value an integer number of grid steps
-    assert scale_is(share, 2.0 / np.sqrt(3)) and mean_is_zero(share, 2.0 / np.sqrt(3))
+    assert scale_is(share, 2.0 / np.sqrt(3))
+    assert mean_is_zero(share, 2.0 / np.sqrt(3))
     assert not scale_is(share, 1.1 * 2.0 / np.sqrt(3))  # the rule has power at this n
     assert distributed_discrete_tau(2.0 / SHARE_GRID / np.sqrt(3), 3) == 0.0
     assert distributed_discrete_tau(0.3, 3) > 1e-3  # Kairouz et al.: tiny shares do not add up
@@ -96,7 +98,8 @@ def test_secure_noise_draws_from_the_os_csprng(monkeypatch):
 
     monkeypatch.setattr(noise_module.os, "urandom", urandom)
     u = SecureNoise().uniform((4,))
-    assert calls == [32] and np.all(u == 0.5 / 2**53)  # all-zero words: the first midpoint
+    assert calls == [32]
+    assert np.all(u == 0.5 / 2**53)
 
 
 def test_privacy_layer_imports_no_higher_layer():

@@ -90,7 +90,8 @@ def test_local_dp_release_sends_one_row_per_patient(tmp_path: Path) -> None:
     assert sorted(table.subject_ids) == [ids[0], *ids[3:]]
     # The site assigns P's other cases on P's released row.
     rows = released_rows(state, loaded.sha256, ids, patients)
-    assert np.array_equal(rows[1], rows[0]) and np.array_equal(rows[2], rows[0])
+    assert np.array_equal(rows[1], rows[0])
+    assert np.array_equal(rows[2], rows[0])
 
 
 def test_secure_clustering_sensitivity_scales_with_the_bound() -> None:
@@ -110,7 +111,8 @@ def test_dp_sgd_batches_sample_patients() -> None:
     batches = dp_batches(5, 2, 400, seed=1, groups=groups)
     seen = set()
     for b in batches:
-        assert len(b) == 2 and len({groups[i] for i in b}) == 2  # distinct patients
+        assert len(b) == 2
+        assert len({groups[i] for i in b}) == 2
         seen |= set(b)
     assert seen == set(range(5))  # every case of a patient can be drawn
     # P (3 cases) is drawn as often as Q or R: a patient, not a case, is the unit.

@@ -244,4 +244,5 @@ def test_a_short_site_runs_every_planned_step_and_divides_by_the_batch_size(
                              release_id="r", lr=0.05)  # fmt: skip
     assert seen == [(3, 4.0)] * 3
     batches = dpsgd.dp_batches(2, 4, 500, seed=1, population=10)
-    assert all(len(b) <= 2 for b in batches) and any(not b for b in batches)
+    assert all(len(b) <= 2 for b in batches)
+    assert any(not b for b in batches)

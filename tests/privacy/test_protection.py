@@ -25,8 +25,10 @@ def test_plain_release_is_the_table_with_epsilon_inf(tmp_path):
     loaded = load(tmp_path, scaling="percentile")
     ids, cols, x = site_table()
     out = protect_features((ids, cols, x), loaded, None, "site-1")
-    assert out.columns == COLUMNS and np.array_equal(out.matrix, x)
-    assert math.isinf(out.epsilon) and out.metadata["mechanism"] is None
+    assert out.columns == COLUMNS
+    assert np.array_equal(out.matrix, x)
+    assert math.isinf(out.epsilon)
+    assert out.metadata["mechanism"] is None
 
 
 def test_local_dp_release_charges_the_ledger_and_adds_noise(tmp_path):
@@ -38,9 +40,12 @@ def test_local_dp_release_charges_the_ledger_and_adds_noise(tmp_path):
         (ids, cols, x, ["train"] * len(ids)), loaded, led, "site-1", write=written.append
     )
     assert written == [out]
-    assert out.matrix.shape == (len(ids), 4) and out.columns[0] == "proj_000"
-    assert out.metadata["noise_source"] == "os-csprng" and out.epsilon == 1.0
-    assert out.metadata["sigma"] > 0 and np.isfinite(out.matrix).all()
+    assert out.matrix.shape == (len(ids), 4)
+    assert out.columns[0] == "proj_000"
+    assert out.metadata["noise_source"] == "os-csprng"
+    assert out.epsilon == 1.0
+    assert out.metadata["sigma"] > 0
+    assert np.isfinite(out.matrix).all()
     assert out.splits == ("train",) * len(ids)
     state = led.verify()
     assert state.committed == {out.metadata["release_id"]}
@@ -127,7 +132,8 @@ def test_release_space_maps_own_vectors_like_the_release_without_noise(tmp_path,
     monkeypatch.setattr(noise_module, "_random_bytes", lambda n: calls.append(n) or b"")
     y = release_space(loaded, cols, x)
     bounds = released_bounds(loaded)
-    assert bounds.columns == tuple(subset) and y.shape == (len(ids), 3)
+    assert bounds.columns == tuple(subset)
+    assert y.shape == (len(ids), 3)
     assert np.allclose(y, np.clip(x[:, :3], bounds.lower, bounds.upper))
     assert calls == []  # nothing drawn, nothing charged (no ledger exists)
 
@@ -151,7 +157,8 @@ def test_released_values_lie_on_the_grid_and_resist_the_float_replay(tmp_path):
         led = Ledger.for_protocol(tmp_path / mechanism / "ledger", loaded, "site-1")
         ids, cols, x = site_table()
         out = protect_features((ids, cols, x), loaded, led, "site-1")
-        assert out.metadata["grid"] == GRID and "discrete" in out.metadata["sampler"]
+        assert out.metadata["grid"] == GRID
+        assert "discrete" in out.metadata["sampler"]
         geo = release_geometry(loaded, load_pinned_bounds(loaded))
         unit = out.matrix if geo.selected is None else to_unit_box(out.matrix, geo.output_bounds())
         steps = np.asarray(unit) / GRID

@@ -28,7 +28,8 @@ def demo_dict() -> dict:
 def test_shipped_protocols_load() -> None:
     for path in (DEMO, PAPER, ALL_METHODS):
         loaded = load_protocol(path)
-        assert loaded.sha256.startswith("sha256:") and len(loaded.sha256) == 71
+        assert loaded.sha256.startswith("sha256:")
+        assert len(loaded.sha256) == 71
 
 
 def test_all_methods_demo_differs_from_the_demo_only_in_its_methods() -> None:
@@ -45,11 +46,17 @@ def test_all_methods_demo_differs_from_the_demo_only_in_its_methods() -> None:
 def test_paper_protocol_has_paper_settings() -> None:
     p = load_protocol(PAPER).protocol
     assert p.radiomics.bin_width == 0.09
-    assert p.clustering.k == 10 and p.clustering.k_selection == "fixed"
-    assert p.clustering.pca_components == 30 and p.clustering.covariance_type == "tied"
-    assert p.clustering.n_init == 20 and p.clustering.seed == 6
-    assert p.training.lr == 0.05 and p.training.optimizer == "sgd" and p.training.momentum == 0
-    assert p.training.global_rounds == 300 and p.training.finetune_rounds == 50
+    assert p.clustering.k == 10
+    assert p.clustering.k_selection == "fixed"
+    assert p.clustering.pca_components == 30
+    assert p.clustering.covariance_type == "tied"
+    assert p.clustering.n_init == 20
+    assert p.clustering.seed == 6
+    assert p.training.lr == 0.05
+    assert p.training.optimizer == "sgd"
+    assert p.training.momentum == 0
+    assert p.training.global_rounds == 300
+    assert p.training.finetune_rounds == 50
     assert p.training.crop_size == (128, 128, 128)
     assert p.release.mode == "plain"
 
@@ -303,7 +310,8 @@ def test_check_shows_the_epsilon_under_collusion(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["protocol", "check", str(path)])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "sigma^2/(n - 1)" in text and "up to 1 colluding site(s)" in text
+    assert "sigma^2/(n - 1)" in text
+    assert "up to 1 colluding site(s)" in text
     assert "with 2 colluding in an aggregate of 3 sites: epsilon" in text
 
 
@@ -385,10 +393,12 @@ def test_check_opens_pinned_files_and_bounds_integers(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_bytes(tomli_w.dumps(data).encode())
     missing = runner.invoke(app, ["protocol", "check", str(path)])
-    assert missing.exit_code == 2 and "release.bounds.file" in missing.output
+    assert missing.exit_code == 2
+    assert "release.bounds.file" in missing.output
     (tmp_path / "b.json").write_text("{}")
     changed = runner.invoke(app, ["protocol", "check", str(path)])
-    assert changed.exit_code == 2 and "release.bounds.sha256" in changed.output
+    assert changed.exit_code == 2
+    assert "release.bounds.sha256" in changed.output
     data["release"]["bounds"]["file"] = "b\x00.json"
     path.write_bytes(tomli_w.dumps(data).encode())
     nul = runner.invoke(app, ["protocol", "check", str(path)])
@@ -410,7 +420,8 @@ def test_check_opens_pinned_files_and_bounds_integers(tmp_path: Path) -> None:
     deep = tmp_path / "deep.toml"
     deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     nested = runner.invoke(app, ["protocol", "check", str(deep)])
-    assert nested.exit_code == 2 and "nested too deeply" in nested.output
+    assert nested.exit_code == 2
+    assert "nested too deeply" in nested.output
 
 
 def test_a_deployment_protocol_reports_every_missing_requirement_at_once(tmp_path) -> None:

@@ -64,8 +64,10 @@ def direct(image3d, roi, bin_width, classes=None):
 
 def test_columns_are_stable_and_named():
     cols = columns()
-    assert len(cols) == 372 and len(set(cols)) == 372
-    assert "flair_glcm_Contrast" in cols and "t2_ngtdm_Strength" in cols
+    assert len(cols) == 372
+    assert len(set(cols)) == 372
+    assert "flair_glcm_Contrast" in cols
+    assert "t2_ngtdm_Strength" in cols
     assert all(
         len(modality_columns(m, ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"))) == 93
         for m in MODALITIES
@@ -87,7 +89,8 @@ def test_adapter_equals_direct_pyradiomics(mask, normalisation):
     img, label = volume(1)
     spec = RadiomicsSpec(mask=mask, normalisation=normalisation, bin_width=0.09)
     ours = case_vector(img, label, SPACING, spec, subject_id="FeTS2022_00001")
-    assert ours.shape == (372,) and np.all(np.isfinite(ours))
+    assert ours.shape == (372,)
+    assert np.all(np.isfinite(ours))
     ref_img, roi = reference_preprocess(img, label, mask, normalisation)
     cols = columns()
     for c, m in enumerate(MODALITIES):
@@ -102,7 +105,8 @@ def test_masks_and_normalisations_change_the_features():
     a = case_vector(img, label, SPACING, RadiomicsSpec(), subject_id="c")
     b = case_vector(img, label, SPACING, RadiomicsSpec(mask="brain-without-tumour"), subject_id="c")
     c = case_vector(img, label, SPACING, RadiomicsSpec(normalisation="brain"), subject_id="c")
-    assert not np.allclose(a, b) and not np.allclose(a, c)
+    assert not np.allclose(a, b)
+    assert not np.allclose(a, c)
 
 
 def test_subset_of_classes():
@@ -204,7 +208,7 @@ def test_preprocess_errors_name_the_case():
 
 
 def test_preprocess_crops_and_masks_like_the_paper():
-    img, label = volume(11)
+    img, _label = volume(11)
     padded = np.zeros((4, 50, 50, 40), dtype=np.float32)
     padded[:, 3:43, 5:45, 2:32] = img
     pre = preprocess(padded, None, subject_id="c")
@@ -213,5 +217,6 @@ def test_preprocess_crops_and_masks_like_the_paper():
     np.testing.assert_allclose(pre.image, direct_pre.image, rtol=1e-12)
     assert pre.mask.sum() == (pre.image[0] > pre.image[0].min()).sum()
     for c in range(4):
-        assert abs(pre.image[c].mean()) < 1e-9 and abs(pre.image[c].std() - 1) < 1e-9
+        assert abs(pre.image[c].mean()) < 1e-9
+        assert abs(pre.image[c].std() - 1) < 1e-9
     assert "Preprocessed(shape=" in repr(pre)

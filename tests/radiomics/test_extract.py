@@ -37,7 +37,8 @@ def test_values_match_the_in_memory_adapter_and_cache_hits(fed_root, tmp_path):
     spec = RadiomicsSpec()
     seen = []
     first = run(fed_root, tmp_path, spec, progress=lambda *a: seen.append(a))
-    assert first.table.shape == (4, 372) and first.table.columns == columns()
+    assert first.table.shape == (4, 372)
+    assert first.table.columns == columns()
     assert (first.computed, first.cached) == (4, 0)
     assert [a[:3] for a in seen] == [("extract", i, 4) for i in range(1, 5)]
     vols = load_case(discover_cases(fed_root).cases["FeTS2022_00002"])
@@ -74,7 +75,8 @@ def test_shared_binning_scans_then_extracts(fed_root, tmp_path):
     stages = []
     res = run(fed_root, tmp_path, spec, progress=lambda st, d, t, s: stages.append(st))
     assert stages == ["scan"] * 4 + ["extract"] * 4
-    assert res.edges is not None and set(res.edges) == {"flair", "t1", "t1ce", "t2"}
+    assert res.edges is not None
+    assert set(res.edges) == {"flair", "t1", "t1ce", "t2"}
     vols = load_case(discover_cases(fed_root).cases["FeTS2022_00004"])
     direct = case_vector(
         vols.image, vols.label, vols.spacing, spec, subject_id="x", edges=res.edges
@@ -83,7 +85,8 @@ def test_shared_binning_scans_then_extracts(fed_root, tmp_path):
     assert run(fed_root, tmp_path, spec).cached == 4
     # edges are a site statistic: a different set of cases gives different edges and keys
     sub = run(fed_root, tmp_path, spec, subjects=["FeTS2022_00001"])
-    assert sub.edges != res.edges and sub.computed == 1
+    assert sub.edges != res.edges
+    assert sub.computed == 1
 
 
 def test_bad_case_is_excluded_by_name_or_raised(tmp_path):
@@ -149,13 +152,16 @@ def test_cli_extract_writes_featdir_and_reuses_cache(fed_root, tmp_path):
     assert "computed 2, from cache 0" in res.output
     table, meta = load_table(out)
     assert table.subject_ids == ("FeTS2022_00001", "FeTS2022_00003")
-    assert set(table.partition_ids) == {2} and table.shape == (2, 372)
-    assert meta["protocol_sha256"].startswith("sha256:") and meta["partitions"] == [2]
+    assert set(table.partition_ids) == {2}
+    assert table.shape == (2, 372)
+    assert meta["protocol_sha256"].startswith("sha256:")
+    assert meta["partitions"] == [2]
     assert set(meta["content_keys"]) == set(table.subject_ids)
     again = CliRunner().invoke(cli(), args)
     assert "computed 0, from cache 2" in again.output
     bad = CliRunner().invoke(cli(), [*args[:-1], "9"])
-    assert bad.exit_code == 2 and "--partition 9" in bad.output
+    assert bad.exit_code == 2
+    assert "--partition 9" in bad.output
 
 
 def test_cli_reports_excluded_cases_by_name(tmp_path):
@@ -169,9 +175,11 @@ def test_cli_reports_excluded_cases_by_name(tmp_path):
         ["features", "extract", "--data", str(root), "--protocol", str(proto), "--out", str(out)],
     )
     assert res.exit_code == 0, res.output
-    assert "excluded 1 case(s)" in res.output and "FeTS2022_00002" in res.output
+    assert "excluded 1 case(s)" in res.output
+    assert "FeTS2022_00002" in res.output
     meta = json.loads((out / "manifest.json").read_text())
-    assert list(meta["excluded"]) == ["FeTS2022_00002"] and meta["bin_edges"] is not None
+    assert list(meta["excluded"]) == ["FeTS2022_00002"]
+    assert meta["bin_edges"] is not None
 
 
 def test_write_case_helper_layout(tmp_path):

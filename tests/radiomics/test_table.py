@@ -29,7 +29,9 @@ def test_repr_and_str_are_redacted():
     t = table()
     secret = repr(float(t.values[0, 0]))
     for text in (repr(t), str(t), f"{t}", f"{t:>20}"):
-        assert "values redacted" in text and secret not in text and "FeTS2022" not in text
+        assert "values redacted" in text
+        assert secret not in text
+        assert "FeTS2022" not in text
 
 
 def test_pickle_copy_and_json_are_refused():
@@ -72,7 +74,8 @@ def test_save_load_round_trip_is_exact(tmp_path):
     save_table(t, tmp_path / "feat", {"protocol_sha256": "sha256:" + "0" * 64})
     back, meta = load_table(tmp_path / "feat")
     assert back == t
-    assert meta["columns"] == list(columns()) and meta["n_cases"] == 4
+    assert meta["columns"] == list(columns())
+    assert meta["n_cases"] == 4
     assert meta["protocol_sha256"].startswith("sha256:")
     assert sorted(p.name for p in (tmp_path / "feat").iterdir()) == [
         "features.csv",

@@ -101,7 +101,8 @@ def test_results_json_is_strict_json(tmp_path: Path) -> None:
     write_json_atomic(path, _results())
     text = path.read_text()
     json.loads(text)  # strict: no NaN/Infinity tokens
-    assert "NaN" not in text and "Infinity" not in text
+    assert "NaN" not in text
+    assert "Infinity" not in text
     data = read_json(path)
     assert data["privacy"]["total_epsilon"] == "inf"
     assert data["segmentation"]["methods"]["fedavg"]["hd95"]["ET"] is None
@@ -150,7 +151,8 @@ def test_dice_table_shows_intervals_and_n(tmp_path: Path) -> None:
     results = _results()
     results["segmentation"]["methods"] = _methods_with_intervals()
     page = write_report(tmp_path, results).read_text()
-    assert "test cases (n)" in page and "<td>9</td>" in page
+    assert "test cases (n)" in page
+    assert "<td>9</td>" in page
     for interval in ("[0.450, 0.550]", "[0.750, 0.850]", "[0.550, 0.650]", "[0.600, 0.660]"):
         assert f'<span class="ci">{interval}</span>' in page, interval
     assert '<span class="ci">n too small</span>' in page  # cffl: n = 2
@@ -198,7 +200,8 @@ def test_k_table_names_its_criterion_and_the_chosen_k(tmp_path: Path) -> None:
     assert "<th>BIC (lower is better)</th>" in page
     assert "GMM with k = 2, chosen by BIC among k = 2 to 3." in page
     assert '<td>2</td><td>-10.000</td><td class="chosen">chosen</td>' in page
-    assert "lowest BIC was chosen" in page and ">score<" not in page
+    assert "lowest BIC was chosen" in page
+    assert ">score<" not in page
     results["clustering"] |= {"k_selection": "silhouette", "k": 3,
                               "selection": {"criterion": "silhouette",
                                             "scores": {"2": 0.41, "3": 0.52}}}  # fmt: skip
@@ -225,7 +228,8 @@ def test_summary_intervals_follow_the_reports_rule() -> None:
     for region in ("TC", "WT", "ET", "mean"):
         lo, hi = res["ci"][region]
         assert lo < res["mean"][region] < hi, region
-    assert res["per_scanner"]["a"]["ci"] is not None and res["per_scanner"]["a"]["n"] == 9
+    assert res["per_scanner"]["a"]["ci"] is not None
+    assert res["per_scanner"]["a"]["n"] == 9
     assert res["per_scanner"]["b"]["ci"] is None  # one case: no interval
     two = summarize_methods(rows[:2])["fedavg"]
     assert two["ci"] == {"TC": None, "WT": None, "ET": None, "mean": None}
@@ -249,7 +253,8 @@ def test_cluster_heatmap_has_a_colour_scale_and_named_axes(tmp_path: Path) -> No
     finally:
         plots._savefig = save  # type: ignore[assignment]
     heatmap, colorbar = drawn  # the table and its colour scale
-    assert heatmap.get_xlabel() == "scanner" and heatmap.get_ylabel() == "cluster (fitted)"
+    assert heatmap.get_xlabel() == "scanner"
+    assert heatmap.get_ylabel() == "cluster (fitted)"
     assert colorbar.get_ylabel() == "cases"
     assert (tmp_path / "t.png").stat().st_size > 1000
 
@@ -262,6 +267,8 @@ def test_report_renders_intervals_in_chromium(tmp_path: Path) -> None:
     page = write_report(tmp_path, results)
     require_chromium()
     dom, shot = render(page, tmp_path / "report.png", height=3000)
-    assert "[0.450, 0.550]" in dom and "n too small" in dom and "BIC (lower is better)" in dom
+    assert "[0.450, 0.550]" in dom
+    assert "n too small" in dom
+    assert "BIC (lower is better)" in dom
     assert len(images(dom)) == 2  # Dice bars and training curves (no per-cluster results)
     assert len(inked_rows(shot)) > 600

@@ -49,7 +49,8 @@ def test_a_rolled_back_ledger_is_refused(tmp_path: Path, rollback: str) -> None:
     else:
         ledger.write_text(ledger.read_text().splitlines()[0] + "\n")
     bad = CliRunner().invoke(app, ["ledger", "verify", str(ledger.parent), "--server-head", seen])
-    assert bad.exit_code == 3 and ("does not extend" in bad.output or "deleted" in bad.output)
+    assert bad.exit_code == 3
+    assert "does not extend" in bad.output or "deleted" in bad.output
     # The site itself refuses to charge a ledger that does not extend its audit log's spends ...
     with pytest.raises(LedgerRollbackError, match="does not extend what the site's audit log"):
         release_site_features(featdir, accepted(loaded), keys["site-1"], keys["server_pub"],
@@ -68,7 +69,8 @@ def test_a_rolled_back_ledger_is_refused(tmp_path: Path, rollback: str) -> None:
     with pytest.raises(CollectionRefused) as refused:
         _collect(loaded, keys, tmp_path / "inbox-2", tmp_path, "2")
     (problem,) = refused.value.problems
-    assert isinstance(problem[1], LedgerRollbackError) and refused.value.exit_code == 3
+    assert isinstance(problem[1], LedgerRollbackError)
+    assert refused.value.exit_code == 3
     assert "does not extend the head" in str(problem[1])
 
 

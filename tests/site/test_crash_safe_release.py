@@ -57,13 +57,15 @@ def test_a_retry_resends_the_same_bytes_under_one_charge(tmp_path, monkeypatch, 
     with pytest.raises(Crash):
         _release(loaded, featdir, keys, tmp_path)
     ledger = read_ledger(tmp_path / "state-1" / "ledger.jsonl")
-    assert len(ledger.charges) == 1 and not ledger.committed  # spent, not committed
+    assert len(ledger.charges) == 1
+    assert not ledger.committed
     monkeypatch.setattr(site_release, "write_message", real_write)
     result = _release(loaded, featdir, keys, tmp_path)
     sent = result.envelope.read_bytes()
     assert sent == kept[0], "the retry drew fresh noise instead of resending the kept release"
     ledger = read_ledger(tmp_path / "state-1" / "ledger.jsonl")
-    assert len(ledger.charges) == 1 and ledger.committed == set(ledger.charges)
+    assert len(ledger.charges) == 1
+    assert ledger.committed == set(ledger.charges)
     once = release_site_features(
         featdir,
         accepted(loaded),
@@ -102,7 +104,8 @@ def test_a_crash_before_sealing_stays_charged_and_a_new_release_needs_new_budget
     with pytest.raises(BudgetExceededError, match="refused before any noise"):
         _release(loaded, featdir, keys, tmp_path)
     ledger = read_ledger(tmp_path / "state-1" / "ledger.jsonl")
-    assert len(ledger.charges) == 1 and not ledger.committed
+    assert len(ledger.charges) == 1
+    assert not ledger.committed
     assert not (tmp_path / "outbox" / "site-1.features.env").exists()
 
 

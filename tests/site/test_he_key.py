@@ -86,9 +86,11 @@ def test_every_training_site_gets_the_dealers_key_and_the_coordinator_none(tmp_p
     load_key(dealer_key.read_bytes())
     # Never twice: a second dealing (or opening) would leave sites with different keys.
     again = _deal(proto, configs, keys, tmp_path)
-    assert again.exit_code != 0 and "already holds a BFV key" in again.output
+    assert again.exit_code != 0
+    assert "already holds a BFV key" in again.output
     twice = _open(proto, configs, keys, tmp_path, "site-2", outbox / "site-2.bfv-key.sealed")
-    assert twice.exit_code != 0 and "already holds a BFV key" in twice.output
+    assert twice.exit_code != 0
+    assert "already holds a BFV key" in twice.output
 
 
 def test_only_the_pinned_dealer_deals_to_pinned_keys_and_a_site_opens_only_its_envelope(
@@ -97,7 +99,8 @@ def test_only_the_pinned_dealer_deals_to_pinned_keys_and_a_site_opens_only_its_e
     proto, configs, keys = _study(tmp_path)
     # site-2 is not the protocol's decryptor: it deals nothing.
     res = _deal(proto, configs, keys, tmp_path, sid="site-2")
-    assert res.exit_code == 3 and "decryptor is site-1" in " ".join(res.output.split())
+    assert res.exit_code == 3
+    assert "decryptor is site-1" in " ".join(res.output.split())
     # A recipient's public key that is not the pinned one: refused before any key is made.
     impostor = generate_keys("site", "site-3")
     write_keys(impostor, tmp_path / "impostor")
@@ -105,8 +108,10 @@ def test_only_the_pinned_dealer_deals_to_pinned_keys_and_a_site_opens_only_its_e
         (tmp_path / "impostor" / "site-3.pub.json").read_bytes()
     )
     res = _deal(proto, configs, keys, tmp_path)
-    assert res.exit_code == 3 and "not the keys the protocol pins for site-3" in res.output
-    assert not (tmp_path / "state" / "site-1").exists() and not (tmp_path / "outbox").exists()
+    assert res.exit_code == 3
+    assert "not the keys the protocol pins for site-3" in res.output
+    assert not (tmp_path / "state" / "site-1").exists()
+    assert not (tmp_path / "outbox").exists()
     (tmp_path / "public" / "site-3.pub.json").write_bytes(
         (keys / "site-3" / "site-3.pub.json").read_bytes()
     )

@@ -41,9 +41,11 @@ def test_plain_round_trip(tmp_path: Path) -> None:
         tmp_path / "server",
         site_public_keys=keys["site_pubs"],
     )
-    assert table.columns == list(COLUMNS) and len(table.columns) == 372
+    assert table.columns == list(COLUMNS)
+    assert len(table.columns) == 372
     back = load_collected(tmp_path / "collected")
-    assert back.values.shape == (18, 372) and np.isfinite(back.values).all()
+    assert back.values.shape == (18, 372)
+    assert np.isfinite(back.values).all()
     assert sorted(set(back.partition_ids)) == [1, 2, 3]
     # Plain mode: exactly the site's values, nothing charged.
     from securefed.radiomics import load_table
@@ -143,7 +145,7 @@ def test_release_past_budget_is_refused_before_noise(tmp_path: Path) -> None:
     assert raw.exists()
     from securefed.radiomics import load_table
 
-    t2, manifest = load_table(featdir2)
+    t2, _manifest = load_table(featdir2)
     shifted = FeatureTable(t2.subject_ids, t2.partition_ids, t2.splits, t2.columns, t2.values + 1)
     save_table(shifted, featdir2, {"settings": settings})
     with pytest.raises(BudgetExceededError):

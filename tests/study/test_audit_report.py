@@ -41,17 +41,21 @@ def test_report_gathers_every_audit_and_renders(plain_rundir: Path, tiny_federat
     dom, image = _chromium(page, tmp_path)
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom, section
-    assert "no claim broken" in dom and "Leakage measured" in dom
-    assert "linkage" in dom and "feature-laplace" in dom
+    assert "no claim broken" in dom
+    assert "Leakage measured" in dom
+    assert "linkage" in dom
+    assert "feature-laplace" in dom
     inked = np.flatnonzero((image < 200).any(axis=1))
-    assert len(inked) > 800 and inked.max() > 1500  # text and plots all the way down
+    assert len(inked) > 800
+    assert inked.max() > 1500
     # A finding in any audit (here: a float sampler's DP audit) makes the report exit 4.
     assert run(app, ["audit", "dp", "--out", out, "--trials", "20000", "--mechanism",
                      "float-laplace"]).exit_code == 4  # fmt: skip
     res = run(app, ["audit", "report", str(plain_rundir)])
     assert res.exit_code == 4, res.output
     dom, _ = _chromium(page, tmp_path)
-    assert "finding(s): a protocol claim is broken" in dom and "above the claimed epsilon" in dom
+    assert "finding(s): a protocol claim is broken" in dom
+    assert "above the claimed epsilon" in dom
     assert json.loads((plain_rundir / "audit" / "dp.json").read_text())["findings"]
 
 
@@ -63,7 +67,8 @@ def test_report_names_the_commands_of_missing_audits(plain_rundir: Path, tmp_pat
     assert res.exit_code == 0, res.output
     html = (run / "audit" / "audit.html").read_text()
     assert "Not run: <code>securefed audit egress" in html
-    assert "securefed audit dp --out" in html and "securefed audit features" in html
+    assert "securefed audit dp --out" in html
+    assert "securefed audit features" in html
     assert "securefed audit models" in html
 
 
@@ -132,16 +137,21 @@ def test_headline_separates_broken_claims_from_measured_leakage(tmp_path: Path) 
     path, findings = write_audit_report(run)
     html = path.read_text()
     assert findings == []
-    assert "<b>Claims:</b>" in html and "no claim broken" in html
-    assert "<b>Leakage measured:</b>" in html and 'class="verdict leak"' in html
+    assert "<b>Claims:</b>" in html
+    assert "no claim broken" in html
+    assert "<b>Leakage measured:</b>" in html
+    assert 'class="verdict leak"' in html
     assert "1 of 2 attack results beat chance" in html  # linkage; scanner's interval holds chance
     assert "linkage (top-1, top-1 rate) 1.000 against chance 0.022" in html
-    assert "claims no finite epsilon (plain release)" in html and "not protected" in html
-    assert "None." not in html and "is not a finding" in html
+    assert "claims no finite epsilon (plain release)" in html
+    assert "not protected" in html
+    assert "None." not in html
+    assert "is not a finding" in html
     # Nothing attacked: leakage is "not measured", not "none".
     run2 = _run(tmp_path / "empty")
     html = write_audit_report(run2)[0].read_text()
-    assert "no claim broken" in html and "not measured" in html
+    assert "no claim broken" in html
+    assert "not measured" in html
     assert 'class="verdict unmeasured"' in html
     # A broken claim: the headline's first line, exit 4 in the CLI.
     finding = {"site": "site-1", "stage": "training/global",
@@ -150,8 +160,10 @@ def test_headline_separates_broken_claims_from_measured_leakage(tmp_path: Path) 
     _write(run, "egress", _egress([finding]))
     path, findings = write_audit_report(run)
     html = path.read_text()
-    assert len(findings) == 1 and "validation Dice (enhancing tumour)" in findings[0]["where"]
-    assert "1 finding(s): a protocol claim is broken" in html and "(exit 4)" in html
+    assert len(findings) == 1
+    assert "validation Dice (enhancing tumour)" in findings[0]["where"]
+    assert "1 finding(s): a protocol claim is broken" in html
+    assert "(exit 4)" in html
     assert CliRunner().invoke(app, ["audit", "report", str(run)]).exit_code == 4
 
 
@@ -186,11 +198,13 @@ def test_fields_are_named_in_words(tmp_path: Path) -> None:
 def test_tpr_at_an_fpr_below_one_non_member_cannot_be_estimated(tmp_path: Path) -> None:
     """10 non-members: the smallest FPR above 0 is 10 %, so neither the TPR at 1 % nor at 0.1 %
     FPR is reported as a number; the AUC is."""
-    assert metric_words("tpr@0.001fpr") == "TPR at 0.1% FPR" and metric_words("auc") == "ROC AUC"
+    assert metric_words("tpr@0.001fpr") == "TPR at 0.1% FPR"
+    assert metric_words("auc") == "ROC AUC"
     run = _run(tmp_path)
     _write(run, "models", _models())
     html = write_audit_report(run)[0].read_text()
-    assert "<td>TPR at 0.1% FPR</td>" in html and "<td>ROC AUC</td>" in html
+    assert "<td>TPR at 0.1% FPR</td>" in html
+    assert "<td>ROC AUC</td>" in html
     assert ("cannot be estimated at 0.1% FPR: 10 non-members, so the smallest FPR above 0 is "
             "10%") in html  # fmt: skip
     assert "cannot be estimated at 1% FPR: 10 non-members" in html

@@ -30,8 +30,10 @@ def test_cffl_phases_with_small_cluster_fallback(tmp_path):
     # cluster 0: sites 1 and 2; cluster 1: sites 2 and 3; cluster 2: only site 3 -> fallback.
     c0, c1, c2 = (study.clusters[c] for c in (0, 1, 2))
     assert c0.status == c1.status == "finetuned"
-    assert c0.sites == {1: 3, 2: 2} and c1.sites == {2: 1, 3: 3}
-    assert c2.status == "fallback-global" and "1 site(s)" in c2.reason
+    assert c0.sites == {1: 3, 2: 2}
+    assert c1.sites == {2: 1, 3: 3}
+    assert c2.status == "fallback-global"
+    assert "1 site(s)" in c2.reason
     assert c2.weights_path == study.global_result.best_weights_path
     # Round 0 (the global model) is a candidate in the cluster phases.
     assert [h["round"] for h in c0.result.history] == [0, 1]

@@ -40,15 +40,18 @@ def test_the_whole_study_writes_every_output(whole_study: FinishedStudy) -> None
         "cffl-ideal",
         "centralized",
     }
-    assert not methods["centralized"]["private"] and not methods["cffl-ideal"]["private"]
-    assert methods["fedavg"]["private"] and methods["local"]["private"]
+    assert not methods["centralized"]["private"]
+    assert not methods["cffl-ideal"]["private"]
+    assert methods["fedavg"]["private"]
+    assert methods["local"]["private"]
     for res in methods.values():
         assert res["n_cases"] > 0
         assert all(0.0 <= res["mean"][r] <= 1.0 for r in ("TC", "WT", "ET"))
     assert results["clustering"]["k"] == 2
     assert "ari_scanner" in results["clustering"]["quality"]
     overlays = results["segmentation"]["overlays"]
-    assert overlays and all((rundir / o["plot"]).is_file() for o in overlays)
+    assert overlays
+    assert all((rundir / o["plot"]).is_file() for o in overlays)
 
 
 def test_the_held_out_institution_is_scored_apart_and_sends_nothing(
@@ -59,7 +62,8 @@ def test_the_held_out_institution_is_scored_apart_and_sends_nothing(
     methods = results["segmentation"]["methods"]
     # The unseen institution: all 5 of its cases routed by radiomics and scored apart.
     unseen = results["segmentation"]["unseen"]
-    assert unseen["fedavg"]["n_cases"] == 5 and unseen["cffl"]["n_cases"] == 5
+    assert unseen["fedavg"]["n_cases"] == 5
+    assert unseen["cffl"]["n_cases"] == 5
     roles = {s["site"]: s["role"] for s in results["data"]["sites"]}
     assert roles == {"site-1": "training", "site-2": "training", "site-3": "unseen"}
     for method in ("local", "fedavg", "cffl"):
@@ -71,7 +75,8 @@ def test_the_held_out_institution_is_scored_apart_and_sends_nothing(
     collected = (rundir / "server" / "features" / "features.csv").read_text().splitlines()
     assert len(collected) == 1 + 10
     clusters = (rundir / "clusters.csv").read_text().splitlines()
-    assert clusters[0] == "subject_id,partition_id,split,cluster" and len(clusters) == 16
+    assert clusters[0] == "subject_id,partition_id,split,cluster"
+    assert len(clusters) == 16
 
 
 def test_the_egress_census_of_the_whole_study(whole_study: FinishedStudy, tmp_path: Path) -> None:
@@ -82,10 +87,13 @@ def test_the_egress_census_of_the_whole_study(whole_study: FinishedStudy, tmp_pa
     assert audit.exit_code == 0, audit.output
     census = json.loads((rundir / "audit" / "egress.json").read_text())
     stages = {r["stage"] for r in census["fields"]}
-    assert "features" in stages and any(s.startswith("training/global/") for s in stages)
+    assert "features" in stages
+    assert any(s.startswith("training/global/") for s in stages)
     assert any(s.startswith("training/cluster-") for s in stages)
     kinds = {r["protection"] for r in census["fields"]}
-    assert "undeclared" not in kinds and "secure-aggregate" in kinds and "clear" in kinds
+    assert "undeclared" not in kinds
+    assert "secure-aggregate" in kinds
+    assert "clear" in kinds
 
 
 def test_membership_audits_of_the_whole_study(whole_study: FinishedStudy, tmp_path: Path) -> None:
@@ -106,9 +114,12 @@ def test_membership_audits_of_the_whole_study(whole_study: FinishedStudy, tmp_pa
                      ("update-membership", "secagg-aggregate"),
                      ("site-attribution", "plain-update"))}  # fmt: skip
     for a in models["attacks"]:
-        assert a["ci"][0] <= a["ci"][1] and 0.0 <= a["value"] <= 1.0
+        assert a["ci"][0] <= a["ci"][1]
+        assert 0.0 <= a["value"] <= 1.0
         assert a["metric"] in ("auc", "tpr@0.01fpr", "tpr@0.001fpr", "accuracy")
-    assert models["members"] > 0 and models["non_members"] > 0 and models["by_scanner"]
+    assert models["members"] > 0
+    assert models["non_members"] > 0
+    assert models["by_scanner"]
 
 
 def test_a_resumed_whole_study_recomputes_nothing(
@@ -132,8 +143,10 @@ def test_the_whole_study_report_renders(whole_study: FinishedStudy, tmp_path: Pa
     require_chromium()
     dom, shot = render(whole_study.rundir / "report.html", tmp_path / "report.png", height=4000)
     srcs = images(dom)
-    assert len(srcs) >= 3 and all(src.startswith("data:image/png;base64,") for src in srcs)
-    assert "<table" in dom and "Dice per scanner group" in dom
+    assert len(srcs) >= 3
+    assert all(src.startswith("data:image/png;base64,") for src in srcs)
+    assert "<table" in dom
+    assert "Dice per scanner group" in dom
     assert "Test cases: truth and predictions" in dom  # a synthetic run shows slices
     assert inked_rows(shot).max() > 2000
 
@@ -199,7 +212,9 @@ def test_secure_aggregate_clustering_through_the_study(
     # nothing patient-derived (no count, loss or Dice); the last round is each phase's result.
     state = json.loads((rundir / "training" / "global" / "state.json").read_text())
     for h in state["history"]:
-        assert h["sites"] == [] and h["val"]["num_val"] == 0 and "train_loss" not in h
+        assert h["sites"] == []
+        assert h["val"]["num_val"] == 0
+        assert "train_loss" not in h
         assert h["weight_sum"] == h["num_sites"] == 3
     assert state["best_round"] == state["completed_round"] == 1
     phases = json.loads((rundir / "training" / "phases.json").read_text())
@@ -211,7 +226,8 @@ def test_secure_aggregate_clustering_through_the_study(
     assert egress["FedAvg weight"]["protection"] == "1 (uniform, public)"
     assert egress["cluster federation membership"]["protection"].startswith("every site")
     html = (rundir / "report.html").read_text()
-    assert "What left each site" in html and "No validation curve" in html
+    assert "What left each site" in html
+    assert "No validation curve" in html
     # One accountant: each site's spend per stage, its curve in privacy/epsilon.csv and a plot.
     per_site = results["privacy"]["per_site"]
     rows = (rundir / "privacy" / "epsilon.csv").read_text().splitlines()
@@ -220,7 +236,8 @@ def test_secure_aggregate_clustering_through_the_study(
         spent = read_ledger(rundir / "sites" / site / "ledger.jsonl").spent()
         assert set(per_site[site]["per_stage"]) == {"clustering"}
         mine = [r.split(",") for r in rows[1:] if r.startswith(site + ",")]
-        assert mine and all(r[2] == "clustering" for r in mine)
+        assert mine
+        assert all(r[2] == "clustering" for r in mine)
         assert float(mine[-1][4]) == pytest.approx(spent, rel=1e-5)
     assert "epsilon spent per charge" in html
     # Every party's audit log verifies: chain, a signed head per stage, spends = its ledger.
@@ -233,7 +250,8 @@ def test_secure_aggregate_clustering_through_the_study(
                                        "--protocol", str(rundir / "protocol.toml"),
                                        "--key", str(keys / f"{site}.pub.json")])  # fmt: skip
         assert res.exit_code == 0, res.output
-        assert "training-round" in res.output and "budget-spend" in res.output
+        assert "training-round" in res.output
+        assert "budget-spend" in res.output
     res = CliRunner().invoke(app, ["audit", "verify", str(rundir / "server"), "--key",
                                    str(keys / "server.pub.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -244,7 +262,8 @@ def test_secure_aggregate_clustering_through_the_study(
     by = {(r["stage"], r["field"]): r["protection"] for r in census["fields"]}
     assert by[("clustering/rounds", "masked")] == "secure-aggregate"
     assert by[("training/global/train", "fitres.num_examples.num_examples")] == "public-constant"
-    assert "clear" not in set(by.values()) and "undeclared" not in set(by.values())
+    assert "clear" not in set(by.values())
+    assert "undeclared" not in set(by.values())
     assert census["differential"]["applies"] is False
 
 
@@ -274,7 +293,8 @@ def test_demo_command_synthesizes_runs_and_resumes(tmp_path: Path, monkeypatch) 
     assert presets == ["demo"]
     assert (out / "data" / "truth.csv").is_file()
     rundir = out / "run-tiny"
-    assert (rundir / "report.html").is_file() and "demo finished" in result.output
+    assert (rundir / "report.html").is_file()
+    assert "demo finished" in result.output
     methods = json.loads((rundir / "results.json").read_text())["segmentation"]["methods"]
     assert set(methods) == {"fedavg", "cffl"}
     assert (
@@ -282,7 +302,8 @@ def test_demo_command_synthesizes_runs_and_resumes(tmp_path: Path, monkeypatch) 
     )
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert presets == ["demo"] and "skipped" in again.output
+    assert presets == ["demo"]
+    assert "skipped" in again.output
 
 
 def test_run_with_site_configs_refuses_an_unsigned_protocol_before_any_work(
@@ -308,7 +329,8 @@ def test_run_with_site_configs_refuses_an_unsigned_protocol_before_any_work(
     args = ["run", str(protocol), "--data", str(tiny_federation), "--out", str(tmp_path / "run"),
             "--site-configs", str(tmp_path / "configs"), "--stop-after", "features"]  # fmt: skip
     refused = CliRunner().invoke(app, args)
-    assert refused.exit_code == 3 and "unsigned" in " ".join(refused.output.split())
+    assert refused.exit_code == 3
+    assert "unsigned" in " ".join(refused.output.split())
     # Nothing was extracted or released; each site logged its refusal.
     assert not list((tmp_path / "run").rglob("features.csv"))
     assert not list((tmp_path / "run").rglob("*.env"))
@@ -324,7 +346,8 @@ def test_run_with_site_configs_refuses_an_unsigned_protocol_before_any_work(
     accepted = CliRunner().invoke(app, args)
     flat = " ".join(accepted.output.split())
     assert "3 site(s) accepted" in flat, accepted.output
-    assert accepted.exit_code == 3 and "allowed_recipient_keys" in flat
+    assert accepted.exit_code == 3
+    assert "allowed_recipient_keys" in flat
     assert not list((tmp_path / "run" / "server").glob("inbox/*.env"))
 
 
@@ -344,7 +367,8 @@ def test_bfv_study_deals_the_key_and_reports_bytes(tiny_federation: Path, tmp_pa
     assert result.exit_code == 0, result.output
     he = rundir / "training" / "he"
     server = load_aggregator_context((he / "aggregator.ctx").read_bytes())
-    assert not server._ctx.has_secret_key() and not server._ctx.has_public_key()
+    assert not server._ctx.has_secret_key()
+    assert not server._ctx.has_public_key()
     keys = {s: rundir / "sites" / s / "he" / "bfv.key" for s in ("site-1", "site-2", "site-3")}
     ids = {load_key(p.read_bytes()).key_id for p in keys.values()}
     assert ids == {server.key_id}  # one key, every site
@@ -354,7 +378,8 @@ def test_bfv_study_deals_the_key_and_reports_bytes(tiny_federation: Path, tmp_pa
     assert key_bytes[60:260] not in (he / "site-2.sealed").read_bytes()  # sealed in transit
     results = json.loads((rundir / "results.json").read_text())
     wire = results["wire"]
-    assert wire["aggregation"] == "bfv" and wire["rounds_measured"] >= 3
+    assert wire["aggregation"] == "bfv"
+    assert wire["rounds_measured"] >= 3
     assert wire["decryptor_bytes_per_round"] == wire["fp32_bytes"]  # the decoded average only
     assert wire["bytes_per_client_per_round"] > wire["fp32_bytes"]
     decrypted = json.loads((rundir / "sites" / "site-1" / "he-decrypted.json").read_text())

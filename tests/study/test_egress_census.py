@@ -29,11 +29,14 @@ def test_local_dp_study_passes_the_census_and_the_differential_check(
     res = CliRunner().invoke(app, ["audit", "egress", str(dp_rundir), "--differential"])
     assert res.exit_code == 0, res.output
     doc = json.loads((dp_rundir / "audit" / "egress.json").read_text())
-    assert doc["findings"] == [] and doc["claims_finite_epsilon"] is True
+    assert doc["findings"] == []
+    assert doc["claims_finite_epsilon"] is True
     values = [r for r in doc["fields"] if r["field"] == "values"]
-    assert values and all(r["protection"] == "dp" and r["epsilon"] == 4.0 for r in values)
+    assert values
+    assert all(r["protection"] == "dp" and r["epsilon"] == 4.0 for r in values)
     diff = doc["differential"]
-    assert diff["applies"] and set(diff["sites"]) >= {"site-1", "site-2"}
+    assert diff["applies"]
+    assert set(diff["sites"]) >= {"site-1", "site-2"}
     for site in diff["sites"].values():
         assert "release.release_id" not in site["deterministic_in_data"]
     assert (dp_rundir / "audit" / "egress.png").stat().st_size > 1000
@@ -91,10 +94,11 @@ def test_clear_training_side_channels_are_findings(dp_rundir: Path, tmp_path: Pa
 
 def test_the_census_declares_every_field_a_real_site_sent(dp_rundir: Path) -> None:
     logs = {p.parent.name: read_egress_log(p) for p in (dp_rundir / "sites").glob("*/egress.jsonl")}
-    assert logs and all(logs.values())
+    assert logs
+    assert all(logs.values())
     doc = census(logs, load_protocol(dp_rundir / "protocol.toml"))
-    assert doc["findings"] == [] and not [r for r in doc["fields"]
-                                          if r["protection"] == "undeclared"]  # fmt: skip
+    assert doc["findings"] == []
+    assert not [r for r in doc["fields"] if r["protection"] == "undeclared"]
 
 
 def test_the_secagg_record_name_is_flowers() -> None:
@@ -142,4 +146,5 @@ def test_bfv_ciphertexts_and_the_decoded_average_are_declared(
     plain = load_protocol(dp_rundir / "protocol.toml")
     secagg = census({"site-1": entries(plain)}, plain)
     found = {f["field"]: f["finding"] for f in secagg["findings"]}
-    assert "in clear" in found["fitres.parameters.0"] and f"{HE_MEAN}.0" in found
+    assert "in clear" in found["fitres.parameters.0"]
+    assert f"{HE_MEAN}.0" in found

@@ -61,5 +61,6 @@ def test_secure_aggregate_has_nothing_per_case_to_attack(dp_rundir: Path, tmp_pa
     (run / "protocol.toml").write_text(tomli_w.dumps(data))
     shutil.copy(dp_rundir / "bounds.json", run / "bounds.json")
     doc = run_feature_attacks(run, tmp_path / "unused.csv")
-    assert doc["attacks"] == [] and len(doc["not_applicable"]) == 5
+    assert doc["attacks"] == []
+    assert len(doc["not_applicable"]) == 5
     assert all("no per-case vector" in n["why"] for n in doc["not_applicable"])

@@ -45,7 +45,8 @@ def _key(folder: Path, extra: str = "", layout: dict | None = None) -> str | Non
 
 def test_the_key_follows_what_the_global_phase_depends_on(tmp_path: Path) -> None:
     base = _key(tmp_path / "a")
-    assert base is not None and len(base) == 64
+    assert base is not None
+    assert len(base) == 64
     # Clustering settings and the clusters themselves do not enter the global phase.
     assert _key(tmp_path / "b", "[clustering]\nk = 3\n") == base
     moved = {p: [(split, 1 - c) for split, c in rows] for p, rows in LAYOUT.items()}
@@ -89,7 +90,8 @@ def test_a_second_study_reuses_the_global_phase_without_training(
     loaded, asg, sites = _study(tmp_path / "a")
     first = run_cffl_phases(loaded, sites, asg, tmp_path / "a" / "phases", task=make_task(),
                             clusters=[], global_cache=cache)  # fmt: skip
-    assert not first.global_reused and len(list(cache.iterdir())) == 1
+    assert not first.global_reused
+    assert len(list(cache.iterdir())) == 1
 
     def no_training(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the global phase ran again")

@@ -28,7 +28,8 @@ def test_the_runner_accepts_its_plain_protocol_and_rewrites_an_outdated_board_co
     assert res.exit_code == 0, res.output
     config = rundir / "sites" / "site-1" / "site.toml"
     policy = tomllib.loads(config.read_text())["policy"]
-    assert policy["allow_plain_stages"] is True and policy["max_total_epsilon"] == 8.0
+    assert policy["allow_plain_stages"] is True
+    assert policy["max_total_epsilon"] == 8.0
     # The configuration a run of an older securefed wrote: no allow_plain_stages (false).
     old = tomllib.loads(config.read_text())
     del old["policy"]["allow_plain_stages"]

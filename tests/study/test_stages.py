@@ -89,7 +89,7 @@ def _context(tiny_federation: Path, tmp_path: Path, *, public: bool) -> StudyCon
     return context
 
 
-@pytest.fixture()
+@pytest.fixture
 def ctx(tiny_federation: Path, tmp_path: Path) -> StudyContext:
     return _context(tiny_federation, tmp_path, public=False)
 
@@ -135,7 +135,8 @@ def test_report_stage_summarises_what_the_stages_wrote(ctx: StudyContext) -> Non
     run_evaluation(ctx)
     results = run_report(ctx)
     text = ctx.paths.results.read_text()
-    assert "NaN" not in text and read_json(ctx.paths.results)["protocol"]["release_mode"] == "plain"
+    assert "NaN" not in text
+    assert read_json(ctx.paths.results)["protocol"]["release_mode"] == "plain"
     rows = read_case_rows(ctx.paths.per_case)
     seen = [r for r in rows if r["group"] == "test"]
     methods = results["segmentation"]["methods"]
@@ -160,7 +161,8 @@ def test_report_stage_summarises_what_the_stages_wrote(ctx: StudyContext) -> Non
     assert results["privacy"]["notes"][0].startswith("Feature release 'plain'")
     assert set(results["training_curves"]) == {"global", "cluster 0"}
     page = (ctx.paths.root / "report.html").read_text()
-    assert "cluster 1: fallback-global" in page and "site-3" in page
+    assert "cluster 1: fallback-global" in page
+    assert "site-3" in page
     again = jsonable(build_results(ctx)["segmentation"])  # NaN (undefined HD95) -> None
     assert again == jsonable(results["segmentation"])
 

@@ -35,11 +35,14 @@ def test_default_grid_and_point_protocols() -> None:
     base = tomllib.loads(DEMO_LOCAL_DP.read_text())
     data = point_protocol(base, points[3])
     p = parse_protocol(data)
-    assert p.release.mode == "local-dp" and p.release.epsilon == 4.0
-    assert p.training.dp_sgd.enabled and p.training.dp_sgd.epsilon == 8.0
+    assert p.release.mode == "local-dp"
+    assert p.release.epsilon == 4.0
+    assert p.training.dp_sgd.enabled
+    assert p.training.dp_sgd.epsilon == 8.0
     assert p.privacy.total_epsilon == pytest.approx(12.0)  # the sum of the allocations
     plain = parse_protocol(point_protocol(base, points[0]))
-    assert plain.release.mode == "plain" and math.isinf(plain.privacy.total_epsilon)
+    assert plain.release.mode == "plain"
+    assert math.isinf(plain.privacy.total_epsilon)
     # A combination the schema refuses names the schema's reason.
     with pytest.raises(ProtocolError, match="secagg"):
         point_protocol(base, Point("plain", None, "client-dp", 8.0, "fedavg"))
@@ -50,11 +53,14 @@ def test_default_grid_and_point_protocols() -> None:
     # needs one): the random projection of demo-local-dp, the subset of demo-secure-aggregate.
     secure = Point("secure-aggregate", 0.5, "none", None, "secagg+")
     sa = parse_protocol(point_protocol(base, secure))
-    assert sa.release.mode == "secure-aggregate" and sa.release.projection == "random"
-    assert sa.release.dimension == 8 and sa.clustering.secure.epsilon == 0.5
+    assert sa.release.mode == "secure-aggregate"
+    assert sa.release.projection == "random"
+    assert sa.release.dimension == 8
+    assert sa.clustering.secure.epsilon == 0.5
     subset_base = tomllib.loads((DEMO_LOCAL_DP.parent / "demo-secure-aggregate.toml").read_text())
     sub = parse_protocol(point_protocol(subset_base, secure))
-    assert sub.release.projection == "subset" and len(sub.release.subset) == 3
+    assert sub.release.projection == "subset"
+    assert len(sub.release.subset) == 3
 
 
 def test_grid_file_errors_name_the_field(tmp_path: Path) -> None:
@@ -109,19 +115,23 @@ def test_sweep_of_a_tiny_federation_writes_and_resumes(
     ]  # fmt: skip
     assert "secagg" in rows[1]["reason"]  # client-level DP needs SecAgg+: the schema says so
     ldp = rows[0]
-    assert 0.0 <= ldp["dice_fedavg"] <= 1.0 and 0.0 <= ldp["dice_cffl"] <= 1.0
+    assert 0.0 <= ldp["dice_fedavg"] <= 1.0
+    assert 0.0 <= ldp["dice_cffl"] <= 1.0
     assert ldp["dice_cffl_lo"] <= ldp["dice_cffl"] <= ldp["dice_cffl_hi"]
-    assert ldp["ari_scanner"] is not None and ldp["advantage_institution"] is not None
+    assert ldp["ari_scanner"] is not None
+    assert ldp["advantage_institution"] is not None
     assert ldp["per_scanner"]["cffl"]
     assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9
     assert ldp["global_reused"] is False  # the first point with its global phase trains it
     assert len(list((out / "cache" / "global").iterdir())) == 1  # and keeps it for the others
     with (out / "sweep.csv").open(newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == list(COLUMNS) and len(table) == 2
+    assert list(table[0]) == list(COLUMNS)
+    assert len(table) == 2
     html = (out / "report.html").read_text()
     for name in ("dice_vs_epsilon", "ari_vs_epsilon", "attack_vs_epsilon", "pareto"):
-        assert f"plots/{name}.png" in html and (out / "plots" / f"{name}.png").stat().st_size
+        assert f"plots/{name}.png" in html
+        assert (out / "plots" / f"{name}.png").stat().st_size
     # Resume: finished points are not run again; the outputs stay the same.
     before = (out / "sweep.csv").read_text()
     res = CliRunner().invoke(app, args)
@@ -131,7 +141,8 @@ def test_sweep_of_a_tiny_federation_writes_and_resumes(
     # Another grid in the same folder is refused.
     grid.write_text('[grid]\nrelease = ["plain"]\ntraining = ["none"]\n')
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 2 and "another protocol or grid" in res.output
+    assert res.exit_code == 2
+    assert "another protocol or grid" in res.output
     # Last, Debian's chromium (a visible skip without it): the page renders with every plot.
     require_chromium()
     _check_in_browser(out / "report.html", tmp_path)
@@ -141,9 +152,11 @@ def _check_in_browser(page: Path, tmp: Path) -> None:
     dom, shot = render(page, tmp / "sweep.png")
     srcs = images(dom)
     assert len(srcs) == 4 and all((page.parent / src).is_file() for src in srcs), srcs
-    assert "Pareto front" in dom and "<table>" in dom
+    assert "Pareto front" in dom
+    assert "<table>" in dom
     inked = inked_rows(shot)
-    assert len(inked) > 600 and inked.max() > 900  # text, four plots and the table
+    assert len(inked) > 600
+    assert inked.max() > 900
 
 
 def test_clustering_only_sweep_has_ari_and_advantage_and_no_dice(
@@ -163,17 +176,22 @@ def test_clustering_only_sweep_has_ari_and_advantage_and_no_dice(
     assert res.exit_code == 0, res.output
     plain, ldp = json.loads((out / "sweep.json").read_text())["rows"]
     for row in (plain, ldp):
-        assert row["status"] == "done" and row["dice_cffl"] is None
-        assert row["ari_scanner"] is not None and row["advantage_institution"] is not None
+        assert row["status"] == "done"
+        assert row["dice_cffl"] is None
+        assert row["ari_scanner"] is not None
+        assert row["advantage_institution"] is not None
         assert not (out / "points" / row["point"] / "run" / "training").exists()
         assert row["global_reused"] is None
-    assert plain["epsilon_total"] == "inf" and plain["epsilon_features"] is None
-    assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9 and ldp["epsilon_total"] <= 2.0 + 1e-9
+    assert plain["epsilon_total"] == "inf"
+    assert plain["epsilon_features"] is None
+    assert 0 < ldp["epsilon_features"] <= 2.0 + 1e-9
+    assert ldp["epsilon_total"] <= 2.0 + 1e-9
     # One feature cache for every point: the second point extracted nothing again.
     assert any((out / "cache" / "radiomics").iterdir())
     assert not (out / "points" / "plain_none_secagg+" / "run" / "cache").exists()
     html = (out / "report.html").read_text()
-    assert "plots/ari_vs_epsilon.png" in html and "plots/dice_vs_epsilon.png" not in html
+    assert "plots/ari_vs_epsilon.png" in html
+    assert "plots/dice_vs_epsilon.png" not in html
     assert not (out / "plots" / "pareto.png").exists()
 
 
@@ -222,16 +240,20 @@ def test_report_table_is_in_words_marks_dp_training_and_renders(tmp_path: Path) 
     html = (tmp_path / "report.html").read_text()
     table = html[html.index("<h2>Grid points</h2>") :]
     body = re.sub(r'title="[^"]*"', "", table)  # the raw ids only in the rows' tooltips
-    assert "local-dp-e4_dp-sgd-e8_secagg+" not in body and "dice_cffl" not in body
+    assert "local-dp-e4_dp-sgd-e8_secagg+" not in body
+    assert "dice_cffl" not in body
     assert not re.search(r"\d[eE][+-]?\d", body), "scientific notation in the table"
-    assert "<th>Dice CFFL</th>" in table and "<th>status</th>" in table
+    assert "<th>Dice CFFL</th>" in table
+    assert "<th>status</th>" in table
     assert '<tr class="dp" title="local-dp-e4_dp-sgd-e8_secagg+">' in table
     # the legend, the DP-SGD row and the skipped client-DP row
     assert table.count('<span class="badge">DP</span>') == 3
     assert '0.834<span class="ci">[0.802, 0.864]</span>' in table
     assert '+0.021<span class="ci">[+0.008, +0.033]</span>' in table
     assert '0.000<span class="ci">[0.000, 0.000]</span>' in table  # -1.4e-06: no "-0.000"
-    assert ">11.2 MB<" in table and ">13.8 min<" in table and ">6.90<" in table
+    assert ">11.2 MB<" in table
+    assert ">13.8 min<" in table
+    assert ">6.90<" in table
     assert "features 3.61, training 5.49" in table
     assert "plain (no DP) / client-level DP, \u03b5 = 8 / FedAvg (plain sums)" in table  # skipped
     require_chromium()

@@ -45,7 +45,8 @@ def test_protocol_check_states_the_upload_per_round() -> None:
     result = CliRunner().invoke(app, ["protocol", "check", str(ROOT / "protocols/demo-bfv.toml")])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "upload bfv:" in text and "1,401,891 values" in text
+    assert "upload bfv:" in text
+    assert "1,401,891 values" in text
     assert "2.91x) when a phase's FedAvg weights sum to <= 1024" in text
     assert "encryption about" in text
     plain = CliRunner().invoke(app, ["protocol", "check", str(ROOT / "protocols/demo.toml")])

@@ -36,9 +36,9 @@ from .flower import make_task, write_assignments, write_protocol
 from .trust import trusted_site_configs
 
 __all__ = [
+    "LAYOUT",
     "Federation",
     "InProcessGrid",
-    "LAYOUT",
     "pinned_federation",
     "secagg_until_unmask",
 ]

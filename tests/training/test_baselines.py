@@ -29,7 +29,8 @@ def sites() -> dict[str, SiteData]:
 
 def test_local_and_finetune(sites: dict[str, SiteData]) -> None:
     local = local_baseline(sites, SPEC, EVAL_FAST, max_steps=1, device="cpu")
-    assert set(local.weights) == {"site-1", "site-2"} and not local.non_private
+    assert set(local.weights) == {"site-1", "site-2"}
+    assert not local.non_private
     assert [c["site"] for c in local.cases] == ["site-1", "site-2"]
     assert all(c["method"] == "local" for c in local.cases)
     tuned = local_finetune_baseline(
@@ -42,13 +43,17 @@ def test_local_and_finetune(sites: dict[str, SiteData]) -> None:
 
 def test_centralized_and_cffl_ideal_are_marked_non_private(sites: dict[str, SiteData]) -> None:
     central = centralized_baseline(sites, SPEC, EVAL_FAST, steps=1, device="cpu")
-    assert central.non_private and set(central.weights) == {"all"} and len(central.cases) == 2
+    assert central.non_private
+    assert set(central.weights) == {"all"}
+    assert len(central.cases) == 2
     ids = [c["subject_id"] for s in sites.values() for c in (*s.train, *s.val)]
     cluster_of = {sid: i % 2 for i, sid in enumerate(ids)}
     ideal = cffl_ideal_baseline(
         sites, cluster_of, SPEC, EVAL_FAST, steps=1, init_weights=central.weights["all"]
     )
-    assert ideal.non_private and set(ideal.weights) == {"0", "1"}
-    assert {c["cluster"] for c in ideal.cases} <= {0, 1} and len(ideal.cases) == 2
+    assert ideal.non_private
+    assert set(ideal.weights) == {"0", "1"}
+    assert {c["cluster"] for c in ideal.cases} <= {0, 1}
+    assert len(ideal.cases) == 2
     with pytest.raises(TrainingError, match="no cluster"):
         cffl_ideal_baseline(sites, {}, SPEC, EVAL_FAST, steps=1)

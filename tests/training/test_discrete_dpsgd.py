@@ -86,7 +86,8 @@ def test_every_rounded_contribution_is_within_the_bound(batch: int, scale: float
         _set_grad_samples(model, [samples[i]])
         opt.clip_and_accumulate()
         one = opt._integer_sum
-        assert one is not None and one.dtype == np.int64
+        assert one is not None
+        assert one.dtype == np.int64
         assert math.sqrt(float(np.dot(one, one))) <= lat.bound
         # Unbiased rounding of the clipped vector: never off by a grid unit per value.
         clipped = samples[i] * min(1.0, 1.0 / np.linalg.norm(samples[i])) / lat.gamma
@@ -137,7 +138,8 @@ def test_a_discrete_round_trains_charges_the_ledger_and_reports_its_noise(tmp_pa
     the event unchanged (``GaussianDpEvent(m / 2)`` per step), the model moved."""
     loaded = _protocol()
     plan = dpsgd.plan_dpsgd(loaded.protocol)
-    assert plan.noise == "discrete-gaussian" and plan.sampling == "none"
+    assert plan.noise == "discrete-gaussian"
+    assert plan.sampling == "none"
     spec = loaded.protocol.training
     model = torch.nn.Conv3d(4, 3, kernel_size=1)  # 15 values: the exact sampler stays quick
     before = get_weights(model)
@@ -145,7 +147,8 @@ def test_a_discrete_round_trains_charges_the_ledger_and_reports_its_noise(tmp_pa
     data = prepare_volumes([dp_case("a"), dp_case("b"), dp_case("c")], spec)
     out = dpsgd.train_dp_round(model, data, spec, plan=plan, ledger=ledger, release_id="r1",
                                lr=0.05, seed=0)  # fmt: skip
-    assert out["noise"] == "discrete-gaussian" and out["steps"] == 1
+    assert out["noise"] == "discrete-gaussian"
+    assert out["steps"] == 1
     assert any(not np.allclose(a, b) for a, b in zip(before, get_weights(model), strict=True))
     assert list(read_ledger(tmp_path / "ledger.jsonl").committed) == ["r1"]
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())

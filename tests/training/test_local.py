@@ -25,11 +25,15 @@ from securefed.training.local import (
 
 def test_prepare_volumes_layout() -> None:
     (item,) = prepare_volumes(volumes(1), SPEC)
-    assert item["image"].dtype == torch.float32 and item["image"].shape[0] == 4
-    assert item["label"].dtype == torch.uint8 and item["label"].shape[0] == 3
+    assert item["image"].dtype == torch.float32
+    assert item["image"].shape[0] == 4
+    assert item["label"].dtype == torch.uint8
+    assert item["label"].shape[0] == 3
     assert item["image"].shape[1:] == item["label"].shape[1:]
     tc, wt, et = (item["label"][c].bool() for c in range(3))
-    assert et.any() and (et <= tc).all() and (tc <= wt).all()  # nested regions
+    assert et.any()
+    assert (et <= tc).all()
+    assert (tc <= wt).all()
     _, label = tiny_case(0)
     assert int(wt.sum()) == int((label > 0).sum())  # cropping keeps the whole tumour
     brain = item["image"][0] != 0
@@ -57,12 +61,14 @@ def test_training_reduces_loss_and_evaluates() -> None:
     data = prepare_volumes(volumes(3), SPEC)
     model = build_model(SPEC)
     first = train_local(model, data, SPEC, epochs=2, max_steps=None, lr=0.003, device="cpu", seed=0)
-    assert first["num_examples"] == 3 and first["steps"] == 4  # ceil(3 / 2) per epoch
+    assert first["num_examples"] == 3
+    assert first["steps"] == 4
     train_local(model, data, SPEC, epochs=10, max_steps=12, lr=0.003, device="cpu", seed=1)
     last = train_local(model, data, SPEC, epochs=2, max_steps=None, lr=0.003, device="cpu", seed=2)
     assert last["loss"] < first["loss"]
     result = evaluate_local(model, data[:2], EVAL, device="cpu")
-    assert result["num_examples"] == 2 and len(result["cases"]) == 2
+    assert result["num_examples"] == 2
+    assert len(result["cases"]) == 2
     assert {"subject_id", "dice_tc", "dice_wt", "dice_et", "hd95_wt"} <= set(result["cases"][0])
     assert 0.0 <= result["means"]["dice_wt"] <= 1.0
 
@@ -81,7 +87,8 @@ def test_training_is_seeded_and_capped() -> None:
 def test_training_without_cases_or_labels() -> None:
     model = build_model(SPEC)
     empty = train_local(model, [], SPEC, epochs=1, max_steps=None, lr=0.003, device="cpu", seed=0)
-    assert empty["num_examples"] == 0 and empty["steps"] == 0
+    assert empty["num_examples"] == 0
+    assert empty["steps"] == 0
     (item,) = prepare_volumes(volumes(1), SPEC)
     with pytest.raises(TrainingError, match="case0"):
         train_local(model, [{**item, "label": None}], SPEC, epochs=1, max_steps=1, lr=0.01, seed=0)

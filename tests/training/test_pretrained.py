@@ -68,13 +68,18 @@ def public_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     res = runner.invoke(app, ["pretrain", str(proto), "--data", str(data), "--out", str(out),
                               "--source", "tiny test phantoms", "--steps", "3"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert file_sha256(out) in res.output and "[training.initial_weights]" in res.output
+    assert file_sha256(out) in res.output
+    assert "[training.initial_weights]" in res.output
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["sha256"] == file_sha256(out) and meta["cases"] == 4 and meta["steps"] == 3
-    assert meta["model"] == "dp-unet" and meta["source"] == "tiny test phantoms"
+    assert meta["sha256"] == file_sha256(out)
+    assert meta["cases"] == 4
+    assert meta["steps"] == 3
+    assert meta["model"] == "dp-unet"
+    assert meta["source"] == "tiny test phantoms"
     again = runner.invoke(app, ["pretrain", str(proto), "--data", str(data), "--out", str(out),
                                 "--source", "x", "--steps", "1"])  # fmt: skip
-    assert again.exit_code != 0 and "--force" in again.output  # never overwritten silently
+    assert again.exit_code != 0
+    assert "--force" in again.output
     return out
 
 
@@ -162,14 +167,18 @@ def test_shipped_public_start_matches_its_protocol_and_provenance() -> None:
 
     loaded = load_protocol(shipped_protocol("demo-dpsgd-public"))
     spec = loaded.protocol.training
-    assert spec.trainable == "outer-blocks" and spec.dp_sgd.enabled
+    assert spec.trainable == "outer-blocks"
+    assert spec.dp_sgd.enabled
     weights = initial_weights(loaded)
-    assert weights is not None and len(weights) == len(get_weights(build_model(spec)))
+    assert weights is not None
+    assert len(weights) == len(get_weights(build_model(spec)))
     pinned = spec.initial_weights
     assert pinned is not None
     meta = json.loads(loaded.resolve(pinned.file).with_suffix(".json").read_text())
-    assert meta["sha256"] == pinned.sha256 and meta["weights"] == pinned.file
-    assert meta["model"] == "dp-unet" and "no patient data" in meta["source"]
+    assert meta["sha256"] == pinned.sha256
+    assert meta["weights"] == pinned.file
+    assert meta["model"] == "dp-unet"
+    assert "no patient data" in meta["source"]
 
 
 def test_bias_only_finetuning_trains_every_bias_and_nothing_else() -> None:
@@ -179,6 +188,7 @@ def test_bias_only_finetuning_trains_every_bias_and_nothing_else() -> None:
     )
     model = build_model(parse_protocol(tomllib.loads(text)).training)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trained and all(n.endswith(".bias") for n in trained)
+    assert trained
+    assert all(n.endswith(".bias") for n in trained)
     assert count_parameters(model) == 822
     assert count_parameters(model, trainable_only=False) == 1_190_345

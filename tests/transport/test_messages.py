@@ -81,7 +81,8 @@ def test_roundtrip_large(parties, tmp_path, recipient):
     }
     env = _seal(parties, tmp_path, arrays, recipient=parties[recipient].public)
     msg = _open(parties, tmp_path, env, recipient=parties[recipient])
-    assert msg.sender == "site-1" and msg.counter == 1
+    assert msg.sender == "site-1"
+    assert msg.counter == 1
     assert msg.meta == {"columns": ["a", "b", "c", "d"]}
     for k, v in arrays.items():
         assert msg.arrays[k].dtype == v.dtype

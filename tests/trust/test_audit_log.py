@@ -56,7 +56,8 @@ def test_a_clean_log_verifies_with_its_ledger(tmp_path: Path) -> None:
         tmp_path, protocol_hash=PROTO, total_epsilon=4.0, ledger_spent=state.spent(),
         ledger_releases=set(state.charges), signer=keys.public.signing_fingerprint,
     )  # fmt: skip
-    assert summary.heads == 2 and summary.events["budget-spend"] == 2
+    assert summary.heads == 2
+    assert summary.events["budget-spend"] == 2
     assert summary.last_spend == pytest.approx(state.spent())
     text = (tmp_path / AUDIT_FILE).read_text()
     assert str(tmp_path) not in text  # no paths
@@ -135,7 +136,8 @@ def test_cli_verify_and_sign_exit_codes(tmp_path: Path) -> None:
                                                aggregation="secagg+", dp_sgd=False)  # fmt: skip
     open_stage = CliRunner().invoke(app, ["audit", "verify", str(tmp_path), "--key",
                                           str(paths.public)])  # fmt: skip
-    assert open_stage.exit_code == 3 and "without a signed head" in _flat(open_stage.output)
+    assert open_stage.exit_code == 3
+    assert "without a signed head" in _flat(open_stage.output)
     proto = tmp_path / "p.toml"
     proto.write_text('schema_version = 1\n[study]\nname = "t"\nmode = "simulation"\n'
                      "[privacy]\ntotal_epsilon = 4.0\n")  # fmt: skip
@@ -252,7 +254,8 @@ def test_sign_refuses_another_protocol_and_leaves_the_log_untouched(tmp_path: Pa
     stranger = write_keys(generate_keys("site", "site-1"), tmp_path / "stranger")
     res = run(app, ["audit", "sign", str(tmp_path / "log"), "--key", str(stranger.private),
                     "--protocol", str(proto)])  # fmt: skip
-    assert res.exit_code == 3 and "not the signing key the protocol pins" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "not the signing key the protocol pins" in _flat(res.output)
     assert log.path.read_bytes() == before
     # The right protocol and key: signed, and the log verifies against its pinned key.
     res = run(app, ["audit", "sign", str(tmp_path / "log"), "--key", str(paths.private),

@@ -37,7 +37,8 @@ def test_the_pinned_key_is_loaded_relative_to_site_toml(tmp_path: Path) -> None:
     assert pinned_site_keys(protocol) == {"site-1": keys.public.signing_fingerprint}
     config, path = _config(tmp_path, key="keys/site-1.key")
     got = site_signing_key(config, path, protocol)
-    assert got is not None and got.public.signing_fingerprint == keys.public.signing_fingerprint
+    assert got is not None
+    assert got.public.signing_fingerprint == keys.public.signing_fingerprint
 
 
 def test_no_pinned_key_needs_no_key(tmp_path: Path) -> None:

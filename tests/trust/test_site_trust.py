@@ -116,18 +116,22 @@ def test_init_writes_the_strictest_policy_and_it_parses(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     config = load_site_config(out)
     policy = config.policy
-    assert policy.forbidden_release_modes == ("plain",) and policy.require_dp_training
-    assert policy.allowed_recipient_keys == () and not policy.allow_unsigned_simulation
+    assert policy.forbidden_release_modes == ("plain",)
+    assert policy.require_dp_training
+    assert policy.allowed_recipient_keys == ()
+    assert not policy.allow_unsigned_simulation
     assert not policy.allow_plain_stages
     assert "# Largest effective epsilon" in out.read_text()  # every field documented
     again = runner.invoke(app, ["site", "init", "--site-id", "site-1", "--out", str(out),
                                 "--trust", str(tmp_path / "keys" / "board.pub.json")])  # fmt: skip
-    assert again.exit_code == 2 and "refusing to overwrite" in _flat(again.output)
+    assert again.exit_code == 2
+    assert "refusing to overwrite" in _flat(again.output)
     _keys(tmp_path, "site-9", role="site")
     wrong = runner.invoke(app, ["site", "init", "--site-id", "site-1", "--out",
                                 str(tmp_path / "x.toml"), "--trust",
                                 str(tmp_path / "keys" / "site-9.pub.json")])  # fmt: skip
-    assert wrong.exit_code == 2 and "not a governance key" in _flat(wrong.output)
+    assert wrong.exit_code == 2
+    assert "not a governance key" in _flat(wrong.output)
 
 
 def test_signed_protocol_is_accepted_and_formatting_is_no_tamper(tmp_path: Path) -> None:
@@ -150,19 +154,22 @@ def test_each_refusal_names_its_check(tmp_path: Path) -> None:
     protocol = _protocol(tmp_path)
     config = _init(tmp_path, "board")
     res = _verify(protocol, config)
-    assert res.exit_code == 3 and "unsigned" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "unsigned" in _flat(res.output)
     _sign(protocol, keys["board"])
     # Edited after signing (budget raised): the signature signs another hash.
     signed = protocol.read_text()
     protocol.write_text(signed.replace("total_epsilon = 1.0", "total_epsilon = 3.0"))
     res = _verify(protocol, config)
-    assert res.exit_code == 3 and "changed after signing" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "changed after signing" in _flat(res.output)
     # The attack of the finding: edit, then re-sign with the editor's own key.
     shutil.copy(protocol, tmp_path / "edited.toml")
     (tmp_path / "protocol.toml.sig").unlink()
     _sign(protocol, keys["editor"])
     res = _verify(protocol, config)
-    assert res.exit_code == 3 and "signed by 0 trusted governance key(s)" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "signed by 0 trusted governance key(s)" in _flat(res.output)
     # A tampered signature.
     protocol.write_text(signed)
     (tmp_path / "protocol.toml.sig").unlink()
@@ -173,7 +180,8 @@ def test_each_refusal_names_its_check(tmp_path: Path) -> None:
     doc["signature"] = doc["signature"][:-8] + flipped + doc["signature"][-4:]
     sig.write_text(json.dumps(doc))
     res = _verify(protocol, config)
-    assert res.exit_code == 3 and "does not verify" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "does not verify" in _flat(res.output)
     # A site the protocol does not list.
     other = tmp_path / "other"
     other.mkdir()
@@ -182,7 +190,8 @@ def test_each_refusal_names_its_check(tmp_path: Path) -> None:
     (tmp_path / "protocol.toml.sig").unlink()
     _sign(protocol, keys["board"])
     res = _verify(protocol, other / "c.toml")
-    assert res.exit_code == 3 and "not a site of this protocol" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "not a site of this protocol" in _flat(res.output)
 
 
 def test_threshold_counts_distinct_trusted_signers(tmp_path: Path) -> None:
@@ -192,9 +201,8 @@ def test_threshold_counts_distinct_trusted_signers(tmp_path: Path) -> None:
     _sign(protocol, keys["a"])
     _sign(protocol, keys["outsider"])  # counts for nothing
     res = _verify(protocol, config)
-    assert res.exit_code == 3 and "signed by 1 trusted governance key(s), the site requires 2" in (
-        _flat(res.output)
-    )
+    assert res.exit_code == 3
+    assert "signed by 1 trusted governance key(s), the site requires 2" in (_flat(res.output))
     _sign(protocol, keys["a"])  # the same signer again is still one
     assert _verify(protocol, config).exit_code == 3
     _sign(protocol, keys["c"])
@@ -238,7 +246,8 @@ def test_unsigned_simulation_only_when_the_policy_allows(tmp_path: Path) -> None
     protocol = _protocol(tmp_path)
     config = _init(tmp_path, "board", policy={"allow_unsigned_simulation": "true"})
     res = _verify(protocol, config)
-    assert res.exit_code == 0 and "unsigned simulation" in _flat(res.output)
+    assert res.exit_code == 0
+    assert "unsigned simulation" in _flat(res.output)
     strict = load_site_config(config)
     strict = strict.model_copy(
         update={"policy": strict.policy.model_copy(update={"allow_unsigned_simulation": False})}
@@ -251,11 +260,13 @@ def test_bad_site_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('schema_version = 1\n[site]\nid = "site-1"\n[trust]\ngovernance_keys = []\n')
     res = _verify(_protocol(tmp_path), bad)
-    assert res.exit_code == 2 and "trust.governance_keys" in _flat(res.output)
+    assert res.exit_code == 2
+    assert "trust.governance_keys" in _flat(res.output)
     bad.write_text('schema_version = 1\n[site]\nid = "s"\n[trust]\ngovernance_keys = ["x"]\n'
                    "[policy]\nmax_total_epsilon = \"8\"\n")  # fmt: skip
     res = _verify(_protocol(tmp_path), bad)
-    assert res.exit_code == 2 and "policy.max_total_epsilon" in _flat(res.output)
+    assert res.exit_code == 2
+    assert "policy.max_total_epsilon" in _flat(res.output)
 
 
 def test_signature_document_is_public_and_signs_the_hash_only(tmp_path: Path) -> None:
@@ -285,7 +296,8 @@ def test_a_protocol_that_would_reset_the_budget_is_refused(tmp_path: Path) -> No
     fresh = _protocol(tmp_path, min_sites="4")
     _sign(fresh, keys["board"])
     res = _verify(fresh, config)
-    assert res.exit_code == 3 and "would start the budget afresh" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "would start the budget afresh" in _flat(res.output)
     amendment = fresh.read_text().replace(
         "[governance]\n", f'[governance]\nsupersedes = "{old.sha256}"\n'
     )
@@ -296,7 +308,8 @@ def test_a_protocol_that_would_reset_the_budget_is_refused(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     amended = load_protocol(fresh)
     ledger = Ledger.for_protocol(state, amended, "site-1")
-    assert ledger.spent() > 0 and budget_for(amended).total_epsilon == 1.0
+    assert ledger.spent() > 0
+    assert budget_for(amended).total_epsilon == 1.0
 
 
 def test_the_policy_bounds_each_stages_effective_epsilon_not_the_declared_total(
@@ -328,9 +341,11 @@ def test_the_policy_bounds_each_stages_effective_epsilon_not_the_declared_total(
     # DP features (local-dp, epsilon 4) but training without DP: the training stage breaks it.
     local = load_protocol(root / "demo-local-dp.toml").protocol
     by_stage = {s.stage: s for s in stage_epsilons(local)}
-    assert by_stage["features"].epsilon == 4.0 and by_stage["training"].epsilon == float("inf")
+    assert by_stage["features"].epsilon == 4.0
+    assert by_stage["training"].epsilon == float("inf")
     problems = epsilon_violations(local, SitePolicy(max_total_epsilon=8.0, **lax))
-    assert len(problems) == 1 and problems[0].startswith("stage training: effective epsilon inf")
+    assert len(problems) == 1
+    assert problems[0].startswith("stage training: effective epsilon inf")
     # With stages without DP allowed, the DP stages still count: 4 > 3.
     problems = epsilon_violations(local, SitePolicy(max_total_epsilon=3.0,
                                                     allow_plain_stages=True, **lax))  # fmt: skip
@@ -342,7 +357,8 @@ def test_the_policy_bounds_each_stages_effective_epsilon_not_the_declared_total(
     protocol = _protocol(tmp_path)  # plain features, DP-SGD 1 (total 1): features break it
     _sign(protocol, keys["board"])
     res = _verify(protocol, config)
-    assert res.exit_code == 3 and "stage features: effective epsilon inf" in _flat(res.output)
+    assert res.exit_code == 3
+    assert "stage features: effective epsilon inf" in _flat(res.output)
 
 
 def test_the_demo_sites_accept_every_shipped_protocol_with_plain_stages_allowed_explicitly(
@@ -368,7 +384,8 @@ def test_the_demo_sites_accept_every_shipped_protocol_with_plain_stages_allowed_
         assert policy_violations(loaded, written.policy) == [], name
     demo = load_protocol(shipped_protocols()["demo"])
     policy = board_policy(demo, key)
-    assert policy.allow_plain_stages and policy.max_total_epsilon == 8.0
+    assert policy.allow_plain_stages
+    assert policy.max_total_epsilon == 8.0
     refused = policy_violations(demo, policy.model_copy(update={"allow_plain_stages": False}))
     assert [p.split(":")[0] for p in refused] == ["stage features", "stage training"]
 

@@ -10,14 +10,14 @@ from securefed.data.synth.scanners import SCANNERS, ScannerProfile
 from securefed.data.synth.writer import TRUTH_COLUMNS, SynthResult, synthesize
 
 __all__ = [
-    "synthesize",
-    "SynthResult",
-    "TRUTH_COLUMNS",
     "PRESETS",
-    "Preset",
-    "Institution",
-    "CaseSpec",
-    "plan_cases",
     "SCANNERS",
+    "TRUTH_COLUMNS",
+    "CaseSpec",
+    "Institution",
+    "Preset",
     "ScannerProfile",
+    "SynthResult",
+    "plan_cases",
+    "synthesize",
 ]

@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Anatomy", "Grid", "load_anatomy", "output_grid", "MNI_FOV_MM", "MNI_ORIGIN_MM"]
+__all__ = ["MNI_FOV_MM", "MNI_ORIGIN_MM", "Anatomy", "Grid", "load_anatomy", "output_grid"]
 
 # Field of view of the 1 mm MNI152 grid (197 x 233 x 189 voxel centres) and its first voxel.
 MNI_FOV_MM: tuple[float, float, float] = (196.0, 232.0, 188.0)

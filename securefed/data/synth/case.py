@@ -15,7 +15,7 @@ from securefed.data.synth.scanners import SCANNERS, acquire, jitter
 from securefed.data.synth.tumour import LABELS, draw_geometry, tumour_masks
 from securefed.errors import ConfigError, InternalError
 
-__all__ = ["SynthCase", "make_case", "MIN_VOLUME_ML", "case_rng"]
+__all__ = ["MIN_VOLUME_ML", "SynthCase", "case_rng", "make_case"]
 
 # Smallest accepted volume per label (mL; and at least 8 voxels), else the tumour is redrawn.
 MIN_VOLUME_ML = {"ncr": 1.0, "ed": 4.0, "et": 2.0}

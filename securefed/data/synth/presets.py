@@ -15,10 +15,10 @@ from securefed.errors import ConfigError
 
 __all__ = [
     "FETS2022_SIZES",
+    "PRESETS",
+    "CaseSpec",
     "Institution",
     "Preset",
-    "CaseSpec",
-    "PRESETS",
     "get_preset",
     "plan_cases",
 ]

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from securefed.data.synth.fields import smooth_noise
 
-__all__ = ["ScannerProfile", "SCANNERS", "acquire", "jitter"]
+__all__ = ["SCANNERS", "ScannerProfile", "acquire", "jitter"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _gibbs(volume: np.ndarray, keep: float, axis: int = 1) -> np.ndarray:
     if keep >= 0.999:
         return volume
     spectrum = np.fft.rfft(volume, axis=axis)
-    cut = max(2, int(round(keep * spectrum.shape[axis])))
+    cut = max(2, round(keep * spectrum.shape[axis]))
     index = [slice(None)] * volume.ndim
     index[axis] = slice(cut, None)
     spectrum[tuple(index)] = 0

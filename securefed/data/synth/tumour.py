@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from securefed.data.synth.fields import smooth_noise
 
-__all__ = ["TumourGeometry", "TumourMasks", "draw_geometry", "tumour_masks", "LABELS"]
+__all__ = ["LABELS", "TumourGeometry", "TumourMasks", "draw_geometry", "tumour_masks"]
 
 LABELS = {"ncr": 1, "ed": 2, "et": 4}
 

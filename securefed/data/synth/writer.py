@@ -26,7 +26,7 @@ from securefed.data.synth.contrast import MODALITIES
 from securefed.data.synth.presets import CaseSpec, Preset, get_preset, plan_cases
 from securefed.errors import ConfigError, DataError
 
-__all__ = ["synthesize", "SynthResult", "write_case", "TRUTH_COLUMNS"]
+__all__ = ["TRUTH_COLUMNS", "SynthResult", "synthesize", "write_case"]
 
 TRUTH_COLUMNS = (
     "subject_id",

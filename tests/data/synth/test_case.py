@@ -45,7 +45,8 @@ def test_geometry_skull_strip_and_flair_mask(cases: list[SynthCase]) -> None:
         assert np.all(case.seg[~brain] == 0)
         for m in MODALITIES:
             img = case.images[m]
-            assert img.shape == case.seg.shape == GRID.shape and img.dtype == np.int16
+            assert img.shape == case.seg.shape == GRID.shape
+            assert img.dtype == np.int16
             assert np.array_equal(img > 0, brain), m  # zero background, > 0 in the brain
             assert img.min() >= 0
 
@@ -141,5 +142,6 @@ def test_contrast_shifted_scanners_change_what_z_scoring_keeps() -> None:
         _case(7, s) for s in ("siemens-3t", "ge-1.5t-weak-enhancement",
                               "philips-3t-flair-unsuppressed")
     )  # fmt: skip
-    assert rim_over_wm(standard) > 1.0 and rim_over_wm(weak) < 0.5 * rim_over_wm(standard)
+    assert rim_over_wm(standard) > 1.0
+    assert rim_over_wm(weak) < 0.5 * rim_over_wm(standard)
     assert csf_over_wm(standard) < 0 < csf_over_wm(unsuppressed)

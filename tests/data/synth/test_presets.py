@@ -18,13 +18,16 @@ def test_fets_1251_has_the_exact_fets2022_sizes() -> None:
 
 def test_fets_like_is_scaled_with_at_least_three_cases() -> None:
     sizes = [i.n_cases for i in PRESETS["fets-like"].institutions]
-    assert len(sizes) == 23 and min(sizes) >= 3
-    assert sizes[0] == max(sizes) and sizes[17] == sorted(sizes)[-2]  # the two large ones
+    assert len(sizes) == 23
+    assert min(sizes) >= 3
+    assert sizes[0] == max(sizes)
+    assert sizes[17] == sorted(sizes)[-2]
 
 
 def test_demo_shape() -> None:
     demo = PRESETS["demo"]
-    assert 40 <= demo.n_cases <= 50 and 5 <= len(demo.institutions) <= 6
+    assert 40 <= demo.n_cases <= 50
+    assert 5 <= len(demo.institutions) <= 6
     assert any(len(i.scanners) >= 2 for i in demo.institutions)
     standard = {n for n, p in SCANNERS.items() if not p.contrast}
     assert {n for i in demo.institutions for n, _ in i.scanners} == standard

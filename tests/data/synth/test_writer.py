@@ -46,7 +46,8 @@ def _digest(root: Path) -> dict[str, str]:
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "fed"
     result = synthesize(out, preset=TINY, seed=5)
-    assert result.n_cases == 5 and result.shape == (50, 59, 48)
+    assert result.n_cases == 5
+    assert result.shape == (50, 59, 48)
     return out
 
 
@@ -69,7 +70,9 @@ def test_layout_and_csvs(tiny_root: Path) -> None:
     assert tuple(truth[0]) == TRUTH_COLUMNS
     assert {r["scanner"] for r in truth[:3]} == {"siemens-3t", "legacy-1.5t"}
     for r in truth:
-        assert float(r["ncr_ml"]) > 0 and float(r["et_ml"]) > 0 and float(r["ed_ml"]) > 0
+        assert float(r["ncr_ml"]) > 0
+        assert float(r["et_ml"]) > 0
+        assert float(r["ed_ml"]) > 0
 
 
 def test_nifti_types_and_shared_geometry(tiny_root: Path) -> None:
@@ -85,11 +88,13 @@ def test_nifti_types_and_shared_geometry(tiny_root: Path) -> None:
 
 def test_reader_loads_it_back(tiny_root: Path) -> None:
     fed = load_federation(tiny_root, check="full")
-    assert not fed.problems and len(fed.cases) == 5
+    assert not fed.problems
+    assert len(fed.cases) == 5
     assert fed.partitions == {1: ["FeTS2022_00001", "FeTS2022_00002", "FeTS2022_00003"],
                               2: ["FeTS2022_00004", "FeTS2022_00005"]}  # fmt: skip
     vol = load_case(fed.cases["FeTS2022_00001"])
-    assert vol.image.shape == (4, 50, 59, 48) and vol.label is not None
+    assert vol.image.shape == (4, 50, 59, 48)
+    assert vol.label is not None
     assert set(np.unique(vol.label)) == {0, 1, 2, 4}
     truth = _rows(tiny_root / "truth.csv")[0]
     voxel_ml = 64 / 1000
@@ -142,8 +147,11 @@ def test_cli_synth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "fed"
     result = runner.invoke(app, ["synth", "--out", str(out), "--preset", "tiny", "--seed", "5"])
     assert result.exit_code == 0, result.output
-    assert (out / "truth.csv").exists() and "wrote 5 cases" in result.output
+    assert (out / "truth.csv").exists()
+    assert "wrote 5 cases" in result.output
     again = runner.invoke(app, ["synth", "--out", str(out), "--preset", "tiny"])
-    assert again.exit_code == 2 and "not empty" in again.output
+    assert again.exit_code == 2
+    assert "not empty" in again.output
     bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "x"), "--preset", "nope"])
-    assert bad.exit_code == 2 and "is not one of" in bad.output
+    assert bad.exit_code == 2
+    assert "is not one of" in bad.output
