@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from securefed.cli._common import console, handle_errors, info, subgroup
-from securefed.errors import KeyError_
 
 __all__ = ["Kem", "KeyRole", "register"]
 
@@ -30,9 +29,6 @@ class Kem(StrEnum):
     mlkem768_x25519 = "mlkem768-x25519"
 
 
-_MAX_PASSPHRASE_FILE = 4096
-
-
 def register(app: typer.Typer) -> None:
     keys = subgroup(app, "keys", "Create and inspect party keys (signing + encryption).")
     keys.command("new")(new)
@@ -40,19 +36,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _passphrase(path: Path | None) -> bytes | None:
-    """The passphrase from a file (first line, trailing newline removed)."""
-    if path is None:
-        return None
-    try:
-        raw = path.read_bytes()[: _MAX_PASSPHRASE_FILE + 1]
-    except OSError as exc:
-        raise KeyError_(f"{path}: cannot read the passphrase file ({exc.strerror})") from exc
-    if len(raw) > _MAX_PASSPHRASE_FILE:
-        raise KeyError_(f"{path}: passphrase file is larger than {_MAX_PASSPHRASE_FILE} bytes")
-    value = raw.split(b"\n", 1)[0].rstrip(b"\r")
-    if not value:
-        raise KeyError_(f"{path}: the passphrase file is empty")
-    return value
+    """The passphrase from a file (securefed.crypto.keys.read_passphrase)."""
+    from securefed.crypto.keys import read_passphrase
+
+    return None if path is None else read_passphrase(path)
 
 
 _PASS_HELP = "File holding the passphrase (first line) that encrypts the private key."

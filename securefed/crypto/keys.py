@@ -363,6 +363,25 @@ def load_public_keys(path: str | Path, role: Role | None = None) -> PublicKeys:
     return keys
 
 
+_MAX_PASSPHRASE_FILE = 4096
+
+
+def read_passphrase(path: str | Path) -> bytes:
+    """A key passphrase from a file: its first line, trailing newline removed; KeyError_ for
+    an unreadable, empty or oversized file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()[: _MAX_PASSPHRASE_FILE + 1]
+    except OSError as exc:
+        raise KeyError_(f"{path}: cannot read the passphrase file ({exc.strerror})") from exc
+    if len(raw) > _MAX_PASSPHRASE_FILE:
+        raise KeyError_(f"{path}: passphrase file is larger than {_MAX_PASSPHRASE_FILE} bytes")
+    value = raw.split(b"\n", 1)[0].rstrip(b"\r")
+    if not value:
+        raise KeyError_(f"{path}: the passphrase file is empty")
+    return value
+
+
 def load_private_keys(
     path: str | Path, passphrase: bytes | None = None, role: Role | None = None
 ) -> PrivateKeys:

@@ -19,10 +19,14 @@ from securefed.privacy.ledger import LEDGER_FILE, read_ledger
 from securefed.trust import load_site_config, verify_for_site
 from securefed.trust.audit_log import AUDIT_FILE, read_entries
 
-__all__ = ["SiteStatus", "site_status"]
+__all__ = ["ANSI", "CONNECTION_STATE", "SiteStatus", "site_status"]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_STATE = re.compile(r"connect|retry|refus|registered|activat|unavailable|superlink", re.I)
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Colour codes in Flower's log lines."""
+CONNECTION_STATE = re.compile(
+    r"connect|retry|refus|registered|activat|error|unavailable|superlink", re.IGNORECASE
+)
+"""A SuperNode log line about its connection state."""
 
 
 @dataclass
@@ -100,5 +104,5 @@ def _connection(log: Path) -> str:
     if not log.is_file():
         return ""
     lines = log.read_bytes()[-65536:].decode("utf-8", "replace").splitlines()
-    states = [_ANSI.sub("", s).strip() for s in lines if _STATE.search(s)]
+    states = [ANSI.sub("", s).strip() for s in lines if CONNECTION_STATE.search(s)]
     return states[-1] if states else "started; no connection message yet"

@@ -35,6 +35,7 @@ from securefed.errors import ConfigError, SiteTrustError, TrainingError
 from securefed.federation.config import SiteSettings
 from securefed.federation.deployment import flower_env
 from securefed.federation.site_executor import SiteExecutor
+from securefed.federation.site_status import ANSI, CONNECTION_STATE
 from securefed.fileio import write_exclusive
 
 __all__ = ["SiteNode", "prepare_site_node"]
@@ -141,11 +142,6 @@ class SiteNode:
         )
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_STATE = re.compile(r"connect|retry|retrying|refus|registered|activat|error|unavailable|superlink",
-                    re.IGNORECASE)  # fmt: skip
-
-
 def _follow(log: Path, stop: threading.Event, say: Callable[[str], None]) -> None:
     """Pass the SuperNode log's connection-state lines to ``say`` as they are written."""
     with contextlib.suppress(OSError), log.open("rb") as fh:
@@ -155,14 +151,13 @@ def _follow(log: Path, stop: threading.Event, say: Callable[[str], None]) -> Non
             if not line:
                 time.sleep(0.5)
                 continue
-            text = _ANSI.sub("", line.decode("utf-8", "replace")).strip()
-            if text and _STATE.search(text):
+            text = ANSI.sub("", line.decode("utf-8", "replace")).strip()
+            if text and CONNECTION_STATE.search(text):
                 say(text)
 
 
 def _exit_reason(site_id: str, returncode: int, log: Path) -> str:
     """Why the SuperNode exited, from Flower's exit code in its log."""
-    import re
 
     codes = re.findall(r"Exit Code: (\d+)", log.read_text(errors="replace"))
     code = codes[-1] if codes else "?"

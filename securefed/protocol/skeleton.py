@@ -56,8 +56,6 @@ def deployment_skeleton(
     party id; the server's under ``server_id``)."""
     data = {k: v for k, v in base.items() if k not in ("sites", "server", "governance")}
     data["study"] = {**data["study"], "mode": "deployment"}
-    data.pop("data", None)
-    data["data"] = {**base.get("data", {})}
     training = dict(data.get("training", {}))
     training["reply_slot_s"] = float(reply_slot_s)
     data["training"] = training

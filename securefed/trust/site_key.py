@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from securefed.crypto import PrivateKeys, load_private_keys
-from securefed.errors import KeyError_, SiteTrustError
+from securefed.crypto.keys import read_passphrase
+from securefed.errors import SiteTrustError
 from securefed.protocol.schema import Protocol
 from securefed.trust.policy import SiteConfig
 
@@ -50,11 +51,7 @@ def site_signing_key(
         )
     passphrase = None
     if config.site.key_passphrase_file:
-        pfile = base / config.site.key_passphrase_file
-        try:
-            passphrase = pfile.read_bytes().split(b"\n", 1)[0].rstrip(b"\r")
-        except OSError as exc:
-            raise KeyError_(f"{pfile}: cannot read the key passphrase ({exc.strerror})") from exc
+        passphrase = read_passphrase(base / config.site.key_passphrase_file)
     private = load_private_keys(path, passphrase, role="site")
     got = private.public.signing_fingerprint
     if private.party_id != config.site.id or got != pinned:
