@@ -20,6 +20,7 @@ from securefed.cli import data as _data
 from securefed.cli import federation as _federation
 from securefed.cli import keys as _keys
 from securefed.cli import ledger as _ledger
+from securefed.cli import pilot as _pilot
 from securefed.cli import pretrain as _pretrain
 from securefed.cli import protocol as _protocol
 from securefed.cli import radiomics as _features
@@ -144,6 +145,7 @@ for _module in (
     _pretrain,
     _cluster,
     _study,
+    _pilot,
     _sweep,
     _federation,
     _audit,

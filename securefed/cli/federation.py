@@ -1,5 +1,6 @@
-"""`securefed federation coordinate`: the coordinator submits CFFL's phases to a running
-SuperLink (deployment engine; docs/deployment.md)."""
+"""`securefed federation run|coordinate`: the coordinator drives the whole study (run) or CFFL's
+training phases only (coordinate) on a running SuperLink (deployment engine;
+docs/deployment.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     group = subgroup(app, "federation", "Deployment: run the federated phases on a SuperLink.")
     group.command("coordinate")(coordinate)
+    group.command("run")(run)
 
 
 @handle_errors
@@ -68,3 +70,71 @@ def coordinate(
     for c, outcome in phases.clusters.items():
         info(f"cluster {c}: {outcome.status} ({outcome.reason})")
     console.print(str(g.best_weights_path), highlight=False)
+
+
+@handle_errors
+def run(
+    protocol: Annotated[Path, typer.Argument(help="The signed study protocol (deployment).")],
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="HOST:PORT of the running SuperLink.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Coordinator folder (resumable).")],
+    server_key: Annotated[
+        Path,
+        typer.Option("--server-key", help="The server's private key (`keys new --role server`)."),
+    ],
+    keys: Annotated[
+        Path, typer.Option("--keys", help="Folder of the sites' <site-id>.pub.json public keys.")
+    ],
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="Study CA certificate (TLS).")
+    ] = None,
+    node_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--node-keys",
+            help="Folder of the sites' <site-id>.pub node keys to register (required in "
+            "deployment).",
+        ),
+    ] = None,
+    passphrase_file: Annotated[
+        Path | None, typer.Option("--passphrase-file", help="File holding the key passphrase.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS: loopback pilots of simulation protocols.")
+    ] = False,
+    he_context: Annotated[
+        Path | None,
+        typer.Option(
+            "--he-context",
+            help="bfv: the aggregator.ctx of the decrypting site's `site he-key deal` (no key).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each stage's replies.")
+    ] = 1800.0,
+) -> None:
+    """Run the whole study on the SuperLink: feature release, clustering with sealed model
+    delivery (each site assigns its own cases), the global and per-cluster phases and the
+    evaluation, every stage as Flower messages that each site answers under its own accepted
+    protocol; writes OUT/results.json. Rerun to resume after the last completed stage."""
+    from securefed.crypto.keys import read_passphrase
+    from securefed.protocol import load_protocol
+    from securefed.study.federation_run import CoordinatorKeys, run_federation_study
+
+    loaded = load_protocol(protocol)
+    passphrase = read_passphrase(passphrase_file) if passphrase_file is not None else None
+    material = CoordinatorKeys.load(loaded, server_key, keys, passphrase)
+    results = run_federation_study(
+        loaded, out, superlink=superlink, ca_cert=ca_cert, node_keys=node_keys, keys=material,
+        insecure=insecure, he_context=he_context, stage_timeout_s=timeout, log=info,
+    )  # fmt: skip
+    for method, res in results["methods"].items():
+        test = res["test"]
+        dice = test["dice_mean"]
+        shown = "not released" if dice is None else f"{dice:.3f}"
+        info(
+            f"{method}: test Dice {shown} over {test['num_test']} case(s) at "
+            f"{test['sites']} site(s)"
+        )
+    console.print(str(Path(out) / "results.json"), highlight=False)

@@ -1,5 +1,5 @@
-"""`securefed keys new|show`: a party's signing and encryption keys, and the passphrase file that
-encrypts a private key (shared with the commands that load one)."""
+"""`securefed keys new|show|tls`: a party's signing and encryption keys, the passphrase file that
+encrypts a private key (shared with the commands that load one), and the study's TLS files."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
     keys = subgroup(app, "keys", "Create and inspect party keys (signing + encryption).")
     keys.command("new")(new)
     keys.command("show")(show)
+    keys.command("tls")(tls)
 
 
 def _passphrase(path: Path | None) -> bytes | None:
@@ -138,3 +139,34 @@ def _other_kind(path: Path) -> list[str] | None:
         return ["kind = BFV aggregator context (public: adds ciphertexts, holds no key)",
                 f"key_id = {key_id.hex()}"]  # fmt: skip
     return None
+
+
+@handle_errors
+def tls(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for ca.pem, ca.key, server.pem, server.key.")
+    ],
+    host: Annotated[
+        list[str],
+        typer.Option(
+            "--host",
+            help="A name or IP address sites dial to reach the SuperLink (repeat for several; "
+            "the first is the certificate's CN).",
+        ),
+    ],
+    days: Annotated[
+        int, typer.Option("--days", min=1, help="Days the certificates are valid.")
+    ] = 730,
+) -> None:
+    """Create a study CA and the SuperLink's TLS certificate signed by it (RSA 2048, no openssl
+    needed; files are never overwritten). Send ca.pem to every site; keep ca.key offline."""
+    from securefed.crypto.study_ca import certificate_sha256, make_study_tls
+
+    files = make_study_tls(out, host, days=days)
+    info(f"CA certificate:     {files.ca_cert} (send it to every site)")
+    info(f"CA private key:     {files.ca_key} (mode 0600; keep it offline)")
+    info(f"server certificate: {files.server_cert} (flower-superlink --ssl-certfile)")
+    info(f"server private key: {files.server_key} (mode 0600; flower-superlink --ssl-keyfile)")
+    console.print(
+        f"ca_sha256 = {certificate_sha256(files.ca_cert)}", highlight=False, soft_wrap=True
+    )

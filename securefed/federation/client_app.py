@@ -41,10 +41,12 @@ from securefed.federation.site_rules import (
     ReplyCode,
     SecAggSite,
     check_round_config,
+    check_stage_config,
     make_error_code_mod,
     make_secaggplus_site_mod,
 )
 from securefed.federation.site_runtime import SiteRuntime
+from securefed.federation.site_stages import StageSite, own_assignments, run_site_stage
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
 
@@ -102,6 +104,8 @@ class SiteClient(NumPyClient):
 
     def _assignments(self, config: dict[str, Any]) -> list[Assignment]:
         path = self.site.assignments  # never a path from the server's config
+        if not path and self.ledger_dir and own_assignments(self.ledger_dir).is_file():
+            path = str(own_assignments(self.ledger_dir))  # the site's own `assign` stage
         if not path:
             raise ConfigError(
                 f"site {self.site.partition_id}: no assignments file; set node config "
@@ -112,11 +116,14 @@ class SiteClient(NumPyClient):
 
     def _data(self, config: dict[str, Any], split: str) -> tuple[Any, int]:
         cluster = int(config.get("cluster", -1))
-        subjects = site_subjects(
-            self._assignments(config),
-            self.site.partition_id,
-            split,
-            None if cluster < 0 else cluster,
+        rows = self._assignments(config)
+        splits = ("train", "val", "test") if split == "unseen" else (split,)
+        subjects = sorted(
+            sid
+            for one in splits
+            for sid in site_subjects(
+                rows, self.site.partition_id, one, None if cluster < 0 else cluster
+            )  # fmt: skip
         )
         if not subjects:
             return None, 0
@@ -146,6 +153,11 @@ class SiteClient(NumPyClient):
         whether the site's ledger can pay that round (``budget-ok``): a function of the
         protocol, the rounds already charged and counts the neighbouring relation makes public,
         so it says nothing about the site's patients."""
+        if "stage" in config:  # a study stage over the deployment (features, assign)
+            stage = check_stage_config(self.loaded.protocol, self.loaded.sha256, config)
+            key = self.runtime.signing_key(self.site)
+            where = StageSite(self.site, self.accepted, Path(self.ledger_dir), key)
+            return run_site_stage(where, stage, config)
         props: dict[str, Any] = {
             "partition-id": self.site.partition_id,
             "protocol-hash": self.loaded.sha256,
@@ -269,11 +281,29 @@ class SiteClient(NumPyClient):
         sites = self.loaded.protocol.resolve_sites([pid])
         site_id = next((s.id for s in sites if s.partition_id == pid), f"partition-{pid}")
         cluster = int(config.get("cluster", -1))
-        AuditLog(Path(self.ledger_dir), site_id, self.loaded.sha256).record(
+        audit = AuditLog(Path(self.ledger_dir), site_id, self.loaded.sha256)
+        audit.record(
             "training-round", phase="global" if cluster < 0 else f"cluster-{cluster}",
             round=rnd, aggregation=self.spec.aggregation, dp_sgd=self.spec.dp_sgd.enabled,
             client_dp=self.spec.client_dp.enabled,
         )  # fmt: skip
+        key = self.runtime.signing_key(self.site)
+        if key is not None and not self.loaded.protocol.is_simulation:
+            audit.sign_head(key)  # a deployment site's log ends signed after every round
+
+    def _audit_test(self, config: dict[str, Any]) -> None:
+        """The site's audit log: a test request taken (its cluster), signed under a
+        deployment protocol."""
+        if not self.ledger_dir:
+            return
+        from securefed.trust.audit_log import AuditLog
+
+        key = self.runtime.signing_key(self.site)
+        if key is None:
+            return
+        audit = AuditLog(Path(self.ledger_dir), key.party_id, self.loaded.sha256)
+        audit.record("test-requested", cluster=int(config.get("cluster", -1)))
+        audit.sign_head(key)
 
     def _weight(self, n_train: int) -> int:
         """The FedAvg weight sent: the train case count under a plain protocol, else 1 (public;
@@ -367,10 +397,19 @@ class SiteClient(NumPyClient):
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[float, int, dict[str, Any]]:
-        self._check_config(config)
+        split = "val"
+        if "stage" in config:  # the test stage: its own test cases of the request's cluster
+            if check_stage_config(self.loaded.protocol, self.loaded.sha256, config) != "test":
+                raise InstructionRefusedError("an evaluate message names a query stage; refusing")
+            held_out = set(self.loaded.protocol.data.held_out_partitions)
+            # a held-out institution trained nowhere: all its cases are test cases (unseen)
+            split = "unseen" if self.site.partition_id in held_out else "test"
+            self._audit_test(config)
+        else:
+            self._check_config(config)
         if not self.egress.validation:  # the site's protocol keeps validation metrics here
             return 0.0, 0, {"partition-id": self.site.partition_id}
-        data, n_val = self._data(config, "val")
+        data, n_val = self._data(config, split)
         metrics: dict[str, Any] = {"partition-id": self.site.partition_id, "num_val": 0.0}
         if n_val == 0:
             return 0.0, 0, metrics
@@ -386,6 +425,9 @@ def _phase_name(context: Context, phase: str | None) -> str:
     run config (deployment: ``flwr run --run-config``)."""
     if phase is not None:
         return phase
+    stage = str(context.run_config.get("stage", ""))
+    if stage:  # a study stage over the deployment (features, assign, test)
+        return stage
     c = int(str(context.run_config.get("cluster", -1)))
     return "global" if c < 0 else f"cluster-{c}"
 
@@ -405,8 +447,9 @@ def _egress_recorder(
         from securefed.trust.egress_log import EgressLog
 
         name = _phase_name(context, phase)
+        part = "stage" if phase is None and context.run_config.get("stage") else "training"
         EgressLog(Path(ledger_dir), sid, loaded.sha256).record(
-            "flower-reply", f"training/{name}/{request.metadata.message_type}", "server",
+            "flower-reply", f"{part}/{name}/{request.metadata.message_type}", "server",
             [{"name": "group", "type": "str", "value": str(request.metadata.group_id)}, *fields],
         )  # fmt: skip
 

@@ -78,6 +78,7 @@ class PhaseConfig:
     client_dp: str = ""  # client-level DP: the plan inputs (JSON, securefed.training.client_dp)
     dp_training: str = ""  # "dp-sgd" | "client-dp": ask the sites' budgets before each round
     sent_arrays: str = ""  # "i,j,...": the arrays sites send back (training.trainable); "": all
+    stage: str = ""  # "": a training phase; features | assign | test: a study stage (stage_server)
 
     def __post_init__(self) -> None:
         for name in ("out_dir", "sites", "protocol_hash"):
@@ -108,6 +109,10 @@ class PhaseConfig:
                 )
         if self.he_fields not in (1, 2):
             raise ConfigError(f"run config 'he-fields': 1 or 2, got {self.he_fields}")
+        if self.stage not in ("", "features", "assign", "test"):
+            raise ConfigError(
+                f"run config 'stage': expected features, assign or test, got {self.stage!r}"
+            )
         if self.rounds < 0:
             raise ConfigError("run config 'rounds' must be >= 0")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
@@ -155,6 +160,8 @@ class PhaseConfig:
 
     @property
     def name(self) -> str:
+        if self.stage:
+            return self.stage
         return "global" if self.phase == "global" else f"cluster-{self.cluster}"
 
     def digest(self) -> str:

@@ -16,7 +16,10 @@ Allowed replies, by message type:
   only, with exactly the shapes and dtypes the request declares (securefed.federation.he_round);
 - evaluate: under a plain protocol the validation count and mean Dice per region; otherwise a
   zero count and no metric;
-- get_properties: partition id and protocol hash; get_parameters: the seeded initial model.
+- get_properties: partition id and protocol hash; get_parameters: the seeded initial model;
+- the study's stages over the deployment (securefed.federation.site_stages): a features request
+  is answered by the sealed feature envelope alone, an assign request by a bare acknowledgement;
+  a test request (evaluate) by the validation reply's shape.
 Anything else (another message type, an extra record, an undeclared metric, a weight that is not
 the declared one) is refused: the site sends an error instead, logs the refusal and writes it to
 its audit log. Tests: ``tests/federation/test_guard.py``.
@@ -249,6 +252,19 @@ def _check_evaluate(content: Any, egress: TrainingEgress) -> list[str]:
     return problems + _status_ok(content, "evaluateres")
 
 
+def _check_stage_reply(stage: str, props: Any) -> list[str]:
+    """A stage reply (securefed.federation.site_stages): the features stage's sealed envelope
+    alone, or the assign stage's acknowledgement alone."""
+    if stage == "features":
+        value = props.get("envelope")
+        ok = set(props.keys()) == {"envelope"} and isinstance(value, bytes) and len(value) > 0
+        return [] if ok else ["a features reply is not one sealed envelope"]
+    if stage == "assign":
+        ok = set(props.keys()) == {"assigned"} and props.get("assigned") is True
+        return [] if ok else ["an assign reply is not a bare acknowledgement"]
+    return [f"stage {stage!r} has no declared reply"]
+
+
 def check_reply(
     request: Message,
     reply: Message,
@@ -268,8 +284,13 @@ def check_reply(
         return _check_evaluate(content, egress)
     if kind == MessageTypeLegacy.GET_PROPERTIES:
         props: Any = content.config_records.get("getpropertiesres.properties", {})
-        extra = set(props.keys()) - {"partition-id", "protocol-hash", "budget-ok"}
-        problems = [f"undeclared properties {sorted(extra)}"] if extra else []
+        asked: Any = request.content.config_records.get("getpropertiesins.config", {})
+        stage = asked.get("stage")
+        if stage is not None:
+            problems = _check_stage_reply(str(stage), props)
+        else:
+            extra = set(props.keys()) - {"partition-id", "protocol-hash", "budget-ok"}
+            problems = [f"undeclared properties {sorted(extra)}"] if extra else []
         if _keys(content.config_records) != {"getpropertiesres.properties",
                                              "getpropertiesres.status"}:  # fmt: skip
             problems.append("undeclared records")

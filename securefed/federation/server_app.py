@@ -50,12 +50,11 @@ from flwr.serverapp import Grid, ServerApp
 from securefed.errors import (
     ConfigError,
     SecurefedError,
-    SiteTrustError,
     TooFewParticipantsError,
     TrainingError,
-    WrongProtocolError,
 )
 from securefed.federation.config import PhaseConfig
+from securefed.federation.discovery import discover_sites
 from securefed.federation.ledger_heads import LedgerHeadCheck
 from securefed.federation.metrics import pooled_dice
 from securefed.federation.secagg_relay import SignedKeyRelay
@@ -249,75 +248,6 @@ def _set_weights(context: Context, weights: list[np.ndarray]) -> None:
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
         params, keep_input=True
     )
-
-
-def _discover(grid: Grid, cfg: PhaseConfig) -> dict[int, int]:
-    """{partition id: node id} of the phase's sites (and, under bfv, of the decryptor), asking
-    connected nodes who they are."""
-    wanted = set(cfg.site_ids) | ({cfg.decryptor} if cfg.aggregation == "bfv" else set())
-    found: dict[int, int] = {}
-    asked: set[int] = set()
-    mismatched: dict[int, str] = {}
-    registered = cfg.registered_nodes  # node authentication: identity is the registered key
-    impostors: dict[int, int] = {}
-    refusals: dict[int, str] = {}
-    deadline = time.monotonic() + cfg.node_wait_s
-    while True:
-        new = [nid for nid in grid.get_node_ids() if nid not in asked]
-        if new:
-            content = compat.getpropertiesins_to_recorddict(GetPropertiesIns({}))
-            msgs = [
-                Message(
-                    content=content,
-                    dst_node_id=nid,
-                    message_type=MessageTypeLegacy.GET_PROPERTIES,
-                    group_id="discover",
-                )
-                for nid in new
-            ]
-            wait = max(1.0, min(cfg.timeout_s, deadline - time.monotonic()))
-            for reply in grid.send_and_receive(msgs, timeout=wait):
-                nid = reply.metadata.src_node_id
-                if reply.has_error():  # e.g. the site refused the app bundle (INVALID_FAB)
-                    refusals[nid] = str(reply.error.reason)[:300]
-                    continue
-                asked.add(nid)
-                props = compat.recorddict_to_getpropertiesres(reply.content).properties
-                pid = int(props["partition-id"])
-                if registered and registered.get(nid) != pid:
-                    impostors[pid] = nid  # unregistered, or registered for another site
-                    continue
-                if props.get("protocol-hash") != cfg.protocol_hash:
-                    mismatched[pid] = str(props.get("protocol-hash"))
-                    continue
-                if pid in found and found[pid] != nid:
-                    raise ConfigError(
-                        f"two SuperNodes claim partition {pid}; check the sites' node configs"
-                    )
-                found[pid] = nid
-        if wanted <= set(found) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    bad = sorted(wanted & set(mismatched))
-    if bad:
-        raise WrongProtocolError(
-            f"{cfg.name}: site(s) {bad} run another protocol than the server "
-            f"({cfg.protocol_hash}); distribute the signed protocol again"
-        )
-    missing = sorted(wanted - set(found))
-    claimed = sorted(set(missing) & set(impostors))
-    if claimed:
-        raise SiteTrustError(
-            f"{cfg.name}: node(s) {[impostors[p] for p in claimed]} claim site partition(s) "
-            f"{claimed} but are not the nodes registered for them (node-sites); refusing"
-        )
-    if missing:
-        why = "".join(f"; node {n} answered: {r}" for n, r in sorted(refusals.items())[:4])
-        raise TooFewParticipantsError(
-            f"{cfg.name}: site(s) {missing} did not connect within {cfg.node_wait_s:g} s "
-            f"(start their SuperNodes, check --superlink and --node-config partition-id){why}"
-        )
-    return {pid: found[pid] for pid in sorted(wanted)}
 
 
 def _short_of_budget(grid: Grid, cfg: PhaseConfig, strategy: PhaseStrategy, rnd: int) -> list[int]:
@@ -557,7 +487,7 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
     strategy = PhaseStrategy(cfg, grid)
     legacy = LegacyContext(context, ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
     try:
-        found = _discover(grid, cfg)
+        found = discover_sites(grid, cfg)
         strategy.select({p: n for p, n in found.items() if p in cfg.site_ids})
         if state.completed_round >= 0:
             weights = load_weights(ckpt.last_path)
@@ -651,6 +581,11 @@ def make_server_app(cfg: PhaseConfig | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         phase = cfg or PhaseConfig.from_run_config(dict(context.run_config))
+        if phase.stage:  # a study stage over the deployment (features, assign, test)
+            from securefed.federation.stage_server import run_server_stage
+
+            run_server_stage(grid, phase)
+            return
         run_server_phase(grid, context, phase)
 
     return server_app

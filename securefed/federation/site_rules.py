@@ -63,9 +63,11 @@ from securefed.trust.site_key import pinned_site_keys
 
 __all__ = [
     "COORDINATES",
+    "STAGE_KEYS",
     "ReplyCode",
     "SecAggSite",
     "check_round_config",
+    "check_stage_config",
     "code_for",
     "coded_error",
     "make_error_code_mod",
@@ -198,6 +200,44 @@ def check_round_config(protocol: Protocol, sha256: str, config: Mapping[str, Any
     if "phase" in config and config["phase"] != phase:
         raise _refuse(f"phase = {config['phase']!r} where cluster {cluster} implies {phase!r}")
     return cluster
+
+
+# The study's non-training stages as messages (securefed.federation.site_stages): per stage the
+# keys a request may carry. ``server-keys`` is the server's public key bundle, used only when its
+# fingerprints are the ones the site's protocol pins (and its SITE.toml allows); ``envelope`` the
+# server's sealed cluster model for this site (opened only under the pinned server key).
+STAGE_KEYS: dict[str, frozenset[str]] = {
+    "features": frozenset({"protocol-hash", "stage", "server-keys"}),
+    "assign": frozenset({"protocol-hash", "stage", "server-keys", "envelope"}),
+    "test": frozenset({"protocol-hash", "stage", "cluster"}),
+}
+
+
+def check_stage_config(protocol: Protocol, sha256: str, config: Mapping[str, Any]) -> str:
+    """Check a stage request (a ``stage`` key: features, assign or test) against the site's
+    protocol; returns the stage. The same rule as training: the protocol hash must be the
+    site's, and a request carries only the stage's declared keys."""
+    from securefed.training.dpsgd import max_clusters
+
+    if str(config.get("protocol-hash", "")) != sha256:
+        raise WrongProtocolError(
+            f"the coordinator runs protocol {config.get('protocol-hash') or '(none)'}, this site "
+            f"accepted {sha256}; refusing"
+        )
+    stage = str(config.get("stage", ""))
+    if stage not in STAGE_KEYS:
+        raise _refuse(f"stage {stage!r} is none of {', '.join(sorted(STAGE_KEYS))}")
+    extra = sorted(set(config) - STAGE_KEYS[stage])
+    if extra:
+        raise _refuse(f"{', '.join(extra)}: not a key of a {stage} request")
+    for key in STAGE_KEYS[stage] - {"protocol-hash", "stage", "cluster"}:
+        if not isinstance(config.get(key), bytes) or not config[key]:
+            raise _refuse(f"a {stage} request without its {key}")
+    if "cluster" in config:
+        cluster = _int(config, "cluster")
+        if not (cluster == -1 or 0 <= cluster < max_clusters(protocol)):
+            raise _refuse(f"cluster {cluster} outside the protocol's clusters")
+    return stage
 
 
 def secaggplus_expected(protocol: Protocol) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from securefed.federation.deployment import Deployment
 from securefed.protocol import LoadedProtocol
 from securefed.study.cffl import StudyPhases, run_cffl_phases
 
-__all__ = ["LOOPBACK", "coordinate_deployment"]
+__all__ = ["LOOPBACK", "coordinate_deployment", "open_deployment", "remote_sites"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -34,7 +34,37 @@ def coordinate_deployment(
     he_context: Path | None = None,
 ) -> StudyPhases:
     """Run the global phase, then one phase per cluster, on the SuperLink at ``superlink``
-    (``host:port``). TLS is required (``ca_cert``: the study CA that signed the SuperLink's
+    (``host:port``); the connection's checks are :func:`open_deployment`'s."""
+    deployment = open_deployment(
+        loaded, out_dir, superlink=superlink, ca_cert=ca_cert, insecure=insecure,
+        node_keys=node_keys, run_timeout_s=run_timeout_s, he_context=he_context,
+    )  # fmt: skip
+    return run_cffl_phases(
+        loaded, remote_sites(loaded), Path(assignments), Path(out_dir), engine="deployment",
+        deployment=deployment,
+    )  # fmt: skip
+
+
+def remote_sites(loaded: LoadedProtocol) -> list[SiteSettings]:
+    """The protocol's sites as the coordinator knows them: partition ids only (their paths and
+    settings are at the sites)."""
+    return [SiteSettings(partition_id=s.partition_id, data_dir="", protocol="")
+            for s in loaded.protocol.sites]  # fmt: skip
+
+
+def open_deployment(
+    loaded: LoadedProtocol,
+    out_dir: Path,
+    *,
+    superlink: str,
+    ca_cert: Path | None,
+    insecure: bool = False,
+    node_keys: Path | None = None,
+    run_timeout_s: float = 1800.0,
+    he_context: Path | None = None,
+) -> Deployment:
+    """The running SuperLink at ``superlink`` (``host:port``) with the sites' node keys
+    registered. TLS is required (``ca_cert``: the study CA that signed the SuperLink's
     certificate); ``insecure`` is accepted for a loopback address and a simulation protocol only.
     ``node_keys``: a folder of the sites' ``<site-id>.pub`` node keys, each checked against the
     protocol's pin and registered with the SuperLink (required for a deployment protocol).
@@ -78,8 +108,6 @@ def coordinate_deployment(
             "<site-id>.pub node keys to register (SuperNode authentication)"
         )
     pubs = _site_node_keys(loaded, Path(node_keys)) if node_keys is not None else {}
-    sites = [SiteSettings(partition_id=s.partition_id, data_dir="", protocol="")
-             for s in loaded.protocol.sites]  # fmt: skip
     deployment = Deployment(
         work_dir=Path(out_dir) / "coordinator",
         address=host,
@@ -92,9 +120,7 @@ def coordinate_deployment(
         _install_he_context(context, Path(out_dir))
     for pid, pub in pubs.items():
         deployment.node_sites[deployment.register_node(pub)] = pid
-    return run_cffl_phases(
-        loaded, sites, Path(assignments), Path(out_dir), engine="deployment", deployment=deployment
-    )
+    return deployment
 
 
 def _read_he_context(path: Path) -> bytes:

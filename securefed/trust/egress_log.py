@@ -2,7 +2,8 @@
 boundary after its guard let it pass (a sealed feature envelope, every Flower reply).
 
 Each entry names the kind (``envelope`` or ``flower-reply``), the stage (``features``,
-``training/<phase>/<message type>``), the recipient, and every field that left: scalars with
+``training/<phase>/<message type>``, or ``stage/<stage>/<message type>`` for a study stage over
+the deployment), the recipient, and every field that left: scalars with
 their value, arrays, byte strings and lists by SHA-256 digest with their shape or length (the log
 stays at the site; what it holds already left it). The auditor's census
 (``securefed audit egress``) reads these logs and checks each field against what the protocol

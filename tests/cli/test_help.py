@@ -133,9 +133,13 @@ COMMAND_LINES = {
     "--protocol --passphrase-file --unsafe-seed --partitions",
     "federation coordinate": "PROTOCOL --assignments --out --superlink --ca-cert --insecure "
     "--node-keys --timeout --he-context",
+    "federation run": "PROTOCOL --superlink --out --server-key --keys --ca-cert --node-keys "
+    "--passphrase-file --insecure --he-context --timeout",
     "keys new": "--role --id --out --kem --passphrase-file",
     "keys show": "PATH",
+    "keys tls": "--out --host --days",
     "ledger show": "FOLDER",
+    "pilot": "--out --protocol --sites --timeout",
     "ledger verify": "FOLDER --server-head",
     "pretrain": "PROTOCOL --data --out --source --steps --lr --seed --force",
     "protocol app-hash": "",
@@ -182,6 +186,6 @@ def test_every_command_line_is_kept() -> None:
         assert not missing, f"`securefed {name}` lost {sorted(missing)}"
     root = typer.main.get_command(app)
     assert root.list_commands(click.Context(root)) == [
-        "version", "synth", "pretrain", "cluster", "run", "demo", "sweep", "data", "protocol",
-        "keys", "features", "server", "site", "ledger", "federation", "audit",
+        "version", "synth", "pretrain", "cluster", "run", "demo", "pilot", "sweep", "data",
+        "protocol", "keys", "features", "server", "site", "ledger", "federation", "audit",
     ], "securefed --help lists other commands, or in another order"  # fmt: skip

@@ -278,7 +278,7 @@ def test_server_takes_identity_from_the_registered_key_not_the_claimed_partition
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     from securefed.federation.config import PhaseConfig
-    from securefed.federation.server_app import _discover
+    from securefed.federation.discovery import discover_sites as _discover
 
     cfg = PhaseConfig(out_dir="x", sites="1,2", protocol_hash="sha256:" + "0" * 64, rounds=1,
                       lr=0.1, node_wait_s=0.0, node_sites="11:1,22:2")  # fmt: skip

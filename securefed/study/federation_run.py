@@ -1,0 +1,333 @@
+"""The whole CFFL study on a running Flower deployment (``securefed federation run``): the
+coordinator drives every stage over the SuperLink; each hospital's SuperNode answers under its
+own accepted protocol (securefed.federation.site_stages, client_app).
+
+Stages, each resumable (``OUT/study.json`` lists those completed and the protocol hash):
+
+1. ``features``: every training site releases its sealed feature envelope as a Flower reply
+   (the same envelope the file path writes); the server collects them (``server/features``).
+2. ``clustering``: the server fits the paper's pipeline on what it collected and seals the model
+   to every site; each site opens it and assigns its own cases (kept at the site). The server
+   assigns the released rows with the same model (the phase plan: which sites hold train cases
+   of which cluster); under plain and local-dp it is the sites' assignment of their released
+   rows.
+3. ``training``: the global FedAvg phase and one phase per cluster (securefed.study.cffl).
+4. ``evaluation``: each site scores its own test cases with the global model and with its
+   cluster's model; what it releases is what its protocol declares for evaluation (per-site
+   counts and mean Dice per region under a plain protocol, nothing under a finite epsilon).
+5. ``report``: ``results.json``.
+
+Secure-aggregate feature release (the masked clustering rounds) is not yet served over the
+deployment: refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securefed import __version__
+from securefed.clustering.assignments import Assignment, read_assignments, write_assignments
+from securefed.crypto import PrivateKeys, PublicKeys
+from securefed.errors import ConfigError, ProtocolError, TrainingError
+from securefed.federation.config import PhaseConfig
+from securefed.federation.deployment import Deployment
+from securefed.federation.metrics import REGIONS
+from securefed.fileio import read_json, write_json_atomic
+from securefed.protocol import LoadedProtocol
+from securefed.study.cffl import StudyPhases, run_cffl_phases
+from securefed.study.coordinate import open_deployment, remote_sites
+
+__all__ = ["FEDERATION_STAGES", "CoordinatorKeys", "run_federation_study"]
+
+FEDERATION_STAGES = ("features", "clustering", "training", "evaluation", "report")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CoordinatorKeys:
+    """The server's private keys and the sites' public bundles (each matching its pin)."""
+
+    server: PrivateKeys
+    sites: dict[str, PublicKeys]
+
+    @classmethod
+    def load(
+        cls, loaded: LoadedProtocol, server_key: Path, keys_dir: Path, passphrase: bytes | None
+    ) -> CoordinatorKeys:
+        from securefed.crypto import load_private_keys, load_public_keys
+        from securefed.site.release import check_server_key
+
+        server = load_private_keys(server_key, passphrase, role="server")
+        check_server_key(loaded, server.public)
+        sites: dict[str, PublicKeys] = {}
+        for spec in loaded.protocol.sites:
+            path = Path(keys_dir) / f"{spec.id}.pub.json"
+            pub = load_public_keys(path, role="site")
+            pins = (spec.signing_key, spec.encryption_key)
+            if (
+                pins != (pub.signing_fingerprint, pub.encryption_fingerprint)
+                or pub.party_id != spec.id
+            ):
+                raise ConfigError(
+                    f"{path}: not the keys the protocol pins for {spec.id} (sites.{spec.id}."
+                    "signing_key / encryption_key)"
+                )
+            sites[spec.id] = pub
+        return cls(server, sites)
+
+
+class _Progress:
+    """``OUT/study.json``: the protocol and the completed stages."""
+
+    def __init__(self, out: Path, sha256: str) -> None:
+        self.path = out / "study.json"
+        if self.path.is_file():
+            doc = read_json(self.path)
+            if doc.get("protocol") != sha256:
+                raise ProtocolError(
+                    f"{out} holds a study of protocol {doc.get('protocol')}, not {sha256}; use a "
+                    "new --out (a study never mixes protocols)"
+                )
+            self.doc = doc
+        else:
+            self.doc = {"protocol": sha256, "completed": [], "engine": "deployment"}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.doc["completed"]
+
+    def mark(self, stage: str, seconds: float) -> None:
+        self.doc["completed"].append(stage)
+        self.doc.setdefault("seconds", {})[stage] = round(seconds, 1)
+        write_json_atomic(self.path, self.doc)
+
+
+def _stage_config(
+    loaded: LoadedProtocol, out_dir: Path, stage: str, sites: Sequence[int], timeout_s: float
+) -> PhaseConfig:
+    return PhaseConfig(
+        out_dir=str(out_dir), sites=",".join(str(p) for p in sorted(sites)),
+        protocol_hash=loaded.sha256, rounds=0, lr=0.0, stage=stage,
+        min_sites=1, timeout_s=timeout_s, node_wait_s=timeout_s,
+    )  # fmt: skip
+
+
+def _submit_stage(deployment: Deployment, cfg: PhaseConfig) -> None:
+    """One stage through ``flwr run``; raises with the stage's error when it failed."""
+    state = Path(cfg.out_dir) / "state.json"
+    state.unlink(missing_ok=True)  # a rerun waits for this run's outcome, never the last one
+    deployment.submit(cfg)
+    doc = read_json(state)
+    if doc.get("status") != "completed":
+        raise TrainingError(f"stage {cfg.stage}: {doc.get('error') or doc.get('status')}")
+
+
+def run_federation_study(
+    loaded: LoadedProtocol,
+    out: Path,
+    *,
+    superlink: str,
+    ca_cert: Path | None,
+    node_keys: Path | None,
+    keys: CoordinatorKeys,
+    insecure: bool = False,
+    he_context: Path | None = None,
+    stage_timeout_s: float = 1800.0,
+    run_timeout_s: float = 3600.0,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run (or resume) every stage of the study on the SuperLink at ``superlink``; returns
+    results.json's content."""
+    proto = loaded.protocol
+    if proto.release.mode == "secure-aggregate":
+        raise ConfigError(
+            "release.mode = 'secure-aggregate': its masked clustering rounds are not yet served "
+            "over the deployment; run the features and clustering stages with the file path "
+            "(docs/deployment.md) or use a plain or local-dp protocol"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(out, loaded.sha256)
+    deployment = open_deployment(
+        loaded, out, superlink=superlink, ca_cert=ca_cert, insecure=insecure,
+        node_keys=node_keys, run_timeout_s=run_timeout_s, he_context=he_context,
+    )  # fmt: skip
+    held = set(proto.data.held_out_partitions)
+    every = sorted(s.partition_id for s in proto.sites)
+    training = [p for p in every if p not in held]
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("features", lambda: _features(loaded, out, deployment, keys, training, stage_timeout_s)),
+        ("clustering", lambda: _clustering(loaded, out, deployment, keys, every, stage_timeout_s)),
+        ("training", lambda: _training(loaded, out, deployment)),
+        ("evaluation", lambda: _evaluation(loaded, out, deployment, every, stage_timeout_s)),
+        ("report", lambda: _report(loaded, out, progress.doc)),
+    ]
+    for name, run in steps:
+        if progress.done(name):
+            log(f"{name}: done (resumed)")
+            continue
+        log(f"{name} ...")
+        t0 = time.monotonic()
+        run()
+        progress.mark(name, time.monotonic() - t0)
+        log(f"{name}: done in {time.monotonic() - t0:.0f} s")
+    return dict(read_json(out / "results.json"))
+
+
+def _stage_dir(out: Path, stage: str) -> Path:
+    return out / "stages" / stage
+
+
+def _write_server_keys(folder: Path, keys: CoordinatorKeys) -> None:
+    from securefed.fileio import canonical_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "server-keys.json").write_bytes(canonical_json(keys.server.public.to_json()))
+
+
+def _features(
+    loaded: LoadedProtocol,
+    out: Path,
+    deployment: Deployment,
+    keys: CoordinatorKeys,
+    sites: list[int],
+    timeout_s: float,
+) -> None:
+    from securefed.federation.stage_server import INBOX
+    from securefed.server.collect import collect_features
+
+    folder = _stage_dir(out, "features")
+    _write_server_keys(folder, keys)
+    _submit_stage(deployment, _stage_config(loaded, folder, "features", sites, timeout_s))
+    collected = collect_features(
+        folder / INBOX, loaded, keys.server, out / "server" / "features", out / "server",
+        site_public_keys=tuple(keys.sites.values()),
+    )  # fmt: skip
+    write_json_atomic(out / "server" / "collected.json", {
+        "cases": len(collected.subject_ids), "columns": len(collected.columns),
+        "senders": sorted(collected.senders),
+    })  # fmt: skip
+
+
+def _clustering(
+    loaded: LoadedProtocol,
+    out: Path,
+    deployment: Deployment,
+    keys: CoordinatorKeys,
+    sites: list[int],
+    timeout_s: float,
+) -> None:
+    import numpy as np
+
+    from securefed.clustering.io import read_feature_table
+    from securefed.federation.stage_server import model_path
+    from securefed.fileio import atomic_write_bytes
+    from securefed.server.cluster_model import fit_cluster_model, seal_for_sites
+    from securefed.transport import SendCounter
+
+    table = read_feature_table(out / "server" / "features")
+    fitted = fit_cluster_model(table, loaded)
+    fitted.model.save(out / "clustering" / "model")
+    labels = fitted.model.assign(np.asarray(table.values))
+    rows = [
+        Assignment(sid, int(pid), split, int(c))
+        for sid, pid, split, c in zip(
+            table.subject_ids, table.partition_ids, table.splits, labels, strict=True
+        )
+    ]
+    write_assignments(out / "clusters.csv", rows)
+    summary = {"mode": loaded.protocol.release.mode, **fitted.summary()}
+    summary["cluster_sizes"] = {str(c): int((labels == c).sum()) for c in sorted(set(labels))}
+    write_json_atomic(out / "clustering" / "clustering.json", summary)
+    folder = _stage_dir(out, "assign")
+    _write_server_keys(folder, keys)
+    site_of = {s.partition_id: s.id for s in loaded.protocol.sites}
+    sealed = seal_for_sites(
+        fitted.model, server_keys=keys.server, sites={site_of[p]: keys.sites[site_of[p]]
+                                                      for p in sites},
+        loaded=loaded, counters=SendCounter(out / "server" / "counters"),
+    )  # fmt: skip
+    for pid in sites:
+        atomic_write_bytes(model_path(folder, pid), sealed[site_of[pid]])
+    _submit_stage(deployment, _stage_config(loaded, folder, "assign", sites, timeout_s))
+
+
+def _training(loaded: LoadedProtocol, out: Path, deployment: Deployment) -> None:
+    phases: StudyPhases = run_cffl_phases(
+        loaded, remote_sites(loaded), out / "clusters.csv", out, engine="deployment",
+        deployment=deployment,
+    )  # fmt: skip
+    g = phases.global_result
+    doc = {
+        "global": {"weights": str(g.best_weights_path.relative_to(out)),
+                   "best_round": g.best_round, "best_score": g.best_score},
+        "clusters": {
+            str(c): {"weights": str(o.weights_path.relative_to(out)), "status": o.status,
+                     "reason": o.reason, "sites": sorted(o.sites)}
+            for c, o in phases.clusters.items()
+        },
+    }  # fmt: skip
+    write_json_atomic(out / "phases.json", doc)
+
+
+def _evaluation(
+    loaded: LoadedProtocol, out: Path, deployment: Deployment, sites: list[int], timeout_s: float
+) -> None:
+    phases = read_json(out / "phases.json")
+    clusters = sorted({r.cluster for r in read_assignments(out / "clusters.csv")})
+    folder = _stage_dir(out, "test")
+    folder.mkdir(parents=True, exist_ok=True)
+    up = Path("..") / ".."
+    models = [{"method": "fedavg", "cluster": -1, "weights": str(up / phases["global"]["weights"])}]
+    for c in clusters:
+        weights = phases["clusters"].get(str(c), {}).get("weights", phases["global"]["weights"])
+        models.append({"method": "cffl", "cluster": c, "weights": str(up / weights)})
+    write_json_atomic(folder / "test-models.json", models)
+    _submit_stage(deployment, _stage_config(loaded, folder, "test", sites, timeout_s))
+
+
+def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Site means pooled by their case counts (what a plain protocol lets the sites send)."""
+    scored = [r for r in rows if r["num_test"] > 0 and "dice_mean" in r]
+    n = sum(r["num_test"] for r in scored)
+    out: dict[str, Any] = {"num_test": n, "sites": len(scored)}
+    for key in [f"dice_{r}" for r in REGIONS] + ["dice_mean"]:
+        out[key] = sum(r[key] * r["num_test"] for r in scored) / n if n else None
+    return out
+
+
+def _report(loaded: LoadedProtocol, out: Path, progress: dict[str, Any]) -> None:
+    from securefed.federation.stage_server import SCORES
+
+    proto = loaded.protocol
+    rows = read_json(_stage_dir(out, "test") / SCORES)
+    held = set(proto.data.held_out_partitions)
+    site_of = {s.partition_id: s.id for s in proto.sites}
+    methods: dict[str, Any] = {}
+    for method in ("fedavg", "cffl"):
+        mine = [r for r in rows if r["method"] == method]
+        methods[method] = {
+            "test": _pooled([r for r in mine if r["partition_id"] not in held]),
+            "unseen": _pooled([r for r in mine if r["partition_id"] in held]),
+            "per_site": [{**r, "site": site_of.get(int(r["partition_id"]), "?")} for r in mine],
+        }
+    results = {
+        "engine": "deployment",
+        "protocol": loaded.sha256,
+        "securefed": __version__,
+        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "stages": dict(progress.get("seconds", {})),
+        "clustering": read_json(out / "clustering" / "clustering.json"),
+        "phases": read_json(out / "phases.json"),
+        "methods": methods,
+        "evaluation_release": (
+            "per-site test counts and mean Dice per region (plain protocol)"
+            if any(r["num_test"] > 0 for r in rows)
+            else "none: the sites' protocol declares no evaluation metric (finite epsilon)"
+        ),
+    }
+    write_json_atomic(out / "results.json", results)

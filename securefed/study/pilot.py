@@ -1,0 +1,300 @@
+"""``securefed pilot``: a study as a real deployment on this machine, in one command.
+
+Everything a hospital network has is made here, each party in its own folder under OUT:
+
+- ``data/``: the synthetic federation (the demo preset), and ``sites/<id>/data/``: each site's own
+  cases and partition file only (hard links, else copies);
+- keys: the server's and each site's signing and encryption keys (``keys/``,
+  ``sites/<id>/keys/``), each site's SuperNode key (``sites/<id>/node/``; the coordinator gets
+  the public half in ``node-keys/``), a governance (board) key, and a study CA with the
+  SuperLink's certificate (``tls/``);
+- ``protocol.toml``: the protocol made a deployment protocol (``securefed protocol new
+  --deployment``'s skeleton, every key pinned, the installed app bundle approved), signed by the
+  board; each site gets its own copy and a ``SITE.toml`` trusting the board and allowing the
+  server as a recipient, with the policy relaxed only as far as the protocol needs (said in the
+  output: a hospital's own SITE.toml decides that);
+- processes: a SuperLink (TLS, SuperNode authentication) and one SuperNode per site started with
+  the site's own launcher (``securefed site supernode``), each in its own process group with its
+  own work folder; all on the loopback interface (separate network namespaces need privileges
+  this command does not ask for: said in the output);
+- the coordinator (``securefed federation run``, :mod:`securefed.study.federation_run`) drives
+  every stage into ``study/``; then each party's audit log is verified with its pinned key.
+
+Every process started is stopped at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securefed.errors import ConfigError
+from securefed.protocol import LoadedProtocol
+
+__all__ = ["PilotResult", "run_pilot"]
+
+Log = Callable[[str], None]
+SERVER_ID = "server"
+NETWORK = (
+    "loopback (127.0.0.1): every party is a separate process with its own folders and keys, "
+    "on one network interface; separate network namespaces need root"
+)
+
+
+@dataclass(frozen=True)
+class PilotResult:
+    """Where the pilot ran, what the study found, and each party's audit-log verification."""
+
+    out: Path
+    results: dict[str, Any]
+    network: str
+    audit: dict[str, str] = field(default_factory=dict)
+    relaxed: list[str] = field(default_factory=list)
+    process_groups: list[int] = field(default_factory=list)  # every process started, stopped
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _site_data(data: Path, partitioning: str, pid: int, dest: Path) -> int:
+    """Give one site its own cases and the rows of the partition file that are its own."""
+    import csv
+
+    src = data / f"{partitioning}.csv"
+    with src.open(newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    mine = [r for r in body if r and int(r[0]) == pid]
+    dest.mkdir(parents=True, exist_ok=True)
+    with (dest / src.name).open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([header, *mine])
+    for row in mine:
+        case = data / row[1]
+        for path in sorted(case.rglob("*")):
+            if path.is_file() and not (dest / path.relative_to(data)).exists():
+                _link_or_copy(path, dest / path.relative_to(data))
+    return len(mine)
+
+
+def _partitions(data: Path, partitioning: str) -> list[int]:
+    from securefed.data.partitions import read_partitioning
+
+    return sorted(set(read_partitioning(data / f"{partitioning}.csv").values()))
+
+
+def _pilot_policy(loaded: LoadedProtocol, server_fp: str) -> tuple[Any, list[str]]:
+    """The strictest site policy relaxed only where the protocol needs it (and what was)."""
+    import math
+
+    from securefed.trust import SitePolicy, policy_violations
+
+    proto = loaded.protocol
+    policy = SitePolicy(allowed_recipient_keys=(server_fp,))
+    changes: dict[str, Any] = {}
+    if proto.release.mode in policy.forbidden_release_modes:
+        changes["forbidden_release_modes"] = tuple(
+            m for m in policy.forbidden_release_modes if m != proto.release.mode
+        )
+    if proto.training.dp_training is None:
+        changes["require_dp_training"] = False
+    if proto.release.mode == "plain" or proto.training.dp_training is None:
+        changes["allow_plain_stages"] = True
+        changes["max_total_epsilon"] = math.inf
+    elif proto.privacy.total_epsilon > policy.max_total_epsilon:
+        changes["max_total_epsilon"] = float(proto.privacy.total_epsilon)
+    if proto.training.min_sites_per_aggregate < policy.min_sites_per_aggregate:
+        changes["min_sites_per_aggregate"] = int(proto.training.min_sites_per_aggregate)
+    if proto.training.aggregation not in ("secagg+",):
+        changes["required_aggregation"] = proto.training.aggregation
+    policy = SitePolicy.model_validate({**policy.model_dump(), **changes}, strict=False)
+    problems = policy_violations(loaded, policy)
+    if problems:
+        raise ConfigError(
+            "the pilot's site policy still refuses the protocol: " + "; ".join(problems)
+        )
+    return policy, [f"{k} = {v!r}" for k, v in changes.items()]
+
+
+def run_pilot(
+    out: Path,
+    protocol: str = "demo",
+    *,
+    sites: int | None = None,
+    preset: Any = "demo",
+    seed: int = 0,
+    workers: int = 2,
+    supernode_env: Mapping[str, str] | None = None,
+    stage_timeout_s: float = 1800.0,
+    log: Log = print,
+) -> PilotResult:
+    """Run ``protocol`` (a shipped name or a file) as a deployment of ``sites`` sites (default:
+    every institution of the federation) on this machine; see the module docstring."""
+    from securefed import __version__
+    from securefed.crypto import (
+        add_signature,
+        generate_keys,
+        sign_protocol_hash,
+        signature_path,
+        write_keys,
+    )
+    from securefed.crypto.node_key import new_node_key
+    from securefed.crypto.study_ca import make_study_tls
+    from securefed.data.synth import synthesize
+    from securefed.federation.deployment import Deployment, LocalSite
+    from securefed.federation.site_executor import app_hash
+    from securefed.protocol import load_protocol
+    from securefed.protocol.skeleton import PartyKeys, deployment_skeleton
+    from securefed.study.demo import demo_protocol
+    from securefed.study.federation_run import CoordinatorKeys, run_federation_study
+    from securefed.trust import SiteConfig, SiteIdentity, TrustSpec, write_site_config
+
+    out = Path(out)
+    base_path = demo_protocol(protocol)
+    if not base_path.is_file():
+        raise ConfigError(f"--protocol {protocol}: neither a shipped protocol nor a file")
+    base = tomllib.loads(base_path.read_text(encoding="utf-8"))
+    partitioning = str(base.get("data", {}).get("partitioning", "partitioning_1"))
+    if out.exists() and any(out.iterdir()) and not (out / "pilot.json").is_file():
+        raise ConfigError(f"{out}: exists and is not a pilot folder; use a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    from securefed.fileio import read_json, write_json_atomic
+
+    if not (out / "pilot.json").is_file():
+        write_json_atomic(out / "pilot.json", {"preparing": True})
+    state = read_json(out / "pilot.json")
+    data = out / "data"
+    if not (data / f"{partitioning}.csv").is_file():
+        log(f"synthesizing the federation into {data} ...")
+        synthesize(data, preset=preset, seed=seed, workers=workers)
+    available = _partitions(data, partitioning)
+    n = len(available) if sites is None else int(sites)
+    if not 2 <= n <= len(available):
+        raise ConfigError(f"--sites {sites}: between 2 and {len(available)} (the federation's)")
+    pids = available[:n]
+    ids = [f"site-{p}" for p in pids]
+    fresh = "protocol" not in state
+    keys_dir, node_pubs = out / "keys", out / "node-keys"
+    if fresh:
+        log(f"making keys, a study CA and {n} sites' folders in {out} ...")
+        server = generate_keys("server", SERVER_ID)
+        board = generate_keys("governance", "board")
+        write_keys(server, keys_dir)
+        write_keys(board, out / "governance")
+        known = {SERVER_ID: PartyKeys(server.public.signing_fingerprint,
+                                      server.public.encryption_fingerprint)}  # fmt: skip
+        for sid, pid in zip(ids, pids, strict=True):
+            home = out / "sites" / sid
+            site_keys = generate_keys("site", sid)
+            write_keys(site_keys, home / "keys")
+            (keys_dir / f"{sid}.pub.json").write_bytes(
+                (home / "keys" / f"{sid}.pub.json").read_bytes()
+            )
+            _, pub, fp = new_node_key(home / "node")
+            node_pubs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pub, node_pubs / f"{sid}.pub")
+            known[sid] = PartyKeys(site_keys.public.signing_fingerprint,
+                                   site_keys.public.encryption_fingerprint, fp)  # fmt: skip
+            _site_data(data, partitioning, pid, home / "data")
+        make_study_tls(out / "tls", ["127.0.0.1", "localhost"])
+        text = deployment_skeleton(
+            base, ids, known, server_id=SERVER_ID, governance=board.public.signing_fingerprint,
+            app_hash=app_hash(), version=__version__, reply_slot_s=0.0,
+        )  # fmt: skip
+        doc = tomllib.loads(text)
+        for entry, pid in zip(doc["sites"], pids, strict=True):
+            entry["partition_id"] = pid
+        import tomli_w
+
+        proto_path = out / "protocol.toml"
+        proto_path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+        loaded = load_protocol(proto_path)
+        add_signature(sign_protocol_hash(loaded.sha256, board), signature_path(proto_path))
+        policy, relaxed = _pilot_policy(loaded, server.public.encryption_fingerprint)
+        for sid in ids:
+            home = out / "sites" / sid
+            shutil.copyfile(proto_path, home / "protocol.toml")
+            shutil.copyfile(signature_path(proto_path), signature_path(home / "protocol.toml"))
+            config = SiteConfig(
+                site=SiteIdentity(id=sid, key=str((home / "keys" / f"{sid}.key").resolve())),
+                trust=TrustSpec(governance_keys=(board.public.signing_fingerprint,)),
+                policy=policy,
+            )
+            write_site_config(config, home / "SITE.toml")
+        write_json_atomic(out / "pilot.json", {"protocol": loaded.sha256, "sites": ids,
+                                               "relaxed": relaxed})  # fmt: skip
+    else:
+        if state.get("sites") != ids:
+            raise ConfigError(f"{out}: a pilot of sites {state.get('sites')}; use a new --out")
+        relaxed = list(state.get("relaxed", []))
+        loaded = load_protocol(out / "protocol.toml")
+    for line in relaxed:
+        log(f"pilot site policy (each hospital's SITE.toml decides this): {line}")
+    log(f"network: {NETWORK}")
+    port = _free_port()
+    tls = out / "tls"
+    local = [
+        LocalSite(
+            site_id=sid, protocol=out / "sites" / sid / "protocol.toml",
+            site_config=out / "sites" / sid / "SITE.toml",
+            node_key=out / "sites" / sid / "node" / "node.key",
+            data_dir=out / "sites" / sid / "data", work_dir=out / "sites" / sid / "work",
+            partition_id=pid,
+        )
+        for sid, pid in zip(ids, pids, strict=True)
+    ]  # fmt: skip
+    study = out / "study"
+    deployment = Deployment(
+        work_dir=study / "coordinator", port=port, ca_cert=tls / "ca.pem",
+        server_cert=tls / "server.pem", server_key=tls / "server.key",
+        supernode_env=dict(supernode_env or {}), local_sites=local,
+    )  # fmt: skip
+    keys = CoordinatorKeys.load(loaded, keys_dir / f"{SERVER_ID}.key", keys_dir, None)
+    try:
+        log(f"starting a SuperLink on 127.0.0.1:{port} (TLS, node authentication) and "
+            f"{n} SuperNodes ...")  # fmt: skip
+        deployment.start()
+        results = run_federation_study(
+            loaded, study, superlink=f"127.0.0.1:{port}", ca_cert=tls / "ca.pem",
+            node_keys=node_pubs, keys=keys, stage_timeout_s=stage_timeout_s, log=log,
+        )  # fmt: skip
+    finally:
+        groups = deployment.stop()
+    audit = _verify_logs(loaded, out, ids)
+    for party, verdict in audit.items():
+        log(f"audit log of {party}: {verdict}")
+    return PilotResult(out, results, NETWORK, audit, relaxed, groups)
+
+
+def _verify_logs(loaded: LoadedProtocol, out: Path, ids: list[str]) -> dict[str, str]:
+    """Each party's audit log verified with the key the protocol pins for it."""
+    from securefed.errors import SecurefedError
+    from securefed.trust.audit_log import pinned_signer, verify_audit_log
+
+    folders = {sid: out / "sites" / sid / "work" for sid in ids}
+    folders[SERVER_ID] = out / "study" / "server"
+    verdicts = {}
+    for party, folder in folders.items():
+        try:
+            summary = verify_audit_log(folder, protocol_hash=loaded.sha256,
+                                       signer=pinned_signer(loaded.protocol, party))  # fmt: skip
+            verdicts[party] = f"verified ({summary.entries} entries)"
+        except SecurefedError as exc:
+            verdicts[party] = f"FAILED: {exc}"
+    return verdicts
