@@ -2,6 +2,7 @@
 model on 8^3 volumes, so the figures are the engines' overhead, not training).
 
     .venv/bin/python benchmarks/deployment_round_bench.py [--rounds 4] [--out FILE.json]
+        [--engines simulation,deployment,deployment-flower-executor]
 
 Engines:
 - ``simulation``: Flower's simulation engine (Ray), one process.
@@ -40,6 +41,7 @@ from securefed.federation.phase import phase_config, run_phase  # noqa: E402
 from securefed.protocol import load_protocol  # noqa: E402
 
 LAYOUT = {p: [("train", 0)] * 2 + [("val", 0)] for p in (1, 2, 3)}
+ENGINES = ("simulation", "deployment", "deployment-flower-executor")
 
 
 def _free_port() -> int:
@@ -60,7 +62,17 @@ def _protocol(tmp: Path, rounds: int) -> Path:
 def simulation(tmp: Path, rounds: int) -> list[float]:
     proto = _protocol(tmp, rounds)
     asg = write_assignments(tmp / "clusters.csv", LAYOUT)
-    sites = [SiteSettings(p, str(tmp), str(proto), assignments=str(asg)) for p in LAYOUT]
+    # a deployment protocol: each site reads its own configuration (SITE.toml), as a SuperNode does
+    sites = [
+        SiteSettings(
+            p,
+            str(tmp),
+            str(proto),
+            assignments=str(asg),
+            site_config=str(tmp / "configs" / f"site-{p}.toml"),
+        )
+        for p in LAYOUT
+    ]
     cfg = phase_config(load_protocol(proto), out_dir=tmp / "sim", sites={1: 2, 2: 2, 3: 2},
                        assignments=asg)  # fmt: skip
     run_phase(cfg, sites, engine="simulation", task=make_task())
@@ -115,17 +127,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/deployment.json")
+    ap.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="comma-separated subset of: " + ", ".join(ENGINES),
+    )
     args = ap.parse_args()
+    wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(wanted) - set(ENGINES))
+    if unknown:
+        ap.error(f"--engines: unknown {unknown}")
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "rounds": args.rounds,
     }
-    for name, fn in (
-        ("simulation", lambda t: simulation(t, args.rounds)),
-        ("deployment", lambda t: deployment(t, args.rounds, flower_executor=False)),
-        ("deployment-flower-executor", lambda t: deployment(t, args.rounds, True)),
-    ):
+    runs = {
+        "simulation": lambda t: simulation(t, args.rounds),
+        "deployment": lambda t: deployment(t, args.rounds, flower_executor=False),
+        "deployment-flower-executor": lambda t: deployment(t, args.rounds, True),
+    }
+    for name in wanted:
+        fn = runs[name]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.monotonic()
             secs = fn(Path(tmp))

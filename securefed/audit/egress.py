@@ -110,6 +110,18 @@ _PUBLIC_REPLY_FIELDS = {
 }
 
 
+_STAGE_REPLY_FIELDS = {
+    "getpropertiesres.properties.envelope": Declaration(
+        "declared-clear",
+        "the sealed feature release as a Flower reply: the bytes of the site's envelope entry "
+        "(its fields declared there; its size says the row count)",
+    ),
+    "getpropertiesres.properties.assigned": Declaration(
+        "public-constant", "assign acknowledgement", expected=True
+    ),
+}
+
+
 def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declaration | None:
     p = loaded.protocol
     egress = training_egress(p)
@@ -122,6 +134,8 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
     if name.startswith(SECAGG_RECORD + "."):
         what = "SecAgg+ messages: public keys, encrypted shares, masked vector"
         return Declaration("secure-aggregate", what)
+    if name in _STAGE_REPLY_FIELDS:  # the study stages over the deployment
+        return _STAGE_REPLY_FIELDS[name]
     for prefix, what in _PUBLIC_REPLY_FIELDS.items():
         if name.startswith(prefix):
             return Declaration("public", what)
@@ -136,15 +150,21 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
             Declaration("clear", "train metrics (mean train loss)") if egress.train_loss else None
         )
     if name.startswith("evaluateres."):
-        if name == "evaluateres.metrics.partition-id":
-            return Declaration("public", "partition id")
-        if egress.validation:
-            return Declaration("clear", "validation count, loss and mean Dice")
-        if name == "evaluateres.num_examples.num_examples":
-            return Declaration("public-constant", "validation count (none sent)", expected=0)
-        if name == "evaluateres.loss.loss":
-            return Declaration("public-constant", "validation loss (none sent)", expected=0.0)
-        return None
+        return _evaluate_field(name, egress.validation)
+    return None
+
+
+def _evaluate_field(name: str, validation: bool) -> Declaration | None:
+    """An evaluation reply's field (validation in training; the test stage over a deployment
+    follows the same rule)."""
+    if name == "evaluateres.metrics.partition-id":
+        return Declaration("public", "partition id")
+    if validation:
+        return Declaration("clear", "validation or test count, loss and mean Dice")
+    if name == "evaluateres.num_examples.num_examples":
+        return Declaration("public-constant", "validation count (none sent)", expected=0)
+    if name == "evaluateres.loss.loss":
+        return Declaration("public-constant", "validation loss (none sent)", expected=0.0)
     return None
 
 

@@ -202,6 +202,7 @@ class SecureClusteringSite:
         noise: Any,
         *,
         context: bytes,
+        party: MaskingParty | None = None,
     ) -> None:
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != plan.dimension:
@@ -216,7 +217,7 @@ class SecureClusteringSite:
         self._ledger = ledger
         self._noise = noise
         self._context = context
-        self._party = MaskingParty.generate(site_id)
+        self._party = party if party is not None else MaskingParty.generate(site_id)
         self._keys: dict[str, bytes] = {}
         self._answered: set[int] = set()
 

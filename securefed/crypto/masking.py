@@ -82,6 +82,23 @@ class MaskingParty:
         """A party with a fresh X25519 key from the OS CSPRNG."""
         return cls(party_id, X25519PrivateKey.generate())
 
+    @classmethod
+    def from_private_bytes(cls, party_id: str, raw: bytes) -> MaskingParty:
+        """The party of a key kept at the site (``private_bytes``; a site resuming a run)."""
+        try:
+            return cls(party_id, X25519PrivateKey.from_private_bytes(raw))
+        except ValueError as exc:
+            raise CryptoError(
+                f"masking: the kept key of {party_id!r} is not an X25519 key"
+            ) from exc
+
+    def private_bytes(self) -> bytes:
+        """The raw 32-byte private key, to keep at the site (mode 0600); never sent."""
+        return self._private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+
     @property
     def public_key(self) -> bytes:
         """The raw 32-byte public key (this is what the party publishes)."""

@@ -22,9 +22,17 @@ from dataclasses import dataclass
 
 from securefed.crypto.keys import PrivateKeys, fingerprint, verify_ed25519
 
-__all__ = ["KeySignatureError", "SignedKeys", "sign_secagg_keys", "verify_secagg_keys"]
+__all__ = [
+    "KeySignatureError",
+    "SignedKeys",
+    "sign_masking_key",
+    "sign_secagg_keys",
+    "verify_masking_keys",
+    "verify_secagg_keys",
+]
 
 _DOMAIN = b"securefed-secaggplus-keys-v1\x00"
+_MASKING_DOMAIN = b"securefed-secure-clustering-mask-key-v1\x00"
 
 
 class KeySignatureError(ValueError):
@@ -101,3 +109,33 @@ def verify_secagg_keys(
     if len(set(out.values())) != len(out):
         raise KeySignatureError("one site signed the SecAgg+ keys of two neighbour nodes")
     return out
+
+
+def _masking_message(protocol_sha256: str, site_id: str, public_key: bytes) -> bytes:
+    parts = [protocol_sha256.encode("ascii"), site_id.encode("utf-8"), public_key]
+    return _MASKING_DOMAIN + b"\x00".join(hashlib.sha256(p).digest() for p in parts)
+
+
+def sign_masking_key(key: PrivateKeys, protocol_sha256: str, public_key: bytes) -> SignedKeys:
+    """The site's signature over its X25519 masking key of the secure-aggregate clustering
+    (securefed.clustering.secure) under the protocol (another domain than SecAgg+'s)."""
+    sig = key.sign(_masking_message(protocol_sha256, key.party_id, public_key))
+    return SignedKeys(key.party_id, key.public.signing_public, sig)
+
+
+def verify_masking_keys(
+    directory: Mapping[str, tuple[bytes, SignedKeys]],
+    pinned: Mapping[str, str],
+    protocol_sha256: str,
+) -> None:
+    """Check a key directory of the secure clustering (site id -> its masking key and the
+    signature over it): every key signed by the key the protocol pins for that very site.
+    Raises :class:`KeySignatureError` otherwise."""
+    for site_id, (public_key, entry) in sorted(directory.items()):
+        if entry.site_id != site_id or pinned.get(site_id) is None:
+            raise KeySignatureError(f"{site_id!r}: not a site pinned by key, or another's entry")
+        if fingerprint("ed25519", entry.signing_public) != pinned[site_id]:
+            raise KeySignatureError(f"{site_id}: not the signing key pinned for it")
+        message = _masking_message(protocol_sha256, site_id, public_key)
+        if not verify_ed25519(entry.signing_public, message, entry.signature):
+            raise KeySignatureError(f"{site_id}: a bad signature over its masking key")

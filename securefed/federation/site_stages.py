@@ -36,7 +36,15 @@ from securefed.errors import ConfigError, InstructionRefusedError, KeyError_, Si
 from securefed.federation.config import SiteSettings
 from securefed.trust import AcceptedProtocol
 
-__all__ = ["ASSIGNMENTS_FILE", "StageSite", "own_assignments", "run_site_stage"]
+__all__ = [
+    "ASSIGNMENTS_FILE",
+    "StageSite",
+    "features_table",
+    "keep_assignments",
+    "own_assignments",
+    "patients_of",
+    "run_site_stage",
+]
 
 ASSIGNMENTS_FILE = "clusters.csv"  # in the site's state folder: its own cases' clusters
 _OUTBOX = "outbox"
@@ -110,6 +118,11 @@ def _patients(site: SiteSettings, partitioning: str) -> dict[str, str]:
     return read_patients(path) if path.is_file() else {}
 
 
+def patients_of(stage_site: StageSite) -> dict[str, str]:
+    """Subject id -> patient id of the site's cases (empty: every case its own patient)."""
+    return _patients(stage_site.site, stage_site.accepted.loaded.protocol.data.partitioning)
+
+
 def _refuse_release(stage_site: StageSite) -> None:
     proto = stage_site.accepted.loaded.protocol
     if proto.release.mode == "secure-aggregate":
@@ -146,17 +159,19 @@ def _release(stage_site: StageSite, config: Mapping[str, Any]) -> bytes:
     return Path(release.envelope).read_bytes()
 
 
-def _features_table(stage_site: StageSite) -> Any:
-    """The site's own feature table (extracted here for a held-out institution, which released
-    nothing in the features stage)."""
+def features_table(stage_site: StageSite) -> Any:
+    """The site's own feature table (extracted here for a held-out institution and under a
+    secure-aggregate protocol, which released nothing in a features stage)."""
     from securefed.radiomics.storage import load_table
     from securefed.site.extract import extract_site_features
 
     featdir = stage_site.work_dir / _FEATURES
     if not (featdir / "features.csv").is_file():
         site = stage_site.site
-        if site.partition_id not in set(
-            stage_site.accepted.loaded.protocol.data.held_out_partitions
+        proto = stage_site.accepted.loaded.protocol
+        if (
+            site.partition_id not in set(proto.data.held_out_partitions)
+            and proto.release.mode != "secure-aggregate"
         ):
             raise ConfigError(
                 f"{featdir}: no features of this site; the features stage runs before assign"
@@ -180,7 +195,7 @@ def _assign(stage_site: StageSite, config: Mapping[str, Any]) -> None:
         )
     server = _server_keys(stage_site, config)  # checked before any data is read
     keys = stage_site.identity()
-    table = _features_table(stage_site)
+    table = features_table(stage_site)
     held_out = stage_site.site.partition_id in set(proto.data.held_out_partitions)
     # A training site of a local-dp protocol assigns on its noised release (egress "released");
     # a held-out institution routes its cases on its own vectors.
@@ -194,15 +209,20 @@ def _assign(stage_site: StageSite, config: Mapping[str, Any]) -> None:
         state_dir=stage_site.state_dir, server_public=(server,), on_release=on_release,
         patients=_patients(stage_site.site, proto.data.partitioning),
     )  # fmt: skip
-    rows = [
-        Assignment(sid, int(pid), split, int(label))
-        for sid, pid, split, label in zip(
-            table.subject_ids, table.partition_ids, table.splits, assigned.labels, strict=True
-        )
-    ]
-    write_assignments(own_assignments(stage_site.state_dir), rows)
+    keep_assignments(stage_site, table, assigned.labels)
     from securefed.trust.audit_log import AuditLog
 
     audit = AuditLog(stage_site.state_dir, keys.party_id, loaded.sha256)
     audit.record("envelope-opened", stage="cluster-model", sender=server.party_id)
     audit.sign_head(keys)
+
+
+def keep_assignments(stage_site: StageSite, table: Any, labels: Any) -> None:
+    """The site's clusters.csv in its state folder: the cluster of each of its own cases."""
+    rows = [
+        Assignment(sid, int(pid), split, int(label))
+        for sid, pid, split, label in zip(
+            table.subject_ids, table.partition_ids, table.splits, labels, strict=True
+        )
+    ]
+    write_assignments(own_assignments(stage_site.state_dir), rows)

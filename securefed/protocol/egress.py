@@ -296,9 +296,35 @@ def egress_table(protocol: Protocol) -> list[EgressRow]:
                   "-", "tests/crypto/test_fuzz.py"),
         *_feature_rows(protocol),
         *_training_rows(protocol),
-        EgressRow("evaluation", "test Dice and HD95", "nobody",
-                  "each site scores its own test cases; no evaluation message leaves it", "-",
-                  "-"),
+        *_evaluation_rows(protocol),
+    ]  # fmt: skip
+
+
+_T_STAGES = "tests/federation/test_site_stages.py::"
+
+
+def _evaluation_rows(protocol: Protocol) -> list[EgressRow]:
+    """The evaluation, and the deployment's stage messages around clustering and evaluation
+    (securefed.federation.site_stages): in simulation nothing leaves a site here; over a
+    deployment each site acknowledges the cluster model and answers test requests as its
+    protocol declares (the validation rule)."""
+    if protocol.is_simulation:
+        return [EgressRow("evaluation", "test Dice and HD95", "nobody",
+                          "each site scores its own test cases; no evaluation message leaves it",
+                          "-", "-")]  # fmt: skip
+    clear = training_egress(protocol).validation
+    return [
+        EgressRow("clustering", "assign acknowledgement", "server",
+                  "one fixed value: the site opened the server's sealed model (its clusters "
+                  "stay at the site)", "-",
+                  _T_STAGES + "test_the_guard_lets_a_stage_reply_carry_its_declared_field_only"),
+        EgressRow("evaluation", "test case count and mean Dice per region", "server",
+                  "clear, per site and model (securefed federation run)" if clear
+                  else "not sent (a zero count, no metric)",
+                  "inf" if clear else "-",
+                  "tests/federation/test_pilot.py::"
+                  "test_a_pilot_runs_every_stage_over_the_deployment" if clear
+                  else _T_STAGES + "test_a_finite_epsilon_site_sends_no_test_metric"),
     ]  # fmt: skip
 
 

@@ -15,7 +15,7 @@ Stages, each resumable (``OUT/study.json`` lists those completed and the protoco
 4. ``evaluation``: each site scores its own test cases with the global model and with its
    cluster's model; what it releases is what its protocol declares for evaluation (per-site
    counts and mean Dice per region under a plain protocol, nothing under a finite epsilon).
-5. ``report``: ``results.json``.
+5. ``report``: ``results.json`` and ``report.html`` (securefed.report.deployment).
 
 Secure-aggregate feature release (the masked clustering rounds) is not yet served over the
 deployment: refused before anything is sent.
@@ -42,7 +42,7 @@ from securefed.protocol import LoadedProtocol
 from securefed.study.cffl import StudyPhases, run_cffl_phases
 from securefed.study.coordinate import open_deployment, remote_sites
 
-__all__ = ["FEDERATION_STAGES", "CoordinatorKeys", "run_federation_study"]
+__all__ = ["FEDERATION_STAGES", "CoordinatorKeys", "run_federation_study", "write_report"]
 
 FEDERATION_STAGES = ("features", "clustering", "training", "evaluation", "report")
 Log = Callable[[str], None]
@@ -267,7 +267,9 @@ def _training(loaded: LoadedProtocol, out: Path, deployment: Deployment) -> None
                    "best_round": g.best_round, "best_score": g.best_score},
         "clusters": {
             str(c): {"weights": str(o.weights_path.relative_to(out)), "status": o.status,
-                     "reason": o.reason, "sites": sorted(o.sites)}
+                     "reason": o.reason, "sites": sorted(o.sites),
+                     "best_round": o.result.best_round if o.result else None,
+                     "best_score": o.result.best_score if o.result else None}
             for c, o in phases.clusters.items()
         },
     }  # fmt: skip
@@ -330,4 +332,21 @@ def _report(loaded: LoadedProtocol, out: Path, progress: dict[str, Any]) -> None
             else "none: the sites' protocol declares no evaluation metric (finite epsilon)"
         ),
     }
+    if "local" in proto.training.baselines or "centralized" in proto.training.baselines:
+        results["not_run"] = sorted(
+            set(proto.training.baselines) - {"fedavg", "cffl"}
+        )  # simulation-only baselines
     write_json_atomic(out / "results.json", results)
+    write_report(loaded, out, results)
+
+
+def write_report(loaded: LoadedProtocol, out: Path, results: dict[str, Any]) -> Path:
+    """OUT/report.html from results.json's content (securefed.report.deployment)."""
+    from securefed.protocol.egress import egress_table
+    from securefed.report.deployment import write_deployment_report
+
+    proto = loaded.protocol
+    return write_deployment_report(
+        out / "report.html", results, [r.to_json() for r in egress_table(proto)],
+        proto.study.name, proto.release.mode, proto.training.aggregation,
+    )  # fmt: skip

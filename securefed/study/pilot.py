@@ -279,6 +279,12 @@ def run_pilot(
     audit = _verify_logs(loaded, out, ids)
     for party, verdict in audit.items():
         log(f"audit log of {party}: {verdict}")
+    from securefed.fileio import write_json_atomic
+    from securefed.study.federation_run import write_report
+
+    results = {**results, "audit_logs": audit, "network": NETWORK}
+    write_json_atomic(study / "results.json", results)
+    write_report(loaded, study, results)
     return PilotResult(out, results, NETWORK, audit, relaxed, groups)
 
 

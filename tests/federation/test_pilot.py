@@ -46,7 +46,9 @@ def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
         own = read_assignments(tmp_path / "pilot" / "sites" / f"site-{pid}" / "work"
                                / "clusters.csv")  # fmt: skip
         assert {r.partition_id for r in own} == {pid}
-        assert sorted(own) == sorted(r for r in server_rows if r.partition_id == pid)
+        assert sorted(own, key=str) == sorted(
+            (r for r in server_rows if r.partition_id == pid), key=str
+        )
         tests += sum(r.split == "test" for r in own)
     # evaluation: per-site counts and means, pooled over every test case
     methods = result.results["methods"]
@@ -69,6 +71,15 @@ def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
         features = [e for e in entries if e["stage"] == "stage/features/get_properties"
                     and any(f["name"].endswith(".envelope") for f in e["fields"])]  # fmt: skip
         assert len(features) == 1, "the release left once"
+    # the egress census declares every field that left any site (the stage replies included)
+    from securefed.audit.egress import census
+    from securefed.protocol import load_protocol
+    from securefed.trust.egress_log import read_egress_log
+
+    loaded = load_protocol(tmp_path / "pilot" / "protocol.toml")
+    logs = {f"site-{p}": read_egress_log(tmp_path / "pilot" / "sites" / f"site-{p}" / "work"
+                                         / "egress.jsonl") for p in (1, 2, 3)}  # fmt: skip
+    assert census(logs, loaded)["findings"] == []
     # nothing left running
     pids = json.loads((study / "coordinator" / "nodes.json").read_text())
     assert pids  # the three node keys were registered

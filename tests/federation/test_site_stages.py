@@ -217,3 +217,29 @@ def test_the_guard_lets_a_stage_reply_carry_its_declared_field_only(
     request, reply = _reply(fed, {"stage": stage}, props)
     problems = check_reply(request, reply, training_egress(fed.loaded.protocol), secagg=True)
     assert (problems == []) is ok, problems
+
+
+def test_a_finite_epsilon_site_sends_no_test_metric(tmp_path: Path) -> None:
+    """Under a protocol that claims a finite epsilon the test stage follows the validation
+    rule: a zero count and no metric leave the site (the egress guard holds it to that)."""
+    from flwr.app.message_type import MessageType
+    from flwr.common import EvaluateIns, ndarrays_to_parameters
+
+    def client_dp(data: dict) -> None:
+        data["privacy"]["total_epsilon"] = 8.0
+        data["training"]["client_dp"] = {"enabled": True, "epsilon": 8.0, "max_sites": 3,
+                                         "clip_norm": 1.0}  # fmt: skip
+
+    fed = pinned_federation(tmp_path / "fed", edit=client_dp)
+    config = {"protocol-hash": fed.loaded.sha256, "stage": "test", "cluster": -1}
+    ins = EvaluateIns(ndarrays_to_parameters(fed.start_weights()), config)
+    reply = fed.send(1, MessageType.EVALUATE, compat.evaluateins_to_recorddict(ins, True))
+    assert not reply.has_error(), reply.error
+    res = compat.recorddict_to_evaluateres(reply.content)
+    assert res.num_examples == 0 and res.loss == 0.0
+    assert set(res.metrics) == {"partition-id"}
+    assert [e["event"] for e in fed.audit(1)][-2:] == ["test-requested", "head"]
+    extra = {**config, "lr": 0.1}
+    ins = EvaluateIns(ndarrays_to_parameters(fed.start_weights()), extra)
+    refused = fed.send(1, MessageType.EVALUATE, compat.evaluateins_to_recorddict(ins, True))
+    assert refused.has_error() and refused.error.code == ReplyCode.INSTRUCTION_REFUSED
