@@ -1,6 +1,6 @@
 """The layer rule of docs/architecture.md as a contract: import-linter's contracts (layers, no
-cycles, who may import Flower, cryptography/TenSEAL and pyradiomics/SimpleITK) are kept, and
-every package of securefed has its place in the layers."""
+cycles, who may import Flower and Flower's internals, cryptography/TenSEAL and
+pyradiomics/SimpleITK) are kept, and every package of securefed has its place in the layers."""
 
 from __future__ import annotations
 
@@ -45,7 +45,25 @@ def test_only_the_named_packages_import_the_guarded_libraries() -> None:
     owners = {"flwr": "securefed.federation", "cryptography": "securefed.crypto",
               "radiomics": "securefed.radiomics"}  # fmt: skip
     for contract in _config()["contracts"]:
-        if contract["type"] != "forbidden":
+        if contract["type"] != "forbidden" or contract == _flower_internals_contract():
             continue
         (owner,) = {owners[m] for m in contract["forbidden_modules"] if m in owners}
         assert set(contract["source_modules"]) == everything - {owner}, contract["name"]
+
+
+def _flower_internals_contract() -> dict:
+    (contract,) = [c for c in _config()["contracts"] if c["type"] == "forbidden"
+                   and all(m.startswith("flwr.") for m in c["forbidden_modules"])]  # fmt: skip
+    return contract
+
+
+def test_only_the_adapter_imports_flowers_internals() -> None:
+    """Flower's internals are forbidden to all of securefed but its adapter
+    (securefed.federation.flower_internals; tests/federation/test_flower_internals.py checks
+    the rest of securefed's flwr imports against Flower's public API)."""
+    contract = _flower_internals_contract()
+    assert contract["source_modules"] == ["securefed"]
+    assert contract.get("ignore_imports") == ["securefed.federation.flower_internals -> flwr.**"]
+    assert {"flwr.proto", "flwr.supercore", "flwr.supernode", "flwr.superlink", "flwr.cli",
+            "flwr.compat", "flwr.server.superlink", "flwr.server.compat"} <= set(
+        contract["forbidden_modules"])  # fmt: skip

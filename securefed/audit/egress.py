@@ -119,6 +119,12 @@ _STAGE_REPLY_FIELDS = {
     "getpropertiesres.properties.assigned": Declaration(
         "public-constant", "assign acknowledgement", expected=True
     ),
+    "getpropertiesres.properties.masking-key": Declaration(
+        "public", "the site's X25519 masking key (secure clustering)"
+    ),
+    "getpropertiesres.properties.signed": Declaration(
+        "public", "the site's signature over its masking key (its pinned key)"
+    ),
 }
 
 
@@ -136,6 +142,10 @@ def _reply_field(name: str, message_type: str, loaded: LoadedProtocol) -> Declar
         return Declaration("secure-aggregate", what)
     if name in _STAGE_REPLY_FIELDS:  # the study stages over the deployment
         return _STAGE_REPLY_FIELDS[name]
+    if name == "getpropertiesres.properties.masked":  # a secure clustering round
+        sec = p.clustering.secure
+        what = "masked aggregate + discrete Gaussian noise share (only the noised sum opens)"
+        return Declaration("secure-aggregate", what, epsilon=sec.epsilon)
     for prefix, what in _PUBLIC_REPLY_FIELDS.items():
         if name.startswith(prefix):
             return Declaration("public", what)

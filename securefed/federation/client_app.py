@@ -157,7 +157,12 @@ class SiteClient(NumPyClient):
             stage = check_stage_config(self.loaded.protocol, self.loaded.sha256, config)
             key = self.runtime.signing_key(self.site)
             where = StageSite(self.site, self.accepted, Path(self.ledger_dir), key)
-            return run_site_stage(where, stage, config)
+
+            def advance(phase: str, rnd: int) -> None:
+                self.runtime.advance_round(self.site, self.ledger_dir, self.loaded.sha256,
+                                           phase, rnd)  # fmt: skip
+
+            return run_site_stage(where, stage, config, advance)
         props: dict[str, Any] = {
             "partition-id": self.site.partition_id,
             "protocol-hash": self.loaded.sha256,

@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 from securefed.errors import ConfigError
 
-__all__ = ["PhaseConfig", "SiteSettings", "parse_sites"]
+__all__ = ["STUDY_STAGES", "PhaseConfig", "SiteSettings", "parse_sites"]
 
 Aggregation = Literal["fedavg", "secagg+", "bfv"]
+# run config ``stage``: "" (a training phase) or a study stage over the deployment
+STUDY_STAGES = ("", "features", "assign", "test", "secure-keys", "secure-round", "secure-assign")
 
 
 def parse_sites(text: str) -> tuple[int, ...]:
@@ -109,9 +111,10 @@ class PhaseConfig:
                 )
         if self.he_fields not in (1, 2):
             raise ConfigError(f"run config 'he-fields': 1 or 2, got {self.he_fields}")
-        if self.stage not in ("", "features", "assign", "test"):
+        if self.stage not in STUDY_STAGES:
             raise ConfigError(
-                f"run config 'stage': expected features, assign or test, got {self.stage!r}"
+                f"run config 'stage': expected one of {', '.join(STUDY_STAGES[1:])}, got "
+                f"{self.stage!r}"
             )
         if self.rounds < 0:
             raise ConfigError("run config 'rounds' must be >= 0")

@@ -8,7 +8,6 @@ import time
 
 from flwr.app import Message
 from flwr.common import GetPropertiesIns, MessageTypeLegacy
-from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
 
 from securefed.errors import (
@@ -18,6 +17,7 @@ from securefed.errors import (
     WrongProtocolError,
 )
 from securefed.federation.config import PhaseConfig
+from securefed.federation.flower_internals import recorddict_compat as compat
 
 __all__ = ["discover_sites"]
 

@@ -1,19 +1,28 @@
 """A Flower Grid that forwards to another and lets the coordinator look at (and drop) what passes:
 the base of the coordinator's adapters around Flower's workflows
-(securefed.federation.secagg_relay, securefed.federation.ledger_heads).
+(securefed.federation.secagg_relay, securefed.federation.ledger_heads); and the grid every
+securefed ServerApp runs on (:func:`fast_polling`): in a deployment, Flower's grid waits a fixed
+3 s between pulls for replies, this one 0.2 s.
 
-Nothing here leaves a site (coordinator side). Tests: ``tests/adversary/``.
+Nothing here leaves a site (coordinator side). Tests: ``tests/adversary/``,
+``tests/federation/test_flower_internals.py``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["GridWrapper"]
+from securefed.federation.flower_internals import HttpGrid
+
+__all__ = ["POLL_S", "FastPollGrid", "GridWrapper", "fast_polling"]
+
+POLL_S = 0.2
+"""How often the ServerApp asks the SuperLink for replies while it waits (Flower 1.42: 3 s)."""
 
 
 class GridWrapper(Grid):
@@ -61,3 +70,38 @@ class GridWrapper(Grid):
     ) -> Iterable[Message]:
         sent = [self.outgoing(m) for m in messages]
         return [r for r in self.inner.send_and_receive(sent, timeout=timeout) if self.incoming(r)]
+
+
+class FastPollGrid(GridWrapper):
+    """``grid`` whose :meth:`send_and_receive` polls for replies every ``poll_s`` seconds: it
+    pushes with the grid's public ``push_messages`` and pulls with ``pull_messages`` until every
+    message has its reply or ``timeout`` seconds have passed (None: no limit), and returns the
+    replies received, as Flower's ``send_and_receive`` does. A message the SuperLink did not
+    accept (``push_messages`` gives None for it; Flower logs a warning) has no reply to wait
+    for."""
+
+    def __init__(self, grid: Grid, poll_s: float = POLL_S) -> None:
+        super().__init__(grid)
+        self.poll_s = poll_s
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        pending = {i for i in self.push_messages(messages) if i is not None}
+        end = time.monotonic() + (timeout if timeout is not None else 0.0)
+        replies: list[Message] = []
+        while pending and (timeout is None or time.monotonic() < end):
+            got = list(self.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if pending:
+                left = self.poll_s if timeout is None else end - time.monotonic()
+                time.sleep(max(0.0, min(self.poll_s, left)))
+        return replies
+
+
+def fast_polling(grid: Grid, poll_s: float = POLL_S) -> Grid:
+    """The grid a securefed ServerApp runs on: Flower's deployment grid (HttpGrid, which sleeps
+    3 s between pulls) wrapped in :class:`FastPollGrid`; any other grid (the simulation's
+    in-memory grid, which polls every 0.1 s, or a test's grid) as it is."""
+    return FastPollGrid(grid, poll_s) if isinstance(grid, HttpGrid) else grid

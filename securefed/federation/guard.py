@@ -19,7 +19,8 @@ Allowed replies, by message type:
 - get_properties: partition id and protocol hash; get_parameters: the seeded initial model;
 - the study's stages over the deployment (securefed.federation.site_stages): a features request
   is answered by the sealed feature envelope alone, an assign request by a bare acknowledgement;
-  a test request (evaluate) by the validation reply's shape.
+  a test request (evaluate) by the validation reply's shape; the secure clustering's requests
+  by one signed masking key, one masked vector, or a bare acknowledgement.
 Anything else (another message type, an extra record, an undeclared metric, a weight that is not
 the declared one) is refused: the site sends an error instead, logs the refusal and writes it to
 its audit log. Tests: ``tests/federation/test_guard.py``.
@@ -33,13 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message
-from flwr.app.message_type import MessageType
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import Context, Error, Message, MessageType
 from flwr.common import MessageTypeLegacy
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from securefed.errors import SecurefedError
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS, ClientAppCallable
+from securefed.federation.flower_internals import SecAggPlusKey as Key
 from securefed.federation.ledger_heads import LEDGER_HEAD_RECORD
 from securefed.federation.secagg_relay import KEYSIG_RECORD
 from securefed.protocol.egress import TrainingEgress
@@ -259,9 +259,19 @@ def _check_stage_reply(stage: str, props: Any) -> list[str]:
         value = props.get("envelope")
         ok = set(props.keys()) == {"envelope"} and isinstance(value, bytes) and len(value) > 0
         return [] if ok else ["a features reply is not one sealed envelope"]
-    if stage == "assign":
+    if stage in ("assign", "secure-assign"):
         ok = set(props.keys()) == {"assigned"} and props.get("assigned") is True
         return [] if ok else ["an assign reply is not a bare acknowledgement"]
+    if stage == "secure-keys":  # the site's masking key and its signature (securefed.crypto)
+        signed = props.get("signed")
+        key = props.get("masking-key")
+        ok = (set(props.keys()) == {"masking-key", "signed"} and isinstance(key, bytes)
+              and len(key) == 32 and isinstance(signed, bytes) and len(signed) < 512)  # fmt: skip
+        return [] if ok else ["a secure-keys reply is not one signed public key"]
+    if stage == "secure-round":  # one masked uint64 vector
+        masked = props.get("masked")
+        ok = set(props.keys()) == {"masked"} and isinstance(masked, bytes) and len(masked) % 8 == 0
+        return [] if ok else ["a secure-round reply is not one masked vector"]
     return [f"stage {stage!r} has no declared reply"]
 
 

@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from securefed.crypto.bfv import (
     AggregatorContext,
@@ -46,6 +44,7 @@ from securefed.errors import (
     WrongProtocolError,
 )
 from securefed.federation.config import SiteSettings
+from securefed.federation.flower_internals import ClientAppCallable
 from securefed.fileio import read_json, write_json_atomic
 
 __all__ = [

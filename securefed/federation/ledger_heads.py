@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message
-from flwr.app.message_type import MessageType
-from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.serverapp import Grid
 
 from securefed.crypto import PrivateKeys
+from securefed.federation.flower_internals import ClientAppCallable, Mod
 from securefed.federation.grid_wrapper import GridWrapper
 from securefed.fileio import read_json, write_json_atomic
 from securefed.privacy.ledger import LEDGER_FILE, read_ledger

@@ -28,14 +28,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flwr.app import Context, Message
-from flwr.app.message_type import MessageType
-from flwr.clientapp.typing import ClientAppCallable, Mod
-from flwr.common.secure_aggregation.secaggplus_constants import (
-    RECORD_KEY_CONFIGS,
-    Key,
-    Stage,
-)
+from flwr.app import Context, Message, MessageType
+
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS, ClientAppCallable, Mod
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 
 __all__ = ["Outcome", "Pacing", "make_pacing_mod", "run_with_deadline", "runs_local_training"]
 

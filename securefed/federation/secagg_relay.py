@@ -14,9 +14,11 @@ Tests: ``tests/adversary/test_signed_secagg_keys.py``.
 from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
 
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 from securefed.federation.grid_wrapper import GridWrapper
 
 __all__ = ["KEYSIGS_RECORD", "KEYSIG_RECORD", "SignedKeyRelay"]

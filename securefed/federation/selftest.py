@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import FitIns, Metadata, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
 
 from securefed.federation.client_app import SiteClient, make_client_app
 from securefed.federation.config import SiteSettings
+from securefed.federation.flower_internals import (
+    RECORD_KEY_CONFIGS,
+    generate_key_pairs,
+    public_key_to_bytes,
+)
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
+from securefed.federation.flower_internals import recorddict_compat as compat
 from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD
 from securefed.federation.site_rules import ReplyCode, secaggplus_expected
 from securefed.federation.site_runtime import ROUNDS_FILE

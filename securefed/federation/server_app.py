@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message
-from flwr.app.message_type import MessageType
+from flwr.app import Context, Message, MessageType
 from flwr.common import (
     EvaluateIns,
     FitIns,
@@ -38,13 +37,9 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.compat.common import recorddict_compat as compat
 from flwr.server import ClientManager, LegacyContext, ServerConfig
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import FedAvgM
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid, ServerApp
 
 from securefed.errors import (
@@ -55,6 +50,15 @@ from securefed.errors import (
 )
 from securefed.federation.config import PhaseConfig
 from securefed.federation.discovery import discover_sites
+from securefed.federation.flower_internals import (
+    MAIN_CONFIGS_RECORD,
+    MAIN_PARAMS_RECORD,
+    ClientProxy,
+    GridClientProxy,
+)
+from securefed.federation.flower_internals import WorkflowKey as Key
+from securefed.federation.flower_internals import recorddict_compat as compat
+from securefed.federation.grid_wrapper import fast_polling
 from securefed.federation.ledger_heads import LedgerHeadCheck
 from securefed.federation.metrics import pooled_dice
 from securefed.federation.secagg_relay import SignedKeyRelay
@@ -580,6 +584,7 @@ def make_server_app(cfg: PhaseConfig | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        grid = fast_polling(grid)  # a deployment's grid asks for replies every 0.2 s, not 3 s
         phase = cfg or PhaseConfig.from_run_config(dict(context.run_config))
         if phase.stage:  # a study stage over the deployment (features, assign, test)
             from securefed.federation.stage_server import run_server_stage

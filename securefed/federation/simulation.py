@@ -20,8 +20,9 @@ def run_simulation_phase(
     cfg: PhaseConfig, sites: Sequence[SiteSettings], task: FlowerTask | None
 ) -> None:
     """Run one phase in the simulation engine; the result is in the phase's checkpoint folder."""
-    from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
-    from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation  # deprecated in Flower 1.42: see flower_internals
+
+    from securefed.federation.flower_internals import BackendConfig
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     by_pid = {s.partition_id: s for s in sites}

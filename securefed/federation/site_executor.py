@@ -27,29 +27,28 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flwr.app import Message
-from flwr.app.error import Error
-from flwr.cli.build import build_fab_from_disk
-from flwr.cli.install import install_from_fab
-from flwr.clientapp.utils import get_load_client_app_fn
-from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
-from flwr.supercore.constant import TaskType
-from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-from flwr.supercore.interceptors import (
+from flwr.app import Error, Message
+
+from securefed.errors import ConfigError
+from securefed.federation.flower_internals import (
+    AcquireTaskRequest,
+    ErrorCode,
+    HeartbeatSender,
+    RuntimeHttpClient,
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
+    SubStatus,
     SuperExecAuthHttpInterceptor,
-)
-from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import (
+    TaskType,
+    build_fab_from_disk,
+    get_load_client_app_fn,
+    install_from_fab,
+    make_simple_http_retry_invoker,
+    make_task_heartbeat_fn_http,
     pull_task_input,
     push_message,
     push_task_output,
 )
-
-from securefed.errors import ConfigError
 
 __all__ = ["SiteExecutor", "TaskOutcome", "app_hash", "fab_hash"]
 

@@ -36,12 +36,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from flwr.app import Context, Error, Message
-from flwr.app.message_type import MessageType
+from flwr.app import Context, Error, Message, MessageType
 from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import ConfigRecord
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from securefed.crypto import PrivateKeys
 from securefed.crypto.secagg_keys import (
@@ -57,6 +54,9 @@ from securefed.errors import (
     SiteTrustError,
     WrongProtocolError,
 )
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS, ClientAppCallable, Mod
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD
 from securefed.protocol import Protocol
 from securefed.trust.site_key import pinned_site_keys
@@ -210,7 +210,19 @@ STAGE_KEYS: dict[str, frozenset[str]] = {
     "features": frozenset({"protocol-hash", "stage", "server-keys"}),
     "assign": frozenset({"protocol-hash", "stage", "server-keys", "envelope"}),
     "test": frozenset({"protocol-hash", "stage", "cluster"}),
+    # the secure-aggregate clustering (securefed.federation.site_secure)
+    "secure-keys": frozenset({"protocol-hash", "stage"}),
+    "secure-round": frozenset(
+        {"protocol-hash", "stage", "round", "kind", "directory", "centroids"}
+    ),  # fmt: skip
+    "secure-assign": frozenset({"protocol-hash", "stage", "centroids"}),
 }
+# keys a request of the stage must carry (bytes, not empty); the others in STAGE_KEYS may be
+# absent (a histogram round carries no centroids)
+_STAGE_BYTES = {
+    "features": ("server-keys",), "assign": ("server-keys", "envelope"),
+    "secure-round": ("directory",), "secure-assign": ("centroids",),
+}  # fmt: skip
 
 
 def check_stage_config(protocol: Protocol, sha256: str, config: Mapping[str, Any]) -> str:
@@ -230,7 +242,7 @@ def check_stage_config(protocol: Protocol, sha256: str, config: Mapping[str, Any
     extra = sorted(set(config) - STAGE_KEYS[stage])
     if extra:
         raise _refuse(f"{', '.join(extra)}: not a key of a {stage} request")
-    for key in STAGE_KEYS[stage] - {"protocol-hash", "stage", "cluster"}:
+    for key in _STAGE_BYTES.get(stage, ()):
         if not isinstance(config.get(key), bytes) or not config[key]:
             raise _refuse(f"a {stage} request without its {key}")
     if "cluster" in config:

@@ -36,10 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import InstructionRefusedError
+from securefed.errors import InstructionRefusedError, InternalError
 from securefed.federation.site_stages import StageSite, features_table, keep_assignments
 
-__all__ = ["MASKING_KEY_FILE", "encode_directory", "run_secure_stage"]
+__all__ = [
+    "MASKING_KEY_FILE",
+    "decode_signed",
+    "encode_directory",
+    "encode_signed",
+    "run_secure_stage",
+]
 
 MASKING_KEY_FILE = "secure-clustering.key"
 _CONTEXT = b"|clustering"
@@ -57,6 +63,19 @@ def encode_directory(entries: Mapping[str, tuple[bytes, list[bytes]]]) -> bytes:
         for sid, (key, signed) in sorted(entries.items())
     }  # fmt: skip
     return json.dumps(doc, sort_keys=True).encode()
+
+
+def encode_signed(signed: list[bytes]) -> bytes:
+    """A signed-key entry (site id, signing key, signature) as one bytes value (JSON)."""
+    return json.dumps([base64.b64encode(v).decode() for v in signed]).encode()
+
+
+def decode_signed(raw: bytes) -> list[bytes]:
+    """The inverse of :func:`encode_signed`."""
+    try:
+        return [base64.b64decode(v, validate=True) for v in json.loads(raw)]
+    except (ValueError, TypeError) as exc:
+        raise _refuse("a signed key entry that cannot be read") from exc
 
 
 def _decode_directory(raw: bytes) -> dict[str, tuple[bytes, Any]]:
@@ -138,6 +157,8 @@ def run_secure_stage(
             raise _refuse("a held-out institution takes no part in the secure clustering")
         return _keys(site)
     if stage == "secure-round":
+        if advance is None:
+            raise InternalError("a secure round needs the site's round counter")
         if held:
             raise _refuse("a held-out institution takes no part in the secure clustering")
         return {"masked": _round(site, config, advance)}
@@ -156,7 +177,7 @@ def _keys(site: _SecureSite) -> dict[str, Any]:
 
     public = site.party().public_key
     signed = sign_masking_key(site.key, site.loaded.sha256, public)
-    return {"masking-key": public, "signed": signed.to_list()}
+    return {"masking-key": public, "signed": encode_signed(signed.to_list())}
 
 
 def _round(site: _SecureSite, config: Mapping[str, Any], advance: Any) -> bytes:

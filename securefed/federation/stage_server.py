@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message
-from flwr.app.message_type import MessageType
+from flwr.app import Message, MessageType
 from flwr.common import (
     EvaluateIns,
     GetPropertiesIns,
@@ -35,12 +34,12 @@ from flwr.common import (
     Scalar,
     ndarrays_to_parameters,
 )
-from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
 
 from securefed.errors import ConfigError, SecurefedError, TooFewParticipantsError
 from securefed.federation.config import PhaseConfig
 from securefed.federation.discovery import discover_sites
+from securefed.federation.flower_internals import recorddict_compat as compat
 from securefed.fileio import atomic_write_bytes, read_json, write_json_atomic
 
 __all__ = [
@@ -98,6 +97,8 @@ def run_server_stage(grid: Grid, cfg: PhaseConfig) -> None:
             failed = _assign(grid, cfg, out_dir, nodes)
         elif cfg.stage == "test":
             failed = _test(grid, cfg, out_dir, nodes)
+        elif cfg.stage in _SECURE:
+            failed = _SECURE[cfg.stage](grid, cfg, out_dir, nodes)
         else:
             raise ConfigError(f"run config 'stage': {cfg.stage!r} is not a study stage")
     except SecurefedError as exc:
@@ -224,3 +225,66 @@ def _test(grid: Grid, cfg: PhaseConfig, out_dir: Path, nodes: dict[int, int]) ->
     rows.sort(key=lambda r: (r["method"], r["cluster"], r["partition_id"]))
     write_json_atomic(out_dir / SCORES, rows)
     return failed
+
+
+# -- the secure-aggregate clustering (site side: securefed.federation.site_secure) ----------------
+def _secure_keys(
+    grid: Grid, cfg: PhaseConfig, out_dir: Path, nodes: dict[int, int]
+) -> list[StageFailure]:
+    """Collect each site's signed masking key into ``keys.json`` (base64)."""
+    import base64
+
+    config = {"protocol-hash": cfg.protocol_hash, "stage": "secure-keys"}
+    got, failed = _ask(grid, cfg, nodes, {pid: dict(config) for pid in cfg.site_ids})
+    keys = {}
+    for pid, props in got.items():
+        key, signed = props.get("masking-key"), props.get("signed")
+        if not isinstance(key, bytes) or not isinstance(signed, bytes):
+            failed.append(StageFailure(pid, "no signed masking key in the reply"))
+            continue
+        keys[str(pid)] = {"masking-key": base64.b64encode(key).decode(),
+                          "signed": signed.decode("ascii", "replace")}  # fmt: skip
+    write_json_atomic(out_dir / "keys.json", keys)
+    return failed
+
+
+def _secure_round(
+    grid: Grid, cfg: PhaseConfig, out_dir: Path, nodes: dict[int, int]
+) -> list[StageFailure]:
+    """Relay one round (``request.json``: round, kind, directory, centroids) to its participants
+    and keep each masked reply in ``masked/partition-<id>.bin``."""
+    import json
+
+    request = read_json(out_dir / "request.json")
+    config: dict[str, Any] = {
+        "protocol-hash": cfg.protocol_hash, "stage": "secure-round",
+        "round": int(request["round"]), "kind": str(request["kind"]),
+        "directory": str(request["directory"]).encode(),
+    }  # fmt: skip
+    if request.get("centroids") is not None:
+        config["centroids"] = json.dumps(request["centroids"]).encode()
+    got, failed = _ask(grid, cfg, nodes, {pid: dict(config) for pid in cfg.site_ids})
+    for pid, props in got.items():
+        masked = props.get("masked")
+        if not isinstance(masked, bytes):
+            failed.append(StageFailure(pid, "no masked vector in the reply"))
+            continue
+        atomic_write_bytes(out_dir / "masked" / f"partition-{pid}.bin", masked)
+    return failed
+
+
+def _secure_assign(
+    grid: Grid, cfg: PhaseConfig, out_dir: Path, nodes: dict[int, int]
+) -> list[StageFailure]:
+    """Send the final public centroids (``centroids.json``); each site assigns its own cases."""
+    centroids = (out_dir / "centroids.json").read_bytes()
+    config = {"protocol-hash": cfg.protocol_hash, "stage": "secure-assign",
+              "centroids": centroids}  # fmt: skip
+    got, failed = _ask(grid, cfg, nodes, {pid: dict(config) for pid in cfg.site_ids})
+    failed += [StageFailure(p, "no acknowledgement") for p, props in got.items()
+               if props.get("assigned") is not True]  # fmt: skip
+    return failed
+
+
+_SECURE = {"secure-keys": _secure_keys, "secure-round": _secure_round,
+           "secure-assign": _secure_assign}  # fmt: skip

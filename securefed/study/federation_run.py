@@ -143,12 +143,6 @@ def run_federation_study(
     """Run (or resume) every stage of the study on the SuperLink at ``superlink``; returns
     results.json's content."""
     proto = loaded.protocol
-    if proto.release.mode == "secure-aggregate":
-        raise ConfigError(
-            "release.mode = 'secure-aggregate': its masked clustering rounds are not yet served "
-            "over the deployment; run the features and clustering stages with the file path "
-            "(docs/deployment.md) or use a plain or local-dp protocol"
-        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = _Progress(out, loaded.sha256)
@@ -159,9 +153,24 @@ def run_federation_study(
     held = set(proto.data.held_out_partitions)
     every = sorted(s.partition_id for s in proto.sites)
     training = [p for p in every if p not in held]
+    secure = proto.release.mode == "secure-aggregate"
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("features", lambda: _features(loaded, out, deployment, keys, training, stage_timeout_s)),
-        ("clustering", lambda: _clustering(loaded, out, deployment, keys, every, stage_timeout_s)),
+        (
+            "features",
+            lambda: (
+                None
+                if secure
+                else _features(loaded, out, deployment, keys, training, stage_timeout_s)
+            ),
+        ),
+        (
+            "clustering",
+            lambda: (
+                _secure_clustering(loaded, out, deployment, training, every, stage_timeout_s)
+                if secure
+                else _clustering(loaded, out, deployment, keys, every, stage_timeout_s)
+            ),
+        ),
         ("training", lambda: _training(loaded, out, deployment)),
         ("evaluation", lambda: _evaluation(loaded, out, deployment, every, stage_timeout_s)),
         ("report", lambda: _report(loaded, out, progress.doc)),
@@ -254,6 +263,89 @@ def _clustering(
     for pid in sites:
         atomic_write_bytes(model_path(folder, pid), sealed[site_of[pid]])
     _submit_stage(deployment, _stage_config(loaded, folder, "assign", sites, timeout_s))
+
+
+def _secure_clustering(
+    loaded: LoadedProtocol,
+    out: Path,
+    deployment: Deployment,
+    training: list[int],
+    every: list[int],
+    timeout_s: float,
+) -> None:
+    """The secure-aggregate clustering over the deployment: the training sites publish their
+    signed masking keys, then each round of the protocol's plan is one stage whose masked
+    replies only open as their noised sum (securefed.clustering.secure's server role here);
+    every site assigns its own cases to the final public centroids. The coordinator's phase
+    plan (``OUT/clusters.csv``) is then every training site in every cluster (one placeholder
+    row per site and cluster, no case): under this protocol no party learns which site holds
+    which cluster (membership ``all-sites``)."""
+    import base64
+
+    import numpy as np
+
+    from securefed.clustering.secure import (
+        MaskedAggregate,
+        SecureClusteringServer,
+        plan_secure_clustering,
+    )
+    from securefed.crypto.secagg_keys import SignedKeys, verify_masking_keys
+    from securefed.federation.site_secure import decode_signed, encode_directory
+    from securefed.privacy.bounds import load_pinned_bounds
+    from securefed.privacy.geometry import release_geometry
+    from securefed.trust.site_key import pinned_site_keys
+
+    proto = loaded.protocol
+    site_of = {s.partition_id: s.id for s in proto.sites}
+    pid_of = {v: k for k, v in site_of.items()}
+    folder = _stage_dir(out, "secure-keys")
+    _submit_stage(deployment, _stage_config(loaded, folder, "secure-keys", training, timeout_s))
+    raw = read_json(folder / "keys.json")
+    entries = {
+        site_of[int(pid)]: (base64.b64decode(e["masking-key"]),
+                            decode_signed(str(e["signed"]).encode()))
+        for pid, e in raw.items()
+    }  # fmt: skip
+    verify_masking_keys({sid: (key, SignedKeys.from_list(signed))
+                         for sid, (key, signed) in entries.items()},
+                        pinned_site_keys(proto), loaded.sha256)  # fmt: skip
+    directory = encode_directory(entries)
+    dimension = release_geometry(loaded, load_pinned_bounds(loaded)).dimension
+    plan = plan_secure_clustering(proto, dimension)
+    server = SecureClusteringServer(plan, tuple(sorted(entries)))
+    for r in range(len(plan.rounds)):
+        request = server.request(r)
+        folder = _stage_dir(out, f"secure-round-{r}")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "request.json", {
+            "round": r, "kind": request.kind, "directory": directory.decode(),
+            "centroids": None if request.centroids is None else request.centroids.tolist(),
+        })  # fmt: skip
+        pids = [pid_of[sid] for sid in request.participants]
+        _submit_stage(deployment, _stage_config(loaded, folder, "secure-round", pids, timeout_s))
+        answers = [
+            MaskedAggregate(site_of[pid], r, np.frombuffer(
+                (folder / "masked" / f"partition-{pid}.bin").read_bytes(), dtype="<u8").copy())
+            for pid in pids
+        ]  # fmt: skip
+        server.receive(r, answers)
+    centroids = np.array(server.centroids_)
+    write_json_atomic(out / "clustering" / "model" / "centroids.json",
+                      {"centroids": centroids.tolist()})  # fmt: skip
+    folder = _stage_dir(out, "secure-assign")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "centroids.json", centroids.tolist())
+    _submit_stage(deployment, _stage_config(loaded, folder, "secure-assign", every, timeout_s))
+    plan_rows = [Assignment(f"plan-{site_of[p]}-cluster-{c}", p, "train", c)
+                 for p in training for c in range(plan.k)]  # fmt: skip
+    write_assignments(out / "clusters.csv", plan_rows)
+    summary = {"mode": "secure-aggregate", "k": plan.k, "k_selection": "secure",
+               "fit_cases": None, "cluster_sizes": {},
+               "secure": {"algorithm": plan.algorithm, "dimension": plan.dimension,
+                          "rounds": list(plan.rounds), "epsilon": plan.epsilon,
+                          "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
+                          "messages_received_by_server": len(server.received_)}}  # fmt: skip
+    write_json_atomic(out / "clustering" / "clustering.json", summary)
 
 
 def _training(loaded: LoadedProtocol, out: Path, deployment: Deployment) -> None:

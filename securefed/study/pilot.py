@@ -132,6 +132,100 @@ def _pilot_policy(loaded: LoadedProtocol, server_fp: str) -> tuple[Any, list[str
     return policy, [f"{k} = {v!r}" for k, v in changes.items()]
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the pilot's parties live under OUT."""
+
+    out: Path
+    ids: list[str]
+    pids: list[int]
+
+    def home(self, sid: str) -> Path:
+        return self.out / "sites" / sid
+
+    @property
+    def keys(self) -> Path:
+        return self.out / "keys"
+
+    @property
+    def node_keys(self) -> Path:
+        return self.out / "node-keys"
+
+
+def _make_parties(lay: _Layout, data: Path, partitioning: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Every party's keys and each site's data folder; returns the server's and the board's
+    keys and the fingerprints known per party."""
+    from securefed.crypto import generate_keys, write_keys
+    from securefed.crypto.node_key import new_node_key
+    from securefed.protocol.skeleton import PartyKeys
+
+    server = generate_keys("server", SERVER_ID)
+    board = generate_keys("governance", "board")
+    write_keys(server, lay.keys)
+    write_keys(board, lay.out / "governance")
+    known = {SERVER_ID: PartyKeys(server.public.signing_fingerprint,
+                                  server.public.encryption_fingerprint)}  # fmt: skip
+    for sid, pid in zip(lay.ids, lay.pids, strict=True):
+        site_keys = generate_keys("site", sid)
+        write_keys(site_keys, lay.home(sid) / "keys")
+        shutil.copyfile(lay.home(sid) / "keys" / f"{sid}.pub.json", lay.keys / f"{sid}.pub.json")
+        _, pub, fp = new_node_key(lay.home(sid) / "node")
+        lay.node_keys.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pub, lay.node_keys / f"{sid}.pub")
+        known[sid] = PartyKeys(site_keys.public.signing_fingerprint,
+                               site_keys.public.encryption_fingerprint, fp)  # fmt: skip
+        _site_data(data, partitioning, pid, lay.home(sid) / "data")
+    return server, board, known
+
+
+def _make_protocol(
+    lay: _Layout, base_path: Path, server: Any, board: Any, known: dict[str, Any],
+    reply_slot_s: float | None,
+) -> tuple[LoadedProtocol, list[str]]:  # fmt: skip
+    """The signed deployment protocol (with the files it pins) and each site's copy and
+    SITE.toml; returns it and the policy relaxations."""
+    import tomli_w
+
+    from securefed import __version__
+    from securefed.crypto import add_signature, sign_protocol_hash, signature_path
+    from securefed.federation.site_executor import app_hash
+    from securefed.protocol import load_protocol, pinned_files
+    from securefed.protocol.skeleton import deployment_skeleton
+    from securefed.trust import SiteConfig, SiteIdentity, TrustSpec, write_site_config
+
+    base_loaded = load_protocol(base_path)
+    if reply_slot_s is None:
+        reply_slot_s = 120.0 if base_loaded.protocol.claims_finite_epsilon else 0.0
+    text = deployment_skeleton(
+        tomllib.loads(base_path.read_text(encoding="utf-8")), lay.ids, known,
+        server_id=SERVER_ID, governance=board.public.signing_fingerprint, app_hash=app_hash(),
+        version=__version__, reply_slot_s=reply_slot_s,
+    )  # fmt: skip
+    for _, pinned in pinned_files(base_loaded.protocol):  # they travel with the protocol
+        for folder in (lay.out, *(lay.home(sid) for sid in lay.ids)):
+            (folder / pinned.file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(base_path.parent / pinned.file, folder / pinned.file)
+    doc = tomllib.loads(text)
+    for entry, pid in zip(doc["sites"], lay.pids, strict=True):
+        entry["partition_id"] = pid
+    proto_path = lay.out / "protocol.toml"
+    proto_path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    loaded = load_protocol(proto_path)
+    add_signature(sign_protocol_hash(loaded.sha256, board), signature_path(proto_path))
+    policy, relaxed = _pilot_policy(loaded, server.public.encryption_fingerprint)
+    for sid in lay.ids:
+        home = lay.home(sid)
+        shutil.copyfile(proto_path, home / "protocol.toml")
+        shutil.copyfile(signature_path(proto_path), signature_path(home / "protocol.toml"))
+        config = SiteConfig(
+            site=SiteIdentity(id=sid, key=str((home / "keys" / f"{sid}.key").resolve())),
+            trust=TrustSpec(governance_keys=(board.public.signing_fingerprint,)),
+            policy=policy,
+        )
+        write_site_config(config, home / "SITE.toml")
+    return loaded, relaxed
+
+
 def run_pilot(
     out: Path,
     protocol: str = "demo",
@@ -142,28 +236,17 @@ def run_pilot(
     workers: int = 2,
     supernode_env: Mapping[str, str] | None = None,
     stage_timeout_s: float = 1800.0,
+    reply_slot_s: float | None = None,
     log: Log = print,
 ) -> PilotResult:
     """Run ``protocol`` (a shipped name or a file) as a deployment of ``sites`` sites (default:
-    every institution of the federation) on this machine; see the module docstring."""
-    from securefed import __version__
-    from securefed.crypto import (
-        add_signature,
-        generate_keys,
-        sign_protocol_hash,
-        signature_path,
-        write_keys,
-    )
-    from securefed.crypto.node_key import new_node_key
-    from securefed.crypto.study_ca import make_study_tls
+    every institution of the federation) on this machine; see the module docstring.
+    ``reply_slot_s``: the deployment protocol's ``training.reply_slot_s`` (default: none for a
+    plain protocol, 120 s for one that claims a finite epsilon, where a deployment needs it)."""
     from securefed.data.synth import synthesize
-    from securefed.federation.deployment import Deployment, LocalSite
-    from securefed.federation.site_executor import app_hash
+    from securefed.fileio import read_json, write_json_atomic
     from securefed.protocol import load_protocol
-    from securefed.protocol.skeleton import PartyKeys, deployment_skeleton
     from securefed.study.demo import demo_protocol
-    from securefed.study.federation_run import CoordinatorKeys, run_federation_study
-    from securefed.trust import SiteConfig, SiteIdentity, TrustSpec, write_site_config
 
     out = Path(out)
     base_path = demo_protocol(protocol)
@@ -174,8 +257,6 @@ def run_pilot(
     if out.exists() and any(out.iterdir()) and not (out / "pilot.json").is_file():
         raise ConfigError(f"{out}: exists and is not a pilot folder; use a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    from securefed.fileio import read_json, write_json_atomic
-
     if not (out / "pilot.json").is_file():
         write_json_atomic(out / "pilot.json", {"preparing": True})
     state = read_json(out / "pilot.json")
@@ -187,105 +268,72 @@ def run_pilot(
     n = len(available) if sites is None else int(sites)
     if not 2 <= n <= len(available):
         raise ConfigError(f"--sites {sites}: between 2 and {len(available)} (the federation's)")
-    pids = available[:n]
-    ids = [f"site-{p}" for p in pids]
-    fresh = "protocol" not in state
-    keys_dir, node_pubs = out / "keys", out / "node-keys"
-    if fresh:
+    lay = _Layout(out, [f"site-{p}" for p in available[:n]], available[:n])
+    if "protocol" not in state:
         log(f"making keys, a study CA and {n} sites' folders in {out} ...")
-        server = generate_keys("server", SERVER_ID)
-        board = generate_keys("governance", "board")
-        write_keys(server, keys_dir)
-        write_keys(board, out / "governance")
-        known = {SERVER_ID: PartyKeys(server.public.signing_fingerprint,
-                                      server.public.encryption_fingerprint)}  # fmt: skip
-        for sid, pid in zip(ids, pids, strict=True):
-            home = out / "sites" / sid
-            site_keys = generate_keys("site", sid)
-            write_keys(site_keys, home / "keys")
-            (keys_dir / f"{sid}.pub.json").write_bytes(
-                (home / "keys" / f"{sid}.pub.json").read_bytes()
-            )
-            _, pub, fp = new_node_key(home / "node")
-            node_pubs.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(pub, node_pubs / f"{sid}.pub")
-            known[sid] = PartyKeys(site_keys.public.signing_fingerprint,
-                                   site_keys.public.encryption_fingerprint, fp)  # fmt: skip
-            _site_data(data, partitioning, pid, home / "data")
-        make_study_tls(out / "tls", ["127.0.0.1", "localhost"])
-        text = deployment_skeleton(
-            base, ids, known, server_id=SERVER_ID, governance=board.public.signing_fingerprint,
-            app_hash=app_hash(), version=__version__, reply_slot_s=0.0,
-        )  # fmt: skip
-        doc = tomllib.loads(text)
-        for entry, pid in zip(doc["sites"], pids, strict=True):
-            entry["partition_id"] = pid
-        import tomli_w
+        from securefed.crypto.study_ca import make_study_tls
 
-        proto_path = out / "protocol.toml"
-        proto_path.write_text(tomli_w.dumps(doc), encoding="utf-8")
-        loaded = load_protocol(proto_path)
-        add_signature(sign_protocol_hash(loaded.sha256, board), signature_path(proto_path))
-        policy, relaxed = _pilot_policy(loaded, server.public.encryption_fingerprint)
-        for sid in ids:
-            home = out / "sites" / sid
-            shutil.copyfile(proto_path, home / "protocol.toml")
-            shutil.copyfile(signature_path(proto_path), signature_path(home / "protocol.toml"))
-            config = SiteConfig(
-                site=SiteIdentity(id=sid, key=str((home / "keys" / f"{sid}.key").resolve())),
-                trust=TrustSpec(governance_keys=(board.public.signing_fingerprint,)),
-                policy=policy,
-            )
-            write_site_config(config, home / "SITE.toml")
-        write_json_atomic(out / "pilot.json", {"protocol": loaded.sha256, "sites": ids,
+        server, board, known = _make_parties(lay, data, partitioning)
+        make_study_tls(out / "tls", ["127.0.0.1", "localhost"])
+        loaded, relaxed = _make_protocol(lay, base_path, server, board, known, reply_slot_s)
+        write_json_atomic(out / "pilot.json", {"protocol": loaded.sha256, "sites": lay.ids,
                                                "relaxed": relaxed})  # fmt: skip
     else:
-        if state.get("sites") != ids:
+        if state.get("sites") != lay.ids:
             raise ConfigError(f"{out}: a pilot of sites {state.get('sites')}; use a new --out")
         relaxed = list(state.get("relaxed", []))
         loaded = load_protocol(out / "protocol.toml")
     for line in relaxed:
         log(f"pilot site policy (each hospital's SITE.toml decides this): {line}")
     log(f"network: {NETWORK}")
+    results, groups = _run(lay, loaded, supernode_env, stage_timeout_s, log)
+    audit = _verify_logs(loaded, out, lay.ids)
+    for party, verdict in audit.items():
+        log(f"audit log of {party}: {verdict}")
+    from securefed.study.federation_run import write_report
+
+    results = {**results, "audit_logs": audit, "network": NETWORK}
+    write_json_atomic(out / "study" / "results.json", results)
+    write_report(loaded, out / "study", results)
+    return PilotResult(out, results, NETWORK, audit, relaxed, groups)
+
+
+def _run(
+    lay: _Layout, loaded: LoadedProtocol, supernode_env: Mapping[str, str] | None,
+    stage_timeout_s: float, log: Log,
+) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
+    """Start the SuperLink and the SuperNodes, drive the study, stop every process."""
+    from securefed.federation.deployment import Deployment, LocalSite
+    from securefed.study.federation_run import CoordinatorKeys, run_federation_study
+
     port = _free_port()
-    tls = out / "tls"
+    tls = lay.out / "tls"
     local = [
         LocalSite(
-            site_id=sid, protocol=out / "sites" / sid / "protocol.toml",
-            site_config=out / "sites" / sid / "SITE.toml",
-            node_key=out / "sites" / sid / "node" / "node.key",
-            data_dir=out / "sites" / sid / "data", work_dir=out / "sites" / sid / "work",
-            partition_id=pid,
+            site_id=sid, protocol=lay.home(sid) / "protocol.toml",
+            site_config=lay.home(sid) / "SITE.toml", node_key=lay.home(sid) / "node" / "node.key",
+            data_dir=lay.home(sid) / "data", work_dir=lay.home(sid) / "work", partition_id=pid,
         )
-        for sid, pid in zip(ids, pids, strict=True)
+        for sid, pid in zip(lay.ids, lay.pids, strict=True)
     ]  # fmt: skip
-    study = out / "study"
+    study = lay.out / "study"
     deployment = Deployment(
         work_dir=study / "coordinator", port=port, ca_cert=tls / "ca.pem",
         server_cert=tls / "server.pem", server_key=tls / "server.key",
         supernode_env=dict(supernode_env or {}), local_sites=local,
     )  # fmt: skip
-    keys = CoordinatorKeys.load(loaded, keys_dir / f"{SERVER_ID}.key", keys_dir, None)
+    keys = CoordinatorKeys.load(loaded, lay.keys / f"{SERVER_ID}.key", lay.keys, None)
     try:
         log(f"starting a SuperLink on 127.0.0.1:{port} (TLS, node authentication) and "
-            f"{n} SuperNodes ...")  # fmt: skip
+            f"{len(lay.ids)} SuperNodes ...")  # fmt: skip
         deployment.start()
         results = run_federation_study(
             loaded, study, superlink=f"127.0.0.1:{port}", ca_cert=tls / "ca.pem",
-            node_keys=node_pubs, keys=keys, stage_timeout_s=stage_timeout_s, log=log,
+            node_keys=lay.node_keys, keys=keys, stage_timeout_s=stage_timeout_s, log=log,
         )  # fmt: skip
     finally:
         groups = deployment.stop()
-    audit = _verify_logs(loaded, out, ids)
-    for party, verdict in audit.items():
-        log(f"audit log of {party}: {verdict}")
-    from securefed.fileio import write_json_atomic
-    from securefed.study.federation_run import write_report
-
-    results = {**results, "audit_logs": audit, "network": NETWORK}
-    write_json_atomic(study / "results.json", results)
-    write_report(loaded, study, results)
-    return PilotResult(out, results, NETWORK, audit, relaxed, groups)
+    return results, groups
 
 
 def _verify_logs(loaded: LoadedProtocol, out: Path, ids: list[str]) -> dict[str, str]:

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Message
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from support.hostile import Federation
 
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 from securefed.federation.site_rules import ReplyCode
 
 

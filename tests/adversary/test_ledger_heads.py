@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import Metadata
 from support.hostile import pinned_federation, secagg_until_unmask
 

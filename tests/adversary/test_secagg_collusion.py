@@ -17,16 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flwr.app.message_type import MessageType
+from flwr.app import MessageType
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.common.secure_aggregation.secaggplus_constants import (
-    RECORD_KEY_CONFIGS,
-    RECORD_KEY_STATE,
-    Key,
-    Stage,
-)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from support.hostile import Federation, pinned_federation, secagg_until_unmask
+
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 
 TARGET = 101  # site 1's node id
 

@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Message
-from flwr.app.message_type import MessageType
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
+from flwr.app import ConfigRecord, Message, MessageType
 from support.hostile import LAYOUT, Federation, InProcessGrid, pinned_federation
 
 from securefed.crypto import generate_keys
 from securefed.crypto.secagg_keys import sign_secagg_keys
+from securefed.federation.flower_internals import (
+    RECORD_KEY_CONFIGS,
+    generate_key_pairs,
+    public_key_to_bytes,
+)
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 from securefed.federation.secagg_relay import KEYSIG_RECORD, KEYSIGS_RECORD, SignedKeyRelay
 from securefed.federation.site_rules import ReplyCode
 

@@ -7,8 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import Message, Metadata, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import Message, MessageType, Metadata, RecordDict
 from flwr.common import (
     Code,
     EvaluateIns,
@@ -21,9 +20,10 @@ from flwr.common import (
     Status,
     ndarrays_to_parameters,
 )
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.compat.common import recorddict_compat as compat
 
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import recorddict_compat as compat
 from securefed.federation.guard import (
     GUARD_ERROR_CODE,
     GuardPolicy,

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Message, Metadata, RecordDict
-from flwr.app.message_type import MessageType
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.app import ConfigRecord, Message, MessageType, Metadata, RecordDict
 
 from securefed.errors import ProtocolError
 from securefed.federation.client_app import make_client_app
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
 from securefed.federation.pacing import (
     Outcome,
     Pacing,

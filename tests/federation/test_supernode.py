@@ -254,7 +254,8 @@ class _Grid:
     def send_and_receive(self, msgs, timeout):  # noqa: ANN001 - Flower's Grid signature
         from flwr.app import Message
         from flwr.common import Code, GetPropertiesRes, Status
-        from flwr.compat.common import recorddict_compat as compat
+
+        from securefed.federation.flower_internals import recorddict_compat as compat
 
         for msg in msgs:
             nid = msg.metadata.dst_node_id

@@ -17,16 +17,17 @@ from typing import Any
 
 import numpy as np
 import tomli_w
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import FitIns, Metadata, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
 
 from securefed.crypto import generate_keys, write_keys
 from securefed.federation.client_app import SiteClient, make_client_app
 from securefed.federation.config import SiteSettings
+from securefed.federation.flower_internals import RECORD_KEY_CONFIGS
+from securefed.federation.flower_internals import SecAggPlusKey as Key
+from securefed.federation.flower_internals import SecAggPlusStage as Stage
+from securefed.federation.flower_internals import recorddict_compat as compat
 from securefed.federation.secagg_relay import SignedKeyRelay
 from securefed.federation.site_rules import secaggplus_expected
 from securefed.protocol import load_protocol

@@ -105,6 +105,23 @@ def tiny_local_dp_protocol(tmp: Path, *, seeded: bool = False) -> Path:
     return path
 
 
+def tiny_secure_protocol(tmp: Path, min_sites: int = 2) -> Path:
+    """The tiny protocol with the secure-aggregate clustering (epsilon 1, a 3-feature subset,
+    bounds from a reference federation): no per-case vector leaves a site."""
+    sha = reference_bounds(tmp)
+    path = tiny_protocol(tmp, baselines=("fedavg", "cffl"))
+    data = tomllib.loads(path.read_text())
+    data["release"] = {
+        "mode": "secure-aggregate", "bounds": {"file": "bounds.json", "sha256": sha},
+        "projection": "subset",
+        "subset": ["flair_firstorder_Mean", "t1_glcm_Contrast", "t2_firstorder_Entropy"],
+    }  # fmt: skip
+    data["clustering"]["secure"] = {"epsilon": 1.0, "delta": 1e-6,
+                                    "min_sites_per_aggregate": min_sites}  # fmt: skip
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path
+
+
 @dataclass(frozen=True)
 class FinishedStudy:
     """A whole study of the tiny federation (every stage, institution 3 held out), with the
