@@ -141,6 +141,10 @@ class Deployment:
         for the callers' symmetry (remote sites start their own SuperNodes)."""
         if not self.start_local:
             return
+        # A SuperLink started here is fresh: it knows none of the registrations a previous one
+        # held (a resumed pilot), so every node key is registered again.
+        (self.work_dir / "nodes.json").unlink(missing_ok=True)
+        self.node_sites.clear()
         env = self.env()
         bindir = Path(sys.executable).parent
         auth = ["--enable-supernode-auth"] if self.node_auth else []

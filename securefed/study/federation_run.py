@@ -166,7 +166,7 @@ def run_federation_study(
         (
             "clustering",
             lambda: (
-                _secure_clustering(loaded, out, deployment, training, every, stage_timeout_s)
+                _secure_clustering(loaded, out, deployment, keys, training, every, stage_timeout_s)
                 if secure
                 else _clustering(loaded, out, deployment, keys, every, stage_timeout_s)
             ),
@@ -269,6 +269,7 @@ def _secure_clustering(
     loaded: LoadedProtocol,
     out: Path,
     deployment: Deployment,
+    keys: CoordinatorKeys,
     training: list[int],
     every: list[int],
     timeout_s: float,
@@ -293,6 +294,7 @@ def _secure_clustering(
     from securefed.federation.site_secure import decode_signed, encode_directory
     from securefed.privacy.bounds import load_pinned_bounds
     from securefed.privacy.geometry import release_geometry
+    from securefed.trust.audit_log import AuditLog
     from securefed.trust.site_key import pinned_site_keys
 
     proto = loaded.protocol
@@ -313,6 +315,7 @@ def _secure_clustering(
     dimension = release_geometry(loaded, load_pinned_bounds(loaded)).dimension
     plan = plan_secure_clustering(proto, dimension)
     server = SecureClusteringServer(plan, tuple(sorted(entries)))
+    audit = AuditLog(out / "server", keys.server.party_id, loaded.sha256)
     for r in range(len(plan.rounds)):
         request = server.request(r)
         folder = _stage_dir(out, f"secure-round-{r}")
@@ -329,6 +332,8 @@ def _secure_clustering(
             for pid in pids
         ]  # fmt: skip
         server.receive(r, answers)
+        audit.record("aggregate-opened", stage="secure-clustering", round=r, sites=len(pids))
+    audit.sign_head(keys.server)
     centroids = np.array(server.centroids_)
     write_json_atomic(out / "clustering" / "model" / "centroids.json",
                       {"centroids": centroids.tolist()})  # fmt: skip

@@ -52,7 +52,7 @@ EVENTS = frozenset({
     "protocol-accepted", "protocol-refused", "features-released", "envelope-sealed",
     "envelope-opened", "training-round", "budget-spend", "budget-refused", "site-head", "head",
     "egress-refused", "app-refused", "he-decrypt", "he-decrypt-refused", "reply-slot-overrun",
-    "message-refused", "test-requested",
+    "message-refused", "test-requested", "aggregate-opened",
 })  # fmt: skip
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _TEXT = re.compile(r"^[A-Za-z0-9 ._:+=@,()'-]{0,240}$")  # no '/' or '\\': no paths
