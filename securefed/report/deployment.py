@@ -37,6 +37,21 @@ def _pooled_rows(methods: dict[str, Any], group: str) -> list[list[Any]]:
     return rows
 
 
+def _clustering_line(clustering: dict[str, Any]) -> str:
+    secure = clustering.get("secure")
+    if secure:
+        rounds = len(secure.get("rounds", []))
+        return (
+            f"secure-aggregate release: k = {clustering.get('k')} by the federated DP "
+            f"clustering ({secure.get('algorithm')}, {rounds} masked rounds, epsilon "
+            f"{secure.get('epsilon')} per patient); no per-case vector left a site and each "
+            "site assigned its own cases, so no cluster size is known here"
+        )
+    return (f"{clustering.get('mode', '?')} release; k = {clustering.get('k')} "
+            f"({clustering.get('k_selection')}), fitted on {clustering.get('fit_cases')} "
+            "released train/val rows")  # fmt: skip
+
+
 def render_deployment_report(
     results: dict[str, Any], egress: list[dict[str, str]], name: str, release_mode: str,
     aggregation: str,
@@ -69,9 +84,7 @@ def render_deployment_report(
         per_site=[[m, r.get("site"), "all" if r["cluster"] < 0 else r["cluster"], r["num_test"],
                    r.get("dice_mean")]
                   for m, res in methods.items() for r in res.get("per_site", [])],
-        clustering_line=(f"{clustering.get('mode', '?')} release; k = {clustering.get('k')} "
-                         f"({clustering.get('k_selection')}), fitted on "
-                         f"{clustering.get('fit_cases')} released train/val rows"),
+        clustering_line=_clustering_line(clustering),
         clusters=clusters, phases=phase_rows,
         stages=[[k, f"{v:.0f}"] for k, v in results.get("stages", {}).items()],  # as they ran
         audit=sorted(results.get("audit_logs", {}).items()),

@@ -153,8 +153,13 @@ def test_what_securefed_reads_from_flowers_returns() -> None:
     fields = AcquireTaskResponse.DESCRIPTOR.fields_by_name
     assert {"task", "token"} <= set(fields)
     assert "fab_hash" in fields["task"].message_type.fields_by_name
-    for method in ("AcquireTask", "close"):
+    for method in ("AcquireTask", "PullObject", "close"):
         assert callable(getattr(fi.RuntimeHttpClient, method, None)), method
+    # the site executor's task client answers PullObject (site_executor._TaskClient)
+    from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
+
+    assert {"object_found", "object_available"} <= set(PullObjectResponse.DESCRIPTOR.fields_by_name)
+    assert "client.PullObject" in inspect.getsource(fi.pull_task_input)
     assert fi.TaskType.CLIENT_APP and fi.ErrorCode.INVALID_FAB and fi.SubStatus.FAILED
     for name in ("push_messages", "pull_messages", "send_and_receive"):
         assert name in vars(fi.HttpGrid), name
@@ -315,3 +320,36 @@ def test_only_flowers_deployment_grid_is_replaced() -> None:
     assert isinstance(wrapped, FastPollGrid) and wrapped.inner is deployment_grid
     other = _SlowGrid(0.0)
     assert fast_polling(other) is other  # type: ignore[arg-type]
+
+
+# -- the site executor's task client ---------------------------------------------------------
+def test_the_task_client_asks_again_for_an_object_not_yet_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from securefed.federation import site_executor
+
+    answers = [SimpleNamespace(object_found=True, object_available=False)] * 3 + [
+        SimpleNamespace(object_found=True, object_available=True, object_content=b"x")
+    ]
+    asked: list[Any] = []
+
+    def pull(self: Any, request: Any) -> Any:
+        asked.append(request)
+        return answers[len(asked) - 1]
+
+    monkeypatch.setattr(fi.RuntimeHttpClient, "PullObject", pull)
+    monkeypatch.setattr(site_executor, "OBJECT_POLL_S", 0.001)
+    client = object.__new__(site_executor._TaskClient)
+    assert client.PullObject("req").object_content == b"x"
+    assert len(asked) == 4
+    missing = SimpleNamespace(object_found=False, object_available=False)
+    answers[:] = [missing]
+    asked.clear()
+    assert client.PullObject("req") is missing and len(asked) == 1  # not found: no retry
+    answers[:] = [SimpleNamespace(object_found=True, object_available=False)] * 1000
+    asked.clear()
+    monkeypatch.setattr(site_executor, "OBJECT_WAIT_S", 0.02)
+    assert not client.PullObject("req").object_available  # gives up: Flower's retry takes over
+    assert 1 < len(asked) < 1000

@@ -61,6 +61,11 @@ def test_the_deployment_report_shows_every_section_and_escapes(tmp_path: Path) -
 
 
 def test_a_protocol_without_test_metrics_says_so(tmp_path: Path) -> None:
-    html = render_deployment_report(_results(released=False), EGRESS, "dp", "local-dp",
-                                    "secagg+")  # fmt: skip
+    results = _results(released=False)
+    results["clustering"] = {"mode": "secure-aggregate", "k": 2, "cluster_sizes": {},
+                             "secure": {"algorithm": "dp-histogram", "epsilon": 1.0,
+                                        "rounds": ["histogram", "stats"]}}  # fmt: skip
+    html = render_deployment_report(results, EGRESS, "dp", "secure-aggregate", "secagg+")
     assert "No test metric reached the coordinator" in html
+    assert ">Per site<" not in html, "no table of zero counts"
+    assert "federated DP clustering (dp-histogram, 2 masked rounds, epsilon 1.0" in html
