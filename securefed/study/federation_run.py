@@ -209,6 +209,8 @@ def _features(
     from securefed.federation.stage_server import INBOX
     from securefed.server.collect import collect_features
 
+    if (out / "server" / "collected.json").is_file():
+        return  # collected before the coordinator stopped: the envelopes are not opened twice
     folder = _stage_dir(out, "features")
     _write_server_keys(folder, keys)
     _submit_stage(deployment, _stage_config(loaded, folder, "features", sites, timeout_s))
@@ -317,8 +319,11 @@ def _secure_clustering(
     server = SecureClusteringServer(plan, tuple(sorted(entries)))
     audit = AuditLog(out / "server", keys.server.party_id, loaded.sha256)
     for r in range(len(plan.rounds)):
-        request = server.request(r)
         folder = _stage_dir(out, f"secure-round-{r}")
+        if (folder / "opened.json").is_file():  # a resumed coordinator: the round is done
+            server.centroids_ = np.array(read_json(folder / "opened.json")["centroids"])
+            continue
+        request = server.request(r)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "request.json", {
             "round": r, "kind": request.kind, "directory": directory.decode(),
@@ -333,6 +338,9 @@ def _secure_clustering(
         ]  # fmt: skip
         server.receive(r, answers)
         audit.record("aggregate-opened", stage="secure-clustering", round=r, sites=len(pids))
+        # the sites answer each round once: a resumed coordinator goes on after this one
+        write_json_atomic(folder / "opened.json", {"centroids": np.array(server.centroids_)
+                                                   .tolist()})  # fmt: skip
     audit.sign_head(keys.server)
     centroids = np.array(server.centroids_)
     write_json_atomic(out / "clustering" / "model" / "centroids.json",
