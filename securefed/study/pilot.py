@@ -20,7 +20,7 @@ Everything a hospital network has is made here, each party in its own folder und
 - the coordinator (``securefed federation run``, :mod:`securefed.study.federation_run`) drives
   every stage into ``study/``; then each party's audit log is verified with its pinned key.
 
-Every process started is stopped at the end, also on failure or Ctrl-C.
+Every process started is stopped at the end, also on failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -323,6 +323,14 @@ def _run(
         supernode_env=dict(supernode_env or {}), local_sites=local,
     )  # fmt: skip
     keys = CoordinatorKeys.load(loaded, lay.keys / f"{SERVER_ID}.key", lay.keys, None)
+    import signal
+    import threading
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally below: all stopped
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if main else None
     try:
         log(f"starting a SuperLink on 127.0.0.1:{port} (TLS, node authentication) and "
             f"{len(lay.ids)} SuperNodes ...")  # fmt: skip
@@ -333,6 +341,8 @@ def _run(
         )  # fmt: skip
     finally:
         groups = deployment.stop()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return results, groups
 
 
