@@ -317,10 +317,14 @@ def _run(
         for sid, pid in zip(lay.ids, lay.pids, strict=True)
     ]  # fmt: skip
     study = lay.out / "study"
+    # every SuperNode shares this machine's cores: one torch thread pool each, not one per core
+    threads = max(1, (os.cpu_count() or 1) // len(lay.ids))
+    env = {"SECUREFED_TORCH_THREADS": str(threads), **dict(supernode_env or {})}
+    log(f"{len(lay.ids)} sites share {os.cpu_count()} cores: {threads} torch thread(s) each")
     deployment = Deployment(
         work_dir=study / "coordinator", port=port, ca_cert=tls / "ca.pem",
         server_cert=tls / "server.pem", server_key=tls / "server.key",
-        supernode_env=dict(supernode_env or {}), local_sites=local,
+        supernode_env=env, local_sites=local,
     )  # fmt: skip
     keys = CoordinatorKeys.load(loaded, lay.keys / f"{SERVER_ID}.key", lay.keys, None)
     import signal
