@@ -14,7 +14,8 @@ Three client mods and one check, each refusing before any data is touched:
   threshold, clipping, quantisation and modulus ranges and at least ``min_sites_per_aggregate``
   sampled sites; the neighbour set must hold the site itself and at least
   ``min_sites_per_aggregate`` distinct keys; an unmask request must list the site as active,
-  keep its active and dead lists disjoint and within the neighbour set, and may come once. Under
+  keep its active and dead lists disjoint and the active ones within the neighbour set (a dead
+  node it never exchanged keys with is dropped from the request), and may come once. Under
   any other aggregation a SecAgg+ message is refused. When the protocol pins the sites' signing
   keys (every deployment protocol), the site signs its SecAgg+ public keys with its own pinned key
   and accepts a neighbour set only when every neighbour's keys are signed by a distinct pinned
@@ -312,8 +313,16 @@ def _check_unmask(configs: Mapping[str, Any], own: int, state: ConfigRecord) -> 
         raise _refuse("a SecAgg+ unmask request listing a site twice")
     if own not in active:
         raise _refuse("a SecAgg+ unmask request that does not count this site as active")
-    if not set(active) | set(dead) <= neighbours:
-        raise _refuse("a SecAgg+ unmask request naming sites outside the neighbour set")
+    if not set(active) <= neighbours:
+        raise _refuse("a SecAgg+ unmask request naming active sites outside the neighbour set")
+    unknown = set(dead) - neighbours
+    if unknown:
+        # A node that dropped before the key exchange: Flower's server still names it dead to
+        # its graph neighbours, but this site never received its keys, holds no share of it and
+        # never masked with it, so there is nothing to reveal (Flower's own mod would fail on
+        # it). It is dropped from the request; naming it reveals nothing more.
+        log.warning("SecAgg+ unmask: node(s) %s dropped before the key exchange", sorted(unknown))
+        configs[Key.DEAD_NODE_ID_LIST] = [n for n in dead if n in neighbours]  # type: ignore[index]
     state["unmasked"] = True
 
 

@@ -98,10 +98,29 @@ def test_an_unmask_request_naming_the_site_active_and_dead_is_refused(fed: Feder
     unmask = {Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: [101, 102],
               Key.DEAD_NODE_ID_LIST: [101]}  # fmt: skip
     _refused(fed.fit(1, fed.honest_config(), secagg=unmask), ReplyCode.INSTRUCTION_REFUSED)
-    outside = {Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: [101, 102],
-               Key.DEAD_NODE_ID_LIST: [999]}  # fmt: skip
+    outside = {Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: [101, 102, 999],
+               Key.DEAD_NODE_ID_LIST: []}  # fmt: skip
     _refused(fed.fit(1, fed.honest_config(), secagg=outside), ReplyCode.INSTRUCTION_REFUSED)
     _logged(fed, 1, ReplyCode.INSTRUCTION_REFUSED)
+
+
+def test_a_node_that_dropped_before_the_key_exchange_is_left_out_of_the_unmask(
+    tmp_path: Path,
+) -> None:
+    """A node named dead that never reached the key exchange (it dropped at setup; Flower's
+    server still names it to its graph neighbours): the site holds nothing of it and never
+    masked with it, so it drops it from the request and the round still opens (Flower's own
+    mod would fail on it; seen in a 6-site pilot where one SuperNode stopped mid-round)."""
+    from support.hostile import pinned_federation, secagg_until_unmask
+
+    fed = pinned_federation(tmp_path / "fed")
+    assert not any(r.has_error() for r in secagg_until_unmask(fed))
+    dropped = {Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: [101, 102, 103],
+               Key.DEAD_NODE_ID_LIST: [999]}  # fmt: skip
+    reply = fed.fit(1, fed.honest_config(), secagg=dropped)
+    assert not reply.has_error(), reply.error
+    answered = reply.content.config_records[RECORD_KEY_CONFIGS][Key.NODE_ID_LIST]
+    assert sorted(answered) == [101, 102, 103]
 
 
 @pytest.mark.parametrize(
