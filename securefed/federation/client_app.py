@@ -46,6 +46,7 @@ from securefed.federation.site_rules import (
     make_secaggplus_site_mod,
 )
 from securefed.federation.site_runtime import SiteRuntime
+from securefed.federation.site_secure import run_secure_stage
 from securefed.federation.site_stages import StageSite, own_assignments, run_site_stage
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
@@ -162,7 +163,9 @@ class SiteClient(NumPyClient):
                 self.runtime.advance_round(self.site, self.ledger_dir, self.loaded.sha256,
                                            phase, rnd)  # fmt: skip
 
-            return run_site_stage(where, stage, config, advance)
+            if stage.startswith("secure-"):
+                return run_secure_stage(where, stage, config, advance)
+            return run_site_stage(where, stage, config)
         props: dict[str, Any] = {
             "partition-id": self.site.partition_id,
             "protocol-hash": self.loaded.sha256,

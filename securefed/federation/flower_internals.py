@@ -48,7 +48,10 @@ protocol: it takes ClientApp tasks from the SuperNode's Runtime API):
   ``RuntimeHttpClient`` (``flwr.supercore.runtime``), ``make_simple_http_retry_invoker``
   (``flwr.supercore.retry``), ``RuntimeTokenHttpInterceptor``, ``RuntimeVersionHttpInterceptor``,
   ``SuperExecAuthHttpInterceptor`` (``flwr.supercore.interceptors``): ask the Runtime API for a
-  task, as Flower's own SuperExec does, authenticated with the SuperExec secret.
+  task, as Flower's own SuperExec does, authenticated with the SuperExec secret. The executor's
+  task client subclasses ``RuntimeHttpClient`` and overrides its ``PullObject`` (it asks again,
+  every 0.05 s, for an object the SuperNode has not received yet, before Flower's own retry
+  waits 1 s, then 2 s: securefed.federation.site_executor._TaskClient).
 - ``pull_task_input``, ``push_message``, ``push_task_output``
   (``flwr.supernode.runtime.run_clientapp``), ``HeartbeatSender``,
   ``make_task_heartbeat_fn_http`` (``flwr.supercore.heartbeat``): run one task as Flower's

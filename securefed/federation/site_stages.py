@@ -25,7 +25,7 @@ Tests: ``tests/federation/test_site_stages.py``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,24 +79,14 @@ def own_assignments(state_dir: str | Path) -> Path:
     return Path(state_dir) / ASSIGNMENTS_FILE
 
 
-def run_site_stage(
-    stage_site: StageSite,
-    stage: str,
-    config: Mapping[str, Any],
-    advance: Callable[[str, int], None] | None = None,
-) -> dict[str, Any]:
-    """Answer a checked stage request (the properties of the reply). ``advance(phase, round)``
-    records a round the site answers (securefed.federation.site_runtime: each once, forward
-    only); required by the secure clustering's rounds."""
+def run_site_stage(stage_site: StageSite, stage: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer a checked features or assign request (the properties of the reply; the secure
+    clustering's stages are securefed.federation.site_secure's)."""
     if stage == "features":
         return {"envelope": _release(stage_site, config)}
     if stage == "assign":
         _assign(stage_site, config)
         return {"assigned": True}
-    if stage.startswith("secure-"):
-        from securefed.federation.site_secure import run_secure_stage
-
-        return run_secure_stage(stage_site, stage, config, advance)
     raise InstructionRefusedError(f"stage {stage!r} is not answered by a query; refusing")
 
 
