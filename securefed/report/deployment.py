@@ -83,7 +83,8 @@ def render_deployment_report(
         methods=_pooled_rows(methods, "test"), unseen=_pooled_rows(methods, "unseen"),
         per_site=[[m, r.get("site"), "all" if r["cluster"] < 0 else r["cluster"], r["num_test"],
                    r.get("dice_mean")]
-                  for m, res in methods.items() for r in res.get("per_site", [])],
+                  for m, res in methods.items() for r in res.get("per_site", [])
+                  if r["num_test"] > 0],  # a site without test cases of a cluster: no row
         clustering_line=_clustering_line(clustering),
         clusters=clusters, phases=phase_rows,
         stages=[[k, f"{v:.0f}"] for k, v in results.get("stages", {}).items()],  # as they ran

@@ -401,7 +401,7 @@ def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Site means pooled by their case counts (what a plain protocol lets the sites send)."""
     scored = [r for r in rows if r["num_test"] > 0 and "dice_mean" in r]
     n = sum(r["num_test"] for r in scored)
-    out: dict[str, Any] = {"num_test": n, "sites": len(scored)}
+    out: dict[str, Any] = {"num_test": n, "sites": len({r["partition_id"] for r in scored})}
     for key in [f"dice_{r}" for r in REGIONS] + ["dice_mean"]:
         out[key] = sum(r[key] * r["num_test"] for r in scored) / n if n else None
     return out
