@@ -13,6 +13,30 @@ from securefed.cli._common import console, handle_errors, info, subgroup
 
 __all__ = ["register"]
 
+# The connection options `run` and `coordinate` share.
+ProtocolArg = Annotated[Path, typer.Argument(help="The signed study protocol (deployment).")]
+SuperlinkOption = Annotated[
+    str, typer.Option("--superlink", help="HOST:PORT of the running SuperLink.")
+]
+CaCertOption = Annotated[Path | None, typer.Option("--ca-cert", help="Study CA certificate (TLS).")]
+InsecureOption = Annotated[
+    bool, typer.Option("--insecure", help="No TLS: loopback pilots of simulation protocols.")
+]
+NodeKeysOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--node-keys",
+        help="Folder of the sites' <site-id>.pub node keys to register (required in deployment).",
+    ),
+]
+HeContextOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--he-context",
+        help="bfv: the aggregator.ctx of the decrypting site's `site he-key deal` (no key).",
+    ),
+]
+
 
 def register(app: typer.Typer) -> None:
     group = subgroup(app, "federation", "Deployment: run the federated phases on a SuperLink.")
@@ -22,38 +46,19 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def coordinate(
-    protocol: Annotated[Path, typer.Argument(help="The signed study protocol (deployment).")],
+    protocol: ProtocolArg,
     assignments: Annotated[
         Path, typer.Option("--assignments", help="clusters.csv of the study (the phase plan).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Coordinator folder (checkpoints).")],
-    superlink: Annotated[
-        str, typer.Option("--superlink", help="HOST:PORT of the running SuperLink.")
-    ],
-    ca_cert: Annotated[
-        Path | None, typer.Option("--ca-cert", help="Study CA certificate (TLS).")
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS: loopback pilots only.")
-    ] = False,
-    node_keys: Annotated[
-        Path | None,
-        typer.Option(
-            "--node-keys",
-            help="Folder of the sites' <site-id>.pub node keys to register (required in "
-            "deployment).",
-        ),
-    ] = None,
+    superlink: SuperlinkOption,
+    ca_cert: CaCertOption = None,
+    insecure: InsecureOption = False,
+    node_keys: NodeKeysOption = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each phase.")
     ] = 1800.0,
-    he_context: Annotated[
-        Path | None,
-        typer.Option(
-            "--he-context",
-            help="bfv: the aggregator.ctx of the decrypting site's `site he-key deal` (no key).",
-        ),
-    ] = None,
+    he_context: HeContextOption = None,
 ) -> None:
     """Submit the global FedAvg phase, then one finetuning phase per cluster, to the SuperLink
     (each with `flwr run`), and wait for each; rerun to resume after the last completed round."""
@@ -74,10 +79,8 @@ def coordinate(
 
 @handle_errors
 def run(
-    protocol: Annotated[Path, typer.Argument(help="The signed study protocol (deployment).")],
-    superlink: Annotated[
-        str, typer.Option("--superlink", help="HOST:PORT of the running SuperLink.")
-    ],
+    protocol: ProtocolArg,
+    superlink: SuperlinkOption,
     out: Annotated[Path, typer.Option("--out", help="Coordinator folder (resumable).")],
     server_key: Annotated[
         Path,
@@ -86,32 +89,16 @@ def run(
     keys: Annotated[
         Path, typer.Option("--keys", help="Folder of the sites' <site-id>.pub.json public keys.")
     ],
-    ca_cert: Annotated[
-        Path | None, typer.Option("--ca-cert", help="Study CA certificate (TLS).")
-    ] = None,
-    node_keys: Annotated[
-        Path | None,
-        typer.Option(
-            "--node-keys",
-            help="Folder of the sites' <site-id>.pub node keys to register (required in "
-            "deployment).",
-        ),
-    ] = None,
+    ca_cert: CaCertOption = None,
+    node_keys: NodeKeysOption = None,
     passphrase_file: Annotated[
         Path | None, typer.Option("--passphrase-file", help="File holding the key passphrase.")
     ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS: loopback pilots of simulation protocols.")
-    ] = False,
-    he_context: Annotated[
-        Path | None,
-        typer.Option(
-            "--he-context",
-            help="bfv: the aggregator.ctx of the decrypting site's `site he-key deal` (no key).",
-        ),
-    ] = None,
+    insecure: InsecureOption = False,
+    he_context: HeContextOption = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each stage's replies.")
+        float,
+        typer.Option("--timeout", min=1.0, help="Seconds to wait for each stage's replies."),
     ] = 1800.0,
 ) -> None:
     """Run the whole study on the SuperLink: feature release, clustering with sealed model
