@@ -39,7 +39,11 @@ HeContextOption = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    group = subgroup(app, "federation", "Deployment: the study (run) or its training phases (coordinate) on a SuperLink.")
+    group = subgroup(
+        app,
+        "federation",
+        "Deployment: the study (run) or its training phases (coordinate) on a SuperLink.",
+    )
     group.command("coordinate")(coordinate)
     group.command("run")(run)
 
