@@ -203,6 +203,12 @@ def _round(site: _SecureSite, config: Mapping[str, Any], advance: Any) -> bytes:
     centroids = None
     if kind == "stats":
         centroids = _decode_centroids(config.get("centroids"), plan.k, plan.dimension)
+    if not 0 <= rnd < len(plan.rounds) or plan.rounds[rnd] != kind:
+        raise _refuse(f"round {rnd} ({kind}) is not in the protocol's plan")
+    if len(directory) < plan.min_sites or len(directory) <= plan.colluding:
+        raise _refuse(f"{len(directory)} participant(s), under the protocol's minimum "
+                      f"({plan.min_sites}, more than {plan.colluding} colluding)")  # fmt: skip
+    # checked before the counter moves: a malformed request does not burn the round
     advance("secure-clustering", rnd + 1)  # rounds only move forward, each answered once
     sid = site.key.party_id
     worker = SecureClusteringSite(

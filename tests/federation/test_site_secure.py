@@ -139,6 +139,13 @@ def test_too_few_participants_or_a_round_outside_the_plan_is_refused(fed: Federa
     reply = _round(fed, 2, encode_directory(keys), rnd="1")  # type: ignore[arg-type]
     assert reply.has_error() and reply.error.code == ReplyCode.INSTRUCTION_REFUSED
     assert _charges(fed, 2) == before
+    # a malformed request did not burn a round: the plan's next round is still answered
+    plan = plan_secure_clustering(fed.loaded.protocol, len(SUBSET))
+    centroids = json.dumps([[0.5] * len(SUBSET)] * plan.k).encode()
+    reply = _round(fed, 2, encode_directory(keys), rnd=1, kind=plan.rounds[1],
+                   centroids=centroids)  # fmt: skip
+    assert not reply.has_error(), reply.error
+    assert _charges(fed, 2) == before + 1
 
 
 def test_the_guard_and_the_request_rules_hold_for_the_secure_stages(fed: Federation) -> None:
