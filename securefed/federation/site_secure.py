@@ -20,7 +20,8 @@ securefed.clustering.secure's; here each step is a stage request (``query`` mess
 
 Centroids are the coordinator's, unchecked beyond their shape and range: every round's noise is
 calibrated to the plan's sensitivity whatever they are, so they cannot raise what a round
-releases (the plan's epsilon holds under adaptive composition).
+releases (the plan's epsilon holds under adaptive composition;
+``tests/federation/test_site_secure.py::test_crafted_centroids_change_neither_the_charge_nor_the_noise_plan``).
 
 Tests: ``tests/federation/test_site_secure.py``.
 """

@@ -36,7 +36,6 @@ from securefed.crypto import PrivateKeys, PublicKeys
 from securefed.errors import ConfigError, ProtocolError, TrainingError
 from securefed.federation.config import PhaseConfig
 from securefed.federation.deployment import Deployment
-from securefed.federation.metrics import REGIONS
 from securefed.fileio import read_json, write_json_atomic
 from securefed.protocol import LoadedProtocol
 from securefed.study.cffl import StudyPhases, run_cffl_phases
@@ -399,11 +398,13 @@ def _evaluation(
 
 def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Site means pooled by their case counts (what a plain protocol lets the sites send)."""
+    from securefed.federation.metrics import pooled_dice
+
     scored = [r for r in rows if r["num_test"] > 0 and "dice_mean" in r]
-    n = sum(r["num_test"] for r in scored)
+    pooled = pooled_dice({**r, "num_val": r["num_test"]} for r in scored)  # the validation rule
+    n = int(pooled.pop("num_val"))
     out: dict[str, Any] = {"num_test": n, "sites": len({r["partition_id"] for r in scored})}
-    for key in [f"dice_{r}" for r in REGIONS] + ["dice_mean"]:
-        out[key] = sum(r[key] * r["num_test"] for r in scored) / n if n else None
+    out.update({k: (v if n else None) for k, v in pooled.items()})
     return out
 
 

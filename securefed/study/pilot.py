@@ -80,13 +80,16 @@ def _site_data(data: Path, partitioning: str, pid: int, dest: Path) -> int:
     src = data / f"{partitioning}.csv"
     with src.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
+    from securefed.data.partitions import PARTITION_COLUMNS
+
     header, body = rows[0], rows[1:]
-    mine = [r for r in body if r and int(r[0]) == pid]
+    part, sid = (header.index(c) for c in PARTITION_COLUMNS)  # the file's own column order
+    mine = [r for r in body if r and int(r[part]) == pid]
     dest.mkdir(parents=True, exist_ok=True)
     with (dest / src.name).open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, lineterminator="\n").writerows([header, *mine])
     for row in mine:
-        case = data / row[1]
+        case = data / row[sid]
         for path in sorted(case.rglob("*")):
             if path.is_file() and not (dest / path.relative_to(data)).exists():
                 _link_or_copy(path, dest / path.relative_to(data))

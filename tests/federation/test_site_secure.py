@@ -154,3 +154,23 @@ def test_the_guard_and_the_request_rules_hold_for_the_secure_stages(fed: Federat
     assert reply.has_error() and reply.error.code == ReplyCode.INSTRUCTION_REFUSED
     reply = _query(fed, 1, {"protocol-hash": fed.loaded.sha256, "stage": "secure-round"})
     assert reply.has_error() and reply.error.code == ReplyCode.INSTRUCTION_REFUSED
+
+
+def test_crafted_centroids_change_neither_the_charge_nor_the_noise_plan(fed: Federation) -> None:
+    """The coordinator's centroids are used as sent (clipped into the unit box): a round with
+    centroids of its choosing is charged the same DP event as an honest site's round, which is
+    the plan's (from the protocol alone), so they cannot raise what the round releases."""
+    from securefed.privacy.accounting import event_to_json
+    from securefed.privacy.ledger import read_ledger
+
+    keys = _keys(fed)
+    plan = plan_secure_clustering(fed.loaded.protocol, len(SUBSET))
+    crafted = json.dumps([[-5.0] * len(SUBSET)] + [[1.0] * len(SUBSET)] * (plan.k - 1)).encode()
+    reply = _round(fed, 1, encode_directory(keys), rnd=1, kind=plan.rounds[1], centroids=crafted)
+    assert not reply.has_error(), reply.error
+    events = [
+        event_to_json(read_ledger(Path(fed.sites[p].work_dir) / "ledger.jsonl")
+                      .charges["secure-clustering/round-1"].event)
+        for p in (1, 2)  # site 2 answered round 1 with honest centroids (the test above)
+    ]  # fmt: skip
+    assert events[0] == events[1] == event_to_json(plan.event())
