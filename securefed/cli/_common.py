@@ -44,8 +44,8 @@ __all__ = [
     "track",
 ]
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # ":AB:" in a fingerprint is not an emoji
+err_console = Console(stderr=True, emoji=False)
 
 
 class _State:

@@ -205,3 +205,13 @@ def test_every_parameter_is_declared_annotated() -> None:
             assert not isinstance(param.default, ParameterInfo), (
                 f"{func.__module__}.{func.__qualname__}: {param.name}"
             )
+
+
+def test_fingerprints_print_verbatim() -> None:
+    """A certificate fingerprint like "2F:AB:F5" once printed as "2F🆎F5" (rich emoji codes)."""
+    from securefed.cli._common import console, err_console
+
+    for c in (console, err_console):
+        with c.capture() as cap:
+            c.print("ca_sha256 = 2F:AB:F5:ok:E6", highlight=False)
+        assert cap.get().strip() == "ca_sha256 = 2F:AB:F5:ok:E6"
