@@ -218,11 +218,15 @@ class SiteClient(NumPyClient):
         self.runtime.advance_round(self.site, self.ledger_dir, self.loaded.sha256, phase, rnd)
         self._audit_round(config, rnd)  # one entry per fit, whatever the site holds
         data, n_train = self._data(config, "train")
+        weighted = cluster >= 0 and self.egress.cluster_weights == "masked-counts"
         if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites":
             # Every site joins every cluster's federation; without cases of this one the site
-            # returns the model it received (masked under SecAgg+ or encrypted under BFV like
-            # any other update).
+            # sends a zero update of weight 0 (client-level DP: the received model, whose zero
+            # update gets the site's noise share), masked under SecAgg+ or encrypted under BFV
+            # like any other reply.
             same = [np.asarray(p) for p in parameters]
+            if weighted:
+                return self._weighted_out(same, 0, config, parameters), self._weight(0), {}
             return self._out(same, 0, config, parameters), self._weight(0), {}
         if n_train == 0:
             raise TrainingError(
@@ -248,8 +252,35 @@ class SiteClient(NumPyClient):
             device=self.site.device,
             seed=seed,
         )
+        if weighted:
+            trained = self.task.get_weights(model)
+            out_w = self._weighted_out(trained, n_train, config, parameters)
+            return out_w, self._weight(n_train), self._train_metrics(out)
         weights = self._out(self.task.get_weights(model), n_train, config, parameters)
         return weights, self._weight(n_train), self._train_metrics(out)
+
+    def _weighted_out(
+        self,
+        trained: list[np.ndarray],
+        n_train: int,
+        config: dict[str, Any],
+        received: Sequence[np.ndarray],
+    ) -> Any:
+        """A cluster-phase reply under all-sites membership (``cluster_weights =
+        "masked-counts"``, securefed.protocol.egress): the update (trained minus received)
+        scaled by the site's weight w = min(n, max_weight) / max_weight, followed by w itself as
+        one more array; masked by SecAgg+ or encrypted under BFV with the FedAvg weight 1, so
+        that only the two sums open and the server divides them (securefed.federation.weighting).
+        A site without cases of the cluster sends zeros."""
+        from securefed.federation.weighting import weighted_update
+
+        bound = float(self.loaded.protocol.secure_aggregation.max_weight)
+        arrays = weighted_update(trained, received, n_train, bound)
+        if self.spec.aggregation != "bfv":
+            sent = self.runtime.sent_positions(self.task, self.loaded)
+            return arrays if sent is None else [*(arrays[i] for i in sent), arrays[-1]]
+        return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=1,
+                              config=config, key_of=self.runtime.he_key)  # fmt: skip
 
     def _out(
         self,

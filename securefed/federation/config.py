@@ -80,6 +80,7 @@ class PhaseConfig:
     client_dp: str = ""  # client-level DP: the plan inputs (JSON, securefed.training.client_dp)
     dp_training: str = ""  # "dp-sgd" | "client-dp": ask the sites' budgets before each round
     sent_arrays: str = ""  # "i,j,...": the arrays sites send back (training.trainable); "": all
+    weighted: bool = False  # all-sites cluster phase: sites send w*update and w (.weighting)
     stage: str = ""  # "": a training phase; features | assign | test: a study stage (stage_server)
 
     def __post_init__(self) -> None:
@@ -100,15 +101,7 @@ class PhaseConfig:
                 "run config: a bfv phase needs 'he-context' (the aggregator context made by the "
                 "key dealing) and 'decryptor' (the decrypting site's partition id)"
             )
-        if self.client_dp:
-            try:
-                inputs = json.loads(self.client_dp)
-            except ValueError as exc:
-                raise ConfigError(f"run config 'client-dp': not JSON ({exc})") from exc
-            if not isinstance(inputs, dict) or self.aggregation != "secagg+":
-                raise ConfigError(
-                    "run config 'client-dp': a JSON table of the plan inputs, under secagg+ only"
-                )
+        self._check_update_encoding()
         if self.he_fields not in (1, 2):
             raise ConfigError(f"run config 'he-fields': 1 or 2, got {self.he_fields}")
         if self.stage not in STUDY_STAGES:
@@ -128,6 +121,23 @@ class PhaseConfig:
         parse_sites(self.sites)
         self.registered_nodes  # noqa: B018 - validates node_sites
         self.sent_positions  # noqa: B018 - validates sent_arrays
+
+    def _check_update_encoding(self) -> None:
+        """Client-level DP and the case-weighted cluster average change what a reply holds."""
+        if self.client_dp:
+            try:
+                inputs = json.loads(self.client_dp)
+            except ValueError as exc:
+                raise ConfigError(f"run config 'client-dp': not JSON ({exc})") from exc
+            if not isinstance(inputs, dict) or self.aggregation != "secagg+":
+                raise ConfigError(
+                    "run config 'client-dp': a JSON table of the plan inputs, under secagg+ only"
+                )
+        if self.weighted and (self.phase != "cluster" or self.aggregation == "fedavg"):
+            raise ConfigError(
+                "run config 'weighted': a case-weighted average is a cluster phase's, under "
+                "secagg+ or bfv"
+            )
 
     @property
     def registered_nodes(self) -> dict[int, int]:

@@ -129,7 +129,8 @@ def _ciphertext_like(reply: Any, request: Any) -> list[str]:
     try:
         ((_, array),) = out.items()
         shape, dtype = _signature(array)
-        n = sum(int(np.prod(_signature(a)[0])) for a in sent.values())
+        # + 1: a cluster reply under all-sites membership carries its case weight too
+        n = sum(int(np.prod(_signature(a)[0])) for a in sent.values()) + 1
     except ValueError:
         return ["fitres.parameters: an array is not a plain numpy array"]
     if len(shape) != 1 or dtype not in ("uint8", "|u1"):

@@ -117,6 +117,7 @@ def phase_config(
         client_dp=_client_dp_inputs(p),
         dp_training=t.dp_training or "",
         sent_arrays=_sent_arrays(t),
+        weighted=cluster is not None and egress.cluster_weights == "masked-counts",
     )
 
 

@@ -154,7 +154,9 @@ class PhaseStrategy(FedAvgM):
                 f"out); the protocol needs at least {self.cfg.min_sites} per aggregate"
             )
         start: list[np.ndarray] | None = None
-        if self.cfg.sent_positions is not None:
+        if self.cfg.weighted:
+            results = self._decode_weighted(server_round, results)
+        elif self.cfg.sent_positions is not None:
             if self.initial_parameters is None:  # pragma: no cover - set by configure_fit
                 raise TrainingError(f"{self.cfg.name} round {server_round}: no start model")
             start = parameters_to_ndarrays(self.initial_parameters)  # FedAvgM replaces it
@@ -162,7 +164,7 @@ class PhaseStrategy(FedAvgM):
         if self.cfg.client_dp:
             results = self._decode_client_dp(server_round, results)
         aggregated, _ = super().aggregate_fit(server_round, results, failures)
-        if start is not None and aggregated is not None:
+        if start is not None and aggregated is not None and not self.cfg.weighted:
             aggregated = self._keep_frozen(aggregated, start)
         # The sum of the FedAvg weights: train case counts under a plain protocol, else the
         # number of sites (each sends weight 1, securefed.protocol.egress).
@@ -211,6 +213,24 @@ class PhaseStrategy(FedAvgM):
         return ndarrays_to_parameters(
             [a if i in trained else start[i] for i, a in enumerate(arrays)]
         )
+
+    def _decode_weighted(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """All-sites cluster round (securefed.federation.weighting): the opened aggregate holds
+        the mean scaled update and the mean case weight; every result gets the round's new
+        model, start + their ratio (the start model where no site holds the cluster)."""
+        from securefed.federation.weighting import decode_weighted
+
+        if self.initial_parameters is None:  # pragma: no cover - set by configure_fit
+            raise TrainingError(f"{self.cfg.name} round {server_round}: no start model")
+        start = parameters_to_ndarrays(self.initial_parameters)
+        aggregate = parameters_to_ndarrays(results[0][1].parameters)
+        positions = None if self.cfg.aggregation == "bfv" else self.cfg.sent_positions
+        params = ndarrays_to_parameters(decode_weighted(start, aggregate, positions))
+        for _, res in results:
+            res.parameters = params
+        return results
 
     def _decode_client_dp(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
@@ -372,7 +392,9 @@ def _he_fit(
     request = Message(
         content=decrypt_request(
             total, phase=cfg.name, rnd=rnd, sites=sites, fields=cfg.he_fields,
-            shapes=[(a.dtype.str, a.shape) for a in current], protocol_hash=cfg.protocol_hash,
+            shapes=[(a.dtype.str, a.shape) for a in current]
+            + ([(np.dtype(np.float32).str, (1,))] if cfg.weighted else []),
+            protocol_hash=cfg.protocol_hash,
         ),
         dst_node_id=decryptor_node,
         message_type=MessageType.TRAIN,

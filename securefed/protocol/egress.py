@@ -13,9 +13,13 @@ of patient data, so a site sends instead:
 - cluster membership computed on something the server already holds or cannot see:
   ``released``: a site assigns every case on the vector it released (with ``local-dp`` the
   noised one: post-processing of a DP release; the server can compute the same assignment);
-  ``all-sites``: with ``secure-aggregate`` features every site joins every cluster's federation
-  and a site with no train case of a cluster returns the model it received, masked by SecAgg+ like
-  every other update (so the server learns only the sum).
+  ``all-sites``: with ``secure-aggregate`` features every site joins every cluster's federation;
+  its reply (masked by SecAgg+ or encrypted under BFV, so the server learns only the sum) is its
+  update scaled by its weight ``n / secure_aggregation.max_weight`` (n: its train cases of the
+  cluster, 0 for a site without any) followed by that weight: the server divides the two sums, so
+  a cluster's model is the case-weighted average of the sites that hold it, never diluted by the
+  sites that do not (``cluster_weights = "masked-counts"``; the sum of the weights, the cluster's
+  train-case total over the round's sites, is what opens: ``egress_table``).
 
 Tests: ``tests/federation/test_egress.py``.
 """
@@ -39,6 +43,7 @@ __all__ = [
 
 Weights = Literal["train-counts", "uniform"]
 Membership = Literal["raw", "released", "all-sites"]
+ClusterWeights = Literal["fedavg", "masked-counts"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,10 @@ class TrainingEgress:
     train_loss: bool
     validation: bool
     membership: Membership
+    cluster_weights: ClusterWeights = "fedavg"
+    """How a cluster phase averages: ``fedavg`` (the FedAvg weights above, over the sites that
+    take part), ``masked-counts`` (all-sites membership: each site's case weight travels inside
+    the secure aggregate beside its scaled update; see the module docstring)."""
 
     def describe(self) -> list[str]:
         """Plain lines for the protocol render and the report."""
@@ -71,8 +80,9 @@ class TrainingEgress:
             "raw": "the sites holding train cases of it, assigned on raw vectors (clear)",
             "released": "the sites holding train cases of it, assigned on their released "
             "(noised) vectors: the server can compute this itself",
-            "all-sites": "every site; a site without train cases of the cluster returns the "
-            "model it received, masked under SecAgg+",
+            "all-sites": "every site; each sends its update scaled by its train-case count of the "
+            "cluster and that count, inside the secure aggregate (0 for a site without any): "
+            "the cluster model is the case-weighted average of the sites that hold it",
         }[self.membership]
         lines.append("cluster federations: " + membership)
         return lines
@@ -87,7 +97,12 @@ def training_egress(protocol: Protocol) -> TrainingEgress:
     membership: Membership = (
         "all-sites" if protocol.release.mode == "secure-aggregate" else ("released")
     )
-    return TrainingEgress("uniform", False, False, membership)
+    weighted: ClusterWeights = (
+        "masked-counts"
+        if membership == "all-sites" and not protocol.training.client_dp.enabled
+        else "fedavg"
+    )
+    return TrainingEgress("uniform", False, False, membership, weighted)
 
 
 @dataclass(frozen=True)
@@ -207,15 +222,23 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
         "released": ("assigned on the vectors the site released: the server can compute it",
                      "-"),
         "all-sites": ("every site joins every cluster's federation; a site without cases of "
-                      "it returns the model it received, masked under SecAgg+ or encrypted "
-                      "under BFV",
+                      "it sends a zero update with weight 0, masked under SecAgg+ or encrypted "
+                      "under BFV like every other reply",
                       "-"),
     }[e.membership]  # fmt: skip
     test_dp = f"{_T_EGRESS}::test_dp_protocol_sends_no_patient_derived_training_value"
     test_plain = f"{_T_EGRESS}::test_plain_protocol_sends_counts_loss_and_dice"
     test_all_sites = (
-        f"{_T_EGRESS}::test_all_sites_membership_returns_the_model_for_an_empty_cluster"
+        f"{_T_EGRESS}::test_all_sites_membership_sends_a_zero_weight_for_an_empty_cluster"
     )
+    weighted_rows = [
+        EgressRow("training", "cluster train-case weight", "server",
+                  "inside the secure aggregate beside the update it scales (SecAgg+ masks, "
+                  "BFV encryption): only its sum over the round's sites opens, the cluster's "
+                  "train-case total / secure_aggregation.max_weight; not noised",
+                  "inf",
+                  f"{_T_EGRESS}::test_cluster_phase_is_the_case_weighted_average_of_its_holders"),
+    ] if e.cluster_weights == "masked-counts" else []  # fmt: skip
     he_rows = [
         EgressRow("training", "decrypted aggregate (decryptor site only)", "server",
                   "the weighted average of the round's models, once per phase and round, after "
@@ -250,6 +273,7 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
                    "released": _T_NEIGHBOUR, "all-sites": test_all_sites}[e.membership]),
         EgressRow("training", "partition id and protocol hash", "server", "public", "-",
                   "tests/federation/test_simulation.py"),
+        *weighted_rows,
         *([EgressRow("training", "signature over the site's SecAgg+ public keys", "server, "
                      "other sites", "public: the site's pinned key signs its fresh keys, node id "
                      "and the protocol hash", "-",

@@ -92,16 +92,47 @@ def test_dp_protocol_sends_no_patient_derived_training_value(tmp_path: Path, mod
     assert (loss, n_val, ev) == (0.0, 0, {"partition-id": 1})
 
 
-def test_all_sites_membership_returns_the_model_for_an_empty_cluster(tmp_path: Path) -> None:
+def test_all_sites_membership_sends_a_zero_weight_for_an_empty_cluster(tmp_path: Path) -> None:
     secure = _client(tmp_path / "s", "secure-aggregate")
+    assert secure.egress.cluster_weights == "masked-counts"
     params = secure.get_parameters({})
-    weights, n, metrics = secure.fit(params, _config(secure, cluster=2))  # no case of cluster 2
-    assert n == 1
+    sent, n, metrics = secure.fit(params, _config(secure, cluster=2))  # no case of cluster 2
+    assert n == 1  # the clear FedAvg weight stays the public 1
     assert metrics == {}
-    assert all(np.array_equal(a, b) for a, b in zip(params, weights, strict=True))
+    assert len(sent) == len(params) + 1
+    assert all(not np.any(a) for a in sent)  # a zero update and a zero weight
     plain = _client(tmp_path / "p", "plain")
     with pytest.raises(TrainingError, match="no train cases"):
         plain.fit(plain.get_parameters({}), _config(plain, cluster=2))
+
+
+def test_cluster_phase_is_the_case_weighted_average_of_its_holders(tmp_path: Path) -> None:
+    """Three sites in cluster 0's federation, only two hold cases of it (2 and 1 train cases):
+    the opened means of what they send decode to the holders' case-weighted FedAvg, not to a
+    dilution by the site that holds none; a round where nobody holds the cluster keeps the
+    start model."""
+    from securefed.federation.weighting import decode_weighted, weighted_update
+
+    secure = _client(tmp_path / "s", "secure-aggregate")
+    start = secure.get_parameters({})
+    sent, _, _ = secure.fit(start, _config(secure, cluster=0))  # 2 train cases of cluster 0
+    w_max = secure.loaded.protocol.secure_aggregation.max_weight
+    assert float(sent[-1][0]) == pytest.approx(2 / w_max)
+    trained_a = [s + u / (2 / w_max) for s, u in zip(start, sent[:-1], strict=True)]
+    rng = np.random.default_rng(0)
+    trained_b = [s + rng.normal(0, 1e-2, s.shape).astype(s.dtype) for s in start]
+    from_b = weighted_update(trained_b, start, 1, w_max)
+    from_c = weighted_update(start, start, 0, w_max)  # holds no case of cluster 0
+    mean = [(a + b + c) / 3 for a, b, c in zip(sent, from_b, from_c, strict=True)]
+    new = decode_weighted(start, mean)
+    for s, a, b, got in zip(start, trained_a, trained_b, new, strict=True):
+        want = s + (2 * (a - s) + 1 * (b - s)) / 3  # the holders' FedAvg, weights 2 and 1
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(new, trained_b, strict=True))
+    nobody = decode_weighted(start, from_c)
+    assert all(np.array_equal(a, b) for a, b in zip(nobody, start, strict=True))
+    with pytest.raises(TrainingError, match="weighted aggregate"):
+        decode_weighted(start, [*sent[:-2], sent[-1]])
 
 
 def test_phase_config_follows_the_policy(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""The case-weighted cluster average under all-sites membership (secure-aggregate features), in
+Flower's simulation engine with SecAgg+: every site joins cluster 0's federation, the site that
+holds none of its cases sends a zero update of weight 0, and the opened aggregate decodes to the
+FedAvg of the two holders weighted by their train cases, not to a dilution by the third site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from support.flower import make_task, write_assignments, write_protocol
+from support.privacy import COLUMNS, reference_matrix
+
+from securefed.federation.client_app import SiteClient
+from securefed.federation.config import SiteSettings
+from securefed.federation.phase import phase_config, run_phase
+from securefed.federation.weighting import decode_weighted
+from securefed.privacy.bounds import derive_bounds, write_bounds
+from securefed.protocol import load_protocol
+
+LAYOUT = {
+    1: [("train", 0)] * 3 + [("val", 0)],
+    2: [("train", 0)] * 1 + [("train", 1)] * 2 + [("val", 1)],
+    3: [("train", 1)] * 3 + [("val", 1)],  # no case of cluster 0
+}
+
+
+def _secure_protocol(folder: Path, aggregation: str = "secagg+") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = write_protocol(folder, rounds=1, finetune=1, aggregation=aggregation, timeout=120)
+    bounds = derive_bounds(reference_matrix(), COLUMNS, source="synthetic test data")
+    digest = write_bounds(bounds, folder / "bounds.json")
+    text = proto.read_text().replace("total_epsilon = 1.0", "total_epsilon = 4.0")
+    text = text.replace("[secure_aggregation]", "[secure_aggregation]\nmax_weight = 4.0")
+    proto.write_text(
+        text + '[release]\nmode = "secure-aggregate"\n'
+        f'bounds = {{ file = "bounds.json", sha256 = "{digest}" }}\n'
+        '[clustering]\nscaling = "declared-bounds"\n'
+    )
+    return proto
+
+
+def _sites(folder: Path, proto: Path, asg: Path, tag: str) -> list[SiteSettings]:
+    return [SiteSettings(partition_id=p, data_dir=str(folder), protocol=str(proto),
+                         assignments=str(asg), work_dir=str(folder / f"{tag}{p}"),
+                         ledger_dir=str(folder / f"{tag}{p}"))
+            for p in LAYOUT]  # fmt: skip
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a).ravel() for a in arrays])
+
+
+def test_a_secagg_cluster_phase_is_the_holders_case_weighted_fedavg(tmp_path: Path) -> None:
+    proto = _secure_protocol(tmp_path)
+    asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
+    loaded = load_protocol(proto)
+    start = make_task().get_weights(make_task().build_model(loaded.protocol.training))
+    np.savez(tmp_path / "start.npz", *start)
+    cfg = phase_config(loaded, out_dir=tmp_path / "cluster-0", sites=dict.fromkeys(LAYOUT),
+                       assignments=asg, cluster=0,
+                       initial_weights=tmp_path / "start.npz")  # fmt: skip
+    assert cfg.weighted and cfg.max_weight == 1  # the clear FedAvg weights are the public 1
+    result = run_phase(cfg, _sites(tmp_path, proto, asg, "flower"), task=make_task())
+    assert [h["round"] for h in result.history] == [1]
+    assert result.history[0]["num_sites"] == 3
+    assert result.history[0]["weight_sum"] == 3  # what the clear weights tell: the site count
+    # The same round, each site's reply computed directly (its seeds are the protocol's in
+    # simulation), then the means SecAgg+ opens.
+    config = {"protocol-hash": loaded.sha256, "server-round": 1, "cluster": 0}
+    replies = [SiteClient(make_task(), s).fit(start, dict(config))[0]
+               for s in _sites(tmp_path, proto, asg, "direct")]  # fmt: skip
+    assert [float(r[-1][0]) for r in replies] == [3 / 4, 1 / 4, 0.0]
+    assert not any(np.any(a) for a in replies[2])  # the site without cluster 0 sends zeros
+    trained = [[s + u / w for s, u in zip(start, r[:-1], strict=True)]
+               for r, w in zip(replies[:2], (3 / 4, 1 / 4), strict=True)]  # fmt: skip
+    holders = [s + (3 * (a - s) + 1 * (b - s)) / 4
+               for s, a, b in zip(start, *trained, strict=True)]  # fmt: skip
+    mean = [sum(parts) / 3 for parts in zip(*replies, strict=True)]
+    np.testing.assert_allclose(
+        np.concatenate([a.ravel() for a in decode_weighted(start, mean)]),
+        np.concatenate([a.ravel() for a in holders]), atol=1e-6,
+    )  # fmt: skip
+    got = np.concatenate([a.ravel() for a in result.best_weights])
+    want = np.concatenate([a.ravel() for a in holders])
+    diluted = np.concatenate(
+        [((a + b + s) / 3).ravel() for s, a, b in zip(start, *trained, strict=True)]
+    )
+    # ^ every site's model with weight 1, the site without cases returning the start model
+    np.testing.assert_allclose(got, want, atol=2e-4)  # SecAgg+ quantisation only
+    assert np.abs(got - want).max() < 0.1 * np.abs(diluted - want).max()
+
+
+def test_a_bfv_cluster_phase_is_the_same_weighted_average(tmp_path: Path) -> None:
+    """Under BFV the scaled updates and the weights are encrypted; the decryptor opens their
+    means and the server decodes the same model as under SecAgg+ (both quantised)."""
+    from securefed.crypto.bfv import make_key
+
+    key = make_key()
+    results = {}
+    for agg in ("secagg+", "bfv"):
+        folder = tmp_path / agg
+        proto = _secure_protocol(folder, agg)
+        asg = write_assignments(folder / "clusters.csv", LAYOUT)
+        loaded = load_protocol(proto)
+        start = make_task().get_weights(make_task().build_model(loaded.protocol.training))
+        np.savez(folder / "start.npz", *start)
+        sites = _sites(folder, proto, asg, "site")
+        extra = {}
+        if agg == "bfv":
+            for site in sites:
+                (Path(site.ledger_dir) / "he").mkdir(parents=True)
+                (Path(site.ledger_dir) / "he" / "bfv.key").write_bytes(key.to_bytes())
+            ctx = folder / "server" / "aggregator.ctx"
+            ctx.parent.mkdir(parents=True)
+            ctx.write_bytes(key.aggregator_bytes())
+            extra = {"he_context": ctx, "decryptor": 1}
+        cfg = phase_config(loaded, out_dir=folder / "cluster-0", sites=dict.fromkeys(LAYOUT),
+                           assignments=asg, cluster=0, initial_weights=folder / "start.npz",
+                           **extra)  # fmt: skip
+        assert cfg.weighted
+        results[agg] = _flat(run_phase(cfg, sites, task=make_task()).best_weights)
+        start_flat = _flat(start)
+    bound = 8.0 / (2**20 - 1) * 4 + 2e-4  # BFV fixed point (scaled back by 1/w) + SecAgg+
+    np.testing.assert_allclose(results["bfv"], results["secagg+"], atol=bound)
+    assert np.abs(results["bfv"] - start_flat).max() > 10 * bound  # the round moved the model
