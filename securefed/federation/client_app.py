@@ -219,7 +219,8 @@ class SiteClient(NumPyClient):
         self._audit_round(config, rnd)  # one entry per fit, whatever the site holds
         data, n_train = self._data(config, "train")
         weighted = cluster >= 0 and self.egress.cluster_weights == "masked-counts"
-        if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites":
+        dp_sgd = self.spec.dp_sgd.enabled
+        if n_train == 0 and cluster >= 0 and self.egress.membership == "all-sites" and not dp_sgd:
             # Every site joins every cluster's federation; without cases of this one the site
             # sends a zero update of weight 0 (client-level DP: the received model, whose zero
             # update gets the site's noise share), masked under SecAgg+ or encrypted under BFV
@@ -228,7 +229,7 @@ class SiteClient(NumPyClient):
             if weighted:
                 return self._weighted_out(same, 0, config, parameters), self._weight(0), {}
             return self._out(same, 0, config, parameters), self._weight(0), {}
-        if n_train == 0:
+        if n_train == 0 and not (weighted and dp_sgd):  # DP-SGD: a noise-only round below
             raise TrainingError(
                 f"site {self.site.partition_id}: no train cases for cluster "
                 f"{config.get('cluster')}; the server should not have selected this site"
@@ -238,8 +239,12 @@ class SiteClient(NumPyClient):
         seed = self.runtime.round_seed(self.site, self.ledger_dir, self.loaded, phase, rnd)
         model = self._model(parameters, seed)
         steps = int(self.spec.local_steps or 0)
-        if self.spec.dp_sgd.enabled:
-            out = self._fit_dp(model, data, config, n_train, rnd, seed)
+        if dp_sgd:
+            out = self._fit_dp(model, data if data is not None else [], config, n_train, rnd,
+                               seed)  # fmt: skip
+            if weighted:
+                sent = self._dp_weighted_out(self.task.get_weights(model), config, parameters, out)
+                return sent, self._weight(n_train), self._train_metrics(out)
             weights = self._out(self.task.get_weights(model), n_train, config, parameters)
             return weights, self._weight(n_train), self._train_metrics(out)
         out = self.task.train(
@@ -308,6 +313,29 @@ class SiteClient(NumPyClient):
             return arrays if sent is None else [arrays[i] for i in sent]
         weight = max(1, self._weight(n_train))
         return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=weight,
+                              config=config, key_of=self.runtime.he_key)  # fmt: skip
+
+    def _dp_weighted_out(
+        self,
+        trained: list[np.ndarray],
+        config: dict[str, Any],
+        received: Sequence[np.ndarray],
+        out: dict[str, Any],
+    ) -> Any:
+        """A DP-SGD cluster round under all-sites membership (securefed.federation.weighting):
+        the DP update unscaled (a sum over each step's patients over the public batch size) and
+        the site's noised weight, drawn after the round's charge."""
+        from securefed.federation.weighting import dp_weight
+
+        arrays = [np.asarray(t) - np.asarray(r) for t, r in zip(trained, received, strict=True)]
+        arrays = [a.astype(np.asarray(r).dtype) for a, r in zip(arrays, received, strict=True)]
+        weight = dp_weight(self.loaded.protocol, int(out.get("patients", 0)),
+                           str(out.get("site_id", "")), str(out.get("release_id", "")))  # fmt: skip
+        arrays.append(np.asarray([weight], dtype=np.float32))
+        if self.spec.aggregation != "bfv":
+            sent = self.runtime.sent_positions(self.task, self.loaded)
+            return arrays if sent is None else [*(arrays[i] for i in sent), arrays[-1]]
+        return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=1,
                               config=config, key_of=self.runtime.he_key)  # fmt: skip
 
     def _audit_round(self, config: dict[str, Any], rnd: int) -> None:
@@ -386,7 +414,7 @@ class SiteClient(NumPyClient):
         if privacy.unsafe_seeded_noise:  # simulation only: reproducible, never private
             tag = f"{privacy.unsafe_noise_seed or 0}/{pid}/{release_id}".encode()
             noise_seed = int.from_bytes(hashlib.sha256(tag).digest()[:7], "big")
-        return self.task.train_dp(
+        out = self.task.train_dp(
             model,
             data,
             self.spec,
@@ -399,6 +427,9 @@ class SiteClient(NumPyClient):
             noise_seed=noise_seed,
             **extra,
         )
+        groups = extra.get("groups")
+        patients = len(set(groups)) if groups is not None else n_train
+        return {**out, "patients": patients, "site_id": ledger.site_id, "release_id": release_id}
 
     def _lr(self, cluster: int) -> float:
         """The protocol's learning rate of the phase (global or finetuning)."""

@@ -220,14 +220,16 @@ class PhaseStrategy(FedAvgM):
         """All-sites cluster round (securefed.federation.weighting): the opened aggregate holds
         the mean scaled update and the mean case weight; every result gets the round's new
         model, start + their ratio (the start model where no site holds the cluster)."""
-        from securefed.federation.weighting import decode_weighted
+        from securefed.federation.weighting import DP_WEIGHT_FLOOR, decode_weighted
 
         if self.initial_parameters is None:  # pragma: no cover - set by configure_fit
             raise TrainingError(f"{self.cfg.name} round {server_round}: no start model")
         start = parameters_to_ndarrays(self.initial_parameters)
         aggregate = parameters_to_ndarrays(results[0][1].parameters)
         positions = None if self.cfg.aggregation == "bfv" else self.cfg.sent_positions
-        params = ndarrays_to_parameters(decode_weighted(start, aggregate, positions))
+        floor = DP_WEIGHT_FLOOR if self.cfg.dp_training == "dp-sgd" else 0.0
+        new = decode_weighted(start, aggregate, positions, n_sites=len(results), floor=floor)
+        params = ndarrays_to_parameters(new)
         for _, res in results:
             res.parameters = params
         return results

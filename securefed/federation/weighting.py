@@ -18,6 +18,16 @@ cluster. What opens beyond the model: the sum of the weights (the cluster's trai
 the round's sites, divided by W), listed in the egress table. A round in which no site holds the
 cluster (the weight sum is not positive) keeps the received model.
 
+With DP-SGD (``training.dp_sgd``) the update is already a sum over the patients of each step
+divided by the public ``batch_size`` B, so it is sent unscaled, and a site without cases of the
+cluster runs the same DP-SGD round with noise-only steps (the same mechanism on an empty
+cluster: the noise covers everything it sends). Its weight is its expected patients per step
+over B (min(patients, B) with fixed-size batches, ``sampling_rate`` x patients under Poisson
+sampling) plus its exact discrete Gaussian share of the noise ``dp_sgd.weight_noise`` (sized for
+the honest sites of any aggregate, on the 2^-12 grid, OpenDP), charged to the ledger with the
+round's steps before any noise (securefed.training.dpsgd: ``DPSGDPlan.finetune_event``). The
+server then divides by the noised weight sum, floored at one batch (a public rule).
+
 Precision: the scaled update goes through SecAgg+'s quantisation (or BFV's fixed point) like any
 model value, so keep ``max_weight`` near the largest site's cluster (its documented rule).
 Tests: ``tests/federation/test_egress.py``.
@@ -30,8 +40,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from securefed.errors import TrainingError
+from securefed.protocol import Protocol
 
-__all__ = ["case_weight", "decode_weighted", "weighted_update"]
+__all__ = ["DP_WEIGHT_FLOOR", "case_weight", "decode_weighted", "dp_weight", "weighted_update"]
+
+DP_WEIGHT_FLOOR = 1.0
+"""Under DP-SGD the server divides by at least one batch's weight (the noised sum may be small or
+negative): a public rule, post-processing of the opened sum."""
 
 
 def case_weight(n_train: int, max_weight: float) -> float:
@@ -39,6 +54,34 @@ def case_weight(n_train: int, max_weight: float) -> float:
     if max_weight <= 0:
         raise TrainingError(f"secure_aggregation.max_weight must be positive, got {max_weight}")
     return min(float(n_train), float(max_weight)) / float(max_weight)
+
+
+def dp_weight(protocol: Protocol, patients: int, *context: str) -> float:
+    """A site's noised weight in a DP-SGD cluster round: (expected patients per step, on the
+    share grid, + its discrete Gaussian share of ``dp_sgd.weight_noise``) / ``batch_size``.
+    ``context`` names the release for the noise source (site id, release id). Call only after
+    the round is charged (it draws noise)."""
+    from securefed.privacy.noise import (
+        SHARE_GRID,
+        distributed_discrete_gaussian_share,
+        noise_source_for,
+    )
+    from securefed.training.dpsgd import sampling_of
+
+    t = protocol.training
+    dps = t.dp_sgd
+    batch = int(t.batch_size)
+    if sampling_of(protocol) == "poisson":
+        expected = float(dps.sampling_rate or 1.0) * int(patients)  # Poisson sampling
+    else:
+        expected = float(min(int(patients), batch))  # fixed-size batches, no padding
+    honest = protocol.weight_noise_honest_sites()
+    share = distributed_discrete_gaussian_share(
+        noise_source_for(protocol, *context, "cluster-weight"), float(dps.weight_noise),
+        max(honest, len(protocol.sites), 2), (1,), min_contributors=honest,
+    )  # fmt: skip
+    on_grid = round(expected / SHARE_GRID) * SHARE_GRID
+    return (on_grid + float(share[0])) / batch
 
 
 def weighted_update(
@@ -69,12 +112,15 @@ def decode_weighted(
     start: Sequence[np.ndarray],
     aggregate: Sequence[np.ndarray],
     positions: Sequence[int] | None = None,
+    *,
+    n_sites: int = 1,
+    floor: float = 0.0,
 ) -> list[np.ndarray]:
-    """The round's new model from the opened aggregate (the means over the round's sites of the
-    scaled updates and of the weights): ``start + mean(w u) / mean(w)`` on the trained arrays
-    (``positions``: the indices of ``start`` the sites sent, in order; None: all), ``start``
-    elsewhere; ``start`` itself when the weight sum is not positive (no site holds the
-    cluster)."""
+    """The round's new model from the opened aggregate (the means over the round's ``n_sites``
+    sites of the scaled updates and of the weights): ``start + mean(w u) / mean(w)`` on the
+    trained arrays (``positions``: the indices of ``start`` the sites sent, in order; None: all),
+    ``start`` elsewhere; ``start`` itself when the weight sum is not positive (no site holds the
+    cluster). ``floor``: the weight sum divided by is at least this (DP-SGD: one batch)."""
     if not aggregate:
         raise TrainingError("a weighted aggregate without its weight array")
     *updates, weight = [np.asarray(a) for a in aggregate]
@@ -84,10 +130,11 @@ def decode_weighted(
             f"a weighted aggregate of {len(updates)} update arrays and a weight of "
             f"{weight.size} values for {len(where)} trained arrays"
         )
-    total = float(weight.reshape(-1)[0])
+    mean = float(weight.reshape(-1)[0])
     new = [np.asarray(a).copy() for a in start]
-    if not np.isfinite(total) or total <= 0:
+    if not np.isfinite(mean) or (mean <= 0 and floor <= 0):
         return new
+    total = max(mean, float(floor) / max(1, int(n_sites)))  # a mean: the floor over the sites
     for u, i in zip(updates, where, strict=True):
         base = np.asarray(start[i])
         if u.shape != base.shape:

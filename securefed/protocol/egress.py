@@ -222,8 +222,9 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
         "released": ("assigned on the vectors the site released: the server can compute it",
                      "-"),
         "all-sites": ("every site joins every cluster's federation; a site without cases of "
-                      "it sends a zero update with weight 0, masked under SecAgg+ or encrypted "
-                      "under BFV like every other reply",
+                      "it sends a zero update with weight 0 (DP-SGD: a noise-only DP-SGD round "
+                      "and its noised weight), masked under SecAgg+ or encrypted under BFV like "
+                      "every other reply",
                       "-"),
     }[e.membership]  # fmt: skip
     test_dp = f"{_T_EGRESS}::test_dp_protocol_sends_no_patient_derived_training_value"
@@ -231,12 +232,22 @@ def _training_rows(p: Protocol) -> list[EgressRow]:
     test_all_sites = (
         f"{_T_EGRESS}::test_all_sites_membership_sends_a_zero_weight_for_an_empty_cluster"
     )
+    weight_dp = t.dp_training == "dp-sgd"
     weighted_rows = [
         EgressRow("training", "cluster train-case weight", "server",
-                  "inside the secure aggregate beside the update it scales (SecAgg+ masks, "
-                  "BFV encryption): only its sum over the round's sites opens, the cluster's "
-                  "train-case total / secure_aggregation.max_weight; not noised",
-                  "inf",
+                  ("inside the secure aggregate beside the update (SecAgg+ masks, BFV "
+                   "encryption): the site's expected patients per DP-SGD step / batch_size plus "
+                   "its exact discrete Gaussian share of dp_sgd.weight_noise (sized for the "
+                   "honest sites of any aggregate), charged with the round; only the noised sum "
+                   "opens"
+                   if weight_dp else
+                   "inside the secure aggregate beside the update it scales (SecAgg+ masks, "
+                   "BFV encryption): only its sum over the round's sites opens, the cluster's "
+                   "train-case total / secure_aggregation.max_weight; not noised"),
+                  _g(dp_eps) if weight_dp else "inf",
+                  "tests/federation/test_weighting.py::"
+                  "test_dp_sgd_under_secure_aggregate_charges_and_noises_every_cluster_round"
+                  if weight_dp else
                   f"{_T_EGRESS}::test_cluster_phase_is_the_case_weighted_average_of_its_holders"),
     ] if e.cluster_weights == "masked-counts" else []  # fmt: skip
     he_rows = [

@@ -105,6 +105,9 @@ class DPSGDPlan:
     sampling_rate: float = 1.0  # Poisson sampling only
     global_rounds: int = 0
     noise: Literal["float", "discrete-gaussian"] = "float"  # see securefed.training.discrete_dpsgd
+    # all-sites membership: the multiplier of the noise on a cluster round's weight (sensitivity
+    # one patient; securefed.federation.weighting), charged with the round; 0: no weight sent
+    weight_noise: float = 0.0
 
     def step_event(self, population: int | None = None) -> dp_accounting.DpEvent:
         """One step over ``population`` patients (default: the plan's)."""
@@ -124,14 +127,21 @@ class DPSGDPlan:
     def round_event(self, steps: int, population: int | None = None) -> dp_accounting.DpEvent:
         return dp_accounting.SelfComposedDpEvent(self.step_event(population), int(steps))
 
+    def finetune_event(self, steps: int) -> dp_accounting.DpEvent:
+        """One cluster round: its steps unamplified under without-replacement sampling (see the
+        module docstring), with the Gaussian of the round's weight when the site sends one."""
+        event = self.round_event(steps, population=self.batch_size)
+        if self.weight_noise <= 0:
+            return event
+        weight = dp_accounting.GaussianDpEvent(self.weight_noise)
+        return dp_accounting.ComposedDpEvent([event, weight])
+
     def planned_events(self) -> list[dp_accounting.DpEvent]:
-        """Every planned round: global rounds over the plan's population; finetuning rounds
-        unamplified under without-replacement sampling (see the module docstring)."""
+        """Every planned round: global rounds over the plan's population; finetuning rounds as
+        :meth:`finetune_event`."""
         steps = self.steps_per_round
         glob = [self.round_event(steps)] * self.global_rounds
-        finetune = [self.round_event(steps, population=self.batch_size)] * (
-            self.rounds - self.global_rounds
-        )
+        finetune = [self.finetune_event(steps)] * (self.rounds - self.global_rounds)
         return glob + finetune
 
     def planned_epsilon(self) -> float:
@@ -215,7 +225,7 @@ def plan_dpsgd(protocol: Protocol) -> DPSGDPlan:
     base = DPSGDPlan(
         1.0, float(dps.max_grad_norm), int(protocol.training.batch_size), steps, rounds, eps,
         delta, kind, sampling_of(protocol), population, float(dps.sampling_rate or 1.0),
-        int(protocol.training.global_rounds), dps.noise,
+        int(protocol.training.global_rounds), dps.noise, weight_noise_multiplier(protocol),
     )  # fmt: skip
 
     def events(m: float) -> dp_accounting.DpEvent:
@@ -237,6 +247,17 @@ def plan_dpsgd(protocol: Protocol) -> DPSGDPlan:
         raise TrainingError(f"DP-SGD calibration: cannot fit {rounds} rounds in eps={eps}")
     _PLAN_CACHE[key] = plan
     return plan
+
+
+def weight_noise_multiplier(protocol: Protocol) -> float:
+    """The Gaussian multiplier of a cluster round's weight (``training.dp_sgd.weight_noise``
+    over a sensitivity of one patient) when the site sends one (all-sites membership,
+    securefed.federation.weighting), else 0."""
+    from securefed.protocol.egress import training_egress
+
+    if training_egress(protocol).cluster_weights != "masked-counts":
+        return 0.0
+    return float(protocol.training.dp_sgd.weight_noise)
 
 
 def dp_batches(
@@ -371,8 +392,10 @@ def train_dp_round(
     from securefed.training.discrete_dpsgd import DiscreteGaussianDPOptimizer
     from securefed.training.local import make_optimizer, train_local
 
-    if not data:
+    if not data and not (finetuning and plan.weight_noise > 0):
         raise TrainingError("DP-SGD: no train cases in this round")
+    # all-sites membership: a site without cases of the cluster runs the same round, every step
+    # noise only, so that what it sends is the same DP mechanism on an empty cluster
     steps = plan.steps_per_round  # the protocol's, never the server's or the site's count
     population = plan.batch_size if finetuning else plan.population
     # Batches, crops and noise come from site-local secrets (64 bits of os.urandom each), never
@@ -389,7 +412,8 @@ def train_dp_round(
             "DP-SGD: discrete Gaussian noise is accounted without amplification by sampling; "
             "the protocol must declare training.dp_sgd.amplification = 'none'"
         )
-    with ledger.charge(STAGE, release_id, plan.round_event(steps, population)) as handle:
+    event = plan.finetune_event(steps) if finetuning else plan.round_event(steps, population)
+    with ledger.charge(STAGE, release_id, event) as handle:
         base = make_optimizer(model, spec, float(lr))
         if plan.noise == "discrete-gaussian":
             exact = noise_seed is None

@@ -228,9 +228,10 @@ def train_local(
     (exact for any model; an empty batch gives a noise-only step).
 
     Returns ``num_examples`` (cases), ``steps``, ``loss`` (mean over steps; NaN without data) and
-    ``seconds``. With no cases, nothing is trained.
+    ``seconds``. With no cases, nothing is trained, except under ``per_sample`` with explicit
+    ``batches`` (DP-SGD): every step then adds noise only.
     """
-    if not data:
+    if not data and not (per_sample and batches is not None):
         return {"num_examples": 0, "steps": 0, "loss": float("nan"), "seconds": 0.0}
     for item in data:
         if item.get("label") is None:

@@ -151,7 +151,9 @@ def test_phase_config_follows_the_policy(tmp_path: Path) -> None:
     assert cfg.max_weight == 1
 
 
-def test_secure_aggregate_cffl_needs_secagg_and_no_dpsgd(tmp_path: Path) -> None:
+def test_secure_aggregate_cffl_needs_a_secure_aggregate_and_an_honest_weight_share(
+    tmp_path: Path,
+) -> None:
     client = _client(tmp_path, "secure-aggregate")
     data = tomllib.loads(Path(client.site.protocol).read_text())
     assert "cffl" in load_protocol(client.site.protocol).protocol.training.baselines
@@ -159,11 +161,12 @@ def test_secure_aggregate_cffl_needs_secagg_and_no_dpsgd(tmp_path: Path) -> None
                                    "min_sites_per_aggregate": 1}}  # fmt: skip
     with pytest.raises(ProtocolError, match="needs 'secagg\\+'"):
         parse_protocol(fedavg)
-    dpsgd = {**data, "training": {**data["training"],
-                                  "dp_sgd": {"enabled": True, "epsilon": 1.0}}}  # fmt: skip
-    with pytest.raises(ProtocolError, match="not offered with DP-SGD"):
-        parse_protocol(dpsgd)
-    no_cffl = {**data, "training": {**data["training"], "baselines": ["local", "fedavg"],
-                                    "dp_sgd": {"enabled": True, "epsilon": 1.0,
-                                               "amplification": "none"}}}  # fmt: skip
+    dp = {"enabled": True, "epsilon": 1.0, "amplification": "none"}
+    dpsgd = {**data, "training": {**data["training"], "dp_sgd": dp}}
+    assert parse_protocol(dpsgd).training.dp_sgd.weight_noise == 32.0  # offered (noised weights)
+    secure = {"min_sites_per_aggregate": 3, "max_colluding_sites": 2}  # 2 training sites
+    colluding = {**dpsgd, "clustering": {**data["clustering"], "secure": secure}}
+    with pytest.raises(ProtocolError, match="needs an honest site in every aggregate"):
+        parse_protocol(colluding)
+    no_cffl = {**colluding, "training": {**dpsgd["training"], "baselines": ["local", "fedavg"]}}
     parse_protocol(no_cffl)

@@ -124,3 +124,81 @@ def test_a_bfv_cluster_phase_is_the_same_weighted_average(tmp_path: Path) -> Non
     bound = 8.0 / (2**20 - 1) * 4 + 2e-4  # BFV fixed point (scaled back by 1/w) + SecAgg+
     np.testing.assert_allclose(results["bfv"], results["secagg+"], atol=bound)
     assert np.abs(results["bfv"] - start_flat).max() > 10 * bound  # the round moved the model
+
+
+def _dp_secure_site(folder: Path) -> SiteClient:
+    """One site of a DP-SGD protocol with secure-aggregate features and CFFL (3 clusters; the
+    site holds 2 train cases of cluster 0, 1 of cluster 1, none of cluster 2)."""
+    from support.dpsgd import PROTOCOL, dp_task
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = derive_bounds(reference_matrix(), COLUMNS, source="synthetic test data")
+    digest = write_bounds(bounds, folder / "bounds.json")
+    text = PROTOCOL.format(rounds=1, finetune=2, enabled="true")
+    text = text.replace('k = 2\nk_selection = "fixed"\nk_min = 2\nk_max = 2',
+                        'k = 3\nk_selection = "fixed"\nk_min = 3\nk_max = 3\n'
+                        'scaling = "declared-bounds"')  # fmt: skip
+    text = text.replace('aggregation = "fedavg"', 'aggregation = "secagg+"\n'
+                        'baselines = ["fedavg", "cffl"]\nmin_sites_per_aggregate = 2')  # fmt: skip
+    text = text.replace("population = 8", "population = 8\nweight_noise = 16.0")
+    text += ('[release]\nmode = "secure-aggregate"\n'
+             f'bounds = {{ file = "bounds.json", sha256 = "{digest}" }}\n')  # fmt: skip
+    (folder / "protocol.toml").write_text(text)
+    layout = {1: [("train", 0), ("train", 0), ("train", 1), ("val", 0)]}
+    asg = write_assignments(folder / "clusters.csv", layout)
+    site = SiteSettings(1, str(folder), str(folder / "protocol.toml"), work_dir=str(folder / "w"),
+                        assignments=str(asg))  # fmt: skip
+    return SiteClient(dp_task(), site)
+
+
+def test_dp_sgd_under_secure_aggregate_charges_and_noises_every_cluster_round(
+    tmp_path: Path,
+) -> None:
+    """DP-SGD with secure-aggregate features and CFFL: a site without cases of a cluster runs
+    the same DP-SGD round, noise only, charged the same event as a holder's round (the plan's
+    finetuning event: the steps and the Gaussian of the weight); every reply's weight is noised;
+    the calibration covers the weights' events."""
+    import dp_accounting
+
+    from securefed.privacy import read_ledger
+    from securefed.training import dpsgd
+
+    client = _dp_secure_site(tmp_path)
+    plan = dpsgd.plan_dpsgd(client.loaded.protocol)
+    assert plan.weight_noise == client.loaded.protocol.training.dp_sgd.weight_noise == 16.0
+    assert plan.planned_epsilon() <= 3.0
+    assert isinstance(plan.finetune_event(1), dp_accounting.ComposedDpEvent)
+    start = client.get_parameters({})
+    replies = {}
+    for cluster in (0, 2):
+        config = {"protocol-hash": client.loaded.sha256, "server-round": 1, "cluster": cluster}
+        sent, n, metrics = client.fit(start, config)
+        assert (n, metrics) == (1, {})
+        assert len(sent) == len(start) + 1
+        replies[cluster] = sent
+    # the empty cluster's update is DP-SGD noise, not zero, and its weight a noise share
+    assert any(np.any(a) for a in replies[2][:-1])
+    batch = client.loaded.protocol.training.batch_size
+    for cluster, expected in ((0, 2 / batch), (2, 0.0)):
+        weight = float(replies[cluster][-1][0])
+        assert weight != expected  # noised (a continuous-looking draw on a fine grid)
+        assert abs(weight - expected) < 12 * 16.0 / np.sqrt(2) / batch  # 12 share std
+    charges = read_ledger(Path(client.ledger_dir) / "ledger.jsonl").charges
+    ids = ["training/cluster-0/round-1", "training/cluster-2/round-1"]
+    assert [r for r in charges if r.startswith("training/")] == ids
+    holder, empty = (charges[r] for r in ids)
+    assert holder.event == empty.event  # the same mechanism, with or without cases
+    assert holder.event == plan.finetune_event(plan.steps_per_round)
+
+
+def test_dp_sgd_weighted_decode_floors_the_noised_weight_at_one_batch() -> None:
+    start = [np.zeros(3, dtype=np.float32)]
+    update = [np.full(3, 0.3, dtype=np.float32), np.asarray([0.05], dtype=np.float32)]
+    floored = decode_weighted(start, update, n_sites=3, floor=1.0)  # sum 0.15 < one batch
+    np.testing.assert_allclose(floored[0], 0.3 * 3, rtol=1e-6)  # divided by 1/3 (mean floor)
+    plain = decode_weighted(start, update, n_sites=3)
+    np.testing.assert_allclose(plain[0], 0.3 / 0.05, rtol=1e-6)
+    negative = [update[0], np.asarray([-0.2], dtype=np.float32)]
+    np.testing.assert_allclose(decode_weighted(start, negative, n_sites=3, floor=1.0)[0], 0.9,
+                               rtol=1e-6)  # fmt: skip
+    assert not np.any(decode_weighted(start, negative, n_sites=3)[0])  # no floor: start kept
