@@ -17,6 +17,7 @@ from securefed.federation.phase import phase_config, run_phase
 from securefed.federation.weighting import decode_weighted
 from securefed.privacy.bounds import derive_bounds, write_bounds
 from securefed.protocol import load_protocol
+from securefed.training.checkpoints import save_weights
 
 LAYOUT = {
     1: [("train", 0)] * 3 + [("val", 0)],
@@ -56,7 +57,7 @@ def test_a_secagg_cluster_phase_is_the_holders_case_weighted_fedavg(tmp_path: Pa
     asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
     loaded = load_protocol(proto)
     start = make_task().get_weights(make_task().build_model(loaded.protocol.training))
-    np.savez(tmp_path / "start.npz", *start)
+    save_weights(tmp_path / "start.npz", start)
     cfg = phase_config(loaded, out_dir=tmp_path / "cluster-0", sites=dict.fromkeys(LAYOUT),
                        assignments=asg, cluster=0,
                        initial_weights=tmp_path / "start.npz")  # fmt: skip
@@ -104,7 +105,7 @@ def test_a_bfv_cluster_phase_is_the_same_weighted_average(tmp_path: Path) -> Non
         asg = write_assignments(folder / "clusters.csv", LAYOUT)
         loaded = load_protocol(proto)
         start = make_task().get_weights(make_task().build_model(loaded.protocol.training))
-        np.savez(folder / "start.npz", *start)
+        save_weights(folder / "start.npz", start)
         sites = _sites(folder, proto, asg, "site")
         extra = {}
         if agg == "bfv":
@@ -202,3 +203,41 @@ def test_dp_sgd_weighted_decode_floors_the_noised_weight_at_one_batch() -> None:
     np.testing.assert_allclose(decode_weighted(start, negative, n_sites=3, floor=1.0)[0], 0.9,
                                rtol=1e-6)  # fmt: skip
     assert not np.any(decode_weighted(start, negative, n_sites=3)[0])  # no floor: start kept
+
+
+def test_a_dp_sgd_cluster_phase_runs_under_secagg_with_every_site(tmp_path: Path) -> None:
+    """The same protocol in Flower's simulation engine: three sites in cluster 2's federation
+    under SecAgg+, only site 3 holds its cases; every site's ledger is charged the same event
+    and the phase's model moves."""
+    from support.dpsgd import dp_task
+
+    from securefed.privacy import read_ledger
+
+    folder = tmp_path / "dp"
+    client = _dp_secure_site(folder)
+    proto = Path(client.site.protocol)
+    layout = {1: [("train", 0), ("train", 0), ("val", 0)],
+              2: [("train", 1), ("train", 1), ("val", 1)],
+              3: [("train", 2), ("train", 2), ("train", 1), ("val", 2)]}  # fmt: skip
+    asg = write_assignments(folder / "clusters-3.csv", layout)
+    sites = [SiteSettings(partition_id=p, data_dir=str(folder), protocol=str(proto),
+                          assignments=str(asg), work_dir=str(folder / f"s{p}"))
+             for p in layout]  # fmt: skip
+    loaded = load_protocol(proto)
+    start = client.get_parameters({})  # the protocol's (DP variant) model
+    save_weights(folder / "start.npz", start)
+    cfg = phase_config(loaded, out_dir=folder / "cluster-2", sites=dict.fromkeys(layout),
+                       assignments=asg, cluster=2,
+                       initial_weights=folder / "start.npz")  # fmt: skip
+    assert cfg.weighted and cfg.dp_training == "dp-sgd"
+    result = run_phase(cfg, sites, task=dp_task())
+    assert [h["round"] for h in result.history] == [1, 2]
+    moved = np.abs(_flat(result.best_weights) - _flat(start)).max()
+    assert moved > 1e-4
+    events = set()
+    for p in layout:
+        charges = read_ledger(folder / f"s{p}" / "ledger.jsonl").charges
+        ids = [r for r in charges if r.startswith("training/cluster-2/")]
+        assert ids == ["training/cluster-2/round-1", "training/cluster-2/round-2"], p
+        events |= {repr(charges[r].event) for r in ids}
+    assert len(events) == 1  # holders and non-holders: one mechanism
