@@ -20,6 +20,7 @@ class SynthPreset(StrEnum):
     shifted = "shifted"
     fets_like = "fets-like"
     fets_1251 = "fets-1251"
+    fets_1251_shifted = "fets-1251-shifted"
     public = "public"
 
 
@@ -35,7 +36,8 @@ def synth(
         typer.Option(
             "--preset",
             help="demo (45 cases), shifted (48), fets-like (267), fets-1251 (1251), "
-            "public (32, for `securefed pretrain`).",
+            "fets-1251-shifted (1251, contrast-shifted groups), public (32, for `securefed "
+            "pretrain`).",
         ),
     ] = SynthPreset.demo,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same data.")] = 0,
@@ -44,7 +46,7 @@ def synth(
         typer.Option(
             "--spacing",
             help="Voxel size in mm (default: 3 for demo and shifted, 2 for fets-like, 4 for "
-            "fets-1251).",
+            "fets-1251 and fets-1251-shifted).",
         ),
     ] = None,
     workers: Annotated[

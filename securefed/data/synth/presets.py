@@ -15,6 +15,7 @@ from securefed.errors import ConfigError
 
 __all__ = [
     "FETS2022_SIZES",
+    "FETS_SHIFTED_GROUPS",
     "PRESETS",
     "CaseSpec",
     "Institution",
@@ -103,6 +104,27 @@ def _fets_institutions(sizes: tuple[int, ...]) -> tuple[Institution, ...]:
 
 _FETS_LIKE_SIZES = tuple(max(3, round(n / 5)) for n in FETS2022_SIZES)
 
+# fets-1251-shifted: which institutions acquire with a contrast-shifted protocol (the rest keep
+# their fets-1251 fleets of standard scanners). Small and large ones in every shifted group; one
+# group's shift is confined to the tumour (whole-brain radiomics' blind spot).
+_WEAK, _FLAIR, _ENH = (
+    "ge-1.5t-weak-enhancement", "philips-3t-flair-unsuppressed", "siemens-3t-enhancement-only"
+)  # fmt: skip
+FETS_SHIFTED_GROUPS: dict[int, str] = {
+    3: _WEAK, 7: _WEAK, 18: _WEAK,  # 15, 12 and 382 cases
+    4: _FLAIR, 9: _FLAIR, 20: _FLAIR,  # 47, 4 and 33
+    12: _ENH, 16: _ENH, 22: _ENH,  # 11, 30 and 7
+}  # fmt: skip
+
+
+def _fets_shifted_institutions() -> tuple[Institution, ...]:
+    return tuple(
+        Institution(inst.partition_id, inst.n_cases, _one(FETS_SHIFTED_GROUPS[inst.partition_id]))
+        if inst.partition_id in FETS_SHIFTED_GROUPS else inst
+        for inst in _fets_institutions(FETS2022_SIZES)
+    )  # fmt: skip
+
+
 PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo",
@@ -142,6 +164,15 @@ PRESETS: dict[str, Preset] = {
         name="fets-1251",
         description="FeTS2022's exact 1251 cases and 23 institution sizes, 4 mm (clustering runs)",
         institutions=_fets_institutions(FETS2022_SIZES),
+        spacing_mm=4.0,
+    ),
+    "fets-1251-shifted": Preset(
+        name="fets-1251-shifted",
+        description="FeTS2022's 1251 cases and 23 institution sizes, 4 mm; 14 institutions "
+        "(710 cases) on standard scanners, 9 on contrast-shifted acquisitions: weak T1ce "
+        "enhancement (3, 7, 18: 409 cases), unsuppressed FLAIR (4, 9, 20: 84) and a shift "
+        "confined to the tumour (12, 16, 22: 48, enhancement only on a standard 3 T scanner)",
+        institutions=_fets_shifted_institutions(),
         spacing_mm=4.0,
     ),
     "public": Preset(

@@ -57,6 +57,14 @@ SCANNERS: dict[str, ScannerProfile] = {
                        "(T2-like: CSF as bright as edema), T2 edema dimmer than CSF", 0.025,
                        0.5, 1.5, 0.08, 1.10, 0.8, 1100.0,
                        (("flair", "csf", 1.55), ("flair", "gm", 0.95), ("t2", "ed", 1.05))),
+        # A shift CONFINED TO THE TUMOUR (`fets-1251-shifted`): a standard 3 T scanner whose
+        # contrast agent barely enhances; healthy tissue is exactly siemens-3t's, so whole-brain
+        # radiomics hardly sees it (its blind spot, docs/clustering.md).
+        ScannerProfile("siemens-3t-enhancement-only", "3 T as siemens-3t; weak enhancement "
+                       "only (the enhancing rim barely brighter than white matter in T1ce, "
+                       "necrosis brighter): the shift is confined to the tumour", 0.015, 0.4,
+                       1.0, 0.06, 1.00, 1.0, 900.0,
+                       (("t1ce", "et", 1.05), ("t1ce", "ncr", 0.55))),
     )
 }  # fmt: skip
 

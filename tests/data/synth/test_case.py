@@ -145,3 +145,24 @@ def test_contrast_shifted_scanners_change_what_z_scoring_keeps() -> None:
     assert rim_over_wm(standard) > 1.0
     assert rim_over_wm(weak) < 0.5 * rim_over_wm(standard)
     assert csf_over_wm(standard) < 0 < csf_over_wm(unsuppressed)
+
+
+def test_an_enhancement_only_shift_leaves_healthy_tissue_alone() -> None:
+    """`siemens-3t-enhancement-only` (fets-1251-shifted's tumour-confined group): the same case
+    on it and on siemens-3t has the same images outside the tumour, bit for bit in every
+    modality but T1ce, where only voxels near the tumour differ; the enhancing rim loses its
+    contrast over white matter."""
+    standard, shifted = _case(7, "siemens-3t"), _case(7, "siemens-3t-enhancement-only")
+    for m in MODALITIES:
+        same = standard.images[m] == shifted.images[m]
+        if m != "t1ce":
+            assert same.all(), m
+            continue
+        near = ndimage.binary_dilation(standard.seg > 0, iterations=3)
+        assert same[~near].mean() > 0.99  # outside the tumour: the same acquisition
+        assert not same[standard.seg == 4].all()
+    wm = (standard.tissue["wm"] > 0.9) & (standard.seg == 0)
+    rim = standard.seg == 4
+    gap = [_mean(c.images["t1ce"].astype(float), rim) - _mean(c.images["t1ce"].astype(float), wm)
+           for c in (standard, shifted)]  # fmt: skip
+    assert gap[1] < 0.3 * gap[0]

@@ -16,6 +16,32 @@ def test_fets_1251_has_the_exact_fets2022_sizes() -> None:
     assert [i.partition_id for i in preset.institutions] == list(range(1, 24))
 
 
+def test_fets_1251_shifted_keeps_the_sizes_and_shifts_small_and_large_institutions() -> None:
+    """A majority of cases on standard scanners; each of the three shifted acquisitions at
+    institutions of very different sizes; one of them confined to the tumour."""
+    from securefed.data.synth.presets import FETS_SHIFTED_GROUPS
+
+    preset = PRESETS["fets-1251-shifted"]
+    assert tuple(i.n_cases for i in preset.institutions) == FETS2022_SIZES
+    assert preset.spacing_mm == 4.0
+    groups: dict[str, list[int]] = {}
+    for inst in preset.institutions:
+        names = {n for n, _ in inst.scanners}
+        shifted = {n for n in names if SCANNERS[n].contrast}
+        assert not shifted or names == shifted  # an institution is shifted or standard
+        for n in shifted:
+            groups.setdefault(n, []).append(inst.n_cases)
+        assert bool(shifted) == (inst.partition_id in FETS_SHIFTED_GROUPS)
+    assert set(groups) == {"ge-1.5t-weak-enhancement", "philips-3t-flair-unsuppressed",
+                           "siemens-3t-enhancement-only"}  # fmt: skip
+    standard = preset.n_cases - sum(sum(v) for v in groups.values())
+    assert standard > preset.n_cases / 2
+    for sizes in groups.values():
+        assert len(sizes) == 3 and max(sizes) >= 3 * min(sizes)
+    tumour_only = SCANNERS["siemens-3t-enhancement-only"]
+    assert {t for m, t, _ in tumour_only.contrast} <= {"et", "ncr"}  # healthy tissue unchanged
+
+
 def test_fets_like_is_scaled_with_at_least_three_cases() -> None:
     sizes = [i.n_cases for i in PRESETS["fets-like"].institutions]
     assert len(sizes) == 23
