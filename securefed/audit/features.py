@@ -188,9 +188,13 @@ def _reconstruction(data: Path, subject_ids: list[str], x: np.ndarray) -> list[d
     return out
 
 
-def run_feature_attacks(rundir: Path, truth: Path, *, data: Path | None = None) -> dict[str, Any]:
+def run_feature_attacks(
+    rundir: Path, truth: Path | None = None, *, data: Path | None = None
+) -> dict[str, Any]:
     """Run every attack on RUNDIR's collected features; write ``RUNDIR/audit/features.json``
-    and ``features.png``; return the document."""
+    and ``features.png``; return the document. Without ``truth`` (real data) the institution is
+    each record's partition id (what the server holds beside it) and the attacks that need a
+    synthetic ground truth (scanner, tumour volumes) are listed as not applicable."""
     import pandas as pd
 
     from securefed.server.collect import load_collected
@@ -215,14 +219,15 @@ def run_feature_attacks(rundir: Path, truth: Path, *, data: Path | None = None) 
         raise ConfigError(f"{folder}: no collected features (run the study's features stage)")
     held = load_collected(folder)
     x = np.asarray(held.values, dtype=np.float64)
-    try:
-        df = pd.read_csv(truth, dtype={"subject_id": str}).set_index("subject_id")
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{truth}: cannot read truth.csv with a subject_id column ({exc})") from exc
-    absent = [s for s in held.subject_ids if s not in df.index]
-    if absent:
-        raise DataError(f"{truth}: {len(absent)} released cases are missing, e.g. {absent[0]}")
-    rows = df.loc[held.subject_ids]
+    if truth is None:
+        rows = pd.DataFrame({"institution": [str(p) for p in held.partition_ids]},
+                            index=list(held.subject_ids))  # fmt: skip
+        why = "needs --truth (a synthetic federation's ground truth)"
+        doc["not_applicable"] += [{"attack": "scanner-inference", "why": why},
+                                  {"attack": "attribute-inference", "why": why}]  # fmt: skip
+        doc["institution_source"] = "partition file (no truth.csv)"
+    else:
+        rows = _truth_rows(Path(truth), held.subject_ids)
     for col, attack in (("scanner", "scanner-inference"), ("institution", "institution-inference")):
         if col in rows.columns:
             doc["attacks"].append(_classify(x, rows[col].astype(str).to_numpy(), col, attack))
@@ -237,6 +242,20 @@ def run_feature_attacks(rundir: Path, truth: Path, *, data: Path | None = None) 
         doc["not_applicable"].append({"attack": "reconstruction", "why": "needs --data (the "
                                       "study's images, for the decoder's targets)"})  # fmt: skip
     return _write(rundir, doc)
+
+
+def _truth_rows(truth: Path, subject_ids: list[str]) -> Any:
+    """truth.csv's rows of the released cases, in their order."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(truth, dtype={"subject_id": str}).set_index("subject_id")
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{truth}: cannot read truth.csv with a subject_id column ({exc})") from exc
+    absent = [s for s in subject_ids if s not in df.index]
+    if absent:
+        raise DataError(f"{truth}: {len(absent)} released cases are missing, e.g. {absent[0]}")
+    return df.loc[subject_ids]
 
 
 def _write(rundir: Path, doc: dict[str, Any]) -> dict[str, Any]:

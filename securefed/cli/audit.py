@@ -336,14 +336,23 @@ def egress(
 @handle_errors
 def features(
     rundir: Annotated[Path, typer.Argument(help="A securefed run folder (RUNDIR).")],
-    truth: Annotated[Path, typer.Option("--truth", help="truth.csv of the (synthetic) data.")],
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth",
+            help="truth.csv of a synthetic federation (scanner and tumour "
+            "volume attacks); without it, institutions from the partition file.",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="The study's images: also run the reconstruction attack."),
     ] = None,
 ) -> None:
     """Attacks on the features the server holds: scanner, institution and attribute inference,
-    linkage, reconstruction; each with its chance baseline and a 95 % interval."""
+    linkage, reconstruction; each with its chance baseline and a 95 % interval. On real data
+    (no --truth) the institution attack uses the partition file and the scanner and volume
+    attacks are reported as not applicable."""
     from securefed.audit.features import run_feature_attacks
 
     doc = run_feature_attacks(rundir, truth, data=data)

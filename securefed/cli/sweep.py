@@ -1,11 +1,13 @@
 """`securefed sweep`: privacy-accuracy trade-offs over a grid of protocols.
 
-Contract: ``securefed sweep PROTOCOL --data DIR --truth TRUTH.csv --out DIR [--grid GRID.toml]``
-runs every grid point (docs/sweep.md has the grid format and the columns) as a whole study and
-writes ``DIR/sweep.csv``, ``DIR/sweep.json`` and ``DIR/report.html``; rerun with the same
-``--out`` to resume point by point. Exit 0 when every point ran or was skipped by the schema, 2
-on bad input, 5 (securefed.errors.EXIT_SWEEP_POINT_FAILED) when a point failed (its row says why;
-the others are written).
+Contract: ``securefed sweep PROTOCOL --data DIR [--truth TRUTH.csv] --out DIR [--grid
+GRID.toml]`` runs every grid point (docs/sweep.md has the grid format and the columns) as a whole
+study and writes ``DIR/sweep.csv``, ``DIR/sweep.json`` and ``DIR/report.html``; rerun with the
+same ``--out`` to resume point by point. ``--truth``: a synthetic federation's ground truth
+(ARI against the scanners, Dice per scanner); without it, on real data, ARI against the partition
+file's institutions and Dice per site and per cluster. Exit 0 when every point ran or was
+skipped by the schema, 2 on bad input, 5 (securefed.errors.EXIT_SWEEP_POINT_FAILED) when a point
+failed (its row says why; the others are written).
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ def register(app: typer.Typer) -> None:
 def sweep(
     protocol: Annotated[Path, typer.Argument(help="Base study protocol (simulation).")],
     data: Annotated[Path, typer.Option("--data", help="FeTS2022-layout root of the federation.")],
-    truth: Annotated[Path, typer.Option("--truth", help="truth.csv of the synthetic federation.")],
     out: Annotated[Path, typer.Option("--out", help="Sweep folder; rerun to resume.")],
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth",
+            help="truth.csv of a synthetic federation (ARI vs scanner, "
+            "per-scanner Dice); without it (real data): ARI vs institution, Dice per "
+            "site and cluster.",
+        ),
+    ] = None,
     grid: Annotated[
         Path | None,
         typer.Option("--grid", help="Grid TOML ([grid] table, docs/sweep.md); default grid."),

@@ -31,17 +31,18 @@ def agreement_report(
 ) -> dict[str, Any]:
     """ARI/NMI per truth column (``quality``: flat summary, ``quality_tables``: with tables)
     and the plots written under ``plot_dir`` (``plots``: their names, prefixed by
-    ``plot_prefix``). Without ``truth``, only institution (partition) agreement is plotted."""
+    ``plot_prefix``). Without ``truth`` (real data), agreement with the institutions of the
+    partition file only."""
     institution = np.asarray([str(int(p)) for p in partition_ids])
     groups: dict[str, np.ndarray] = {}
     if truth is not None:
         groups = read_truth(truth, list(subject_ids))
     groups.setdefault("institution", institution)
     out: dict[str, Any] = {"plots": []}
-    if truth is not None:
-        tables = quality_report(labels, groups)
-        out["quality_tables"] = tables
-        out["quality"] = {f"{m}_{name}": q[m] for name, q in tables.items() for m in ("ari", "nmi")}
+    # without truth (real data) the institutions of the partition file are the only groups
+    tables = quality_report(labels, groups)
+    out["quality_tables"] = tables
+    out["quality"] = {f"{m}_{name}": q[m] for name, q in tables.items() for m in ("ari", "nmi")}
     for name in ("scanner", "institution"):
         if name in groups:
             cl, gr, counts = contingency(labels, groups[name])

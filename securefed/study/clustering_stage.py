@@ -143,23 +143,23 @@ def run_clustering(ctx: StudyContext) -> ClusteringOutcome:
         str(c): sorted({ctx.site_of(r.partition_id) for r in rows if r.cluster == c})
         for c in sorted(set(labels))
     }
-    if ctx.truth is not None:
-        order = {r.subject_id: i for i, r in enumerate(outcome.assignments)}
-        embedding = outcome.embedding
-        if embedding is not None:
-            embedding = embedding[[order[r.subject_id] for r in rows]]
-        report.update(
-            agreement_report(
-                [r.subject_id for r in rows],
-                labels,
-                np.array([r.partition_id for r in rows]),
-                ctx.paths.plots,
-                truth=ctx.truth,
-                embedding=embedding,
-                seed=proto.clustering.seed,
-                plot_prefix="plots/",
-            )
+    # agreement with truth.csv's groups, or with the institutions alone (real data)
+    order = {r.subject_id: i for i, r in enumerate(outcome.assignments)}
+    embedding = outcome.embedding
+    if embedding is not None:
+        embedding = embedding[[order[r.subject_id] for r in rows]]
+    report.update(
+        agreement_report(
+            [r.subject_id for r in rows],
+            labels,
+            np.array([r.partition_id for r in rows]),
+            ctx.paths.plots,
+            truth=ctx.truth,
+            embedding=embedding,
+            seed=proto.clustering.seed,
+            plot_prefix="plots/",
         )
+    )
     write_json_atomic(ctx.paths.clustering / "clustering.json", report)
     ctx.log(f"  k = {report['k']}; cluster sizes {report['cluster_sizes']}")
     return outcome

@@ -142,4 +142,7 @@ def row_for(point: dict[str, Any], rundir: Path, audit_s: float) -> dict[str, An
         bool(read_json(phases).get("global", {}).get("reused", False)) if phases.is_file() else None
     )
     row["per_scanner"] = {m: methods.get(m, {}).get("per_scanner") for m in ("fedavg", "cffl")}
+    # real data (no truth.csv): Dice per site and per cluster are what groups the test cases
+    row["per_site"] = {m: methods.get(m, {}).get("per_site") for m in ("fedavg", "cffl")}
+    row["per_cluster"] = {m: methods.get(m, {}).get("per_cluster") for m in ("fedavg", "cffl")}
     return row

@@ -59,7 +59,7 @@ def _write_point_protocol(
 def run_sweep(
     protocol: Path,
     data: Path,
-    truth: Path,
+    truth: Path | None,
     out: Path,
     grid: GridSpec,
     *,

@@ -41,6 +41,24 @@ def test_attacks_on_a_plain_release(
 
 
 @pytest.mark.slow
+def test_real_data_without_truth_attacks_the_partition_file_institutions(
+    dp_rundir: Path, tmp_path: Path
+) -> None:
+    """Without truth.csv (real FeTS2022 data): the institution attack uses the partition ids the
+    server holds beside each record; scanner and tumour-volume attacks are not applicable."""
+    run = copy_run(dp_rundir, tmp_path)
+    res = CliRunner().invoke(app, ["audit", "features", str(run)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((run / "audit" / "features.json").read_text())
+    attacks = {a["attack"] for a in doc["attacks"]}
+    assert "institution-inference" in attacks and "linkage" in attacks
+    assert not attacks & {"scanner-inference", "attribute-inference"}
+    assert {n["attack"] for n in doc["not_applicable"]} >= {"scanner-inference",
+                                                             "attribute-inference"}  # fmt: skip
+    assert doc["institution_source"].startswith("partition file")
+
+
+@pytest.mark.slow
 def test_local_dp_lowers_linkage(dp_rundir: Path, tiny_federation: Path, tmp_path: Path):
     dp_rundir = copy_run(dp_rundir, tmp_path)  # the audit writes RUNDIR/audit
     truth = tiny_federation / "truth.csv"
