@@ -110,6 +110,14 @@ def run(
             "protocol must then be signed (PROTOCOL.sig). Default: the run plays the board.",
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Torch device of the simulated sites: cpu, cuda (each "
+            "site an equal share of the GPU), cuda:N or auto (cuda when available).",
+        ),
+    ] = "auto",
 ) -> None:
     """Run the whole study: sites extract, protect and seal; the server collects and clusters;
     Flower trains FedAvg then CFFL per cluster; sites evaluate; RUNDIR/report.html. Resumes an
@@ -122,7 +130,7 @@ def run(
         results = run_study(
             protocol, data, out, truth=truth,
             stop_after=None if stop_after is None else stop_after.value, workers=workers,
-            log=info, progress=_Bars(bar), site_configs=site_configs,
+            log=info, progress=_Bars(bar), site_configs=site_configs, device=device,
         )  # fmt: skip
     _summary(results)
     if (out / "report.html").exists():

@@ -49,6 +49,14 @@ def sweep(
     workers: Annotated[
         int, typer.Option("--workers", "-j", min=1, help="Processes for feature extraction.")
     ] = 2,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Torch device of the simulated sites: cpu, cuda (each "
+            "site an equal share of the GPU), cuda:N or auto.",
+        ),
+    ] = "auto",
 ) -> None:
     """Run every grid point as a whole study; write sweep.csv, sweep.json and report.html."""
     from securefed.cli.study import _Bars, _quiet_flower
@@ -59,7 +67,7 @@ def sweep(
     _quiet_flower()
     with progress(transient=True) as bar:
         rows = run_sweep(protocol, data, truth, out, spec, log=info, progress=_Bars(bar),
-                         workers=workers)  # fmt: skip
+                         workers=workers, device=device)  # fmt: skip
     done = sum(r.get("status") == "done" for r in rows)
     failed = [r for r in rows if r.get("status") == "failed"]
     info(f"{done} of {len(rows)} point(s) done in {time.perf_counter() - start:.0f} s; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from securefed.errors import ConfigError, SecurefedError, TrainingError
 from securefed.federation.client_app import make_client_app
@@ -13,7 +14,35 @@ from securefed.federation.config import PhaseConfig, SiteSettings
 from securefed.federation.server_app import make_server_app
 from securefed.federation.task import FlowerTask
 
-__all__ = ["run_simulation_phase"]
+__all__ = ["client_resources", "resolve_site_device", "run_simulation_phase"]
+
+
+def resolve_site_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` as given; ``auto``: cuda when torch sees a GPU. A cuda
+    device without a GPU is refused here, before any phase starts."""
+    import torch
+
+    name = str(device).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {device}: torch sees no GPU on this machine (CPU build of torch, or "
+                "no driver); use --device cpu"
+            )
+        return name
+    raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+
+
+def client_resources(sites: Sequence[SiteSettings]) -> dict[str, Any]:
+    """Ray's resources per simulated site: one CPU, and an equal share of one GPU when the
+    sites train on cuda (so that every site of the phase fits on the GPU at once)."""
+    gpu = any(str(s.device).startswith("cuda") for s in sites)
+    share = (10_000 // max(1, len(sites))) / 10_000 if gpu else 0.0  # rounded down: all fit
+    return {"num_cpus": 1, "num_gpus": share}
 
 
 def run_simulation_phase(
@@ -34,7 +63,7 @@ def run_simulation_phase(
         raise ConfigError(f"{cfg.name}: no site settings for partition(s) {missing}")
     ordered = [by_pid[p] for p in ids]
     backend_config: BackendConfig = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "client_resources": client_resources(ordered),
         "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False},
     }
     try:

@@ -42,6 +42,7 @@ class StudyContext:
     accepted: dict[str, AcceptedProtocol] = field(default_factory=dict)
     radiomics_cache: Path | None = None  # shared feature cache (a sweep); default RUNDIR/cache
     global_model_cache: Path | None = None  # shared global phases (a sweep); None: not shared
+    device: str = "cpu"  # the simulated sites' torch device (cuda: each a share of the GPU)
 
     @classmethod
     def build(

@@ -119,6 +119,7 @@ def run_study(
     site_configs: Path | None = None,
     radiomics_cache: Path | None = None,
     global_model_cache: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns the results mapping (also in RUNDIR/results.json).
     ``progress(task, done, total)`` is called as long steps advance (for a progress bar).
@@ -127,7 +128,10 @@ def run_study(
     ``radiomics_cache``: a feature cache shared between runs (keyed by file content and
     settings; a sweep's points share it), default ``RUNDIR/cache/radiomics``.
     ``global_model_cache``: global FedAvg phases shared between runs whose global phase is the
-    same (securefed.study.global_cache; never with DP training); default: not shared."""
+    same (securefed.study.global_cache; never with DP training); default: not shared.
+    ``device``: the simulated sites' torch device (``cuda``: Ray gives each site an equal share
+    of the GPU, securefed.federation.simulation.client_resources; ``auto``: cuda when torch sees
+    one)."""
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after {stop_after!r}: use one of {', '.join(STAGES)}")
     loaded, state = _prepare_rundir(Path(protocol_path), Path(rundir))
@@ -137,6 +141,9 @@ def run_study(
     )
     ctx.radiomics_cache = radiomics_cache
     ctx.global_model_cache = global_model_cache
+    from securefed.federation.simulation import resolve_site_device
+
+    ctx.device = resolve_site_device(device)
     configs = site_config_paths(ctx, site_configs)
     ctx.site_configs = configs
     for stage in STAGES:

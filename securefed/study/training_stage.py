@@ -63,6 +63,7 @@ def _site_settings(ctx: StudyContext) -> list[SiteSettings]:
             if ctx.federation.partition_file is not None
             else "",
             site_config=str(ctx.site_configs[s.id].resolve()) if s.id in ctx.site_configs else "",
+            device=ctx.device,
         )
         for s in ctx.training_sites()
     ]

@@ -66,6 +66,7 @@ def run_sweep(
     log: Log = print,
     progress: Progress | None = None,
     workers: int = 1,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Run (or resume) every point of ``grid`` over ``protocol``; returns the rows (also in
     ``OUT/sweep.json``). A point that fails is recorded with its error and the sweep goes on."""
@@ -110,6 +111,7 @@ def run_sweep(
                 path, data, folder / "run", truth=truth, workers=workers,
                 log=lambda m: log(f"  {m}"), radiomics_cache=out / "cache" / "radiomics",
                 global_model_cache=out / "cache" / "global", stop_after=grid.stop_after,
+                device=device,
             )  # fmt: skip
             if grid.attacks and point.release != "secure-aggregate":
                 start = time.perf_counter()
