@@ -8,7 +8,9 @@ release and clustering settings are the ones the clustering benchmark found best
 (results/clustering.md: dp-histogram, 8 bins per dimension, k = 5 declared; plain and local-dp
 choose k by silhouette).
 
-    python benchmarks/fets1251_protocol.py REFERENCE_FEATDIR OUT
+    python benchmarks/fets1251_protocol.py REFERENCE_FEATDIR OUT [--study]
+
+``--study``: the [training] block of the whole study at this scale (benchmarks/fets1251_study.sh).
 """
 
 from __future__ import annotations
@@ -106,7 +108,21 @@ timeout_s = 600
 """
 
 
-def main(reference: Path, out: Path) -> None:
+# The whole study at this scale within reach of 2 cores (issue 32, part 4): the demo recipe at
+# 4 mm (0.2 s a step here), 20 global rounds of 20 local steps at every site, 5 finetuning rounds
+# per cluster, baselines capped by epochs (a site of 511 cases would otherwise train 10^4 local
+# steps). `--study` changes the clustering-only [training] block to this schedule.
+STUDY_TRAINING = {
+    "global_rounds = 1\n": "global_rounds = 20\n",
+    "local_epochs = 1\n": "local_epochs = 20\n",
+    "local_steps = 1\n": "local_steps = 20\n",
+    "finetune_rounds = 1\n": "finetune_rounds = 5\nfinetune_lr = 0.0003\n"
+    "local_epochs_baseline = 4\nlocal_finetune_lr = 0.001\n",
+    'baselines = ["fedavg", "cffl"]\n': 'baselines = ["local", "fedavg", "cffl", "centralized"]\n',
+}
+
+
+def main(reference: Path, out: Path, study: bool = False) -> None:
     table = read_feature_table(reference / "features.csv")
     ref = np.asarray(table.values)
     bounds = derive_bounds(ref, table.columns, source="fets1251 reference: demo preset seed 99, "
@@ -118,9 +134,13 @@ def main(reference: Path, out: Path) -> None:
     proj = derive_projection(unit, table.columns, bounds.lower, bounds.upper, 2, source=source)
     (out / "projection.json").write_bytes(proj.to_json_bytes())
     psha = "sha256:" + hashlib.sha256(proj.to_json_bytes()).hexdigest()
-    (out / "protocol.toml").write_text(PROTOCOL.format(psha=psha, bsha=bsha))
+    text = PROTOCOL.format(psha=psha, bsha=bsha)
+    for old, new in STUDY_TRAINING.items() if study else ():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    (out / "protocol.toml").write_text(text)
     print(load_protocol(out / "protocol.toml").sha256)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), study="--study" in sys.argv[3:])

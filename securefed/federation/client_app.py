@@ -280,7 +280,12 @@ class SiteClient(NumPyClient):
         from securefed.federation.weighting import weighted_update
 
         bound = float(self.loaded.protocol.secure_aggregation.max_weight)
-        arrays = weighted_update(trained, received, n_train, bound)
+        return self._seal_weighted(weighted_update(trained, received, n_train, bound), config)
+
+    def _seal_weighted(self, arrays: list[np.ndarray], config: dict[str, Any]) -> Any:
+        """The update arrays and the weight as they leave: in clear for SecAgg+ (whose mod masks
+        them; only the trained arrays under ``training.trainable``, then the weight), one
+        encrypted contribution of FedAvg weight 1 under bfv."""
         if self.spec.aggregation != "bfv":
             sent = self.runtime.sent_positions(self.task, self.loaded)
             return arrays if sent is None else [*(arrays[i] for i in sent), arrays[-1]]
@@ -332,11 +337,7 @@ class SiteClient(NumPyClient):
         weight = dp_weight(self.loaded.protocol, int(out.get("patients", 0)),
                            str(out.get("site_id", "")), str(out.get("release_id", "")))  # fmt: skip
         arrays.append(np.asarray([weight], dtype=np.float32))
-        if self.spec.aggregation != "bfv":
-            sent = self.runtime.sent_positions(self.task, self.loaded)
-            return arrays if sent is None else [*(arrays[i] for i in sent), arrays[-1]]
-        return encrypt_update(self.site, self.ledger_dir, self.loaded, arrays, weight=1,
-                              config=config, key_of=self.runtime.he_key)  # fmt: skip
+        return self._seal_weighted(arrays, config)
 
     def _audit_round(self, config: dict[str, Any], rnd: int) -> None:
         """The site's audit log (beside its ledger): this training round and its aggregation."""
