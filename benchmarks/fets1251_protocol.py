@@ -113,6 +113,10 @@ timeout_s = 600
 # per cluster, baselines capped by epochs (a site of 511 cases would otherwise train 10^4 local
 # steps). `--study` changes the clustering-only [training] block to this schedule.
 STUDY_TRAINING = {
+    # the paper's clustering rule, fixed in advance (silhouette picks k = 2 on
+    # fets-1251-shifted, which merges the scanners; results/fets1251-private.md)
+    'k_selection = "silhouette"\n': 'k_selection = "fixed"\n',
+    "k = 5\n": "k = 10\n",
     "global_rounds = 1\n": "global_rounds = 20\n",
     "local_epochs = 1\n": "local_epochs = 20\n",
     "local_steps = 1\n": "local_steps = 20\n",
