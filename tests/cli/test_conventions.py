@@ -178,7 +178,7 @@ def test_choice_enums_match_the_library() -> None:
 def test_choices_are_listed_in_help() -> None:
     res = runner.invoke(app, ["synth", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert res.exit_code == 0
-    assert "[demo|shifted|fets-like|fets-1251|public]" in res.output
+    assert "[demo|shifted|fets-like|fets-1251|fets-1251-shifted|public]" in res.output
     res = runner.invoke(app, ["cluster", "--help"], terminal_width=200)
     assert "[pca|tsne]" in res.output
 

@@ -62,7 +62,7 @@ def test_every_help_prints_its_bracketed_names_and_metavars(
         assert not lost, f"`securefed {name} --help` lost {lost}: {shown}"
         seen |= wanted
     # the names the issue found eaten, and a choice list, are among those checked
-    assert {"[grid]", "[[sites]]", "[demo|shifted|fets-like|fets-1251|public]"} <= seen
+    assert {"[grid]", "[[sites]]", "[demo|shifted|fets-like|fets-1251|fets-1251-shifted|public]"} <= seen
 
 
 def test_the_source_help_strings_stay_plain_text() -> None:
@@ -149,7 +149,7 @@ COMMAND_LINES = {
     "protocol schema": "",
     "protocol sign": "PROTOCOL --key --passphrase-file --out",
     "protocol verify": "PROTOCOL --sig",
-    "run": "PROTOCOL --data --out --truth --stop-after --workers -j --site-configs",
+    "run": "PROTOCOL --data --out --truth --stop-after --workers -j --site-configs --device",
     "server collect": "--inbox --key --out --state PROTOCOL --protocol --site-key "
     "--passphrase-file",
     "site he-key deal": "PROTOCOL --site-config --key --public-keys --state --out "
@@ -162,7 +162,7 @@ COMMAND_LINES = {
     "site supernode": "PROTOCOL --site-config --superlink --data-dir --work-dir --ca-cert "
     "--node-key --assignments --partitions --device --runtime-port --check-only",
     "site verify": "PROTOCOL --site-config",
-    "sweep": "PROTOCOL --data --truth --out --grid --workers -j",
+    "sweep": "PROTOCOL --data --out --truth --grid --workers -j --device",
     "synth": "--out --preset --seed --spacing --workers -j --force",
     "version": "",
 }
