@@ -127,12 +127,17 @@ def test_sigint_in_a_real_process_exits_130(tmp_path: Path) -> None:
     script = tmp_path / "interrupt.py"
     script.write_text(
         textwrap.dedent("""
-        import os, signal, sys
+        import os, signal, sys, time
         import securefed.data.synth
         from securefed.cli import main
 
         def synthesize(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGINT)
+            # the handler may run a little later (another thread can take the signal): wait
+            # for it here rather than return into the caller's use of the result
+            for _ in range(600):
+                time.sleep(0.05)
+            raise SystemExit("no SIGINT arrived in 30 s")
 
         securefed.data.synth.synthesize = synthesize
         sys.argv = ["securefed", "synth", "--out", sys.argv[1]]
