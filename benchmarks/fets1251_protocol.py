@@ -105,6 +105,7 @@ seed = 0
 num_shares = 3
 reconstruction_threshold = 2
 timeout_s = 600
+max_weight = 400.0  # near the largest site's train cases (511 cases: 347 train)
 """
 
 

@@ -569,7 +569,10 @@ class SecureAggregationSpec(_Strict):
     quantization_range: int = Field(4_194_304, ge=2, le=2**31)
     """SecAgg+ quantisation range (integer levels)."""
     max_weight: float = Field(1000.0, gt=0, le=1e9, allow_inf_nan=False)
-    """Largest sample-count weight (keep near the largest site)."""
+    """Largest sample-count weight (keep near the largest site). With secure-aggregate features
+    and CFFL it is also the public scale of each site's case weight in a cluster's average
+    (securefed.federation.weighting: weight min(n, max_weight) / max_weight): too large a value
+    shrinks the scaled updates towards SecAgg+'s quantisation step."""
     timeout_s: float = Field(120.0, gt=0, le=86400, allow_inf_nan=False)
     """Seconds a SecAgg+ stage waits for clients before dropping them."""
 
