@@ -70,6 +70,7 @@ class PhaseConfig:
     assignments: str = ""
     eval_round_zero: bool = False
     validate: bool = True
+    validate_every: int = 1  # validate in rounds r with r % validate_every == 0 and the last
     server_lr: float = 1.0
     server_momentum: float = 0.0
     seed: int = 0
@@ -109,8 +110,8 @@ class PhaseConfig:
                 f"run config 'stage': expected one of {', '.join(STUDY_STAGES[1:])}, got "
                 f"{self.stage!r}"
             )
-        if self.rounds < 0:
-            raise ConfigError("run config 'rounds' must be >= 0")
+        if self.rounds < 0 or self.validate_every < 1:
+            raise ConfigError("run config 'rounds' must be >= 0 and 'validate-every' >= 1")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
             raise ConfigError(
                 f"run config: server-lr ({self.server_lr}) must be > 0 and server-momentum "

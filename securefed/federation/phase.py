@@ -107,6 +107,7 @@ def phase_config(
         assignments=str(assignments),
         eval_round_zero=cluster is not None and egress.validation,
         validate=egress.validation,
+        validate_every=t.validation_every,
         # FedAvgM drives the long global phase; finetuning (CFFL) adapts gently with FedAvg.
         server_lr=t.server_lr if cluster is None else 1.0,
         server_momentum=t.server_momentum if cluster is None else 0.0,

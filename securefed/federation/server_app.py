@@ -583,7 +583,8 @@ def run_server_phase(grid: Grid, context: Context, cfg: PhaseConfig) -> PhaseSta
                 if v and v[-1][0] == rnd
             }
             weights = _current_weights(legacy)
-            sites = _evaluate(grid, legacy, cfg, rnd) if cfg.validate else []
+            scheduled = rnd % max(1, cfg.validate_every) == 0 or rnd == cfg.rounds
+            sites = _evaluate(grid, legacy, cfg, rnd) if cfg.validate and scheduled else []
             _record_round(
                 ckpt, state, rnd, weights, sites, fit, time.monotonic() - t0, strategy.velocity,
                 keep_last=not cfg.validate,

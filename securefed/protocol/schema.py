@@ -482,6 +482,11 @@ class TrainingSpec(_Strict):
     """Learning rate of the CFFL phase (paper: 0.02)."""
     local_epochs_baseline: int = Field(30, ge=1, le=10_000)
     """Epochs of the local and local-finetune baselines."""
+    validation_every: int = Field(1, ge=1, le=10_000)
+    """Federated validation every this many rounds (and always in a phase's last round) under a
+    protocol whose sites send validation metrics; the best round is chosen among the validated
+    ones. At FeTS scale every site scoring its validation cases each round dominated the round
+    time (benchmarks/results/fets1251-private.md)."""
     local_finetune_lr: float = Field(0.005, gt=0, le=10, allow_inf_nan=False)
     """Learning rate of local finetuning (paper: 0.005)."""
     baselines: tuple[Baseline, ...] = ("local", "fedavg", "cffl")

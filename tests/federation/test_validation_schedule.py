@@ -1,0 +1,35 @@
+"""`training.validation_every`: a plain protocol's phase validates every N rounds and in its last
+round; the best round is chosen among the validated ones (the others keep no metric)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.flower import make_task, write_assignments, write_protocol
+
+from securefed.federation.config import SiteSettings
+from securefed.federation.phase import phase_config, run_phase
+from securefed.protocol import load_protocol
+
+LAYOUT = {
+    1: [("train", 0)] * 3 + [("val", 0)] * 2,
+    2: [("train", 0)] * 2 + [("val", 0)],
+}
+
+
+def test_a_phase_validates_every_n_rounds_and_its_last(tmp_path: Path) -> None:
+    proto = write_protocol(tmp_path, rounds=5, aggregation="fedavg", min_sites=1)
+    proto.write_text(proto.read_text().replace("local_steps = 3", "local_steps = 3\n"
+                                               "validation_every = 2"))  # fmt: skip
+    asg = write_assignments(tmp_path / "clusters.csv", LAYOUT)
+    sites = [SiteSettings(partition_id=p, data_dir=str(tmp_path), protocol=str(proto),
+                          assignments=str(asg), work_dir=str(tmp_path / f"s{p}"))
+             for p in LAYOUT]  # fmt: skip
+    loaded = load_protocol(proto)
+    cfg = phase_config(loaded, out_dir=tmp_path / "global", sites={1: 3, 2: 2}, assignments=asg)
+    assert cfg.validate and cfg.validate_every == 2
+    result = run_phase(cfg, sites, task=make_task())
+    validated = [h["round"] for h in result.history if h["val"]["num_val"] > 0]
+    assert validated == [2, 4, 5]
+    assert [h["round"] for h in result.history] == [1, 2, 3, 4, 5]
+    assert result.best_round in validated
