@@ -123,7 +123,8 @@ STUDY_TRAINING = {
     "local_steps = 1\n": "local_steps = 20\n",
     "finetune_rounds = 1\n": "finetune_rounds = 5\nfinetune_lr = 0.0003\n"
     "local_epochs_baseline = 4\nlocal_finetune_lr = 0.001\n",
-    'baselines = ["fedavg", "cffl"]\n': 'baselines = ["local", "fedavg", "cffl", "centralized"]\n',
+    'baselines = ["fedavg", "cffl"]\n': 'baselines = ["local", "fedavg", "cffl", "centralized"]\n'
+    "validation_every = 5\n",  # every site's validation each round dominated the round time
 }
 
 

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 W="${1:-benchmarks/_work/f1251s}"
 SF=.venv/bin/securefed
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
-.venv/bin/python benchmarks/fets1251_protocol.py "$W/ref-features" "$W/study-protocol" --study
+[ -f "$W/study-protocol/protocol.toml" ] || .venv/bin/python benchmarks/fets1251_protocol.py \
+    "$W/ref-features" "$W/study-protocol" --study
 t0=$(date +%s)
 rc=0
 /usr/bin/time -v $SF run "$W/study-protocol/protocol.toml" --data "$W/data" \
