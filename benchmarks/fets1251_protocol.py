@@ -124,7 +124,7 @@ STUDY_TRAINING = {
     "finetune_rounds = 1\n": "finetune_rounds = 5\nfinetune_lr = 0.0003\n"
     "local_epochs_baseline = 4\nlocal_finetune_lr = 0.001\n",
     'baselines = ["fedavg", "cffl"]\n': 'baselines = ["local", "fedavg", "cffl", "centralized"]\n'
-    "validation_every = 5\n",  # every site's validation each round dominated the round time
+    "validation_every = 5\nvalidation_cases = 8\n",  # validation dominated the round time
 }
 
 

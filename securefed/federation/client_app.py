@@ -128,6 +128,12 @@ class SiteClient(NumPyClient):
         )
         if not subjects:
             return None, 0
+        cap = self.spec.validation_cases
+        if split == "val" and cap is not None and len(subjects) > cap:
+            import random  # a public, seeded subset: the same cases every round
+
+            pick = random.Random(f"{self.spec.seed}/{self.site.partition_id}/{cluster}")
+            subjects = sorted(pick.sample(subjects, int(cap)))
         key = (self.site.data_dir, self.site.partition_id, tuple(subjects), self.loaded.sha256)
         data = self.runtime.data(key, lambda: self.task.load_data(
             Path(self.site.data_dir), self.site.partition_id, subjects, self.spec))  # fmt: skip

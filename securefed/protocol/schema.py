@@ -487,6 +487,10 @@ class TrainingSpec(_Strict):
     protocol whose sites send validation metrics; the best round is chosen among the validated
     ones. At FeTS scale every site scoring its validation cases each round dominated the round
     time (benchmarks/results/fets1251-private.md)."""
+    validation_cases: int | None = Field(None, ge=1, le=100_000)
+    """At most this many validation cases per site in a federated validation: a subset drawn
+    with the protocol's seed, the same in every round (unset: all). Keeps a large site's
+    validation within the phase's timeout, so that it is not dropped from the pooled Dice."""
     local_finetune_lr: float = Field(0.005, gt=0, le=10, allow_inf_nan=False)
     """Learning rate of local finetuning (paper: 0.005)."""
     baselines: tuple[Baseline, ...] = ("local", "fedavg", "cffl")

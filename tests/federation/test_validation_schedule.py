@@ -33,3 +33,27 @@ def test_a_phase_validates_every_n_rounds_and_its_last(tmp_path: Path) -> None:
     assert validated == [2, 4, 5]
     assert [h["round"] for h in result.history] == [1, 2, 3, 4, 5]
     assert result.best_round in validated
+
+
+def test_a_site_scores_at_most_validation_cases_the_same_subset_each_round(tmp_path: Path) -> None:
+    from securefed.federation.client_app import SiteClient
+
+    proto = write_protocol(tmp_path, rounds=2, aggregation="fedavg", min_sites=1)
+    proto.write_text(proto.read_text().replace("local_steps = 3", "local_steps = 3\n"
+                                               "validation_cases = 1"))  # fmt: skip
+    layout = {1: [("train", 0)] * 2 + [("val", 0)] * 3}
+    asg = write_assignments(tmp_path / "clusters.csv", layout)
+    site = SiteSettings(partition_id=1, data_dir=str(tmp_path), protocol=str(proto),
+                        assignments=str(asg), work_dir=str(tmp_path / "s1"))  # fmt: skip
+    client = SiteClient(make_task(), site)
+    params = client.get_parameters({})
+    seen = []
+    for rnd in (1, 2):
+        config = {"protocol-hash": client.loaded.sha256, "server-round": rnd, "cluster": -1}
+        _, n_val, metrics = client.evaluate(params, config)
+        assert n_val == 1 and metrics["num_val"] == 1
+        seen.append(client._data(config, "val")[1])
+    assert seen == [1, 1]
+    data_1 = client._data({"cluster": -1}, "val")
+    data_2 = client._data({"cluster": -1}, "val")
+    assert data_1[0] is data_2[0]  # the same cases (one cached set), round after round
