@@ -140,6 +140,9 @@ def test_sigint_in_a_real_process_exits_130(tmp_path: Path) -> None:
             raise SystemExit("no SIGINT arrived in 30 s")
 
         securefed.data.synth.synthesize = synthesize
+        # as in a terminal: a test run in the background inherits SIGINT ignored (job control
+        # off), and Python then installs no KeyboardInterrupt handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.argv = ["securefed", "synth", "--out", sys.argv[1]]
         main()
     """)
