@@ -1,5 +1,5 @@
 """What one site process keeps between the coordinator's messages: held by its ClientApp (one
-``SiteRuntime`` per ``make_client_app``, so per node process), never at module level.
+``SiteRuntime`` per ``make_client_app``, so per node process), never shared between two apps.
 
 - the protocols it accepted, each verified by the site's own trust and policy (SITE.toml) before
   any data is touched (a simulation protocol without a site configuration is loaded as is);
@@ -13,6 +13,10 @@
   when it has one): a round is trained in once, rounds only move forward, so a coordinator cannot
   replay a round to another set of sites and subtract the sums.
 
+Flower's simulation engine pickles the ClientApp for every message it hands a Ray actor; a
+pickled ``SiteRuntime`` carries only its token and unpickles to the one instance of that token in
+the receiving process, so the state above survives from one message to the next there too.
+
 Nothing here leaves the site. Tests: ``tests/federation/test_site_runtime.py``.
 """
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,20 +41,40 @@ from securefed.trust import AcceptedProtocol
 
 __all__ = ["ROUNDS_FILE", "SECRET_FILE", "SiteRuntime"]
 
+# This process's runtimes by token: those made here (weakly: they live as long as their app) and
+# those unpickled here (held for the life of the process, e.g. a simulation's Ray actor).
+_CREATED: weakref.WeakValueDictionary[str, SiteRuntime] = weakref.WeakValueDictionary()
+_ADOPTED: dict[str, SiteRuntime] = {}
+
+
+def _runtime_for(token: str) -> SiteRuntime:
+    """The runtime of ``token`` in this process (the unpickling side of ``SiteRuntime``)."""
+    found = _CREATED.get(token) or _ADOPTED.get(token)
+    if found is None:
+        found = _ADOPTED[token] = SiteRuntime(token=token)
+    return found
+
 ROUNDS_FILE = "rounds.json"
 SECRET_FILE = "site-secret.bin"
 
 
-@dataclass
+@dataclass(eq=False)
 class SiteRuntime:
     """The per-process state of a site's ClientApp (see the module docstring)."""
 
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
     _protocols: dict[tuple[str, str, int], AcceptedProtocol] = field(default_factory=dict)
     _data: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _sent: dict[tuple[str, Any], tuple[int, ...] | None] = field(default_factory=dict)
     _he_keys: dict[str, Any] = field(default_factory=dict)
     _signing: dict[tuple[str, str], Any] = field(default_factory=dict)
     _rounds: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _CREATED[self.token] = self
+
+    def __reduce__(self) -> tuple[Callable[[str], SiteRuntime], tuple[str]]:
+        return _runtime_for, (self.token,)
 
     def accepted(self, site: SiteSettings) -> AcceptedProtocol:
         """The site's protocol, accepted by the site's own trust and policy (node config

@@ -52,14 +52,19 @@ class FlowerTask:
 def _securefed_load_data(
     data_dir: Path, partition_id: int, subject_ids: Sequence[str], spec: Any
 ) -> Any:
-    """Load the site's own cases by subject id and preprocess them (cached by local.py)."""
+    """Load the site's own cases by subject id and preprocess them (cached by local.py).
+
+    Only the requested cases are checked (headers: present, readable, same geometry); the rest of
+    the folder is listed, not opened, so a round at a site of a large federation does not re-read
+    every case's headers (at 1,251 cases that took 6 s per site and round)."""
     from securefed.data import load_federation
+    from securefed.data.validate import check_case
     from securefed.errors import DataError
     from securefed.training.local import prepare_cases
 
     if not subject_ids:
         return []
-    federation = load_federation(data_dir)
+    federation = load_federation(data_dir, check="none")
     cases = []
     for sid in subject_ids:
         case = federation.cases.get(sid)
@@ -71,6 +76,7 @@ def _securefed_load_data(
                 f"{data_dir}: case {sid} belongs to partition {owner}, not to this site "
                 f"({partition_id}); check the node config's partition-id"
             )
+        check_case(case)
         cases.append(case)
     return prepare_cases(cases, spec)
 

@@ -17,6 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "securefed"
 ALLOWED = {
     ("training/dpsgd.py", "_PLAN_CACHE"): "DP-SGD plans: functions of the protocol's public values",
     ("data/synth/writer.py", "_GRID"): "a synthesis worker's output grid (synthetic data only)",
+    ("federation/site_runtime.py", "_ADOPTED"): "the runtimes unpickled in this process, one per "
+    "app token, each with its own state (test_a_pickled_runtime_is_the_same_runtime_again)",
 }
 
 
@@ -93,3 +95,29 @@ def test_training_seeds_come_from_the_sites_secret_under_a_deployment(tmp_path: 
     assert a != runtime.round_seed(site, str(tmp_path / "a"), dep, "global", 4)
     assert a != runtime.round_seed(site, str(tmp_path / "b"), dep, "global", 3)  # another secret
     assert os.stat(tmp_path / "a" / SECRET_FILE).st_mode & 0o777 == 0o600
+
+
+def test_a_pickled_runtime_is_the_same_runtime_again() -> None:
+    """Flower's simulation pickles the ClientApp for every message to a Ray actor: a runtime
+    comes back as the one instance of its token in the receiving process (its accepted protocols,
+    data and round counters survive between messages), and two apps' runtimes stay apart."""
+    import gc
+    import pickle
+
+    from securefed.federation import site_runtime
+
+    first, second = SiteRuntime(), SiteRuntime()
+    first._rounds[1] = {"global": 3}
+    assert pickle.loads(pickle.dumps(first)) is first  # the creating process
+    assert pickle.loads(pickle.dumps(second)) is second
+    blob = pickle.dumps(first)
+    token = first.token
+    del first
+    gc.collect()
+    assert token not in site_runtime._CREATED  # as in another process: a new, adopted runtime
+    adopted = pickle.loads(blob)
+    adopted._rounds[1] = {"global": 4}
+    again = pickle.loads(blob)
+    assert again is adopted and again._rounds[1] == {"global": 4}  # the next message sees it
+    assert again is not second and second._rounds == {}
+    site_runtime._ADOPTED.pop(token)
