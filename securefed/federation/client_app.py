@@ -169,7 +169,7 @@ class SiteClient(NumPyClient):
                 self.runtime.advance_round(self.site, self.ledger_dir, self.loaded.sha256,
                                            phase, rnd)  # fmt: skip
 
-            if stage.startswith("secure-"):
+            if stage.startswith("secure-") or stage == "dp-test":
                 return run_secure_stage(where, stage, config, advance)
             return run_site_stage(where, stage, config)
         props: dict[str, Any] = {
@@ -482,6 +482,8 @@ class SiteClient(NumPyClient):
             # a held-out institution trained nowhere: all its cases are test cases (unseen)
             split = "unseen" if self.site.partition_id in held_out else "test"
             self._audit_test(config)
+            if not self.egress.validation and split == "test":
+                self._keep_test_scores(parameters, config)
         else:
             self._check_config(config)
         if not self.egress.validation:  # the site's protocol keeps validation metrics here
@@ -495,6 +497,28 @@ class SiteClient(NumPyClient):
         result = self.task.evaluate(model, data, eval_spec, self.site.device)
         metrics.update(site_summary(result))
         return float(1.0 - metrics["dice_mean"]), n_val, metrics
+
+    def _keep_test_scores(self, parameters: list[np.ndarray], config: dict[str, Any]) -> None:
+        """Under ``evaluation.dp_summary``: score the request's test cases with the model sent
+        and keep each case's Dice at the site for the DP summary (nothing of it is sent here)."""
+        if self.loaded.protocol.evaluation.dp_summary.epsilon is None or not self.ledger_dir:
+            return
+        from securefed.federation.site_test_summary import keep_test_scores
+
+        data, n_test = self._data(config, "test")
+        cases: list[dict[str, Any]] = []
+        if n_test:
+            model = self._model(parameters, int(self.spec.seed))
+            result = self.task.evaluate(model, data, self.loaded.protocol.evaluation,
+                                        self.site.device)  # fmt: skip
+            cases = list(result.get("cases", []))
+            if len(cases) != n_test:
+                raise ConfigError(
+                    "the site's task returned no per-case Dice; the DP test summary needs them: "
+                    "use the default task"
+                )
+        keep_test_scores(self.ledger_dir, self.loaded.sha256, int(config.get("cluster", -1)),
+                         cases)  # fmt: skip
 
 
 def _phase_name(context: Context, phase: str | None) -> str:

@@ -20,7 +20,9 @@ __all__ = ["STUDY_STAGES", "PhaseConfig", "SiteSettings", "parse_sites"]
 
 Aggregation = Literal["fedavg", "secagg+", "bfv"]
 # run config ``stage``: "" (a training phase) or a study stage over the deployment
-STUDY_STAGES = ("", "features", "assign", "test", "secure-keys", "secure-round", "secure-assign")
+STUDY_STAGES = (
+    "", "features", "assign", "test", "secure-keys", "secure-round", "secure-assign", "dp-test",
+)  # fmt: skip
 
 
 def parse_sites(text: str) -> tuple[int, ...]:

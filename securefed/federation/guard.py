@@ -20,7 +20,8 @@ Allowed replies, by message type:
 - the study's stages over the deployment (securefed.federation.site_stages): a features request
   is answered by the sealed feature envelope alone, an assign request by a bare acknowledgement;
   a test request (evaluate) by the validation reply's shape; the secure clustering's requests
-  by one signed masking key, one masked vector, or a bare acknowledgement.
+  by one signed masking key, one masked vector, or a bare acknowledgement; the DP test summary's
+  by its one masked vector of 7 values.
 Anything else (another message type, an extra record, an undeclared metric, a weight that is not
 the declared one) is refused: the site sends an error instead, logs the refusal and writes it to
 its audit log. Tests: ``tests/federation/test_guard.py``.
@@ -273,6 +274,13 @@ def _check_stage_reply(stage: str, props: Any) -> list[str]:
         masked = props.get("masked")
         ok = set(props.keys()) == {"masked"} and isinstance(masked, bytes) and len(masked) % 8 == 0
         return [] if ok else ["a secure-round reply is not one masked vector"]
+    if stage == "dp-test":  # the test summary's masked vector (securefed.privacy.test_summary)
+        from securefed.privacy.test_summary import LENGTH
+
+        masked = props.get("masked")
+        ok = (set(props.keys()) == {"masked"} and isinstance(masked, bytes)
+              and len(masked) == 8 * LENGTH)  # fmt: skip
+        return [] if ok else ["a dp-test reply is not the summary's one masked vector"]
     return [f"stage {stage!r} has no declared reply"]
 
 

@@ -5,11 +5,14 @@ number of cases it crops from, a cluster's share of them), so a reply sent as so
 tells the server something about the site's patients. With ``training.reply_slot_s = P > 0`` in
 the site's own protocol copy, the reply to every message that runs local training (a plain or BFV
 ``train`` message; SecAgg+'s ``collect_masked_vectors`` stage) leaves exactly ``P`` seconds after
-the message arrived: the timing is a function of the protocol alone. The work runs in a worker
-thread; when it has not finished at ``P`` its reply is **dropped**: the site answers at ``P`` with
-the fixed ``slot-overrun`` code instead (securefed.federation.site_rules.ReplyCode), the late
-reply is discarded when the work ends, and the site records the overrun in its audit log without
-how long the work took, so the operator can raise ``P``. What the server learns is one bit per
+the message arrived: the timing is a function of the protocol alone. The deployment's test
+requests (an evaluate message naming the ``test`` stage: the site scores its test cases, and
+under ``evaluation.dp_summary`` keeps their Dice for the DP summary) are paced the same way.
+The work runs in a worker thread; when it has not finished at ``P`` its reply is **dropped**:
+the site answers at ``P`` with the fixed ``slot-overrun`` code instead
+(securefed.federation.site_rules.ReplyCode), the late reply is discarded when the work ends, and
+the site records the overrun in its audit log without how long the work took, so the operator can
+raise ``P``. What the server learns is one bit per
 round (whether the site's work fit ``P``), at a time fixed by the protocol; the egress table says
 so. One site runs one piece of local training at a time: a message that arrives while a dropped
 reply's work still runs waits for it (inside its own slot).
@@ -34,7 +37,14 @@ from securefed.federation.flower_internals import RECORD_KEY_CONFIGS, ClientAppC
 from securefed.federation.flower_internals import SecAggPlusKey as Key
 from securefed.federation.flower_internals import SecAggPlusStage as Stage
 
-__all__ = ["Outcome", "Pacing", "make_pacing_mod", "run_with_deadline", "runs_local_training"]
+__all__ = [
+    "Outcome",
+    "Pacing",
+    "make_pacing_mod",
+    "run_with_deadline",
+    "runs_local_training",
+    "scores_test_cases",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,16 @@ def runs_local_training(msg: Message) -> bool:
     return str(configs.get(Key.STAGE, "")) == Stage.COLLECT_MASKED_VECTORS
 
 
+def scores_test_cases(msg: Message) -> bool:
+    """Whether ``msg`` is the deployment's test request (an evaluate message naming the ``test``
+    stage): the site scores its own test cases, work that grows with them. Public: the type and
+    the stage the message names."""
+    if msg.metadata.message_type != MessageType.EVALUATE or not msg.has_content():
+        return False
+    configs = msg.content.config_records.get("evaluateins.config")
+    return configs is not None and str(configs.get("stage", "")) == "test"
+
+
 def make_pacing_mod(
     pacing_of: Callable[[Context], Pacing],
     *,
@@ -106,7 +126,7 @@ def make_pacing_mod(
     from securefed.federation.site_rules import ReplyCode, coded_error
 
     def pacing_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        if not runs_local_training(msg):
+        if not (runs_local_training(msg) or scores_test_cases(msg)):
             return call_next(msg, ctxt)
         pacing = pacing_of(ctxt)
         if pacing.slot_s <= 0:

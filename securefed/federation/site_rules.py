@@ -217,12 +217,14 @@ STAGE_KEYS: dict[str, frozenset[str]] = {
         {"protocol-hash", "stage", "round", "kind", "directory", "centroids"}
     ),  # fmt: skip
     "secure-assign": frozenset({"protocol-hash", "stage", "centroids"}),
+    # the DP test summary (securefed.federation.site_test_summary)
+    "dp-test": frozenset({"protocol-hash", "stage", "directory"}),
 }
 # keys a request of the stage must carry (bytes, not empty); the others in STAGE_KEYS may be
 # absent (a histogram round carries no centroids)
 _STAGE_BYTES = {
     "features": ("server-keys",), "assign": ("server-keys", "envelope"),
-    "secure-round": ("directory",), "secure-assign": ("centroids",),
+    "secure-round": ("directory",), "secure-assign": ("centroids",), "dp-test": ("directory",),
 }  # fmt: skip
 
 

@@ -54,6 +54,7 @@ def _runtime_for(token: str) -> SiteRuntime:
         found = _ADOPTED[token] = SiteRuntime(token=token)
     return found
 
+
 ROUNDS_FILE = "rounds.json"
 SECRET_FILE = "site-secret.bin"
 

@@ -42,9 +42,11 @@ from securefed.federation.site_stages import StageSite, features_table, keep_ass
 
 __all__ = [
     "MASKING_KEY_FILE",
+    "decode_directory",
     "decode_signed",
     "encode_directory",
     "encode_signed",
+    "masking_party",
     "run_secure_stage",
 ]
 
@@ -79,7 +81,7 @@ def decode_signed(raw: bytes) -> list[bytes]:
         raise _refuse("a signed key entry that cannot be read") from exc
 
 
-def _decode_directory(raw: bytes) -> dict[str, tuple[bytes, Any]]:
+def decode_directory(raw: bytes) -> dict[str, tuple[bytes, Any]]:
     from securefed.crypto.secagg_keys import SignedKeys
 
     try:
@@ -124,17 +126,7 @@ class _SecureSite:
         self.plan = plan_secure_clustering(proto, self.points.shape[1])
 
     def party(self) -> Any:
-        """The site's masking key for this protocol (made once, kept 0600 in its state folder)."""
-        from securefed.crypto.masking import MaskingParty
-        from securefed.fileio import write_exclusive
-
-        tag = self.loaded.sha256.split(":")[-1][:16]
-        path = self.where.state_dir / f"{tag}.{MASKING_KEY_FILE}"
-        if not path.is_file():
-            fresh = MaskingParty.generate(self.key.party_id)
-            with contextlib.suppress(FileExistsError):  # another request made it first
-                write_exclusive(path, fresh.private_bytes(), mode=0o600)
-        return MaskingParty.from_private_bytes(self.key.party_id, path.read_bytes())
+        return masking_party(self.where)
 
     def fit_points(self) -> np.ndarray:
         from securefed.federation.site_stages import patients_of
@@ -146,17 +138,45 @@ class _SecureSite:
         return np.asarray(self.points[fit])
 
 
+def masking_party(where: StageSite) -> Any:
+    """The site's masking key for its protocol (made once, kept 0600 in its state folder): the
+    secure clustering's and the DP test summary's (each masks under its own context)."""
+    from securefed.crypto.masking import MaskingParty
+    from securefed.fileio import write_exclusive
+
+    key = where.identity()
+    tag = where.accepted.loaded.sha256.split(":")[-1][:16]
+    path = where.state_dir / f"{tag}.{MASKING_KEY_FILE}"
+    if not path.is_file():
+        fresh = MaskingParty.generate(key.party_id)
+        with contextlib.suppress(FileExistsError):  # another request made it first
+            write_exclusive(path, fresh.private_bytes(), mode=0o600)
+    return MaskingParty.from_private_bytes(key.party_id, path.read_bytes())
+
+
 def run_secure_stage(
     where: StageSite, stage: str, config: Mapping[str, Any], advance: Any
 ) -> dict[str, Any]:
-    """Answer a checked secure-clustering request. ``advance(phase, round)`` records the round
-    the site answers (refusing a repeated or earlier one) before anything is charged."""
-    site = _SecureSite(where)
-    held = where.site.partition_id in set(site.loaded.protocol.data.held_out_partitions)
+    """Answer a checked secure-clustering or DP test summary request (``secure-keys`` serves
+    both). ``advance(phase, round)`` records the round the site answers (refusing a repeated or
+    earlier one) before anything is charged."""
+    proto = where.accepted.loaded.protocol
+    held = where.site.partition_id in set(proto.data.held_out_partitions)
     if stage == "secure-keys":
         if held:
-            raise _refuse("a held-out institution takes no part in the secure clustering")
-        return _keys(site)
+            raise _refuse("a held-out institution takes no part in a secure aggregate")
+        if proto.release.mode != "secure-aggregate" and proto.evaluation.dp_summary.epsilon is None:
+            raise _refuse("masking keys under a protocol without a secure aggregate")
+        return _keys(where)
+    if stage == "dp-test":
+        from securefed.federation.site_test_summary import run_dp_test
+
+        if advance is None:
+            raise InternalError("a DP test summary needs the site's round counter")
+        directory = decode_directory(config["directory"])
+        masked = run_dp_test(where, directory, masking_party(where), where.identity(), advance)
+        return {"masked": masked}
+    site = _SecureSite(where)
     if stage == "secure-round":
         if advance is None:
             raise InternalError("a secure round needs the site's round counter")
@@ -173,11 +193,11 @@ def run_secure_stage(
     raise _refuse(f"stage {stage!r} is not a secure-clustering stage")
 
 
-def _keys(site: _SecureSite) -> dict[str, Any]:
+def _keys(where: StageSite) -> dict[str, Any]:
     from securefed.crypto.secagg_keys import sign_masking_key
 
-    public = site.party().public_key
-    signed = sign_masking_key(site.key, site.loaded.sha256, public)
+    public = masking_party(where).public_key
+    signed = sign_masking_key(where.identity(), where.accepted.loaded.sha256, public)
     return {"masking-key": public, "signed": encode_signed(signed.to_list())}
 
 
@@ -192,7 +212,7 @@ def _round(site: _SecureSite, config: Mapping[str, Any], advance: Any) -> bytes:
     rnd, kind = config.get("round"), str(config.get("kind", ""))
     if isinstance(rnd, bool) or not isinstance(rnd, int):
         raise _refuse(f"round {rnd!r} is not an integer")
-    directory = _decode_directory(config["directory"])
+    directory = decode_directory(config["directory"])
     party = site.party()
     own = directory.get(site.key.party_id)
     if own is None or own[0] != party.public_key:

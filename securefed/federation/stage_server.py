@@ -11,7 +11,10 @@ reads and writes lies in its ``out-dir`` on the coordinator:
 - ``test``: reads ``test-models.json`` (``[{"method", "cluster", "weights"}]``, weights files
   relative to it) and asks every site to score its own test cases of each model's cluster;
   writes the replies (per site and model: the count and mean Dice per region the site's protocol
-  lets it send) to ``scores.json``.
+  lets it send) to ``scores.json``;
+- ``secure-keys``, ``secure-round``, ``secure-assign`` (the secure-aggregate clustering) and
+  ``dp-test`` (the DP test summary): the signed masking keys to ``keys.json``, each masked reply
+  to ``masked/partition-<id>.bin``.
 
 ``state.json`` holds the stage's status (``completed`` or ``failed`` with the sites that
 refused and their reply codes), as a training phase's does, so the coordinator waits on it the
@@ -251,16 +254,16 @@ def _secure_keys(
 def _secure_round(
     grid: Grid, cfg: PhaseConfig, out_dir: Path, nodes: dict[int, int]
 ) -> list[StageFailure]:
-    """Relay one round (``request.json``: round, kind, directory, centroids) to its participants
-    and keep each masked reply in ``masked/partition-<id>.bin``."""
+    """Relay one round (``request.json``: round, kind, directory, centroids; the DP test
+    summary's: the directory alone) to its participants and keep each masked reply in
+    ``masked/partition-<id>.bin``."""
     import json
 
     request = read_json(out_dir / "request.json")
-    config: dict[str, Any] = {
-        "protocol-hash": cfg.protocol_hash, "stage": "secure-round",
-        "round": int(request["round"]), "kind": str(request["kind"]),
-        "directory": str(request["directory"]).encode(),
-    }  # fmt: skip
+    config: dict[str, Any] = {"protocol-hash": cfg.protocol_hash, "stage": cfg.stage,
+                              "directory": str(request["directory"]).encode()}  # fmt: skip
+    if cfg.stage == "secure-round":
+        config.update(round=int(request["round"]), kind=str(request["kind"]))
     if request.get("centroids") is not None:
         config["centroids"] = json.dumps(request["centroids"]).encode()
     got, failed = _ask(grid, cfg, nodes, {pid: dict(config) for pid in cfg.site_ids})
@@ -287,4 +290,4 @@ def _secure_assign(
 
 
 _SECURE = {"secure-keys": _secure_keys, "secure-round": _secure_round,
-           "secure-assign": _secure_assign}  # fmt: skip
+           "secure-assign": _secure_assign, "dp-test": _secure_round}  # fmt: skip

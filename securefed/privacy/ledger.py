@@ -111,7 +111,8 @@ class BudgetSpec:
 
 def stage_allocations(protocol: Protocol) -> dict[str, tuple[float, float]]:
     """(epsilon, delta) per stage as the protocol allocates them: ``features`` (local-dp
-    release), ``clustering`` (secure-aggregate) and ``training`` (DP-SGD or client-level DP)."""
+    release), ``clustering`` (secure-aggregate), ``training`` (DP-SGD or client-level DP) and
+    ``evaluation`` (the deployment's DP test summary)."""
     out: dict[str, tuple[float, float]] = {}
     rel = protocol.release
     if rel.mode == "local-dp" and rel.epsilon is not None:
@@ -121,6 +122,8 @@ def stage_allocations(protocol: Protocol) -> dict[str, tuple[float, float]]:
         out["clustering"] = (float(sec.epsilon), float(sec.delta))
     if (training := protocol.training.dp_training_budget) is not None:
         out["training"] = training
+    if (summary := protocol.evaluation.dp_summary).epsilon is not None:
+        out["evaluation"] = (float(summary.epsilon), float(summary.delta))
     return out
 
 

@@ -336,6 +336,7 @@ def egress_table(protocol: Protocol) -> list[EgressRow]:
 
 
 _T_STAGES = "tests/federation/test_site_stages.py::"
+_T_SUMMARY = "tests/federation/test_site_test_summary.py::"
 
 
 def _evaluation_rows(protocol: Protocol) -> list[EgressRow]:
@@ -348,6 +349,18 @@ def _evaluation_rows(protocol: Protocol) -> list[EgressRow]:
                           "each site scores its own test cases; no evaluation message leaves it",
                           "-", "-")]  # fmt: skip
     clear = training_egress(protocol).validation
+    summary = protocol.evaluation.dp_summary
+    dp_rows = [] if clear or summary.epsilon is None else [
+        EgressRow("evaluation", "signed masking key (DP test summary)", "server",
+                  "the site's X25519 masking key, signed by its pinned key; nothing derived from "
+                  "data", "-", _T_SUMMARY + "test_a_dp_summary_opens_only_as_the_noised_total"),
+        EgressRow("evaluation", "DP test summary (sums of Dice per region of the global and "
+                  "cluster models, test-case count)", "server",
+                  f"one masked vector per training site, once; only the total over at least "
+                  f"{summary.min_sites} sites opens, with distributed discrete Gaussian noise",
+                  f"{summary.epsilon:g}",
+                  _T_SUMMARY + "test_a_dp_summary_opens_only_as_the_noised_total"),
+    ]  # fmt: skip
     return [
         EgressRow("clustering", "assign acknowledgement", "server",
                   "one fixed value: the site opened the server's sealed model (its clusters "
@@ -360,6 +373,7 @@ def _evaluation_rows(protocol: Protocol) -> list[EgressRow]:
                   "tests/federation/test_pilot.py::"
                   "test_a_pilot_runs_every_stage_over_the_deployment" if clear
                   else _T_STAGES + "test_a_finite_epsilon_site_sends_no_test_metric"),
+        *dp_rows,
     ]  # fmt: skip
 
 

@@ -619,6 +619,25 @@ class HomomorphicSpec(_Strict):
     learns: the aggregate model."""
 
 
+class DPSummarySpec(_Strict):
+    """The deployment's test summary under a protocol that claims a finite epsilon
+    (securefed.privacy.test_summary): each training site sums, over its own test cases, the Dice
+    per region of the global model and of its case's cluster model, adds its share of discrete
+    Gaussian noise and sends the vector masked (the masking keys of the secure clustering);
+    only the noised total over the sites opens. Off (no evaluation value leaves a site) unless
+    ``epsilon`` is set."""
+
+    epsilon: PositiveEpsilon | None = None
+    """Epsilon of the one summary release, per patient and site (counted in
+    privacy.total_epsilon); unset: no test summary under a finite epsilon."""
+    delta: Delta = 1e-6
+    """Delta of the summary release."""
+    min_sites: int = Field(3, ge=2, le=10_000)
+    """Fewest sites in the summary's aggregate; fewer -> each site refuses. The noise is shared
+    by the sites that do not collude with the server (clustering.secure.max_colluding_sites),
+    which must be fewer than this."""
+
+
 class EvaluationSpec(_Strict):
     """Sliding-window inference and metrics (the paper's empty-mask rule)."""
 
@@ -635,6 +654,8 @@ class EvaluationSpec(_Strict):
     postprocess: Literal["none", "largest-component"] = "none"
     """none (paper) or keep the largest connected whole-tumour component and restrict TC/ET to
     it."""
+    dp_summary: DPSummarySpec = DPSummarySpec()
+    """The deployment's DP test summary under a finite epsilon (off by default)."""
 
 
 class Protocol(_Strict):
@@ -671,7 +692,30 @@ class Protocol(_Strict):
         self._check_dp_sgd()
         self._check_accountant()
         self._check_reply_pacing()
+        self._check_dp_summary()
         return self
+
+    def _check_dp_summary(self) -> None:
+        """A DP test summary only where the protocol claims a finite epsilon (a plain protocol's
+        sites send their per-site means in clear), with an honest site left to hold its noise."""
+        summary = self.evaluation.dp_summary
+        if summary.epsilon is None:
+            return
+        if not self.claims_finite_epsilon:
+            raise ValueError(
+                "evaluation.dp_summary.epsilon: a plain protocol's sites send their test means in "
+                "clear; a DP test summary needs a protocol that claims a finite epsilon (remove "
+                "evaluation.dp_summary or protect the features or the training)"
+            )
+        if summary.delta <= 0:
+            raise ValueError("evaluation.dp_summary.delta must be > 0 (the Gaussian mechanism)")
+        if self.clustering.secure.max_colluding_sites >= summary.min_sites:
+            raise ValueError(
+                f"evaluation.dp_summary.min_sites ({summary.min_sites}) must be above "
+                f"clustering.secure.max_colluding_sites "
+                f"({self.clustering.secure.max_colluding_sites}): an honest site's noise must "
+                "remain in the summary"
+            )
 
     def _check_reply_pacing(self) -> None:
         """Training replies paced within the server's round timeout; a deployment that claims a
@@ -788,7 +832,7 @@ class Protocol(_Strict):
             raise ValueError(
                 f"privacy.total_epsilon ({self.privacy.total_epsilon}) is below the sum of the "
                 f"stage allocations ({eps:g}: release + clustering.secure + training.dp_sgd or "
-                "training.client_dp)"
+                "training.client_dp + evaluation.dp_summary)"
             )
         if delta > self.privacy.total_delta + 1e-15:
             raise ValueError(
@@ -956,6 +1000,9 @@ class Protocol(_Strict):
         if (training := self.training.dp_training_budget) is not None:
             eps += training[0]
             delta += training[1]
+        if (summary := self.evaluation.dp_summary).epsilon is not None:
+            eps += summary.epsilon
+            delta += summary.delta
         return eps, delta
 
     @property

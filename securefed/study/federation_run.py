@@ -14,11 +14,13 @@ Stages, each resumable (``OUT/study.json`` lists those completed and the protoco
 3. ``training``: the global FedAvg phase and one phase per cluster (securefed.study.cffl).
 4. ``evaluation``: each site scores its own test cases with the global model and with its
    cluster's model; what it releases is what its protocol declares for evaluation (per-site
-   counts and mean Dice per region under a plain protocol, nothing under a finite epsilon).
+   counts and mean Dice per region under a plain protocol; under a finite epsilon nothing, or,
+   with ``evaluation.dp_summary``, one DP summary over the training sites: their masked, noised
+   sums of Dice open only as the total, securefed.privacy.test_summary).
 5. ``report``: ``results.json`` and ``report.html`` (securefed.report.deployment).
 
-Secure-aggregate feature release (the masked clustering rounds) is not yet served over the
-deployment: refused before anything is sent.
+Under ``release.mode = "secure-aggregate"`` no feature is released: the clustering runs as the
+protocol's masked rounds over the deployment (securefed.federation.site_secure).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 from securefed import __version__
 from securefed.clustering.assignments import Assignment, read_assignments, write_assignments
 from securefed.crypto import PrivateKeys, PublicKeys
-from securefed.errors import ConfigError, ProtocolError, TrainingError
+from securefed.errors import ConfigError, ProtocolError, SecurefedError, TrainingError
 from securefed.federation.config import PhaseConfig
 from securefed.federation.deployment import Deployment
 from securefed.fileio import read_json, write_json_atomic
@@ -171,7 +173,7 @@ def run_federation_study(
             ),
         ),
         ("training", lambda: _training(loaded, out, deployment)),
-        ("evaluation", lambda: _evaluation(loaded, out, deployment, every, stage_timeout_s)),
+        ("evaluation", lambda: _evaluation(loaded, out, deployment, every, stage_timeout_s, keys)),
         ("report", lambda: _report(loaded, out, progress.doc)),
     ]
     for name, run in steps:
@@ -381,7 +383,12 @@ def _training(loaded: LoadedProtocol, out: Path, deployment: Deployment) -> None
 
 
 def _evaluation(
-    loaded: LoadedProtocol, out: Path, deployment: Deployment, sites: list[int], timeout_s: float
+    loaded: LoadedProtocol,
+    out: Path,
+    deployment: Deployment,
+    sites: list[int],
+    timeout_s: float,
+    keys: CoordinatorKeys,
 ) -> None:
     phases = read_json(out / "phases.json")
     clusters = sorted({r.cluster for r in read_assignments(out / "clusters.csv")})
@@ -394,6 +401,76 @@ def _evaluation(
         models.append({"method": "cffl", "cluster": c, "weights": str(up / weights)})
     write_json_atomic(folder / "test-models.json", models)
     _submit_stage(deployment, _stage_config(loaded, folder, "test", sites, timeout_s))
+    from securefed.privacy.test_summary import plan_test_summary
+
+    if plan_test_summary(loaded.protocol) is not None:
+        held = set(loaded.protocol.data.held_out_partitions)
+        training = [p for p in sites if p not in held]
+        _dp_summary(loaded, out, deployment, training, timeout_s, keys.server)
+
+
+def _dp_summary(
+    loaded: LoadedProtocol,
+    out: Path,
+    deployment: Deployment,
+    sites: list[int],
+    timeout_s: float,
+    server_key: PrivateKeys,
+) -> None:
+    """The DP test summary (``evaluation.dp_summary``, securefed.privacy.test_summary): the
+    training sites' signed masking keys, then one ``dp-test`` stage whose masked replies open
+    only as their noised total. The sites answer it once: a failure is written to
+    ``stages/dp-test/summary.json`` and the report says so; it is never asked again."""
+    import base64
+
+    import numpy as np
+
+    from securefed.crypto.masking import unmask_sum
+    from securefed.crypto.secagg_keys import SignedKeys, verify_masking_keys
+    from securefed.federation.site_secure import decode_signed, encode_directory
+    from securefed.privacy.test_summary import plan_test_summary, summary_from_total
+    from securefed.trust.audit_log import AuditLog
+    from securefed.trust.site_key import pinned_site_keys
+
+    proto = loaded.protocol
+    plan = plan_test_summary(proto)
+    assert plan is not None
+    folder = _stage_dir(out, "dp-test")
+    if (folder / "summary.json").is_file():
+        return  # asked once: a resumed coordinator keeps what it opened (or why it could not)
+    folder.mkdir(parents=True, exist_ok=True)
+    site_of = {s.partition_id: s.id for s in proto.sites}
+    if len(sites) < plan.min_sites:
+        write_json_atomic(folder / "summary.json", {
+            "error": f"{len(sites)} training site(s), under evaluation.dp_summary.min_sites "
+                     f"({plan.min_sites}): no summary"})  # fmt: skip
+        return
+    keys_dir = _stage_dir(out, "dp-test-keys")
+    _submit_stage(deployment, _stage_config(loaded, keys_dir, "secure-keys", sites, timeout_s))
+    raw = read_json(keys_dir / "keys.json")
+    entries = {
+        site_of[int(pid)]: (base64.b64decode(e["masking-key"]),
+                            decode_signed(str(e["signed"]).encode()))
+        for pid, e in raw.items()
+    }  # fmt: skip
+    verify_masking_keys({sid: (key, SignedKeys.from_list(signed))
+                         for sid, (key, signed) in entries.items()},
+                        pinned_site_keys(proto), loaded.sha256)  # fmt: skip
+    write_json_atomic(folder / "request.json", {"directory": encode_directory(entries).decode()})
+    try:
+        _submit_stage(deployment, _stage_config(loaded, folder, "dp-test", sites, timeout_s))
+        masked = {site_of[p]: np.frombuffer((folder / "masked" / f"partition-{p}.bin")
+                                            .read_bytes(), dtype="<u8").copy()
+                  for p in sites}  # fmt: skip
+        total = unmask_sum(masked, sorted(entries))
+    except (TrainingError, OSError, SecurefedError) as exc:
+        write_json_atomic(folder / "summary.json", {"error": f"no summary: {exc}"})
+        return
+    doc = summary_from_total(total, plan, len(sites))
+    write_json_atomic(folder / "summary.json", doc)
+    audit = AuditLog(out / "server", server_key.party_id, loaded.sha256)
+    audit.record("aggregate-opened", stage="dp-test-summary", sites=len(sites))
+    audit.sign_head(server_key)
 
 
 def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -415,6 +492,8 @@ def _report(loaded: LoadedProtocol, out: Path, progress: dict[str, Any]) -> None
     rows = read_json(_stage_dir(out, "test") / SCORES)
     held = set(proto.data.held_out_partitions)
     site_of = {s.partition_id: s.id for s in proto.sites}
+    summary_file = _stage_dir(out, "dp-test") / "summary.json"
+    summary = read_json(summary_file) if summary_file.is_file() else None
     methods: dict[str, Any] = {}
     for method in ("fedavg", "cffl"):
         mine = [r for r in rows if r["method"] == method]
@@ -423,6 +502,8 @@ def _report(loaded: LoadedProtocol, out: Path, progress: dict[str, Any]) -> None
             "unseen": _pooled([r for r in mine if r["partition_id"] in held]),
             "per_site": [{**r, "site": site_of.get(int(r["partition_id"]), "?")} for r in mine],
         }
+        if summary is not None and method in summary:
+            methods[method]["test"] = summary[method]  # the DP summary (noised, DP-accounted)
     results = {
         "engine": "deployment",
         "protocol": loaded.sha256,
@@ -432,11 +513,7 @@ def _report(loaded: LoadedProtocol, out: Path, progress: dict[str, Any]) -> None
         "clustering": read_json(out / "clustering" / "clustering.json"),
         "phases": read_json(out / "phases.json"),
         "methods": methods,
-        "evaluation_release": (
-            "per-site test counts and mean Dice per region (plain protocol)"
-            if any(r["num_test"] > 0 for r in rows)
-            else "none: the sites' protocol declares no evaluation metric (finite epsilon)"
-        ),
+        "evaluation_release": _evaluation_release(rows, summary),
     }
     if "local" in proto.training.baselines or "centralized" in proto.training.baselines:
         results["not_run"] = sorted(
@@ -444,6 +521,22 @@ def _report(loaded: LoadedProtocol, out: Path, progress: dict[str, Any]) -> None
         )  # simulation-only baselines
     write_json_atomic(out / "results.json", results)
     write_report(loaded, out, results)
+
+
+def _evaluation_release(rows: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
+    """One line on what the evaluation released."""
+    if any(r["num_test"] > 0 for r in rows):
+        return "per-site test counts and mean Dice per region (plain protocol)"
+    if summary is None:
+        return "none: the sites' protocol declares no evaluation metric (finite epsilon)"
+    if "error" in summary:
+        return f"DP test summary (evaluation.dp_summary) not available: {summary['error']}"
+    dp = summary["fedavg"]["dp"]
+    return (
+        f"a DP test summary over {summary['fedavg']['sites']} training sites (epsilon "
+        f"{dp['epsilon']:g}, delta {dp['delta']:g} per patient; noise sd {dp['sigma_sum']:.2f} "
+        "on each sum of Dice and on the test-case count); no per-site value"
+    )
 
 
 def write_report(loaded: LoadedProtocol, out: Path, results: dict[str, Any]) -> Path:

@@ -70,7 +70,31 @@ def _doc_rows() -> set[tuple[str, str]]:
 def test_every_row_names_an_existing_test_and_is_in_the_docs(
     tmp_path: Path, mode: str, dp_sgd: bool | str, aggregation: str, slot: float
 ) -> None:
-    rows = egress_table(_protocol(tmp_path, mode, dp_sgd, aggregation, slot).protocol)
+    _check_rows(egress_table(_protocol(tmp_path, mode, dp_sgd, aggregation, slot).protocol))
+
+
+@pytest.mark.parametrize(("mode", "training", "summary"),
+                         [("plain", False, False), ("local-dp", "client-dp", False),
+                          ("local-dp", "client-dp", True)])  # fmt: skip
+def test_every_deployment_row_names_an_existing_test_and_is_in_the_docs(
+    tmp_path: Path, mode: str, training: bool | str, summary: bool
+) -> None:
+    """The deployment's stage rows (assign, test scores, the DP test summary)."""
+    protocol = _protocol(tmp_path, mode, training, "secagg+", 30.0).protocol
+    if summary:
+        evaluation = protocol.evaluation.model_copy(
+            update={"dp_summary": protocol.evaluation.dp_summary.model_copy(
+                update={"epsilon": 1.0})})  # fmt: skip
+        protocol = protocol.model_copy(update={"evaluation": evaluation})
+    study = protocol.study.model_copy(update={"mode": "deployment"})
+    rows = egress_table(protocol.model_copy(update={"study": study}))
+    values = {r.value for r in rows}
+    assert "assign acknowledgement" in values
+    assert any(v.startswith("DP test summary") for v in values) is summary
+    _check_rows(rows)
+
+
+def _check_rows(rows: list) -> None:
     documented = _doc_rows()
     for row in rows:
         assert all([row.stage, row.value, row.to, row.protection, row.epsilon]), row

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def load_data(data_dir, partition_id, subject_ids, spec):
     out = []
     for sid in subject_ids:
         image, label = _volume(sid)
-        out.append({"image": image, "label": label, "pid": partition_id})
+        out.append({"image": image, "label": label, "pid": partition_id, "subject_id": sid})
     return out
 
 
@@ -123,7 +124,7 @@ def evaluate(model, data, eval_spec, device):
     with torch.no_grad():
         for d in data:
             pred = (torch.sigmoid(model(torch.tensor(d["image"][None])))[0] > 0.5).numpy()
-            dice = {}
+            dice: dict[str, Any] = {"subject_id": d.get("subject_id")}
             for i, r in enumerate(("tc", "wt", "et")):
                 t, p = d["label"][i] > 0.5, pred[i]
                 denom = t.sum() + p.sum()
