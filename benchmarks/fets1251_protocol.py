@@ -10,7 +10,8 @@ choose k by silhouette).
 
     python benchmarks/fets1251_protocol.py REFERENCE_FEATDIR OUT [--study]
 
-``--study``: the [training] block of the whole study at this scale (benchmarks/fets1251_study.sh).
+``--study``: the [training] block of the whole study at this scale (benchmarks/fets1251_study.sh);
+``--private``: with secure-aggregate features at epsilon 1 (the private study).
 """
 
 from __future__ import annotations
@@ -128,7 +129,21 @@ STUDY_TRAINING = {
 }
 
 
-def main(reference: Path, out: Path, study: bool = False) -> None:
+# The private study (issue 32's targets): the same schedule with secure-aggregate features at
+# epsilon 1 per patient (the base protocol's secure clustering: dp-histogram of the fixed 2-dim
+# projection, k = 10 declared), declared-bounds scaling; every site joins every cluster's
+# federation and sends its case-weighted update inside SecAgg+ (securefed.federation.weighting).
+PRIVATE = {
+    'mode = "plain"  # the sweep sets each point\'s mode (local-dp: Gaussian, delta 1e-6)\n'
+    'mechanism = "gaussian"\ndelta = 1e-6\n': 'mode = "secure-aggregate"\n',
+    "seed = 6\n": 'seed = 6\nscaling = "declared-bounds"\n',
+    'name = "fets1251-clustering"\n': 'name = "fets1251-private"\n',
+    # local and centralized are the non-private study's (no feature release in either)
+    'baselines = ["local", "fedavg", "cffl", "centralized"]\n': 'baselines = ["fedavg", "cffl"]\n',
+}
+
+
+def main(reference: Path, out: Path, study: bool = False, private: bool = False) -> None:
     table = read_feature_table(reference / "features.csv")
     ref = np.asarray(table.values)
     bounds = derive_bounds(ref, table.columns, source="fets1251 reference: demo preset seed 99, "
@@ -141,7 +156,9 @@ def main(reference: Path, out: Path, study: bool = False) -> None:
     (out / "projection.json").write_bytes(proj.to_json_bytes())
     psha = "sha256:" + hashlib.sha256(proj.to_json_bytes()).hexdigest()
     text = PROTOCOL.format(psha=psha, bsha=bsha)
-    for old, new in STUDY_TRAINING.items() if study else ():
+    for old, new in (list(STUDY_TRAINING.items()) if study else []) + (
+        list(PRIVATE.items()) if private else []
+    ):
         assert old in text, old
         text = text.replace(old, new, 1)
     (out / "protocol.toml").write_text(text)
@@ -149,4 +166,5 @@ def main(reference: Path, out: Path, study: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), study="--study" in sys.argv[3:])
+    main(Path(sys.argv[1]), Path(sys.argv[2]), study="--study" in sys.argv[3:],
+         private="--private" in sys.argv[3:])
