@@ -166,5 +166,9 @@ def main(reference: Path, out: Path, study: bool = False, private: bool = False)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), study="--study" in sys.argv[3:],
-         private="--private" in sys.argv[3:])
+    main(
+        Path(sys.argv[1]),
+        Path(sys.argv[2]),
+        study="--study" in sys.argv[3:],
+        private="--private" in sys.argv[3:],
+    )
