@@ -9,7 +9,9 @@ completed round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +28,14 @@ from securefed.protocol import LoadedProtocol
 from securefed.protocol.egress import training_egress
 from securefed.training.checkpoints import PhaseCheckpoint, PhaseState, load_weights
 
-__all__ = ["Engine", "PhaseResult", "phase_config", "read_phase_result", "run_phase"]
+__all__ = [
+    "Engine",
+    "PhaseResult",
+    "phase_config",
+    "read_phase_result",
+    "run_phase",
+    "watch_rounds",
+]
 
 Engine = Literal["simulation", "deployment"]
 
@@ -167,6 +176,40 @@ def read_phase_result(cfg: PhaseConfig) -> PhaseResult:
     )
 
 
+@contextmanager
+def watch_rounds(
+    cfg: PhaseConfig, progress: Callable[[str, int, int], None] | None, every_s: float = 1.0
+) -> Iterator[None]:
+    """While the body runs, report the phase's completed rounds (its server's ``state.json``)
+    as ``progress(name, done, total)``, from a background thread; nothing without ``progress``."""
+    if progress is None:
+        yield
+        return
+    path = PhaseCheckpoint(Path(cfg.out_dir)).state_path
+    stop = threading.Event()
+
+    def report() -> None:
+        try:
+            done = int(read_json(path).get("completed_round", 0)) if path.is_file() else 0
+        except (OSError, ValueError, TypeError, ConfigError):  # being rewritten: next time
+            return
+        progress(cfg.name, min(done, cfg.rounds), cfg.rounds)
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            report()
+
+    report()
+    thread = threading.Thread(target=poll, name="securefed-round-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report()
+
+
 def run_phase(
     cfg: PhaseConfig,
     sites: Sequence[SiteSettings],
@@ -174,19 +217,22 @@ def run_phase(
     engine: Engine = "simulation",
     task: FlowerTask | None = None,
     deployment: Deployment | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> PhaseResult:
     """Run (or resume) one phase; returns best weights, best round and per-round history.
 
     ``task``: the site task for the simulation engine (default: securefed's DynUNet). In the
     deployment engine each SuperNode uses its own (``$SECUREFED_FLOWER_TASK`` or the default).
+    ``progress(name, rounds done, rounds)``: called as rounds complete (a progress bar).
     """
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    if engine == "simulation":
-        run_simulation_phase(cfg, sites, task)
-    elif engine == "deployment":
-        if deployment is None:
-            raise ConfigError("the deployment engine needs a Deployment (SuperLink address...)")
-        deployment.submit(cfg)
-    else:
-        raise ConfigError(f"engine {engine!r}: expected simulation or deployment")
+    with watch_rounds(cfg, progress):
+        if engine == "simulation":
+            run_simulation_phase(cfg, sites, task)
+        elif engine == "deployment":
+            if deployment is None:
+                raise ConfigError("the deployment engine needs a Deployment (SuperLink address...)")
+            deployment.submit(cfg)
+        else:
+            raise ConfigError(f"engine {engine!r}: expected simulation or deployment")
     return read_phase_result(cfg)

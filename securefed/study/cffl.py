@@ -3,7 +3,7 @@ per cluster, finetuning the best global model (the paper's method), in either Fl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,13 +73,15 @@ def run_cffl_phases(
     deployment: Deployment | None = None,
     clusters: Sequence[int] | None = None,
     global_cache: Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> StudyPhases:
     """CFFL's federated phases: global FedAvg over every site with train cases, then for each
     cluster a federation of the sites holding that cluster's train cases (every site, under the
     ``all-sites`` membership of securefed.protocol.egress), starting from the best global model.
     A cluster with fewer sites than ``training.min_sites_per_aggregate`` (or than 2 under
     SecAgg+) keeps the global model, and the outcome says so. ``global_cache`` (simulation
-    only): a folder of global phases shared between studies (securefed.study.global_cache)."""
+    only): a folder of global phases shared between studies (securefed.study.global_cache).
+    ``progress(phase, rounds done, rounds)``: each phase's rounds as they complete."""
     t = loaded.protocol.training
     egress = training_egress(loaded.protocol)
     held_out = set(loaded.protocol.data.held_out_partitions)
@@ -112,7 +114,7 @@ def run_cffl_phases(
             global_result = read_phase_result(g_cfg)
         else:
             global_result = run_phase(g_cfg, sites, engine=engine, task=task,
-                                      deployment=deployment)  # fmt: skip
+                                      deployment=deployment, progress=progress)  # fmt: skip
             if key is not None and global_cache is not None:
                 from securefed.study.global_cache import store_global_phase
 
@@ -138,7 +140,8 @@ def run_cffl_phases(
                 assignments=assignments, cluster=cluster,
                 initial_weights=global_result.best_weights_path, **he,
             )  # fmt: skip
-            result = run_phase(c_cfg, sites, engine=engine, task=task, deployment=deployment)
+            result = run_phase(c_cfg, sites, engine=engine, task=task, deployment=deployment,
+                               progress=progress)  # fmt: skip
             study.clusters[cluster] = ClusterOutcome(
                 cluster=cluster, sites=members, status="finetuned",
                 reason=f"best round {result.best_round} of {c_cfg.rounds}"

@@ -62,6 +62,8 @@ def run_evaluation(ctx: StudyContext) -> None:
         set_full_state(model, public)
         cache[PUBLIC_START] = default_task().get_weights(model)
         weights_of[PUBLIC_START] = {c: PUBLIC_START for c in weights_of["fedavg"]}
+    scored = [r for r in rows if r.partition_id in held or r.split == "test"]
+    done = 0
     for pid in sorted({r.partition_id for r in rows}):
         unseen = pid in held
         mine = [r for r in rows if r.partition_id == pid and (unseen or r.split == "test")]
@@ -83,6 +85,9 @@ def run_evaluation(ctx: StudyContext) -> None:
                     for case in result["cases"]
                 ]  # fmt: skip
         ctx.log(f"  {site}: {len(mine)} case(s) scored" + (" (unseen)" if unseen else ""))
+        done += len(mine)
+        if ctx.progress is not None:
+            ctx.progress("evaluation (test cases, every method)", done, len(scored))
     if ctx.truth is not None:  # a synthetic federation: a few slices for the report
         _overlays(ctx, rows, weights_of, model, set_weights, cache)
     cluster_of = {r.subject_id: r.cluster for r in rows}

@@ -10,6 +10,7 @@ steps per site of its cluster, from the global model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,14 @@ def _relative(ctx: StudyContext, path: Path) -> str:
     return str(Path(path).resolve().relative_to(ctx.paths.root.resolve()))
 
 
+def _rounds_bar(ctx: StudyContext) -> Callable[[str, int, int], None] | None:
+    """The study's progress callback for federated rounds ("training global: rounds", ...)."""
+    progress = ctx.progress
+    if progress is None:
+        return None
+    return lambda phase, done, total: progress(f"training {phase} (rounds)", done, total)
+
+
 def run_training(ctx: StudyContext) -> None:
     proto = ctx.loaded.protocol
     out = ctx.paths.training
@@ -92,7 +101,8 @@ def run_training(ctx: StudyContext) -> None:
 
         deal_he_keys(ctx, settings)
     phases = run_cffl_phases(ctx.loaded, settings, ctx.paths.clusters, out,
-                             global_cache=ctx.global_model_cache)  # fmt: skip
+                             global_cache=ctx.global_model_cache,
+                             progress=_rounds_bar(ctx))  # fmt: skip
     g = phases.global_result
     summary: dict[str, Any] = {
         "global": {
@@ -146,7 +156,9 @@ def run_baselines(ctx: StudyContext, global_weights: list[np.ndarray]) -> None:
     sites = site_data(ctx, rows)
     per_round = {s: _steps_per_round(ctx, len(d.train)) for s, d in sites.items()}
     public = initial_weights(ctx.loaded)  # the protocol's public start, or None
-    for method in wanted:
+    for i, method in enumerate(wanted):
+        if ctx.progress is not None:
+            ctx.progress("baselines", i, len(wanted))
         ctx.log(f"  baseline {method} ...")
         if method == "local":
             res = bl.local_baseline(sites, t, ev, seed=t.seed, init_weights=public)
@@ -169,3 +181,5 @@ def run_baselines(ctx: StudyContext, global_weights: list[np.ndarray]) -> None:
             {"method": method, "non_private": res.non_private, "cases": res.cases,
              "history": res.history},
         )  # fmt: skip
+    if ctx.progress is not None:
+        ctx.progress("baselines", len(wanted), len(wanted))

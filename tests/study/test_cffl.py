@@ -25,8 +25,14 @@ def test_cffl_phases_with_small_cluster_fallback(tmp_path):
                           assignments=str(asg))
              for p in LAYOUT]  # fmt: skip
     loaded = load_protocol(proto)
-    study = run_cffl_phases(loaded, sites, asg, tmp_path / "phases", task=make_task())
+    seen: list[tuple[str, int, int]] = []
+    study = run_cffl_phases(loaded, sites, asg, tmp_path / "phases", task=make_task(),
+                            progress=lambda *a: seen.append(a))  # fmt: skip
     assert study.global_result.best_round == 1
+    # a progress bar per phase: rounds done of the phase's rounds, ending complete
+    assert {name for name, _, _ in seen} == {"global", "cluster-0", "cluster-1"}
+    assert [x for x in seen if x[0] == "global"][-1] == ("global", 1, 1)
+    assert ("cluster-0", 0, 1) in seen and seen[-1] == ("cluster-1", 1, 1)
     # cluster 0: sites 1 and 2; cluster 1: sites 2 and 3; cluster 2: only site 3 -> fallback.
     c0, c1, c2 = (study.clusters[c] for c in (0, 1, 2))
     assert c0.status == c1.status == "finetuned"
