@@ -47,7 +47,12 @@ from securefed.federation.site_rules import (
 )
 from securefed.federation.site_runtime import SiteRuntime
 from securefed.federation.site_secure import run_secure_stage
-from securefed.federation.site_stages import StageSite, own_assignments, run_site_stage
+from securefed.federation.site_stages import (
+    StageSite,
+    own_assignments,
+    run_site_stage,
+    site_patients,
+)
 from securefed.federation.task import FlowerTask, resolve_task
 from securefed.protocol.egress import training_egress
 
@@ -463,13 +468,9 @@ class SiteClient(NumPyClient):
         return plan, population, extra
 
     def _patients(self) -> dict[str, str]:
-        """Subject id -> patient id from the site's partition file (node config
-        ``partitions``); empty: every case its own patient."""
-        if not self.site.partitions:
-            return {}
-        from securefed.data import read_patients
-
-        return read_patients(Path(self.site.partitions))
+        """Subject id -> patient id, by the same rule as the site's stages
+        (securefed.federation.site_stages.site_patients); empty: every case its own patient."""
+        return site_patients(self.site, self.loaded.protocol.data.partitioning)
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]

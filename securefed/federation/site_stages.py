@@ -44,6 +44,7 @@ __all__ = [
     "own_assignments",
     "patients_of",
     "run_site_stage",
+    "site_patients",
 ]
 
 ASSIGNMENTS_FILE = "clusters.csv"  # in the site's state folder: its own cases' clusters
@@ -110,9 +111,10 @@ def _server_keys(stage_site: StageSite, config: Mapping[str, Any]) -> PublicKeys
     return server
 
 
-def _patients(site: SiteSettings, partitioning: str) -> dict[str, str]:
-    """Subject id -> patient id from the site's partition file (every case its own patient
-    when the file has no Patient_ID column)."""
+def site_patients(site: SiteSettings, partitioning: str) -> dict[str, str]:
+    """Subject id -> patient id from the site's partition file: node config ``partitions``, else
+    ``<data dir>/<partitioning>.csv`` (every case its own patient when there is none or it has no
+    Patient_ID column). The one rule for every stage and for training (DP-SGD's patients)."""
     from securefed.data import read_patients
 
     path = Path(site.partitions) if site.partitions else Path(site.data_dir) / f"{partitioning}.csv"
@@ -121,7 +123,7 @@ def _patients(site: SiteSettings, partitioning: str) -> dict[str, str]:
 
 def patients_of(stage_site: StageSite) -> dict[str, str]:
     """Subject id -> patient id of the site's cases (empty: every case its own patient)."""
-    return _patients(stage_site.site, stage_site.accepted.loaded.protocol.data.partitioning)
+    return site_patients(stage_site.site, stage_site.accepted.loaded.protocol.data.partitioning)
 
 
 def _refuse_release(stage_site: StageSite) -> None:
@@ -155,7 +157,7 @@ def _release(stage_site: StageSite, config: Mapping[str, Any]) -> bytes:
     extract_site_features(loaded, Path(site.data_dir), featdir, partitions=[site.partition_id])
     release = release_site_features(
         featdir, stage_site.accepted, keys, server, outbox, stage_site.state_dir,
-        patients=_patients(site, loaded.protocol.data.partitioning),
+        patients=site_patients(site, loaded.protocol.data.partitioning),
     )  # fmt: skip
     return Path(release.envelope).read_bytes()
 
@@ -208,7 +210,7 @@ def _assign(stage_site: StageSite, config: Mapping[str, Any]) -> None:
     assigned = assign_own_cases(
         bytes(config["envelope"]), table, site_keys=keys, accepted=stage_site.accepted,
         state_dir=stage_site.state_dir, server_public=(server,), on_release=on_release,
-        patients=_patients(stage_site.site, proto.data.partitioning),
+        patients=site_patients(stage_site.site, proto.data.partitioning),
     )  # fmt: skip
     keep_assignments(stage_site, table, assigned.labels)
     from securefed.trust.audit_log import AuditLog

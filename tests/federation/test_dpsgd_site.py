@@ -222,3 +222,24 @@ def test_finetuning_rounds_are_charged_unamplified(tmp_path: Path) -> None:
     charges = read_ledger(work / "ledger.jsonl").charges
     assert type(charges["g"].event.event).__name__ == "SampledWithoutReplacementDpEvent"
     assert type(charges["c"].event.event).__name__ == "GaussianDpEvent"
+
+
+def test_training_finds_the_patients_where_the_stages_do(tmp_path: Path) -> None:
+    """DP-SGD's patients (several cases of one patient share a step's sampling and its charge)
+    come from the same partition file as the feature release's: the node config's
+    ``partitions``, else the data folder's ``<partitioning>.csv`` (before, training read only the
+    node config, so a deployment without it treated each case as its own patient)."""
+    from securefed.federation.site_stages import site_patients
+
+    client, _ = _site(tmp_path)
+    (tmp_path / "partitioning_1.csv").write_text(
+        "Partition_ID,Subject_ID,Patient_ID\n1,S01_000,P1\n1,S01_001,P1\n1,S01_002,P2\n"
+    )
+    assert not client.site.partitions
+    expected = {"S01_000": "P1", "S01_001": "P1", "S01_002": "P2"}
+    assert client._patients() == expected
+    assert site_patients(client.site, client.loaded.protocol.data.partitioning) == expected
+    other = tmp_path / "elsewhere.csv"
+    other.write_text("Partition_ID,Subject_ID,Patient_ID\n1,S01_000,Q\n1,S01_001,Q\n")
+    client.site = client.site.__class__(**{**client.site.__dict__, "partitions": str(other)})
+    assert client._patients() == {"S01_000": "Q", "S01_001": "Q"}
