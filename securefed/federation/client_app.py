@@ -650,7 +650,9 @@ def make_client_app(
                     slot_s=loaded.protocol.training.reply_slot_s,
                 )  # fmt: skip
 
-        return Pacing(float(loaded.protocol.training.reply_slot_s), overrun)
+        proto = loaded.protocol
+        scores = proto.claims_finite_epsilon and proto.evaluation.dp_summary.epsilon is not None
+        return Pacing(float(proto.training.reply_slot_s), overrun, scores_tests=scores)
 
     def head_site(context: Context) -> HeadSite:
         loaded, ledger_dir, _ = identity(context)

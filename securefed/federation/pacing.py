@@ -6,8 +6,9 @@ tells the server something about the site's patients. With ``training.reply_slot
 the site's own protocol copy, the reply to every message that runs local training (a plain or BFV
 ``train`` message; SecAgg+'s ``collect_masked_vectors`` stage) leaves exactly ``P`` seconds after
 the message arrived: the timing is a function of the protocol alone. The deployment's test
-requests (an evaluate message naming the ``test`` stage: the site scores its test cases, and
-under ``evaluation.dp_summary`` keeps their Dice for the DP summary) are paced the same way.
+requests (an evaluate message naming the ``test`` stage) are paced the same way where the site
+scores its test cases without sending a metric (``evaluation.dp_summary``: it keeps their Dice for
+the DP summary); elsewhere it answers them without that work.
 The work runs in a worker thread; when it has not finished at ``P`` its reply is **dropped**:
 the site answers at ``P`` with the fixed ``slot-overrun`` code instead
 (securefed.federation.site_rules.ReplyCode), the late reply is discarded when the work ends, and
@@ -54,6 +55,7 @@ class Pacing:
 
     slot_s: float
     on_overrun: Callable[[], None] | None = None
+    scores_tests: bool = False  # the site scores its test cases on a test request (dp_summary)
 
 
 @dataclass
@@ -126,11 +128,12 @@ def make_pacing_mod(
     from securefed.federation.site_rules import ReplyCode, coded_error
 
     def pacing_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        if not (runs_local_training(msg) or scores_test_cases(msg)):
+        training = runs_local_training(msg)
+        if not (training or scores_test_cases(msg)):
             return call_next(msg, ctxt)
         pacing = pacing_of(ctxt)
-        if pacing.slot_s <= 0:
-            return call_next(msg, ctxt)
+        if pacing.slot_s <= 0 or not (training or pacing.scores_tests):
+            return call_next(msg, ctxt)  # a test request the site answers without scoring
         start = clock()
         outcome = run(lambda: call_next(msg, ctxt), pacing.slot_s)
         if not outcome.done and pacing.on_overrun is not None:

@@ -254,3 +254,27 @@ def test_a_real_secagg_round_paces_from_the_site_protocol_and_records_overruns(
         assert '"slots"' not in overruns[0]  # nothing of how long the work took
         egress = (tmp_path / f"site-{p}" / EGRESS_FILE).read_text()
         assert '"value": 4736' in egress or '"value":4736' in egress
+
+
+@pytest.mark.parametrize(("scores", "work_s", "paced"),
+                         [(True, 0.5, True), (True, 7.0, True), (False, 0.5, False)])  # fmt: skip
+def test_a_test_request_is_paced_where_the_site_scores_its_cases(
+    scores: bool, work_s: float, paced: bool
+) -> None:
+    """Under evaluation.dp_summary a site scores its test cases on the deployment's test request
+    (work that grows with them) and sends no metric: the reply leaves at the slot. Without the
+    summary it answers without that work, unpaced; a validation request is never held."""
+    clock = FakeClock()
+    pacing = Pacing(10.0, None, scores_tests=scores)
+    mod = make_pacing_mod(lambda ctxt: pacing, clock=clock, sleep=clock.sleep,
+                          run=_fake_run(clock))  # fmt: skip
+    msg = _message(MessageType.EVALUATE)
+    msg.content.config_records["evaluateins.config"] = ConfigRecord({"stage": "test"})
+    start = clock.now
+    mod(msg, None, _work(clock, work_s))  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + (10.0 if paced else work_s))
+    start = clock.now
+    validation = _message(MessageType.EVALUATE)
+    validation.content.config_records["evaluateins.config"] = ConfigRecord({"server-round": 3})
+    mod(validation, None, _work(clock, work_s))  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + work_s)
