@@ -9,6 +9,11 @@ the message arrived: the timing is a function of the protocol alone. The deploym
 requests (an evaluate message naming the ``test`` stage) are paced the same way where the site
 scores its test cases without sending a metric (``evaluation.dp_summary``: it keeps their Dice for
 the DP summary); elsewhere it answers them without that work.
+The stage requests whose work reads the site's cases (:data:`DATA_STAGES`: the features
+release, the assignment of its cases, a secure clustering round) are paced too: a features
+release that overruns (the first request extracts the radiomics) is finished in the background
+and kept in the site's outbox, so the coordinator's next request gets the same envelope within
+the slot.
 The work runs in a worker thread; when it has not finished at ``P`` its reply is **dropped**:
 the site answers at ``P`` with the fixed ``slot-overrun`` code instead
 (securefed.federation.site_rules.ReplyCode), the late reply is discarded when the work ends, and
@@ -33,15 +38,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flwr.app import Context, Message, MessageType
+from flwr.common import MessageTypeLegacy
 
 from securefed.federation.flower_internals import RECORD_KEY_CONFIGS, ClientAppCallable, Mod
 from securefed.federation.flower_internals import SecAggPlusKey as Key
 from securefed.federation.flower_internals import SecAggPlusStage as Stage
 
 __all__ = [
+    "DATA_STAGES",
     "Outcome",
     "Pacing",
     "make_pacing_mod",
+    "reads_cases",
     "run_with_deadline",
     "runs_local_training",
     "scores_test_cases",
@@ -104,6 +112,21 @@ def runs_local_training(msg: Message) -> bool:
     return str(configs.get(Key.STAGE, "")) == Stage.COLLECT_MASKED_VECTORS
 
 
+# Stage requests whose work reads the site's cases (securefed.federation.site_stages,
+# site_secure): the features release (extraction, protection), the assignment of its cases and a
+# secure clustering round (its points). The key and summary stages do work of fixed size.
+DATA_STAGES = frozenset({"features", "assign", "secure-assign", "secure-round"})
+
+
+def reads_cases(msg: Message) -> bool:
+    """Whether ``msg`` is a stage request (a query naming a stage) whose work reads the site's
+    cases: public, from the message's type and the stage it names."""
+    if msg.metadata.message_type != MessageTypeLegacy.GET_PROPERTIES or not msg.has_content():
+        return False
+    configs = msg.content.config_records.get("getpropertiesins.config")
+    return configs is not None and str(configs.get("stage", "")) in DATA_STAGES
+
+
 def scores_test_cases(msg: Message) -> bool:
     """Whether ``msg`` is the deployment's test request (an evaluate message naming the ``test``
     stage): the site scores its own test cases, work that grows with them. Public: the type and
@@ -128,7 +151,7 @@ def make_pacing_mod(
     from securefed.federation.site_rules import ReplyCode, coded_error
 
     def pacing_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        training = runs_local_training(msg)
+        training = runs_local_training(msg) or reads_cases(msg)
         if not (training or scores_test_cases(msg)):
             return call_next(msg, ctxt)
         pacing = pacing_of(ctxt)

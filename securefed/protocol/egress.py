@@ -311,10 +311,14 @@ def _timing_row(slot_s: float) -> EgressRow:
     """When a site's training replies leave (securefed.federation.pacing)."""
     if slot_s <= 0:
         return EgressRow("training", "reply timing", "server",
-                         "not protected (training.reply_slot_s = 0): how long a round takes "
-                         "grows with the site's data (loading, crops)", "inf", "-")  # fmt: skip
+                         "not protected (training.reply_slot_s = 0): how long a round or a "
+                         "stage takes grows with the site's data (loading, crops, extraction)",
+                         "inf", "-")  # fmt: skip
     return EgressRow("training", "reply timing", "server",
-                     f"paced: every local-training reply leaves {slot_s:g} s after its request; "
+                     f"paced: every local-training reply, and over a deployment every stage "
+                     f"reply whose work reads the site's cases (features, assign, secure rounds; "
+                     f"test requests under evaluation.dp_summary), leaves {slot_s:g} s after its "
+                     "request; "
                      "a reply whose work did not fit is dropped and the fixed slot-overrun code "
                      "leaves at that time instead (one bit per round: whether the work fit, not "
                      "covered by epsilon; recorded in the site's audit log)", "-",

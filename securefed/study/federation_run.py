@@ -38,14 +38,22 @@ from securefed.crypto import PrivateKeys, PublicKeys
 from securefed.errors import ConfigError, ProtocolError, SecurefedError, TrainingError
 from securefed.federation.config import PhaseConfig
 from securefed.federation.deployment import Deployment
+from securefed.federation.site_rules import ReplyCode
 from securefed.fileio import read_json, write_json_atomic
 from securefed.protocol import LoadedProtocol
 from securefed.study.cffl import StudyPhases, run_cffl_phases
 from securefed.study.coordinate import open_deployment, remote_sites
 
-__all__ = ["FEDERATION_STAGES", "CoordinatorKeys", "run_federation_study", "write_report"]
+__all__ = [
+    "FEATURE_ATTEMPTS",
+    "FEDERATION_STAGES",
+    "CoordinatorKeys",
+    "run_federation_study",
+    "write_report",
+]
 
 FEDERATION_STAGES = ("features", "clustering", "training", "evaluation", "report")
+FEATURE_ATTEMPTS = 5  # features stage requests while sites answer slot-overrun (paced releases)
 Log = Callable[[str], None]
 
 
@@ -214,7 +222,15 @@ def _features(
         return  # collected before the coordinator stopped: the envelopes are not opened twice
     folder = _stage_dir(out, "features")
     _write_server_keys(folder, keys)
-    _submit_stage(deployment, _stage_config(loaded, folder, "features", sites, timeout_s))
+    for attempt in range(1, FEATURE_ATTEMPTS + 1):
+        try:
+            _submit_stage(deployment, _stage_config(loaded, folder, "features", sites, timeout_s))
+            break
+        except TrainingError as exc:
+            # a site whose release did not fit its reply slot (training.reply_slot_s) finishes it
+            # in the background and resends the same envelope from its outbox when asked again
+            if ReplyCode.SLOT_OVERRUN.reason not in str(exc) or attempt == FEATURE_ATTEMPTS:
+                raise
     collected = collect_features(
         folder / INBOX, loaded, keys.server, out / "server" / "features", out / "server",
         site_public_keys=tuple(keys.sites.values()),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, Metadata, RecordDict
+from flwr.common import MessageTypeLegacy
 
 from securefed.errors import ProtocolError
 from securefed.federation.client_app import make_client_app
@@ -278,3 +279,21 @@ def test_a_test_request_is_paced_where_the_site_scores_its_cases(
     validation.content.config_records["evaluateins.config"] = ConfigRecord({"server-round": 3})
     mod(validation, None, _work(clock, work_s))  # type: ignore[arg-type]
     assert clock.now == pytest.approx(start + work_s)
+
+
+@pytest.mark.parametrize(
+    ("stage", "paced"),
+    [("features", True), ("assign", True), ("secure-round", True), ("secure-assign", True),
+     ("secure-keys", False), ("dp-test", False)],
+)  # fmt: skip
+def test_a_stage_request_that_reads_cases_is_paced(stage: str, paced: bool) -> None:
+    """Over a deployment a stage request whose work reads the site's cases (the features
+    release, the assignment, a secure clustering round) leaves at the slot like a training reply;
+    the masking-key and summary stages do work of fixed size and leave when ready."""
+    clock = FakeClock()
+    mod = _paced(clock, 10.0)
+    msg = _message(MessageTypeLegacy.GET_PROPERTIES)
+    msg.content.config_records["getpropertiesins.config"] = ConfigRecord({"stage": stage})
+    start = clock.now
+    mod(msg, None, _work(clock, 2.5))  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(start + (10.0 if paced else 2.5))
