@@ -136,12 +136,12 @@ def _independent_dpsgd_epsilon(p: Any) -> float:
     plain = dp_accounting.GaussianDpEvent(m / 2.0)  # sensitivity 2C
     fine = [plain] * (steps * k * t.finetune_rounds)
     if dps.amplification == "sampling":  # replace-one, without replacement: the smaller bound
+        # both are valid: the sampled steps (RDP, the replace-one orders) or the plain Gaussian
+        # steps under the protocol's own accountant (PLD is tighter than RDP for them)
         sampled = dp_accounting.SampledWithoutReplacementDpEvent(int(dps.population), b, plain)
-        options = [[sampled] * (steps * t.global_rounds), [plain] * (steps * t.global_rounds)]
-        wor_alone = _eps(options[0], float(dps.delta), "rdp", wor=True)
-        plain_alone = _eps(options[1], float(dps.delta), "rdp", wor=False)
-        glob = options[0] if wor_alone < plain_alone else options[1]
-        return _eps(glob + fine, float(dps.delta), "rdp", wor=glob is options[0])
+        n = steps * t.global_rounds
+        return min(_eps([sampled] * n + fine, float(dps.delta), "rdp", wor=True),
+                   _eps([plain] * n + fine, float(dps.delta), p.privacy.accountant, wor=False))
     return _eps([plain] * (steps * t.global_rounds) + fine, float(dps.delta),
                 p.privacy.accountant, wor=False)  # fmt: skip
 
