@@ -140,8 +140,10 @@ def _independent_dpsgd_epsilon(p: Any) -> float:
         # steps under the protocol's own accountant (PLD is tighter than RDP for them)
         sampled = dp_accounting.SampledWithoutReplacementDpEvent(int(dps.population), b, plain)
         n = steps * t.global_rounds
-        return min(_eps([sampled] * n + fine, float(dps.delta), "rdp", wor=True),
-                   _eps([plain] * n + fine, float(dps.delta), p.privacy.accountant, wor=False))
+        return min(
+            _eps([sampled] * n + fine, float(dps.delta), "rdp", wor=True),
+            _eps([plain] * n + fine, float(dps.delta), p.privacy.accountant, wor=False),
+        )
     return _eps([plain] * (steps * t.global_rounds) + fine, float(dps.delta),
                 p.privacy.accountant, wor=False)  # fmt: skip
 
