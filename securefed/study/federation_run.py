@@ -284,6 +284,30 @@ def _clustering(
     _submit_stage(deployment, _stage_config(loaded, folder, "assign", sites, timeout_s))
 
 
+def _masking_keys(
+    loaded: LoadedProtocol, deployment: Deployment, folder: Path, sites: list[int], timeout_s: float
+) -> dict[str, tuple[bytes, list[bytes]]]:
+    """The ``secure-keys`` stage: each site's masking key and its signed entry, by site id, each
+    verified against the key the protocol pins for that site."""
+    import base64
+
+    from securefed.crypto.secagg_keys import SignedKeys, verify_masking_keys
+    from securefed.federation.site_secure import decode_signed
+    from securefed.trust.site_key import pinned_site_keys
+
+    site_of = {s.partition_id: s.id for s in loaded.protocol.sites}
+    _submit_stage(deployment, _stage_config(loaded, folder, "secure-keys", sites, timeout_s))
+    entries = {
+        site_of[int(pid)]: (base64.b64decode(e["masking-key"]),
+                            decode_signed(str(e["signed"]).encode()))
+        for pid, e in read_json(folder / "keys.json").items()
+    }  # fmt: skip
+    verify_masking_keys({sid: (key, SignedKeys.from_list(signed))
+                         for sid, (key, signed) in entries.items()},
+                        pinned_site_keys(loaded.protocol), loaded.sha256)  # fmt: skip
+    return entries
+
+
 def _secure_clustering(
     loaded: LoadedProtocol,
     out: Path,
@@ -300,7 +324,6 @@ def _secure_clustering(
     plan (``OUT/clusters.csv``) is then every training site in every cluster (one placeholder
     row per site and cluster, no case): under this protocol no party learns which site holds
     which cluster (membership ``all-sites``)."""
-    import base64
 
     import numpy as np
 
@@ -309,27 +332,15 @@ def _secure_clustering(
         SecureClusteringServer,
         plan_secure_clustering,
     )
-    from securefed.crypto.secagg_keys import SignedKeys, verify_masking_keys
-    from securefed.federation.site_secure import decode_signed, encode_directory
+    from securefed.federation.site_secure import encode_directory
     from securefed.privacy.bounds import load_pinned_bounds
     from securefed.privacy.geometry import release_geometry
     from securefed.trust.audit_log import AuditLog
-    from securefed.trust.site_key import pinned_site_keys
 
     proto = loaded.protocol
     site_of = {s.partition_id: s.id for s in proto.sites}
     pid_of = {v: k for k, v in site_of.items()}
-    folder = _stage_dir(out, "secure-keys")
-    _submit_stage(deployment, _stage_config(loaded, folder, "secure-keys", training, timeout_s))
-    raw = read_json(folder / "keys.json")
-    entries = {
-        site_of[int(pid)]: (base64.b64decode(e["masking-key"]),
-                            decode_signed(str(e["signed"]).encode()))
-        for pid, e in raw.items()
-    }  # fmt: skip
-    verify_masking_keys({sid: (key, SignedKeys.from_list(signed))
-                         for sid, (key, signed) in entries.items()},
-                        pinned_site_keys(proto), loaded.sha256)  # fmt: skip
+    entries = _masking_keys(loaded, deployment, _stage_dir(out, "secure-keys"), training, timeout_s)
     directory = encode_directory(entries)
     dimension = release_geometry(loaded, load_pinned_bounds(loaded)).dimension
     plan = plan_secure_clustering(proto, dimension)
@@ -437,16 +448,13 @@ def _dp_summary(
     training sites' signed masking keys, then one ``dp-test`` stage whose masked replies open
     only as their noised total. The sites answer it once: a failure is written to
     ``stages/dp-test/summary.json`` and the report says so; it is never asked again."""
-    import base64
 
     import numpy as np
 
     from securefed.crypto.masking import unmask_sum
-    from securefed.crypto.secagg_keys import SignedKeys, verify_masking_keys
-    from securefed.federation.site_secure import decode_signed, encode_directory
+    from securefed.federation.site_secure import encode_directory
     from securefed.privacy.test_summary import plan_test_summary, summary_from_total
     from securefed.trust.audit_log import AuditLog
-    from securefed.trust.site_key import pinned_site_keys
 
     proto = loaded.protocol
     plan = plan_test_summary(proto)
@@ -461,17 +469,7 @@ def _dp_summary(
             "error": f"{len(sites)} training site(s), under evaluation.dp_summary.min_sites "
                      f"({plan.min_sites}): no summary"})  # fmt: skip
         return
-    keys_dir = _stage_dir(out, "dp-test-keys")
-    _submit_stage(deployment, _stage_config(loaded, keys_dir, "secure-keys", sites, timeout_s))
-    raw = read_json(keys_dir / "keys.json")
-    entries = {
-        site_of[int(pid)]: (base64.b64decode(e["masking-key"]),
-                            decode_signed(str(e["signed"]).encode()))
-        for pid, e in raw.items()
-    }  # fmt: skip
-    verify_masking_keys({sid: (key, SignedKeys.from_list(signed))
-                         for sid, (key, signed) in entries.items()},
-                        pinned_site_keys(proto), loaded.sha256)  # fmt: skip
+    entries = _masking_keys(loaded, deployment, _stage_dir(out, "dp-test-keys"), sites, timeout_s)
     write_json_atomic(folder / "request.json", {"directory": encode_directory(entries).decode()})
     try:
         _submit_stage(deployment, _stage_config(loaded, folder, "dp-test", sites, timeout_s))
