@@ -116,9 +116,11 @@ def site_vector(
             dice = np.asarray(scores[sid], dtype=np.float64)
             if dice.shape != (len(REGIONS),) or not np.isfinite(dice).all():
                 raise PrivacyError(f"test summary: case {sid}: expected 3 finite Dice (TC, WT, ET)")
-            out[m * 3 : m * 3 + 3] += np.clip(dice, 0.0, 1.0)
+            # each case on the share grid inside [0, 1] before the sum: the sums are then exact
+            # grid values and one case moves each by at most 1 (no rounding of the total)
+            out[m * 3 : m * 3 + 3] += np.rint(np.clip(dice, 0.0, 1.0) / SHARE_GRID) * SHARE_GRID
     out[-1] = len(fedavg)
-    return np.rint(out / SHARE_GRID) * SHARE_GRID
+    return out
 
 
 def summary_from_total(total: np.ndarray, plan: TestSummaryPlan, sites: int) -> dict[str, Any]:

@@ -92,10 +92,10 @@ def test_neighbouring_test_sets_move_the_vector_by_at_most_the_sensitivity(
         return site_vector({k: v[0] for k, v in rows.items()}, {k: v[1] for k, v in rows.items()})
 
     base = vector(cases)
+    assert np.array_equal(np.rint(base / SHARE_GRID) * SHARE_GRID, base)  # on the share grid
     one = next(iter(cases))
-    grid = 8 * SHARE_GRID  # each of the 7 values rounds to the share grid
-    assert np.linalg.norm(vector({**cases, one: replaced}) - base) <= math.sqrt(6) + grid
-    assert np.linalg.norm(vector({**cases, "new": added}) - base) <= math.sqrt(7) + grid
+    assert np.linalg.norm(vector({**cases, one: replaced}) - base) <= math.sqrt(6) + 1e-12
+    assert np.linalg.norm(vector({**cases, "new": added}) - base) <= math.sqrt(7) + 1e-12
 
 
 def test_the_vector_clips_counts_and_refuses_a_half_scored_case() -> None:
