@@ -71,6 +71,9 @@ def deployment_skeleton(
         "# Each site then accepts it with `securefed site verify` under its own SITE.toml.",
         "# training.reply_slot_s: every local-training reply leaves this many seconds after its",
         "# request (timing side channel closed); choose it with head room over a round's work.",
+        "# Under a finite epsilon no per-site test value leaves a site; for one DP test summary",
+        "# over the training sites add  [evaluation.dp_summary] epsilon = 0.5  (counted in",
+        "# privacy.total_epsilon; docs/deployment.md section 5).",
         "",
     ]
     body = tomli_w.dumps(data).rstrip("\n").splitlines()
