@@ -156,4 +156,8 @@ def run_dp_test(
         masked = party.mask(local + share, {s: key for s, (key, _) in directory.items()},
                             context=loaded.sha256.encode() + _CONTEXT,
                             round_label=b"test-summary")  # fmt: skip
+    # the ledger's charge is the step's budget-spend entry; close the step with a signed head
+    from securefed.trust.audit_log import AuditLog
+
+    AuditLog(Path(where.state_dir), sid, loaded.sha256).sign_head(identity)
     return np.ascontiguousarray(masked, dtype="<u8").tobytes()

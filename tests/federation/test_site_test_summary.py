@@ -139,6 +139,7 @@ def test_a_dp_summary_opens_only_as_the_noised_total(tmp_path: Path) -> None:
 
     for pid in SITES:
         assert _charges(fed, pid) == 1
+        assert fed.audit(pid)[-1]["event"] == "head"  # the step closed with a signed head
         ledger = read_ledger(Path(fed.sites[pid].work_dir) / "ledger.jsonl")
         assert event_to_json(ledger.charges[RELEASE_ID].event) == event_to_json(plan.event())
     again = _dp_test(fed, 2, directory)  # a second summary would let the server subtract
