@@ -80,8 +80,12 @@ def cpu_step_seconds(spec: Any, crop: tuple[int, int, int], batch: int, repeats:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cpu-step-s", type=float, default=None,
-                        help="the CPU anchor's measured step time (default: measure it here)")
+    parser.add_argument(
+        "--cpu-step-s",
+        type=float,
+        default=None,
+        help="the CPU anchor's measured step time (default: measure it here)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
