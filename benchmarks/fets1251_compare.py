@@ -1,0 +1,80 @@
+"""Test Dice of a fets-1251-shifted study per scanner group and method, and CFFL against FedAvg
+with a paired bootstrap interval (scipy.stats.bootstrap, BCa, 95 %, seeded) per group.
+
+    python benchmarks/fets1251_compare.py RUNDIR TRUTH_CSV [--out FILE]
+
+RUNDIR is a `securefed run` folder (its evaluation/per_case.csv); TRUTH_CSV the synthetic
+federation's truth.csv (the scanner of each case: the groups are the preset's, named in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import bootstrap
+
+SHIFTED = {
+    "ge-1.5t-weak-enhancement": "weak T1ce enhancement",
+    "philips-3t-flair-unsuppressed": "unsuppressed FLAIR",
+    "siemens-3t-enhancement-only": "enhancement only (tumour-confined)",
+}
+
+
+def _group(scanner: str) -> str:
+    return SHIFTED.get(scanner, "standard")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rundir", type=Path)
+    parser.add_argument("truth", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    scanner = {r["subject_id"]: r["scanner"] for r in csv.DictReader(args.truth.open())}
+    dice: dict[str, dict[str, float]] = defaultdict(dict)  # method -> subject -> dice_mean
+    for row in csv.DictReader((args.rundir / "evaluation" / "per_case.csv").open()):
+        if row["group"] == "test" and row["dice_mean"] not in ("", "nan"):
+            dice[row["method"]][row["subject_id"]] = float(row["dice_mean"])
+    groups = ["standard", *SHIFTED.values(), "all shifted", "all"]
+    members = {
+        g: sorted(s for s in dice.get("fedavg", {})
+                  if g == "all" or _group(scanner[s]) == g
+                  or (g == "all shifted" and _group(scanner[s]) != "standard"))
+        for g in groups
+    }  # fmt: skip
+    doc: dict[str, object] = {"rundir": str(args.rundir), "groups": {}}
+    print(f"{'group':38s} {'n':>4s} " + " ".join(f"{m:>12s}" for m in sorted(dice)) +
+          "   CFFL - FedAvg [95% CI]")  # fmt: skip
+    for g in groups:
+        subjects = members[g]
+        row: dict[str, object] = {"n": len(subjects)}
+        for m in sorted(dice):
+            values = [dice[m][s] for s in subjects if s in dice[m]]
+            row[m] = float(np.mean(values)) if values else None
+        diff = np.array([dice["cffl"][s] - dice["fedavg"][s] for s in subjects
+                         if s in dice.get("cffl", {})])  # fmt: skip
+        if len(diff) >= 3:
+            res = bootstrap((diff,), np.mean, confidence_level=0.95, method="BCa",
+                            random_state=np.random.default_rng(0), n_resamples=5000)  # fmt: skip
+            ci = res.confidence_interval
+            row["cffl_minus_fedavg"] = {"mean": float(diff.mean()), "low": float(ci.low),
+                                        "high": float(ci.high)}  # fmt: skip
+            cell = f"{diff.mean():+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
+        else:
+            cell = "n too small"
+        doc["groups"][g] = row  # type: ignore[index]
+        means = " ".join(
+            f"{row[m]:12.3f}" if isinstance(row[m], float) else f"{'-':>12s}" for m in sorted(dice)
+        )
+        print(f"{g:38s} {len(subjects):4d} {means}   {cell}")
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
