@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Message
-from flwr.common import GetPropertiesIns, MessageTypeLegacy
-from flwr.compat.common import recorddict_compat as compat
 from support.hostile import LAYOUT, Federation, pinned_federation
 from support.study import TINY, reference_bounds
 
@@ -56,20 +54,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     return federation
 
 
-def _query(fed: Federation, pid: int, config: dict[str, Any]) -> Message:
-    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config))
-    return fed.send(pid, MessageTypeLegacy.GET_PROPERTIES, content)
-
-
-def _props(reply: Message) -> dict[str, Any]:
-    assert not reply.has_error(), reply.error
-    return dict(compat.recorddict_to_getpropertiesres(reply.content).properties)
-
-
 def _keys(fed: Federation) -> dict[str, tuple[bytes, list[bytes]]]:
     out = {}
     for pid in LAYOUT:
-        props = _props(_query(fed, pid, {"protocol-hash": fed.loaded.sha256,
+        props = Federation.props(fed.query(pid, {"protocol-hash": fed.loaded.sha256,
                                          "stage": "secure-keys"}))  # fmt: skip
         out[f"site-{pid}"] = (props["masking-key"], decode_signed(props["signed"]))
     return out
@@ -78,7 +66,7 @@ def _keys(fed: Federation) -> dict[str, tuple[bytes, list[bytes]]]:
 def _round(fed: Federation, pid: int, directory: bytes, rnd: int = 0, **extra: Any) -> Message:
     config = {"protocol-hash": fed.loaded.sha256, "stage": "secure-round", "round": rnd,
               "kind": "histogram", "directory": directory, **extra}  # fmt: skip
-    return _query(fed, pid, config)
+    return fed.query(pid, config)
 
 
 def _charges(fed: Federation, pid: int) -> int:
@@ -92,7 +80,7 @@ def test_an_honest_round_opens_only_as_the_noised_sum(fed: Federation) -> None:
     kept = next(Path(fed.sites[1].work_dir).glob("*.secure-clustering.key"))
     assert kept.stat().st_mode & 0o777 == 0o600
     directory = encode_directory(keys)
-    masked = {pid: _props(_round(fed, pid, directory))["masked"] for pid in LAYOUT}
+    masked = {pid: Federation.props(_round(fed, pid, directory))["masked"] for pid in LAYOUT}
     plan = plan_secure_clustering(fed.loaded.protocol, len(SUBSET))
     server = SecureClusteringServer(plan, tuple(sorted(keys)))
     answers = [MaskedAggregate(f"site-{p}", 0, np.frombuffer(m, dtype="<u8").copy())
@@ -149,10 +137,10 @@ def test_too_few_participants_or_a_round_outside_the_plan_is_refused(fed: Federa
 
 
 def test_the_guard_and_the_request_rules_hold_for_the_secure_stages(fed: Federation) -> None:
-    reply = _query(fed, 1, {"protocol-hash": fed.loaded.sha256, "stage": "secure-keys",
+    reply = fed.query(1, {"protocol-hash": fed.loaded.sha256, "stage": "secure-keys",
                             "lr": 0.1})  # fmt: skip
     assert reply.has_error() and reply.error.code == ReplyCode.INSTRUCTION_REFUSED
-    reply = _query(fed, 1, {"protocol-hash": fed.loaded.sha256, "stage": "secure-round"})
+    reply = fed.query(1, {"protocol-hash": fed.loaded.sha256, "stage": "secure-round"})
     assert reply.has_error() and reply.error.code == ReplyCode.INSTRUCTION_REFUSED
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flwr.app import Message
 from flwr.app.message_type import MessageType
-from flwr.common import EvaluateIns, GetPropertiesIns, MessageTypeLegacy, ndarrays_to_parameters
+from flwr.common import EvaluateIns, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 from support.flower import write_assignments
 from support.hostile import Federation, InProcessGrid, pinned_federation
@@ -62,27 +62,17 @@ def _score(fed: Federation, pid: int, cluster: int) -> Message:
     return fed.send(pid, MessageType.EVALUATE, compat.evaluateins_to_recorddict(ins, True))
 
 
-def _query(fed: Federation, pid: int, config: dict[str, Any]) -> Message:
-    content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config))
-    return fed.send(pid, MessageTypeLegacy.GET_PROPERTIES, content)
-
-
-def _props(reply: Message) -> dict[str, Any]:
-    assert not reply.has_error(), reply.error
-    return dict(compat.recorddict_to_getpropertiesres(reply.content).properties)
-
-
 def _directory(fed: Federation, sites: tuple[int, ...] = SITES) -> bytes:
     entries = {}
     for pid in sites:
-        props = _props(_query(fed, pid, {"protocol-hash": fed.loaded.sha256,
+        props = Federation.props(fed.query(pid, {"protocol-hash": fed.loaded.sha256,
                                          "stage": "secure-keys"}))  # fmt: skip
         entries[f"site-{pid}"] = (props["masking-key"], decode_signed(props["signed"]))
     return encode_directory(entries)
 
 
 def _dp_test(fed: Federation, pid: int, directory: bytes) -> Message:
-    return _query(fed, pid, {"protocol-hash": fed.loaded.sha256, "stage": "dp-test",
+    return fed.query(pid, {"protocol-hash": fed.loaded.sha256, "stage": "dp-test",
                              "directory": directory})  # fmt: skip
 
 
@@ -120,7 +110,7 @@ def test_a_dp_summary_opens_only_as_the_noised_total(tmp_path: Path) -> None:
     assert refused.has_error() and refused.error.code == ReplyCode.INSTRUCTION_REFUSED
     assert all(_charges(fed, p) == 0 for p in SITES)
 
-    masked = {f"site-{p}": np.frombuffer(_props(_dp_test(fed, p, directory))["masked"],
+    masked = {f"site-{p}": np.frombuffer(Federation.props(_dp_test(fed, p, directory))["masked"],
                                          dtype="<u8").copy() for p in SITES}  # fmt: skip
     one = masked["site-1"]
     assert one.size == 7 and len(np.unique(one)) == 7, "a single masked vector looks uniform"
@@ -233,3 +223,20 @@ def test_too_few_training_sites_give_no_summary_and_no_charge(tmp_path: Path) ->
     summary = json.loads((out / "stages" / "dp-test" / "summary.json").read_text())
     assert "min_sites" in summary["error"]
     assert all(_charges(fed, p) == 0 for p in SITES)
+
+
+def test_a_held_out_institution_takes_no_part_in_the_summary(tmp_path: Path) -> None:
+    """A held-out institution (data.held_out_partitions) trained nowhere and is scored apart as
+    unseen: it refuses the dp-test request before anything is charged."""
+
+    def held_out(data: dict[str, Any]) -> None:
+        _summary_protocol(data)
+        data.setdefault("data", {})["held_out_partitions"] = [3]
+
+    fed = pinned_federation(tmp_path / "fed", edit=held_out)
+    write_assignments(fed.folder / "clusters.csv", TEST_LAYOUT)
+    refused = _dp_test(fed, 3, _directory(fed, (1, 2)))
+    assert refused.has_error() and refused.error.code == ReplyCode.INSTRUCTION_REFUSED
+    keys = fed.query(3, {"protocol-hash": fed.loaded.sha256, "stage": "secure-keys"})
+    assert keys.has_error() and keys.error.code == ReplyCode.INSTRUCTION_REFUSED
+    assert _charges(fed, 3) == 0

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import tomli_w
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common import FitIns, Metadata, ndarrays_to_parameters
+from flwr.common import (
+    FitIns,
+    GetPropertiesIns,
+    MessageTypeLegacy,
+    Metadata,
+    ndarrays_to_parameters,
+)
 from flwr.serverapp import Grid
 
 from securefed.crypto import generate_keys, write_keys
@@ -116,6 +122,17 @@ class Federation:
 
     def send(self, pid: int, message_type: str, content: RecordDict) -> Message:
         return self.deliver(self.message(pid, message_type, content))
+
+    def query(self, pid: int, config: dict[str, Any]) -> Message:
+        """A stage request (a get_properties message with ``config``) to site ``pid``."""
+        content = compat.getpropertiesins_to_recorddict(GetPropertiesIns(config))
+        return self.send(pid, MessageTypeLegacy.GET_PROPERTIES, content)
+
+    @staticmethod
+    def props(reply: Message) -> dict[str, Any]:
+        """The properties of a stage reply that must not be an error."""
+        assert not reply.has_error(), reply.error
+        return dict(compat.recorddict_to_getpropertiesres(reply.content).properties)
 
     def train_content(self, config: dict[str, Any], secagg: dict[str, Any]) -> RecordDict:
         """A train message's content: the start weights, ``config`` and SecAgg+ ``secagg``."""
