@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.securefed-install-stamp
 HASH   := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
+# `make test` runs one pytest-xdist worker per core; a file's tests stay on one worker, the
+# longest files start first (tests/support/scheduling.py). WORKERS=0 runs in this process.
+WORKERS ?= auto
 
 .PHONY: demo test test-fast lint install clean-venv bench
 
@@ -26,7 +29,7 @@ demo: install
 
 # Every test (CI runs this).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The developer's loop: no Flower/Ray, no whole studies, no slow tests (markers in pyproject.toml,
 # given by folder in tests/support/markers.py); <= 2 minutes on 2 cores

@@ -9,7 +9,8 @@ import pytest
 from support.markers import markers_for_test
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One thread per pytest-xdist worker (`make test` runs one worker per core), two otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -21,6 +22,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         for name in markers_for_test(item.path, item.nodeid):
             item.add_marker(getattr(pytest.mark, name))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`make test` (``-n auto --dist loadfile``): files on workers by support/scheduling.py."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from support.scheduling import FileGroupScheduling
+
+    return FileGroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,17 @@ import re
 import tomllib
 from pathlib import Path
 
-from support.markers import FAST_MARKERS, MARKERS, SLOW_TESTS, TESTS, markers_for, markers_for_test
+from support.markers import (
+    FAST_MARKERS,
+    LONG_FILES,
+    MARKERS,
+    SHARED_SESSION_FILES,
+    SLOW_TESTS,
+    TESTS,
+    markers_for,
+    markers_for_test,
+    xdist_group_for,
+)
 
 ROOT = TESTS.parent
 
@@ -55,6 +65,26 @@ def test_markers_are_registered_and_make_test_fast_deselects_them() -> None:
     full = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
     assert full is not None
     assert ' -m "' not in full.group(1)
+    # one worker per core, a file's tests (and the files sharing a session fixture) together
+    assert "-n $(WORKERS) --dist loadfile" in full.group(1)
+
+
+def test_a_files_tests_share_one_worker_and_so_do_the_files_of_one_session_fixture() -> None:
+    assert xdist_group_for(TESTS / "privacy" / "test_noise.py") == "privacy/test_noise.py"
+    assert xdist_group_for("tests/privacy/test_noise.py") == "privacy/test_noise.py"  # node id
+    for group in LONG_FILES:  # renamed? update the list
+        assert (TESTS / group).is_file() or group in SHARED_SESSION_FILES.values(), group
+    groups: dict[str, set[str]] = {}
+    for rel, group in SHARED_SESSION_FILES.items():
+        assert (TESTS / rel).is_file(), rel  # renamed? update the list
+        assert xdist_group_for(TESTS / rel) == group
+        groups.setdefault(group, set()).add(rel)
+    # a session fixture of tests/study/conftest.py made by a run is read by one group's files only
+    conftest = (TESTS / "study" / "conftest.py").read_text()
+    for fixture in re.findall(r"def (\w+_rundir)\(", conftest):
+        users = {p.relative_to(TESTS).as_posix() for p in (TESTS / "study").glob("test_*.py")
+                 if re.search(rf"\b{fixture}\b", p.read_text())}  # fmt: skip
+        assert len({xdist_group_for(TESTS / u) for u in users}) <= 1, (fixture, users)
 
 
 def test_every_file_that_starts_flower_or_a_study_is_marked() -> None:
@@ -89,3 +119,25 @@ def test_a_missing_browser_is_a_visible_skip() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "command -v chromium" in ci
     assert "apt-get install -y chromium" in ci
+
+
+def test_the_scheduler_keeps_groups_together_and_starts_the_longest_first() -> None:
+    from collections import OrderedDict
+
+    from support.scheduling import FileGroupScheduling
+
+    sched = object.__new__(FileGroupScheduling)
+    assert sched._split_scope("tests/study/test_egress_census.py::t") == "study-rundirs"
+    assert sched._split_scope("tests/study/test_feature_attacks.py::t[a::b]") == "study-rundirs"
+    assert sched._split_scope("tests/privacy/test_noise.py::t[1]") == "privacy/test_noise.py"
+    sent: list[list[int]] = []
+    node = type("Node", (), {"send_runtest_some": lambda self, ids: sent.append(ids)})()
+    sched.workqueue = OrderedDict(
+        (scope, {f"{scope}::t": False}) for scope in ("a.py", LONG_FILES[1], LONG_FILES[0])
+    )
+    sched.assigned_work = {}
+    sched.registered_collections = {node: [f"{s}::t" for s in sched.workqueue]}
+    sched._assign_work_unit(node)
+    sched._assign_work_unit(node)
+    assert list(sched.assigned_work[node]) == [LONG_FILES[0], LONG_FILES[1]]
+    assert sent == [[2], [1]]

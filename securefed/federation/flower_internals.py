@@ -79,6 +79,8 @@ The simulation engine:
 
 Round cost (docs/deployment.md section 6; benchmarks/results/deployment.md):
 
+- ``InMemoryGrid`` (``flwr.superlink.grid``): the simulation's grid (wrapped so that a
+  Ctrl-C of the coordinator's process stops its ServerApp thread, see grid_wrapper.STOP).
 - ``HttpGrid`` (``flwr.superlink.grid``): the ServerApp's grid in a deployment, whose
   ``send_and_receive`` sleeps 3 s between pulls; securefed.federation.grid_wrapper.fast_polling
   recognises it and replaces only ``send_and_receive`` with one on the public ``push_messages``
@@ -124,7 +126,7 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.superlink.grid import HttpGrid
+from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
 if TYPE_CHECKING:  # imported on first use (module __getattr__ below): see _LAZY
     from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
@@ -156,6 +158,7 @@ __all__ = [
     "GridClientProxy",
     "HeartbeatSender",
     "HttpGrid",
+    "InMemoryGrid",
     "Mod",
     "RuntimeHttpClient",
     "RuntimeTokenHttpInterceptor",

@@ -2,7 +2,9 @@
 the base of the coordinator's adapters around Flower's workflows
 (securefed.federation.secagg_relay, securefed.federation.ledger_heads); and the grid every
 securefed ServerApp runs on (:func:`fast_polling`): in a deployment, Flower's grid waits a fixed
-3 s between pulls for replies, this one 0.2 s.
+3 s between pulls for replies, this one 0.2 s; and in both engines it stops waiting once
+:data:`STOP` is set (Ctrl-C of the coordinator's process: Flower's simulation leaves its
+ServerApp thread waiting for replies that never come, and the process could not exit).
 
 Nothing here leaves a site (coordinator side). Tests: ``tests/adversary/``,
 ``tests/federation/test_flower_internals.py``.
@@ -10,6 +12,7 @@ Nothing here leaves a site (coordinator side). Tests: ``tests/adversary/``,
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -17,12 +20,19 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from securefed.federation.flower_internals import HttpGrid
+from securefed.errors import TrainingError
+from securefed.federation.flower_internals import HttpGrid, InMemoryGrid
 
-__all__ = ["POLL_S", "FastPollGrid", "GridWrapper", "fast_polling"]
+__all__ = ["INMEMORY_POLL_S", "POLL_S", "STOP", "FastPollGrid", "GridWrapper", "fast_polling"]
 
 POLL_S = 0.2
 """How often the ServerApp asks the SuperLink for replies while it waits (Flower 1.42: 3 s)."""
+INMEMORY_POLL_S = 0.1
+"""The same in the simulation engine (Flower's own in-memory grid polls every 0.1 s)."""
+STOP = threading.Event()
+"""Set when the coordinator's process is interrupted (simulation.run_simulation_phase on
+Ctrl-C): a ServerApp waiting for replies gives up at its next poll (TrainingError; the phase's
+checkpoint keeps its last round, a rerun resumes)."""
 
 
 class GridWrapper(Grid):
@@ -78,7 +88,7 @@ class FastPollGrid(GridWrapper):
     message has its reply or ``timeout`` seconds have passed (None: no limit), and returns the
     replies received, as Flower's ``send_and_receive`` does. A message the SuperLink did not
     accept (``push_messages`` gives None for it; Flower logs a warning) has no reply to wait
-    for."""
+    for. Once :data:`STOP` is set it stops waiting (TrainingError)."""
 
     def __init__(self, grid: Grid, poll_s: float = POLL_S) -> None:
         super().__init__(grid)
@@ -91,6 +101,10 @@ class FastPollGrid(GridWrapper):
         end = time.monotonic() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
         while pending and (timeout is None or time.monotonic() < end):
+            if STOP.is_set():
+                raise TrainingError(
+                    "interrupted (Ctrl-C) while waiting for the sites' replies; rerun to resume"
+                )
             got = list(self.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
@@ -102,6 +116,11 @@ class FastPollGrid(GridWrapper):
 
 def fast_polling(grid: Grid, poll_s: float = POLL_S) -> Grid:
     """The grid a securefed ServerApp runs on: Flower's deployment grid (HttpGrid, which sleeps
-    3 s between pulls) wrapped in :class:`FastPollGrid`; any other grid (the simulation's
-    in-memory grid, which polls every 0.1 s, or a test's grid) as it is."""
-    return FastPollGrid(grid, poll_s) if isinstance(grid, HttpGrid) else grid
+    3 s between pulls) and the simulation's in-memory grid wrapped in :class:`FastPollGrid`
+    (polling every ``poll_s`` / :data:`INMEMORY_POLL_S` seconds, stopping on :data:`STOP`); any
+    other grid (a test's) as it is."""
+    if isinstance(grid, HttpGrid):
+        return FastPollGrid(grid, poll_s)
+    if isinstance(grid, InMemoryGrid):
+        return FastPollGrid(grid, INMEMORY_POLL_S)
+    return grid

@@ -52,6 +52,7 @@ def run_simulation_phase(
     from flwr.simulation import run_simulation  # deprecated in Flower 1.42: see flower_internals
 
     from securefed.federation.flower_internals import BackendConfig
+    from securefed.federation.grid_wrapper import STOP
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     by_pid = {s.partition_id: s for s in sites}
@@ -66,6 +67,7 @@ def run_simulation_phase(
         "client_resources": client_resources(ordered),
         "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False},
     }
+    STOP.clear()
     try:
         run_simulation(
             server_app=make_server_app(cfg),
@@ -73,6 +75,11 @@ def run_simulation_phase(
             num_supernodes=len(ordered),
             backend_config=backend_config,
         )
+    except KeyboardInterrupt:
+        # Flower stops its engine but leaves the ServerApp thread waiting for replies (a
+        # non-daemon thread: the process could not exit); STOP makes it give up at its next poll.
+        STOP.set()
+        raise
     except SecurefedError:
         raise
     except Exception as exc:  # noqa: BLE001 - the server's state says what went wrong

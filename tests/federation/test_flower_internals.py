@@ -20,12 +20,13 @@ import tomllib
 import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from securefed.federation import flower_internals as fi
-from securefed.federation.grid_wrapper import FastPollGrid, fast_polling
+from securefed.federation.grid_wrapper import INMEMORY_POLL_S, FastPollGrid, fast_polling
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "securefed"
@@ -318,8 +319,71 @@ def test_only_flowers_deployment_grid_is_replaced() -> None:
     deployment_grid = object.__new__(fi.HttpGrid)  # not connected: only its type matters
     wrapped = fast_polling(deployment_grid)
     assert isinstance(wrapped, FastPollGrid) and wrapped.inner is deployment_grid
+    simulation_grid = object.__new__(fi.InMemoryGrid)
+    wrapped = fast_polling(simulation_grid)
+    assert isinstance(wrapped, FastPollGrid) and wrapped.inner is simulation_grid
+    assert wrapped.poll_s == INMEMORY_POLL_S
     other = _SlowGrid(0.0)
     assert fast_polling(other) is other  # type: ignore[arg-type]
+
+
+def test_a_serverapp_waiting_for_replies_gives_up_once_stopped() -> None:
+    """Ctrl-C in a simulation: Flower leaves the ServerApp thread waiting (no timeout) for replies
+    that never come; STOP ends the wait at the next poll, so the process can exit."""
+    import threading
+
+    from securefed.errors import TrainingError
+    from securefed.federation.grid_wrapper import STOP
+
+    inner = _SlowGrid(delay=3600.0)  # never answers
+    grid = FastPollGrid(inner, poll_s=0.01)  # type: ignore[arg-type]
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            grid.send_and_receive(["a"], timeout=None)  # type: ignore[list-item]
+        except TrainingError as exc:
+            raised.append(exc)
+
+    STOP.clear()
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    try:
+        waiter.join(0.2)
+        assert waiter.is_alive() and not raised  # waiting, as it should
+        STOP.set()
+        waiter.join(30)
+    finally:
+        STOP.clear()
+    assert not waiter.is_alive()
+    assert raised and "interrupted (Ctrl-C)" in str(raised[0])
+
+
+def test_ctrl_c_in_a_simulation_phase_stops_its_serverapp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import flwr.simulation
+
+    from securefed.federation import simulation
+    from securefed.federation.grid_wrapper import STOP
+
+    def interrupted(**_: Any) -> None:
+        assert not STOP.is_set()  # cleared for every phase
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", interrupted)
+    monkeypatch.setattr(simulation, "make_server_app", lambda cfg: None)
+    monkeypatch.setattr(simulation, "make_client_app", lambda *a, **k: None)
+    cfg = SimpleNamespace(site_ids=[1], aggregation="fedavg", decryptor=None, name="global",
+                          out_dir=tmp_path)  # fmt: skip
+    sites = [SimpleNamespace(partition_id=1, device="cpu")]
+    STOP.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+        assert STOP.is_set()
+    finally:
+        STOP.clear()
 
 
 # -- the site executor's task client ---------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,14 @@ def require_chromium() -> None:
 def render(page: Path, shot: Path, *, height: int = 2400) -> tuple[str, np.ndarray]:
     from PIL import Image
 
-    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu"]
-    subprocess.run([*base, f"--window-size=1200,{height}", f"--screenshot={shot}",
-                    page.as_uri()], check=True, capture_output=True, timeout=120)  # fmt: skip
-    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], check=True, capture_output=True,
-                         text=True, timeout=120).stdout  # fmt: skip
+    # its own profile folder: two browsers at once (pytest-xdist workers) never share one
+    with tempfile.TemporaryDirectory(prefix="securefed-chromium-") as profile:
+        base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                f"--user-data-dir={profile}"]  # fmt: skip
+        subprocess.run([*base, f"--window-size=1200,{height}", f"--screenshot={shot}",
+                        page.as_uri()], check=True, capture_output=True, timeout=120)  # fmt: skip
+        dom = subprocess.run([*base, "--dump-dom", page.as_uri()], check=True,
+                             capture_output=True, text=True, timeout=120).stdout  # fmt: skip
     return dom, np.asarray(Image.open(shot).convert("L"))
 
 

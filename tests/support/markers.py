@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["FAST_MARKERS", "MARKERS", "SLOW_TESTS", "TESTS", "markers_for", "markers_for_test"]
+__all__ = [
+    "FAST_MARKERS",
+    "LONG_FILES",
+    "MARKERS",
+    "SHARED_SESSION_FILES",
+    "SLOW_TESTS",
+    "TESTS",
+    "markers_for",
+    "markers_for_test",
+    "xdist_group_for",
+]
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -63,3 +73,39 @@ def markers_for_test(path: str | Path, nodeid: str) -> tuple[str, ...]:
     if nodeid.split("[")[0] in SLOW_TESTS and "slow" not in marks:
         marks = (*marks, "slow")
     return marks
+
+
+# Files whose tests read the same costly session fixtures (tests/study/conftest.py: the plain and
+# local-dp runs up to clustering); under `make test` (pytest-xdist, support/scheduling.py) they
+# run on one worker so that each fixture is made once, not once per worker.
+SHARED_SESSION_FILES: dict[str, str] = {
+    "study/test_audit_report.py": "study-rundirs",
+    "study/test_feature_attacks.py": "study-rundirs",
+    "study/test_egress_census.py": "study-rundirs",
+}
+
+# The groups that take longest (wall time in `make test`, benchmarks/results/tests.md), longest
+# first: `make test` starts them first so that none is left running alone at the end.
+LONG_FILES: tuple[str, ...] = (
+    "federation/test_pilot_secure.py",
+    "federation/test_pilot.py",
+    "study/test_e2e.py",
+    "federation/test_deployment.py",
+    "federation/test_deployment_bfv.py",
+    "study/test_sweep.py",
+    "federation/test_simulation.py",
+    "study/test_stages.py",
+    "study-rundirs",
+)
+
+
+def xdist_group_for(path: str | Path) -> str:
+    """The pytest-xdist work unit of every test in the file ``path`` (absolute, or relative to
+    the repository root as in a pytest node id): its SHARED_SESSION_FILES group, else the file
+    itself (relative to tests/)."""
+    full = Path(path) if Path(path).is_absolute() else TESTS.parent / path
+    try:
+        rel = full.resolve().relative_to(TESTS).as_posix()
+    except ValueError:  # not under tests/
+        return str(path)
+    return SHARED_SESSION_FILES.get(rel, rel)
