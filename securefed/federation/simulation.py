@@ -1,11 +1,22 @@
 """Flower's simulation engine (Ray) for one phase: every site a virtual SuperNode in this
-process tree, each with its own SiteSettings."""
+process tree, each with its own SiteSettings.
+
+Ctrl-C during a phase: the first one stops the phase after the sites' current step (the
+ServerApp gives up waiting, Flower stops its engine, the phase's checkpoint keeps its last
+round) and the command exits 130 ("interrupted; rerun to resume"); a second one stops at once.
+Left to Flower, a Ctrl-C stopped the engine under the waiting ServerApp thread, and Ray ended
+the process with exit 1 (or it hung)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from securefed.errors import ConfigError, SecurefedError, TrainingError
@@ -15,6 +26,34 @@ from securefed.federation.server_app import make_server_app
 from securefed.federation.task import FlowerTask
 
 __all__ = ["client_resources", "resolve_site_device", "run_simulation_phase"]
+
+STOPPING = "interrupted: stopping after the sites' current step (Ctrl-C again to stop at once)"
+
+
+@contextmanager
+def _graceful_ctrl_c() -> Iterator[None]:
+    """While a phase runs: the first SIGINT sets grid_wrapper.STOP (the ServerApp stops waiting,
+    which stops Flower's engine), a second raises KeyboardInterrupt at once. Only where Python's
+    own handler is installed (the main thread of a process that takes Ctrl-C; a background job
+    that ignores SIGINT keeps ignoring it)."""
+    from securefed.federation.grid_wrapper import STOP
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # fmt: skip
+        yield
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+        sys.stderr.write(STOPPING + "\n")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def resolve_site_device(device: str) -> str:
@@ -69,20 +108,22 @@ def run_simulation_phase(
     }
     STOP.clear()
     try:
-        run_simulation(
-            server_app=make_server_app(cfg),
-            client_app=make_client_app(task, ordered, phase=cfg.name),
-            num_supernodes=len(ordered),
-            backend_config=backend_config,
-        )
+        with _graceful_ctrl_c():
+            run_simulation(
+                server_app=make_server_app(cfg),
+                client_app=make_client_app(task, ordered, phase=cfg.name),
+                num_supernodes=len(ordered),
+                backend_config=backend_config,
+            )
     except KeyboardInterrupt:
-        # Flower stops its engine but leaves the ServerApp thread waiting for replies (a
-        # non-daemon thread: the process could not exit); STOP makes it give up at its next poll.
+        # a second Ctrl-C (or one Flower's engine took): the ServerApp thread must not wait on
         STOP.set()
         raise
-    except SecurefedError:
-        raise
     except Exception as exc:  # noqa: BLE001 - the server's state says what went wrong
+        if STOP.is_set():  # the ServerApp gave up waiting on Ctrl-C
+            raise KeyboardInterrupt from exc
+        if isinstance(exc, SecurefedError):
+            raise
         state = Path(cfg.out_dir) / "state.json"
         if not state.is_file():
             raise TrainingError(f"{cfg.name}: the simulation failed: {exc}") from exc

@@ -417,3 +417,58 @@ def test_the_task_client_asks_again_for_an_object_not_yet_there(
     monkeypatch.setattr(site_executor, "OBJECT_WAIT_S", 0.02)
     assert not client.PullObject("req").object_available  # gives up: Flower's retry takes over
     assert 1 < len(asked) < 1000
+
+
+def test_a_first_ctrl_c_stops_the_phase_after_the_current_step_and_a_second_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A real SIGINT while the engine runs: the first sets STOP (the ServerApp gives up and
+    Flower's engine returns with the ServerApp's error, here raised in its place), the phase
+    ends as an interruption (KeyboardInterrupt: the command exits 130); a second SIGINT raises
+    at once."""
+    import os
+    import signal
+
+    import flwr.simulation
+
+    from securefed.errors import TrainingError
+    from securefed.federation import simulation
+    from securefed.federation.grid_wrapper import STOP
+
+    seen: list[bool] = []
+
+    def engine(**_: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs at the next bytecode boundary
+            if STOP.is_set():
+                break
+            time.sleep(0.01)
+        seen.append(STOP.is_set())
+        raise TrainingError("interrupted (Ctrl-C) while waiting for the sites' replies")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", engine)
+    monkeypatch.setattr(simulation, "make_server_app", lambda cfg: None)
+    monkeypatch.setattr(simulation, "make_client_app", lambda *a, **k: None)
+    cfg = SimpleNamespace(site_ids=[1], aggregation="fedavg", decryptor=None, name="global",
+                          out_dir=tmp_path)  # fmt: skip
+    sites = [SimpleNamespace(partition_id=1, device="cpu")]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+        assert seen == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+        def engine_twice(**_: Any) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one raises here
+            time.sleep(5)
+            raise AssertionError("a second Ctrl-C must stop at once")
+
+        monkeypatch.setattr(flwr.simulation, "run_simulation", engine_twice)
+        with pytest.raises(KeyboardInterrupt):
+            simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        STOP.clear()
