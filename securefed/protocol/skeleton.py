@@ -59,6 +59,12 @@ def deployment_skeleton(
     training = dict(data.get("training", {}))
     training["reply_slot_s"] = float(reply_slot_s)
     data["training"] = training
+    secure = dict(data.get("secure_aggregation", {}))
+    if float(reply_slot_s) > 0 and float(secure.get("timeout_s", 120.0)) <= 2 * reply_slot_s:
+        # every paced reply arrives one slot after its request: the secure aggregation waits
+        # for at least two (the base's timeout was chosen for unpaced replies)
+        secure["timeout_s"] = 2 * float(reply_slot_s) + 60.0
+        data["secure_aggregation"] = secure
     privacy = dict(data.get("privacy", {}))
     privacy.pop("unsafe_seeded_noise", None)
     privacy.pop("unsafe_noise_seed", None)

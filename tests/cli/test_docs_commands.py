@@ -97,3 +97,41 @@ def test_each_documented_command_line_matches_the_cli(path: Path, number: int, l
         if token.startswith("--"):
             flag = token.split("=", 1)[0]
             assert flag in options, f"{where}: `securefed {name}` has no option {flag}"
+
+
+WALKTHROUGH = ROOT / "benchmarks" / "deployment_walkthrough.sh"
+# deployment.md's commands the walkthrough script does not run: bfv key dealing (the demo protocol
+# is SecAgg+), the file path's coordinator (the script drives every stage over Flower) and the
+# one-command pilot of section 8 (tests/federation/test_pilot.py)
+NOT_WALKED = {"site he-key deal", "site he-key open", "federation coordinate", "pilot"}
+
+
+def _script_commands(path: Path) -> list[tuple[str, set[str]]]:
+    """(command name, its options) of every ``securefed`` line of a shell script."""
+    found = []
+    for line in path.read_text().replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line.startswith("#") or "securefed " not in line:
+            continue
+        _cmd, rest, name = _resolve(_tokens(line[line.index("securefed ") :]))
+        if name:
+            found.append((name, {t.split("=", 1)[0] for t in rest if t.startswith("--")}))
+    return found
+
+
+def test_the_walkthrough_script_runs_every_documented_deployment_command() -> None:
+    """benchmarks/deployment_walkthrough.sh follows docs/deployment.md (its run is recorded in
+    benchmarks/results/deployment-walkthrough.md): each documented command, with the options
+    the docs give it (an optional ``[--option]`` aside), is a command of the script."""
+    walked = _script_commands(WALKTHROUGH)
+    documented = [(n, line) for p, n, line in CASES if p.name == "deployment.md"]
+    assert documented
+    for number, line in documented:
+        _cmd, rest, name = _resolve(_tokens(re.sub(r"\[[^\]]*\]", "", line)))
+        if name in NOT_WALKED or not name:
+            continue
+        wanted = {t.split("=", 1)[0] for t in rest if t.startswith("--")}
+        assert any(n == name and wanted <= opts for n, opts in walked), (
+            f"docs/deployment.md:{number}: `securefed {name}` with {sorted(wanted)} is not "
+            "followed by benchmarks/deployment_walkthrough.sh"
+        )

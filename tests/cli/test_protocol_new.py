@@ -4,8 +4,10 @@ names every missing key at once."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from securefed.cli import app
@@ -54,3 +56,34 @@ def test_a_bare_skeleton_names_every_missing_key_at_once(tmp_path: Path) -> None
     bad = runner.invoke(app, ["protocol", "new", "--sites", "a,b", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2
     assert "--deployment" in _flat(bad.output)
+
+
+@pytest.mark.parametrize("slot", [None, "0", "600", "1800"])
+@pytest.mark.parametrize("base", ["demo", "demo-secure-aggregate"])
+def test_the_skeleton_is_valid_for_any_reply_slot(
+    tmp_path: Path, base: str, slot: str | None
+) -> None:
+    """docs/deployment.md's `--reply-slot-s 600` (also the default) on the demo base, whose
+    secure aggregation waits 600 s: the skeleton raises that wait above two slots instead of
+    writing a protocol `protocol check` refuses, and copies the files the base pins next to the
+    skeleton (both found by following the walkthrough)."""
+    keys = tmp_path / "keys"
+    for role, pid in (("site", "a"), ("site", "b"), ("site", "c"), ("server", "server"),
+                      ("governance", "board")):  # fmt: skip
+        write_keys(generate_keys(role, pid), keys)
+    for pid in ("a", "b", "c"):
+        new_node_key(keys / pid)
+    out = tmp_path / "p.toml"
+    args = ["protocol", "new", "--deployment", "--sites", "a,b,c", "--from", base, "--keys",
+            str(keys), "--out", str(out)] + (["--reply-slot-s", slot] if slot else [])  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    check = runner.invoke(app, ["protocol", "check", str(out)])
+    if slot == "0" and base == "demo-secure-aggregate":  # a finite epsilon must pace replies
+        assert check.exit_code == 2 and "reply_slot_s" in _flat(check.output)
+        return
+    assert check.exit_code == 0, check.output  # the pinned bounds file was copied next to it
+    loaded = tomllib.loads(out.read_text())
+    wait = loaded.get("secure_aggregation", {}).get("timeout_s", 120.0)
+    assert wait > 2 * loaded["training"]["reply_slot_s"]
