@@ -93,6 +93,15 @@ class Deployment:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     superlink: subprocess.Popen[bytes] | None = None
 
+    def __post_init__(self) -> None:
+        # Flower's connection file needs absolute paths (a relative --ca-cert was refused by
+        # `flwr supernode register`: found by following docs/deployment.md); so do the
+        # processes started with another working folder.
+        for name in ("work_dir", "ca_cert", "server_cert", "server_key"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value).absolute())
+
     @property
     def flwr_home(self) -> Path:
         return self.work_dir / "flwr-home"

@@ -472,3 +472,18 @@ def test_a_first_ctrl_c_stops_the_phase_after_the_current_step_and_a_second_at_o
     finally:
         signal.signal(signal.SIGINT, previous)
         STOP.clear()
+
+
+def test_the_connection_file_names_the_study_ca_by_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`federation run --ca-cert tls/ca.pem` (a relative path, as docs/deployment.md writes it):
+    Flower refuses a relative ``root-certificates`` in its connection file."""
+    from securefed.federation.deployment import Deployment
+
+    monkeypatch.chdir(tmp_path)
+    dep = Deployment(work_dir=Path("coordinator"), ca_cert=Path("tls/ca.pem"), start_local=False)
+    dep.write_connection()
+    text = (tmp_path / "coordinator" / "flwr-home" / "config.toml").read_text()
+    assert f'root-certificates = "{tmp_path / "tls" / "ca.pem"}"' in text
+    assert dep.work_dir.is_absolute()
