@@ -84,7 +84,19 @@ setsid flower-superlink \
   --host 127.0.0.1 --port "$PORT" > superlink.log 2>&1 &
 PIDS+=($!)
 
-step "4. each hospital's SuperNode (docs/deployment.md section 4)"
+step "5. the study, started first (docs/deployment.md section 5): it registers the node keys"
+t0=$(date +%s)
+securefed federation run study.toml --superlink "127.0.0.1:$PORT" \
+  --ca-cert tls/ca.pem --node-keys site-node-keys/ --keys public-keys/ \
+  --server-key server-keys/server.key --out study/ &
+COORD=$!
+for _ in $(seq 120); do
+    [ "$(python -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
+        study/coordinator/nodes.json 2>/dev/null || echo 0)" = 3 ] && break
+    sleep 1
+done
+
+step "4. each hospital's SuperNode (docs/deployment.md section 4), once its key is registered"
 i=0
 for s in "${SITES[@]}"; do
     securefed site supernode study.toml --site-config "$s/site.toml" \
@@ -97,12 +109,7 @@ for s in "${SITES[@]}"; do
     PIDS+=($!)
     i=$((i + 1))
 done
-
-step "5. the study (docs/deployment.md section 5)"
-t0=$(date +%s)
-securefed federation run study.toml --superlink "127.0.0.1:$PORT" \
-  --ca-cert tls/ca.pem --node-keys site-node-keys/ --keys public-keys/ \
-  --server-key server-keys/server.key --out study/
+wait "$COORD"
 echo "federation run: $(( $(date +%s) - t0 )) s"
 
 step "each site's status and every party's audit log"
@@ -110,5 +117,5 @@ for s in "${SITES[@]}"; do
     securefed site status study.toml --site-config "$s/site.toml" --work-dir "$s/work"
     securefed audit verify "$s/work" --key "$s/keys/$s.pub.json"
 done
-for s in "${SITES[@]}"; do grep -h "supernode:" "$s/supernode.out" | tail -2; done
+for s in "${SITES[@]}"; do grep -h "supernode:" "$s/supernode.out" | tail -2 || true; done
 echo "walkthrough: done"

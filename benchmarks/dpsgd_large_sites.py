@@ -34,16 +34,21 @@ Usage (from the repository root; the federation and the study protocol must exis
       [--data benchmarks/_work/f1251s/data] \\
       [--study-protocol benchmarks/_work/f1251s/study-protocol/protocol.toml] \\
       [--work benchmarks/_work/dpsgd-large] [--batch 32] [--rounds 10] [--local-steps 20] \\
-      [--epsilon 8,4] [--population 400] [--pretrain-steps 1000] [--sites 2] \\
+      [--epsilon 8,4] [--draws 1] [--population 400] [--pretrain-steps 1000] [--sites 2] \\
       [--probe-steps 0] [--out benchmarks/results/dpsgd-large-sites.json]
+The recorded run (benchmarks/results/dpsgd-large-sites.md): the defaults with ``--draws 2,1``,
+the runs of each site in its own process (``--only 1`` and ``--only 18``), then once without
+``--only`` to collect the kept runs into ``--out`` (it prints the markdown table).
 Work files (public data, public start, protocols, ledgers, per-run results) go to ``--work``;
 a finished run (site x method) is kept there and not rerun. ``--probe-steps N``: only time N
 steps of each kind at the largest site and exit.
 
 Machine notes: written for a 2-core VM shared with a running study (``securefed run`` with two
 Ray workers); torch runs on ``--threads`` (default 1) CPU threads, the JSON records the load
-average before and after. DP-SGD computes one gradient per sample (``torch.func.vmap``) of the
-13,257 outer-block parameters only.
+average before and after (and after each run). There a 200-step run of batch 32 took 4-11
+minutes (217-641 s, with the load average between 3 and 12) and scoring 58-77 test cases
+0.5-1 minute; loading a site's cases 1-2 minutes. DP-SGD computes one gradient per sample
+(``torch.func.vmap``) of the 13,257 outer-block parameters only.
 """
 
 from __future__ import annotations
@@ -225,6 +230,36 @@ def bca(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _key(method: str, eps: float | None, draw: int) -> str:
+    """The run's name: public-start, no-dp, dp-sgd-eps8, dp-sgd-eps8-draw2, ..."""
+    key = method if eps is None else f"{method}-eps{eps:g}"
+    return key if draw == 1 else f"{key}-draw{draw}"
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The results as the markdown table of benchmarks/results/dpsgd-large-sites.md."""
+    lines = [
+        "| site | train patients | test cases | method | epsilon | noise multiplier | batch "
+        "| steps | mean test Dice | gain over public start [95% BCa] |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {"public-start": "public start", "no-dp": "no DP (reference)", "dp-sgd": "DP-SGD"}
+    for r in results:
+        eps = "-" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        name = names[r["method"]] + (f" (draw {r['draw']})" if r.get("draw", 1) > 1 else "")
+        m = f"{r['noise_multiplier']:.2f}" if "noise_multiplier" in r else "-"
+        batch = r.get("batch_size", "-")
+        gain = "-"
+        if "gain_mean" in r:
+            lo, hi = r["gain_ci95_bca"]
+            gain = f"{r['gain_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        lines.append(
+            f"| {r['site']} | {r['train_patients']} | {r['test_cases']} | {name} "
+            f"| {eps} | {m} | {batch} | {r['steps']} | {r['mean_dice']:.4f} | {gain} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:  # noqa: PLR0915
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT / "benchmarks/_work/f1251s/data")
@@ -238,10 +273,13 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--population", type=int, default=400)
     ap.add_argument("--pretrain-steps", type=int, default=1000)
     ap.add_argument("--sites", type=int, default=2)
+    draws = "DP-SGD runs (noise draws) of each epsilon, in --epsilon's order (one value: all)"
+    ap.add_argument("--draws", type=lambda t: _csv(int, t), default=[1], help=draws)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--probe-steps", type=int, default=0)
     only = "run only these partition ids (e.g. one process per site); writes no --out"
     ap.add_argument("--only", type=lambda t: _csv(int, t), default=None, help=only)
+    ap.add_argument("--note", default="", help="what else ran on the machine (into the JSON)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/dpsgd-large-sites.json")
     args = ap.parse_args()
 
@@ -270,15 +308,22 @@ def main() -> None:  # noqa: PLR0915
         if args.only and site["partition_id"] not in args.only:
             continue
         fed = site["federation"]
+        pid = site["partition_id"]
+        runs = [("public-start", None, 1), ("no-dp", None, 1)]
+        per_eps = args.draws * len(args.epsilon) if len(args.draws) == 1 else args.draws
+        runs += [("dp-sgd", e, d) for e, n in zip(args.epsilon, per_eps, strict=True)
+                 for d in range(1, n + 1)]  # fmt: skip
+        keys = [_key(m, e, d) for m, e, d in runs]
+        done = all((runs_dir / f"site{pid}-{k}.json").is_file() for k in keys)
         t0 = time.perf_counter()
         spec = first.protocol.training
-        train = prepare_cases([fed.cases[s] for s in site["train"]], spec)
-        test = prepare_cases([fed.cases[s] for s in site["test"]], spec)
+        train, test = [], []
+        if not done or args.probe_steps:  # every run kept: no need to load the cases
+            train = prepare_cases([fed.cases[s] for s in site["train"]], spec)
+            test = prepare_cases([fed.cases[s] for s in site["test"]], spec)
         load_s = time.perf_counter() - t0
-        pid = site["partition_id"]
-        print(
-            f"site {pid}: {len(train)} train, {len(test)} test cases ({load_s:.0f} s)", flush=True
-        )
+        print(f"site {pid}: {len(site['train'])} train, {len(site['test'])} test cases "
+              f"({load_s:.0f} s to load)", flush=True)  # fmt: skip
         if args.probe_steps:
             probe = {}
             for method in ("no-dp", "dp-sgd"):
@@ -289,10 +334,8 @@ def main() -> None:  # noqa: PLR0915
                 print(f"{method}: {probe[method]:.2f} s/step at batch {args.batch}", flush=True)
             return
         eval_spec = first.protocol.evaluation
-        runs = [("public-start", None)] + [("no-dp", None)] + [("dp-sgd", e) for e in args.epsilon]
         scored: dict[str, dict[str, Any]] = {}
-        for method, eps in runs:
-            key = method if eps is None else f"{method}-eps{eps:g}"
+        for (method, eps, draw), key in zip(runs, keys, strict=True):
             path = runs_dir / f"site{pid}-{key}.json"
             if path.is_file():
                 scored[key] = json.loads(path.read_text())
@@ -312,7 +355,8 @@ def main() -> None:  # noqa: PLR0915
             t1 = time.perf_counter()
             ev = evaluate_local(model, test, eval_spec)
             info["eval_seconds"] = time.perf_counter() - t1
-            row = {"method": method, "epsilon": eps, **info,
+            info["load_average_after"] = os.getloadavg()
+            row = {"method": method, "epsilon": eps, "draw": draw, **info,
                    "cases": [{"subject_id": c["subject_id"], "dice_mean": c["dice_mean"]}
                              for c in ev["cases"]],
                    "mean_dice": float(np.mean([c["dice_mean"] for c in ev["cases"]]))}  # fmt: skip
@@ -340,6 +384,7 @@ def main() -> None:  # noqa: PLR0915
                     "torch_threads": args.threads,
                     "note": "2-core VM shared with a running `securefed run` study (2 Ray "
                             "workers); run under nice -n 5, OMP_NUM_THREADS=1",
+                    "runs": args.note,
                     "load_average_start": load0, "load_average_end": os.getloadavg()},
         "wall_seconds": time.perf_counter() - wall0,
         "settings": {"batch_size": args.batch, "rounds": args.rounds,
@@ -356,6 +401,7 @@ def main() -> None:  # noqa: PLR0915
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
+    print(markdown_table(results))
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
 
 

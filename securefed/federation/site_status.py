@@ -19,14 +19,24 @@ from securefed.privacy.ledger import LEDGER_FILE, read_ledger
 from securefed.trust import load_site_config, verify_for_site
 from securefed.trust.audit_log import AUDIT_FILE, read_entries
 
-__all__ = ["ANSI", "CONNECTION_STATE", "SiteStatus", "site_status"]
+__all__ = ["ANSI", "CONNECTION_STATE", "SiteStatus", "connection_line", "site_status"]
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 """Colour codes in Flower's log lines."""
 CONNECTION_STATE = re.compile(
-    r"connect|retry|refus|registered|activat|error|unavailable|superlink", re.IGNORECASE
+    r"connect|retry|refus|registered|activat|error|unavailable|superlink|SuperNode ID",
+    re.IGNORECASE,
 )
 """A SuperNode log line about its connection state."""
+_NODE_ID = re.compile(r"SuperNode ID:\s*(\d+)")
+
+
+def connection_line(line: str) -> str:
+    """A SuperNode log line about its connection, without colour codes; Flower 1.42
+    says nothing more than its node id once the SuperLink activated it: that reads "connected"."""
+    text = ANSI.sub("", line).strip()
+    found = _NODE_ID.search(text)
+    return f"connected to the SuperLink as node {found.group(1)}" if found else text
 
 
 @dataclass
@@ -104,5 +114,5 @@ def _connection(log: Path) -> str:
     if not log.is_file():
         return ""
     lines = log.read_bytes()[-65536:].decode("utf-8", "replace").splitlines()
-    states = [ANSI.sub("", s).strip() for s in lines if CONNECTION_STATE.search(s)]
+    states = [connection_line(s) for s in lines if CONNECTION_STATE.search(s)]
     return states[-1] if states else "started; no connection message yet"

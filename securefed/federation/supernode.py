@@ -36,7 +36,7 @@ from securefed.errors import ConfigError, SiteTrustError, TrainingError
 from securefed.federation.config import SiteSettings
 from securefed.federation.deployment import flower_env
 from securefed.federation.site_executor import SiteExecutor
-from securefed.federation.site_status import ANSI, CONNECTION_STATE
+from securefed.federation.site_status import ANSI, CONNECTION_STATE, connection_line
 from securefed.fileio import write_exclusive
 
 __all__ = ["SiteNode", "prepare_site_node"]
@@ -154,7 +154,7 @@ def _follow(log: Path, stop: threading.Event, say: Callable[[str], None]) -> Non
                 continue
             text = ANSI.sub("", line.decode("utf-8", "replace")).strip()
             if text and CONNECTION_STATE.search(text):
-                say(text)
+                say(connection_line(text))
 
 
 def _exit_reason(site_id: str, returncode: int, log: Path) -> str:

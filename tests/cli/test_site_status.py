@@ -39,6 +39,15 @@ def test_status_of_a_site_that_trained(tmp_path: Path) -> None:
     assert "audit log: training-round" in out
     assert "connection: WARNING: Connection attempt failed, retrying in 2 seconds" in out
     assert "no ledger (no DP charge here)" in out  # a plain protocol charges nothing
+    # once the SuperLink activates the node, Flower 1.42 logs only its id: that reads "connected"
+    with (work / "supernode.log").open("a") as fh:
+        fh.write("\x1b[92mINFO \x1b[0m:      SuperNode ID: 14935555514046201140\n"
+                 "\x1b[92mINFO \x1b[0m:      Received successfully\n")  # fmt: skip
+    res = CliRunner().invoke(app, ["site", "status", str(fed.protocol), "--site-config",
+                                   str(configs["site-1"]), "--work-dir", str(work)])  # fmt: skip
+    assert "connection: connected to the SuperLink as node 14935555514046201140" in _flat(
+        res.output
+    )
 
 
 def test_status_says_no_and_exits_3_when_the_policy_refuses(tmp_path: Path) -> None:
