@@ -19,13 +19,18 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_a_skeleton_with_every_key_given_is_ready(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
+def _every_key(keys: Path) -> Path:
+    """Sites a, b, c (party keys and node keys), the server and the board, in ``keys``."""
     for role, pid in (("site", "a"), ("site", "b"), ("site", "c"), ("server", "server"),
                       ("governance", "board")):  # fmt: skip
         write_keys(generate_keys(role, pid), keys)
     for pid in ("a", "b", "c"):
         new_node_key(keys / pid)
+    return keys
+
+
+def test_a_skeleton_with_every_key_given_is_ready(tmp_path: Path) -> None:
+    keys = _every_key(tmp_path / "keys")
     out = tmp_path / "p.toml"
     runner = CliRunner()
     res = runner.invoke(app, ["protocol", "new", "--deployment", "--sites", "a,b,c", "--keys",
@@ -67,12 +72,7 @@ def test_the_skeleton_is_valid_for_any_reply_slot(
     secure aggregation waits 600 s: the skeleton raises that wait above two slots instead of
     writing a protocol `protocol check` refuses, and copies the files the base pins next to the
     skeleton (both found by following the walkthrough)."""
-    keys = tmp_path / "keys"
-    for role, pid in (("site", "a"), ("site", "b"), ("site", "c"), ("server", "server"),
-                      ("governance", "board")):  # fmt: skip
-        write_keys(generate_keys(role, pid), keys)
-    for pid in ("a", "b", "c"):
-        new_node_key(keys / pid)
+    keys = _every_key(tmp_path / "keys")
     out = tmp_path / "p.toml"
     args = ["protocol", "new", "--deployment", "--sites", "a,b,c", "--from", base, "--keys",
             str(keys), "--out", str(out)] + (["--reply-slot-s", slot] if slot else [])  # fmt: skip

@@ -359,28 +359,36 @@ def test_a_serverapp_waiting_for_replies_gives_up_once_stopped() -> None:
     assert raised and "interrupted (Ctrl-C)" in str(raised[0])
 
 
-def test_ctrl_c_in_a_simulation_phase_stops_its_serverapp(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def _phase_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: Any) -> Any:
+    """``run_simulation_phase`` of one site with Flower's engine replaced by ``engine``."""
     import flwr.simulation
 
     from securefed.federation import simulation
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", engine)
+    monkeypatch.setattr(simulation, "make_server_app", lambda cfg: None)
+    monkeypatch.setattr(simulation, "make_client_app", lambda *a, **k: None)
+    cfg = SimpleNamespace(site_ids=[1], aggregation="fedavg", decryptor=None, name="global",
+                          out_dir=tmp_path)  # fmt: skip
+    sites = [SimpleNamespace(partition_id=1, device="cpu")]
+    return lambda: simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+
+
+def test_ctrl_c_in_a_simulation_phase_stops_its_serverapp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+
     from securefed.federation.grid_wrapper import STOP
 
     def interrupted(**_: Any) -> None:
         assert not STOP.is_set()  # cleared for every phase
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(flwr.simulation, "run_simulation", interrupted)
-    monkeypatch.setattr(simulation, "make_server_app", lambda cfg: None)
-    monkeypatch.setattr(simulation, "make_client_app", lambda *a, **k: None)
-    cfg = SimpleNamespace(site_ids=[1], aggregation="fedavg", decryptor=None, name="global",
-                          out_dir=tmp_path)  # fmt: skip
-    sites = [SimpleNamespace(partition_id=1, device="cpu")]
+    run_phase = _phase_on(monkeypatch, tmp_path, interrupted)
     STOP.set()
     try:
         with pytest.raises(KeyboardInterrupt):
-            simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+            run_phase()
         assert STOP.is_set()
     finally:
         STOP.clear()
@@ -429,10 +437,7 @@ def test_a_first_ctrl_c_stops_the_phase_after_the_current_step_and_a_second_at_o
     import os
     import signal
 
-    import flwr.simulation
-
     from securefed.errors import TrainingError
-    from securefed.federation import simulation
     from securefed.federation.grid_wrapper import STOP
 
     seen: list[bool] = []
@@ -446,16 +451,11 @@ def test_a_first_ctrl_c_stops_the_phase_after_the_current_step_and_a_second_at_o
         seen.append(STOP.is_set())
         raise TrainingError("interrupted (Ctrl-C) while waiting for the sites' replies")
 
-    monkeypatch.setattr(flwr.simulation, "run_simulation", engine)
-    monkeypatch.setattr(simulation, "make_server_app", lambda cfg: None)
-    monkeypatch.setattr(simulation, "make_client_app", lambda *a, **k: None)
-    cfg = SimpleNamespace(site_ids=[1], aggregation="fedavg", decryptor=None, name="global",
-                          out_dir=tmp_path)  # fmt: skip
-    sites = [SimpleNamespace(partition_id=1, device="cpu")]
+    run_phase = _phase_on(monkeypatch, tmp_path, engine)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:
         with pytest.raises(KeyboardInterrupt):
-            simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+            run_phase()
         assert seen == [True]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
@@ -466,9 +466,9 @@ def test_a_first_ctrl_c_stops_the_phase_after_the_current_step_and_a_second_at_o
             time.sleep(5)
             raise AssertionError("a second Ctrl-C must stop at once")
 
-        monkeypatch.setattr(flwr.simulation, "run_simulation", engine_twice)
+        run_phase = _phase_on(monkeypatch, tmp_path, engine_twice)
         with pytest.raises(KeyboardInterrupt):
-            simulation.run_simulation_phase(cfg, sites, None)  # type: ignore[arg-type]
+            run_phase()
     finally:
         signal.signal(signal.SIGINT, previous)
         STOP.clear()
