@@ -32,10 +32,10 @@ test: install
 	$(PY) -m pytest -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The developer's loop: no Flower/Ray, no whole studies, no slow tests (markers in pyproject.toml,
-# given by folder in tests/support/markers.py); <= 2 minutes on 2 cores
-# (benchmarks/results/tests.md).
+# given by folder in tests/support/markers.py), on the same workers; target <= 2 minutes on 2
+# cores (benchmarks/results/tests.md: 2 min 35 s).
 test-fast: install
-	$(PY) -m pytest -m "not slow and not flower and not study" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow and not flower and not study" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check securefed tests benchmarks
