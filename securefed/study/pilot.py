@@ -15,8 +15,8 @@ Everything a hospital network has is made here, each party in its own folder und
   output: a hospital's own SITE.toml decides that);
 - processes: a SuperLink (TLS, SuperNode authentication) and one SuperNode per site started with
   the site's own launcher (``securefed site supernode``), each in its own process group with its
-  own work folder; all on the loopback interface (separate network namespaces need privileges
-  this command does not ask for: said in the output);
+  own work folder; all on the loopback interface (the pilot does not set up separate network
+  namespaces, even where the machine would allow them: said in the output);
 - the coordinator (``securefed federation run``, :mod:`securefed.study.federation_run`) drives
   every stage into ``study/``; then each party's audit log is verified with its pinned key.
 
@@ -43,7 +43,7 @@ Log = Callable[[str], None]
 SERVER_ID = "server"
 NETWORK = (
     "loopback (127.0.0.1): every party is a separate process with its own folders and keys, "
-    "on one network interface; separate network namespaces need root"
+    "on one network interface; the pilot sets up no separate network namespaces"
 )
 
 
