@@ -115,8 +115,10 @@ def run_simulation_phase(
                 num_supernodes=len(ordered),
                 backend_config=backend_config,
             )
+        if STOP.is_set():  # a Ctrl-C as the phase finished: stop before the next one
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
-        # a second Ctrl-C (or one Flower's engine took): the ServerApp thread must not wait on
+        # a second Ctrl-C (or one Flower's engine took): STOP ends the ServerApp thread's wait
         STOP.set()
         raise
     except Exception as exc:  # noqa: BLE001 - the server's state says what went wrong

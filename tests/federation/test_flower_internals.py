@@ -487,3 +487,28 @@ def test_the_connection_file_names_the_study_ca_by_an_absolute_path(
     text = (tmp_path / "coordinator" / "flwr-home" / "config.toml").read_text()
     assert f'root-certificates = "{tmp_path / "tls" / "ca.pem"}"' in text
     assert dep.work_dir.is_absolute()
+
+
+def test_a_ctrl_c_as_the_phase_finishes_still_stops_the_study(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from securefed.federation.grid_wrapper import STOP
+
+    def engine(**_: Any) -> None:  # the ServerApp finished its last round as Ctrl-C came
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            if STOP.is_set():
+                return
+            time.sleep(0.01)
+
+    run_phase = _phase_on(monkeypatch, tmp_path, engine)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_phase()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        STOP.clear()
