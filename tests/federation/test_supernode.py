@@ -294,3 +294,53 @@ def test_server_takes_identity_from_the_registered_key_not_the_claimed_partition
                                                                     "sites": "2"}))  # fmt: skip
     with pytest.raises(ConfigError, match="node-id:partition-id"):
         PhaseConfig(**{**cfg.__dict__, "node_sites": "11-1"})
+
+
+class _RefusedNode:
+    """A SiteNode whose SuperLink refuses it ``refusals`` times (key not registered yet), then
+    serves until stopped (returns None), or fails otherwise with ``other``."""
+
+    def __init__(self, refusals: int, other: str | None = None) -> None:
+        self.refusals, self.other, self.starts = refusals, other, 0
+
+    def serve(self, say: object = None) -> int | None:
+        from securefed.errors import TrainingError
+
+        self.starts += 1
+        if self.other is not None:
+            raise TrainingError(self.other)
+        if self.starts <= self.refusals:
+            raise TrainingError("site-1: flower-supernode exited (1, Flower exit code 305): the "
+                                "SuperLink refused to activate this node")  # fmt: skip
+        return None
+
+
+def test_a_node_not_yet_registered_tries_again_until_the_coordinator_registers_it() -> None:
+    import os
+    import signal
+    import threading
+
+    from securefed.errors import TrainingError
+    from securefed.federation.supernode import serve_when_registered
+
+    said: list[str] = []
+    node = _RefusedNode(refusals=2)
+    assert serve_when_registered(node, 60, said.append, retry_s=0.01) is None  # type: ignore[arg-type]
+    assert node.starts == 3 and len(said) == 2 and "not registered" in said[0]
+    # without a wait (the default) the refusal ends the command, as before
+    with pytest.raises(TrainingError, match="305"):
+        serve_when_registered(_RefusedNode(refusals=1), 0, said.append)  # type: ignore[arg-type]
+    # another failure is never retried
+    other = _RefusedNode(refusals=0, other="flower-supernode exited (1, Flower exit code 1)")
+    with pytest.raises(TrainingError, match="exit code 1"):
+        serve_when_registered(other, 60, said.append, retry_s=0.01)  # type: ignore[arg-type]
+    assert other.starts == 1
+    # SIGTERM from a service manager while waiting: a clean stop
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        stopped = serve_when_registered(_RefusedNode(refusals=10), 60, said.append, retry_s=30)  # type: ignore[arg-type]
+        assert stopped == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
