@@ -84,7 +84,19 @@ setsid flower-superlink \
   --host 127.0.0.1 --port "$PORT" > superlink.log 2>&1 &
 PIDS+=($!)
 
-step "4. each hospital's SuperNode (docs/deployment.md section 4): it waits for its registration"
+step "5. the study, started first (docs/deployment.md section 5): it registers the node keys"
+t0=$(date +%s)
+securefed federation run study.toml --superlink "127.0.0.1:$PORT" \
+  --ca-cert tls/ca.pem --node-keys site-node-keys/ --keys public-keys/ \
+  --server-key server-keys/server.key --out study/ &
+COORD=$!
+for _ in $(seq 120); do
+    [ "$(python -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
+        study/coordinator/nodes.json 2>/dev/null || echo 0)" = 3 ] && break
+    sleep 1
+done
+
+step "4. each hospital's SuperNode (docs/deployment.md section 4), once its key is registered"
 i=0
 for s in "${SITES[@]}"; do
     securefed site supernode study.toml --site-config "$s/site.toml" \
@@ -93,16 +105,11 @@ for s in "${SITES[@]}"; do
     setsid securefed site supernode study.toml --site-config "$s/site.toml" \
       --superlink "127.0.0.1:$PORT" --ca-cert tls/ca.pem --node-key "$s/node/node.key" \
       --data-dir data --work-dir "$s/work" --runtime-port $((PORT + 10 + i)) \
-      --wait-registration 600 > "$s/supernode.out" 2>&1 &
+      > "$s/supernode.out" 2>&1 &
     PIDS+=($!)
     i=$((i + 1))
 done
-
-step "5. the study (docs/deployment.md section 5): it registers the node keys, the SuperNodes connect"
-t0=$(date +%s)
-securefed federation run study.toml --superlink "127.0.0.1:$PORT" \
-  --ca-cert tls/ca.pem --node-keys site-node-keys/ --keys public-keys/ \
-  --server-key server-keys/server.key --out study/
+wait "$COORD"
 echo "federation run: $(( $(date +%s) - t0 )) s"
 
 step "each site's status and every party's audit log"

@@ -332,15 +332,6 @@ def supernode(
     check_only: Annotated[
         bool, typer.Option("--check-only", help="Run every check, start nothing.")
     ] = False,
-    wait_registration: Annotated[
-        float,
-        typer.Option(
-            "--wait-registration",
-            min=0.0,
-            help="Seconds to keep retrying while the SuperLink does not know this node's key "
-            "yet (the coordinator registers it when it starts the study); 0: exit at once.",
-        ),
-    ] = 0.0,
 ) -> None:
     """Run this site's SuperNode: accept PROTOCOL (signed, study.mode 'deployment') with the
     site's trust and policy, then connect to the SuperLink over TLS with the site's node key
@@ -362,11 +353,8 @@ def supernode(
     import signal
 
     from securefed.errors import EXIT_INTERRUPTED
-    from securefed.federation.supernode import serve_when_registered
 
-    stopped_by = serve_when_registered(
-        node, wait_registration, say=lambda line: info(f"supernode: {line}")
-    )
+    stopped_by = node.serve(say=lambda line: info(f"supernode: {line}"))
     if stopped_by == signal.SIGINT:
         # Ctrl-C: said, and exit 130 (a service manager's SIGTERM is a clean stop: exit 0)
         interrupted()

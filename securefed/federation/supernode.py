@@ -39,12 +39,7 @@ from securefed.federation.site_executor import SiteExecutor
 from securefed.federation.site_status import ANSI, CONNECTION_STATE, connection_line
 from securefed.fileio import write_exclusive
 
-__all__ = ["REGISTRATION_RETRY_S", "SiteNode", "prepare_site_node", "serve_when_registered"]
-
-REGISTRATION_RETRY_S = 30.0
-"""How long a SuperNode whose key the SuperLink does not know yet waits before it tries again."""
-NOT_REGISTERED = "Flower exit code 305"
-"""What _exit_reason names when the SuperLink refused to activate the node."""
+__all__ = ["SiteNode", "prepare_site_node"]
 
 
 @dataclass(frozen=True)
@@ -298,48 +293,3 @@ def prepare_site_node(
         ca_cert=Path(ca_cert), node_key=Path(node_key), approved=p.governance.approved_apps,
         runtime_port=runtime_port, work_dir=Path(work_dir),
     )  # fmt: skip
-
-
-def serve_when_registered(
-    node: SiteNode,
-    wait_s: float,
-    say: Callable[[str], None],
-    retry_s: float | None = None,
-) -> int | None:
-    """``node.serve`` (see there), started again every ``retry_s`` seconds (default
-    REGISTRATION_RETRY_S) for up to ``wait_s`` seconds while the SuperLink refuses the node
-    because its key is not registered yet (the coordinator registers the sites' keys when it
-    starts the study); any other failure, or the refusal after ``wait_s``, raises as before.
-    SIGTERM while waiting stops cleanly (returned, as from ``serve``); Ctrl-C raises
-    KeyboardInterrupt."""
-    deadline = time.monotonic() + float(wait_s)
-    pause = REGISTRATION_RETRY_S if retry_s is None else float(retry_s)
-    while True:
-        try:
-            return node.serve(say=say)
-        except TrainingError as exc:
-            left = deadline - time.monotonic()
-            if NOT_REGISTERED not in str(exc) or left <= 0:
-                raise
-            say(f"not registered at the SuperLink yet (the coordinator registers node.pub when "
-                f"it starts the study); trying again in {min(pause, left):.0f} s")  # fmt: skip
-            stopped = _wait_or_signal(min(pause, left))
-            if stopped is not None:
-                return stopped
-
-
-def _wait_or_signal(seconds: float) -> int | None:
-    """Sleep ``seconds``; SIGTERM ends the wait (returns it), SIGINT raises KeyboardInterrupt
-    (``serve`` left its own handlers installed: put the usual ones back)."""
-    got: list[int] = []
-    woke = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-
-        def on_term(signum: int, *_: object) -> None:
-            got.append(signum)
-            woke.set()
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    woke.wait(seconds)
-    return got[0] if got else None
