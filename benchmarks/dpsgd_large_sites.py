@@ -22,7 +22,7 @@ test_fraction, val_fraction, as ``securefed run`` does), so the test cases are t
 cases of those sites; validation cases are not used (no model selection: the last round's model
 is scored). Score: ``evaluate_local`` with the protocol's ``[evaluation]`` (sliding window 48^3),
 mean Dice of TC/WT/ET per test case; the gain of a method is the per-case paired difference to
-the public start, its mean with a 95% BCa bootstrap interval (``scipy.stats.bootstrap``, seeded).
+the public start, its mean with a 95% BCa bootstrap interval (``securefed.stats``, seeded).
 
 Learning rate and clipping norm: the protocol defaults (``training.lr`` 0.003 with Adam, the lr
 of DP-SGD's global rounds in ``securefed run``; ``dp_sgd.max_grad_norm`` 1.0), NOT tuned on the
@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -79,10 +78,6 @@ METHODS = ("no-dp", "dp-sgd")
 
 def _csv(kind: type, text: str) -> list:
     return [kind(x) for x in text.split(",") if x.strip()]
-
-
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _run(cmd: list[str], log: Path) -> None:
@@ -143,7 +138,9 @@ def write_protocols(args: argparse.Namespace, log: Path) -> dict[float, Path]:
         base.write_text(tomli_w.dumps(dp_protocol(study, args, max(args.epsilon), None, batch)))
         _run([str(SECUREFED), "pretrain", str(base), "--data", str(public), "--out", str(start),
               "--source", PUBLIC_SOURCE, "--steps", str(args.pretrain_steps)], log)  # fmt: skip
-    pinned = {"file": start.name, "sha256": _sha256(start)}
+    from securefed.protocol.pinned import file_sha256
+
+    pinned = {"file": start.name, "sha256": file_sha256(start)}
     out = {}
     for eps in args.epsilon:
         path = work / f"protocol-eps{eps:g}.toml"
@@ -223,11 +220,11 @@ def train_run(
 
 
 def bca(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    from scipy.stats import bootstrap
+    from securefed.stats import bootstrap_interval
 
-    res = bootstrap((diff,), np.mean, confidence_level=0.95, method="BCa", n_resamples=9999,
-                    random_state=np.random.default_rng(seed))  # fmt: skip
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    low, high = bootstrap_interval(np.mean, [diff], vectorized=True, n_resamples=9999,
+                                   seed=seed, method="BCa")  # fmt: skip
+    return low, high
 
 
 def _key(method: str, eps: float | None, draw: int) -> str:

@@ -1,5 +1,6 @@
 """Test Dice of a fets-1251-shifted study per scanner group and method, and CFFL against FedAvg
-with a paired bootstrap interval (scipy.stats.bootstrap, BCa, 95 %, seeded) per group.
+with a paired bootstrap interval (securefed.stats.bootstrap_interval: scipy's BCa, 95 %, seeded)
+per group.
 
     python benchmarks/fets1251_compare.py RUNDIR TRUTH_CSV [--against RUNDIR2] [--out FILE]
 
@@ -18,7 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import bootstrap
+
+from securefed.stats import bootstrap_interval
 
 SHIFTED = {
     "ge-1.5t-weak-enhancement": "weak T1ce enhancement",
@@ -44,11 +46,10 @@ def _paired(diff: np.ndarray) -> tuple[dict[str, float] | None, str]:
     """The mean difference with its paired BCa interval (None under 3 cases) and a table cell."""
     if len(diff) < 3:
         return None, "n too small"
-    res = bootstrap((diff,), np.mean, confidence_level=0.95, method="BCa",
-                    random_state=np.random.default_rng(0), n_resamples=5000)  # fmt: skip
-    ci = res.confidence_interval
-    doc = {"mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high)}
-    return doc, f"{diff.mean():+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]"
+    low, high = bootstrap_interval(np.mean, [diff], vectorized=True, n_resamples=5000,
+                                   method="BCa")  # fmt: skip
+    doc = {"mean": float(diff.mean()), "low": low, "high": high}
+    return doc, f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def main() -> None:

@@ -5,6 +5,9 @@ exact binomial interval.
 seed, so every interval securefed reports (per-scanner Dice, attribute-inference R^2,
 reconstruction SSIM/PSNR, membership AUC and TPR) follows the same rule: resample the cases, take
 the 2.5th and 97.5th percentiles of the statistic (linear interpolation, ``numpy.percentile``).
+The benchmarks' paired method comparisons (benchmarks/fets1251_compare.py,
+benchmarks/dpsgd_large_sites.py) ask the same function for scipy's BCa interval
+(``method="BCa"``), which corrects the percentiles for bias and skew.
 
 :func:`clopper_pearson` is ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``: the
 interval of a rate of ``k`` in ``n`` (site attribution, the DP audit's threshold test).
@@ -19,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "CONFIDENCE",
+    "METHODS",
     "N_RESAMPLES",
     "bootstrap_interval",
     "bootstrap_intervals",
@@ -27,6 +31,8 @@ __all__ = [
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
+METHODS = ("percentile", "BCa")
+"""The interval rules: the percentile one (every report) and scipy's BCa (the benchmarks)."""
 
 
 def bootstrap_interval(
@@ -38,6 +44,7 @@ def bootstrap_interval(
     n_resamples: int = N_RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = 0,
+    method: str = "percentile",
 ) -> list[float]:
     """Percentile bootstrap interval ``[low, high]`` of ``statistic(*samples)`` (one value).
 
@@ -45,9 +52,10 @@ def bootstrap_interval(
     otherwise each sample is resampled on its own (a stratified bootstrap, e.g. members and
     non-members). ``vectorized``: the statistic takes an ``axis`` keyword. A sample of one value
     is the same in every resample (scipy needs two or more), so it is held fixed; with nothing
-    left to resample the interval is the statistic's value itself.
+    left to resample the interval is the statistic's value itself. ``method``: one of METHODS.
     """
-    low, high = _bootstrap(statistic, samples, paired, vectorized, n_resamples, confidence, seed)
+    low, high = _bootstrap(statistic, samples, paired, vectorized, n_resamples, confidence, seed,
+                           method)  # fmt: skip
     return [float(low), float(high)]
 
 
@@ -60,10 +68,12 @@ def bootstrap_intervals(
     n_resamples: int = N_RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = 0,
+    method: str = "percentile",
 ) -> list[list[float]]:
     """:func:`bootstrap_interval` of a statistic that returns several values (one 1-D array),
     from the same resamples: one ``[low, high]`` per value."""
-    low, high = _bootstrap(statistic, samples, paired, vectorized, n_resamples, confidence, seed)
+    low, high = _bootstrap(statistic, samples, paired, vectorized, n_resamples, confidence, seed,
+                           method)  # fmt: skip
     return [[float(lo), float(hi)] for lo, hi in zip(low.ravel(), high.ravel(), strict=True)]
 
 
@@ -75,9 +85,12 @@ def _bootstrap(
     n_resamples: int,
     confidence: float,
     seed: int,
+    method: str = "percentile",
 ) -> tuple[np.ndarray, np.ndarray]:
     from scipy.stats import bootstrap
 
+    if method not in METHODS:
+        raise ValueError(f"bootstrap method {method!r}: one of {METHODS}")
     arrays = [np.asarray(s) for s in samples]
     varying = [i for i, a in enumerate(arrays) if len(a) >= 2]
     if not varying or (paired and len(varying) < len(arrays)):
@@ -99,7 +112,7 @@ def _bootstrap(
         vectorized=vectorized,
         paired=paired,
         confidence_level=confidence,
-        method="percentile",
+        method=method,
         rng=np.random.default_rng(seed),
     )
     ci = res.confidence_interval

@@ -266,27 +266,33 @@ def new(
     text = deployment_skeleton(data, ids, known, server_id=server_id, governance=governance,
                                app_hash=compute(), version=__version__,
                                reply_slot_s=reply_slot_s)  # fmt: skip
+    pinned = _pinned_sources(path)  # before anything is written: a base that does not load
     write_exclusive(out, text.encode("utf-8"), mode=0o644)
-    for copied in _copy_pinned_files(path, out.parent):
+    for copied in _copy_pinned_files(pinned, out.parent):
         info(f"{copied}: a file the protocol pins, copied next to it (ship it with the protocol)")
     todo = text.count("# TODO ")
     info(f"{out}: deployment protocol from {path.name} for {len(ids)} sites; {todo} key(s) "
          f"still to fill (TODO lines); then `securefed protocol check {out}`")  # fmt: skip
 
 
-def _copy_pinned_files(base: Path, folder: Path) -> list[Path]:
-    """Copy the files ``base`` pins (bounds, projection, public start) from its folder into
-    ``folder`` where they are not there yet (a file already there is kept: `protocol check`
-    compares it with the pin)."""
-    import shutil
-
+def _pinned_sources(base: Path) -> list[tuple[Path, str]]:
+    """The files ``base`` pins (bounds, projection, public start): (where they are, the name the
+    protocol gives them)."""
     from securefed.protocol import load_protocol
     from securefed.protocol.pinned import pinned_files
 
     loaded = load_protocol(base)
+    return [(loaded.resolve(p.file), p.file) for _field, p in pinned_files(loaded.protocol)]
+
+
+def _copy_pinned_files(pinned: list[tuple[Path, str]], folder: Path) -> list[Path]:
+    """Copy ``pinned`` into ``folder`` where they are not there yet (a file already there is
+    kept: `protocol check` compares it with the pin)."""
+    import shutil
+
     copied = []
-    for _field, pinned in pinned_files(loaded.protocol):
-        src, dst = loaded.resolve(pinned.file), folder / pinned.file
+    for src, name in pinned:
+        dst = folder / name
         if src.resolve() != dst.resolve() and src.is_file() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)

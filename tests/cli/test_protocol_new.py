@@ -87,3 +87,19 @@ def test_the_skeleton_is_valid_for_any_reply_slot(
     loaded = tomllib.loads(out.read_text())
     wait = loaded.get("secure_aggregation", {}).get("timeout_s", 120.0)
     assert wait > 2 * loaded["training"]["reply_slot_s"]
+
+
+def test_a_base_that_does_not_load_leaves_nothing_written(tmp_path: Path) -> None:
+    base = tmp_path / "base.toml"
+    data = tomllib.loads(
+        (Path(__file__).resolve().parents[2] / "protocols" / "demo.toml").read_text()
+    )
+    data["training"]["global_rounds"] = -1  # parses, fails the schema
+    import tomli_w
+
+    base.write_bytes(tomli_w.dumps(data).encode())
+    out = tmp_path / "p.toml"
+    res = CliRunner().invoke(app, ["protocol", "new", "--deployment", "--sites", "a,b,c",
+                                   "--from", str(base), "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert not out.exists()
