@@ -20,7 +20,9 @@ export FLWR_TELEMETRY_ENABLED=0
 SITES=(site-1 site-2 site-3)
 PORT=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PIDS=()
-stop_all() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; }
+stop_all() {
+    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+}
 trap stop_all EXIT
 step() { echo; echo "== $(date -u +%H:%M:%S) $*"; }
 
@@ -90,6 +92,7 @@ securefed federation run study.toml --superlink "127.0.0.1:$PORT" \
   --ca-cert tls/ca.pem --node-keys site-node-keys/ --keys public-keys/ \
   --server-key server-keys/server.key --out study/ &
 COORD=$!
+PIDS+=("$COORD")  # stopped with the rest if the script fails before the study ends
 for _ in $(seq 120); do
     [ "$(python -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
         study/coordinator/nodes.json 2>/dev/null || echo 0)" = 3 ] && break
