@@ -20,6 +20,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     tests/test_wheel.py or support.markers.SLOW_TESTS ``slow`` (on top of the marks written in
     the files)."""
     for item in items:
+        if "\\x" in item.nodeid:
+            # pytest-xdist compares the workers' collections by name: an id made of raw bytes
+            # (a gzip header carries its mtime) can differ between workers and stop the suite.
+            raise pytest.UsageError(f"{item.nodeid}: give this parametrized case an explicit id")
         for name in markers_for_test(item.path, item.nodeid):
             item.add_marker(getattr(pytest.mark, name))
 

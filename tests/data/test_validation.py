@@ -102,7 +102,12 @@ def test_gz_with_corrupt_payload(tmp_path: Path) -> None:
     _expect(case, "truncated or corrupt|unreadable", path.name, header=False)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a nifti at all", gzip.compress(b"x" * 400)])
+# Explicit ids and a fixed gzip mtime: every xdist worker must collect the same test names.
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a nifti at all", gzip.compress(b"x" * 400, mtime=0)],
+    ids=["empty", "text", "gzip-of-garbage"],
+)
 def test_garbage_file(tmp_path: Path, content: bytes) -> None:
     case = _case(tmp_path)
     path = _file(tmp_path, "t1ce")
