@@ -52,7 +52,8 @@ class LocalSite:
     """A site's SuperNode started on this machine with ``securefed site supernode`` (loopback
     tests and single-host pilots). ``node_key``: its node.key (node.pub beside it is what the
     coordinator registers); ``register=False`` leaves it unregistered (a node the SuperLink must
-    refuse)."""
+    refuse); ``command_prefix`` starts its launcher elsewhere (the pilot: in the site's own
+    network namespace)."""
 
     site_id: str
     protocol: Path
@@ -63,6 +64,7 @@ class LocalSite:
     assignments: Path | None = None
     partition_id: int = -1
     register: bool = True
+    command_prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS): its own network
 
 
 @dataclass
@@ -181,7 +183,7 @@ class Deployment:
                 args += ["--ca-cert", str(self.ca_cert)]
             if site.assignments is not None:
                 args += ["--assignments", str(site.assignments)]
-            self._spawn(args, f"site-{site.site_id}.log", node_env)
+            self._spawn([*site.command_prefix, *args], f"site-{site.site_id}.log", node_env)
 
     def register_node(self, public_key: Path) -> int:
         """Register a SuperNode's public key with the SuperLink (Flower's Control API) and

@@ -15,8 +15,9 @@ Everything a hospital network has is made here, each party in its own folder und
   output: a hospital's own SITE.toml decides that);
 - processes: a SuperLink (TLS, SuperNode authentication) and one SuperNode per site started with
   the site's own launcher (``securefed site supernode``), each in its own process group with its
-  own work folder; all on the loopback interface (the pilot does not set up separate network
-  namespaces, even where the machine would allow them: said in the output);
+  own work folder; each site in its own network namespace with its own address, reaching only
+  the SuperLink's, where the machine allows it (root, iproute2), else all on loopback, said in
+  the output (:mod:`securefed.study.pilot_network`);
 - the coordinator (``securefed federation run``, :mod:`securefed.study.federation_run`) drives
   every stage into ``study/``; then each party's audit log is verified with its pinned key.
 
@@ -36,15 +37,12 @@ from typing import Any
 
 from securefed.errors import ConfigError
 from securefed.protocol import LoadedProtocol
+from securefed.study.pilot_network import NetworkMode, PilotNetwork, open_network
 
 __all__ = ["PilotResult", "run_pilot"]
 
 Log = Callable[[str], None]
 SERVER_ID = "server"
-NETWORK = (
-    "loopback (127.0.0.1): every party is a separate process with its own folders and keys, "
-    "on one network interface; the pilot sets up no separate network namespaces"
-)
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,25 @@ class PilotResult:
     process_groups: list[int] = field(default_factory=list)  # every process started, stopped
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _server_tls(tls: Path, host: str) -> tuple[Path, Path]:
+    """The SuperLink's certificate for ``host`` (issued by the pilot's study CA, once per
+    address: a namespace network's address changes from run to run)."""
+    if host == "127.0.0.1":
+        return tls / "server.pem", tls / "server.key"
+    from securefed.crypto.study_ca import issue_server_cert
+
+    folder = tls / f"superlink-{host}"
+    if not (folder / "server.pem").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # a half-written one
+        folder.mkdir(parents=True)
+        issue_server_cert(tls / "ca.pem", tls / "ca.key", folder, [host])
+    return folder / "server.pem", folder / "server.key"
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -240,12 +253,14 @@ def run_pilot(
     supernode_env: Mapping[str, str] | None = None,
     stage_timeout_s: float = 1800.0,
     reply_slot_s: float | None = None,
+    network: NetworkMode = "auto",
     log: Log = print,
 ) -> PilotResult:
     """Run ``protocol`` (a shipped name or a file) as a deployment of ``sites`` sites (default:
     every institution of the federation) on this machine; see the module docstring.
     ``reply_slot_s``: the deployment protocol's ``training.reply_slot_s`` (default: none for a
-    plain protocol, 120 s for one that claims a finite epsilon, where a deployment needs it)."""
+    plain protocol, 120 s for one that claims a finite epsilon, where a deployment needs it).
+    ``network``: ``auto`` (namespaces where allowed), ``netns`` or ``loopback``."""
     from securefed.data.synth import synthesize
     from securefed.fileio import read_json, write_json_atomic
     from securefed.protocol import load_protocol
@@ -288,34 +303,41 @@ def run_pilot(
         loaded = load_protocol(out / "protocol.toml")
     for line in relaxed:
         log(f"pilot site policy (each hospital's SITE.toml decides this): {line}")
-    log(f"network: {NETWORK}")
-    results, groups = _run(lay, loaded, supernode_env, stage_timeout_s, log)
+    net = open_network(out, lay.ids, network, log)
+    log(f"network: {net.describe()}")
+    try:
+        results, groups = _run(lay, loaded, net, supernode_env, stage_timeout_s, log)
+    finally:
+        net.close()
     audit = _verify_logs(loaded, out, lay.ids)
     for party, verdict in audit.items():
         log(f"audit log of {party}: {verdict}")
     from securefed.study.federation_run import write_report
 
-    results = {**results, "audit_logs": audit, "network": NETWORK}
+    results = {**results, "audit_logs": audit, "network": net.describe()}
     write_json_atomic(out / "study" / "results.json", results)
     write_report(loaded, out / "study", results)
-    return PilotResult(out, results, NETWORK, audit, relaxed, groups)
+    return PilotResult(out, results, net.describe(), audit, relaxed, groups)
 
 
 def _run(
-    lay: _Layout, loaded: LoadedProtocol, supernode_env: Mapping[str, str] | None,
-    stage_timeout_s: float, log: Log,
+    lay: _Layout, loaded: LoadedProtocol, net: PilotNetwork,
+    supernode_env: Mapping[str, str] | None, stage_timeout_s: float, log: Log,
 ) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
     """Start the SuperLink and the SuperNodes, drive the study, stop every process."""
     from securefed.federation.deployment import Deployment, LocalSite
     from securefed.study.federation_run import CoordinatorKeys, run_federation_study
 
-    port = _free_port()
+    host = net.server_address
+    port = _free_port(host)
     tls = lay.out / "tls"
+    server_cert, server_key = _server_tls(tls, host)
     local = [
         LocalSite(
             site_id=sid, protocol=lay.home(sid) / "protocol.toml",
             site_config=lay.home(sid) / "SITE.toml", node_key=lay.home(sid) / "node" / "node.key",
             data_dir=lay.home(sid) / "data", work_dir=lay.home(sid) / "work", partition_id=pid,
+            command_prefix=net.prefix(sid),
         )
         for sid, pid in zip(lay.ids, lay.pids, strict=True)
     ]  # fmt: skip
@@ -325,8 +347,8 @@ def _run(
     env = {"SECUREFED_TORCH_THREADS": str(threads), **dict(supernode_env or {})}
     log(f"{len(lay.ids)} sites share {os.cpu_count()} cores: {threads} torch thread(s) each")
     deployment = Deployment(
-        work_dir=study / "coordinator", port=port, ca_cert=tls / "ca.pem",
-        server_cert=tls / "server.pem", server_key=tls / "server.key",
+        work_dir=study / "coordinator", address=host, port=port, ca_cert=tls / "ca.pem",
+        server_cert=server_cert, server_key=server_key,
         supernode_env=env, local_sites=local,
     )  # fmt: skip
     keys = CoordinatorKeys.load(loaded, lay.keys / f"{SERVER_ID}.key", lay.keys, None)
@@ -339,11 +361,11 @@ def _run(
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminated) if main else None
     try:
-        log(f"starting a SuperLink on 127.0.0.1:{port} (TLS, node authentication) and "
+        log(f"starting a SuperLink on {host}:{port} (TLS, node authentication) and "
             f"{len(lay.ids)} SuperNodes ...")  # fmt: skip
         deployment.start()
         results = run_federation_study(
-            loaded, study, superlink=f"127.0.0.1:{port}", ca_cert=tls / "ca.pem",
+            loaded, study, superlink=f"{host}:{port}", ca_cert=tls / "ca.pem",
             node_keys=lay.node_keys, keys=keys, stage_timeout_s=stage_timeout_s, log=log,
         )  # fmt: skip
     finally:

@@ -1,6 +1,8 @@
 """`securefed pilot` on a tiny federation (3 sites, 6 mm volumes, one round per phase): the
-whole study as a deployment on loopback (study CA, TLS SuperLink with SuperNode authentication,
-one SuperNode process per site, the coordinator driving every stage over the network), then
+whole study as a deployment, each site in its own network namespace where the machine allows it
+(else on loopback; test_pilot_secure.py runs on loopback), with a study CA, a TLS SuperLink with
+SuperNode authentication, one SuperNode process per site and the coordinator driving every stage
+over the network; then
 checks that every stage ran over Flower messages, that each site kept its own cluster
 assignment, that the evaluation released per-site counts only for test cases, that every
 party's audit log verifies with its pinned key, that no process is left, and that a rerun
@@ -9,7 +11,9 @@ resumes without redoing a stage."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from support.study import TINY, tiny_protocol
 
 from securefed.clustering.assignments import read_assignments
 from securefed.study.pilot import run_pilot
+from securefed.study.pilot_network import namespaces_unavailable
 
 
 @pytest.mark.slow
@@ -33,7 +38,14 @@ def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
     study = tmp_path / "pilot" / "study"
     state = json.loads((study / "study.json").read_text())
     assert state["completed"] == ["features", "clustering", "training", "evaluation", "report"]
-    assert any(line.startswith("network: loopback") for line in lines)
+    # each site in its own network namespace where this machine allows it, else loopback
+    unavailable = namespaces_unavailable()
+    network = [line for line in lines if line.startswith("network: ")]
+    if unavailable is None:
+        assert network[0].startswith("network: network namespaces"), network
+        assert "site-3 10." in network[0]
+    else:
+        assert network[0].startswith("network: loopback") and unavailable in network[0]
     # features: one sealed envelope per site came back as a Flower reply, and was collected
     inbox = study / "stages" / "features" / "inbox"
     assert sorted(p.name for p in inbox.iterdir()) == [
@@ -84,6 +96,11 @@ def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
     pids = json.loads((study / "coordinator" / "nodes.json").read_text())
     assert pids  # the three node keys were registered
     assert groups_alive(result.process_groups) == []
+    assert not (tmp_path / "pilot" / "network.json").exists()  # namespaces and bridge removed
+    if unavailable is None:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        made = re.findall(r"netns (securefed-\w+-\d+)", network[0])
+        assert len(made) == 3 and not any(ns in listed for ns in made)
     # a rerun resumes: every stage is done, nothing is redone
     again: list[str] = []
     run_pilot(tmp_path / "pilot", str(proto), preset=TINY, log=again.append)

@@ -32,7 +32,7 @@ def test_a_secure_aggregate_pilot_clusters_over_masked_rounds(tmp_path: Path) ->
     data.setdefault("evaluation", {})["dp_summary"] = {"epsilon": 1.0, "min_sites": 3}
     proto.write_bytes(tomli_w.dumps(data).encode())
     result = run_pilot(tmp_path / "pilot", str(proto), preset=TINY, stage_timeout_s=600,
-                       reply_slot_s=15, log=lambda _: None)  # fmt: skip
+                       network="loopback", reply_slot_s=15, log=lambda _: None)  # fmt: skip
     study = tmp_path / "pilot" / "study"
     stages = sorted(p.name for p in (study / "stages").iterdir())
     assert "features" not in stages and "secure-keys" in stages and "secure-assign" in stages
