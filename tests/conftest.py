@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from support.cpu_profile import pytest_runtest_protocol  # noqa: F401  (SECUREFED_TEST_CPU=FILE)
 from support.markers import markers_for_test
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
