@@ -115,3 +115,24 @@ def test_loopback_where_asked_or_where_namespaces_are_refused(
         open_network(tmp_path, ["s1", "s2"], "netns")
     with pytest.raises(ConfigError, match="--network bridge: one of auto, netns, loopback"):
         open_network(tmp_path, ["s1", "s2"], "bridge")  # type: ignore[arg-type]
+
+
+@needs_namespaces
+def test_a_site_that_cannot_reach_the_superlink_means_loopback_and_nothing_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    def firewalled(network: PilotNetwork) -> None:
+        made.extend(network.namespaces.values())
+        raise OSError("site-a cannot reach 10.0.0.1 from its namespace (a firewall?)")
+
+    monkeypatch.setattr(pilot_network, "_check_reach", firewalled)
+    lines: list[str] = []
+    net = open_network(tmp_path, ["site-a", "site-b"], "auto", log=lines.append)
+    assert net.kind == "loopback" and "setting them up failed" in net.describe()
+    assert any("a firewall?" in line and "using loopback" in line for line in lines)
+    assert len(made) == 2 and not any(ns in _namespaces() for ns in made)
+    assert not (tmp_path / "network.json").exists()
+    with pytest.raises(ConfigError, match="--network netns: setting up the namespaces failed"):
+        open_network(tmp_path, ["site-a", "site-b"], "netns")

@@ -33,11 +33,14 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securefed.errors import ConfigError
 from securefed.protocol import LoadedProtocol
 from securefed.study.pilot_network import NetworkMode, PilotNetwork, open_network
+
+if TYPE_CHECKING:
+    from securefed.federation.deployment import Deployment
 
 __all__ = ["PilotResult", "run_pilot"]
 
@@ -254,13 +257,16 @@ def run_pilot(
     stage_timeout_s: float = 1800.0,
     reply_slot_s: float | None = None,
     network: NetworkMode = "auto",
+    on_started: Callable[[Deployment, PilotNetwork], None] | None = None,
     log: Log = print,
 ) -> PilotResult:
     """Run ``protocol`` (a shipped name or a file) as a deployment of ``sites`` sites (default:
     every institution of the federation) on this machine; see the module docstring.
     ``reply_slot_s``: the deployment protocol's ``training.reply_slot_s`` (default: none for a
     plain protocol, 120 s for one that claims a finite epsilon, where a deployment needs it).
-    ``network``: ``auto`` (namespaces where allowed), ``netns`` or ``loopback``."""
+    ``network``: ``auto`` (namespaces where allowed), ``netns`` or ``loopback``.
+    ``on_started``: called once the SuperLink and SuperNodes run, before the coordinator starts
+    (the pilot test tries its intruders there)."""
     from securefed.data.synth import synthesize
     from securefed.fileio import read_json, write_json_atomic
     from securefed.protocol import load_protocol
@@ -306,7 +312,7 @@ def run_pilot(
     net = open_network(out, lay.ids, network, log)
     log(f"network: {net.describe()}")
     try:
-        results, groups = _run(lay, loaded, net, supernode_env, stage_timeout_s, log)
+        results, groups = _run(lay, loaded, net, supernode_env, stage_timeout_s, log, on_started)
     finally:
         net.close()
     audit = _verify_logs(loaded, out, lay.ids)
@@ -323,6 +329,7 @@ def run_pilot(
 def _run(
     lay: _Layout, loaded: LoadedProtocol, net: PilotNetwork,
     supernode_env: Mapping[str, str] | None, stage_timeout_s: float, log: Log,
+    on_started: Callable[[Deployment, PilotNetwork], None] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:  # fmt: skip
     """Start the SuperLink and the SuperNodes, drive the study, stop every process."""
     from securefed.federation.deployment import Deployment, LocalSite
@@ -364,6 +371,8 @@ def _run(
         log(f"starting a SuperLink on {host}:{port} (TLS, node authentication) and "
             f"{len(lay.ids)} SuperNodes ...")  # fmt: skip
         deployment.start()
+        if on_started is not None:
+            on_started(deployment, net)
         results = run_federation_study(
             loaded, study, superlink=f"{host}:{port}", ca_cert=tls / "ca.pem",
             node_keys=lay.node_keys, keys=keys, stage_timeout_s=stage_timeout_s, log=log,

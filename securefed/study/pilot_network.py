@@ -83,7 +83,13 @@ def namespaces_unavailable() -> str | None:
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"`ip netns add` was refused: {made.stderr.strip()[-200:]}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    try:  # a container may allow the namespace but not entering it (remounting /sys)
+        entered = subprocess.run(["ip", "netns", "exec", probe, "true"], capture_output=True,
+                                 text=True)  # fmt: skip
+        if entered.returncode != 0:
+            return f"`ip netns exec` was refused: {entered.stderr.strip()[-200:]}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
@@ -107,7 +113,7 @@ def open_network(
         return _loopback(site_ids, reason)
     try:
         return _namespaces(out, site_ids)
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         text = getattr(exc, "stderr", None) or str(exc)
         if mode == "netns":
             raise ConfigError(f"--network netns: setting up the namespaces failed: {text}") from exc
@@ -183,10 +189,31 @@ def _namespaces(out: Path, site_ids: Sequence[str]) -> PilotNetwork:
             _ip("-n", ns, "addr", "add", f"{address}/{net.prefixlen}", "dev", peer)
             _ip("-n", ns, "link", "set", peer, "up")
             network.site_addresses[sid] = address
+        _check_reach(network)
     except BaseException:
         network.close()
         raise
     return network
+
+
+def _check_reach(network: PilotNetwork) -> None:
+    """Every site connects to a listener on the SuperLink's address (a host firewall dropping
+    the bridge's traffic would otherwise stall the pilot until its stage timeout)."""
+    import socket
+    import sys
+
+    code = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)"
+    with socket.socket() as listener:
+        listener.bind((network.server_address, 0))
+        listener.listen(len(network.namespaces))
+        port = str(listener.getsockname()[1])
+        for sid in network.namespaces:
+            probe = subprocess.run([*network.prefix(sid), sys.executable, "-c", code,
+                                    network.server_address, port], capture_output=True,
+                                   text=True, timeout=30)  # fmt: skip
+            if probe.returncode != 0:
+                raise OSError(f"{sid} cannot reach {network.server_address} from its namespace "
+                              f"(a firewall?): {probe.stderr.strip()[-200:]}")  # fmt: skip
 
 
 def _remove(namespaces: list[str], links: list[str]) -> None:

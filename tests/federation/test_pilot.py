@@ -14,6 +14,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,33 @@ from support.deployment import groups_alive
 from support.study import TINY, tiny_protocol
 
 from securefed.clustering.assignments import read_assignments
+from securefed.crypto.node_key import new_node_key
+from securefed.federation.deployment import Deployment, flower_env
 from securefed.study.pilot import run_pilot
-from securefed.study.pilot_network import namespaces_unavailable
+from securefed.study.pilot_network import PilotNetwork, namespaces_unavailable
+
+
+def _intrude(
+    tmp_path: Path, out: dict[str, subprocess.CompletedProcess[str]]
+) -> Callable[[Deployment, PilotNetwork], None]:
+    """Two SuperNodes started from site-1's network against the running pilot: one with a node
+    key the coordinator never registered, one without TLS."""
+
+    def intrude(dep: Deployment, net: PilotNetwork) -> None:
+        key, _, _ = new_node_key(tmp_path / "intruder")
+        node = [*net.prefix("site-1"), str(Path(sys.executable).with_name("flower-supernode")),
+                "--max-retries", "1", "--superlink", f"{dep.address}:{dep.port}",
+                "--port", str(dep.port + 40), "--auth-supernode-private-key", str(key)]  # fmt: skip
+        env = flower_env(tmp_path / "intruder" / "flwr-home")
+        for name, tls in (("unregistered", ["--root-certificates", str(dep.ca_cert)]),
+                          ("plaintext", ["--insecure"])):  # fmt: skip
+            out[name] = subprocess.run(
+                [*node, *tls], env=env, capture_output=True, text=True, timeout=180,
+                start_new_session=True, check=False,
+            )  # fmt: skip
+            out[name].stdout += out[name].stderr
+
+    return intrude
 
 
 @pytest.mark.slow
@@ -33,8 +60,14 @@ from securefed.study.pilot_network import namespaces_unavailable
 def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
     proto = tiny_protocol(tmp_path)
     lines: list[str] = []
+    intruders: dict[str, subprocess.CompletedProcess[str]] = {}
     result = run_pilot(tmp_path / "pilot", str(proto), preset=TINY, stage_timeout_s=600,
-                       log=lines.append)  # fmt: skip
+                       on_started=_intrude(tmp_path, intruders), log=lines.append)  # fmt: skip
+    # the pilot's own SuperLink refuses a node key nobody registered and a plaintext node, from
+    # inside a site's network (its namespace where there is one)
+    unregistered = intruders["unregistered"]
+    assert unregistered.returncode != 0 and "305" in unregistered.stdout, unregistered.stdout
+    assert intruders["plaintext"].returncode != 0
     study = tmp_path / "pilot" / "study"
     state = json.loads((study / "study.json").read_text())
     assert state["completed"] == ["features", "clustering", "training", "evaluation", "report"]
