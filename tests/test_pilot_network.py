@@ -136,3 +136,17 @@ def test_a_site_that_cannot_reach_the_superlink_means_loopback_and_nothing_left(
     assert not (tmp_path / "network.json").exists()
     with pytest.raises(ConfigError, match="--network netns: setting up the namespaces failed"):
         open_network(tmp_path, ["site-a", "site-b"], "netns")
+
+
+def test_an_impossible_network_is_refused_before_the_pilot_makes_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+
+    monkeypatch.setattr(pilot_network, "namespaces_unavailable", lambda: "they need root")
+    res = CliRunner().invoke(app, ["pilot", "--out", str(tmp_path / "p"), "--network", "netns"])
+    assert res.exit_code == 2, res.output
+    assert "they need root" in " ".join(res.output.split())
+    assert not (tmp_path / "p").exists()  # nothing synthesized, no keys made

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from securefed.errors import ConfigError
 from securefed.protocol import LoadedProtocol
-from securefed.study.pilot_network import NetworkMode, PilotNetwork, open_network
+from securefed.study.pilot_network import NetworkMode, PilotNetwork, check_mode, open_network
 
 if TYPE_CHECKING:
     from securefed.federation.deployment import Deployment
@@ -273,6 +273,7 @@ def run_pilot(
     from securefed.study.demo import demo_protocol
 
     out = Path(out)
+    check_mode(network)  # an impossible --network is refused before anything is made
     base_path = demo_protocol(protocol)
     if not base_path.is_file():
         raise ConfigError(f"--protocol {protocol}: neither a shipped protocol nor a file")

@@ -26,7 +26,9 @@ from typing import Literal
 from securefed.errors import ConfigError
 from securefed.fileio import read_json, write_json_atomic
 
-__all__ = ["NetworkMode", "PilotNetwork", "namespaces_unavailable", "open_network"]
+__all__ = [
+    "NetworkMode", "PilotNetwork", "check_mode", "namespaces_unavailable", "open_network",
+]  # fmt: skip
 
 NetworkMode = Literal["auto", "netns", "loopback"]
 STATE_FILE = "network.json"
@@ -100,16 +102,9 @@ def open_network(
     """The pilot's network for ``site_ids``. ``netns``: namespaces or ConfigError (exit 2) with
     the reason; ``loopback``: loopback; ``auto``: namespaces where the machine allows them, else
     loopback with the reason. First removes what a killed pilot in ``out`` left behind."""
-    if mode not in ("auto", "netns", "loopback"):
-        raise ConfigError(f"--network {mode}: one of auto, netns, loopback")
+    reason = check_mode(mode)
     clean_leftovers(out)
-    if mode == "loopback":
-        return _loopback(site_ids, "--network loopback")
-    reason = namespaces_unavailable()
     if reason is not None:
-        if mode == "netns":
-            raise ConfigError(f"--network netns: this machine has no network namespaces for "
-                              f"the pilot ({reason}); use --network loopback")  # fmt: skip
         return _loopback(site_ids, reason)
     try:
         return _namespaces(out, site_ids)
@@ -119,6 +114,21 @@ def open_network(
             raise ConfigError(f"--network netns: setting up the namespaces failed: {text}") from exc
         log(f"network namespaces failed ({str(text).strip()[-200:]}); using loopback")
         return _loopback(site_ids, "setting them up failed")
+
+
+def check_mode(mode: str) -> str | None:
+    """ConfigError (exit 2) for an unknown mode and for ``netns`` where the machine has no
+    namespaces (the pilot calls it before it synthesizes anything); else why ``auto`` will use
+    loopback (None: it will use namespaces)."""
+    if mode not in ("auto", "netns", "loopback"):
+        raise ConfigError(f"--network {mode}: one of auto, netns, loopback")
+    if mode == "loopback":
+        return "--network loopback"
+    reason = namespaces_unavailable()
+    if reason is not None and mode == "netns":
+        raise ConfigError(f"--network netns: this machine has no network namespaces for "
+                          f"the pilot ({reason}); use --network loopback")  # fmt: skip
+    return reason
 
 
 def clean_leftovers(out: Path) -> None:

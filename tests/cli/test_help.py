@@ -140,7 +140,7 @@ COMMAND_LINES = {
     "keys show": "PATH",
     "keys tls": "--out --host --days",
     "ledger show": "FOLDER",
-    "pilot": "--out --protocol --sites --timeout",
+    "pilot": "--out --protocol --sites --timeout --network",
     "ledger verify": "FOLDER --server-head",
     "pretrain": "PROTOCOL --data --out --source --steps --lr --seed --force",
     "protocol app-hash": "",
