@@ -10,9 +10,12 @@ resumes without redoing a stage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,25 +32,35 @@ from securefed.study.pilot import run_pilot
 from securefed.study.pilot_network import PilotNetwork, namespaces_unavailable
 
 
-def _intrude(
-    tmp_path: Path, out: dict[str, subprocess.CompletedProcess[str]]
-) -> Callable[[Deployment, PilotNetwork], None]:
+def _intrude(tmp_path: Path, out: dict[str, tuple[int | None, str]]) -> Callable[..., None]:
     """Two SuperNodes started from site-1's network against the running pilot: one with a node
-    key the coordinator never registered, one without TLS."""
+    key the coordinator never registered, one without TLS. ``out``: each one's exit code (None:
+    still running after 120 s) and log."""
 
     def intrude(dep: Deployment, net: PilotNetwork) -> None:
         key, _, _ = new_node_key(tmp_path / "intruder")
         node = [*net.prefix("site-1"), str(Path(sys.executable).with_name("flower-supernode")),
-                "--max-retries", "1", "--superlink", f"{dep.address}:{dep.port}",
-                "--port", str(dep.port + 40), "--auth-supernode-private-key", str(key)]  # fmt: skip
+                "--max-retries", "1", "--isolation", "process", "--superlink",
+                f"{dep.address}:{dep.port}", "--auth-supernode-private-key", str(key)]  # fmt: skip
         env = flower_env(tmp_path / "intruder" / "flwr-home")
-        for name, tls in (("unregistered", ["--root-certificates", str(dep.ca_cert)]),
-                          ("plaintext", ["--insecure"])):  # fmt: skip
-            out[name] = subprocess.run(
-                [*node, *tls], env=env, capture_output=True, text=True, timeout=180,
-                start_new_session=True, check=False,
-            )  # fmt: skip
-            out[name].stdout += out[name].stderr
+        procs = {}
+        tls_of = {"unregistered": ["--root-certificates", str(dep.ca_cert)],
+                  "plaintext": ["--insecure"]}  # fmt: skip
+        for i, (name, tls) in enumerate(tls_of.items()):
+            log = tmp_path / "intruder" / f"{name}.log"
+            with log.open("wb") as fh:  # a file, not a pipe: Flower's children may keep a pipe
+                procs[name] = subprocess.Popen(
+                    [*node, "--port", str(dep.port + 40 + i), *tls], env=env, stdout=fh,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+        for name, proc in procs.items():
+            try:
+                code: int | None = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                code = None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out[name] = (code, (tmp_path / "intruder" / f"{name}.log").read_text(errors="replace"))
 
     return intrude
 
@@ -60,14 +73,14 @@ def _intrude(
 def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
     proto = tiny_protocol(tmp_path)
     lines: list[str] = []
-    intruders: dict[str, subprocess.CompletedProcess[str]] = {}
+    intruders: dict[str, tuple[int | None, str]] = {}
     result = run_pilot(tmp_path / "pilot", str(proto), preset=TINY, stage_timeout_s=600,
                        on_started=_intrude(tmp_path, intruders), log=lines.append)  # fmt: skip
     # the pilot's own SuperLink refuses a node key nobody registered and a plaintext node, from
     # inside a site's network (its namespace where there is one)
-    unregistered = intruders["unregistered"]
-    assert unregistered.returncode != 0 and "305" in unregistered.stdout, unregistered.stdout
-    assert intruders["plaintext"].returncode != 0
+    code, log = intruders["unregistered"]
+    assert code not in (0, None) and "Exit Code: 305" in log, log[-2000:]
+    assert intruders["plaintext"][0] not in (0, None), intruders["plaintext"][1][-2000:]
     study = tmp_path / "pilot" / "study"
     state = json.loads((study / "study.json").read_text())
     assert state["completed"] == ["features", "clustering", "training", "evaluation", "report"]
