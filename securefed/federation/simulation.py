@@ -94,6 +94,11 @@ def run_simulation_phase(
     from securefed.federation.grid_wrapper import STOP
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    # Ray starts its workers at nice 15: the simulated sites (the study's work) then lose the
+    # CPU to any other job, and a round times out on a busy machine (seen: the one real-Ray
+    # test under a loaded test run, a FeTS-scale study beside a test suite). Normal priority,
+    # unless the user set RAY_worker_niceness.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     by_pid = {s.partition_id: s for s in sites}
     ids = list(cfg.site_ids)
     if cfg.aggregation == "bfv" and cfg.decryptor not in ids:

@@ -119,8 +119,10 @@ class DPSGDPlan:
         full = dp_accounting.GaussianDpEvent(m / 2.0)  # sensitivity 2C: one patient replaced
         n = self.population if population is None else int(population)
         if self.sampling == "without-replacement" and min(self.batch_size, n) < n:
-            steps = self.steps_per_round * self.rounds
-            if _sampling_helps(n, self.batch_size, m / 2.0, steps, self.delta):
+            glob = self.steps_per_round * self.global_rounds
+            rest = self.steps_per_round * (self.rounds - self.global_rounds)
+            if _sampling_helps(n, self.batch_size, m / 2.0, glob, rest, self.delta,
+                               self.accountant):  # fmt: skip
                 return dp_accounting.SampledWithoutReplacementDpEvent(n, self.batch_size, full)
         return full
 
@@ -153,16 +155,22 @@ class DPSGDPlan:
 
 
 @functools.lru_cache(maxsize=4096)
-def _sampling_helps(n: int, b: int, sigma: float, steps: int, delta: float) -> bool:
-    """Whether the sampling-without-replacement bound beats the plain Gaussian over ``steps``
-    (it does not when b/n is large, e.g. 2 of 3). Both are valid bounds; the smaller is used."""
-    wor = dp_accounting.SampledWithoutReplacementDpEvent(n, b, dp_accounting.GaussianDpEvent(sigma))
+def _sampling_helps(
+    n: int, b: int, sigma: float, steps: int, rest: int, delta: float, accountant: str
+) -> bool:
+    """Whether the plan composes to less with its ``steps`` global steps sampled without
+    replacement (RDP, replace-one: the only accountant for them) than with every step plain
+    under the protocol's ``accountant`` (PLD is tighter than RDP for plain Gaussians); ``rest``:
+    the finetuning steps, plain in both. Both are valid bounds; the smaller is used (sampling
+    loses when b/n is large, e.g. 2 of 3, or when PLD's plain bound is the tighter one)."""
     plain = dp_accounting.GaussianDpEvent(sigma)
-    eps = [
-        accountant_epsilon([dp_accounting.SelfComposedDpEvent(e, steps)], delta, "rdp")
-        for e in (wor, plain)
-    ]
-    return eps[0] < eps[1]
+    wor = dp_accounting.SampledWithoutReplacementDpEvent(n, b, plain)
+    tail = [dp_accounting.SelfComposedDpEvent(plain, rest)] if rest > 0 else []
+    sampled = accountant_epsilon([dp_accounting.SelfComposedDpEvent(wor, steps), *tail], delta,
+                                 accountant)  # fmt: skip
+    unsampled = accountant_epsilon([dp_accounting.SelfComposedDpEvent(plain, steps + rest)],
+                                   delta, accountant)  # fmt: skip
+    return steps > 0 and sampled < unsampled
 
 
 def max_clusters(protocol: Protocol) -> int:
