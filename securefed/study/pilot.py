@@ -74,7 +74,7 @@ def _server_tls(tls: Path, host: str) -> tuple[Path, Path]:
     from securefed.crypto.study_ca import issue_server_cert
 
     folder = tls / f"superlink-{host}"
-    if not (folder / "server.pem").is_file():
+    if not all((folder / name).is_file() for name in ("server.pem", "server.key")):
         shutil.rmtree(folder, ignore_errors=True)  # a half-written one
         folder.mkdir(parents=True)
         issue_server_cert(tls / "ca.pem", tls / "ca.key", folder, [host])
