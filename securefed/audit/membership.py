@@ -15,21 +15,41 @@ CONFIDENCE = 0.95
 FPRS = (0.01, 0.001)
 
 
-def _tpr_at(y: np.ndarray, score: np.ndarray, fpr: float) -> float:
-    from sklearn.metrics import roc_curve
+def _allowed_false_positives(fpr: float, n: int) -> int:
+    """The most non-members ``k`` a threshold may pass with ``k / n <= fpr`` (as sklearn's
+    ``roc_curve`` compares it, in floating point)."""
+    k = int(np.floor(fpr * n))
+    while k + 1 <= n and (k + 1) / n <= fpr:
+        k += 1
+    while k > 0 and k / n > fpr:
+        k -= 1
+    return k
 
-    f, t, _ = roc_curve(y, score)
-    ok = f <= fpr
-    return float(t[ok].max()) if ok.any() else 0.0
 
+def _metrics(members: np.ndarray, others: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC, then the TPR at each of FPRS, of member scores against non-member scores, along
+    ``axis`` (vectorized over the bootstrap's resamples; the values of sklearn's
+    ``roc_auc_score`` and ``roc_curve``, ties counted half: tests/audit/test_membership_metrics.py).
 
-def _metrics(members: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """AUC, then the TPR at each of FPRS, of member scores against non-member scores."""
-    from sklearn.metrics import roc_auc_score
+    AUC is the Mann-Whitney U over ``m * n`` from the average ranks; the TPR at FPR ``f`` is the
+    share of members strictly above the ``(k + 1)``-th highest non-member, ``k`` the most
+    non-members a threshold may pass at ``f`` (the best ROC point at or under ``f``)."""
+    from scipy.stats import rankdata
 
-    y = np.concatenate([np.ones(len(members)), np.zeros(len(others))])
-    score = np.concatenate([members, others])
-    return np.array([roc_auc_score(y, score), *(_tpr_at(y, score, f) for f in FPRS)])
+    members = np.moveaxis(np.asarray(members, dtype=np.float64), axis, -1)
+    others = np.moveaxis(np.asarray(others, dtype=np.float64), axis, -1)
+    m, n = members.shape[-1], others.shape[-1]
+    ranks = rankdata(np.concatenate([members, others], axis=-1), axis=-1)
+    auc = (ranks[..., :m].sum(axis=-1) - m * (m + 1) / 2) / (m * n)
+    high_first = -np.sort(-others, axis=-1)
+    tprs = []
+    for f in FPRS:
+        k = _allowed_false_positives(f, n)
+        if k >= n:
+            tprs.append(np.ones_like(auc))
+        else:
+            tprs.append((members > high_first[..., k : k + 1]).mean(axis=-1))
+    return np.stack([auc, *tprs])
 
 
 def membership_metrics(y: np.ndarray, score: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
@@ -39,7 +59,8 @@ def membership_metrics(y: np.ndarray, score: np.ndarray, seed: int = 0) -> list[
     y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
     members, others = score[y == 1], score[y != 1]
     point = _metrics(members, others)
-    cis = bootstrap_intervals(_metrics, [members, others], confidence=CONFIDENCE, seed=seed)
+    cis = bootstrap_intervals(_metrics, [members, others], vectorized=True, confidence=CONFIDENCE,
+                              seed=seed)  # fmt: skip
     names = ["auc", *(f"tpr@{f:g}fpr" for f in FPRS)]
     chance = {"auc": 0.5, **{f"tpr@{f:g}fpr": f for f in FPRS}}
     return [{"metric": m, "value": float(v), "chance": chance[m], "ci": ci}

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from securefed.audit.membership import FPRS, _metrics
 from securefed.audit.models import membership_metrics
 
 
@@ -13,7 +17,6 @@ def _by(rows):  # noqa: ANN001, ANN202
     return {r["metric"]: r for r in rows}
 
 
-@pytest.mark.slow  # bootstrap intervals of every metric (10 s on the 2-core VM)
 def test_a_perfect_score_is_found_and_a_random_one_is_chance() -> None:
     y = np.array([1] * 200 + [0] * 200)
     rng = np.random.default_rng(0)
@@ -25,3 +28,34 @@ def test_a_perfect_score_is_found_and_a_random_one_is_chance() -> None:
     assert lo < 0.5 < hi
     assert noise["auc"]["chance"] == 0.5
     assert noise["tpr@0.001fpr"]["chance"] == 0.001
+
+
+def _sklearn(members: np.ndarray, others: np.ndarray) -> list[float]:
+    y = np.concatenate([np.ones(len(members)), np.zeros(len(others))])
+    score = np.concatenate([members, others])
+    f, t, _ = roc_curve(y, score, drop_intermediate=False)  # every threshold's point
+    return [roc_auc_score(y, score), *(float(t[f <= fpr].max()) for fpr in FPRS)]
+
+
+# few distinct values, so that ties between and within the classes are common
+_scores = st.lists(st.integers(-4, 4).map(float), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_scores, _scores, st.integers(1, 1500))
+def test_the_vectorized_metrics_are_sklearns(
+    members: list[float], others: list[float], pad: int
+) -> None:
+    """The bootstrap's vectorized AUC and TPR at each FPR equal sklearn's roc_auc_score and
+    the best of roc_curve's points at or under the FPR, ties included, also with enough
+    non-members (``pad`` more) that a threshold may pass some of them at 0.1 %. Every threshold's
+    point: with ``drop_intermediate`` sklearn drops a tie's corner that lies on a straight
+    segment (members [0, 1] against non-members [0, 1, 2] and 197 lower ones: TPR 0.5 at FPR
+    0.01 is a threshold's point, the dropped one)."""
+    m, o = np.array(members), np.array(others)
+    for others_ in (o, np.concatenate([o, np.full(pad, -5.0)])):
+        assert _metrics(m, others_) == pytest.approx(_sklearn(m, others_), abs=1e-12)
+    batch = np.stack([m, m[::-1]]), np.stack([o, o[::-1]])  # resamples along the last axis
+    assert _metrics(*batch).T.ravel() == pytest.approx(
+        [*_sklearn(m, o), *_sklearn(m[::-1], o[::-1])], abs=1e-12
+    )
