@@ -40,6 +40,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _unwrapped_console() -> Iterator[None]:
+    """The CLI's consoles 300 columns wide for the whole session: Rich wraps a message at the
+    terminal's width (80 under CliRunner), so where a tmp path broke a line depended on the
+    path's length and a test's ``"is not empty" in output`` passed on one machine and failed on
+    another."""
+    from securefed.cli import _common
+
+    widths = _common.console.width, _common.err_console.width
+    _common.console.width = _common.err_console.width = 300
+    yield
+    _common.console.width, _common.err_console.width = widths
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _flower_without_ray(request: pytest.FixtureRequest) -> Iterator[None]:
     """The simulation engine runs the ClientApps in this process (support/inprocess.py) for the
     whole session, session fixtures included; installed only when the session selected a test
