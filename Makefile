@@ -5,9 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.securefed-install-stamp
 HASH   := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
-# `make test` runs one pytest-xdist worker per core; a file's tests stay on one worker, the
-# longest files start first (tests/support/scheduling.py). WORKERS=0 runs in this process.
-WORKERS ?= auto
+# `make test` runs one pytest-xdist worker per core and one more: the pilot tests spend most of
+# their wall time waiting on their SuperNodes' paced replies, and the extra worker uses that core
+# meanwhile (benchmarks/results/tests.md). `make test-fast` (no pilot) runs one per core. A file's
+# tests stay on one worker, the longest files start first (tests/support/scheduling.py).
+# WORKERS=N sets both; WORKERS=0 runs in this process.
+CORES  := $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))" 2>/dev/null || echo 1)
+WORKERS ?=
+SUITE_WORKERS := $(if $(WORKERS),$(WORKERS),$(shell expr $(CORES) + 1))
+FAST_WORKERS  := $(if $(WORKERS),$(WORKERS),$(CORES))
 
 .PHONY: demo test test-fast lint install clean-venv bench
 
@@ -29,13 +35,13 @@ demo: install
 
 # Every test (CI runs this).
 test: install
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(SUITE_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The developer's loop: no Flower/Ray, no whole studies, no slow tests (markers in pyproject.toml,
 # given by folder in tests/support/markers.py), on the same workers; target <= 2 minutes on 2
 # cores (benchmarks/results/tests.md: 2 min 35 s).
 test-fast: install
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow and not flower and not study" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(FAST_WORKERS) --dist loadfile -m "not slow and not flower and not study" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check securefed tests benchmarks

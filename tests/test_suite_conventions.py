@@ -65,8 +65,11 @@ def test_markers_are_registered_and_make_test_fast_deselects_them() -> None:
     full = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, re.M)
     assert full is not None
     assert ' -m "' not in full.group(1)
-    # one worker per core, a file's tests (and the files sharing a session fixture) together
-    assert "-n $(WORKERS) --dist loadfile" in full.group(1)
+    # a worker per core (one more for the whole suite: its pilots mostly wait), a file's tests
+    # (and the files sharing a session fixture) together
+    assert "-n $(SUITE_WORKERS) --dist loadfile" in full.group(1)
+    assert "-n $(FAST_WORKERS) --dist loadfile" in fast.group(1)
+    assert "SUITE_WORKERS := $(if $(WORKERS),$(WORKERS),$(shell expr $(CORES) + 1))" in makefile
 
 
 def test_a_files_tests_share_one_worker_and_so_do_the_files_of_one_session_fixture() -> None:

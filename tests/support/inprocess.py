@@ -10,12 +10,20 @@ ClientApp, the message and the Context travel as a (cloud)pickled copy, as they 
 so neither side aliases the other's objects and the app's in-memory state lasts one message.
 
 tests/conftest.py installs it for the whole session (``use_inprocess_backend``); a test that must
-run real Ray asks for the ``real_ray`` fixture (tests/federation/test_simulation.py keeps one)."""
+run real Ray asks for the ``real_ray`` fixture (tests/federation/test_simulation.py keeps one).
+
+While installed, the engine's queues also wait at most 0.05 s per ``get`` (``_PromptQueue``): its
+threads poll a stop event between 1 s waits on a queue, and after a ServerApp that raised it waits
+3 s for a Context that never comes, so every phase ended with 1 s of idle wall time and every
+failed one with 4 (a minute over the suite). What arrives is unchanged: a Context is put before
+the stop event is set, so a successful run's is already there."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import pickle
+import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,6 +77,19 @@ class InProcessBackend(_backend_base()):  # type: ignore[misc]
         return pickle.loads(pickle.dumps(out)), context
 
 
+class _PromptQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue whose blocking ``get`` with a timeout waits at most 0.05 s (the engine's callers
+    loop on Empty or treat it as "nothing came")."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block and timeout is not None:
+            timeout = min(timeout, 0.05)
+        return super().get(block, timeout)
+
+
+_ENGINE_MODULES = ("flwr.server.superlink.fleet.vce.vce_api", "flwr.simulation.run_simulation")
+"""The simulation engine's modules that make the queues ``_PromptQueue`` replaces."""
+
 _REAL: list[type] = []  # Flower's RayBackend, kept while it is replaced
 
 
@@ -81,11 +102,17 @@ def use_inprocess_backend() -> Iterator[None]:
     real = raybackend.RayBackend
     _REAL.append(real)
     raybackend.RayBackend = InProcessBackend  # type: ignore[misc]
+    modules = [importlib.import_module(name) for name in _ENGINE_MODULES]
+    queues = [m.Queue for m in modules]
+    for m in modules:
+        m.Queue = _PromptQueue
     try:
         yield
     finally:
         raybackend.RayBackend = real  # type: ignore[misc]
         _REAL.pop()
+        for m, q in zip(modules, queues, strict=True):
+            m.Queue = q
 
 
 @contextlib.contextmanager
