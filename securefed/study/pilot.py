@@ -21,7 +21,9 @@ Everything a hospital network has is made here, each party in its own folder und
 - the coordinator (``securefed federation run``, :mod:`securefed.study.federation_run`) drives
   every stage into ``study/``; then each party's audit log is verified with its pinned key.
 
-Every process started is stopped at the end, also on failure, Ctrl-C or SIGTERM.
+Every process started is stopped at the end, also on failure, Ctrl-C or SIGTERM. A rerun on OUT
+resumes after the last completed stage; once every stage is done a rerun starts nothing (no
+network, no process): it verifies each party's audit log again and rewrites the report.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 from securefed.errors import ConfigError
 from securefed.protocol import LoadedProtocol
-from securefed.study.pilot_network import NetworkMode, PilotNetwork, check_mode, open_network
+from securefed.study.pilot_network import (
+    NetworkMode,
+    PilotNetwork,
+    check_mode,
+    clean_leftovers,
+    open_network,
+)
 
 if TYPE_CHECKING:
     from securefed.federation.deployment import Deployment
@@ -310,21 +318,51 @@ def run_pilot(
         loaded = load_protocol(out / "protocol.toml")
     for line in relaxed:
         log(f"pilot site policy (each hospital's SITE.toml decides this): {line}")
-    net = open_network(out, lay.ids, network, log)
-    log(f"network: {net.describe()}")
-    try:
-        results, groups = _run(lay, loaded, net, supernode_env, stage_timeout_s, log, on_started)
-    finally:
-        net.close()
+    from securefed.study.federation_run import FEDERATION_STAGES
+
+    finished = _finished(out / "study", loaded)
+    if finished is not None:  # a rerun of a finished pilot: nothing to start
+        clean_leftovers(out)
+        log("network: none started (every stage of this pilot is done; a new --out runs another)")
+        for name in FEDERATION_STAGES:
+            log(f"{name}: done (resumed)")
+        groups: list[int] = []
+        results, described = finished, str(finished.get("network", ""))
+    else:
+        net = open_network(out, lay.ids, network, log)
+        described = net.describe()
+        log(f"network: {described}")
+        try:
+            results, groups = _run(lay, loaded, net, supernode_env, stage_timeout_s, log,
+                                   on_started)  # fmt: skip
+        finally:
+            net.close()
     audit = _verify_logs(loaded, out, lay.ids)
     for party, verdict in audit.items():
         log(f"audit log of {party}: {verdict}")
     from securefed.study.federation_run import write_report
 
-    results = {**results, "audit_logs": audit, "network": net.describe()}
+    results = {**results, "audit_logs": audit, "network": described}
     write_json_atomic(out / "study" / "results.json", results)
     write_report(loaded, out / "study", results)
-    return PilotResult(out, results, net.describe(), audit, relaxed, groups)
+    return PilotResult(out, results, described, audit, relaxed, groups)
+
+
+def _finished(study: Path, loaded: LoadedProtocol) -> dict[str, Any] | None:
+    """results.json of a pilot study whose every stage is done under this protocol (the
+    coordinator's ``study.json``), else None."""
+    from securefed.fileio import read_json
+    from securefed.study.federation_run import FEDERATION_STAGES
+
+    progress, results = study / "study.json", study / "results.json"
+    if not (progress.is_file() and results.is_file()):
+        return None
+    doc = read_json(progress)
+    if doc.get("protocol") != loaded.sha256 or not set(FEDERATION_STAGES) <= set(
+        doc.get("completed", [])
+    ):
+        return None
+    return dict(read_json(results))
 
 
 def _run(

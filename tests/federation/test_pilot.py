@@ -147,7 +147,11 @@ def test_a_pilot_runs_every_stage_over_the_deployment(tmp_path: Path) -> None:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         made = re.findall(r"netns (securefed-\w+-\d+)", network[0])
         assert len(made) == 3 and not any(ns in listed for ns in made)
-    # a rerun resumes: every stage is done, nothing is redone
+    # a rerun of the finished pilot: every stage done, nothing redone, nothing started, the
+    # audit logs verified again
     again: list[str] = []
-    run_pilot(tmp_path / "pilot", str(proto), preset=TINY, log=again.append)
+    rerun = run_pilot(tmp_path / "pilot", str(proto), preset=TINY, log=again.append)
     assert sum("(resumed)" in line for line in again) == 5
+    assert rerun.process_groups == [] and "network: none started" in "\n".join(again)
+    assert rerun.results["methods"] == result.results["methods"]
+    assert rerun.network == result.network and rerun.audit == result.audit
