@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from securefed.errors import InternalError
 from securefed.stats import bootstrap_intervals
 
 __all__ = ["CONFIDENCE", "FPRS", "membership_metrics"]
@@ -57,6 +58,12 @@ def membership_metrics(y: np.ndarray, score: np.ndarray, seed: int = 0) -> list[
     bootstrap_intervals`; members and non-members are resampled separately, so every resample
     holds both and the class sizes stay those of the attack)."""
     y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
+    bad = int((~np.isfinite(score)).sum())
+    if bad:
+        raise InternalError(
+            f"membership scores: {bad} of {len(score)} are not finite (a model whose loss is NaN "
+            "or infinite on those cases?); the attack cannot rank them"
+        )
     members, others = score[y == 1], score[y != 1]
     point = _metrics(members, others)
     cis = bootstrap_intervals(_metrics, [members, others], vectorized=True, confidence=CONFIDENCE,

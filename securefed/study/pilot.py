@@ -327,7 +327,8 @@ def run_pilot(
         for name in FEDERATION_STAGES:
             log(f"{name}: done (resumed)")
         groups: list[int] = []
-        results, described = finished, str(finished.get("network", ""))
+        results = finished
+        described = str(finished.get("network") or "none started (the pilot was finished)")
     else:
         net = open_network(out, lay.ids, network, log)
         described = net.describe()

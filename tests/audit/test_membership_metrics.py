@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from securefed.audit.membership import FPRS, _metrics
 from securefed.audit.models import membership_metrics
+from securefed.errors import InternalError
 
 
 def _by(rows):  # noqa: ANN001, ANN202
@@ -59,3 +60,9 @@ def test_the_vectorized_metrics_are_sklearns(
     assert _metrics(*batch).T.ravel() == pytest.approx(
         [*_sklearn(m, o), *_sklearn(m[::-1], o[::-1])], abs=1e-12
     )
+
+
+def test_a_non_finite_score_is_refused_by_name() -> None:
+    y = np.array([1, 1, 0, 0])
+    with pytest.raises(InternalError, match="1 of 4 are not finite"):
+        membership_metrics(y, np.array([0.1, np.nan, 0.3, 0.4]))
