@@ -63,6 +63,7 @@ def _classify(x: np.ndarray, y: np.ndarray, target: str, attack: str) -> dict[st
     from sklearn.model_selection import cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     classes, counts = np.unique(y, return_counts=True)
     chance = float(counts.max() / len(y))
@@ -74,10 +75,14 @@ def _classify(x: np.ndarray, y: np.ndarray, target: str, attack: str) -> dict[st
         "gradient-boosting": HistGradientBoostingClassifier(max_iter=100, random_state=0),
     }
     best: tuple[float, str] = (-1.0, "")
-    for name, model in models.items():
-        pred = cross_val_predict(model, x, y, cv=_folds(y, len(y)))
-        acc = float(np.mean(pred == y))
-        best = max(best, (acc, name))
+    # one OpenMP thread for gradient boosting: its per-tree work on a few hundred released rows
+    # is too small to share, and on a busy machine the threads spin-wait (10-25x slower on the
+    # 2-core VM: benchmarks/results/audit.md, "Attack speed")
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for name, model in models.items():
+            pred = cross_val_predict(model, x, y, cv=_folds(y, len(y)))
+            acc = float(np.mean(pred == y))
+            best = max(best, (acc, name))
     k = round(best[0] * len(y))
     return {"attack": attack, "target": target, "metric": "accuracy", "value": best[0],
             "chance": chance, "ci": _cp(k, len(y)), "n": len(y), "model": best[1]}  # fmt: skip
