@@ -1,4 +1,4 @@
-"""How `make test` spreads the suite over pytest-xdist workers (``-n auto --dist loadfile``): a
+"""How `make test` spreads the suite over pytest-xdist workers (``-n CORES+1 --dist loadfile``): a
 file's tests run on one worker (its module fixtures are made once), the files that read one
 costly session fixture run together (support.markers.SHARED_SESSION_FILES), and the longest files
 start first so that none of them is left running alone at the end.
