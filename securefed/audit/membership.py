@@ -39,6 +39,10 @@ def _metrics(members: np.ndarray, others: np.ndarray, axis: int = -1) -> np.ndar
 
     members = np.moveaxis(np.asarray(members, dtype=np.float64), axis, -1)
     others = np.moveaxis(np.asarray(others, dtype=np.float64), axis, -1)
+    # a class of one case is held fixed while the other is resampled (securefed.stats)
+    lead = np.broadcast_shapes(members.shape[:-1], others.shape[:-1])
+    members = np.broadcast_to(members, lead + members.shape[-1:])
+    others = np.broadcast_to(others, lead + others.shape[-1:])
     m, n = members.shape[-1], others.shape[-1]
     ranks = rankdata(np.concatenate([members, others], axis=-1), axis=-1)
     auc = (ranks[..., :m].sum(axis=-1) - m * (m + 1) / 2) / (m * n)

@@ -66,3 +66,16 @@ def test_a_non_finite_score_is_refused_by_name() -> None:
     y = np.array([1, 1, 0, 0])
     with pytest.raises(InternalError, match="1 of 4 are not finite"):
         membership_metrics(y, np.array([0.1, np.nan, 0.3, 0.4]))
+
+
+@pytest.mark.parametrize("y", [[1, 0, 0, 0], [1, 1, 1, 0]], ids=["one-member", "one-non-member"])
+def test_a_class_of_one_case_gets_values_and_intervals(y: list[int]) -> None:
+    """A class of one case is held fixed while the other is resampled: same values as sklearn,
+    well-formed intervals."""
+    labels, score = np.array(y), np.array([0.9, 0.1, 0.2, 0.3])
+    rows = _by(membership_metrics(labels, score))
+    expected = _sklearn(score[labels == 1], score[labels == 0])
+    assert [rows[k]["value"] for k in ("auc", "tpr@0.01fpr", "tpr@0.001fpr")] == pytest.approx(
+        expected
+    )
+    assert all(r["ci"][0] <= r["value"] <= r["ci"][1] for r in rows.values())
